@@ -1,0 +1,263 @@
+//! Location configuration and directives: `transform_exec`, `transform_type`, `transform_splice`,
+//! `transform_pipe_size`.
+
+use core::ffi::{c_char, c_void, CStr};
+use core::mem::offset_of;
+use core::ptr;
+use std::ffi::CString;
+
+use nginx_sys::{
+    ngx_array_create, ngx_array_push, ngx_array_t, ngx_command_t, ngx_conf_set_flag_slot,
+    ngx_conf_set_size_slot, ngx_conf_t, ngx_flag_t, ngx_http_compile_complex_value,
+    ngx_http_compile_complex_value_t, ngx_http_complex_value_t, ngx_http_script_variables_count,
+    ngx_http_set_complex_value_slot, ngx_str_t, ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_FLAG,
+    NGX_CONF_TAKE1, NGX_HTTP_LIF_CONF, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
+    NGX_HTTP_MAIN_CONF, NGX_HTTP_SRV_CONF, NGX_LOG_EMERG, NGX_OK,
+};
+use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
+use ngx::http::{HttpModuleLocationConf, Merge, MergeConfigError, NgxHttpCoreModule};
+use ngx::ngx_string;
+
+use crate::os;
+
+/// Default size asked for the stdout pipe: big pipes let splice move large pieces per wake-up.
+pub const DEFAULT_PIPE_SIZE: usize = 1024 * 1024;
+
+const NGX_CONF_UNSET: ngx_flag_t = -1;
+const NGX_CONF_UNSET_SIZE: usize = usize::MAX;
+
+/// Per-location configuration.
+#[derive(Debug)]
+pub struct TransformConf {
+    /// Program and arguments, compiled (`ngx_http_complex_value_t` elements); null if unset.
+    pub exec: *mut ngx_array_t,
+    /// Content-Type of the response; null for nginx's `default_type`.
+    pub content_type: *mut ngx_http_complex_value_t,
+    /// `transform_splice`.
+    pub splice: ngx_flag_t,
+    /// `transform_pipe_size`.
+    pub pipe_size: usize,
+}
+
+impl Default for TransformConf {
+    fn default() -> Self {
+        TransformConf {
+            exec: ptr::null_mut(),
+            content_type: ptr::null_mut(),
+            splice: NGX_CONF_UNSET,
+            pipe_size: NGX_CONF_UNSET_SIZE,
+        }
+    }
+}
+
+impl TransformConf {
+    /// The compiled program and arguments.
+    pub fn argv(&self) -> &[ngx_http_complex_value_t] {
+        if self.exec.is_null() {
+            return &[];
+        }
+        // SAFETY: exec is an array of complex values built by transform_exec.
+        unsafe { (*self.exec).as_slice() }
+    }
+
+    pub fn content_type(&self) -> Option<&ngx_http_complex_value_t> {
+        // SAFETY: null or a complex value compiled by ngx_http_set_complex_value_slot.
+        unsafe { self.content_type.as_ref() }
+    }
+}
+
+impl Merge for TransformConf {
+    fn merge(&mut self, prev: &TransformConf) -> Result<(), MergeConfigError> {
+        if self.exec.is_null() {
+            self.exec = prev.exec;
+        }
+        if self.content_type.is_null() {
+            self.content_type = prev.content_type;
+        }
+        if self.splice == NGX_CONF_UNSET {
+            self.splice = if prev.splice == NGX_CONF_UNSET {
+                1
+            } else {
+                prev.splice
+            };
+        }
+        if self.pipe_size == NGX_CONF_UNSET_SIZE {
+            self.pipe_size = if prev.pipe_size == NGX_CONF_UNSET_SIZE {
+                DEFAULT_PIPE_SIZE
+            } else {
+                prev.pipe_size
+            };
+        }
+        Ok(())
+    }
+}
+
+/// The directive table.
+pub static mut COMMANDS: [ngx_command_t; 5] = [
+    ngx_command_t {
+        name: ngx_string!("transform_exec"),
+        type_: (NGX_HTTP_LOC_CONF | NGX_HTTP_LIF_CONF | NGX_CONF_1MORE) as ngx_uint_t,
+        set: Some(set_exec),
+        conf: NGX_HTTP_LOC_CONF_OFFSET,
+        offset: 0,
+        post: ptr::null_mut(),
+    },
+    ngx_command_t {
+        name: ngx_string!("transform_type"),
+        type_: (NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1)
+            as ngx_uint_t,
+        set: Some(ngx_http_set_complex_value_slot),
+        conf: NGX_HTTP_LOC_CONF_OFFSET,
+        offset: offset_of!(TransformConf, content_type),
+        post: ptr::null_mut(),
+    },
+    ngx_command_t {
+        name: ngx_string!("transform_splice"),
+        type_: (NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_FLAG)
+            as ngx_uint_t,
+        set: Some(ngx_conf_set_flag_slot),
+        conf: NGX_HTTP_LOC_CONF_OFFSET,
+        offset: offset_of!(TransformConf, splice),
+        post: ptr::null_mut(),
+    },
+    ngx_command_t {
+        name: ngx_string!("transform_pipe_size"),
+        type_: (NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1)
+            as ngx_uint_t,
+        set: Some(set_pipe_size),
+        conf: NGX_HTTP_LOC_CONF_OFFSET,
+        offset: offset_of!(TransformConf, pipe_size),
+        post: ptr::null_mut(),
+    },
+    ngx_command_t::empty(),
+];
+
+/// `transform_exec program [argument ...]`: compiles each word as a complex value (one argv
+/// element each) and installs the content handler.
+extern "C" fn set_exec(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx calls directive handlers with a valid cf and this module's loc conf.
+    let (cf, conf) = unsafe { (&mut *cf, &mut *conf.cast::<TransformConf>()) };
+    if !conf.exec.is_null() {
+        return c"is duplicate".as_ptr().cast_mut();
+    }
+    // NGX_CONF_1MORE: args holds the directive name and at least one word.
+    // SAFETY: cf->args is an array of ngx_str_t.
+    let args: &mut [ngx_str_t] = unsafe { (*cf.args).as_slice_mut() };
+    let words = &mut args[1..];
+
+    // SAFETY: cf->pool is the configuration pool.
+    let arr =
+        unsafe { ngx_array_create(cf.pool, words.len(), size_of::<ngx_http_complex_value_t>()) };
+    if arr.is_null() {
+        return NGX_CONF_ERROR;
+    }
+
+    for (i, word) in words.iter_mut().enumerate() {
+        // SAFETY: arr was created for complex values.
+        let cv = unsafe { ngx_array_push(arr) }.cast::<ngx_http_complex_value_t>();
+        if cv.is_null() {
+            return NGX_CONF_ERROR;
+        }
+        // SAFETY: cv is fresh array space; zeroed is the initial state nginx expects.
+        unsafe { ptr::write_bytes(cv, 0, 1) };
+        // SAFETY: all-zero is the initial state of the compile request (as ngx_memzero in C).
+        let mut ccv: ngx_http_compile_complex_value_t = unsafe { core::mem::zeroed() };
+        ccv.cf = cf;
+        ccv.value = word;
+        ccv.complex_value = cv;
+        // SAFETY: ccv is filled as ngx_http_compile_complex_value requires.
+        if unsafe { ngx_http_compile_complex_value(&mut ccv) } != NGX_OK as isize {
+            return NGX_CONF_ERROR;
+        }
+        if i > 0 {
+            continue;
+        }
+        // The program: a literal must be an absolute path to an executable file now.
+        // SAFETY: word is a valid ngx_str_t of the configuration.
+        let has_vars = unsafe { ngx_http_script_variables_count(word) } != 0;
+        if has_vars {
+            continue;
+        }
+        let bytes = word.as_bytes();
+        if !bytes.starts_with(b"/") {
+            conf_error(
+                cf,
+                0,
+                format_args!("program \"{}\" is not an absolute path", word),
+            );
+            return NGX_CONF_ERROR;
+        }
+        let Ok(path) = CString::new(bytes) else {
+            conf_error(
+                cf,
+                0,
+                format_args!("program \"{}\" contains a NUL byte", word),
+            );
+            return NGX_CONF_ERROR;
+        };
+        if let Err(e) = os::check_executable(&path) {
+            conf_error(
+                cf,
+                os::errno(&e),
+                format_args!("program \"{}\" is not an executable file", word),
+            );
+            return NGX_CONF_ERROR;
+        }
+    }
+    conf.exec = arr;
+
+    let clcf = NgxHttpCoreModule::location_conf_mut(cf).expect("core loc conf");
+    clcf.handler = Some(crate::handler::transform_handler);
+    NGX_CONF_OK
+}
+
+/// `transform_pipe_size size`: nginx's size syntax, at least one page.
+extern "C" fn set_pipe_size(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: forwarded as nginx gave them.
+    let rv = unsafe { ngx_conf_set_size_slot(cf, cmd, conf) };
+    if rv != NGX_CONF_OK {
+        return rv;
+    }
+    // SAFETY: conf is this module's loc conf.
+    let size = unsafe { (*conf.cast::<TransformConf>()).pipe_size };
+    if !(4096..=(1 << 30)).contains(&size) {
+        // SAFETY: valid cf.
+        conf_error(
+            unsafe { &mut *cf },
+            0,
+            format_args!("pipe size must be from 4k to 1g"),
+        );
+        return NGX_CONF_ERROR;
+    }
+    NGX_CONF_OK
+}
+
+/// An `[emerg]` naming the configuration file and line (nginx adds "in FILE:LINE").
+fn conf_error(cf: &mut ngx_conf_t, err: i32, msg: core::fmt::Arguments<'_>) {
+    let text = std::format!("{msg}");
+    let fmt: &CStr = c"%*s";
+    // SAFETY: cf is valid; the format takes a length and a pointer.
+    unsafe {
+        nginx_sys::ngx_conf_log_error(
+            NGX_LOG_EMERG as _,
+            cf,
+            err,
+            fmt.as_ptr(),
+            text.len(),
+            text.as_ptr(),
+        )
+    };
+}
+
+// SAFETY: the module allocates TransformConf in create_loc_conf (see lib.rs).
+unsafe impl HttpModuleLocationConf for crate::Module {
+    type LocationConf = TransformConf;
+}

@@ -1,0 +1,85 @@
+//! ngx_http_transform_module: answers an HTTP request with the streamed output of a program.
+//!
+//! This file only wires the parts together: the module statics, the `HttpModule` impl and the
+//! worker hooks. See `conf` (directives), `handler` (content handler), `relay` (the per-request
+//! state machine), `child` (spawning and reaping), `nginx` (FFI layer) and `os` (OS layer).
+
+use core::ffi::c_void;
+use core::ptr;
+
+use nginx_sys::{
+    ngx_cycle_t, ngx_http_module_t, ngx_int_t, ngx_module_t, ngx_uint_t, NGX_HTTP_MODULE,
+    NGX_LOG_ALERT,
+};
+use ngx::core::Status;
+use ngx::http::HttpModule;
+
+#[macro_use]
+mod log;
+
+mod child;
+mod conf;
+mod handler;
+mod nginx;
+mod os;
+mod relay;
+
+/// The module's type for ngx's `HttpModule` traits.
+pub struct Module;
+
+impl HttpModule for Module {
+    fn module() -> &'static ngx_module_t {
+        // SAFETY: the static is only written by nginx while loading modules.
+        unsafe { &*ptr::addr_of!(ngx_http_transform_module) }
+    }
+}
+
+static NGX_HTTP_TRANSFORM_MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
+    preconfiguration: None,
+    postconfiguration: None,
+    create_main_conf: None,
+    init_main_conf: None,
+    create_srv_conf: None,
+    merge_srv_conf: None,
+    create_loc_conf: Some(Module::create_loc_conf),
+    merge_loc_conf: Some(Module::merge_loc_conf),
+};
+
+#[cfg(feature = "export-modules")]
+ngx::ngx_modules!(ngx_http_transform_module);
+
+#[used]
+#[allow(non_upper_case_globals)]
+#[cfg_attr(not(feature = "export-modules"), no_mangle)]
+pub static mut ngx_http_transform_module: ngx_module_t = ngx_module_t {
+    ctx: ptr::addr_of!(NGX_HTTP_TRANSFORM_MODULE_CTX)
+        .cast_mut()
+        .cast::<c_void>(),
+    // SAFETY: only the address of the command table is taken.
+    commands: unsafe { ptr::addr_of_mut!(conf::COMMANDS[0]) },
+    type_: NGX_HTTP_MODULE as ngx_uint_t,
+    init_process: Some(init_process),
+    exit_process: Some(exit_process),
+    ..ngx_module_t::default()
+};
+
+/// Worker start: the module reaps its own children through pidfds, so nginx's SIGCHLD handler
+/// (which reaps any child and steals its status) must not run in workers.
+extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
+    if let Err(e) = os::default_sigchld() {
+        // SAFETY: nginx passes the live cycle.
+        log_error!(
+            NGX_LOG_ALERT,
+            unsafe { (*cycle).log },
+            os::errno(&e),
+            "sigaction(SIGCHLD) failed"
+        );
+        return Status::NGX_ERROR.into();
+    }
+    Status::NGX_OK.into()
+}
+
+/// Worker exit: no program outlives its worker.
+extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
+    child::kill_all();
+}

@@ -1,0 +1,522 @@
+//! nginx FFI layer: the request, connection, event, buffer and configuration calls the module makes.
+//!
+//! Everything that dereferences an nginx pointer lives here, behind small types whose invariant
+//! is stated once: [`Http`] (a request that outlives its user), [`EventFd`] (a non-socket
+//! descriptor joined to nginx's event loop as a connection) and [`BufRing`] (a bounded set of
+//! reused buffers on their way through nginx's output chain).
+
+use core::ffi::c_void;
+use core::ptr::{self, NonNull};
+use std::io;
+use std::os::fd::{BorrowedFd, IntoRawFd, OwnedFd, RawFd};
+
+use nginx_sys::{
+    ngx_alloc_chain_link, ngx_buf_t, ngx_chain_t, ngx_chain_update_chains, ngx_close_connection,
+    ngx_connection_t, ngx_create_temp_buf, ngx_event_t, ngx_get_connection, ngx_handle_read_event,
+    ngx_handle_write_event, ngx_http_cleanup_add, ngx_http_complex_value, ngx_http_complex_value_t,
+    ngx_http_event_handler_pt, ngx_http_finalize_request, ngx_http_output_filter,
+    ngx_http_request_t, ngx_http_send_header, ngx_http_send_special, ngx_http_test_reading,
+    ngx_int_t, ngx_log_t, ngx_module_t, ngx_msec_t, ngx_str_t, ngx_uint_t, NGX_ERROR,
+    NGX_HTTP_FLUSH, NGX_HTTP_LAST, NGX_HTTP_OK, NGX_HTTP_VERSION_20, NGX_OK,
+};
+use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule};
+
+use crate::os;
+
+/// Handler of an event on an [`EventFd`]: receives the `data` pointer given at creation.
+pub type EventHandler = unsafe extern "C" fn(ev: *mut ngx_event_t);
+
+/// A request being served.
+///
+/// Invariant: the request is alive while an `Http` is used. Holders are the per-request state,
+/// which lives in the request's pool and stops at the request's cleanup, and handler shims that
+/// nginx calls with a live request.
+#[derive(Clone, Copy)]
+pub struct Http(NonNull<ngx_http_request_t>);
+
+impl Http {
+    /// # Safety
+    /// `r` is a live request and stays alive for as long as the returned value is used.
+    pub unsafe fn from_ptr(r: *mut ngx_http_request_t) -> Http {
+        Http(NonNull::new(r).expect("nginx passes a non-null request"))
+    }
+
+    pub fn as_ptr(self) -> *mut ngx_http_request_t {
+        self.0.as_ptr()
+    }
+
+    fn r(&self) -> &mut ngx_http_request_t {
+        // SAFETY: the type's invariant; nginx runs one handler at a time on this thread.
+        unsafe { &mut *self.0.as_ptr() }
+    }
+
+    fn c(&self) -> &mut ngx_connection_t {
+        // SAFETY: a live request has a live connection.
+        unsafe { &mut *self.r().connection }
+    }
+
+    pub fn connection(self) -> *mut ngx_connection_t {
+        self.r().connection
+    }
+
+    pub fn log(self) -> *mut ngx_log_t {
+        self.c().log
+    }
+
+    pub fn pool(self) -> *mut nginx_sys::ngx_pool_t {
+        self.r().pool
+    }
+
+    /// A HEAD request (nginx sets `header_only` only later, in its header filter).
+    pub fn is_head(self) -> bool {
+        self.r().method == nginx_sys::NGX_HTTP_HEAD as ngx_uint_t
+    }
+
+    /// Whether nginx frames the body with chunked transfer encoding (decided by its header filter).
+    pub fn chunked(self) -> bool {
+        self.r().chunked() != 0
+    }
+
+    /// The location configuration of module `M`.
+    pub fn loc_conf<M: HttpModuleLocationConf>(self) -> &'static M::LocationConf {
+        M::location_conf(self.r()).expect("module location conf")
+    }
+
+    pub fn discard_body(self) -> ngx_int_t {
+        // SAFETY: live request.
+        unsafe { nginx_sys::ngx_http_discard_request_body(self.as_ptr()) }
+    }
+
+    /// Evaluates a compiled complex value; the result lives in the request pool.
+    pub fn complex_value(self, cv: &ngx_http_complex_value_t) -> Option<&'static [u8]> {
+        let mut s = ngx_str_t::default();
+        // SAFETY: cv was compiled at configuration time for this http block; the value is
+        // allocated from the request pool, which outlives every user of it.
+        let rc =
+            unsafe { ngx_http_complex_value(self.as_ptr(), ptr::from_ref(cv).cast_mut(), &mut s) };
+        if rc != NGX_OK as ngx_int_t {
+            return None;
+        }
+        if s.len == 0 {
+            return Some(&[]);
+        }
+        // SAFETY: s points at s.len bytes in the request pool (or the configuration), which
+        // outlive every user of the value.
+        Some(unsafe { core::slice::from_raw_parts(s.data, s.len) })
+    }
+
+    /// Sets a 200 response of unknown length with the given Content-Type (or nginx's
+    /// `default_type`), optionally a Content-Length, and sends the header.
+    pub fn send_header(
+        self,
+        content_type: Option<&'static [u8]>,
+        length: Option<u64>,
+    ) -> ngx_int_t {
+        let r = self.r();
+        r.headers_out.status = NGX_HTTP_OK as _;
+        r.headers_out.content_length_n = length.map_or(-1, |n| n as i64);
+        let ct = match content_type {
+            Some(t) => ngx_str_t {
+                len: t.len(),
+                data: t.as_ptr().cast_mut(),
+            },
+            None => {
+                NgxHttpCoreModule::location_conf(r)
+                    .expect("core loc conf")
+                    .default_type
+            }
+        };
+        r.headers_out.content_type_len = ct.len;
+        r.headers_out.content_type = ct;
+        r.headers_out.content_type_lowcase = ptr::null_mut();
+        // SAFETY: live request.
+        unsafe { ngx_http_send_header(self.as_ptr()) }
+    }
+
+    /// Why the response body cannot bypass nginx's output chain, or `None` if it can.
+    pub fn zero_copy_refusal(self, splice_on: bool) -> Option<&'static str> {
+        let r = self.r();
+        if !splice_on {
+            return Some("transform_splice is off");
+        }
+        if !ptr::eq(r.main, r) {
+            return Some("subrequest");
+        }
+        if r.http_version >= NGX_HTTP_VERSION_20 as usize {
+            return Some("HTTP/2 or HTTP/3 framing");
+        }
+        if !self.c().ssl.is_null() {
+            return Some("TLS connection");
+        }
+        if r.filter_need_in_memory() != 0 || r.main_filter_need_in_memory() != 0 {
+            return Some("a body filter needs the data (gzip, sub_filter, ssi)");
+        }
+        if r.limit_rate != 0 {
+            return Some("limit_rate is set");
+        }
+        if !r.postponed.is_null() {
+            return Some("postponed output");
+        }
+        None
+    }
+
+    /// Output nginx holds for this request that has not reached the socket yet.
+    pub fn pending_output(self) -> bool {
+        !self.r().out.is_null() || self.c().buffered() != 0
+    }
+
+    pub fn output_filter(self, chain: *mut ngx_chain_t) -> ngx_int_t {
+        // SAFETY: live request; the chain's buffers stay alive until nginx releases them
+        // (they belong to the request pool).
+        unsafe { ngx_http_output_filter(self.as_ptr(), chain) }
+    }
+
+    pub fn send_flush(self) -> ngx_int_t {
+        // SAFETY: live request.
+        unsafe { ngx_http_send_special(self.as_ptr(), NGX_HTTP_FLUSH as _) }
+    }
+
+    pub fn send_last(self) -> ngx_int_t {
+        // SAFETY: live request.
+        unsafe { ngx_http_send_special(self.as_ptr(), NGX_HTTP_LAST as _) }
+    }
+
+    /// Ends the request (drops the reference the handler took). The request may be freed.
+    pub fn finalize(self, rc: ngx_int_t) {
+        // SAFETY: live request; callers do not use self afterwards.
+        unsafe { ngx_http_finalize_request(self.as_ptr(), rc) }
+    }
+
+    /// Keeps the request alive after the content handler returns NGX_DONE.
+    pub fn take_reference(self) {
+        // SAFETY: live request; main is its main request.
+        unsafe { (*self.r().main).set_count((*self.r().main).count() + 1) };
+    }
+
+    /// Routes the client's write events to `write`, and watches the client for a close.
+    pub fn set_event_handlers(self, write: ngx_http_event_handler_pt) {
+        let r = self.r();
+        r.write_event_handler = write;
+        if ptr::eq(r.main, r) {
+            r.read_event_handler = Some(ngx_http_test_reading);
+        }
+    }
+
+    /// Registers `handler(data)` to run when the request ends, however it ends.
+    pub fn add_cleanup(
+        self,
+        handler: unsafe extern "C" fn(*mut c_void),
+        data: *mut c_void,
+    ) -> bool {
+        // SAFETY: live request.
+        let cln = unsafe { ngx_http_cleanup_add(self.as_ptr(), 0) };
+        if cln.is_null() {
+            return false;
+        }
+        // SAFETY: just allocated.
+        unsafe {
+            (*cln).handler = Some(handler);
+            (*cln).data = data;
+        }
+        true
+    }
+
+    pub fn set_ctx(self, module: &ngx_module_t, ctx: *mut c_void) {
+        // SAFETY: ctx_index is this module's slot in the request's ctx array.
+        unsafe { *self.r().ctx.add(module.ctx_index) = ctx };
+    }
+
+    pub fn ctx(self, module: &ngx_module_t) -> *mut c_void {
+        // SAFETY: as in set_ctx.
+        unsafe { *self.r().ctx.add(module.ctx_index) }
+    }
+
+    /// The client socket (plain HTTP/1.x connections only).
+    pub fn client_fd(self) -> RawFd {
+        self.c().fd
+    }
+
+    /// Accounts bytes written to the client behind nginx's back ($bytes_sent, access log).
+    pub fn add_sent(self, n: usize) {
+        self.c().sent += n as i64;
+    }
+
+    /// Marks the client connection as failed (write error), so nginx closes it.
+    pub fn set_client_error(self) {
+        self.c().set_error(1);
+    }
+
+    /// Ensures a failed response cannot pass for a complete one: reset the connection on close.
+    pub fn reset_on_close(self) {
+        if self.zero_copy_refusal(true).is_none() {
+            os::linger_reset(self.client_fd());
+        }
+    }
+
+    /// Whether the client write timer fired; if so, marks the connection timed out.
+    pub fn take_write_timeout(self) -> bool {
+        let c = self.c();
+        // SAFETY: a live connection has live events.
+        let wev = unsafe { &mut *c.write };
+        if wev.timedout() == 0 {
+            return false;
+        }
+        wev.set_timedout(0);
+        c.set_timedout(1);
+        true
+    }
+
+    /// Waits for the client to accept more output: arms the write event with `send_timeout`
+    /// if `blocked`, otherwise removes the timer.
+    pub fn arm_write(self, blocked: bool) -> bool {
+        let c = self.c();
+        let wev = c.write;
+        let timeout: ngx_msec_t = NgxHttpCoreModule::location_conf(self.r())
+            .expect("core loc conf")
+            .send_timeout;
+        // SAFETY: live connection event.
+        unsafe {
+            if blocked {
+                (*wev).set_ready(0);
+                if (*wev).timer_set() == 0 {
+                    nginx_sys::ngx_add_timer(wev, timeout);
+                }
+            } else if (*wev).timer_set() != 0 {
+                nginx_sys::ngx_del_timer(wev);
+            }
+            ngx_handle_write_event(wev, 0) == NGX_OK as ngx_int_t
+        }
+    }
+}
+
+/// Runs nginx's posted requests of a connection (after an event that was not the connection's own).
+///
+/// # Safety
+/// `c` is a live connection.
+pub unsafe fn run_posted_requests(c: *mut ngx_connection_t) {
+    // SAFETY: caller's contract.
+    unsafe { nginx_sys::ngx_http_run_posted_requests(c) }
+}
+
+/// A non-socket descriptor (pipe, pidfd) in nginx's event loop, as a connection whose read event
+/// calls a handler. Closing it (drop) removes it from the loop, with its posted events and timers.
+pub struct EventFd(NonNull<ngx_connection_t>);
+
+impl EventFd {
+    /// Takes ownership of `fd`; `data` is what the handler gets back through [`EventFd::data_of`].
+    pub fn new(
+        fd: OwnedFd,
+        log: *mut ngx_log_t,
+        handler: EventHandler,
+        data: *mut c_void,
+    ) -> io::Result<EventFd> {
+        let raw = fd.into_raw_fd();
+        // SAFETY: raw is an open descriptor we own; log is a live log.
+        let c = unsafe { ngx_get_connection(raw, log) };
+        let Some(c) = NonNull::new(c) else {
+            // ngx_get_connection logged "worker_connections are not enough".
+            // SAFETY: raw is still ours.
+            unsafe { libc::close(raw) };
+            return Err(io::Error::from_raw_os_error(libc::EMFILE));
+        };
+        // SAFETY: a fresh connection with its read and write events.
+        unsafe {
+            let conn = &mut *c.as_ptr();
+            conn.data = data;
+            (*conn.read).handler = Some(handler);
+            (*conn.read).log = log;
+            (*conn.write).log = log;
+        }
+        Ok(EventFd(c))
+    }
+
+    /// The `data` pointer of the connection an event belongs to.
+    ///
+    /// # Safety
+    /// `ev` is the read event of an [`EventFd`].
+    pub unsafe fn data_of(ev: *mut ngx_event_t) -> *mut c_void {
+        // SAFETY: caller's contract: ev->data is our connection.
+        unsafe { (*((*ev).data as *mut ngx_connection_t)).data }
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: the connection owns its descriptor until it is closed in drop.
+        unsafe { BorrowedFd::borrow_raw((*self.0.as_ptr()).fd) }
+    }
+
+    /// Changes who handles the events.
+    pub fn rebind(&mut self, handler: EventHandler, data: *mut c_void) {
+        // SAFETY: live connection.
+        unsafe {
+            (*self.0.as_ptr()).data = data;
+            (*(*self.0.as_ptr()).read).handler = Some(handler);
+        }
+    }
+
+    /// Asks for the next readability (edge-triggered: call after the descriptor ran dry).
+    pub fn arm_read(&self) -> bool {
+        // SAFETY: live connection.
+        unsafe {
+            let rev = (*self.0.as_ptr()).read;
+            (*rev).set_ready(0);
+            ngx_handle_read_event(rev, 0) == NGX_OK as ngx_int_t
+        }
+    }
+}
+
+impl Drop for EventFd {
+    fn drop(&mut self) {
+        // SAFETY: live connection, closed once: removes events and timers, closes the fd.
+        unsafe { ngx_close_connection(self.0.as_ptr()) };
+    }
+}
+
+/// A bounded set of reused buffers carrying a program's output through nginx's output chain
+/// (nginx's non-buffered upstream pattern: output_filter, then ngx_chain_update_chains).
+pub struct BufRing {
+    free: *mut ngx_chain_t,
+    busy: *mut ngx_chain_t,
+    out: *mut ngx_chain_t,
+    out_tail: *mut *mut ngx_chain_t,
+    allocated: usize,
+    max: usize,
+    size: usize,
+    tag: nginx_sys::ngx_buf_tag_t,
+}
+
+/// What a [`BufRing::pump`] ended on.
+pub enum Pumped {
+    /// The program has nothing more for now.
+    ProgramIdle,
+    /// Every buffer is waiting for the client.
+    ClientBusy,
+    /// The program closed its output.
+    Eof,
+}
+
+impl BufRing {
+    pub fn new(max: usize, size: usize, tag: *const ngx_module_t) -> BufRing {
+        BufRing {
+            free: ptr::null_mut(),
+            busy: ptr::null_mut(),
+            out: ptr::null_mut(),
+            out_tail: ptr::null_mut(),
+            allocated: 0,
+            max,
+            size,
+            tag: tag.cast_mut().cast(),
+        }
+    }
+
+    /// Reads from `pipe` and passes what it gets to nginx, until the pipe runs dry, the buffers
+    /// are all in flight, or the pipe ends. Adds the bytes read to `produced`.
+    pub fn pump(
+        &mut self,
+        http: Http,
+        pipe: BorrowedFd<'_>,
+        produced: &mut u64,
+        calls: &mut u64,
+    ) -> io::Result<Pumped> {
+        loop {
+            if !self.out.is_null() || http.pending_output() {
+                if http.output_filter(self.out) == NGX_ERROR as ngx_int_t {
+                    return Err(io::Error::other("output filter failed"));
+                }
+                // SAFETY: the chains are ours and the request pool's; tag marks our buffers.
+                unsafe {
+                    ngx_chain_update_chains(
+                        http.pool(),
+                        &mut self.free,
+                        &mut self.busy,
+                        &mut self.out,
+                        self.tag,
+                    )
+                };
+                self.out = ptr::null_mut();
+                self.out_tail = ptr::null_mut();
+            }
+            let Some(cl) = self.take_free(http)? else {
+                return Ok(Pumped::ClientBusy);
+            };
+            // SAFETY: cl is a chain link holding one of our temp buffers, empty (pos == last).
+            let b: &mut ngx_buf_t = unsafe { &mut *(*cl).buf };
+            // SAFETY: [last, end) is the buffer's free space.
+            let space = unsafe {
+                core::slice::from_raw_parts_mut(b.last, b.end.offset_from(b.last) as usize)
+            };
+            *calls += 1;
+            match os::read(pipe, space) {
+                Ok(0) => {
+                    self.put_back(cl);
+                    return Ok(Pumped::Eof);
+                }
+                Ok(n) => {
+                    // SAFETY: n <= space.len().
+                    b.last = unsafe { b.last.add(n) };
+                    b.set_flush(1);
+                    *produced += n as u64;
+                    // SAFETY: cl is ours; append it to out.
+                    unsafe { (*cl).next = ptr::null_mut() };
+                    if self.out.is_null() {
+                        self.out = cl;
+                    } else {
+                        // SAFETY: out_tail points at the last link's next field.
+                        unsafe { *self.out_tail = cl };
+                    }
+                    // SAFETY: cl is live.
+                    self.out_tail = unsafe { &mut (*cl).next };
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.put_back(cl);
+                    return Ok(if http.pending_output() {
+                        Pumped::ClientBusy
+                    } else {
+                        Pumped::ProgramIdle
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => self.put_back(cl),
+                Err(e) => {
+                    self.put_back(cl);
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    fn take_free(&mut self, http: Http) -> io::Result<Option<*mut ngx_chain_t>> {
+        if !self.free.is_null() {
+            let cl = self.free;
+            // SAFETY: free is a list of our links.
+            self.free = unsafe { (*cl).next };
+            return Ok(Some(cl));
+        }
+        if self.allocated == self.max {
+            return Ok(None);
+        }
+        // SAFETY: the request pool is live.
+        let (b, cl) = unsafe {
+            (
+                ngx_create_temp_buf(http.pool(), self.size),
+                ngx_alloc_chain_link(http.pool()),
+            )
+        };
+        if b.is_null() || cl.is_null() {
+            return Err(io::Error::from(io::ErrorKind::OutOfMemory));
+        }
+        // SAFETY: fresh buffer and link.
+        unsafe {
+            (*b).tag = self.tag;
+            (*b).set_recycled(1);
+            (*cl).buf = b;
+            (*cl).next = ptr::null_mut();
+        }
+        self.allocated += 1;
+        Ok(Some(cl))
+    }
+
+    fn put_back(&mut self, cl: *mut ngx_chain_t) {
+        // SAFETY: cl is one of our links, not in any other list.
+        unsafe { (*cl).next = self.free };
+        self.free = cl;
+    }
+}

@@ -1,0 +1,548 @@
+//! The relay: one state machine per request that moves a program's stdout to the client.
+//!
+//! The program's stdout pipe, its pidfd and the client connection all wake the same machine
+//! ([`Transform::run`]). Nothing is sent until the program writes its first byte (or exits), so a
+//! program that fails before any output becomes a clean 502. At that point the response is
+//! committed: the header goes out and one of two transports is chosen, once, by
+//! [`Http::zero_copy_refusal`]:
+//!
+//! - **splice**: plain HTTP/1.x with no body filter that needs the data. Bytes go pipe -> socket
+//!   with splice(2); the module writes the chunk framing itself, sized by FIONREAD.
+//! - **buffered**: everything else (TLS, HTTP/2, gzip, SSI, subrequests, `transform_splice off`).
+//!   A bounded ring of reused buffers goes through `ngx_http_output_filter`.
+//!
+//! Either way the module stops reading when the client does not keep up, so the program blocks
+//! in write() and memory stays bounded. After the commit, a failure closes (resets) the
+//! connection without the terminating chunk: a broken response never looks complete.
+
+use core::ffi::{c_void, CStr};
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+
+use nginx_sys::{
+    ngx_event_t, ngx_http_request_t, ngx_int_t, NGX_DONE, NGX_ERROR, NGX_HTTP_BAD_GATEWAY,
+    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_REQUEST_TIME_OUT, NGX_HTTP_SERVICE_UNAVAILABLE,
+    NGX_LOG_ERR, NGX_LOG_INFO, NGX_OK,
+};
+use ngx::core::Pool;
+use ngx::http::HttpModule;
+
+use crate::child::Child;
+use crate::conf::TransformConf;
+use crate::nginx::{run_posted_requests, BufRing, EventFd, Http, Pumped};
+use crate::os;
+
+/// Buffers of the buffered transport, and their size: at most 512 KiB in flight per request.
+const BUFFERS: usize = 8;
+const BUFFER_SIZE: usize = 64 * 1024;
+
+/// Starts the program and the relay; the content handler returns what this returns.
+pub fn start(
+    http: Http,
+    conf: &'static TransformConf,
+    argv: Vec<CString>,
+    content_type: Option<&'static [u8]>,
+) -> ngx_int_t {
+    // SAFETY: the request pool is live; the value is dropped when the pool is destroyed.
+    let pool = unsafe { Pool::from_ngx_pool(http.pool()) };
+    let program = argv[0].to_string_lossy().into_owned();
+    let ctx = pool.allocate(Transform {
+        http,
+        conf,
+        content_type,
+        program,
+        stdout: None,
+        child: None,
+        transport: None,
+        eof: false,
+        done: false,
+        produced: 0,
+        calls: 0,
+    });
+    if ctx.is_null() {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+    }
+    if !http.add_cleanup(cleanup, ctx.cast()) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+    }
+    http.set_ctx(crate::Module::module(), ctx.cast());
+
+    // SAFETY: ctx was just allocated in the request pool and is not aliased.
+    if let Err(rc) = unsafe { (*ctx).launch(&argv) } {
+        return rc;
+    }
+    http.set_event_handlers(Some(client_write_event));
+    http.take_reference();
+    NGX_DONE as ngx_int_t
+}
+
+/// Per-request state, owned by the request pool.
+pub struct Transform {
+    http: Http,
+    conf: &'static TransformConf,
+    content_type: Option<&'static [u8]>,
+    program: String,
+    /// Our end of the program's stdout; closed at end of file.
+    stdout: Option<EventFd>,
+    child: Option<Child>,
+    /// Chosen when the response is committed (first output).
+    transport: Option<Transport>,
+    eof: bool,
+    /// Finished or aborted: every later event is ignored.
+    done: bool,
+    /// Bytes the program produced (and the module passed on).
+    produced: u64,
+    /// splice(2) or read(2) calls that moved data.
+    calls: u64,
+}
+
+enum Transport {
+    Splice(Splice),
+    Buffered(BufRing),
+}
+
+/// What the machine waits for next.
+enum Next {
+    Program,
+    Client,
+    Finish(ngx_int_t),
+}
+
+impl Transform {
+    fn launch(&mut self, argv: &[CString]) -> Result<(), ngx_int_t> {
+        let log = self.http.log();
+        let pipe = os::stdout_pipe().map_err(|e| {
+            log_error!(NGX_LOG_ERR, log, os::errno(&e), "pipe2() failed");
+            status_for_resource_error(&e)
+        })?;
+        match os::set_pipe_size(pipe.read.as_fd(), self.conf.pipe_size) {
+            Ok(n) => debug!(log, "transform pipe size {n}"),
+            // EPERM past fs/pipe-user-pages-soft: a size hint refused, not an error.
+            Err(e) => debug!(
+                log,
+                "transform pipe size {} refused: {e}", self.conf.pipe_size
+            ),
+        }
+
+        let data: *mut c_void = (self as *mut Transform).cast();
+        let args: Vec<&CStr> = argv.iter().map(CString::as_c_str).collect();
+        let child =
+            Child::spawn(&args, pipe.write.as_fd(), log, child_event, data).map_err(|e| {
+                log_error!(
+                    NGX_LOG_ERR,
+                    log,
+                    os::errno(&e),
+                    "posix_spawn() \"{}\" failed",
+                    self.program
+                );
+                match e.raw_os_error() {
+                    Some(libc::EAGAIN | libc::EMFILE | libc::ENFILE | libc::ENOMEM) => {
+                        NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t
+                    }
+                    _ => NGX_HTTP_BAD_GATEWAY as ngx_int_t,
+                }
+            })?;
+        debug!(
+            log,
+            "transform started \"{}\" pid {}",
+            self.program,
+            child.pid()
+        );
+        // Only the child holds the write end now: its exit (and its children's) ends the output.
+        drop(pipe.write);
+        let watching = child.watch();
+        self.child = Some(child);
+
+        let stdout = EventFd::new(pipe.read, log, stdout_event, data).map_err(|e| {
+            log_error!(
+                NGX_LOG_ERR,
+                log,
+                os::errno(&e),
+                "no connection for the program's stdout"
+            );
+            NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t
+        })?;
+        if !watching || !stdout.arm_read() {
+            return Err(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
+        }
+        self.stdout = Some(stdout);
+        Ok(())
+    }
+
+    /// Advances as far as possible; returns the status to finalize the request with when done.
+    fn run(&mut self) -> Option<ngx_int_t> {
+        if self.done {
+            return None;
+        }
+        let next = self.advance();
+        match next {
+            Next::Program => {
+                let armed = self.stdout.as_ref().is_none_or(EventFd::arm_read);
+                if armed && self.http.arm_write(false) {
+                    return None;
+                }
+                self.release();
+                Some(NGX_ERROR as ngx_int_t)
+            }
+            Next::Client => {
+                if self.http.arm_write(true) {
+                    return None;
+                }
+                self.release();
+                Some(NGX_ERROR as ngx_int_t)
+            }
+            Next::Finish(rc) => {
+                self.release();
+                Some(rc)
+            }
+        }
+    }
+
+    fn advance(&mut self) -> Next {
+        if self.http.take_write_timeout() {
+            log_error!(
+                NGX_LOG_INFO,
+                self.http.log(),
+                libc::ETIMEDOUT,
+                "client timed out"
+            );
+            return Next::Finish(NGX_HTTP_REQUEST_TIME_OUT as ngx_int_t);
+        }
+        if !self.eof {
+            let stdout = self
+                .stdout
+                .take()
+                .expect("stdout is open until end of file");
+            let next = self.relay(stdout.fd());
+            if !self.eof {
+                self.stdout = Some(stdout);
+            }
+            if let Some(next) = next {
+                return next;
+            }
+        }
+        // The program closed its output; its exit status decides how the response ends.
+        match self.child.as_mut().and_then(Child::status) {
+            Some(status) => self.finish(status),
+            None => Next::Program,
+        }
+    }
+
+    /// Moves output; `None` once the program's stdout reached end of file.
+    fn relay(&mut self, pipe: BorrowedFd<'_>) -> Option<Next> {
+        if self.transport.is_none() {
+            match os::bytes_in_pipe(pipe).and_then(|n| Ok((n, n == 0 && os::pipe_hung_up(pipe)?))) {
+                Ok((0, false)) => return Some(Next::Program),
+                Ok((0, true)) => {
+                    self.eof = true;
+                    return None;
+                }
+                Ok(_) => {
+                    if let Err(rc) = self.commit() {
+                        return Some(Next::Finish(rc));
+                    }
+                }
+                Err(e) => {
+                    return Some(self.io_failed("ioctl(FIONREAD) on the program's stdout", e))
+                }
+            }
+        }
+        let http = self.http;
+        let pumped = match self.transport.as_mut().expect("committed") {
+            Transport::Splice(s) => s.pump(http, pipe, &mut self.produced, &mut self.calls),
+            Transport::Buffered(b) => b.pump(http, pipe, &mut self.produced, &mut self.calls),
+        };
+        match pumped {
+            Ok(Pumped::ProgramIdle) => Some(Next::Program),
+            Ok(Pumped::ClientBusy) => Some(Next::Client),
+            Ok(Pumped::Eof) => {
+                self.eof = true;
+                None
+            }
+            Err(e) => Some(self.io_failed("sending the program's output", e)),
+        }
+    }
+
+    /// Sends the response header and picks the transport. Called at the first output byte.
+    fn commit(&mut self) -> Result<(), ngx_int_t> {
+        let rc = self.http.send_header(self.content_type, None);
+        if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t {
+            return Err(rc);
+        }
+        let log = self.http.log();
+        let transport = match self.http.zero_copy_refusal(self.conf.splice != 0) {
+            None => {
+                debug!(log, "transform transport: splice");
+                // The header may still sit in nginx's write filter: push it out first.
+                if self.http.send_flush() == NGX_ERROR as ngx_int_t {
+                    return Err(NGX_ERROR as ngx_int_t);
+                }
+                Transport::Splice(Splice::new(self.http.chunked()))
+            }
+            Some(why) => {
+                debug!(log, "transform transport: buffered ({why})");
+                Transport::Buffered(BufRing::new(BUFFERS, BUFFER_SIZE, crate::Module::module()))
+            }
+        };
+        self.transport = Some(transport);
+        Ok(())
+    }
+
+    fn finish(&mut self, status: os::ExitStatus) -> Next {
+        let log = self.http.log();
+        let committed = self.transport.is_some();
+        debug!(
+            log,
+            "transform done: \"{}\" {status}, {} bytes, transport {}, {} calls",
+            self.program,
+            self.produced,
+            match self.transport {
+                Some(Transport::Splice(_)) => "splice",
+                Some(Transport::Buffered(_)) => "buffered",
+                None => "none",
+            },
+            self.calls
+        );
+        if !status.success() {
+            if committed {
+                log_error!(
+                    NGX_LOG_ERR,
+                    log,
+                    0,
+                    "transform program \"{}\" {status} after {} bytes of output; response truncated",
+                    self.program,
+                    self.produced
+                );
+                self.http.reset_on_close();
+                return Next::Finish(NGX_ERROR as ngx_int_t);
+            }
+            log_error!(
+                NGX_LOG_ERR,
+                log,
+                0,
+                "transform program \"{}\" {status}",
+                self.program
+            );
+            return Next::Finish(NGX_HTTP_BAD_GATEWAY as ngx_int_t);
+        }
+        if !committed {
+            // Success with no output: an empty 200.
+            let rc = self.http.send_header(self.content_type, Some(0));
+            if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t {
+                return Next::Finish(rc);
+            }
+        }
+        Next::Finish(self.http.send_last())
+    }
+
+    fn io_failed(&mut self, what: &str, e: io::Error) -> Next {
+        log_error!(
+            NGX_LOG_INFO,
+            self.http.log(),
+            os::errno(&e),
+            "transform: {what} failed"
+        );
+        self.http.set_client_error();
+        Next::Finish(NGX_ERROR as ngx_int_t)
+    }
+
+    /// Stops everything the request started: closes the pipe; kills the program if it still runs
+    /// (the orphan reaper collects it). Idempotent; runs at the end and at the request's cleanup.
+    fn release(&mut self) {
+        self.done = true;
+        self.stdout = None;
+        self.child = None;
+    }
+}
+
+impl Drop for Transform {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// The splice transport: pipe -> socket, with the module's own chunk framing.
+struct Splice {
+    chunked: bool,
+    /// Bytes of the current chunk (or piece) still to move.
+    left: usize,
+    /// The CRLF that ends the last chunk is owed.
+    crlf_due: bool,
+    /// Framing bytes (CRLF, chunk size line) not yet written.
+    frame: [u8; 24],
+    frame_pos: usize,
+    frame_len: usize,
+}
+
+impl Splice {
+    fn new(chunked: bool) -> Splice {
+        Splice {
+            chunked,
+            left: 0,
+            crlf_due: false,
+            frame: [0; 24],
+            frame_pos: 0,
+            frame_len: 0,
+        }
+    }
+
+    fn pump(
+        &mut self,
+        http: Http,
+        pipe: BorrowedFd<'_>,
+        produced: &mut u64,
+        calls: &mut u64,
+    ) -> io::Result<Pumped> {
+        // Whatever nginx still holds (the header) goes first.
+        if http.pending_output() {
+            if http.output_filter(core::ptr::null_mut()) == NGX_ERROR as ngx_int_t {
+                return Err(io::Error::other("output filter failed"));
+            }
+            if http.pending_output() {
+                return Ok(Pumped::ClientBusy);
+            }
+        }
+        let sock = http.client_fd();
+        loop {
+            if self.frame_pos < self.frame_len {
+                match os::send(
+                    sock,
+                    &self.frame[self.frame_pos..self.frame_len],
+                    self.left > 0,
+                ) {
+                    Ok(n) => {
+                        self.frame_pos += n;
+                        http.add_sent(n);
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        return Ok(Pumped::ClientBusy)
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            if self.left > 0 {
+                match os::splice_to_socket(pipe, sock, self.left) {
+                    Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+                    Ok(n) => {
+                        *calls += 1;
+                        *produced += n as u64;
+                        http.add_sent(n);
+                        self.left -= n;
+                        if self.left == 0 && self.chunked {
+                            self.crlf_due = true;
+                        }
+                        continue;
+                    }
+                    // The pipe holds the bytes (FIONREAD said so): the socket is full.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        return Ok(Pumped::ClientBusy)
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            let n = os::bytes_in_pipe(pipe)?;
+            if n > 0 {
+                self.left = n;
+                if self.chunked {
+                    self.set_frame(Some(n));
+                }
+                continue;
+            }
+            if !os::pipe_hung_up(pipe)? {
+                return Ok(Pumped::ProgramIdle);
+            }
+            if self.crlf_due {
+                self.set_frame(None);
+                continue;
+            }
+            return Ok(Pumped::Eof);
+        }
+    }
+
+    /// Queues the owed CRLF and, for `Some(n)`, the size line of a chunk of n bytes.
+    fn set_frame(&mut self, size: Option<usize>) {
+        let mut len = 0;
+        if self.crlf_due {
+            self.frame[..2].copy_from_slice(b"\r\n");
+            len = 2;
+            self.crlf_due = false;
+        }
+        if let Some(n) = size {
+            len += write_chunk_size(&mut self.frame[len..], n);
+        }
+        self.frame_pos = 0;
+        self.frame_len = len;
+    }
+}
+
+/// Writes `n` in hex followed by CRLF; returns the length written.
+fn write_chunk_size(out: &mut [u8], n: usize) -> usize {
+    let digits = (usize::BITS - n.leading_zeros()).div_ceil(4).max(1) as usize;
+    for i in 0..digits {
+        let nibble = (n >> (4 * (digits - 1 - i))) & 0xf;
+        out[i] = b"0123456789abcdef"[nibble];
+    }
+    out[digits..digits + 2].copy_from_slice(b"\r\n");
+    digits + 2
+}
+
+fn status_for_resource_error(e: &io::Error) -> ngx_int_t {
+    match e.raw_os_error() {
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM) => {
+            NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t
+        }
+        _ => NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t,
+    }
+}
+
+/// Runs the machine and finalizes the request when it is done.
+///
+/// # Safety
+/// `ctx` is a live `Transform` (its request is alive).
+unsafe fn step(ctx: *mut Transform) {
+    // SAFETY: caller's contract; the request is only finalized after run() returned.
+    let http = unsafe { (*ctx).http };
+    // SAFETY: as above.
+    if let Some(rc) = unsafe { (*ctx).run() } {
+        http.finalize(rc);
+    }
+}
+
+/// The program wrote (or closed) its stdout.
+unsafe extern "C" fn stdout_event(ev: *mut ngx_event_t) {
+    // SAFETY: installed on the stdout EventFd, whose data is the Transform that owns it.
+    let ctx = unsafe { EventFd::data_of(ev) }.cast::<Transform>();
+    // SAFETY: the EventFd lives inside the Transform, so the Transform is alive.
+    let c = unsafe { (*ctx).http.connection() };
+    // SAFETY: as above.
+    unsafe { step(ctx) };
+    // SAFETY: connections are never freed, only marked destroyed (checked by nginx).
+    unsafe { run_posted_requests(c) };
+}
+
+/// The program exited.
+unsafe extern "C" fn child_event(ev: *mut ngx_event_t) {
+    // SAFETY: installed on the pidfd EventFd, whose data is the Transform that owns it.
+    unsafe { stdout_event(ev) }
+}
+
+/// The client can take more output (or its send timer fired).
+unsafe extern "C" fn client_write_event(r: *mut ngx_http_request_t) {
+    // SAFETY: nginx calls request event handlers with a live request.
+    let http = unsafe { Http::from_ptr(r) };
+    let ctx = http.ctx(crate::Module::module()).cast::<Transform>();
+    if !ctx.is_null() {
+        // SAFETY: the ctx lives in the request pool.
+        unsafe { step(ctx) };
+    }
+}
+
+/// The request ends (normally, on client abort, or on worker shutdown).
+unsafe extern "C" fn cleanup(data: *mut c_void) {
+    // SAFETY: registered with the Transform as data; the pool (and it) still lives.
+    unsafe { (*data.cast::<Transform>()).release() };
+}
