@@ -73,6 +73,14 @@ impl Child {
         self.pidfd.as_ref().is_none_or(|fd| fd.arm_read())
     }
 
+    /// Starts (or restarts) the wait limit: the exit handler is called with a timed-out event
+    /// when it expires. No-op once the child is reaped.
+    pub fn set_timer(&self, ms: nginx_sys::ngx_msec_t) {
+        if let Some(fd) = &self.pidfd {
+            fd.set_timer(ms);
+        }
+    }
+
     /// The exit status, once the program has exited (reaping it).
     pub fn status(&mut self) -> Option<ExitStatus> {
         if self.status.is_none() {

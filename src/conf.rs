@@ -1,5 +1,5 @@
 //! Location configuration and directives: `transform_exec`, `transform_type`, `transform_splice`,
-//! `transform_pipe_size`.
+//! `transform_pipe_size`, `transform_read_timeout`.
 
 use core::ffi::{c_char, c_void, CStr};
 use core::mem::offset_of;
@@ -7,7 +7,7 @@ use core::ptr;
 use std::ffi::CString;
 
 use nginx_sys::{
-    ngx_array_create, ngx_array_push, ngx_array_t, ngx_command_t, ngx_conf_set_flag_slot,
+    ngx_array_create, ngx_array_push, ngx_array_t, ngx_command_t, ngx_conf_set_flag_slot, ngx_conf_set_msec_slot, ngx_msec_t,
     ngx_conf_set_size_slot, ngx_conf_t, ngx_flag_t, ngx_http_compile_complex_value,
     ngx_http_compile_complex_value_t, ngx_http_complex_value_t, ngx_http_script_variables_count,
     ngx_http_set_complex_value_slot, ngx_str_t, ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_FLAG,
@@ -25,6 +25,10 @@ pub const DEFAULT_PIPE_SIZE: usize = 1024 * 1024;
 
 const NGX_CONF_UNSET: ngx_flag_t = -1;
 const NGX_CONF_UNSET_SIZE: usize = usize::MAX;
+const NGX_CONF_UNSET_MSEC: ngx_msec_t = ngx_msec_t::MAX;
+
+/// Default `transform_read_timeout`, as nginx's `proxy_read_timeout`.
+pub const DEFAULT_READ_TIMEOUT: ngx_msec_t = 60_000;
 
 /// Per-location configuration.
 #[derive(Debug)]
@@ -37,6 +41,8 @@ pub struct TransformConf {
     pub splice: ngx_flag_t,
     /// `transform_pipe_size`.
     pub pipe_size: usize,
+    /// `transform_read_timeout`: longest wait for the program's next output (or its exit).
+    pub read_timeout: ngx_msec_t,
 }
 
 impl Default for TransformConf {
@@ -46,6 +52,7 @@ impl Default for TransformConf {
             content_type: ptr::null_mut(),
             splice: NGX_CONF_UNSET,
             pipe_size: NGX_CONF_UNSET_SIZE,
+            read_timeout: NGX_CONF_UNSET_MSEC,
         }
     }
 }
@@ -88,12 +95,19 @@ impl Merge for TransformConf {
                 prev.pipe_size
             };
         }
+        if self.read_timeout == NGX_CONF_UNSET_MSEC {
+            self.read_timeout = if prev.read_timeout == NGX_CONF_UNSET_MSEC {
+                DEFAULT_READ_TIMEOUT
+            } else {
+                prev.read_timeout
+            };
+        }
         Ok(())
     }
 }
 
 /// The directive table.
-pub static mut COMMANDS: [ngx_command_t; 5] = [
+pub static mut COMMANDS: [ngx_command_t; 6] = [
     ngx_command_t {
         name: ngx_string!("transform_exec"),
         type_: (NGX_HTTP_LOC_CONF | NGX_HTTP_LIF_CONF | NGX_CONF_1MORE) as ngx_uint_t,
@@ -127,6 +141,15 @@ pub static mut COMMANDS: [ngx_command_t; 5] = [
         set: Some(set_pipe_size),
         conf: NGX_HTTP_LOC_CONF_OFFSET,
         offset: offset_of!(TransformConf, pipe_size),
+        post: ptr::null_mut(),
+    },
+    ngx_command_t {
+        name: ngx_string!("transform_read_timeout"),
+        type_: (NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1)
+            as ngx_uint_t,
+        set: Some(ngx_conf_set_msec_slot),
+        conf: NGX_HTTP_LOC_CONF_OFFSET,
+        offset: offset_of!(TransformConf, read_timeout),
         post: ptr::null_mut(),
     },
     ngx_command_t::empty(),
@@ -233,7 +256,7 @@ extern "C" fn set_pipe_size(
         conf_error(
             unsafe { &mut *cf },
             0,
-            format_args!("pipe size must be from 4k to 1g"),
+            format_args!("pipe size must be from 4k to 1024m"),
         );
         return NGX_CONF_ERROR;
     }

@@ -364,6 +364,26 @@ impl EventFd {
     }
 }
 
+impl EventFd {
+    /// Starts (or restarts) the timer of the read event; the handler then sees a timed-out event.
+    pub fn set_timer(&self, ms: ngx_msec_t) {
+        // SAFETY: live connection event.
+        unsafe { nginx_sys::ngx_add_timer((*self.0.as_ptr()).read, ms) };
+    }
+
+    /// Whether the read event's timer has fired (clears the flag).
+    ///
+    /// # Safety
+    /// `ev` is the read event of an [`EventFd`].
+    pub unsafe fn take_timedout(ev: *mut ngx_event_t) -> bool {
+        // SAFETY: caller's contract.
+        let ev = unsafe { &mut *ev };
+        let fired = ev.timedout() != 0;
+        ev.set_timedout(0);
+        fired
+    }
+}
+
 impl Drop for EventFd {
     fn drop(&mut self) {
         // SAFETY: live connection, closed once: removes events and timers, closes the fd.

@@ -22,6 +22,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 
 use nginx_sys::{
     ngx_event_t, ngx_http_request_t, ngx_int_t, NGX_DONE, NGX_ERROR, NGX_HTTP_BAD_GATEWAY,
+    NGX_HTTP_GATEWAY_TIME_OUT,
     NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_REQUEST_TIME_OUT, NGX_HTTP_SERVICE_UNAVAILABLE,
     NGX_LOG_ERR, NGX_LOG_INFO, NGX_OK,
 };
@@ -55,6 +56,7 @@ pub fn start(
         stdout: None,
         child: None,
         transport: None,
+        timed_out: false,
         eof: false,
         done: false,
         produced: 0,
@@ -88,6 +90,8 @@ pub struct Transform {
     child: Option<Child>,
     /// Chosen when the response is committed (first output).
     transport: Option<Transport>,
+    /// `transform_read_timeout` expired.
+    timed_out: bool,
     eof: bool,
     /// Finished or aborted: every later event is ignored.
     done: bool,
@@ -152,6 +156,7 @@ impl Transform {
         // Only the child holds the write end now: its exit (and its children's) ends the output.
         drop(pipe.write);
         let watching = child.watch();
+        child.set_timer(self.conf.read_timeout);
         self.child = Some(child);
 
         let stdout = EventFd::new(pipe.read, log, stdout_event, data).map_err(|e| {
@@ -178,6 +183,11 @@ impl Transform {
         let next = self.advance();
         match next {
             Next::Program => {
+                // A timer while waiting for the program, as proxy_read_timeout: it also keeps a
+                // gracefully exiting worker alive until the response is done.
+                if let Some(child) = &self.child {
+                    child.set_timer(self.conf.read_timeout);
+                }
                 let armed = self.stdout.as_ref().is_none_or(EventFd::arm_read);
                 if armed && self.http.arm_write(false) {
                     return None;
@@ -208,6 +218,21 @@ impl Transform {
                 "client timed out"
             );
             return Next::Finish(NGX_HTTP_REQUEST_TIME_OUT as ngx_int_t);
+        }
+        if self.timed_out {
+            log_error!(
+                NGX_LOG_ERR,
+                self.http.log(),
+                libc::ETIMEDOUT,
+                "transform program \"{}\" timed out (transform_read_timeout {}ms)",
+                self.program,
+                self.conf.read_timeout
+            );
+            if self.transport.is_some() {
+                self.http.reset_on_close();
+                return Next::Finish(NGX_ERROR as ngx_int_t);
+            }
+            return Next::Finish(NGX_HTTP_GATEWAY_TIME_OUT as ngx_int_t);
         }
         if !self.eof {
             let stdout = self
@@ -524,10 +549,15 @@ unsafe extern "C" fn stdout_event(ev: *mut ngx_event_t) {
     unsafe { run_posted_requests(c) };
 }
 
-/// The program exited.
+/// The program exited, or `transform_read_timeout` expired.
 unsafe extern "C" fn child_event(ev: *mut ngx_event_t) {
     // SAFETY: installed on the pidfd EventFd, whose data is the Transform that owns it.
-    unsafe { stdout_event(ev) }
+    unsafe {
+        if EventFd::take_timedout(ev) {
+            (*EventFd::data_of(ev).cast::<Transform>()).timed_out = true;
+        }
+        stdout_event(ev)
+    }
 }
 
 /// The client can take more output (or its send timer fired).

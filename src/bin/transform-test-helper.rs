@@ -1,1 +1,85 @@
-fn main() {}
+//! Test helper program run by nginx in the integration tests (and the demo).
+//!
+//! Modes (first argument):
+//! - `argv ARG...`: writes each argument followed by a NUL byte.
+//! - `gen BYTES [WRITE_SIZE]`: writes BYTES of a deterministic pseudo-random stream.
+//! - `fail-after BYTES CODE`: writes BYTES of the stream, then exits with CODE.
+//! - `crash-after BYTES`: writes BYTES of the stream, then dies of SIGSEGV.
+//! - `hang-after BYTES`: writes BYTES of the stream, then sleeps for an hour.
+//! - `drip COUNT MILLIS`: writes COUNT lines, one every MILLIS milliseconds.
+
+use std::io::{self, Write};
+use std::time::Duration;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let num = |i: usize| -> u64 { args.get(i).and_then(|s| s.parse().ok()).unwrap_or(0) };
+    let out = io::stdout();
+    let mut out = out.lock();
+    let code = match args.first().map(String::as_str) {
+        Some("argv") => {
+            for a in &args[1..] {
+                out.write_all(a.as_bytes()).and_then(|_| out.write_all(b"\0")).ok();
+            }
+            0
+        }
+        Some("gen") => {
+            let size = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(64 * 1024);
+            gen(&mut out, num(1), size).map_or(1, |_| 0)
+        }
+        Some("fail-after") => {
+            gen(&mut out, num(1), 64 * 1024).ok();
+            num(2) as i32
+        }
+        Some("crash-after") => {
+            gen(&mut out, num(1), 64 * 1024).ok();
+            // Rust's runtime handles SIGSEGV itself: restore the default action (and no core file).
+            // SAFETY: plain libc calls with valid arguments.
+            unsafe {
+                let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+                libc::signal(libc::SIGSEGV, libc::SIG_DFL);
+                libc::raise(libc::SIGSEGV);
+            }
+            1
+        }
+        Some("hang-after") => {
+            gen(&mut out, num(1), 64 * 1024).ok();
+            std::thread::sleep(Duration::from_secs(3600));
+            0
+        }
+        Some("drip") => {
+            for i in 0..num(1) {
+                if writeln!(out, "line {i}").and_then(|_| out.flush()).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(num(2)));
+            }
+            0
+        }
+        _ => {
+            eprintln!("transform-test-helper: unknown mode");
+            2
+        }
+    };
+    out.flush().ok();
+    std::process::exit(code);
+}
+
+/// Writes `n` bytes of a xorshift64 stream in pieces of `size` bytes.
+fn gen(out: &mut impl Write, mut n: u64, size: usize) -> io::Result<()> {
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut buf = vec![0u8; size.max(8)];
+    while n > 0 {
+        for word in buf.chunks_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            word.copy_from_slice(&state.to_le_bytes()[..word.len()]);
+        }
+        let take = buf.len().min(n as usize);
+        out.write_all(&buf[..take])?;
+        n -= take as u64;
+    }
+    out.flush()
+}

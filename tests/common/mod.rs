@@ -1,0 +1,456 @@
+//! Test harness: runs the real nginx (the one the module was built against) with the module
+//! loaded, on a free port in a temporary prefix, and talks real HTTP to it.
+//!
+//! Every test stops its nginx with [`Nginx::stop`], which fails the test if the error log has an
+//! `[alert]`, `[crit]` or `[emerg]` line the test did not declare with [`Nginx::allow`].
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub const HELPER: &str = env!("CARGO_BIN_EXE_transform-test-helper");
+
+/// The nginx binary of the tree the module was built against.
+pub fn nginx_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("TEST_NGINX_BINARY") {
+        return p.into();
+    }
+    Path::new(env!("TRANSFORM_NGINX_BUILD_DIR")).join("nginx")
+}
+
+/// The module as `cargo test` just built it.
+pub fn module_path() -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    // target/<profile>/deps/<test>-<hash>
+    let deps = exe.parent().expect("deps dir");
+    let so = deps.join("libngx_http_transform_module.so");
+    assert!(so.exists(), "module not built at {}", so.display());
+    so
+}
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// A fresh temporary directory.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "transform-test-{}-{}-{}",
+        tag,
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("logs")).expect("temp dir");
+    dir
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// Builds a full nginx.conf around `http_body` (the inside of `http {}`); `{PORT}`, `{PREFIX}`
+/// and `{HELPER}` are replaced.
+pub fn config(prefix: &Path, port: u16, main_extra: &str, http_body: &str) -> String {
+    let conf = format!(
+        "load_module {module};\n\
+         daemon off;\n\
+         worker_processes 1;\n\
+         error_log {prefix}/logs/error.log debug;\n\
+         pid {prefix}/nginx.pid;\n\
+         {main_extra}\n\
+         events {{ worker_connections 1024; }}\n\
+         http {{\n\
+           access_log {prefix}/logs/access.log;\n\
+           client_body_temp_path {prefix}/client_body;\n\
+           proxy_temp_path {prefix}/proxy;\n\
+           fastcgi_temp_path {prefix}/fastcgi;\n\
+           uwsgi_temp_path {prefix}/uwsgi;\n\
+           scgi_temp_path {prefix}/scgi;\n\
+           {http_body}\n\
+         }}\n",
+        module = module_path().display(),
+        prefix = prefix.display(),
+    );
+    conf.replace("{PORT}", &port.to_string())
+        .replace("{PREFIX}", &prefix.display().to_string())
+        .replace("{HELPER}", HELPER)
+}
+
+/// A running nginx.
+pub struct Nginx {
+    pub prefix: PathBuf,
+    pub port: u16,
+    master: Option<Child>,
+    allowed: Vec<String>,
+}
+
+impl Nginx {
+    /// Starts nginx with `http_body` inside `http {}`; the body's server listens on `{PORT}`.
+    pub fn start(http_body: &str) -> Nginx {
+        Self::start_with("", http_body)
+    }
+
+    pub fn start_with(main_extra: &str, http_body: &str) -> Nginx {
+        let prefix = temp_dir("nginx");
+        let port = free_port();
+        let conf = config(&prefix, port, main_extra, http_body);
+        std::fs::write(prefix.join("nginx.conf"), conf).expect("write conf");
+        let master = Command::new(nginx_binary())
+            .arg("-p")
+            .arg(&prefix)
+            .arg("-c")
+            .arg(prefix.join("nginx.conf"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(prefix.join("logs/stderr.log")).expect("stderr"))
+            .spawn()
+            .expect("start nginx");
+        let nginx = Nginx { prefix, port, master: Some(master), allowed: Vec::new() };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                let log = nginx.error_log();
+                panic!("nginx did not start listening on {port}:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Wait for the worker too.
+        while nginx.worker_pids().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        nginx
+    }
+
+    /// Declares an `[alert]`/`[crit]`/`[emerg]` line containing `pattern` as expected.
+    pub fn allow(&mut self, pattern: &str) {
+        self.allowed.push(pattern.to_string());
+    }
+
+    pub fn master_pid(&self) -> u32 {
+        self.master.as_ref().expect("running").id()
+    }
+
+    pub fn worker_pids(&self) -> Vec<u32> {
+        children_of(self.master_pid())
+    }
+
+    /// The single worker (tests run worker_processes 1).
+    pub fn worker_pid(&self) -> u32 {
+        let w = self.worker_pids();
+        assert_eq!(w.len(), 1, "expected one worker, got {w:?}");
+        w[0]
+    }
+
+    pub fn error_log(&self) -> String {
+        std::fs::read_to_string(self.prefix.join("logs/error.log")).unwrap_or_default()
+    }
+
+    pub fn access_log(&self) -> String {
+        std::fs::read_to_string(self.prefix.join("logs/access.log")).unwrap_or_default()
+    }
+
+    /// Error-log lines at error level or more severe (not debug noise).
+    pub fn log_lines(&self, level: &str) -> Vec<String> {
+        let tag = format!("[{level}]");
+        self.error_log().lines().filter(|l| l.contains(&tag)).map(String::from).collect()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    /// Stops nginx (graceful quit) and fails on unexpected alerts.
+    pub fn stop(mut self) {
+        self.shutdown();
+        let log = self.error_log();
+        let bad: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("[alert]") || l.contains("[crit]") || l.contains("[emerg]"))
+            .filter(|l| !self.allowed.iter().any(|a| l.contains(a.as_str())))
+            .collect();
+        assert!(bad.is_empty(), "unexpected alerts in error.log:\n{}", bad.join("\n"));
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(mut master) = self.master.take() {
+            // SAFETY: signalling our own child process.
+            unsafe { libc::kill(master.id() as i32, libc::SIGQUIT) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Ok(Some(_)) = master.try_wait() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = master.kill();
+                    let _ = master.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        self.shutdown();
+        if std::env::var_os("TEST_NGINX_LEAVE").is_none() && !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.prefix);
+        }
+    }
+}
+
+/// Runs `nginx -t` on a configuration; returns (success, stderr).
+pub fn nginx_test_config(http_body: &str) -> (bool, String, PathBuf) {
+    let prefix = temp_dir("conf");
+    let conf = config(&prefix, free_port(), "", http_body);
+    let path = prefix.join("nginx.conf");
+    std::fs::write(&path, conf).expect("write conf");
+    let out = Command::new(nginx_binary())
+        .arg("-t")
+        .arg("-p")
+        .arg(&prefix)
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .expect("nginx -t");
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned(), path)
+}
+
+/// Child pids of a process.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
+                out.extend(s.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+            }
+        }
+    }
+    out
+}
+
+/// The state letter of a process (`Z` for a zombie), or None if it is gone.
+pub fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    after.trim_start().chars().next()
+}
+
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+pub fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Bytes a process has written (from /proc/PID/io).
+pub fn wchar(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("wchar:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits until `f` holds or the time is up; returns whether it held.
+pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The output of the helper run directly (what a response body must equal).
+pub fn helper_output(args: &[&str]) -> Vec<u8> {
+    let out = Command::new(HELPER).args(args).output().expect("run helper");
+    out.stdout
+}
+
+pub fn sha256(data: &[u8]) -> String {
+    use sha2::Digest;
+    format!("{:x}", sha2::Sha256::digest(data))
+}
+
+/// A response read by the strict HTTP/1.x parser.
+#[derive(Debug)]
+pub struct Response {
+    pub version: String,
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// The body ended as its framing says (terminating chunk, full Content-Length, or close).
+    pub complete: bool,
+    /// Sizes of the chunks, for chunked responses.
+    pub chunks: Vec<usize>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// An HTTP/1.x client connection with a strict response parser.
+pub struct Client {
+    reader: BufReader<TcpStream>,
+}
+
+impl Client {
+    pub fn connect(port: u16) -> Client {
+        let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+        Client { reader: BufReader::with_capacity(256 * 1024, s) }
+    }
+
+    pub fn stream(&self) -> &TcpStream {
+        self.reader.get_ref()
+    }
+
+    pub fn send(&mut self, raw: &str) {
+        self.reader.get_mut().write_all(raw.as_bytes()).expect("send request");
+    }
+
+    pub fn get(&mut self, path: &str) -> Response {
+        self.send(&format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n"));
+        self.read_response(false)
+    }
+
+    /// Reads the status line and headers only.
+    pub fn read_head(&mut self) -> Response {
+        let mut line = String::new();
+        self.reader.read_line(&mut line).expect("status line");
+        assert!(line.ends_with("\r\n"), "status line not CRLF-terminated: {line:?}");
+        let mut parts = line.trim_end().splitn(3, ' ');
+        let version = parts.next().unwrap_or_default().to_string();
+        assert!(version == "HTTP/1.1" || version == "HTTP/1.0", "bad version in {line:?}");
+        let status: u16 = parts.next().and_then(|s| s.parse().ok()).expect("status code");
+        let mut headers = Vec::new();
+        loop {
+            let mut h = String::new();
+            self.reader.read_line(&mut h).expect("header line");
+            assert!(h.ends_with("\r\n"), "header line not CRLF-terminated: {h:?}");
+            if h == "\r\n" {
+                break;
+            }
+            let (k, v) = h.trim_end().split_once(':').expect("header has a colon");
+            assert!(!k.is_empty() && !k.contains(' '), "bad header name {k:?}");
+            headers.push((k.to_string(), v.trim().to_string()));
+        }
+        Response { version, status, headers, body: Vec::new(), complete: false, chunks: Vec::new() }
+    }
+
+    /// Reads a whole response; `head` for a HEAD request (no body).
+    pub fn read_response(&mut self, head: bool) -> Response {
+        let mut resp = self.read_head();
+        if head || resp.status == 204 || resp.status == 304 {
+            resp.complete = true;
+            return resp;
+        }
+        let te = resp.header("Transfer-Encoding").map(str::to_ascii_lowercase);
+        let cl = resp.header("Content-Length").map(|v| v.parse::<usize>().expect("numeric length"));
+        if te.as_deref() == Some("chunked") {
+            assert!(cl.is_none(), "both chunked and Content-Length");
+            self.read_chunked(&mut resp);
+        } else if let Some(n) = cl {
+            resp.body = vec![0; n];
+            resp.complete = self.reader.read_exact(&mut resp.body).is_ok();
+        } else {
+            let mut body = Vec::new();
+            let ok = self.reader.read_to_end(&mut body).is_ok();
+            resp.body = body;
+            resp.complete = ok;
+        }
+        resp
+    }
+
+    fn read_chunked(&mut self, resp: &mut Response) {
+        loop {
+            let mut line = String::new();
+            match self.reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            assert!(line.ends_with("\r\n"), "chunk size line not CRLF-terminated: {line:?}");
+            let size_str = line.trim_end();
+            assert!(
+                !size_str.is_empty() && size_str.bytes().all(|b| b.is_ascii_hexdigit()),
+                "bad chunk size line {line:?}"
+            );
+            let size = usize::from_str_radix(size_str, 16).expect("chunk size");
+            if size == 0 {
+                let mut end = String::new();
+                self.reader.read_line(&mut end).expect("final CRLF");
+                assert_eq!(end, "\r\n", "no trailer support expected; bad end of chunked body");
+                resp.complete = true;
+                return;
+            }
+            let start = resp.body.len();
+            resp.body.resize(start + size, 0);
+            if self.reader.read_exact(&mut resp.body[start..]).is_err() {
+                resp.body.truncate(start);
+                return;
+            }
+            resp.chunks.push(size);
+            let mut crlf = [0u8; 2];
+            if self.reader.read_exact(&mut crlf).is_err() {
+                return;
+            }
+            assert_eq!(&crlf, b"\r\n", "chunk data not followed by CRLF");
+        }
+    }
+
+    /// Reads up to `n` body bytes of a response whose head was read (raw, framing included).
+    pub fn read_some(&mut self, n: usize) -> usize {
+        let mut buf = vec![0u8; n];
+        let mut got = 0;
+        while got < n {
+            match self.reader.read(&mut buf[got..]) {
+                Ok(0) | Err(_) => break,
+                Ok(k) => got += k,
+            }
+        }
+        got
+    }
+}
+
+/// Runs curl with `args`; returns (exit success, stdout).
+pub fn curl(args: &[&str]) -> (bool, Vec<u8>) {
+    let out = Command::new("curl").args(args).output().expect("run curl (is it installed?)");
+    (out.status.success(), out.stdout)
+}
+
+/// A self-signed certificate and key for TLS tests, made with the openssl command.
+pub fn make_cert(dir: &Path) -> (PathBuf, PathBuf) {
+    let (crt, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let ok = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&crt)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run openssl (is it installed?)")
+        .success();
+    assert!(ok, "openssl could not make a certificate");
+    (crt, key)
+}

@@ -1,0 +1,444 @@
+//! Streaming, bytes, framing and transport selection, against the real nginx.
+
+mod common;
+
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const BIG: u64 = 256 * 1024 * 1024;
+
+fn server(locations: &str) -> String {
+    format!("server {{ listen 127.0.0.1:{{PORT}}; {locations} }}")
+}
+
+/// The debug line naming the transport of each response, in order.
+fn transports(nginx: &Nginx) -> Vec<String> {
+    nginx
+        .error_log()
+        .lines()
+        .filter_map(|l| l.split_once("transform transport: ").map(|(_, t)| t.to_string()))
+        .collect()
+}
+
+#[test]
+fn bytes_are_exact_on_both_transports() {
+    let nginx = Nginx::start(&server(
+        "location /splice { transform_exec {HELPER} gen $arg_n; }
+         location /buffered { transform_splice off; transform_exec {HELPER} gen $arg_n; }",
+    ));
+    let want = sha256(&helper_output(&["gen", &BIG.to_string()]));
+    for path in ["/splice", "/buffered"] {
+        let mut c = Client::connect(nginx.port);
+        let r = c.get(&format!("{path}?n={BIG}"));
+        assert_eq!(r.status, 200);
+        assert!(r.complete, "{path}: body not complete");
+        assert_eq!(r.body.len() as u64, BIG, "{path}: length");
+        assert_eq!(sha256(&r.body), want, "{path}: sha256");
+    }
+    assert_eq!(transports(&nginx), ["splice", "buffered (transform_splice is off)"]);
+    // $bytes_sent counts what the client got on both transports: body plus framing plus header.
+    let log = nginx.access_log();
+    for line in log.lines() {
+        let sent: u64 = line.split('"').nth(2).and_then(|s| s.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok()).expect("bytes_sent in access log");
+        assert!(sent > BIG && sent < BIG + BIG / 100, "bytes_sent {sent} for {BIG} bytes: {line}");
+    }
+    nginx.stop();
+}
+
+#[test]
+fn arguments_arrive_as_single_argv_elements() {
+    let nginx = Nginx::start(&server(
+        r#"location /argv { transform_exec {HELPER} argv "$arg_a" "literal " two $arg_b; }
+           location ~ "(?s)^/cap/(.*)$" { transform_exec {HELPER} argv $1; }"#,
+    ));
+    let hostile = [
+        ("a;b", "a;b"),
+        ("$(touch%20/tmp/pwned)", "$(touch%20/tmp/pwned)"),
+        ("*", "*"),
+        ("-rf", "-rf"),
+        ("'\"`", "'\"`"),
+        ("", ""),
+    ];
+    for (raw, expect) in hostile {
+        let mut c = Client::connect(nginx.port);
+        let r = c.get(&format!("/argv?a={raw}&b=x%20y"));
+        assert_eq!(r.status, 200);
+        let args: Vec<&[u8]> = r.body.split(|&b| b == 0).collect();
+        // The helper prints the arguments after its mode: "$arg_a", "literal ", "two", "x%20y",
+        // then comes the empty piece after the last NUL.
+        assert_eq!(args.len(), 5, "argument count for {raw:?}: {:?}", String::from_utf8_lossy(&r.body));
+        assert_eq!(args[0], expect.as_bytes(), "value of $arg_a for {raw:?}");
+        assert_eq!(args[1], b"literal ");
+        assert_eq!(args[2], b"two");
+        assert_eq!(args[3], b"x%20y");
+        assert_eq!(args[4], b"");
+    }
+    // A decoded URI capture with spaces, a newline, quotes and a semicolon stays one element.
+    let mut c = Client::connect(nginx.port);
+    let r = c.get("/cap/a%20b%0Ac;%22d%22%20$(id)");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"a b\nc;\"d\" $(id)\0");
+    assert!(!std::path::Path::new("/tmp/pwned").exists());
+    nginx.stop();
+}
+
+#[test]
+fn chunked_keepalive_http10_and_head() {
+    let nginx = Nginx::start(&server(
+        "location /gen { transform_exec {HELPER} gen $arg_n; transform_type application/x-test; }
+         location /empty { transform_exec /bin/true; }",
+    ));
+    let want = helper_output(&["gen", "300000"]);
+    let mut c = Client::connect(nginx.port);
+    // Three requests on one connection: keep-alive works after a streamed response.
+    for _ in 0..3 {
+        let r = c.get("/gen?n=300000");
+        assert_eq!(r.version, "HTTP/1.1");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("Transfer-Encoding"), Some("chunked"));
+        assert_eq!(r.header("Content-Type"), Some("application/x-test"));
+        assert!(r.complete);
+        assert!(!r.chunks.is_empty());
+        assert_eq!(r.body, want);
+    }
+    // Empty output: a complete empty 200 with a length.
+    let r = c.get("/empty");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("Content-Length"), Some("0"));
+    assert!(r.body.is_empty() && r.complete);
+
+    // HTTP/1.0: close-delimited.
+    let mut c = Client::connect(nginx.port);
+    c.send("GET /gen?n=300000 HTTP/1.0\r\n\r\n");
+    let r = c.read_response(false);
+    assert_eq!(r.status, 200);
+    assert!(r.header("Transfer-Encoding").is_none() && r.header("Content-Length").is_none());
+    assert_eq!(r.header("Connection"), Some("close"));
+    assert_eq!(r.body, want);
+
+    // HEAD: headers only, and the program is not run.
+    let runs_before = nginx.error_log().matches("transform started").count();
+    let mut c = Client::connect(nginx.port);
+    c.send("HEAD /gen?n=300000 HTTP/1.1\r\nHost: x\r\n\r\n");
+    let r = c.read_response(true);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("Content-Type"), Some("application/x-test"));
+    // The connection carries nothing after the head: the next response starts right away.
+    let r2 = c.get("/gen?n=10");
+    assert_eq!(r2.status, 200);
+    assert_eq!(r2.body, helper_output(&["gen", "10"]));
+    assert_eq!(nginx.error_log().matches("transform started").count(), runs_before + 1);
+    nginx.stop();
+}
+
+#[test]
+fn first_byte_arrives_before_the_program_exits() {
+    let nginx = Nginx::start(&server("location /drip { transform_exec {HELPER} drip 3 700; }"));
+    for path in ["/drip"] {
+        let mut c = Client::connect(nginx.port);
+        let start = Instant::now();
+        c.send(&format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n"));
+        let head = c.read_head();
+        assert_eq!(head.status, 200);
+        let mut first = [0u8; 1];
+        c.stream().set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut s = c.stream();
+        assert_eq!(s.read(&mut first).unwrap(), 1);
+        let first_at = start.elapsed();
+        // The program takes 3 x 700 ms; the first line must not wait for its exit.
+        assert!(first_at < Duration::from_millis(1500), "first byte after {first_at:?}");
+    }
+    nginx.stop();
+}
+
+#[test]
+fn tls_http2_and_gzip_take_the_buffered_transport_byte_exact() {
+    let dir = temp_dir("tls");
+    let (crt, key) = make_cert(&dir);
+    let nginx = Nginx::start(&format!(
+        "server {{ listen 127.0.0.1:{{PORT}} ssl; http2 on;
+                  ssl_certificate {crt}; ssl_certificate_key {key};
+                  location /gen {{ transform_exec {{HELPER}} gen $arg_n; }} }}",
+        crt = crt.display(),
+        key = key.display()
+    ));
+    let n = 32 * 1024 * 1024;
+    let want = sha256(&helper_output(&["gen", &n.to_string()]));
+    let url = format!("https://127.0.0.1:{}/gen?n={n}", nginx.port);
+    let (ok, body) = curl(&["-sk", "--http1.1", &url]);
+    assert!(ok);
+    assert_eq!(sha256(&body), want, "TLS HTTP/1.1 body");
+    let (ok, body) = curl(&["-sk", "--http2", "-w", "", &url]);
+    assert!(ok);
+    assert_eq!(sha256(&body), want, "HTTP/2 body");
+    let t = transports(&nginx);
+    assert_eq!(t.len(), 2);
+    assert!(t.iter().all(|t| t.starts_with("buffered")), "{t:?}");
+    assert!(t[1].contains("HTTP/2") || t[1].contains("TLS"), "{t:?}");
+    nginx.stop();
+
+    let nginx = Nginx::start(&server(
+        "gzip on; gzip_types application/octet-stream;
+         location /gen { transform_exec {HELPER} gen $arg_n; transform_type application/octet-stream; }",
+    ));
+    let (ok, body) = curl(&["-s", "--compressed", &nginx.url(&format!("/gen?n={n}"))]);
+    assert!(ok);
+    assert_eq!(sha256(&body), want, "gzip body after decompression");
+    let (ok, raw) = curl(&["-s", "-H", "Accept-Encoding: gzip", &nginx.url("/gen?n=100000")]);
+    assert!(ok);
+    assert_eq!(&raw[..2], b"\x1f\x8b", "response is gzip-encoded");
+    let t = transports(&nginx);
+    assert!(t.iter().all(|t| t.contains("body filter")), "{t:?}");
+    nginx.stop();
+}
+
+#[test]
+fn zero_copy_path_splices_and_never_reads_the_body() {
+    if std::process::Command::new("strace").arg("-V").output().is_err() {
+        panic!("strace is not installed: ci/test installs it; this test needs it to observe the worker");
+    }
+    let nginx = Nginx::start(&server(
+        "location /gen { transform_exec {HELPER} gen $arg_n 1048576; }",
+    ));
+    let worker = nginx.worker_pid();
+    let trace = nginx.prefix.join("strace.out");
+    let mut strace = std::process::Command::new("strace")
+        .args(["-f", "-e", "trace=read,readv,recvfrom,splice", "-o"])
+        .arg(&trace)
+        .arg("-p")
+        .arg(worker.to_string())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("strace");
+    // strace prints "Process N attached" once it is tracing.
+    let mut err = strace.stderr.take().unwrap();
+    let mut seen = Vec::new();
+    let attached = wait_until(Duration::from_secs(5), || {
+        let mut b = [0u8; 256];
+        if let Ok(k) = err.read(&mut b) {
+            seen.extend_from_slice(&b[..k]);
+        }
+        String::from_utf8_lossy(&seen).contains("attached")
+    });
+    assert!(attached, "strace did not attach: {}", String::from_utf8_lossy(&seen));
+
+    let n: u64 = 64 * 1024 * 1024;
+    let mut c = Client::connect(nginx.port);
+    let r = c.get(&format!("/gen?n={n}"));
+    assert_eq!(r.body.len() as u64, n);
+    // SAFETY: signalling our own strace child.
+    unsafe { libc::kill(strace.id() as i32, libc::SIGINT) };
+    let _ = strace.wait();
+    let text = std::fs::read_to_string(&trace).expect("strace output");
+    let mut spliced = 0u64;
+    let mut read = 0u64;
+    for line in text.lines() {
+        let ret: u64 = line.rsplit_once("= ").and_then(|(_, r)| r.split_whitespace().next())
+            .and_then(|r| r.parse().ok()).unwrap_or(0);
+        if line.contains("splice(") {
+            spliced += ret;
+        } else if line.contains("read(") || line.contains("readv(") || line.contains("recvfrom(") {
+            read += ret;
+        }
+    }
+    assert_eq!(spliced, n, "splice moved {spliced} of {n} bytes");
+    assert!(read < 64 * 1024, "the worker read {read} bytes through userspace");
+    assert_eq!(transports(&nginx), ["splice"]);
+    nginx.stop();
+}
+
+#[test]
+fn slow_client_holds_the_program_back_with_bounded_memory() {
+    for (name, extra) in [("splice", ""), ("buffered", "transform_splice off;")] {
+        let nginx = Nginx::start(&server(&format!(
+            "location /gen {{ {extra} transform_exec {{HELPER}} gen $arg_n; }}"
+        )));
+        let worker = nginx.worker_pid();
+        let rss_before = rss_kib(worker);
+        let total: u64 = 1024 * 1024 * 1024;
+        let mut c = Client::connect(nginx.port);
+        c.stream().set_nonblocking(false).unwrap();
+        // Small receive buffer so the client really is slow.
+        c.send(&format!("GET /gen?n={total} HTTP/1.1\r\nHost: x\r\n\r\n"));
+        let head = c.read_head();
+        assert_eq!(head.status, 200);
+        let got = c.read_some(1024 * 1024);
+        assert_eq!(got, 1024 * 1024);
+        // Stop reading for a while: the program must block, not run ahead.
+        std::thread::sleep(Duration::from_millis(1500));
+        let kids = children_of(worker);
+        assert_eq!(kids.len(), 1, "{name}: one program running");
+        let written = wchar(kids[0]);
+        assert!(written < 64 * 1024 * 1024, "{name}: program ran ahead: {written} bytes written");
+        let rss_growth = rss_kib(worker).saturating_sub(rss_before);
+        assert!(rss_growth < 8 * 1024, "{name}: worker RSS grew by {rss_growth} KiB");
+        // Read a further 64 MiB: the program resumes.
+        let more = c.read_some(64 * 1024 * 1024);
+        assert_eq!(more, 64 * 1024 * 1024, "{name}: transfer resumed");
+        assert!(wchar(kids[0]) > written, "{name}: program resumed");
+        drop(c);
+        assert!(wait_until(Duration::from_secs(2), || children_of(worker).is_empty()));
+        nginx.stop();
+    }
+}
+
+#[test]
+fn client_abort_kills_the_program_and_frees_everything() {
+    for extra in ["", "transform_splice off;"] {
+        let nginx = Nginx::start(&server(&format!(
+            "location /gen {{ {extra} transform_exec {{HELPER}} gen $arg_n; }}
+             location /hang {{ {extra} transform_exec {{HELPER}} hang-after 1000; }}"
+        )));
+        let worker = nginx.worker_pid();
+        // Warm up once so lazily opened descriptors (logs) are counted in the baseline.
+        let mut c = Client::connect(nginx.port);
+        c.send("GET /gen?n=10 HTTP/1.0\r\n\r\n");
+        assert_eq!(c.read_response(false).status, 200);
+        drop(c);
+        assert!(wait_until(Duration::from_secs(2), || children_of(worker).is_empty()));
+        let fds_before = fd_count(worker);
+
+        for path in ["/gen?n=100000000000", "/hang"] {
+            let mut c = Client::connect(nginx.port);
+            c.send(&format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n"));
+            assert_eq!(c.read_head().status, 200);
+            assert!(c.read_some(500) == 500);
+            let kids = children_of(worker);
+            assert_eq!(kids.len(), 1, "program running for {path}");
+            let child = kids[0];
+            let closed = Instant::now();
+            drop(c);
+            let gone = wait_until(Duration::from_secs(1), || proc_state(child).is_none());
+            assert!(gone, "{path}: program still there ({:?}) after the client left", proc_state(child));
+            assert!(closed.elapsed() < Duration::from_secs(1));
+            assert!(children_of(worker).is_empty(), "no zombie left");
+            assert!(
+                wait_until(Duration::from_secs(1), || fd_count(worker) == fds_before),
+                "{path}: worker fds {} vs {fds_before} before",
+                fd_count(worker)
+            );
+        }
+        nginx.stop();
+    }
+}
+
+#[test]
+fn failures_before_and_after_the_header() {
+    let nginx = Nginx::start(&server(
+        "location /missing { transform_exec $arg_p; }
+         location /relative { transform_exec $arg_p; }
+         location /exit { transform_exec {HELPER} fail-after 0 3; }
+         location /late { transform_exec {HELPER} fail-after 500000 1; }
+         location /late10 { transform_exec {HELPER} fail-after 500000 1; }
+         location /crash { transform_exec {HELPER} crash-after 300000; }",
+    ));
+    let mut c = Client::connect(nginx.port);
+    let r = c.get("/missing?p=/nonexistent/program");
+    assert_eq!(r.status, 502);
+    let lines = nginx.log_lines("error");
+    assert!(
+        lines.iter().any(|l| l.contains("posix_spawn() \"/nonexistent/program\" failed (2: No such file or directory)")),
+        "{lines:?}"
+    );
+    // nginx closes the connection after a 500 (as after any 500): use a new one.
+    let mut c = Client::connect(nginx.port);
+    let r = c.get("/relative?p=bin/true");
+    assert_eq!(r.status, 500);
+    assert!(nginx.log_lines("error").iter().any(|l| l.contains("\"bin/true\" is not an absolute path")));
+    let mut c = Client::connect(nginx.port);
+    let r = c.get("/exit");
+    assert_eq!(r.status, 502);
+    assert!(nginx.log_lines("error").iter().any(|l| l.contains("exited with code 3")));
+
+    // After the header: chunked responses end without the terminating chunk.
+    for path in ["/late", "/crash"] {
+        let mut c = Client::connect(nginx.port);
+        let r = c.get(path);
+        assert_eq!(r.status, 200);
+        assert!(!r.complete, "{path}: a failed program's response looked complete");
+    }
+    assert!(nginx.log_lines("error").iter().any(|l| l.contains("killed by signal 11")));
+    // HTTP/1.0 (close-delimited): the connection is reset, not closed cleanly.
+    let mut c = Client::connect(nginx.port);
+    c.send("GET /late10 HTTP/1.0\r\n\r\n");
+    let head = c.read_head();
+    assert_eq!(head.status, 200);
+    let mut sink = Vec::new();
+    let mut s = c.stream();
+    let res = s.read_to_end(&mut sink);
+    assert!(res.is_err(), "HTTP/1.0 failure ended with a clean close after {} bytes", sink.len());
+    nginx.stop();
+}
+
+#[test]
+fn child_gets_a_clean_process_state() {
+    // Plain C programs report on themselves (a Rust program would ignore SIGPIPE on its own).
+    let nginx = Nginx::start(&server(
+        "location /status { transform_exec /bin/cat /proc/self/status; }
+         location /stat { transform_exec /bin/cat /proc/self/stat; }
+         location /fds { transform_exec /bin/ls /proc/self/fd; }",
+    ));
+    let mut c = Client::connect(nginx.port);
+    let status = String::from_utf8(c.get("/status").body).unwrap();
+    let field = |name: &str| {
+        let line = status.lines().find(|l| l.starts_with(name)).expect(name);
+        u64::from_str_radix(line[name.len()..].trim(), 16).expect("hex mask")
+    };
+    assert_eq!(field("SigBlk:"), 0, "signal mask: {status}");
+    // glibc's posix_spawn leaves its two internal signals (32, 33) ignored; nothing else may be.
+    let internal = (1u64 << 31) | (1u64 << 32);
+    assert_eq!(field("SigIgn:") & !internal, 0, "ignored signals: {status}");
+    // /proc/self/stat: pid (comm) state ppid pgrp ...
+    let stat = String::from_utf8(c.get("/stat").body).unwrap();
+    let pid = stat.split_whitespace().next().unwrap();
+    let pgrp = stat.rsplit_once(')').unwrap().1.split_whitespace().nth(2).unwrap();
+    assert_eq!(pid, pgrp, "own process group: {stat}");
+    // ls lists 0, 1, 2 and its own handle on the directory (3): nothing of nginx's.
+    let fds = String::from_utf8(c.get("/fds").body).unwrap();
+    assert_eq!(fds.split_whitespace().collect::<Vec<_>>(), ["0", "1", "2", "3"], "inherited fds");
+    // No SIGCHLD noise: nginx's handler did not see our children.
+    assert!(!nginx.error_log().contains("unknown process"));
+    nginx.stop();
+}
+
+#[test]
+fn read_timeout_gives_504_or_a_truncated_response() {
+    let nginx = Nginx::start(&server(
+        "transform_read_timeout 300ms;
+         location /silent { transform_exec {HELPER} hang-after 0; }
+         location /stall { transform_exec {HELPER} hang-after 100000; }",
+    ));
+    let worker = nginx.worker_pid();
+    let mut c = Client::connect(nginx.port);
+    let start = Instant::now();
+    let r = c.get("/silent");
+    assert_eq!(r.status, 504);
+    assert!(start.elapsed() < Duration::from_secs(3));
+    let mut c = Client::connect(nginx.port);
+    let r = c.get("/stall");
+    assert_eq!(r.status, 200);
+    assert!(!r.complete, "a timed-out response looked complete");
+    let lines = nginx.log_lines("error");
+    assert_eq!(lines.iter().filter(|l| l.contains("timed out (transform_read_timeout 300ms)")).count(), 2, "{lines:?}");
+    assert!(wait_until(Duration::from_secs(1), || children_of(worker).is_empty()), "programs reaped");
+    nginx.stop();
+}
+
+#[test]
+fn graceful_quit_lets_an_in_flight_stream_finish() {
+    let nginx = Nginx::start(&server("location /drip { transform_exec {HELPER} drip 4 300; }"));
+    let mut c = Client::connect(nginx.port);
+    c.send("GET /drip HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(c.read_head().status, 200);
+    // SAFETY: signalling our own nginx master.
+    unsafe { libc::kill(nginx.master_pid() as i32, libc::SIGQUIT) };
+    let mut rest = Vec::new();
+    let mut s = c.stream();
+    s.read_to_end(&mut rest).expect("read the rest");
+    let text = String::from_utf8_lossy(&rest);
+    assert!(text.contains("line 3\n") && text.ends_with("0\r\n\r\n"), "stream cut short: {text:?}");
+    nginx.stop();
+}
