@@ -7,12 +7,13 @@ use core::ptr;
 use std::ffi::CString;
 
 use nginx_sys::{
-    ngx_array_create, ngx_array_push, ngx_array_t, ngx_command_t, ngx_conf_set_flag_slot, ngx_conf_set_msec_slot, ngx_msec_t,
-    ngx_conf_set_size_slot, ngx_conf_t, ngx_flag_t, ngx_http_compile_complex_value,
-    ngx_http_compile_complex_value_t, ngx_http_complex_value_t, ngx_http_script_variables_count,
-    ngx_http_set_complex_value_slot, ngx_str_t, ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_FLAG,
-    NGX_CONF_TAKE1, NGX_HTTP_LIF_CONF, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
-    NGX_HTTP_MAIN_CONF, NGX_HTTP_SRV_CONF, NGX_LOG_EMERG, NGX_OK,
+    ngx_array_create, ngx_array_push, ngx_array_t, ngx_command_t, ngx_conf_set_flag_slot,
+    ngx_conf_set_msec_slot, ngx_conf_set_size_slot, ngx_conf_t, ngx_flag_t,
+    ngx_http_compile_complex_value, ngx_http_compile_complex_value_t, ngx_http_complex_value_t,
+    ngx_http_script_variables_count, ngx_http_set_complex_value_slot, ngx_msec_t, ngx_str_t,
+    ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_FLAG, NGX_CONF_TAKE1, NGX_HTTP_LIF_CONF,
+    NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_SRV_CONF,
+    NGX_LOG_EMERG, NGX_OK,
 };
 use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::http::{HttpModuleLocationConf, Merge, MergeConfigError, NgxHttpCoreModule};

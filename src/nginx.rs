@@ -45,12 +45,12 @@ impl Http {
         self.0.as_ptr()
     }
 
-    fn r(&self) -> &mut ngx_http_request_t {
+    fn r<'a>(self) -> &'a mut ngx_http_request_t {
         // SAFETY: the type's invariant; nginx runs one handler at a time on this thread.
         unsafe { &mut *self.0.as_ptr() }
     }
 
-    fn c(&self) -> &mut ngx_connection_t {
+    fn c<'a>(self) -> &'a mut ngx_connection_t {
         // SAFETY: a live request has a live connection.
         unsafe { &mut *self.r().connection }
     }

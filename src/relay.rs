@@ -22,9 +22,8 @@ use std::os::fd::{AsFd, BorrowedFd};
 
 use nginx_sys::{
     ngx_event_t, ngx_http_request_t, ngx_int_t, NGX_DONE, NGX_ERROR, NGX_HTTP_BAD_GATEWAY,
-    NGX_HTTP_GATEWAY_TIME_OUT,
-    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_REQUEST_TIME_OUT, NGX_HTTP_SERVICE_UNAVAILABLE,
-    NGX_LOG_ERR, NGX_LOG_INFO, NGX_OK,
+    NGX_HTTP_GATEWAY_TIME_OUT, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_REQUEST_TIME_OUT,
+    NGX_HTTP_SERVICE_UNAVAILABLE, NGX_LOG_ERR, NGX_LOG_INFO, NGX_OK,
 };
 use ngx::core::Pool;
 use ngx::http::HttpModule;
@@ -507,9 +506,8 @@ impl Splice {
 /// Writes `n` in hex followed by CRLF; returns the length written.
 fn write_chunk_size(out: &mut [u8], n: usize) -> usize {
     let digits = (usize::BITS - n.leading_zeros()).div_ceil(4).max(1) as usize;
-    for i in 0..digits {
-        let nibble = (n >> (4 * (digits - 1 - i))) & 0xf;
-        out[i] = b"0123456789abcdef"[nibble];
+    for (i, digit) in out.iter_mut().take(digits).enumerate() {
+        *digit = b"0123456789abcdef"[(n >> (4 * (digits - 1 - i))) & 0xf];
     }
     out[digits..digits + 2].copy_from_slice(b"\r\n");
     digits + 2

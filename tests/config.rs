@@ -8,8 +8,14 @@ use common::*;
 fn rejects_anywhere(http_body: &str, message: &str) -> (String, std::path::PathBuf) {
     let (ok, stderr, path) = nginx_test_config(http_body);
     assert!(!ok, "nginx -t accepted: {http_body}");
-    assert!(stderr.contains("[emerg]"), "no [emerg] for {http_body}: {stderr}");
-    assert!(stderr.contains(message), "expected {message:?} for {http_body}: {stderr}");
+    assert!(
+        stderr.contains("[emerg]"),
+        "no [emerg] for {http_body}: {stderr}"
+    );
+    assert!(
+        stderr.contains(message),
+        "expected {message:?} for {http_body}: {stderr}"
+    );
     (stderr, path)
 }
 
@@ -18,7 +24,11 @@ fn rejects(http_body: &str, message: &str) {
     let (stderr, path) = rejects_anywhere(http_body, message);
     // The directive is on the line marked BAD; nginx names the file and that line.
     let conf = std::fs::read_to_string(&path).unwrap();
-    let line = conf.lines().position(|l| l.contains("#BAD")).expect("BAD marker") + 1;
+    let line = conf
+        .lines()
+        .position(|l| l.contains("#BAD"))
+        .expect("BAD marker")
+        + 1;
     let at = format!("in {}:{line}", path.display());
     assert!(stderr.contains(&at), "expected {at:?} in: {stderr}");
 }
@@ -38,15 +48,38 @@ fn valid_configuration_passes() {
 
 #[test]
 fn transform_exec_misuse() {
-    let s = |loc: &str| format!("server {{ listen 127.0.0.1:{{PORT}};\nlocation / {{\n{loc} #BAD\n}} }}");
-    rejects(&s("transform_exec;"), "invalid number of arguments in \"transform_exec\"");
-    rejects(&s("transform_exec bin/echo hi;"), "program \"bin/echo\" is not an absolute path");
-    rejects(&s("transform_exec /nonexistent/prog;"), "program \"/nonexistent/prog\" is not an executable file (2: No such file or directory)");
-    rejects(&s("transform_exec /etc/passwd;"), "program \"/etc/passwd\" is not an executable file (13: Permission denied)");
-    rejects(&s("transform_exec /bin;"), "program \"/bin\" is not an executable file");
-    rejects(&s("transform_exec /bin/true; transform_exec /bin/true;"), "\"transform_exec\" directive is duplicate");
+    let s = |loc: &str| {
+        format!("server {{ listen 127.0.0.1:{{PORT}};\nlocation / {{\n{loc} #BAD\n}} }}")
+    };
+    rejects(
+        &s("transform_exec;"),
+        "invalid number of arguments in \"transform_exec\"",
+    );
+    rejects(
+        &s("transform_exec bin/echo hi;"),
+        "program \"bin/echo\" is not an absolute path",
+    );
+    rejects(
+        &s("transform_exec /nonexistent/prog;"),
+        "program \"/nonexistent/prog\" is not an executable file (2: No such file or directory)",
+    );
+    rejects(
+        &s("transform_exec /etc/passwd;"),
+        "program \"/etc/passwd\" is not an executable file (13: Permission denied)",
+    );
+    rejects(
+        &s("transform_exec /bin;"),
+        "program \"/bin\" is not an executable file",
+    );
+    rejects(
+        &s("transform_exec /bin/true; transform_exec /bin/true;"),
+        "\"transform_exec\" directive is duplicate",
+    );
     // nginx resolves variable names after parsing, for every module: no line in this message.
-    rejects_anywhere(&s("transform_exec /bin/echo ${undefined_variable};"), "unknown \"undefined_variable\" variable");
+    rejects_anywhere(
+        &s("transform_exec /bin/echo ${undefined_variable};"),
+        "unknown \"undefined_variable\" variable",
+    );
     rejects(
         "server { listen 127.0.0.1:{PORT};\ntransform_exec /bin/true; #BAD\n}",
         "\"transform_exec\" directive is not allowed here",
@@ -55,13 +88,39 @@ fn transform_exec_misuse() {
 
 #[test]
 fn other_directives_misuse() {
-    let s = |d: &str| format!("server {{ listen 127.0.0.1:{{PORT}};\nlocation / {{ transform_exec /bin/true;\n{d} #BAD\n}} }}");
-    rejects(&s("transform_type;"), "invalid number of arguments in \"transform_type\"");
-    rejects(&s("transform_type a b;"), "invalid number of arguments in \"transform_type\"");
-    rejects(&s("transform_type a; transform_type b;"), "\"transform_type\" directive is duplicate");
-    rejects(&s("transform_splice maybe;"), "invalid value \"maybe\" in \"transform_splice\"");
-    rejects(&s("transform_splice on; transform_splice off;"), "\"transform_splice\" directive is duplicate");
-    rejects(&s("transform_pipe_size big;"), "\"transform_pipe_size\" directive invalid value");
-    rejects(&s("transform_pipe_size 1k;"), "pipe size must be from 4k to 1024m");
-    rejects(&s("transform_pipe_size 2048m;"), "pipe size must be from 4k to 1024m");
+    let s = |d: &str| {
+        format!("server {{ listen 127.0.0.1:{{PORT}};\nlocation / {{ transform_exec /bin/true;\n{d} #BAD\n}} }}")
+    };
+    rejects(
+        &s("transform_type;"),
+        "invalid number of arguments in \"transform_type\"",
+    );
+    rejects(
+        &s("transform_type a b;"),
+        "invalid number of arguments in \"transform_type\"",
+    );
+    rejects(
+        &s("transform_type a; transform_type b;"),
+        "\"transform_type\" directive is duplicate",
+    );
+    rejects(
+        &s("transform_splice maybe;"),
+        "invalid value \"maybe\" in \"transform_splice\"",
+    );
+    rejects(
+        &s("transform_splice on; transform_splice off;"),
+        "\"transform_splice\" directive is duplicate",
+    );
+    rejects(
+        &s("transform_pipe_size big;"),
+        "\"transform_pipe_size\" directive invalid value",
+    );
+    rejects(
+        &s("transform_pipe_size 1k;"),
+        "pipe size must be from 4k to 1024m",
+    );
+    rejects(
+        &s("transform_pipe_size 2048m;"),
+        "pipe size must be from 4k to 1024m",
+    );
 }

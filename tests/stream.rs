@@ -18,7 +18,10 @@ fn transports(nginx: &Nginx) -> Vec<String> {
     nginx
         .error_log()
         .lines()
-        .filter_map(|l| l.split_once("transform transport: ").map(|(_, t)| t.to_string()))
+        .filter_map(|l| {
+            l.split_once("transform transport: ")
+                .map(|(_, t)| t.to_string())
+        })
         .collect()
 }
 
@@ -37,13 +40,23 @@ fn bytes_are_exact_on_both_transports() {
         assert_eq!(r.body.len() as u64, BIG, "{path}: length");
         assert_eq!(sha256(&r.body), want, "{path}: sha256");
     }
-    assert_eq!(transports(&nginx), ["splice", "buffered (transform_splice is off)"]);
+    assert_eq!(
+        transports(&nginx),
+        ["splice", "buffered (transform_splice is off)"]
+    );
     // $bytes_sent counts what the client got on both transports: body plus framing plus header.
     let log = nginx.access_log();
     for line in log.lines() {
-        let sent: u64 = line.split('"').nth(2).and_then(|s| s.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok()).expect("bytes_sent in access log");
-        assert!(sent > BIG && sent < BIG + BIG / 100, "bytes_sent {sent} for {BIG} bytes: {line}");
+        let sent: u64 = line
+            .split('"')
+            .nth(2)
+            .and_then(|s| s.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .expect("bytes_sent in access log");
+        assert!(
+            sent > BIG && sent < BIG + BIG / 100,
+            "bytes_sent {sent} for {BIG} bytes: {line}"
+        );
     }
     nginx.stop();
 }
@@ -69,7 +82,12 @@ fn arguments_arrive_as_single_argv_elements() {
         let args: Vec<&[u8]> = r.body.split(|&b| b == 0).collect();
         // The helper prints the arguments after its mode: "$arg_a", "literal ", "two", "x%20y",
         // then comes the empty piece after the last NUL.
-        assert_eq!(args.len(), 5, "argument count for {raw:?}: {:?}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            args.len(),
+            5,
+            "argument count for {raw:?}: {:?}",
+            String::from_utf8_lossy(&r.body)
+        );
         assert_eq!(args[0], expect.as_bytes(), "value of $arg_a for {raw:?}");
         assert_eq!(args[1], b"literal ");
         assert_eq!(args[2], b"two");
@@ -130,13 +148,18 @@ fn chunked_keepalive_http10_and_head() {
     let r2 = c.get("/gen?n=10");
     assert_eq!(r2.status, 200);
     assert_eq!(r2.body, helper_output(&["gen", "10"]));
-    assert_eq!(nginx.error_log().matches("transform started").count(), runs_before + 1);
+    assert_eq!(
+        nginx.error_log().matches("transform started").count(),
+        runs_before + 1
+    );
     nginx.stop();
 }
 
 #[test]
 fn first_byte_arrives_before_the_program_exits() {
-    let nginx = Nginx::start(&server("location /drip { transform_exec {HELPER} drip 3 700; }"));
+    let nginx = Nginx::start(&server(
+        "location /drip { transform_exec {HELPER} drip 3 700; }",
+    ));
     for path in ["/drip"] {
         let mut c = Client::connect(nginx.port);
         let start = Instant::now();
@@ -144,12 +167,17 @@ fn first_byte_arrives_before_the_program_exits() {
         let head = c.read_head();
         assert_eq!(head.status, 200);
         let mut first = [0u8; 1];
-        c.stream().set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.stream()
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
         let mut s = c.stream();
         assert_eq!(s.read(&mut first).unwrap(), 1);
         let first_at = start.elapsed();
         // The program takes 3 x 700 ms; the first line must not wait for its exit.
-        assert!(first_at < Duration::from_millis(1500), "first byte after {first_at:?}");
+        assert!(
+            first_at < Duration::from_millis(1500),
+            "first byte after {first_at:?}"
+        );
     }
     nginx.stop();
 }
@@ -187,7 +215,12 @@ fn tls_http2_and_gzip_take_the_buffered_transport_byte_exact() {
     let (ok, body) = curl(&["-s", "--compressed", &nginx.url(&format!("/gen?n={n}"))]);
     assert!(ok);
     assert_eq!(sha256(&body), want, "gzip body after decompression");
-    let (ok, raw) = curl(&["-s", "-H", "Accept-Encoding: gzip", &nginx.url("/gen?n=100000")]);
+    let (ok, raw) = curl(&[
+        "-s",
+        "-H",
+        "Accept-Encoding: gzip",
+        &nginx.url("/gen?n=100000"),
+    ]);
     assert!(ok);
     assert_eq!(&raw[..2], b"\x1f\x8b", "response is gzip-encoded");
     let t = transports(&nginx);
@@ -197,7 +230,11 @@ fn tls_http2_and_gzip_take_the_buffered_transport_byte_exact() {
 
 #[test]
 fn zero_copy_path_splices_and_never_reads_the_body() {
-    if std::process::Command::new("strace").arg("-V").output().is_err() {
+    if std::process::Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_err()
+    {
         panic!("strace is not installed: ci/test installs it; this test needs it to observe the worker");
     }
     let nginx = Nginx::start(&server(
@@ -223,7 +260,11 @@ fn zero_copy_path_splices_and_never_reads_the_body() {
         }
         String::from_utf8_lossy(&seen).contains("attached")
     });
-    assert!(attached, "strace did not attach: {}", String::from_utf8_lossy(&seen));
+    assert!(
+        attached,
+        "strace did not attach: {}",
+        String::from_utf8_lossy(&seen)
+    );
 
     let n: u64 = 64 * 1024 * 1024;
     let mut c = Client::connect(nginx.port);
@@ -236,8 +277,11 @@ fn zero_copy_path_splices_and_never_reads_the_body() {
     let mut spliced = 0u64;
     let mut read = 0u64;
     for line in text.lines() {
-        let ret: u64 = line.rsplit_once("= ").and_then(|(_, r)| r.split_whitespace().next())
-            .and_then(|r| r.parse().ok()).unwrap_or(0);
+        let ret: u64 = line
+            .rsplit_once("= ")
+            .and_then(|(_, r)| r.split_whitespace().next())
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(0);
         if line.contains("splice(") {
             spliced += ret;
         } else if line.contains("read(") || line.contains("readv(") || line.contains("recvfrom(") {
@@ -245,7 +289,10 @@ fn zero_copy_path_splices_and_never_reads_the_body() {
         }
     }
     assert_eq!(spliced, n, "splice moved {spliced} of {n} bytes");
-    assert!(read < 64 * 1024, "the worker read {read} bytes through userspace");
+    assert!(
+        read < 64 * 1024,
+        "the worker read {read} bytes through userspace"
+    );
     assert_eq!(transports(&nginx), ["splice"]);
     nginx.stop();
 }
@@ -272,9 +319,15 @@ fn slow_client_holds_the_program_back_with_bounded_memory() {
         let kids = children_of(worker);
         assert_eq!(kids.len(), 1, "{name}: one program running");
         let written = wchar(kids[0]);
-        assert!(written < 64 * 1024 * 1024, "{name}: program ran ahead: {written} bytes written");
+        assert!(
+            written < 64 * 1024 * 1024,
+            "{name}: program ran ahead: {written} bytes written"
+        );
         let rss_growth = rss_kib(worker).saturating_sub(rss_before);
-        assert!(rss_growth < 8 * 1024, "{name}: worker RSS grew by {rss_growth} KiB");
+        assert!(
+            rss_growth < 8 * 1024,
+            "{name}: worker RSS grew by {rss_growth} KiB"
+        );
         // Read a further 64 MiB: the program resumes.
         let more = c.read_some(64 * 1024 * 1024);
         assert_eq!(more, 64 * 1024 * 1024, "{name}: transfer resumed");
@@ -312,7 +365,11 @@ fn client_abort_kills_the_program_and_frees_everything() {
             let closed = Instant::now();
             drop(c);
             let gone = wait_until(Duration::from_secs(1), || proc_state(child).is_none());
-            assert!(gone, "{path}: program still there ({:?}) after the client left", proc_state(child));
+            assert!(
+                gone,
+                "{path}: program still there ({:?}) after the client left",
+                proc_state(child)
+            );
             assert!(closed.elapsed() < Duration::from_secs(1));
             assert!(children_of(worker).is_empty(), "no zombie left");
             assert!(
@@ -340,27 +397,41 @@ fn failures_before_and_after_the_header() {
     assert_eq!(r.status, 502);
     let lines = nginx.log_lines("error");
     assert!(
-        lines.iter().any(|l| l.contains("posix_spawn() \"/nonexistent/program\" failed (2: No such file or directory)")),
+        lines.iter().any(|l| l.contains(
+            "posix_spawn() \"/nonexistent/program\" failed (2: No such file or directory)"
+        )),
         "{lines:?}"
     );
     // nginx closes the connection after a 500 (as after any 500): use a new one.
     let mut c = Client::connect(nginx.port);
     let r = c.get("/relative?p=bin/true");
     assert_eq!(r.status, 500);
-    assert!(nginx.log_lines("error").iter().any(|l| l.contains("\"bin/true\" is not an absolute path")));
+    assert!(nginx
+        .log_lines("error")
+        .iter()
+        .any(|l| l.contains("\"bin/true\" is not an absolute path")));
     let mut c = Client::connect(nginx.port);
     let r = c.get("/exit");
     assert_eq!(r.status, 502);
-    assert!(nginx.log_lines("error").iter().any(|l| l.contains("exited with code 3")));
+    assert!(nginx
+        .log_lines("error")
+        .iter()
+        .any(|l| l.contains("exited with code 3")));
 
     // After the header: chunked responses end without the terminating chunk.
     for path in ["/late", "/crash"] {
         let mut c = Client::connect(nginx.port);
         let r = c.get(path);
         assert_eq!(r.status, 200);
-        assert!(!r.complete, "{path}: a failed program's response looked complete");
+        assert!(
+            !r.complete,
+            "{path}: a failed program's response looked complete"
+        );
     }
-    assert!(nginx.log_lines("error").iter().any(|l| l.contains("killed by signal 11")));
+    assert!(nginx
+        .log_lines("error")
+        .iter()
+        .any(|l| l.contains("killed by signal 11")));
     // HTTP/1.0 (close-delimited): the connection is reset, not closed cleanly.
     let mut c = Client::connect(nginx.port);
     c.send("GET /late10 HTTP/1.0\r\n\r\n");
@@ -369,7 +440,11 @@ fn failures_before_and_after_the_header() {
     let mut sink = Vec::new();
     let mut s = c.stream();
     let res = s.read_to_end(&mut sink);
-    assert!(res.is_err(), "HTTP/1.0 failure ended with a clean close after {} bytes", sink.len());
+    assert!(
+        res.is_err(),
+        "HTTP/1.0 failure ended with a clean close after {} bytes",
+        sink.len()
+    );
     nginx.stop();
 }
 
@@ -394,11 +469,21 @@ fn child_gets_a_clean_process_state() {
     // /proc/self/stat: pid (comm) state ppid pgrp ...
     let stat = String::from_utf8(c.get("/stat").body).unwrap();
     let pid = stat.split_whitespace().next().unwrap();
-    let pgrp = stat.rsplit_once(')').unwrap().1.split_whitespace().nth(2).unwrap();
+    let pgrp = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .nth(2)
+        .unwrap();
     assert_eq!(pid, pgrp, "own process group: {stat}");
     // ls lists 0, 1, 2 and its own handle on the directory (3): nothing of nginx's.
     let fds = String::from_utf8(c.get("/fds").body).unwrap();
-    assert_eq!(fds.split_whitespace().collect::<Vec<_>>(), ["0", "1", "2", "3"], "inherited fds");
+    assert_eq!(
+        fds.split_whitespace().collect::<Vec<_>>(),
+        ["0", "1", "2", "3"],
+        "inherited fds"
+    );
     // No SIGCHLD noise: nginx's handler did not see our children.
     assert!(!nginx.error_log().contains("unknown process"));
     nginx.stop();
@@ -422,14 +507,26 @@ fn read_timeout_gives_504_or_a_truncated_response() {
     assert_eq!(r.status, 200);
     assert!(!r.complete, "a timed-out response looked complete");
     let lines = nginx.log_lines("error");
-    assert_eq!(lines.iter().filter(|l| l.contains("timed out (transform_read_timeout 300ms)")).count(), 2, "{lines:?}");
-    assert!(wait_until(Duration::from_secs(1), || children_of(worker).is_empty()), "programs reaped");
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains("timed out (transform_read_timeout 300ms)"))
+            .count(),
+        2,
+        "{lines:?}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(1), || children_of(worker).is_empty()),
+        "programs reaped"
+    );
     nginx.stop();
 }
 
 #[test]
 fn graceful_quit_lets_an_in_flight_stream_finish() {
-    let nginx = Nginx::start(&server("location /drip { transform_exec {HELPER} drip 4 300; }"));
+    let nginx = Nginx::start(&server(
+        "location /drip { transform_exec {HELPER} drip 4 300; }",
+    ));
     let mut c = Client::connect(nginx.port);
     c.send("GET /drip HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(c.read_head().status, 200);
@@ -439,6 +536,9 @@ fn graceful_quit_lets_an_in_flight_stream_finish() {
     let mut s = c.stream();
     s.read_to_end(&mut rest).expect("read the rest");
     let text = String::from_utf8_lossy(&rest);
-    assert!(text.contains("line 3\n") && text.ends_with("0\r\n\r\n"), "stream cut short: {text:?}");
+    assert!(
+        text.contains("line 3\n") && text.ends_with("0\r\n\r\n"),
+        "stream cut short: {text:?}"
+    );
     nginx.stop();
 }

@@ -19,12 +19,17 @@ fn main() {
     let code = match args.first().map(String::as_str) {
         Some("argv") => {
             for a in &args[1..] {
-                out.write_all(a.as_bytes()).and_then(|_| out.write_all(b"\0")).ok();
+                out.write_all(a.as_bytes())
+                    .and_then(|_| out.write_all(b"\0"))
+                    .ok();
             }
             0
         }
         Some("gen") => {
-            let size = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(64 * 1024);
+            let size = args
+                .get(2)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(64 * 1024);
             gen(&mut out, num(1), size).map_or(1, |_| 0)
         }
         Some("fail-after") => {
@@ -36,7 +41,10 @@ fn main() {
             // Rust's runtime handles SIGSEGV itself: restore the default action (and no core file).
             // SAFETY: plain libc calls with valid arguments.
             unsafe {
-                let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                let no_core = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
                 libc::setrlimit(libc::RLIMIT_CORE, &no_core);
                 libc::signal(libc::SIGSEGV, libc::SIG_DFL);
                 libc::raise(libc::SIGSEGV);

@@ -49,7 +49,11 @@ pub fn temp_dir(tag: &str) -> PathBuf {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 /// Builds a full nginx.conf around `http_body` (the inside of `http {}`); `{PORT}`, `{PREFIX}`
@@ -109,7 +113,12 @@ impl Nginx {
             .stderr(std::fs::File::create(prefix.join("logs/stderr.log")).expect("stderr"))
             .spawn()
             .expect("start nginx");
-        let nginx = Nginx { prefix, port, master: Some(master), allowed: Vec::new() };
+        let nginx = Nginx {
+            prefix,
+            port,
+            master: Some(master),
+            allowed: Vec::new(),
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             if Instant::now() > deadline {
@@ -156,7 +165,11 @@ impl Nginx {
     /// Error-log lines at error level or more severe (not debug noise).
     pub fn log_lines(&self, level: &str) -> Vec<String> {
         let tag = format!("[{level}]");
-        self.error_log().lines().filter(|l| l.contains(&tag)).map(String::from).collect()
+        self.error_log()
+            .lines()
+            .filter(|l| l.contains(&tag))
+            .map(String::from)
+            .collect()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -172,7 +185,11 @@ impl Nginx {
             .filter(|l| l.contains("[alert]") || l.contains("[crit]") || l.contains("[emerg]"))
             .filter(|l| !self.allowed.iter().any(|a| l.contains(a.as_str())))
             .collect();
-        assert!(bad.is_empty(), "unexpected alerts in error.log:\n{}", bad.join("\n"));
+        assert!(
+            bad.is_empty(),
+            "unexpected alerts in error.log:\n{}",
+            bad.join("\n")
+        );
     }
 
     fn shutdown(&mut self) {
@@ -218,7 +235,11 @@ pub fn nginx_test_config(http_body: &str) -> (bool, String, PathBuf) {
         .arg(&path)
         .output()
         .expect("nginx -t");
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned(), path)
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        path,
+    )
 }
 
 /// Child pids of a process.
@@ -242,7 +263,9 @@ pub fn proc_state(pid: u32) -> Option<char> {
 }
 
 pub fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 pub fn rss_kib(pid: u32) -> u64 {
@@ -280,7 +303,10 @@ pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
 
 /// The output of the helper run directly (what a response body must equal).
 pub fn helper_output(args: &[&str]) -> Vec<u8> {
-    let out = Command::new(HELPER).args(args).output().expect("run helper");
+    let out = Command::new(HELPER)
+        .args(args)
+        .output()
+        .expect("run helper");
     out.stdout
 }
 
@@ -304,7 +330,10 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -316,8 +345,11 @@ pub struct Client {
 impl Client {
     pub fn connect(port: u16) -> Client {
         let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
-        Client { reader: BufReader::with_capacity(256 * 1024, s) }
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        Client {
+            reader: BufReader::with_capacity(256 * 1024, s),
+        }
     }
 
     pub fn stream(&self) -> &TcpStream {
@@ -325,7 +357,10 @@ impl Client {
     }
 
     pub fn send(&mut self, raw: &str) {
-        self.reader.get_mut().write_all(raw.as_bytes()).expect("send request");
+        self.reader
+            .get_mut()
+            .write_all(raw.as_bytes())
+            .expect("send request");
     }
 
     pub fn get(&mut self, path: &str) -> Response {
@@ -337,16 +372,28 @@ impl Client {
     pub fn read_head(&mut self) -> Response {
         let mut line = String::new();
         self.reader.read_line(&mut line).expect("status line");
-        assert!(line.ends_with("\r\n"), "status line not CRLF-terminated: {line:?}");
+        assert!(
+            line.ends_with("\r\n"),
+            "status line not CRLF-terminated: {line:?}"
+        );
         let mut parts = line.trim_end().splitn(3, ' ');
         let version = parts.next().unwrap_or_default().to_string();
-        assert!(version == "HTTP/1.1" || version == "HTTP/1.0", "bad version in {line:?}");
-        let status: u16 = parts.next().and_then(|s| s.parse().ok()).expect("status code");
+        assert!(
+            version == "HTTP/1.1" || version == "HTTP/1.0",
+            "bad version in {line:?}"
+        );
+        let status: u16 = parts
+            .next()
+            .and_then(|s| s.parse().ok())
+            .expect("status code");
         let mut headers = Vec::new();
         loop {
             let mut h = String::new();
             self.reader.read_line(&mut h).expect("header line");
-            assert!(h.ends_with("\r\n"), "header line not CRLF-terminated: {h:?}");
+            assert!(
+                h.ends_with("\r\n"),
+                "header line not CRLF-terminated: {h:?}"
+            );
             if h == "\r\n" {
                 break;
             }
@@ -354,7 +401,14 @@ impl Client {
             assert!(!k.is_empty() && !k.contains(' '), "bad header name {k:?}");
             headers.push((k.to_string(), v.trim().to_string()));
         }
-        Response { version, status, headers, body: Vec::new(), complete: false, chunks: Vec::new() }
+        Response {
+            version,
+            status,
+            headers,
+            body: Vec::new(),
+            complete: false,
+            chunks: Vec::new(),
+        }
     }
 
     /// Reads a whole response; `head` for a HEAD request (no body).
@@ -364,8 +418,12 @@ impl Client {
             resp.complete = true;
             return resp;
         }
-        let te = resp.header("Transfer-Encoding").map(str::to_ascii_lowercase);
-        let cl = resp.header("Content-Length").map(|v| v.parse::<usize>().expect("numeric length"));
+        let te = resp
+            .header("Transfer-Encoding")
+            .map(str::to_ascii_lowercase);
+        let cl = resp
+            .header("Content-Length")
+            .map(|v| v.parse::<usize>().expect("numeric length"));
         if te.as_deref() == Some("chunked") {
             assert!(cl.is_none(), "both chunked and Content-Length");
             self.read_chunked(&mut resp);
@@ -388,7 +446,10 @@ impl Client {
                 Ok(0) | Err(_) => return,
                 Ok(_) => {}
             }
-            assert!(line.ends_with("\r\n"), "chunk size line not CRLF-terminated: {line:?}");
+            assert!(
+                line.ends_with("\r\n"),
+                "chunk size line not CRLF-terminated: {line:?}"
+            );
             let size_str = line.trim_end();
             assert!(
                 !size_str.is_empty() && size_str.bytes().all(|b| b.is_ascii_hexdigit()),
@@ -398,7 +459,10 @@ impl Client {
             if size == 0 {
                 let mut end = String::new();
                 self.reader.read_line(&mut end).expect("final CRLF");
-                assert_eq!(end, "\r\n", "no trailer support expected; bad end of chunked body");
+                assert_eq!(
+                    end, "\r\n",
+                    "no trailer support expected; bad end of chunked body"
+                );
                 resp.complete = true;
                 return;
             }
@@ -433,7 +497,10 @@ impl Client {
 
 /// Runs curl with `args`; returns (exit success, stdout).
 pub fn curl(args: &[&str]) -> (bool, Vec<u8>) {
-    let out = Command::new("curl").args(args).output().expect("run curl (is it installed?)");
+    let out = Command::new("curl")
+        .args(args)
+        .output()
+        .expect("run curl (is it installed?)");
     (out.status.success(), out.stdout)
 }
 
@@ -441,7 +508,17 @@ pub fn curl(args: &[&str]) -> (bool, Vec<u8>) {
 pub fn make_cert(dir: &Path) -> (PathBuf, PathBuf) {
     let (crt, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let ok = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ])
         .arg("-keyout")
         .arg(&key)
         .arg("-out")

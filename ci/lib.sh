@@ -1,0 +1,23 @@
+# Shared by ci/test, ci/demo and ci/bench: install what the project needs from Debian, idempotently.
+# shellcheck shell=bash
+
+# Debian packages: build (nginx's PCRE2, bindgen's libclang) and test tools.
+BUILD_PACKAGES=(libpcre2-dev libclang1-14 libclang-common-14-dev libssl-dev zlib1g-dev gcc make)
+TEST_PACKAGES=(curl openssl strace imagemagick procps)
+
+ensure_packages() {
+    local missing=()
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    echo "ci: installing ${missing[*]}"
+    local sudo=()
+    [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+    "${sudo[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+ensure_rust() {
+    command -v cargo >/dev/null || { echo "ci: cargo not found (install Rust with rustup)" >&2; exit 1; }
+}
