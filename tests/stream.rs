@@ -158,9 +158,10 @@ fn chunked_keepalive_http10_and_head() {
 #[test]
 fn first_byte_arrives_before_the_program_exits() {
     let nginx = Nginx::start(&server(
-        "location /drip { transform_exec {HELPER} drip 3 700; }",
+        "location /drip { transform_exec {HELPER} drip 3 700; }
+         location /drip-buffered { transform_splice off; transform_exec {HELPER} drip 3 700; }",
     ));
-    for path in ["/drip"] {
+    for path in ["/drip", "/drip-buffered"] {
         let mut c = Client::connect(nginx.port);
         let start = Instant::now();
         c.send(&format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n"));
