@@ -18,6 +18,8 @@ use crate::os::{self, ExitStatus};
 std::thread_local! {
     /// pid and pidfd of every child of this worker not yet reaped.
     static LIVE: RefCell<Vec<(libc::pid_t, RawFd)>> = const { RefCell::new(Vec::new()) };
+    /// Killed children waiting for the orphan reaper.
+    static ORPHANS: RefCell<Vec<*mut Orphan>> = const { RefCell::new(Vec::new()) };
 }
 
 /// A running (or exited, not yet reaped) program.
@@ -81,6 +83,13 @@ impl Child {
         }
     }
 
+    /// Stops the wait limit (while the client, not the program, is what the relay waits for).
+    pub fn clear_timer(&self) {
+        if let Some(fd) = &self.pidfd {
+            fd.clear_timer();
+        }
+    }
+
     /// The exit status, once the program has exited (reaping it).
     pub fn status(&mut self) -> Option<ExitStatus> {
         if self.status.is_none() {
@@ -116,14 +125,14 @@ impl Drop for Child {
             pid: self.pid,
             pidfd: fd,
         }));
-        // SAFETY: orphan is a fresh, leaked box; the handler frees it.
+        // SAFETY: orphan is a fresh, leaked box; the handler (or kill_all) frees it.
         unsafe {
             (*orphan).pidfd.rebind(orphan_event, orphan.cast());
-            if !(*orphan).pidfd.arm_read() {
+            if (*orphan).pidfd.arm_read() {
+                ORPHANS.with_borrow_mut(|o| o.push(orphan));
+            } else {
                 // Cannot watch it: reap it now (it was SIGKILLed, this is short).
-                os::reap_blocking((*orphan).pidfd.fd());
-                forget((*orphan).pid);
-                drop(Box::from_raw(orphan));
+                reap_orphan(orphan);
             }
         }
     }
@@ -146,18 +155,35 @@ unsafe extern "C" fn orphan_event(ev: *mut ngx_event_t) {
         }
         _ => {
             forget(o.pid);
-            // SAFETY: leaked in Child::drop; nothing else refers to it.
+            ORPHANS.with_borrow_mut(|l| l.retain(|&p| p != orphan));
+            // SAFETY: leaked in Child::drop; nothing else refers to it any more.
             drop(unsafe { Box::from_raw(orphan) });
         }
     }
+}
+
+/// Reaps a killed orphan now (blocking briefly) and frees it, closing its pidfd connection.
+///
+/// # Safety
+/// `orphan` was leaked by `Child::drop` and is not used afterwards.
+unsafe fn reap_orphan(orphan: *mut Orphan) {
+    // SAFETY: caller's contract.
+    let o = unsafe { Box::from_raw(orphan) };
+    os::reap_blocking(o.pidfd.fd());
+    forget(o.pid);
 }
 
 fn forget(pid: libc::pid_t) {
     LIVE.with_borrow_mut(|l| l.retain(|&(p, _)| p != pid));
 }
 
-/// Kills and reaps every child of this worker that is still alive (worker exit).
+/// Kills and reaps every child of this worker that is still alive (worker exit), and closes the
+/// orphan reaper's connections so none is left open.
 pub fn kill_all() {
+    for orphan in ORPHANS.with_borrow_mut(core::mem::take) {
+        // SAFETY: orphans in the list are leaked boxes owned by the list.
+        unsafe { reap_orphan(orphan) };
+    }
     let live = LIVE.with_borrow_mut(core::mem::take);
     for (pid, fd) in live {
         // SAFETY: fd is the pidfd of an unreaped child, still open (its owner was not dropped).

@@ -133,7 +133,8 @@ impl Http {
         unsafe { ngx_http_send_header(self.as_ptr()) }
     }
 
-    /// Why the response body cannot bypass nginx's output chain, or `None` if it can.
+    /// Why the response body cannot bypass nginx's output chain, or `None` if it can. Call it
+    /// after the header went through the filters (they set what is checked here).
     pub fn zero_copy_refusal(self, splice_on: bool) -> Option<&'static str> {
         let r = self.r();
         if !splice_on {
@@ -151,8 +152,12 @@ impl Http {
         if r.filter_need_in_memory() != 0 || r.main_filter_need_in_memory() != 0 {
             return Some("a body filter needs the data (gzip, sub_filter, ssi)");
         }
+        // Evaluated by the write filter when the header went through (callers flush it first).
         if r.limit_rate != 0 {
             return Some("limit_rate is set");
+        }
+        if r.preserve_body() != 0 {
+            return Some("a body filter adds content (add_before_body, add_after_body)");
         }
         if !r.postponed.is_null() {
             return Some("postponed output");
@@ -246,9 +251,12 @@ impl Http {
         self.c().set_error(1);
     }
 
-    /// Ensures a failed response cannot pass for a complete one: reset the connection on close.
+    /// Ensures a failed response cannot pass for a complete one: on HTTP/1.x (plain or TLS) the
+    /// connection is reset when closed, since a close-delimited body would otherwise look whole
+    /// (and clients ignore a missing TLS close_notify). HTTP/2 and HTTP/3 reset the stream.
     pub fn reset_on_close(self) {
-        if self.zero_copy_refusal(true).is_none() {
+        let r = self.r();
+        if ptr::eq(r.main, r) && r.http_version < NGX_HTTP_VERSION_20 as usize {
             os::linger_reset(self.client_fd());
         }
     }
@@ -266,26 +274,57 @@ impl Http {
         true
     }
 
-    /// Waits for the client to accept more output: arms the write event with `send_timeout`
-    /// if `blocked`, otherwise removes the timer.
+    /// Marks the client socket as full after our own send/splice returned EAGAIN (splice
+    /// transport only: nginx's send functions manage the flag on the buffered transport).
+    pub fn client_full(self) {
+        // SAFETY: a live connection has live events.
+        unsafe { (*self.c().write).set_ready(0) };
+    }
+
+    /// Waits for the client as nginx's non-buffered upstream loop does: while `blocked`, (re)starts
+    /// `send_timeout` on every wait (not while limit_rate delays the event); otherwise removes it.
     pub fn arm_write(self, blocked: bool) -> bool {
-        let c = self.c();
-        let wev = c.write;
-        let timeout: ngx_msec_t = NgxHttpCoreModule::location_conf(self.r())
-            .expect("core loc conf")
-            .send_timeout;
+        let clcf = NgxHttpCoreModule::location_conf(self.r()).expect("core loc conf");
+        let wev = self.c().write;
         // SAFETY: live connection event.
         unsafe {
-            if blocked {
-                (*wev).set_ready(0);
-                if (*wev).timer_set() == 0 {
-                    nginx_sys::ngx_add_timer(wev, timeout);
-                }
-            } else if (*wev).timer_set() != 0 {
+            if ngx_handle_write_event(wev, clcf.send_lowat) != NGX_OK as ngx_int_t {
+                return false;
+            }
+            if blocked && (*wev).delayed() == 0 {
+                nginx_sys::ngx_add_timer(wev, clcf.send_timeout);
+            } else if !blocked && (*wev).delayed() == 0 && (*wev).timer_set() != 0 {
+                // (A delayed event's timer is limit_rate's: it must stay.)
                 nginx_sys::ngx_del_timer(wev);
             }
-            ngx_handle_write_event(wev, 0) == NGX_OK as ngx_int_t
         }
+        true
+    }
+
+    /// Lets small writes go out at once (as nginx's non-buffered upstream mode does).
+    pub fn tcp_nodelay(self) {
+        // SAFETY: live connection; ngx_tcp_nodelay checks the connection's state itself.
+        unsafe { nginx_sys::ngx_tcp_nodelay(self.connection()) };
+    }
+}
+
+/// Moves `value` into `pool`, to be dropped when the pool is destroyed; null if out of memory.
+/// (ngx 0.5.1's `Pool::allocate` writes before checking its allocation.)
+pub fn pool_allocate<T>(pool: *mut nginx_sys::ngx_pool_t, value: T) -> *mut T {
+    unsafe extern "C" fn drop_value<T>(data: *mut c_void) {
+        // SAFETY: registered below for a T written at data.
+        unsafe { ptr::drop_in_place(data.cast::<T>()) };
+    }
+    // SAFETY: pool is a live pool; the cleanup holds space for one T (aligned by the pool).
+    unsafe {
+        let cln = nginx_sys::ngx_pool_cleanup_add(pool, size_of::<T>());
+        if cln.is_null() || (*cln).data.is_null() {
+            return ptr::null_mut();
+        }
+        let p = (*cln).data.cast::<T>();
+        ptr::write(p, value);
+        (*cln).handler = Some(drop_value::<T>);
+        p
     }
 }
 
@@ -344,12 +383,21 @@ impl EventFd {
         unsafe { BorrowedFd::borrow_raw((*self.0.as_ptr()).fd) }
     }
 
-    /// Changes who handles the events.
+    /// Changes who handles the events, logging to the cycle's log from now on (the old log may
+    /// belong to a connection that goes away) and without the old timer.
     pub fn rebind(&mut self, handler: EventHandler, data: *mut c_void) {
-        // SAFETY: live connection.
+        let log = ngx::log::ngx_cycle_log().as_ptr();
+        // SAFETY: live connection and events.
         unsafe {
-            (*self.0.as_ptr()).data = data;
-            (*(*self.0.as_ptr()).read).handler = Some(handler);
+            let c = &mut *self.0.as_ptr();
+            c.data = data;
+            c.log = log;
+            (*c.read).handler = Some(handler);
+            (*c.read).log = log;
+            (*c.write).log = log;
+            if (*c.read).timer_set() != 0 {
+                nginx_sys::ngx_del_timer(c.read);
+            }
         }
     }
 
@@ -369,6 +417,17 @@ impl EventFd {
     pub fn set_timer(&self, ms: ngx_msec_t) {
         // SAFETY: live connection event.
         unsafe { nginx_sys::ngx_add_timer((*self.0.as_ptr()).read, ms) };
+    }
+
+    /// Stops the timer of the read event.
+    pub fn clear_timer(&self) {
+        // SAFETY: live connection event.
+        unsafe {
+            let rev = (*self.0.as_ptr()).read;
+            if (*rev).timer_set() != 0 {
+                nginx_sys::ngx_del_timer(rev);
+            }
+        }
     }
 
     /// Whether the read event's timer has fired (clears the flag).

@@ -58,15 +58,29 @@ pub fn bytes_in_pipe(fd: BorrowedFd<'_>) -> io::Result<usize> {
     Ok(n.max(0) as usize)
 }
 
-/// Whether every writer of a pipe has closed it (readers see end of file once it is drained).
-pub fn pipe_hung_up(fd: BorrowedFd<'_>) -> io::Result<bool> {
+/// Bytes waiting in a pipe, or `None` at end of file (empty, and every writer gone).
+///
+/// FIONREAD first (the common case, data waiting, takes one call); when it says 0, whether the
+/// writers are gone, then FIONREAD again: data written just before the last writer closed is
+/// never mistaken for end of file.
+pub fn pipe_pending(fd: BorrowedFd<'_>) -> io::Result<Option<usize>> {
+    let n = bytes_in_pipe(fd)?;
+    if n > 0 {
+        return Ok(Some(n));
+    }
     let mut pfd = libc::pollfd {
         fd: fd.as_raw_fd(),
         events: libc::POLLIN,
         revents: 0,
     };
     syscall!(poll(&mut pfd, 1, 0))?;
-    Ok(pfd.revents & libc::POLLHUP != 0)
+    if pfd.revents & libc::POLLHUP == 0 {
+        return Ok(Some(0));
+    }
+    match bytes_in_pipe(fd)? {
+        0 => Ok(None),
+        n => Ok(Some(n)),
+    }
 }
 
 /// read(2) into a buffer.
@@ -81,9 +95,15 @@ pub fn send(fd: RawFd, buf: &[u8], more: bool) -> io::Result<usize> {
 }
 
 /// Moves up to `len` bytes from a pipe into a non-blocking socket without copying them through
-/// userspace. `Ok(0)` is end of file on the pipe.
-pub fn splice_to_socket(pipe: BorrowedFd<'_>, sock: RawFd, len: usize) -> io::Result<usize> {
-    let flags = libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE | libc::SPLICE_F_MORE;
+/// userspace; `more` says more data follows at once. `Ok(0)` is end of file on the pipe.
+pub fn splice_to_socket(
+    pipe: BorrowedFd<'_>,
+    sock: RawFd,
+    len: usize,
+    more: bool,
+) -> io::Result<usize> {
+    let flags =
+        libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE | if more { libc::SPLICE_F_MORE } else { 0 };
     syscall!(splice(
         pipe.as_raw_fd(),
         ptr::null_mut(),

@@ -25,12 +25,11 @@ use nginx_sys::{
     NGX_HTTP_GATEWAY_TIME_OUT, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_REQUEST_TIME_OUT,
     NGX_HTTP_SERVICE_UNAVAILABLE, NGX_LOG_ERR, NGX_LOG_INFO, NGX_OK,
 };
-use ngx::core::Pool;
 use ngx::http::HttpModule;
 
 use crate::child::Child;
 use crate::conf::TransformConf;
-use crate::nginx::{run_posted_requests, BufRing, EventFd, Http, Pumped};
+use crate::nginx::{pool_allocate, run_posted_requests, BufRing, EventFd, Http, Pumped};
 use crate::os;
 
 /// Buffers of the buffered transport, and their size: at most 512 KiB in flight per request.
@@ -44,23 +43,24 @@ pub fn start(
     argv: Vec<CString>,
     content_type: Option<&'static [u8]>,
 ) -> ngx_int_t {
-    // SAFETY: the request pool is live; the value is dropped when the pool is destroyed.
-    let pool = unsafe { Pool::from_ngx_pool(http.pool()) };
     let program = argv[0].to_string_lossy().into_owned();
-    let ctx = pool.allocate(Transform {
-        http,
-        conf,
-        content_type,
-        program,
-        stdout: None,
-        child: None,
-        transport: None,
-        timed_out: false,
-        eof: false,
-        done: false,
-        produced: 0,
-        calls: 0,
-    });
+    let ctx = pool_allocate(
+        http.pool(),
+        Transform {
+            http,
+            conf,
+            content_type,
+            program,
+            stdout: None,
+            child: None,
+            transport: None,
+            timed_out: false,
+            eof: false,
+            done: false,
+            produced: 0,
+            calls: 0,
+        },
+    );
     if ctx.is_null() {
         return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
     }
@@ -71,6 +71,9 @@ pub fn start(
 
     // SAFETY: ctx was just allocated in the request pool and is not aliased.
     if let Err(rc) = unsafe { (*ctx).launch(&argv) } {
+        // Nothing may stay armed for a request that ends with an error page.
+        // SAFETY: as above.
+        unsafe { (*ctx).release() };
         return rc;
     }
     http.set_event_handlers(Some(client_write_event));
@@ -195,6 +198,10 @@ impl Transform {
                 Some(NGX_ERROR as ngx_int_t)
             }
             Next::Client => {
+                // The client is what we wait for: only send_timeout applies.
+                if let Some(child) = &self.child {
+                    child.clear_timer();
+                }
                 if self.http.arm_write(true) {
                     return None;
                 }
@@ -228,16 +235,16 @@ impl Transform {
                 self.conf.read_timeout
             );
             if self.transport.is_some() {
+                self.http.set_client_error();
                 self.http.reset_on_close();
                 return Next::Finish(NGX_ERROR as ngx_int_t);
             }
             return Next::Finish(NGX_HTTP_GATEWAY_TIME_OUT as ngx_int_t);
         }
         if !self.eof {
-            let stdout = self
-                .stdout
-                .take()
-                .expect("stdout is open until end of file");
+            let Some(stdout) = self.stdout.take() else {
+                return Next::Finish(NGX_ERROR as ngx_int_t);
+            };
             let next = self.relay(stdout.fd());
             if !self.eof {
                 self.stdout = Some(stdout);
@@ -256,13 +263,13 @@ impl Transform {
     /// Moves output; `None` once the program's stdout reached end of file.
     fn relay(&mut self, pipe: BorrowedFd<'_>) -> Option<Next> {
         if self.transport.is_none() {
-            match os::bytes_in_pipe(pipe).and_then(|n| Ok((n, n == 0 && os::pipe_hung_up(pipe)?))) {
-                Ok((0, false)) => return Some(Next::Program),
-                Ok((0, true)) => {
+            match os::pipe_pending(pipe) {
+                Ok(Some(0)) => return Some(Next::Program),
+                Ok(None) => {
                     self.eof = true;
                     return None;
                 }
-                Ok(_) => {
+                Ok(Some(_)) => {
                     if let Err(rc) = self.commit() {
                         return Some(Next::Finish(rc));
                     }
@@ -294,14 +301,16 @@ impl Transform {
         if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t {
             return Err(rc);
         }
+        // Push the header through the filters now: they make their decisions on the way (gzip,
+        // the addition filter's subrequests), and the splice transport must not overtake it.
+        if self.http.send_flush() == NGX_ERROR as ngx_int_t {
+            return Err(NGX_ERROR as ngx_int_t);
+        }
         let log = self.http.log();
         let transport = match self.http.zero_copy_refusal(self.conf.splice != 0) {
             None => {
                 debug!(log, "transform transport: splice");
-                // The header may still sit in nginx's write filter: push it out first.
-                if self.http.send_flush() == NGX_ERROR as ngx_int_t {
-                    return Err(NGX_ERROR as ngx_int_t);
-                }
+                self.http.tcp_nodelay();
                 Transport::Splice(Splice::new(self.http.chunked()))
             }
             Some(why) => {
@@ -338,6 +347,7 @@ impl Transform {
                     self.program,
                     self.produced
                 );
+                self.http.set_client_error();
                 self.http.reset_on_close();
                 return Next::Finish(NGX_ERROR as ngx_int_t);
             }
@@ -441,14 +451,15 @@ impl Splice {
                         continue;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        return Ok(Pumped::ClientBusy)
+                        http.client_full();
+                        return Ok(Pumped::ClientBusy);
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => return Err(e),
                 }
             }
             if self.left > 0 {
-                match os::splice_to_socket(pipe, sock, self.left) {
+                match os::splice_to_socket(pipe, sock, self.left, false) {
                     Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
                     Ok(n) => {
                         *calls += 1;
@@ -462,22 +473,23 @@ impl Splice {
                     }
                     // The pipe holds the bytes (FIONREAD said so): the socket is full.
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        return Ok(Pumped::ClientBusy)
+                        http.client_full();
+                        return Ok(Pumped::ClientBusy);
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => return Err(e),
                 }
             }
-            let n = os::bytes_in_pipe(pipe)?;
-            if n > 0 {
-                self.left = n;
-                if self.chunked {
-                    self.set_frame(Some(n));
+            match os::pipe_pending(pipe)? {
+                Some(0) => return Ok(Pumped::ProgramIdle),
+                Some(n) => {
+                    self.left = n;
+                    if self.chunked {
+                        self.set_frame(Some(n));
+                    }
+                    continue;
                 }
-                continue;
-            }
-            if !os::pipe_hung_up(pipe)? {
-                return Ok(Pumped::ProgramIdle);
+                None => {}
             }
             if self.crlf_due {
                 self.set_frame(None);

@@ -171,8 +171,7 @@ fn first_byte_arrives_before_the_program_exits() {
         c.stream()
             .set_read_timeout(Some(Duration::from_secs(5)))
             .unwrap();
-        let mut s = c.stream();
-        assert_eq!(s.read(&mut first).unwrap(), 1);
+        assert_eq!(c.read(&mut first).unwrap(), 1);
         let first_at = start.elapsed();
         // The program takes 3 x 700 ms; the first line must not wait for its exit.
         assert!(
@@ -190,7 +189,8 @@ fn tls_http2_and_gzip_take_the_buffered_transport_byte_exact() {
     let nginx = Nginx::start(&format!(
         "server {{ listen 127.0.0.1:{{PORT}} ssl; http2 on;
                   ssl_certificate {crt}; ssl_certificate_key {key};
-                  location /gen {{ transform_exec {{HELPER}} gen $arg_n; }} }}",
+                  location /gen {{ transform_exec {{HELPER}} gen $arg_n; }}
+                  location /late {{ transform_exec {{HELPER}} fail-after 500000 1; }} }}",
         crt = crt.display(),
         key = key.display()
     ));
@@ -203,8 +203,19 @@ fn tls_http2_and_gzip_take_the_buffered_transport_byte_exact() {
     let (ok, body) = curl(&["-sk", "--http2", "-w", "", &url]);
     assert!(ok);
     assert_eq!(sha256(&body), want, "HTTP/2 body");
+    // A program failing after the header: even close-delimited HTTP/1.0 over TLS must not end
+    // cleanly (no close_notify), so curl reports an error.
+    let late = format!("https://127.0.0.1:{}/late", nginx.port);
+    let (ok, body) = curl(&["-sk", "--http1.0", &late]);
+    assert!(
+        !ok,
+        "TLS HTTP/1.0 failure looked complete after {} bytes",
+        body.len()
+    );
+    let (ok, _) = curl(&["-sk", "--http2", &late]);
+    assert!(!ok, "HTTP/2 failure looked complete");
     let t = transports(&nginx);
-    assert_eq!(t.len(), 2);
+    assert_eq!(t.len(), 4);
     assert!(t.iter().all(|t| t.starts_with("buffered")), "{t:?}");
     assert!(t[1].contains("HTTP/2") || t[1].contains("TLS"), "{t:?}");
     nginx.stop();
@@ -439,8 +450,7 @@ fn failures_before_and_after_the_header() {
     let head = c.read_head();
     assert_eq!(head.status, 200);
     let mut sink = Vec::new();
-    let mut s = c.stream();
-    let res = s.read_to_end(&mut sink);
+    let res = c.read_to_end(&mut sink);
     assert!(
         res.is_err(),
         "HTTP/1.0 failure ended with a clean close after {} bytes",
@@ -534,12 +544,73 @@ fn graceful_quit_lets_an_in_flight_stream_finish() {
     // SAFETY: signalling our own nginx master.
     unsafe { libc::kill(nginx.master_pid() as i32, libc::SIGQUIT) };
     let mut rest = Vec::new();
-    let mut s = c.stream();
-    s.read_to_end(&mut rest).expect("read the rest");
+    c.read_to_end(&mut rest).expect("read the rest");
     let text = String::from_utf8_lossy(&rest);
     assert!(
         text.contains("line 3\n") && text.ends_with("0\r\n\r\n"),
         "stream cut short: {text:?}"
     );
+    nginx.stop();
+}
+
+#[test]
+fn a_slow_client_outlives_send_and_read_timeouts_while_it_makes_progress() {
+    // Regression: timers must follow progress, not the first wait.
+    let nginx = Nginx::start(&server(
+        "send_timeout 1s; transform_read_timeout 1s;
+         location /gen { transform_exec {HELPER} gen $arg_n; }
+         location /buffered { transform_splice off; transform_exec {HELPER} gen $arg_n; }",
+    ));
+    let n: usize = 24 * 1024 * 1024;
+    let want = sha256(&helper_output(&["gen", &n.to_string()]));
+    for path in ["/gen", "/buffered"] {
+        let mut c = Client::connect(nginx.port);
+        c.send(&format!("GET {path}?n={n} HTTP/1.0\r\n\r\n"));
+        assert_eq!(c.read_head().status, 200);
+        let start = Instant::now();
+        let mut body = Vec::new();
+        let mut piece = vec![0u8; 512 * 1024];
+        loop {
+            let k = c.read(&mut piece).expect("read");
+            if k == 0 {
+                break;
+            }
+            body.extend_from_slice(&piece[..k]);
+            std::thread::sleep(Duration::from_millis(60));
+        }
+        assert!(
+            start.elapsed() > Duration::from_secs(2),
+            "{path}: the client was not slow"
+        );
+        assert_eq!(body.len(), n, "{path}: body cut short");
+        assert_eq!(sha256(&body), want, "{path}");
+    }
+    assert!(
+        !nginx.error_log().contains("timed out"),
+        "a timer fired despite progress"
+    );
+    nginx.stop();
+}
+
+#[test]
+fn limit_rate_is_honoured_by_taking_the_buffered_transport() {
+    let nginx = Nginx::start(&server(
+        "location /gen { limit_rate 8m; transform_exec {HELPER} gen $arg_n; }",
+    ));
+    let n = 4 * 1024 * 1024;
+    let mut c = Client::connect(nginx.port);
+    let start = Instant::now();
+    let r = c.get(&format!("/gen?n={n}"));
+    let took = start.elapsed();
+    assert!(r.complete && r.body.len() == n);
+    assert!(
+        took > Duration::from_millis(300),
+        "limit_rate ignored: {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(3),
+        "response held back: {took:?}"
+    );
+    assert_eq!(transports(&nginx), ["buffered (limit_rate is set)"]);
     nginx.stop();
 }

@@ -481,6 +481,16 @@ impl Client {
         }
     }
 
+    /// Reads what is there (through the buffer that `read_head` may have filled).
+    pub fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.reader.read(buf)
+    }
+
+    /// Reads to the end of the connection (through the buffer).
+    pub fn read_to_end(&mut self, out: &mut Vec<u8>) -> std::io::Result<usize> {
+        self.reader.read_to_end(out)
+    }
+
     /// Reads up to `n` body bytes of a response whose head was read (raw, framing included).
     pub fn read_some(&mut self, n: usize) -> usize {
         let mut buf = vec![0u8; n];
