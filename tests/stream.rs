@@ -614,3 +614,78 @@ fn limit_rate_is_honoured_by_taking_the_buffered_transport() {
     assert_eq!(transports(&nginx), ["buffered (limit_rate is set)"]);
     nginx.stop();
 }
+
+#[test]
+fn body_filters_and_subrequests_see_the_output() {
+    let html = temp_dir("html");
+    std::fs::write(
+        html.join("page.shtml"),
+        "A<!--# include virtual=\"/gen?n=100000\" -->B<!--# include virtual=\"/text\" -->C",
+    )
+    .unwrap();
+    let nginx = Nginx::start(&server(&format!(
+        "root {html};
+         location /gen {{ transform_exec {{HELPER}} gen $arg_n; }}
+         location /text {{ transform_exec /bin/echo hello world; transform_type text/html; }}
+         location /sub {{
+             sub_filter world there; transform_type text/html;
+             transform_exec /bin/echo hello world;
+         }}
+         location /add {{
+             add_before_body /before; add_after_body /after; transform_type text/html;
+             transform_exec /bin/echo middle;
+         }}
+         location = /before {{ return 200 \"BEFORE\\n\"; }}
+         location = /after {{ return 200 \"AFTER\\n\"; }}
+         location = /page.shtml {{ ssi on; default_type text/html; }}",
+        html = html.display()
+    )));
+    let mut c = Client::connect(nginx.port);
+    let r = c.get("/sub");
+    assert_eq!(r.body, b"hello there\n", "sub_filter rewrote the output");
+    let r = c.get("/add");
+    assert_eq!(
+        r.body, b"BEFORE\nmiddle\nAFTER\n",
+        "addition filter kept the order"
+    );
+    let r = c.get("/page.shtml");
+    assert!(r.complete);
+    let mut want = b"A".to_vec();
+    want.extend(helper_output(&["gen", "100000"]));
+    want.extend(b"Bhello world\nC");
+    assert_eq!(r.body, want, "SSI includes of the module's output");
+    let t = transports(&nginx);
+    assert_eq!(t.len(), 4, "{t:?}");
+    assert!(t[0].contains("body filter"), "{t:?}");
+    assert!(t[1].contains("add_before_body"), "{t:?}");
+    assert!(
+        t[2].contains("subrequest") && t[3].contains("subrequest"),
+        "{t:?}"
+    );
+    nginx.stop();
+}
+
+#[test]
+fn http2_client_with_a_small_window_is_flow_controlled_not_cut() {
+    let dir = temp_dir("h2");
+    let (crt, key) = make_cert(&dir);
+    let nginx = Nginx::start(&format!(
+        "server {{ listen 127.0.0.1:{{PORT}} ssl; http2 on;
+                  ssl_certificate {crt}; ssl_certificate_key {key};
+                  location /gen {{ transform_exec {{HELPER}} gen $arg_n; }} }}",
+        crt = crt.display(),
+        key = key.display()
+    ));
+    let n = 6 * 1024 * 1024;
+    let want = sha256(&helper_output(&["gen", &n.to_string()]));
+    let url = format!("https://127.0.0.1:{}/gen?n={n}", nginx.port);
+    let start = Instant::now();
+    let (ok, body) = curl(&["-sk", "--http2", "--limit-rate", "3M", &url]);
+    assert!(ok);
+    assert!(
+        start.elapsed() > Duration::from_secs(1),
+        "the client was not slow"
+    );
+    assert_eq!(sha256(&body), want);
+    nginx.stop();
+}
