@@ -689,3 +689,40 @@ fn http2_client_with_a_small_window_is_flow_controlled_not_cut() {
     assert_eq!(sha256(&body), want);
     nginx.stop();
 }
+
+#[test]
+fn bytes_sent_matches_the_bytes_on_the_wire() {
+    let nginx = Nginx::start(
+        &"log_format sent \"$request_uri $bytes_sent\";
+          server { listen 127.0.0.1:{PORT}; access_log {PREFIX}/logs/sent.log sent;
+            location /splice { transform_exec {HELPER} gen $arg_n; }
+            location /buffered { transform_splice off; transform_exec {HELPER} gen $arg_n; } }"
+            .to_string(),
+    );
+    let mut wire = Vec::new();
+    for (path, version) in [
+        ("/splice?n=3000000", "HTTP/1.1"),
+        ("/buffered?n=3000000", "HTTP/1.1"),
+        ("/splice?n=3000001", "HTTP/1.0"),
+        ("/buffered?n=3000001", "HTTP/1.0"),
+    ] {
+        let mut c = Client::connect(nginx.port);
+        c.send(&format!(
+            "GET {path} {version}\r\nHost: x\r\nConnection: close\r\n\r\n"
+        ));
+        let mut all = Vec::new();
+        c.read_to_end(&mut all).expect("read all");
+        assert!(all.len() > 3_000_000, "{path}: {} bytes", all.len());
+        wire.push((path, all.len()));
+    }
+    let log = std::fs::read_to_string(nginx.prefix.join("logs/sent.log")).unwrap();
+    for (path, n) in wire {
+        let line = log
+            .lines()
+            .find(|l| l.starts_with(&format!("{path} ")))
+            .expect("log line");
+        let logged: usize = line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert_eq!(logged, n, "{path}: $bytes_sent vs bytes on the wire");
+    }
+    nginx.stop();
+}
