@@ -696,8 +696,7 @@ fn bytes_sent_matches_the_bytes_on_the_wire() {
         &"log_format sent \"$request_uri $bytes_sent\";
           server { listen 127.0.0.1:{PORT}; access_log {PREFIX}/logs/sent.log sent;
             location /splice { transform_exec {HELPER} gen $arg_n; }
-            location /buffered { transform_splice off; transform_exec {HELPER} gen $arg_n; } }"
-            .to_string(),
+            location /buffered { transform_splice off; transform_exec {HELPER} gen $arg_n; } }",
     );
     let mut wire = Vec::new();
     for (path, version) in [
