@@ -693,7 +693,7 @@ fn http2_client_with_a_small_window_is_flow_controlled_not_cut() {
 #[test]
 fn bytes_sent_matches_the_bytes_on_the_wire() {
     let nginx = Nginx::start(
-        &"log_format sent \"$request_uri $bytes_sent\";
+        "log_format sent \"$request_uri $bytes_sent\";
           server { listen 127.0.0.1:{PORT}; access_log {PREFIX}/logs/sent.log sent;
             location /splice { transform_exec {HELPER} gen $arg_n; }
             location /buffered { transform_splice off; transform_exec {HELPER} gen $arg_n; } }",
