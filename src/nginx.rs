@@ -463,7 +463,16 @@ pub struct BufRing {
     tag: nginx_sys::ngx_buf_tag_t,
 }
 
-/// What a [`BufRing::pump`] ended on.
+/// Counters of what a transport moved.
+#[derive(Default)]
+pub struct Moved {
+    /// Bytes of program output passed on.
+    pub bytes: u64,
+    /// read(2) or splice(2) calls that moved them.
+    pub calls: u64,
+}
+
+/// What a transport's `pump` ended on.
 pub enum Pumped {
     /// The program has nothing more for now.
     ProgramIdle,
@@ -488,13 +497,12 @@ impl BufRing {
     }
 
     /// Reads from `pipe` and passes what it gets to nginx, until the pipe runs dry, the buffers
-    /// are all in flight, or the pipe ends. Adds the bytes read to `produced`.
+    /// are all in flight, or the pipe ends.
     pub fn pump(
         &mut self,
         http: Http,
         pipe: BorrowedFd<'_>,
-        produced: &mut u64,
-        calls: &mut u64,
+        moved: &mut Moved,
     ) -> io::Result<Pumped> {
         loop {
             if !self.out.is_null() || http.pending_output() {
@@ -523,7 +531,7 @@ impl BufRing {
             let space = unsafe {
                 core::slice::from_raw_parts_mut(b.last, b.end.offset_from(b.last) as usize)
             };
-            *calls += 1;
+            moved.calls += 1;
             match os::read(pipe, space) {
                 Ok(0) => {
                     self.put_back(cl);
@@ -533,7 +541,7 @@ impl BufRing {
                     // SAFETY: n <= space.len().
                     b.last = unsafe { b.last.add(n) };
                     b.set_flush(1);
-                    *produced += n as u64;
+                    moved.bytes += n as u64;
                     // SAFETY: cl is ours; append it to out.
                     unsafe { (*cl).next = ptr::null_mut() };
                     if self.out.is_null() {

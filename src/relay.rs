@@ -29,7 +29,7 @@ use ngx::http::HttpModule;
 
 use crate::child::Child;
 use crate::conf::TransformConf;
-use crate::nginx::{pool_allocate, run_posted_requests, BufRing, EventFd, Http, Pumped};
+use crate::nginx::{pool_allocate, run_posted_requests, BufRing, EventFd, Http, Moved, Pumped};
 use crate::os;
 
 /// Buffers of the buffered transport, and their size: at most 512 KiB in flight per request.
@@ -57,8 +57,7 @@ pub fn start(
             timed_out: false,
             eof: false,
             done: false,
-            produced: 0,
-            calls: 0,
+            moved: Moved::default(),
         },
     );
     if ctx.is_null() {
@@ -97,10 +96,8 @@ pub struct Transform {
     eof: bool,
     /// Finished or aborted: every later event is ignored.
     done: bool,
-    /// Bytes the program produced (and the module passed on).
-    produced: u64,
-    /// splice(2) or read(2) calls that moved data.
-    calls: u64,
+    /// What the transport moved so far.
+    moved: Moved,
 }
 
 enum Transport {
@@ -281,8 +278,8 @@ impl Transform {
         }
         let http = self.http;
         let pumped = match self.transport.as_mut().expect("committed") {
-            Transport::Splice(s) => s.pump(http, pipe, &mut self.produced, &mut self.calls),
-            Transport::Buffered(b) => b.pump(http, pipe, &mut self.produced, &mut self.calls),
+            Transport::Splice(t) => t.pump(http, pipe, &mut self.moved),
+            Transport::Buffered(t) => t.pump(http, pipe, &mut self.moved),
         };
         match pumped {
             Ok(Pumped::ProgramIdle) => Some(Next::Program),
@@ -329,13 +326,13 @@ impl Transform {
             log,
             "transform done: \"{}\" {status}, {} bytes, transport {}, {} calls",
             self.program,
-            self.produced,
+            self.moved.bytes,
             match self.transport {
                 Some(Transport::Splice(_)) => "splice",
                 Some(Transport::Buffered(_)) => "buffered",
                 None => "none",
             },
-            self.calls
+            self.moved.calls
         );
         if !status.success() {
             if committed {
@@ -345,7 +342,7 @@ impl Transform {
                     0,
                     "transform program \"{}\" {status} after {} bytes of output; response truncated",
                     self.program,
-                    self.produced
+                    self.moved.bytes
                 );
                 self.http.set_client_error();
                 self.http.reset_on_close();
@@ -421,13 +418,7 @@ impl Splice {
         }
     }
 
-    fn pump(
-        &mut self,
-        http: Http,
-        pipe: BorrowedFd<'_>,
-        produced: &mut u64,
-        calls: &mut u64,
-    ) -> io::Result<Pumped> {
+    fn pump(&mut self, http: Http, pipe: BorrowedFd<'_>, moved: &mut Moved) -> io::Result<Pumped> {
         // Whatever nginx still holds (the header) goes first.
         if http.pending_output() {
             if http.output_filter(core::ptr::null_mut()) == NGX_ERROR as ngx_int_t {
@@ -440,45 +431,40 @@ impl Splice {
         let sock = http.client_fd();
         loop {
             if self.frame_pos < self.frame_len {
-                match os::send(
-                    sock,
-                    &self.frame[self.frame_pos..self.frame_len],
-                    self.left > 0,
-                ) {
+                let frame = &self.frame[self.frame_pos..self.frame_len];
+                match os::send(sock, frame, self.left > 0) {
                     Ok(n) => {
                         self.frame_pos += n;
                         http.add_sent(n);
-                        continue;
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        http.client_full();
-                        return Ok(Pumped::ClientBusy);
+                    Err(e) => {
+                        if client_would_block(http, e)? {
+                            return Ok(Pumped::ClientBusy);
+                        }
                     }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e),
                 }
+                continue;
             }
             if self.left > 0 {
                 match os::splice_to_socket(pipe, sock, self.left, false) {
                     Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
                     Ok(n) => {
-                        *calls += 1;
-                        *produced += n as u64;
+                        moved.calls += 1;
+                        moved.bytes += n as u64;
                         http.add_sent(n);
                         self.left -= n;
                         if self.left == 0 && self.chunked {
                             self.crlf_due = true;
                         }
-                        continue;
                     }
                     // The pipe holds the bytes (FIONREAD said so): the socket is full.
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        http.client_full();
-                        return Ok(Pumped::ClientBusy);
+                    Err(e) => {
+                        if client_would_block(http, e)? {
+                            return Ok(Pumped::ClientBusy);
+                        }
                     }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e),
                 }
+                continue;
             }
             match os::pipe_pending(pipe)? {
                 Some(0) => return Ok(Pumped::ProgramIdle),
@@ -523,6 +509,19 @@ fn write_chunk_size(out: &mut [u8], n: usize) -> usize {
     }
     out[digits..digits + 2].copy_from_slice(b"\r\n");
     digits + 2
+}
+
+/// Sorts a failed write to the client: `Ok(true)` the socket is full (now marked so), `Ok(false)`
+/// interrupted (try again), `Err` a real error.
+fn client_would_block(http: Http, e: io::Error) -> io::Result<bool> {
+    match e.kind() {
+        io::ErrorKind::WouldBlock => {
+            http.client_full();
+            Ok(true)
+        }
+        io::ErrorKind::Interrupted => Ok(false),
+        _ => Err(e),
+    }
 }
 
 fn status_for_resource_error(e: &io::Error) -> ngx_int_t {
