@@ -6,8 +6,7 @@
 //! exit every child still alive is killed and reaped.
 
 use core::cell::RefCell;
-use core::ffi::{c_void, CStr};
-use std::io;
+use core::ffi::c_void;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
 use nginx_sys::{ngx_event_t, ngx_log_t, NGX_LOG_ALERT};
@@ -31,16 +30,14 @@ pub struct Child {
 }
 
 impl Child {
-    /// Starts a program with `stdout` as its standard output; `handler(data)` is called when it
-    /// exits (after [`Child::watch`]).
+    /// Starts a program; `handler(data)` is called when it exits (after [`Child::watch`]).
     pub fn spawn(
-        argv: &[&CStr],
-        stdout: BorrowedFd<'_>,
+        cmd: &os::Command<'_>,
         log: *mut ngx_log_t,
         handler: EventHandler,
         data: *mut c_void,
-    ) -> io::Result<Child> {
-        let spawned = os::spawn(argv, stdout)?;
+    ) -> Result<Child, os::SpawnError> {
+        let spawned = os::spawn(cmd)?;
         let pid = spawned.pid;
         let raw = spawned.pidfd.as_raw_fd();
         LIVE.with_borrow_mut(|l| l.push((pid, raw)));
@@ -52,7 +49,7 @@ impl Child {
         };
         match EventFd::new(spawned.pidfd, log, handler, data) {
             Ok(fd) => child.pidfd = Some(fd),
-            Err(e) => {
+            Err(err) => {
                 // The pidfd is closed already: kill and reap by pid, blocking briefly.
                 // SAFETY: pid is our unreaped child.
                 unsafe {
@@ -60,7 +57,10 @@ impl Child {
                     libc::waitpid(pid, core::ptr::null_mut(), 0);
                 }
                 forget(pid);
-                return Err(e);
+                return Err(os::SpawnError {
+                    step: os::SpawnStep::Clone,
+                    err,
+                });
             }
         }
         Ok(child)

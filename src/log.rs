@@ -1,7 +1,7 @@
 //! Logging macros in nginx's manner: a level, a log, an errno (0 for none) and a message.
 //!
-//! `log_error!(NGX_LOG_ERR, log, err, "posix_spawn() \"{p}\" failed")` prints
-//! `posix_spawn() "/bin/x" failed (2: No such file or directory)` with the request context.
+//! `log_error!(NGX_LOG_ERR, log, err, "execve() \"{p}\" failed")` prints
+//! `execve() "/bin/x" failed (2: No such file or directory)` with the request context.
 
 /// Logs at `level` with an errno that nginx formats after the message.
 macro_rules! log_error {

@@ -3,11 +3,11 @@
 //! Functions take and return owned or borrowed descriptors and `io::Result`s; nothing here knows
 //! about nginx.
 
-use core::ffi::{c_char, c_int, CStr};
+use core::ffi::{c_char, c_int, c_void, CStr};
 use core::mem::MaybeUninit;
 use core::ptr;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// Calls a libc function that reports failure as `-1` and errno, and returns `io::Result`.
 macro_rules! syscall {
@@ -146,62 +146,234 @@ pub struct Spawned {
     pub pidfd: OwnedFd,
 }
 
-/// Starts `argv[0]` with posix_spawn (vfork-style: the cost does not grow with the worker's memory).
-///
-/// The child gets stdin from /dev/null, stdout on `stdout`, keeps fd 2 (nginx's error log), and no
-/// other descriptor; an empty signal mask, default dispositions for every signal, its own process
-/// group. An exec failure is returned as the error (glibc reports it from the child).
-pub fn spawn(argv: &[&CStr], stdout: BorrowedFd<'_>) -> io::Result<Spawned> {
-    let mut args: Vec<*mut c_char> = argv.iter().map(|a| a.as_ptr().cast_mut()).collect();
-    args.push(ptr::null_mut());
+/// What a child starts with.
+pub struct Command<'a> {
+    /// Program (argv[0] is also the path executed) and arguments.
+    pub argv: &'a [&'a CStr],
+    /// The whole environment, as NAME=value strings.
+    pub env: &'a [&'a CStr],
+    /// Working directory, if it is to be changed.
+    pub dir: Option<&'a CStr>,
+    /// Descriptors that become the child's stdout and stderr.
+    pub stdout: RawFd,
+    pub stderr: RawFd,
+    /// Resource limits set in the child before exec.
+    pub rlimits: &'a [(c_int, libc::rlimit)],
+}
 
-    let mut actions = FileActions::new()?;
-    actions.open(0, c"/dev/null", libc::O_RDONLY)?;
-    actions.dup2(stdout.as_raw_fd(), 1)?;
-    actions.close_from(3)?;
-    let attr = SpawnAttr::new()?;
+/// Shared with the child (CLONE_VM): what it needs, and the errno it reports if it fails.
+struct ChildArgs {
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+    dir: *const c_char,
+    stdout: c_int,
+    stderr: c_int,
+    rlimits: *const (c_int, libc::rlimit),
+    rlimits_len: usize,
+    parent: libc::pid_t,
+    err: c_int,
+    step: SpawnStep,
+}
 
-    extern "C" {
-        static environ: *const *mut c_char;
-    }
-    let mut pid: libc::pid_t = 0;
-    // SAFETY: argv and args are NUL-terminated strings in a NULL-terminated array that outlive
-    // the call; actions and attr are initialised; environ is the process environment.
-    let rc = unsafe {
-        libc::posix_spawn(
-            &mut pid,
-            args[0],
-            &actions.0,
-            &attr.0,
-            args.as_ptr(),
-            environ,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::from_raw_os_error(rc));
-    }
+/// The step of starting a child that failed (for the error-log line).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpawnStep {
+    Clone,
+    Prctl,
+    Setpgid,
+    Setrlimit,
+    Chdir,
+    Descriptors,
+    Execve,
+}
 
-    match pidfd_open(pid) {
-        Ok(pidfd) => Ok(Spawned { pid, pidfd }),
-        Err(e) => {
-            // No pidfd (very old kernel): the child cannot be watched; do not leave it behind.
-            let _ = syscall!(kill(pid, libc::SIGKILL));
-            let _ = syscall!(waitpid(pid, ptr::null_mut(), 0));
-            Err(e)
+impl SpawnStep {
+    /// The call, as nginx names calls in its log lines.
+    pub fn call(self) -> &'static str {
+        match self {
+            SpawnStep::Clone => "clone()",
+            SpawnStep::Prctl => "prctl(PR_SET_PDEATHSIG)",
+            SpawnStep::Setpgid => "setpgid()",
+            SpawnStep::Setrlimit => "setrlimit()",
+            SpawnStep::Chdir => "chdir()",
+            SpawnStep::Descriptors => "dup2()",
+            SpawnStep::Execve => "execve()",
         }
     }
 }
 
-fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
+/// A failed start: which step, and why.
+#[derive(Debug)]
+pub struct SpawnError {
+    pub step: SpawnStep,
+    pub err: io::Error,
+}
+
+/// The kernel's `struct sigaction` (rt_sigaction(2) takes this layout, not glibc's).
+#[repr(C)]
+struct KernelSigaction {
+    handler: usize,
+    flags: u64,
+    restorer: usize,
+    mask: u64,
+}
+
+const CHILD_STACK: usize = 64 * 1024;
+
+/// Starts a program the way posix_spawn does (clone with CLONE_VM | CLONE_VFORK: the cost does
+/// not grow with the worker's memory, and the worker waits only until the exec), plus what
+/// posix_spawn cannot do: the child dies with the worker (PR_SET_PDEATHSIG), gets its resource
+/// limits, and the pidfd comes from the same call (CLONE_PIDFD, no race).
+///
+/// The child gets stdin from /dev/null, the given stdout and stderr, no other descriptor; an empty
+/// signal mask and default dispositions for every signal; its own process group. An exec failure
+/// is returned as the error.
+pub fn spawn(cmd: &Command<'_>) -> Result<Spawned, SpawnError> {
+    let mut argv: Vec<*const c_char> = cmd.argv.iter().map(|a| a.as_ptr()).collect();
+    argv.push(ptr::null());
+    let mut envp: Vec<*const c_char> = cmd.env.iter().map(|e| e.as_ptr()).collect();
+    envp.push(ptr::null());
+    let mut args = ChildArgs {
+        argv: argv.as_ptr(),
+        envp: envp.as_ptr(),
+        dir: cmd.dir.map_or(ptr::null(), CStr::as_ptr),
+        stdout: cmd.stdout,
+        stderr: cmd.stderr,
+        rlimits: cmd.rlimits.as_ptr(),
+        rlimits_len: cmd.rlimits.len(),
+        // SAFETY: getpid cannot fail.
+        parent: unsafe { libc::getpid() },
+        err: 0,
+        step: SpawnStep::Clone,
+    };
+    let mut stack = vec![0u8; CHILD_STACK];
+    // The stack grows down from its (16-byte aligned) top.
+    let top = (stack.as_mut_ptr() as usize + CHILD_STACK) & !15;
+
+    // No signal handler of the worker may run in the child while it shares the worker's memory:
+    // block everything across clone; the child resets dispositions, then unblocks before exec.
+    let mut all = MaybeUninit::<libc::sigset_t>::uninit();
+    let mut old = MaybeUninit::<libc::sigset_t>::uninit();
+    let mut pidfd: c_int = -1;
+    // SAFETY: the sets are initialised by sigfillset/pthread_sigmask; child_main only touches
+    // `args` and makes async-signal-safe calls on its own stack; with CLONE_VFORK this thread is
+    // suspended until the child has exec'd or exited, so args, argv, envp and stack outlive it.
+    let (pid, clone_err) = unsafe {
+        libc::sigfillset(all.as_mut_ptr());
+        libc::pthread_sigmask(libc::SIG_SETMASK, all.as_ptr(), old.as_mut_ptr());
+        let pid = libc::clone(
+            child_main,
+            top as *mut c_void,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD,
+            ptr::from_mut(&mut args).cast(),
+            &mut pidfd as *mut c_int,
+        );
+        let err = io::Error::last_os_error();
+        libc::pthread_sigmask(libc::SIG_SETMASK, old.as_ptr(), ptr::null_mut());
+        (pid, err)
+    };
+    drop(stack);
+    if pid == -1 {
+        return Err(SpawnError {
+            step: SpawnStep::Clone,
+            err: clone_err,
+        });
     }
-    // SAFETY: the syscall returned a new descriptor that nobody else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
-    // pidfd_open sets O_CLOEXEC itself.
-    Ok(fd)
+    // SAFETY: CLONE_PIDFD stored a new descriptor that nobody else owns.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    // SAFETY: the child wrote err (if at all) before it exited; it no longer runs.
+    let (err, step) = unsafe {
+        (
+            ptr::read_volatile(&args.err),
+            ptr::read_volatile(&args.step),
+        )
+    };
+    if err != 0 {
+        // The child reported a failure and exited: collect it.
+        reap_blocking(pidfd.as_fd());
+        return Err(SpawnError {
+            step,
+            err: io::Error::from_raw_os_error(err),
+        });
+    }
+    Ok(Spawned { pid, pidfd })
+}
+
+/// The child, between clone and exec. It shares the worker's memory and runs on its own stack:
+/// only async-signal-safe calls, no allocation, no locks.
+extern "C" fn child_main(arg: *mut c_void) -> c_int {
+    // SAFETY: arg is the parent's ChildArgs, alive while the parent is suspended (CLONE_VFORK).
+    let a = unsafe { &mut *arg.cast::<ChildArgs>() };
+    // SAFETY: raw syscalls and async-signal-safe libc calls on valid arguments.
+    unsafe {
+        // Default disposition for every signal (raw: glibc's wrapper refuses its internal ones).
+        let dfl = KernelSigaction {
+            handler: 0,
+            flags: 0,
+            restorer: 0,
+            mask: 0,
+        };
+        for sig in 1..=64 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    &dfl,
+                    ptr::null_mut::<c_void>(),
+                    8,
+                );
+            }
+        }
+        // Die with the worker; if it is already gone, do not start.
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+            return child_fail(a, SpawnStep::Prctl);
+        }
+        if libc::getppid() != a.parent {
+            *libc::__errno_location() = libc::ESRCH;
+            return child_fail(a, SpawnStep::Prctl);
+        }
+        if libc::setpgid(0, 0) == -1 {
+            return child_fail(a, SpawnStep::Setpgid);
+        }
+        for i in 0..a.rlimits_len {
+            let (resource, limit) = &*a.rlimits.add(i);
+            if libc::setrlimit(*resource as _, limit) == -1 {
+                return child_fail(a, SpawnStep::Setrlimit);
+            }
+        }
+        if !a.dir.is_null() && libc::chdir(a.dir) == -1 {
+            return child_fail(a, SpawnStep::Chdir);
+        }
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
+        if null == -1
+            || libc::dup2(null, 0) == -1
+            || libc::dup2(a.stdout, 1) == -1
+            || libc::dup2(a.stderr, 2) == -1
+            || libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) == -1
+        {
+            return child_fail(a, SpawnStep::Descriptors);
+        }
+        let empty: u64 = 0;
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &empty,
+            ptr::null_mut::<c_void>(),
+            8,
+        );
+        libc::execve(*a.argv, a.argv, a.envp);
+        child_fail(a, SpawnStep::Execve)
+    }
+}
+
+/// Reports the failed step and errno to the parent and exits the child.
+fn child_fail(a: &mut ChildArgs, step: SpawnStep) -> c_int {
+    // SAFETY: errno is readable; _exit ends the child without running the worker's atexit code.
+    unsafe {
+        ptr::write_volatile(&mut a.step, step);
+        ptr::write_volatile(&mut a.err, (*libc::__errno_location()).max(1));
+        libc::_exit(127)
+    }
 }
 
 /// Reaps the child behind `pidfd` if it has exited; `Ok(None)` while it runs.
@@ -277,90 +449,6 @@ pub fn check_executable(path: &CStr) -> io::Result<()> {
         return Err(io::Error::from_raw_os_error(libc::EACCES));
     }
     syscall!(access(path.as_ptr(), libc::X_OK)).map(|_| ())
-}
-
-struct FileActions(libc::posix_spawn_file_actions_t);
-
-impl FileActions {
-    fn new() -> io::Result<Self> {
-        let mut fa = MaybeUninit::<libc::posix_spawn_file_actions_t>::uninit();
-        // SAFETY: init writes the whole struct.
-        check(unsafe { libc::posix_spawn_file_actions_init(fa.as_mut_ptr()) })?;
-        // SAFETY: initialised just above.
-        Ok(FileActions(unsafe { fa.assume_init() }))
-    }
-
-    fn open(&mut self, fd: c_int, path: &'static CStr, flags: c_int) -> io::Result<()> {
-        // SAFETY: self.0 is initialised; path is a static NUL-terminated string.
-        check(unsafe {
-            libc::posix_spawn_file_actions_addopen(&mut self.0, fd, path.as_ptr(), flags, 0)
-        })
-    }
-
-    fn dup2(&mut self, from: c_int, to: c_int) -> io::Result<()> {
-        // SAFETY: self.0 is initialised.
-        check(unsafe { libc::posix_spawn_file_actions_adddup2(&mut self.0, from, to) })
-    }
-
-    fn close_from(&mut self, from: c_int) -> io::Result<()> {
-        // SAFETY: self.0 is initialised.
-        check(unsafe { libc::posix_spawn_file_actions_addclosefrom_np(&mut self.0, from) })
-    }
-}
-
-impl Drop for FileActions {
-    fn drop(&mut self) {
-        // SAFETY: self.0 was initialised in new().
-        unsafe { libc::posix_spawn_file_actions_destroy(&mut self.0) };
-    }
-}
-
-struct SpawnAttr(libc::posix_spawnattr_t);
-
-impl SpawnAttr {
-    fn new() -> io::Result<Self> {
-        let mut at = MaybeUninit::<libc::posix_spawnattr_t>::uninit();
-        // SAFETY: init writes the whole struct.
-        check(unsafe { libc::posix_spawnattr_init(at.as_mut_ptr()) })?;
-        // SAFETY: initialised just above.
-        let mut attr = SpawnAttr(unsafe { at.assume_init() });
-        let mut empty = MaybeUninit::<libc::sigset_t>::uninit();
-        let mut all = MaybeUninit::<libc::sigset_t>::uninit();
-        // SAFETY: the set functions initialise the sets; attr.0 is initialised.
-        unsafe {
-            libc::sigemptyset(empty.as_mut_ptr());
-            libc::sigfillset(all.as_mut_ptr());
-            check(libc::posix_spawnattr_setsigmask(
-                &mut attr.0,
-                empty.as_ptr(),
-            ))?;
-            check(libc::posix_spawnattr_setsigdefault(
-                &mut attr.0,
-                all.as_ptr(),
-            ))?;
-            check(libc::posix_spawnattr_setpgroup(&mut attr.0, 0))?;
-            let flags = libc::POSIX_SPAWN_SETSIGMASK
-                | libc::POSIX_SPAWN_SETSIGDEF
-                | libc::POSIX_SPAWN_SETPGROUP;
-            check(libc::posix_spawnattr_setflags(&mut attr.0, flags as _))?;
-        }
-        Ok(attr)
-    }
-}
-
-impl Drop for SpawnAttr {
-    fn drop(&mut self) {
-        // SAFETY: self.0 was initialised in new().
-        unsafe { libc::posix_spawnattr_destroy(&mut self.0) };
-    }
-}
-
-fn check(rc: c_int) -> io::Result<()> {
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::from_raw_os_error(rc))
-    }
 }
 
 /// The errno of an `io::Error`, for nginx's log functions.

@@ -18,7 +18,7 @@
 use core::ffi::{c_void, CStr};
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use nginx_sys::{
     ngx_event_t, ngx_http_request_t, ngx_int_t, NGX_DONE, NGX_ERROR, NGX_HTTP_BAD_GATEWAY,
@@ -35,6 +35,9 @@ use crate::os;
 /// Buffers of the buffered transport, and their size: at most 512 KiB in flight per request.
 const BUFFERS: usize = 8;
 const BUFFER_SIZE: usize = 64 * 1024;
+
+/// The environment of every program unless configured otherwise: a search path, nothing else.
+const DEFAULT_PATH: &CStr = c"PATH=/usr/local/bin:/usr/bin:/bin";
 
 /// Starts the program and the relay; the content handler returns what this returns.
 pub fn start(
@@ -130,22 +133,31 @@ impl Transform {
 
         let data: *mut c_void = (self as *mut Transform).cast();
         let args: Vec<&CStr> = argv.iter().map(CString::as_c_str).collect();
-        let child =
-            Child::spawn(&args, pipe.write.as_fd(), log, child_event, data).map_err(|e| {
-                log_error!(
-                    NGX_LOG_ERR,
-                    log,
-                    os::errno(&e),
-                    "posix_spawn() \"{}\" failed",
-                    self.program
-                );
-                match e.raw_os_error() {
-                    Some(libc::EAGAIN | libc::EMFILE | libc::ENFILE | libc::ENOMEM) => {
-                        NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t
-                    }
-                    _ => NGX_HTTP_BAD_GATEWAY as ngx_int_t,
+        let env = [DEFAULT_PATH];
+        let cmd = os::Command {
+            argv: &args,
+            env: &env,
+            dir: None,
+            stdout: pipe.write.as_raw_fd(),
+            stderr: 2,
+            rlimits: &[],
+        };
+        let child = Child::spawn(&cmd, log, child_event, data).map_err(|e| {
+            log_error!(
+                NGX_LOG_ERR,
+                log,
+                os::errno(&e.err),
+                "{} \"{}\" failed",
+                e.step.call(),
+                self.program
+            );
+            match e.err.raw_os_error() {
+                Some(libc::EAGAIN | libc::EMFILE | libc::ENFILE | libc::ENOMEM) => {
+                    NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t
                 }
-            })?;
+                _ => NGX_HTTP_BAD_GATEWAY as ngx_int_t,
+            }
+        })?;
         debug!(
             log,
             "transform started \"{}\" pid {}",
