@@ -1,15 +1,16 @@
 //! Children of the worker: spawned with a pidfd in nginx's event loop, and always reaped.
 //!
 //! The module owns reaping (SIGCHLD is at its default disposition in the worker, see `lib.rs`).
-//! A [`Child`] that is dropped before its exit status was collected is killed and handed to an
-//! orphan reaper that collects it when its pidfd fires, so no zombie outlives a request. At worker
-//! exit every child still alive is killed and reaped.
+//! A [`Child`] that is dropped before its exit status was collected gets SIGTERM (it and its
+//! process group) and is handed to an orphan reaper, which sends SIGKILL after the kill timeout and
+//! collects it when its pidfd fires, so no zombie outlives a request. At worker exit every child
+//! still alive is killed and reaped.
 
 use core::cell::RefCell;
 use core::ffi::c_void;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
-use nginx_sys::{ngx_event_t, ngx_log_t, NGX_LOG_ALERT};
+use nginx_sys::{ngx_event_t, ngx_log_t, ngx_msec_t, NGX_LOG_ALERT};
 
 use crate::nginx::{EventFd, EventHandler};
 use crate::os::{self, ExitStatus};
@@ -27,12 +28,15 @@ pub struct Child {
     pidfd: Option<EventFd>,
     status: Option<ExitStatus>,
     log: *mut ngx_log_t,
+    /// Grace between SIGTERM and SIGKILL when it is stopped.
+    kill_timeout: ngx_msec_t,
 }
 
 impl Child {
     /// Starts a program; `handler(data)` is called when it exits (after [`Child::watch`]).
     pub fn spawn(
         cmd: &os::Command<'_>,
+        kill_timeout: ngx_msec_t,
         log: *mut ngx_log_t,
         handler: EventHandler,
         data: *mut c_void,
@@ -46,6 +50,7 @@ impl Child {
             pidfd: None,
             status: None,
             log,
+            kill_timeout,
         };
         match EventFd::new(spawned.pidfd, log, handler, data) {
             Ok(fd) => child.pidfd = Some(fd),
@@ -115,12 +120,12 @@ impl Drop for Child {
         let Some(fd) = self.pidfd.take() else {
             return;
         };
-        os::kill_child(self.pid, fd.fd());
+        os::signal_child(self.pid, fd.fd(), libc::SIGTERM);
         if let Ok(Some(_)) = os::try_reap(fd.fd()) {
             forget(self.pid);
             return;
         }
-        // Not dead yet: the orphan reaper collects it when its pidfd fires.
+        // Not dead yet: the orphan reaper sends SIGKILL after the grace and collects it.
         let orphan = Box::into_raw(Box::new(Orphan {
             pid: self.pid,
             pidfd: fd,
@@ -128,6 +133,7 @@ impl Drop for Child {
         // SAFETY: orphan is a fresh, leaked box; the handler (or kill_all) frees it.
         unsafe {
             (*orphan).pidfd.rebind(orphan_event, orphan.cast());
+            (*orphan).pidfd.set_timer(self.kill_timeout.max(1));
             if (*orphan).pidfd.arm_read() {
                 ORPHANS.with_borrow_mut(|o| o.push(orphan));
             } else {
@@ -149,6 +155,18 @@ unsafe extern "C" fn orphan_event(ev: *mut ngx_event_t) {
     let orphan = unsafe { EventFd::data_of(ev) }.cast::<Orphan>();
     // SAFETY: the box is alive until freed below.
     let o = unsafe { &mut *orphan };
+    // SAFETY: ev is the orphan's pidfd read event.
+    let (grace_over, closing) = unsafe { (EventFd::take_timedout(ev), EventFd::closing(ev)) };
+    if closing {
+        // The worker is shutting down and closes every connection: finish now.
+        ORPHANS.with_borrow_mut(|l| l.retain(|&p| p != orphan));
+        // SAFETY: leaked in Child::drop; removed from the list just above.
+        unsafe { reap_orphan(orphan) };
+        return;
+    }
+    if grace_over {
+        os::signal_child(o.pid, o.pidfd.fd(), libc::SIGKILL);
+    }
     match os::try_reap(o.pidfd.fd()) {
         Ok(None) => {
             o.pidfd.arm_read();
@@ -162,13 +180,14 @@ unsafe extern "C" fn orphan_event(ev: *mut ngx_event_t) {
     }
 }
 
-/// Reaps a killed orphan now (blocking briefly) and frees it, closing its pidfd connection.
+/// Kills an orphan, reaps it now (blocking briefly) and frees it, closing its pidfd connection.
 ///
 /// # Safety
 /// `orphan` was leaked by `Child::drop` and is not used afterwards.
 unsafe fn reap_orphan(orphan: *mut Orphan) {
     // SAFETY: caller's contract.
     let o = unsafe { Box::from_raw(orphan) };
+    os::signal_child(o.pid, o.pidfd.fd(), libc::SIGKILL);
     os::reap_blocking(o.pidfd.fd());
     forget(o.pid);
 }
@@ -188,7 +207,7 @@ pub fn kill_all() {
     for (pid, fd) in live {
         // SAFETY: fd is the pidfd of an unreaped child, still open (its owner was not dropped).
         let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-        os::kill_child(pid, fd);
+        os::signal_child(pid, fd, libc::SIGKILL);
         os::reap_blocking(fd);
     }
 }

@@ -1,5 +1,6 @@
 //! Location configuration and directives: `transform_exec`, `transform_type`, `transform_splice`,
-//! `transform_pipe_size`, `transform_read_timeout`.
+//! `transform_pipe_size` and the timeouts (`transform_timeout`, `transform_read_timeout`,
+//! `transform_send_timeout`, `transform_kill_timeout`).
 
 use core::ffi::{c_char, c_void, CStr};
 use core::mem::offset_of;
@@ -28,8 +29,16 @@ const NGX_CONF_UNSET: ngx_flag_t = -1;
 const NGX_CONF_UNSET_SIZE: usize = usize::MAX;
 const NGX_CONF_UNSET_MSEC: ngx_msec_t = ngx_msec_t::MAX;
 
+/// Default `transform_commit_size`: small results (thumbnails, documents) are held whole, so a
+/// failure is a clean 502 and success gets a Content-Length; long outputs start after 64 KiB.
+pub const DEFAULT_COMMIT_SIZE: usize = 64 * 1024;
+
 /// Default `transform_read_timeout`, as nginx's `proxy_read_timeout`.
 pub const DEFAULT_READ_TIMEOUT: ngx_msec_t = 60_000;
+/// Default `transform_send_timeout`, as nginx's `send_timeout`.
+pub const DEFAULT_SEND_TIMEOUT: ngx_msec_t = 60_000;
+/// Default `transform_kill_timeout`: the grace between SIGTERM and SIGKILL.
+pub const DEFAULT_KILL_TIMEOUT: ngx_msec_t = 2_000;
 
 /// Per-location configuration.
 #[derive(Debug)]
@@ -42,8 +51,16 @@ pub struct TransformConf {
     pub splice: ngx_flag_t,
     /// `transform_pipe_size`.
     pub pipe_size: usize,
+    /// `transform_commit_size`: output held before the response header is sent.
+    pub commit_size: usize,
+    /// `transform_timeout`: longest run time of the program; 0 for none.
+    pub timeout: ngx_msec_t,
     /// `transform_read_timeout`: longest wait for the program's next output (or its exit).
     pub read_timeout: ngx_msec_t,
+    /// `transform_send_timeout`: longest wait for the client to accept more output.
+    pub send_timeout: ngx_msec_t,
+    /// `transform_kill_timeout`: after SIGTERM, how long before SIGKILL.
+    pub kill_timeout: ngx_msec_t,
 }
 
 impl Default for TransformConf {
@@ -53,7 +70,11 @@ impl Default for TransformConf {
             content_type: ptr::null_mut(),
             splice: NGX_CONF_UNSET,
             pipe_size: NGX_CONF_UNSET_SIZE,
+            commit_size: NGX_CONF_UNSET_SIZE,
+            timeout: NGX_CONF_UNSET_MSEC,
             read_timeout: NGX_CONF_UNSET_MSEC,
+            send_timeout: NGX_CONF_UNSET_MSEC,
+            kill_timeout: NGX_CONF_UNSET_MSEC,
         }
     }
 }
@@ -96,19 +117,59 @@ impl Merge for TransformConf {
                 prev.pipe_size
             };
         }
-        if self.read_timeout == NGX_CONF_UNSET_MSEC {
-            self.read_timeout = if prev.read_timeout == NGX_CONF_UNSET_MSEC {
-                DEFAULT_READ_TIMEOUT
+        if self.commit_size == NGX_CONF_UNSET_SIZE {
+            self.commit_size = if prev.commit_size == NGX_CONF_UNSET_SIZE {
+                DEFAULT_COMMIT_SIZE
             } else {
-                prev.read_timeout
+                prev.commit_size
             };
         }
+        merge_msec(&mut self.timeout, prev.timeout, 0);
+        merge_msec(
+            &mut self.read_timeout,
+            prev.read_timeout,
+            DEFAULT_READ_TIMEOUT,
+        );
+        merge_msec(
+            &mut self.send_timeout,
+            prev.send_timeout,
+            DEFAULT_SEND_TIMEOUT,
+        );
+        merge_msec(
+            &mut self.kill_timeout,
+            prev.kill_timeout,
+            DEFAULT_KILL_TIMEOUT,
+        );
         Ok(())
     }
 }
 
+/// nginx's ngx_conf_merge_msec_value.
+fn merge_msec(conf: &mut ngx_msec_t, prev: ngx_msec_t, default: ngx_msec_t) {
+    if *conf == NGX_CONF_UNSET_MSEC {
+        *conf = if prev == NGX_CONF_UNSET_MSEC {
+            default
+        } else {
+            prev
+        };
+    }
+}
+
+/// A `time` directive of http, server and location (nginx's msec slot).
+const fn msec_command(name: ngx_str_t, offset: usize) -> ngx_command_t {
+    ngx_command_t {
+        name,
+        type_: (NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1)
+            as ngx_uint_t,
+        set: Some(ngx_conf_set_msec_slot),
+        conf: NGX_HTTP_LOC_CONF_OFFSET,
+        offset,
+        post: ptr::null_mut(),
+    }
+}
+
 /// The directive table.
-pub static mut COMMANDS: [ngx_command_t; 6] = [
+pub static mut COMMANDS: [ngx_command_t; 10] = [
     ngx_command_t {
         name: ngx_string!("transform_exec"),
         type_: (NGX_HTTP_LOC_CONF | NGX_HTTP_LIF_CONF | NGX_CONF_1MORE) as ngx_uint_t,
@@ -145,14 +206,30 @@ pub static mut COMMANDS: [ngx_command_t; 6] = [
         post: ptr::null_mut(),
     },
     ngx_command_t {
-        name: ngx_string!("transform_read_timeout"),
+        name: ngx_string!("transform_commit_size"),
         type_: (NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1)
             as ngx_uint_t,
-        set: Some(ngx_conf_set_msec_slot),
+        set: Some(ngx_conf_set_size_slot),
         conf: NGX_HTTP_LOC_CONF_OFFSET,
-        offset: offset_of!(TransformConf, read_timeout),
+        offset: offset_of!(TransformConf, commit_size),
         post: ptr::null_mut(),
     },
+    msec_command(
+        ngx_string!("transform_timeout"),
+        offset_of!(TransformConf, timeout),
+    ),
+    msec_command(
+        ngx_string!("transform_read_timeout"),
+        offset_of!(TransformConf, read_timeout),
+    ),
+    msec_command(
+        ngx_string!("transform_send_timeout"),
+        offset_of!(TransformConf, send_timeout),
+    ),
+    msec_command(
+        ngx_string!("transform_kill_timeout"),
+        offset_of!(TransformConf, kill_timeout),
+    ),
     ngx_command_t::empty(),
 ];
 

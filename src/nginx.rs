@@ -283,7 +283,7 @@ impl Http {
 
     /// Waits for the client as nginx's non-buffered upstream loop does: while `blocked`, (re)starts
     /// `send_timeout` on every wait (not while limit_rate delays the event); otherwise removes it.
-    pub fn arm_write(self, blocked: bool) -> bool {
+    pub fn arm_write(self, blocked: bool, send_timeout: ngx_msec_t) -> bool {
         let clcf = NgxHttpCoreModule::location_conf(self.r()).expect("core loc conf");
         let wev = self.c().write;
         // SAFETY: live connection event.
@@ -292,7 +292,7 @@ impl Http {
                 return false;
             }
             if blocked && (*wev).delayed() == 0 {
-                nginx_sys::ngx_add_timer(wev, clcf.send_timeout);
+                nginx_sys::ngx_add_timer(wev, send_timeout);
             } else if !blocked && (*wev).delayed() == 0 && (*wev).timer_set() != 0 {
                 // (A delayed event's timer is limit_rate's: it must stay.)
                 nginx_sys::ngx_del_timer(wev);
@@ -306,6 +306,12 @@ impl Http {
         // SAFETY: live connection; ngx_tcp_nodelay checks the connection's state itself.
         unsafe { nginx_sys::ngx_tcp_nodelay(self.connection()) };
     }
+}
+
+/// nginx's cached millisecond clock.
+pub fn now_msec() -> ngx_msec_t {
+    // SAFETY: a plain read of nginx's clock, updated on this thread by the event loop.
+    unsafe { ptr::read_volatile(ptr::addr_of!(nginx_sys::ngx_current_msec)) }
 }
 
 /// Moves `value` into `pool`, to be dropped when the pool is destroyed; null if out of memory.
@@ -430,6 +436,15 @@ impl EventFd {
         }
     }
 
+    /// Whether nginx asked this connection to close (worker shutdown timeout).
+    ///
+    /// # Safety
+    /// `ev` is the read event of an [`EventFd`].
+    pub unsafe fn closing(ev: *mut ngx_event_t) -> bool {
+        // SAFETY: caller's contract: ev->data is our connection.
+        unsafe { (*((*ev).data as *mut ngx_connection_t)).close() != 0 }
+    }
+
     /// Whether the read event's timer has fired (clears the flag).
     ///
     /// # Safety
@@ -463,13 +478,31 @@ pub struct BufRing {
     tag: nginx_sys::ngx_buf_tag_t,
 }
 
-/// Counters of what a transport moved.
-#[derive(Default)]
+/// Counters of what a transport moved, and the most it may move.
 pub struct Moved {
     /// Bytes of program output passed on.
     pub bytes: u64,
     /// read(2) or splice(2) calls that moved them.
     pub calls: u64,
+    /// The response's Content-Length when it was committed with one (u64::MAX otherwise).
+    pub limit: u64,
+}
+
+impl Default for Moved {
+    fn default() -> Moved {
+        Moved {
+            bytes: 0,
+            calls: 0,
+            limit: u64::MAX,
+        }
+    }
+}
+
+impl Moved {
+    /// Bytes that may still be moved.
+    pub fn room(&self) -> u64 {
+        self.limit - self.bytes
+    }
 }
 
 /// What a transport's `pump` ended on.
@@ -522,15 +555,19 @@ impl BufRing {
                 self.out = ptr::null_mut();
                 self.out_tail = ptr::null_mut();
             }
+            if moved.room() == 0 {
+                return Ok(Pumped::Eof);
+            }
             let Some(cl) = self.take_free(http)? else {
                 return Ok(Pumped::ClientBusy);
             };
             // SAFETY: cl is a chain link holding one of our temp buffers, empty (pos == last).
             let b: &mut ngx_buf_t = unsafe { &mut *(*cl).buf };
             // SAFETY: [last, end) is the buffer's free space.
-            let space = unsafe {
-                core::slice::from_raw_parts_mut(b.last, b.end.offset_from(b.last) as usize)
-            };
+            // SAFETY: last and end point into the same buffer, last <= end.
+            let free = (unsafe { b.end.offset_from(b.last) } as u64).min(moved.room());
+            // SAFETY: [last, last + free) lies in the buffer's free space.
+            let space = unsafe { core::slice::from_raw_parts_mut(b.last, free as usize) };
             moved.calls += 1;
             match os::read(pipe, space) {
                 Ok(0) => {

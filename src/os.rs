@@ -83,6 +83,23 @@ pub fn pipe_pending(fd: BorrowedFd<'_>) -> io::Result<Option<usize>> {
     }
 }
 
+/// Bytes waiting in a pipe and whether every writer is gone, in that order of truth: the
+/// hang-up is observed first, so the count that follows is final when it is set.
+pub fn pipe_state(fd: BorrowedFd<'_>) -> io::Result<(usize, bool)> {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    syscall!(poll(&mut pfd, 1, 0))?;
+    Ok((bytes_in_pipe(fd)?, pfd.revents & libc::POLLHUP != 0))
+}
+
+/// The capacity of a pipe.
+pub fn pipe_size(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    syscall!(fcntl(fd.as_raw_fd(), libc::F_GETPIPE_SZ)).map(|n| n as usize)
+}
+
 /// read(2) into a buffer.
 pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     syscall!(read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len())).map(|n| n as usize)
@@ -398,20 +415,25 @@ pub fn try_reap(pidfd: BorrowedFd<'_>) -> io::Result<Option<ExitStatus>> {
     }))
 }
 
-/// Sends SIGKILL to the child (through its pidfd, race-free) and to its process group.
-pub fn kill_child(pid: libc::pid_t, pidfd: BorrowedFd<'_>) {
+/// Sends `sig` to the child (through its pidfd, race-free) and to its process group.
+pub fn signal_child(pid: libc::pid_t, pidfd: BorrowedFd<'_>, sig: c_int) {
     // SAFETY: pidfd_send_signal takes a pidfd, a signal, a NULL siginfo and flags.
     unsafe {
         libc::syscall(
             libc::SYS_pidfd_send_signal,
             pidfd.as_raw_fd(),
-            libc::SIGKILL,
+            sig,
             ptr::null::<libc::siginfo_t>(),
             0,
         );
     }
-    // The group is ours as long as the child has not been reaped (its pid is not reused).
-    let _ = syscall!(kill(-pid, libc::SIGKILL));
+    signal_group(pid, sig);
+}
+
+/// Sends `sig` to a process group (the child's: it leads its own). While the leader is not
+/// reaped, or any member lives, the group id cannot be reused.
+pub fn signal_group(pgid: libc::pid_t, sig: c_int) {
+    let _ = syscall!(kill(-pgid, sig));
 }
 
 /// Blocks until the child behind `pidfd` is reaped (used only after SIGKILL, at worker exit).

@@ -21,15 +21,17 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use nginx_sys::{
-    ngx_event_t, ngx_http_request_t, ngx_int_t, NGX_DONE, NGX_ERROR, NGX_HTTP_BAD_GATEWAY,
-    NGX_HTTP_GATEWAY_TIME_OUT, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_REQUEST_TIME_OUT,
-    NGX_HTTP_SERVICE_UNAVAILABLE, NGX_LOG_ERR, NGX_LOG_INFO, NGX_OK,
+    ngx_event_t, ngx_http_request_t, ngx_int_t, ngx_msec_t, NGX_DONE, NGX_ERROR,
+    NGX_HTTP_BAD_GATEWAY, NGX_HTTP_GATEWAY_TIME_OUT, NGX_HTTP_INTERNAL_SERVER_ERROR,
+    NGX_HTTP_REQUEST_TIME_OUT, NGX_HTTP_SERVICE_UNAVAILABLE, NGX_LOG_ERR, NGX_LOG_INFO, NGX_OK,
 };
 use ngx::http::HttpModule;
 
 use crate::child::Child;
 use crate::conf::TransformConf;
-use crate::nginx::{pool_allocate, run_posted_requests, BufRing, EventFd, Http, Moved, Pumped};
+use crate::nginx::{
+    now_msec, pool_allocate, run_posted_requests, BufRing, EventFd, Http, Moved, Pumped,
+};
 use crate::os;
 
 /// Buffers of the buffered transport, and their size: at most 512 KiB in flight per request.
@@ -57,8 +59,15 @@ pub fn start(
             stdout: None,
             child: None,
             transport: None,
-            timed_out: false,
-            eof: false,
+            pipe_capacity: 0,
+            pid: 0,
+            started: now_msec(),
+            exit: None,
+            exited: false,
+            program_timer: false,
+            shutdown: false,
+            output_done: false,
+            descendants_hold_output: false,
             done: false,
             moved: Moved::default(),
         },
@@ -89,17 +98,29 @@ pub struct Transform {
     conf: &'static TransformConf,
     content_type: Option<&'static [u8]>,
     program: String,
-    /// Our end of the program's stdout; closed at end of file.
+    /// Our end of the program's stdout; closed when the output is complete.
     stdout: Option<EventFd>,
     child: Option<Child>,
-    /// Chosen when the response is committed (first output).
+    /// Chosen when the response is committed.
     transport: Option<Transport>,
-    /// `transform_read_timeout` expired.
-    timed_out: bool,
-    eof: bool,
+    /// What the stdout pipe can hold (the most output held before the commit).
+    pipe_capacity: usize,
+    pid: libc::pid_t,
+    /// When the program started, and how and when it ended.
+    started: ngx_msec_t,
+    exit: Option<(os::ExitStatus, ngx_msec_t)>,
+    /// Noted by the event handlers for the next run: the pidfd fired, its timer fired, nginx
+    /// closes our connections (worker shutdown).
+    exited: bool,
+    program_timer: bool,
+    shutdown: bool,
+    /// The output is complete: end of file, or the program exited and only its descendants
+    /// still hold the pipe.
+    output_done: bool,
+    descendants_hold_output: bool,
     /// Finished or aborted: every later event is ignored.
     done: bool,
-    /// What the transport moved so far.
+    /// What the transport moved so far (and the most it may move).
     moved: Moved,
 }
 
@@ -122,14 +143,15 @@ impl Transform {
             log_error!(NGX_LOG_ERR, log, os::errno(&e), "pipe2() failed");
             status_for_resource_error(&e)
         })?;
-        match os::set_pipe_size(pipe.read.as_fd(), self.conf.pipe_size) {
-            Ok(n) => debug!(log, "transform pipe size {n}"),
+        if let Err(e) = os::set_pipe_size(pipe.read.as_fd(), self.conf.pipe_size) {
             // EPERM past fs/pipe-user-pages-soft: a size hint refused, not an error.
-            Err(e) => debug!(
+            debug!(
                 log,
                 "transform pipe size {} refused: {e}", self.conf.pipe_size
-            ),
+            );
         }
+        self.pipe_capacity = os::pipe_size(pipe.read.as_fd()).unwrap_or(4096);
+        debug!(log, "transform pipe size {}", self.pipe_capacity);
 
         let data: *mut c_void = (self as *mut Transform).cast();
         let args: Vec<&CStr> = argv.iter().map(CString::as_c_str).collect();
@@ -142,33 +164,34 @@ impl Transform {
             stderr: 2,
             rlimits: &[],
         };
-        let child = Child::spawn(&cmd, log, child_event, data).map_err(|e| {
-            log_error!(
-                NGX_LOG_ERR,
-                log,
-                os::errno(&e.err),
-                "{} \"{}\" failed",
-                e.step.call(),
-                self.program
-            );
-            match e.err.raw_os_error() {
-                Some(libc::EAGAIN | libc::EMFILE | libc::ENFILE | libc::ENOMEM) => {
-                    NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t
+        let child =
+            Child::spawn(&cmd, self.conf.kill_timeout, log, child_event, data).map_err(|e| {
+                log_error!(
+                    NGX_LOG_ERR,
+                    log,
+                    os::errno(&e.err),
+                    "{} \"{}\" failed",
+                    e.step.call(),
+                    self.program
+                );
+                match e.err.raw_os_error() {
+                    Some(libc::EAGAIN | libc::EMFILE | libc::ENFILE | libc::ENOMEM) => {
+                        NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t
+                    }
+                    _ => NGX_HTTP_BAD_GATEWAY as ngx_int_t,
                 }
-                _ => NGX_HTTP_BAD_GATEWAY as ngx_int_t,
-            }
-        })?;
+            })?;
+        self.pid = child.pid();
+        self.started = now_msec();
         debug!(
             log,
-            "transform started \"{}\" pid {}",
-            self.program,
-            child.pid()
+            "transform started \"{}\" pid {}", self.program, self.pid
         );
         // Only the child holds the write end now: its exit (and its children's) ends the output.
         drop(pipe.write);
         let watching = child.watch();
-        child.set_timer(self.conf.read_timeout);
         self.child = Some(child);
+        self.arm_program_timer(true);
 
         let stdout = EventFd::new(pipe.read, log, stdout_event, data).map_err(|e| {
             log_error!(
@@ -191,101 +214,133 @@ impl Transform {
         if self.done {
             return None;
         }
-        let next = self.advance();
-        match next {
-            Next::Program => {
-                // A timer while waiting for the program, as proxy_read_timeout: it also keeps a
-                // gracefully exiting worker alive until the response is done.
-                if let Some(child) = &self.child {
-                    child.set_timer(self.conf.read_timeout);
-                }
-                let armed = self.stdout.as_ref().is_none_or(EventFd::arm_read);
-                if armed && self.http.arm_write(false) {
-                    return None;
-                }
-                self.release();
-                Some(NGX_ERROR as ngx_int_t)
-            }
-            Next::Client => {
-                // The client is what we wait for: only send_timeout applies.
-                if let Some(child) = &self.child {
-                    child.clear_timer();
-                }
-                if self.http.arm_write(true) {
-                    return None;
-                }
-                self.release();
-                Some(NGX_ERROR as ngx_int_t)
-            }
+        let waiting_on_program = match self.advance() {
+            Next::Program => true,
+            Next::Client => false,
             Next::Finish(rc) => {
                 self.release();
-                Some(rc)
+                return Some(rc);
             }
+        };
+        self.arm_program_timer(waiting_on_program);
+        let armed = !waiting_on_program || self.stdout.as_ref().is_none_or(EventFd::arm_read);
+        if armed
+            && self
+                .http
+                .arm_write(!waiting_on_program, self.conf.send_timeout)
+        {
+            return None;
+        }
+        self.release();
+        Some(NGX_ERROR as ngx_int_t)
+    }
+
+    /// The program-side timer: `transform_read_timeout` while waiting for the program, and
+    /// `transform_timeout` until it ends. Like proxy_read_timeout, it also keeps a gracefully
+    /// exiting worker alive until the response is done.
+    fn arm_program_timer(&self, waiting_on_program: bool) {
+        let Some(child) = &self.child else {
+            return;
+        };
+        let mut ms = waiting_on_program.then_some(self.conf.read_timeout);
+        if self.conf.timeout > 0 {
+            let left = (self.started + self.conf.timeout)
+                .saturating_sub(now_msec())
+                .max(1);
+            ms = Some(ms.map_or(left, |r| r.min(left)));
+        }
+        match ms {
+            Some(ms) => child.set_timer(ms),
+            None => child.clear_timer(),
         }
     }
 
     fn advance(&mut self) -> Next {
+        let log = self.http.log();
+        if self.shutdown {
+            log_error!(
+                NGX_LOG_INFO,
+                log,
+                0,
+                "transform: worker shutdown closes the response of \"{}\"",
+                self.program
+            );
+            self.http.set_client_error();
+            return Next::Finish(NGX_ERROR as ngx_int_t);
+        }
         if self.http.take_write_timeout() {
             log_error!(
                 NGX_LOG_INFO,
-                self.http.log(),
+                log,
                 libc::ETIMEDOUT,
-                "client timed out"
+                "client timed out (transform_send_timeout {}ms)",
+                self.conf.send_timeout
             );
             return Next::Finish(NGX_HTTP_REQUEST_TIME_OUT as ngx_int_t);
         }
-        if self.timed_out {
-            log_error!(
-                NGX_LOG_ERR,
-                self.http.log(),
-                libc::ETIMEDOUT,
-                "transform program \"{}\" timed out (transform_read_timeout {}ms)",
-                self.program,
-                self.conf.read_timeout
-            );
-            if self.transport.is_some() {
-                self.http.set_client_error();
-                self.http.reset_on_close();
-                return Next::Finish(NGX_ERROR as ngx_int_t);
-            }
-            return Next::Finish(NGX_HTTP_GATEWAY_TIME_OUT as ngx_int_t);
+        if self.program_timer {
+            self.program_timer = false;
+            return self.program_timed_out();
         }
-        if !self.eof {
+        if self.exited {
+            self.collect_status();
+        }
+        if !self.output_done {
             let Some(stdout) = self.stdout.take() else {
                 return Next::Finish(NGX_ERROR as ngx_int_t);
             };
             let next = self.relay(stdout.fd());
-            if !self.eof {
+            if !self.output_done {
                 self.stdout = Some(stdout);
             }
             if let Some(next) = next {
                 return next;
             }
         }
-        // The program closed its output; its exit status decides how the response ends.
-        match self.child.as_mut().and_then(Child::status) {
-            Some(status) => self.finish(status),
+        // The output is complete; the exit status decides how the response ends.
+        self.collect_status();
+        match self.exit {
+            Some((status, _)) => self.finish(status),
             None => Next::Program,
         }
     }
 
-    /// Moves output; `None` once the program's stdout reached end of file.
+    /// Reaps the program if it has exited.
+    fn collect_status(&mut self) {
+        if self.exit.is_none() {
+            if let Some(status) = self.child.as_mut().and_then(Child::status) {
+                self.exit = Some((status, now_msec()));
+            }
+        }
+    }
+
+    /// Moves output; `None` once the output is complete.
     fn relay(&mut self, pipe: BorrowedFd<'_>) -> Option<Next> {
         if self.transport.is_none() {
-            match os::pipe_pending(pipe) {
-                Ok(Some(0)) => return Some(Next::Program),
-                Ok(None) => {
-                    self.eof = true;
+            let (held, hung_up) = match os::pipe_state(pipe) {
+                Ok(state) => state,
+                Err(e) => return Some(self.io_failed("poll() on the program's stdout", e)),
+            };
+            if hung_up || self.exit.is_some() {
+                // All the output there will be is held in the pipe: the status decides.
+                self.collect_status();
+                let Some((status, _)) = self.exit else {
+                    return Some(Next::Program);
+                };
+                self.descendants_hold_output = !hung_up;
+                if !status.success() {
+                    self.output_done = true;
                     return None;
                 }
-                Ok(Some(_)) => {
-                    if let Err(rc) = self.commit() {
-                        return Some(Next::Finish(rc));
-                    }
+                if let Err(rc) = self.commit(Some(held as u64)) {
+                    return Some(Next::Finish(rc));
                 }
-                Err(e) => {
-                    return Some(self.io_failed("ioctl(FIONREAD) on the program's stdout", e))
+            } else if held >= self.conf.commit_size.min(self.pipe_capacity).max(1) {
+                if let Err(rc) = self.commit(None) {
+                    return Some(Next::Finish(rc));
                 }
+            } else {
+                return Some(Next::Program);
             }
         }
         let http = self.http;
@@ -294,21 +349,31 @@ impl Transform {
             Transport::Buffered(t) => t.pump(http, pipe, &mut self.moved),
         };
         match pumped {
+            Ok(Pumped::ProgramIdle) if self.exit.is_some() => {
+                // The program is gone and its descendants keep the pipe open.
+                self.descendants_hold_output = true;
+                self.output_done = true;
+                None
+            }
             Ok(Pumped::ProgramIdle) => Some(Next::Program),
             Ok(Pumped::ClientBusy) => Some(Next::Client),
             Ok(Pumped::Eof) => {
-                self.eof = true;
+                self.output_done = true;
                 None
             }
             Err(e) => Some(self.io_failed("sending the program's output", e)),
         }
     }
 
-    /// Sends the response header and picks the transport. Called at the first output byte.
-    fn commit(&mut self) -> Result<(), ngx_int_t> {
-        let rc = self.http.send_header(self.content_type, None);
+    /// Sends the response header and picks the transport: when the held output reaches
+    /// `transform_commit_size` (length unknown), or when the output is complete (`length`).
+    fn commit(&mut self, length: Option<u64>) -> Result<(), ngx_int_t> {
+        let rc = self.http.send_header(self.content_type, length);
         if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t {
             return Err(rc);
+        }
+        if let Some(n) = length {
+            self.moved.limit = n;
         }
         // Push the header through the filters now: they make their decisions on the way (gzip,
         // the addition filter's subrequests), and the splice transport must not overtake it.
@@ -331,9 +396,51 @@ impl Transform {
         Ok(())
     }
 
+    fn program_timed_out(&mut self) -> Next {
+        let total = self.conf.timeout > 0 && now_msec() >= self.started + self.conf.timeout;
+        let (limit, ms) = if total {
+            ("transform_timeout", self.conf.timeout)
+        } else {
+            ("transform_read_timeout", self.conf.read_timeout)
+        };
+        log_error!(
+            NGX_LOG_ERR,
+            self.http.log(),
+            libc::ETIMEDOUT,
+            "transform program \"{}\" timed out ({limit} {ms}ms)",
+            self.program
+        );
+        self.fail()
+    }
+
+    /// Ends a response whose program failed: 502/504 before the commit, broken after it.
+    fn fail(&mut self) -> Next {
+        if self.transport.is_some() {
+            self.http.set_client_error();
+            self.http.reset_on_close();
+            return Next::Finish(NGX_ERROR as ngx_int_t);
+        }
+        // A program that exited failed (502); one still running timed out (504).
+        Next::Finish(match self.exit {
+            Some(_) => NGX_HTTP_BAD_GATEWAY as ngx_int_t,
+            None => NGX_HTTP_GATEWAY_TIME_OUT as ngx_int_t,
+        })
+    }
+
     fn finish(&mut self, status: os::ExitStatus) -> Next {
         let log = self.http.log();
-        let committed = self.transport.is_some();
+        if self.descendants_hold_output {
+            // Output ends with the program; what it left running is stopped with it.
+            os::signal_group(self.pid, libc::SIGTERM);
+            log_error!(
+                NGX_LOG_INFO,
+                log,
+                0,
+                "transform program \"{}\" exited while its descendants kept stdout open; \
+                 they were sent SIGTERM",
+                self.program
+            );
+        }
         debug!(
             log,
             "transform done: \"{}\" {status}, {} bytes, transport {}, {} calls",
@@ -347,7 +454,7 @@ impl Transform {
             self.moved.calls
         );
         if !status.success() {
-            if committed {
+            if self.transport.is_some() {
                 log_error!(
                     NGX_LOG_ERR,
                     log,
@@ -356,25 +463,16 @@ impl Transform {
                     self.program,
                     self.moved.bytes
                 );
-                self.http.set_client_error();
-                self.http.reset_on_close();
-                return Next::Finish(NGX_ERROR as ngx_int_t);
+            } else {
+                log_error!(
+                    NGX_LOG_ERR,
+                    log,
+                    0,
+                    "transform program \"{}\" {status}",
+                    self.program
+                );
             }
-            log_error!(
-                NGX_LOG_ERR,
-                log,
-                0,
-                "transform program \"{}\" {status}",
-                self.program
-            );
-            return Next::Finish(NGX_HTTP_BAD_GATEWAY as ngx_int_t);
-        }
-        if !committed {
-            // Success with no output: an empty 200.
-            let rc = self.http.send_header(self.content_type, Some(0));
-            if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t {
-                return Next::Finish(rc);
-            }
+            return self.fail();
         }
         Next::Finish(self.http.send_last())
     }
@@ -390,8 +488,9 @@ impl Transform {
         Next::Finish(NGX_ERROR as ngx_int_t)
     }
 
-    /// Stops everything the request started: closes the pipe; kills the program if it still runs
-    /// (the orphan reaper collects it). Idempotent; runs at the end and at the request's cleanup.
+    /// Stops everything the request started: closes the pipe; a program still running gets
+    /// SIGTERM, then SIGKILL after `transform_kill_timeout` (the orphan reaper sees to it).
+    /// Idempotent; runs at the end and at the request's cleanup.
     fn release(&mut self) {
         self.done = true;
         self.stdout = None;
@@ -478,9 +577,15 @@ impl Splice {
                 }
                 continue;
             }
-            match os::pipe_pending(pipe)? {
+            let room = moved.room();
+            match if room == 0 {
+                None
+            } else {
+                os::pipe_pending(pipe)?
+            } {
                 Some(0) => return Ok(Pumped::ProgramIdle),
                 Some(n) => {
+                    let n = n.min(usize::try_from(room).unwrap_or(usize::MAX));
                     self.left = n;
                     if self.chunked {
                         self.set_frame(Some(n));
@@ -564,18 +669,26 @@ unsafe extern "C" fn stdout_event(ev: *mut ngx_event_t) {
     let ctx = unsafe { EventFd::data_of(ev) }.cast::<Transform>();
     // SAFETY: the EventFd lives inside the Transform, so the Transform is alive.
     let c = unsafe { (*ctx).http.connection() };
+    // SAFETY: as above; ev is the EventFd's read event.
+    if unsafe { EventFd::closing(ev) } {
+        // SAFETY: as above.
+        unsafe { (*ctx).shutdown = true };
+    }
     // SAFETY: as above.
     unsafe { step(ctx) };
     // SAFETY: connections are never freed, only marked destroyed (checked by nginx).
     unsafe { run_posted_requests(c) };
 }
 
-/// The program exited, or `transform_read_timeout` expired.
+/// The program exited, or its timer (read or total timeout) expired.
 unsafe extern "C" fn child_event(ev: *mut ngx_event_t) {
     // SAFETY: installed on the pidfd EventFd, whose data is the Transform that owns it.
     unsafe {
+        let ctx = EventFd::data_of(ev).cast::<Transform>();
         if EventFd::take_timedout(ev) {
-            (*EventFd::data_of(ev).cast::<Transform>()).timed_out = true;
+            (*ctx).program_timer = true;
+        } else {
+            (*ctx).exited = true;
         }
         stdout_event(ev)
     }

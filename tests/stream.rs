@@ -106,10 +106,12 @@ fn arguments_arrive_as_single_argv_elements() {
 #[test]
 fn chunked_keepalive_http10_and_head() {
     let nginx = Nginx::start(&server(
-        "location /gen { transform_exec {HELPER} gen $arg_n; transform_type application/x-test; }
+        "location /gen {
+             transform_exec {HELPER} gen-linger $arg_n 100; transform_type application/x-test;
+         }
          location /empty { transform_exec /bin/true; }",
     ));
-    let want = helper_output(&["gen", "300000"]);
+    let want = helper_output(&["gen-linger", "300000", "0"]);
     let mut c = Client::connect(nginx.port);
     // Three requests on one connection: keep-alive works after a streamed response.
     for _ in 0..3 {
@@ -147,7 +149,9 @@ fn chunked_keepalive_http10_and_head() {
     // The connection carries nothing after the head: the next response starts right away.
     let r2 = c.get("/gen?n=10");
     assert_eq!(r2.status, 200);
-    assert_eq!(r2.body, helper_output(&["gen", "10"]));
+    assert_eq!(r2.body, helper_output(&["gen-linger", "10", "0"]));
+    // Output complete within transform_commit_size: a Content-Length, not chunks.
+    assert_eq!(r2.header("Content-Length"), Some("10"));
     assert_eq!(
         nginx.error_log().matches("transform started").count(),
         runs_before + 1
@@ -158,7 +162,8 @@ fn chunked_keepalive_http10_and_head() {
 #[test]
 fn first_byte_arrives_before_the_program_exits() {
     let nginx = Nginx::start(&server(
-        "location /drip { transform_exec {HELPER} drip 3 700; }
+        "transform_commit_size 0;
+         location /drip { transform_exec {HELPER} drip 3 700; }
          location /drip-buffered { transform_splice off; transform_exec {HELPER} drip 3 700; }",
     ));
     for path in ["/drip", "/drip-buffered"] {
@@ -190,7 +195,7 @@ fn tls_http2_and_gzip_take_the_buffered_transport_byte_exact() {
         "server {{ listen 127.0.0.1:{{PORT}} ssl; http2 on;
                   ssl_certificate {crt}; ssl_certificate_key {key};
                   location /gen {{ transform_exec {{HELPER}} gen $arg_n; }}
-                  location /late {{ transform_exec {{HELPER}} fail-after 500000 1; }} }}",
+                  location /late {{ transform_exec {{HELPER}} fail-after 3000000 1; }} }}",
         crt = crt.display(),
         key = key.display()
     ));
@@ -355,7 +360,8 @@ fn client_abort_kills_the_program_and_frees_everything() {
     for extra in ["", "transform_splice off;"] {
         let nginx = Nginx::start(&server(&format!(
             "location /gen {{ {extra} transform_exec {{HELPER}} gen $arg_n; }}
-             location /hang {{ {extra} transform_exec {{HELPER}} hang-after 1000; }}"
+             location /hang {{ {extra} transform_commit_size 0;
+                               transform_exec {{HELPER}} hang-after 1000; }}"
         )));
         let worker = nginx.worker_pid();
         // Warm up once so lazily opened descriptors (logs) are counted in the baseline.
@@ -400,9 +406,11 @@ fn failures_before_and_after_the_header() {
         "location /missing { transform_exec $arg_p; }
          location /relative { transform_exec $arg_p; }
          location /exit { transform_exec {HELPER} fail-after 0 3; }
-         location /late { transform_exec {HELPER} fail-after 500000 1; }
-         location /late10 { transform_exec {HELPER} fail-after 500000 1; }
-         location /crash { transform_exec {HELPER} crash-after 300000; }",
+         location /late { transform_exec {HELPER} fail-after 3000000 1; }
+         location /late10 { transform_exec {HELPER} fail-after 3000000 1; }
+         location /crash { transform_exec {HELPER} crash-after 3000000; }
+         location /early-crash { transform_exec {HELPER} crash-after 30000; }
+         location /early-exit { transform_exec {HELPER} fail-after 30000 4; }",
     ));
     let mut c = Client::connect(nginx.port);
     let r = c.get("/missing?p=/nonexistent/program");
@@ -428,6 +436,19 @@ fn failures_before_and_after_the_header() {
         .log_lines("error")
         .iter()
         .any(|l| l.contains("exited with code 3")));
+    // Failing after some output, but within transform_commit_size: still a clean 502.
+    for (path, why) in [
+        ("/early-crash", "killed by signal 11"),
+        ("/early-exit", "exited with code 4"),
+    ] {
+        let mut c = Client::connect(nginx.port);
+        let r = c.get(path);
+        assert_eq!(r.status, 502, "{path}");
+        assert!(
+            nginx.log_lines("error").iter().any(|l| l.contains(why)),
+            "{path}"
+        );
+    }
 
     // After the header: chunked responses end without the terminating chunk.
     for path in ["/late", "/crash"] {
@@ -533,7 +554,7 @@ fn read_timeout_gives_504_or_a_truncated_response() {
 #[test]
 fn graceful_quit_lets_an_in_flight_stream_finish() {
     let nginx = Nginx::start(&server(
-        "location /drip { transform_exec {HELPER} drip 4 300; }",
+        "transform_commit_size 0; location /drip { transform_exec {HELPER} drip 4 300; }",
     ));
     let mut c = Client::connect(nginx.port);
     c.send("GET /drip HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -726,7 +747,7 @@ fn bytes_sent_matches_the_bytes_on_the_wire() {
 #[test]
 fn programs_die_with_a_worker_killed_outright() {
     let mut nginx = Nginx::start(&server(
-        "location /hang { transform_exec {HELPER} hang-after 1000; }",
+        "transform_commit_size 0; location /hang { transform_exec {HELPER} hang-after 1000; }",
     ));
     nginx.allow("exited on signal 9");
     let worker = nginx.worker_pid();

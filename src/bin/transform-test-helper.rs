@@ -6,6 +6,7 @@
 //! - `fail-after BYTES CODE`: writes BYTES of the stream, then exits with CODE.
 //! - `crash-after BYTES`: writes BYTES of the stream, then dies of SIGSEGV.
 //! - `hang-after BYTES`: writes BYTES of the stream, then sleeps for an hour.
+//! - `gen-linger BYTES MILLIS`: writes BYTES of the stream, then waits MILLIS before exiting 0.
 //! - `drip COUNT MILLIS`: writes COUNT lines, one every MILLIS milliseconds.
 
 use std::io::{self, Write};
@@ -54,6 +55,11 @@ fn main() {
         Some("hang-after") => {
             gen(&mut out, num(1), 64 * 1024).ok();
             std::thread::sleep(Duration::from_secs(3600));
+            0
+        }
+        Some("gen-linger") => {
+            gen(&mut out, num(1), 64 * 1024).ok();
+            std::thread::sleep(Duration::from_millis(num(2)));
             0
         }
         Some("drip") => {
