@@ -8,8 +8,8 @@ use core::ffi::c_void;
 use core::ptr;
 
 use nginx_sys::{
-    ngx_cycle_t, ngx_http_module_t, ngx_int_t, ngx_module_t, ngx_uint_t, NGX_HTTP_MODULE,
-    NGX_LOG_ALERT,
+    ngx_conf_t, ngx_cycle_t, ngx_http_module_t, ngx_int_t, ngx_module_t, ngx_uint_t,
+    NGX_HTTP_MODULE, NGX_LOG_ALERT,
 };
 use ngx::core::Status;
 use ngx::http::HttpModule;
@@ -23,6 +23,7 @@ mod handler;
 mod nginx;
 mod os;
 mod relay;
+mod variables;
 
 /// The module's type for ngx's `HttpModule` traits.
 pub struct Module;
@@ -32,10 +33,19 @@ impl HttpModule for Module {
         // SAFETY: the static is only written by nginx while loading modules.
         unsafe { &*ptr::addr_of!(ngx_http_transform_module) }
     }
+
+    /// Adds the log variables.
+    unsafe extern "C" fn preconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
+        // SAFETY: nginx passes the live configuration; the table is only used here.
+        match unsafe { nginx::add_variables(cf, &mut *ptr::addr_of_mut!(variables::VARIABLES)) } {
+            true => Status::NGX_OK.into(),
+            false => Status::NGX_ERROR.into(),
+        }
+    }
 }
 
 static NGX_HTTP_TRANSFORM_MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
-    preconfiguration: None,
+    preconfiguration: Some(Module::preconfiguration),
     postconfiguration: None,
     create_main_conf: None,
     init_main_conf: None,

@@ -308,6 +308,59 @@ impl Http {
     }
 }
 
+/// Adds variables at preconfiguration.
+///
+/// # Safety
+/// `cf` is the configuration being read.
+pub unsafe fn add_variables(
+    cf: *mut nginx_sys::ngx_conf_t,
+    vars: &mut [nginx_sys::ngx_http_variable_t],
+) -> bool {
+    for v in vars {
+        // SAFETY: caller's contract.
+        let var = unsafe { nginx_sys::ngx_http_add_variable(cf, &mut v.name, v.flags) };
+        if var.is_null() {
+            return false;
+        }
+        // SAFETY: var was just returned by nginx.
+        unsafe {
+            (*var).get_handler = v.get_handler;
+            (*var).data = v.data;
+        }
+    }
+    true
+}
+
+/// Fills a variable's value slot: a copy of `value` in the request pool, or "not found".
+///
+/// # Safety
+/// `v` is the value slot nginx passed to a variable handler for this request.
+pub unsafe fn set_variable(
+    http: Http,
+    v: *mut nginx_sys::ngx_variable_value_t,
+    value: Option<&str>,
+) -> bool {
+    // SAFETY: caller's contract.
+    let v = unsafe { &mut *v };
+    let Some(value) = value else {
+        v.set_not_found(1);
+        return true;
+    };
+    // SAFETY: the request pool is live.
+    let data = unsafe { nginx_sys::ngx_pnalloc(http.pool(), value.len().max(1)) }.cast::<u8>();
+    if data.is_null() {
+        return false;
+    }
+    // SAFETY: data has room for value.len() bytes.
+    unsafe { ptr::copy_nonoverlapping(value.as_ptr(), data, value.len()) };
+    v.data = data;
+    v.set_len(value.len() as u32);
+    v.set_valid(1);
+    v.set_no_cacheable(1);
+    v.set_not_found(0);
+    true
+}
+
 /// nginx's cached millisecond clock.
 pub fn now_msec() -> ngx_msec_t {
     // SAFETY: a plain read of nginx's clock, updated on this thread by the event loop.

@@ -92,6 +92,26 @@ pub fn start(
     NGX_DONE as ngx_int_t
 }
 
+/// The module's log variables.
+#[derive(Clone, Copy)]
+pub enum Variable {
+    Pid,
+    ExitStatus,
+    Time,
+    Bytes,
+}
+
+impl From<usize> for Variable {
+    fn from(n: usize) -> Variable {
+        match n {
+            0 => Variable::Pid,
+            1 => Variable::ExitStatus,
+            2 => Variable::Time,
+            _ => Variable::Bytes,
+        }
+    }
+}
+
 /// Per-request state, owned by the request pool.
 pub struct Transform {
     http: Http,
@@ -495,6 +515,28 @@ impl Transform {
         self.done = true;
         self.stdout = None;
         self.child = None;
+    }
+}
+
+impl Transform {
+    /// The value of a log variable for this request.
+    pub fn variable(&self, which: Variable) -> Option<String> {
+        if self.pid == 0 {
+            return None;
+        }
+        Some(match which {
+            Variable::Pid => self.pid.to_string(),
+            Variable::ExitStatus => match self.exit?.0 {
+                os::ExitStatus::Code(c) => c.to_string(),
+                os::ExitStatus::Signal(s) => os::signal_name(s),
+            },
+            Variable::Time => {
+                let end = self.exit.map_or_else(now_msec, |(_, at)| at);
+                let ms = end.saturating_sub(self.started);
+                format!("{}.{:03}", ms / 1000, ms % 1000)
+            }
+            Variable::Bytes => self.moved.bytes.to_string(),
+        })
     }
 }
 

@@ -781,3 +781,50 @@ fn programs_die_with_a_worker_killed_outright() {
     drop(clients);
     nginx.stop();
 }
+
+#[test]
+fn log_variables_describe_the_program() {
+    let nginx = Nginx::start(
+        "log_format t \"$uri pid=$transform_pid status=$transform_exit_status time=$transform_time bytes=$transform_bytes\";
+         server { listen 127.0.0.1:{PORT}; access_log {PREFIX}/logs/t.log t;
+           location /ok { transform_exec {HELPER} gen-linger 5000 300; }
+           location /exit { transform_exec {HELPER} fail-after 10 7; }
+           location /crash { transform_exec {HELPER} crash-after 0; }
+           location /static { return 204; } }",
+    );
+    for path in ["/ok", "/exit", "/crash", "/static"] {
+        let mut c = Client::connect(nginx.port);
+        c.get(path);
+    }
+    // nginx writes the access log after the response went out.
+    let read = || std::fs::read_to_string(nginx.prefix.join("logs/t.log")).unwrap_or_default();
+    assert!(wait_until(Duration::from_secs(2), || read().lines().count() == 4));
+    let log = read();
+    let line = |p: &str| {
+        log.lines()
+            .find(|l| l.starts_with(&format!("{p} ")))
+            .unwrap()
+            .to_string()
+    };
+    let ok = line("/ok");
+    let field = |l: &str, k: &str| {
+        l.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{k}=")))
+            .unwrap()
+            .to_string()
+    };
+    assert!(field(&ok, "pid").parse::<u32>().unwrap() > 1, "{ok}");
+    assert_eq!(field(&ok, "status"), "0", "{ok}");
+    assert_eq!(field(&ok, "bytes"), "5000", "{ok}");
+    let t: f64 = field(&ok, "time").parse().unwrap();
+    assert!((0.3..5.0).contains(&t), "time of a 300 ms program: {ok}");
+    assert!(
+        field(&ok, "time").split('.').nth(1).unwrap().len() == 3,
+        "milliseconds: {ok}"
+    );
+    assert_eq!(field(&line("/exit"), "status"), "7");
+    assert_eq!(field(&line("/crash"), "status"), "SIGSEGV");
+    // No program: the variables are empty ("-" in the log).
+    assert_eq!(field(&line("/static"), "pid"), "-");
+    nginx.stop();
+}
