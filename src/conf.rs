@@ -8,13 +8,14 @@ use core::ptr;
 use std::ffi::CString;
 
 use nginx_sys::{
-    ngx_array_create, ngx_array_push, ngx_array_t, ngx_command_t, ngx_conf_set_flag_slot,
-    ngx_conf_set_msec_slot, ngx_conf_set_size_slot, ngx_conf_t, ngx_flag_t,
-    ngx_http_compile_complex_value, ngx_http_compile_complex_value_t, ngx_http_complex_value_t,
-    ngx_http_script_variables_count, ngx_http_set_complex_value_slot, ngx_msec_t, ngx_str_t,
-    ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_FLAG, NGX_CONF_TAKE1, NGX_HTTP_LIF_CONF,
-    NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_SRV_CONF,
-    NGX_LOG_EMERG, NGX_OK,
+    ngx_array_create, ngx_array_push, ngx_array_t, ngx_command_t, ngx_conf_enum_t,
+    ngx_conf_set_enum_slot, ngx_conf_set_flag_slot, ngx_conf_set_msec_slot, ngx_conf_set_size_slot,
+    ngx_conf_t, ngx_flag_t, ngx_http_compile_complex_value, ngx_http_compile_complex_value_t,
+    ngx_http_complex_value_t, ngx_http_script_variables_count, ngx_http_set_complex_value_slot,
+    ngx_msec_t, ngx_str_t, ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_FLAG, NGX_CONF_TAKE1,
+    NGX_HTTP_LIF_CONF, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF,
+    NGX_HTTP_SRV_CONF, NGX_LOG_DEBUG, NGX_LOG_EMERG, NGX_LOG_ERR, NGX_LOG_INFO, NGX_LOG_NOTICE,
+    NGX_LOG_WARN, NGX_OK,
 };
 use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::http::{HttpModuleLocationConf, Merge, MergeConfigError, NgxHttpCoreModule};
@@ -28,6 +29,42 @@ pub const DEFAULT_PIPE_SIZE: usize = 1024 * 1024;
 const NGX_CONF_UNSET: ngx_flag_t = -1;
 const NGX_CONF_UNSET_SIZE: usize = usize::MAX;
 const NGX_CONF_UNSET_MSEC: ngx_msec_t = ngx_msec_t::MAX;
+const NGX_CONF_UNSET_UINT: ngx_uint_t = ngx_uint_t::MAX;
+
+/// Values of `transform_stderr`: off, or the level of each line.
+static mut STDERR_LEVELS: [ngx_conf_enum_t; 7] = [
+    ngx_conf_enum_t {
+        name: ngx_string!("off"),
+        value: 0,
+    },
+    ngx_conf_enum_t {
+        name: ngx_string!("error"),
+        value: NGX_LOG_ERR as ngx_uint_t,
+    },
+    ngx_conf_enum_t {
+        name: ngx_string!("warn"),
+        value: NGX_LOG_WARN as ngx_uint_t,
+    },
+    ngx_conf_enum_t {
+        name: ngx_string!("notice"),
+        value: NGX_LOG_NOTICE as ngx_uint_t,
+    },
+    ngx_conf_enum_t {
+        name: ngx_string!("info"),
+        value: NGX_LOG_INFO as ngx_uint_t,
+    },
+    ngx_conf_enum_t {
+        name: ngx_string!("debug"),
+        value: NGX_LOG_DEBUG as ngx_uint_t,
+    },
+    ngx_conf_enum_t {
+        name: ngx_str_t {
+            len: 0,
+            data: ptr::null_mut(),
+        },
+        value: 0,
+    },
+];
 
 /// Default `transform_commit_size`: small results (thumbnails, documents) are held whole, so a
 /// failure is a clean 502 and success gets a Content-Length; long outputs start after 64 KiB.
@@ -61,6 +98,8 @@ pub struct TransformConf {
     pub send_timeout: ngx_msec_t,
     /// `transform_kill_timeout`: after SIGTERM, how long before SIGKILL.
     pub kill_timeout: ngx_msec_t,
+    /// `transform_stderr`: log level of the program's stderr lines, 0 for off.
+    pub stderr_level: ngx_uint_t,
 }
 
 impl Default for TransformConf {
@@ -75,6 +114,7 @@ impl Default for TransformConf {
             read_timeout: NGX_CONF_UNSET_MSEC,
             send_timeout: NGX_CONF_UNSET_MSEC,
             kill_timeout: NGX_CONF_UNSET_MSEC,
+            stderr_level: NGX_CONF_UNSET_UINT,
         }
     }
 }
@@ -124,6 +164,13 @@ impl Merge for TransformConf {
                 prev.commit_size
             };
         }
+        if self.stderr_level == NGX_CONF_UNSET_UINT {
+            self.stderr_level = if prev.stderr_level == NGX_CONF_UNSET_UINT {
+                NGX_LOG_WARN as ngx_uint_t
+            } else {
+                prev.stderr_level
+            };
+        }
         merge_msec(&mut self.timeout, prev.timeout, 0);
         merge_msec(
             &mut self.read_timeout,
@@ -169,7 +216,7 @@ const fn msec_command(name: ngx_str_t, offset: usize) -> ngx_command_t {
 }
 
 /// The directive table.
-pub static mut COMMANDS: [ngx_command_t; 10] = [
+pub static mut COMMANDS: [ngx_command_t; 11] = [
     ngx_command_t {
         name: ngx_string!("transform_exec"),
         type_: (NGX_HTTP_LOC_CONF | NGX_HTTP_LIF_CONF | NGX_CONF_1MORE) as ngx_uint_t,
@@ -213,6 +260,15 @@ pub static mut COMMANDS: [ngx_command_t; 10] = [
         conf: NGX_HTTP_LOC_CONF_OFFSET,
         offset: offset_of!(TransformConf, commit_size),
         post: ptr::null_mut(),
+    },
+    ngx_command_t {
+        name: ngx_string!("transform_stderr"),
+        type_: (NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1)
+            as ngx_uint_t,
+        set: Some(ngx_conf_set_enum_slot),
+        conf: NGX_HTTP_LOC_CONF_OFFSET,
+        offset: offset_of!(TransformConf, stderr_level),
+        post: ptr::addr_of_mut!(STDERR_LEVELS).cast(),
     },
     msec_command(
         ngx_string!("transform_timeout"),

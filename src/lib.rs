@@ -23,6 +23,7 @@ mod handler;
 mod nginx;
 mod os;
 mod relay;
+mod stderr;
 mod variables;
 
 /// The module's type for ngx's `HttpModule` traits.

@@ -478,6 +478,18 @@ impl EventFd {
         unsafe { nginx_sys::ngx_add_timer((*self.0.as_ptr()).read, ms) };
     }
 
+    /// Runs the read handler again in this event-loop iteration's posted events (to continue
+    /// draining later without waiting for a new edge).
+    pub fn post_read(&self) {
+        // SAFETY: live connection event; the queue is nginx's.
+        unsafe {
+            nginx_sys::ngx_post_event(
+                (*self.0.as_ptr()).read,
+                ptr::addr_of_mut!(nginx_sys::ngx_posted_events),
+            )
+        };
+    }
+
     /// Stops the timer of the read event.
     pub fn clear_timer(&self) {
         // SAFETY: live connection event.

@@ -33,10 +33,14 @@ use crate::nginx::{
     now_msec, pool_allocate, run_posted_requests, BufRing, EventFd, Http, Moved, Pumped,
 };
 use crate::os;
+use crate::stderr::StderrLog;
 
 /// Buffers of the buffered transport, and their size: at most 512 KiB in flight per request.
 const BUFFERS: usize = 8;
 const BUFFER_SIZE: usize = 64 * 1024;
+
+/// stderr read per event before yielding to other connections.
+const STDERR_PER_EVENT: usize = 256 * 1024;
 
 /// The environment of every program unless configured otherwise: a search path, nothing else.
 const DEFAULT_PATH: &CStr = c"PATH=/usr/local/bin:/usr/bin:/bin";
@@ -57,6 +61,8 @@ pub fn start(
             content_type,
             program,
             stdout: None,
+            stderr: None,
+            stderr_log: StderrLog::new(conf.stderr_level, now_msec()),
             child: None,
             transport: None,
             pipe_capacity: 0,
@@ -120,6 +126,9 @@ pub struct Transform {
     program: String,
     /// Our end of the program's stdout; closed when the output is complete.
     stdout: Option<EventFd>,
+    /// Our end of its stderr, and what became of the lines.
+    stderr: Option<EventFd>,
+    stderr_log: StderrLog,
     child: Option<Child>,
     /// Chosen when the response is committed.
     transport: Option<Transport>,
@@ -159,10 +168,12 @@ enum Next {
 impl Transform {
     fn launch(&mut self, argv: &[CString]) -> Result<(), ngx_int_t> {
         let log = self.http.log();
-        let pipe = os::stdout_pipe().map_err(|e| {
+        let pipe_failed = |e: io::Error| {
             log_error!(NGX_LOG_ERR, log, os::errno(&e), "pipe2() failed");
             status_for_resource_error(&e)
-        })?;
+        };
+        let pipe = os::stdout_pipe().map_err(pipe_failed)?;
+        let err_pipe = os::stdout_pipe().map_err(pipe_failed)?;
         if let Err(e) = os::set_pipe_size(pipe.read.as_fd(), self.conf.pipe_size) {
             // EPERM past fs/pipe-user-pages-soft: a size hint refused, not an error.
             debug!(
@@ -181,7 +192,7 @@ impl Transform {
             env: &env,
             dir: None,
             stdout: pipe.write.as_raw_fd(),
-            stderr: 2,
+            stderr: err_pipe.write.as_raw_fd(),
             rlimits: &[],
         };
         let child =
@@ -207,8 +218,9 @@ impl Transform {
             log,
             "transform started \"{}\" pid {}", self.program, self.pid
         );
-        // Only the child holds the write end now: its exit (and its children's) ends the output.
+        // Only the child holds the write ends now: its exit (and its children's) ends the output.
         drop(pipe.write);
+        drop(err_pipe.write);
         let watching = child.watch();
         self.child = Some(child);
         self.arm_program_timer(true);
@@ -222,10 +234,20 @@ impl Transform {
             );
             NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t
         })?;
-        if !watching || !stdout.arm_read() {
+        let stderr = EventFd::new(err_pipe.read, log, stderr_event, data).map_err(|e| {
+            log_error!(
+                NGX_LOG_ERR,
+                log,
+                os::errno(&e),
+                "no connection for the program's stderr"
+            );
+            NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t
+        })?;
+        if !watching || !stdout.arm_read() || !stderr.arm_read() {
             return Err(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
         }
         self.stdout = Some(stdout);
+        self.stderr = Some(stderr);
         Ok(())
     }
 
@@ -433,8 +455,46 @@ impl Transform {
         self.fail()
     }
 
-    /// Ends a response whose program failed: 502/504 before the commit, broken after it.
+    /// Reads what the program wrote to stderr (fairly: a bounded amount per call, then again
+    /// from nginx's posted events) and logs it.
+    fn drain_stderr(&mut self) {
+        let log = self.http.log();
+        let Some(fd) = &self.stderr else {
+            return;
+        };
+        let mut buf = [0u8; 16 * 1024];
+        let mut taken = 0;
+        loop {
+            if taken >= STDERR_PER_EVENT {
+                fd.post_read();
+                return;
+            }
+            match os::read(fd.fd(), &mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    taken += n;
+                    self.stderr_log.feed(log, &buf[..n], now_msec());
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if fd.arm_read() {
+                        return;
+                    }
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        // End of file (or an error): the lines are complete.
+        self.stderr = None;
+        self.stderr_log.finish(log, now_msec());
+    }
+
+    /// Ends a response whose program failed: 502/504 before the commit, broken after it. The
+    /// last stderr lines go to the log at error level.
     fn fail(&mut self) -> Next {
+        self.drain_stderr();
+        self.stderr_log.log_tail(self.http.log(), &self.program);
         if self.transport.is_some() {
             self.http.set_client_error();
             self.http.reset_on_close();
@@ -512,8 +572,13 @@ impl Transform {
     /// SIGTERM, then SIGKILL after `transform_kill_timeout` (the orphan reaper sees to it).
     /// Idempotent; runs at the end and at the request's cleanup.
     fn release(&mut self) {
+        if !self.done {
+            self.drain_stderr();
+            self.stderr_log.finish(self.http.log(), now_msec());
+        }
         self.done = true;
         self.stdout = None;
+        self.stderr = None;
         self.child = None;
     }
 }
@@ -720,6 +785,20 @@ unsafe extern "C" fn stdout_event(ev: *mut ngx_event_t) {
     unsafe { step(ctx) };
     // SAFETY: connections are never freed, only marked destroyed (checked by nginx).
     unsafe { run_posted_requests(c) };
+}
+
+/// The program wrote to stderr.
+unsafe extern "C" fn stderr_event(ev: *mut ngx_event_t) {
+    // SAFETY: installed on the stderr EventFd, whose data is the Transform that owns it.
+    let ctx = unsafe { EventFd::data_of(ev) }.cast::<Transform>();
+    // SAFETY: ev is the EventFd's read event.
+    if unsafe { EventFd::closing(ev) } {
+        // SAFETY: the Transform owns the EventFd, so it is alive.
+        unsafe { stdout_event(ev) };
+        return;
+    }
+    // SAFETY: as above.
+    unsafe { (*ctx).drain_stderr() };
 }
 
 /// The program exited, or its timer (read or total timeout) expired.

@@ -798,7 +798,10 @@ fn log_variables_describe_the_program() {
     }
     // nginx writes the access log after the response went out.
     let read = || std::fs::read_to_string(nginx.prefix.join("logs/t.log")).unwrap_or_default();
-    assert!(wait_until(Duration::from_secs(2), || read().lines().count() == 4));
+    assert!(wait_until(Duration::from_secs(2), || read()
+        .lines()
+        .count()
+        == 4));
     let log = read();
     let line = |p: &str| {
         log.lines()
@@ -826,5 +829,88 @@ fn log_variables_describe_the_program() {
     assert_eq!(field(&line("/crash"), "status"), "SIGSEGV");
     // No program: the variables are empty ("-" in the log).
     assert_eq!(field(&line("/static"), "pid"), "-");
+    nginx.stop();
+}
+
+#[test]
+fn stderr_goes_to_the_error_log_bounded_and_never_blocks_stdout() {
+    let nginx = Nginx::start(&server(
+        "location /flood { transform_exec {HELPER} stderr 200000 50 100000 0; }
+         location /few { transform_exec {HELPER} stderr 3 20 10 0; }
+         location /long { transform_exec {HELPER} stderr 1 5000 10 0; }
+         location /off { transform_stderr off; transform_exec {HELPER} stderr 3 20 10 0; }
+         location /fail { transform_stderr off; transform_exec {HELPER} stderr 3 20 0 9; }",
+    ));
+    // 10 MB of stderr before 100 KB of stdout: the response is complete and exact, quickly.
+    let start = Instant::now();
+    let mut c = Client::connect(nginx.port);
+    let r = c.get("/flood");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, helper_output(&["gen", "100000"]));
+    assert!(start.elapsed() < Duration::from_secs(20));
+    let stderr_lines = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("transform stderr: err "))
+            .count()
+    };
+    let log = nginx.error_log();
+    let flood_lines = stderr_lines(&log);
+    assert!(
+        (100..1000).contains(&flood_lines),
+        "{flood_lines} lines of 200000 logged"
+    );
+    assert!(log.contains("lines suppressed (rate limit)"));
+    // (The tests log at debug level; only the program's lines count here.)
+    let stderr_bytes: usize = log
+        .lines()
+        .filter(|l| l.contains("transform stderr:"))
+        .map(str::len)
+        .sum();
+    assert!(
+        stderr_bytes < 512 * 1024,
+        "10 MB of stderr made {stderr_bytes} bytes of log"
+    );
+
+    // Lines at warn, with the request; control bytes escaped.
+    let r = Client::connect(nginx.port).get("/few");
+    assert_eq!(r.status, 200);
+    let log = nginx.error_log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("transform stderr: err 2 ") && l.contains("GET /few"))
+        .expect("third line");
+    assert!(
+        line.contains("[warn]") && line.contains("request: \"GET /few HTTP/1.1\""),
+        "{line}"
+    );
+    assert!(
+        line.contains("\\x1b[31m") && !line.contains('\u{1b}'),
+        "{line}"
+    );
+    // A long line is cut.
+    Client::connect(nginx.port).get("/long");
+    let log = nginx.error_log();
+    let long = log
+        .lines()
+        .find(|l| l.contains("GET /long") && l.contains("[...]"));
+    let long = long.expect("cut line");
+    assert!(long.len() < 1300, "line of {} bytes", long.len());
+
+    // transform_stderr off: nothing per line; a failing program still gets its tail logged.
+    let before = stderr_lines(&nginx.error_log());
+    assert_eq!(Client::connect(nginx.port).get("/off").status, 200);
+    assert_eq!(Client::connect(nginx.port).get("/fail").status, 502);
+    let log = nginx.error_log();
+    assert_eq!(
+        stderr_lines(&log),
+        before,
+        "stderr logged despite transform_stderr off"
+    );
+    let tail: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("[error]") && l.contains("stderr: err "))
+        .collect();
+    assert_eq!(tail.len(), 3, "{tail:?}");
+    assert!(log.contains("exited with code 9"));
     nginx.stop();
 }

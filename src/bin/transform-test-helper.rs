@@ -7,6 +7,8 @@
 //! - `crash-after BYTES`: writes BYTES of the stream, then dies of SIGSEGV.
 //! - `hang-after BYTES`: writes BYTES of the stream, then sleeps for an hour.
 //! - `gen-linger BYTES MILLIS`: writes BYTES of the stream, then waits MILLIS before exiting 0.
+//! - `stderr LINES LINE_BYTES STDOUT_BYTES CODE`: writes LINES lines of LINE_BYTES to stderr, then
+//!   STDOUT_BYTES of the stream to stdout, then exits with CODE.
 //! - `drip COUNT MILLIS`: writes COUNT lines, one every MILLIS milliseconds.
 
 use std::io::{self, Write};
@@ -61,6 +63,23 @@ fn main() {
             gen(&mut out, num(1), 64 * 1024).ok();
             std::thread::sleep(Duration::from_millis(num(2)));
             0
+        }
+        Some("stderr") => {
+            let mut err = io::stderr().lock();
+            let width = num(2) as usize;
+            for i in 0..num(1) {
+                let mut line = format!("err {i} \x1b[31m");
+                while line.len() < width {
+                    line.push('x');
+                }
+                line.truncate(width.max(1));
+                if writeln!(err, "{line}").is_err() {
+                    break;
+                }
+            }
+            drop(err);
+            gen(&mut out, num(3), 64 * 1024).ok();
+            num(4) as i32
         }
         Some("drip") => {
             for i in 0..num(1) {
