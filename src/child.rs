@@ -192,6 +192,11 @@ unsafe fn reap_orphan(orphan: *mut Orphan) {
     forget(o.pid);
 }
 
+/// Programs of this worker not yet reaped (running, or killed and not yet collected).
+pub fn running() -> usize {
+    LIVE.with_borrow(Vec::len)
+}
+
 fn forget(pid: libc::pid_t) {
     LIVE.with_borrow_mut(|l| l.retain(|&(p, _)| p != pid));
 }

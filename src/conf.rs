@@ -2,20 +2,21 @@
 //! `transform_pipe_size` and the timeouts (`transform_timeout`, `transform_read_timeout`,
 //! `transform_send_timeout`, `transform_kill_timeout`).
 
-use core::ffi::{c_char, c_void, CStr};
+use core::ffi::{c_char, c_int, c_void, CStr};
 use core::mem::offset_of;
 use core::ptr;
 use std::ffi::CString;
 
 use nginx_sys::{
-    ngx_array_create, ngx_array_push, ngx_array_t, ngx_command_t, ngx_conf_enum_t,
-    ngx_conf_set_enum_slot, ngx_conf_set_flag_slot, ngx_conf_set_msec_slot, ngx_conf_set_size_slot,
-    ngx_conf_t, ngx_flag_t, ngx_http_compile_complex_value, ngx_http_compile_complex_value_t,
-    ngx_http_complex_value_t, ngx_http_script_variables_count, ngx_http_set_complex_value_slot,
-    ngx_msec_t, ngx_str_t, ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_FLAG, NGX_CONF_TAKE1,
-    NGX_HTTP_LIF_CONF, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF,
-    NGX_HTTP_SRV_CONF, NGX_LOG_DEBUG, NGX_LOG_EMERG, NGX_LOG_ERR, NGX_LOG_INFO, NGX_LOG_NOTICE,
-    NGX_LOG_WARN, NGX_OK,
+    ngx_array_create, ngx_array_push, ngx_array_t, ngx_atoi, ngx_command_t, ngx_conf_enum_t,
+    ngx_conf_set_enum_slot, ngx_conf_set_flag_slot, ngx_conf_set_msec_slot, ngx_conf_set_num_slot,
+    ngx_conf_set_size_slot, ngx_conf_t, ngx_flag_t, ngx_http_compile_complex_value,
+    ngx_http_compile_complex_value_t, ngx_http_complex_value_t, ngx_http_script_variables_count,
+    ngx_http_set_complex_value_slot, ngx_int_t, ngx_msec_t, ngx_parse_offset, ngx_parse_time,
+    ngx_pcalloc, ngx_str_t, ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_FLAG, NGX_CONF_TAKE1,
+    NGX_CONF_TAKE2, NGX_HTTP_LIF_CONF, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
+    NGX_HTTP_MAIN_CONF, NGX_HTTP_SRV_CONF, NGX_LOG_DEBUG, NGX_LOG_EMERG, NGX_LOG_ERR, NGX_LOG_INFO,
+    NGX_LOG_NOTICE, NGX_LOG_WARN, NGX_OK,
 };
 use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::http::{HttpModuleLocationConf, Merge, MergeConfigError, NgxHttpCoreModule};
@@ -70,6 +71,9 @@ static mut STDERR_LEVELS: [ngx_conf_enum_t; 7] = [
 /// failure is a clean 502 and success gets a Content-Length; long outputs start after 64 KiB.
 pub const DEFAULT_COMMIT_SIZE: usize = 64 * 1024;
 
+/// Default `transform_max_programs`: programs one worker runs at once.
+pub const DEFAULT_MAX_PROGRAMS: ngx_int_t = 64;
+
 /// Default `transform_read_timeout`, as nginx's `proxy_read_timeout`.
 pub const DEFAULT_READ_TIMEOUT: ngx_msec_t = 60_000;
 /// Default `transform_send_timeout`, as nginx's `send_timeout`.
@@ -100,6 +104,22 @@ pub struct TransformConf {
     pub kill_timeout: ngx_msec_t,
     /// `transform_stderr`: log level of the program's stderr lines, 0 for off.
     pub stderr_level: ngx_uint_t,
+    /// `transform_max_programs` (http level): programs a worker runs at once; 0 for no limit.
+    pub max_programs: ngx_int_t,
+    /// `transform_rlimit`: limits set in the program before exec.
+    pub rlimits: Option<Vec<(c_int, libc::rlimit)>>,
+    /// `transform_env`: the program's environment besides the default PATH.
+    pub env: Option<Vec<EnvVar>>,
+    /// `transform_chdir`: the program's working directory.
+    pub dir: *mut ngx_http_complex_value_t,
+}
+
+/// One `transform_env NAME value`.
+#[derive(Debug)]
+pub struct EnvVar {
+    /// `NAME=`.
+    pub prefix: Vec<u8>,
+    pub value: *mut ngx_http_complex_value_t,
 }
 
 impl Default for TransformConf {
@@ -115,6 +135,10 @@ impl Default for TransformConf {
             send_timeout: NGX_CONF_UNSET_MSEC,
             kill_timeout: NGX_CONF_UNSET_MSEC,
             stderr_level: NGX_CONF_UNSET_UINT,
+            max_programs: NGX_CONF_UNSET as ngx_int_t,
+            rlimits: None,
+            env: None,
+            dir: ptr::null_mut(),
         }
     }
 }
@@ -127,6 +151,11 @@ impl TransformConf {
         }
         // SAFETY: exec is an array of complex values built by transform_exec.
         unsafe { (*self.exec).as_slice() }
+    }
+
+    pub fn dir(&self) -> Option<&ngx_http_complex_value_t> {
+        // SAFETY: null or a complex value compiled by ngx_http_set_complex_value_slot.
+        unsafe { self.dir.as_ref() }
     }
 
     pub fn content_type(&self) -> Option<&ngx_http_complex_value_t> {
@@ -170,6 +199,29 @@ impl Merge for TransformConf {
             } else {
                 prev.stderr_level
             };
+        }
+        if self.max_programs == NGX_CONF_UNSET as ngx_int_t {
+            self.max_programs = if prev.max_programs == NGX_CONF_UNSET as ngx_int_t {
+                DEFAULT_MAX_PROGRAMS
+            } else {
+                prev.max_programs
+            };
+        }
+        if self.rlimits.is_none() {
+            self.rlimits.clone_from(&prev.rlimits);
+        }
+        if self.env.is_none() {
+            self.env = prev.env.as_ref().map(|v| {
+                v.iter()
+                    .map(|e| EnvVar {
+                        prefix: e.prefix.clone(),
+                        value: e.value,
+                    })
+                    .collect()
+            });
+        }
+        if self.dir.is_null() {
+            self.dir = prev.dir;
         }
         merge_msec(&mut self.timeout, prev.timeout, 0);
         merge_msec(
@@ -216,7 +268,7 @@ const fn msec_command(name: ngx_str_t, offset: usize) -> ngx_command_t {
 }
 
 /// The directive table.
-pub static mut COMMANDS: [ngx_command_t; 11] = [
+pub static mut COMMANDS: [ngx_command_t; 15] = [
     ngx_command_t {
         name: ngx_string!("transform_exec"),
         type_: (NGX_HTTP_LOC_CONF | NGX_HTTP_LIF_CONF | NGX_CONF_1MORE) as ngx_uint_t,
@@ -269,6 +321,41 @@ pub static mut COMMANDS: [ngx_command_t; 11] = [
         conf: NGX_HTTP_LOC_CONF_OFFSET,
         offset: offset_of!(TransformConf, stderr_level),
         post: ptr::addr_of_mut!(STDERR_LEVELS).cast(),
+    },
+    ngx_command_t {
+        name: ngx_string!("transform_max_programs"),
+        type_: (NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
+        set: Some(ngx_conf_set_num_slot),
+        conf: NGX_HTTP_LOC_CONF_OFFSET,
+        offset: offset_of!(TransformConf, max_programs),
+        post: ptr::null_mut(),
+    },
+    ngx_command_t {
+        name: ngx_string!("transform_rlimit"),
+        type_: (NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE2)
+            as ngx_uint_t,
+        set: Some(set_rlimit),
+        conf: NGX_HTTP_LOC_CONF_OFFSET,
+        offset: 0,
+        post: ptr::null_mut(),
+    },
+    ngx_command_t {
+        name: ngx_string!("transform_env"),
+        type_: (NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE2)
+            as ngx_uint_t,
+        set: Some(set_env),
+        conf: NGX_HTTP_LOC_CONF_OFFSET,
+        offset: 0,
+        post: ptr::null_mut(),
+    },
+    ngx_command_t {
+        name: ngx_string!("transform_chdir"),
+        type_: (NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1)
+            as ngx_uint_t,
+        set: Some(ngx_http_set_complex_value_slot),
+        conf: NGX_HTTP_LOC_CONF_OFFSET,
+        offset: offset_of!(TransformConf, dir),
+        post: ptr::null_mut(),
     },
     msec_command(
         ngx_string!("transform_timeout"),
@@ -370,6 +457,127 @@ extern "C" fn set_exec(
     let clcf = NgxHttpCoreModule::location_conf_mut(cf).expect("core loc conf");
     clcf.handler = Some(crate::handler::transform_handler);
     NGX_CONF_OK
+}
+
+/// `transform_rlimit resource value`: cpu (time), as, fsize, core, data, stack (size), nofile,
+/// nproc (number). Repeatable; a level that sets any replaces the inherited list.
+extern "C" fn set_rlimit(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx calls directive handlers with a valid cf and this module's loc conf.
+    let (cf, conf) = unsafe { (&mut *cf, &mut *conf.cast::<TransformConf>()) };
+    // NGX_CONF_TAKE2: args holds the name and two values.
+    // SAFETY: cf->args is an array of ngx_str_t.
+    let args: &mut [ngx_str_t] = unsafe { (*cf.args).as_slice_mut() };
+    let (name, value) = (args[1], &mut args[2]);
+    enum Kind {
+        Time,
+        Size,
+        Number,
+    }
+    let (resource, kind) = match name.as_bytes() {
+        b"cpu" => (libc::RLIMIT_CPU, Kind::Time),
+        b"as" => (libc::RLIMIT_AS, Kind::Size),
+        b"fsize" => (libc::RLIMIT_FSIZE, Kind::Size),
+        b"core" => (libc::RLIMIT_CORE, Kind::Size),
+        b"data" => (libc::RLIMIT_DATA, Kind::Size),
+        b"stack" => (libc::RLIMIT_STACK, Kind::Size),
+        b"nofile" => (libc::RLIMIT_NOFILE, Kind::Number),
+        b"nproc" => (libc::RLIMIT_NPROC, Kind::Number),
+        _ => {
+            conf_error(cf, 0, format_args!("unknown resource \"{name}\""));
+            return NGX_CONF_ERROR;
+        }
+    };
+    // SAFETY: value is a valid ngx_str_t of the configuration.
+    let n: i64 = unsafe {
+        match kind {
+            Kind::Time => ngx_parse_time(value, 1) as i64,
+            Kind::Size => ngx_parse_offset(value),
+            Kind::Number => ngx_atoi(value.data, value.len) as i64,
+        }
+    };
+    if n < 0 {
+        conf_error(cf, 0, format_args!("invalid value \"{value}\""));
+        return NGX_CONF_ERROR;
+    }
+    // For cpu, the kernel sends SIGXCPU at the soft limit and SIGKILL at the hard one: a second
+    // apart, so a program can be told before it is killed.
+    let hard = if resource == libc::RLIMIT_CPU {
+        n + 1
+    } else {
+        n
+    };
+    let limit = libc::rlimit {
+        rlim_cur: n as libc::rlim_t,
+        rlim_max: hard as libc::rlim_t,
+    };
+    let list = conf.rlimits.get_or_insert_with(Vec::new);
+    if list.iter().any(|(r, _)| *r == resource as c_int) {
+        conf_error(cf, 0, format_args!("duplicate resource \"{name}\""));
+        return NGX_CONF_ERROR;
+    }
+    list.push((resource as c_int, limit));
+    NGX_CONF_OK
+}
+
+/// `transform_env NAME value`: the value may contain variables. Repeatable; a level that sets any
+/// replaces the inherited list.
+extern "C" fn set_env(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx calls directive handlers with a valid cf and this module's loc conf.
+    let (cf, conf) = unsafe { (&mut *cf, &mut *conf.cast::<TransformConf>()) };
+    // NGX_CONF_TAKE2: args holds the name and two values.
+    // SAFETY: cf->args is an array of ngx_str_t.
+    let args: &mut [ngx_str_t] = unsafe { (*cf.args).as_slice_mut() };
+    let name = args[1];
+    let valid = !name.is_empty()
+        && name
+            .as_bytes()
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'_')
+        && !name.as_bytes()[0].is_ascii_digit();
+    if !valid {
+        conf_error(cf, 0, format_args!("invalid variable name \"{name}\""));
+        return NGX_CONF_ERROR;
+    }
+    let Some(value) = compile(cf, &mut args[2]) else {
+        return NGX_CONF_ERROR;
+    };
+    let mut prefix = name.as_bytes().to_vec();
+    prefix.push(b'=');
+    let list = conf.env.get_or_insert_with(Vec::new);
+    if list.iter().any(|e| e.prefix == prefix) {
+        conf_error(cf, 0, format_args!("duplicate variable \"{name}\""));
+        return NGX_CONF_ERROR;
+    }
+    list.push(EnvVar { prefix, value });
+    NGX_CONF_OK
+}
+
+/// Compiles a word that may contain variables into a complex value in the configuration pool.
+fn compile(cf: &mut ngx_conf_t, word: &mut ngx_str_t) -> Option<*mut ngx_http_complex_value_t> {
+    // SAFETY: cf->pool is the configuration pool.
+    let cv = unsafe { ngx_pcalloc(cf.pool, size_of::<ngx_http_complex_value_t>()) }
+        .cast::<ngx_http_complex_value_t>();
+    if cv.is_null() {
+        return None;
+    }
+    // SAFETY: all-zero is the initial state of the compile request (as ngx_memzero in C).
+    let mut ccv: ngx_http_compile_complex_value_t = unsafe { core::mem::zeroed() };
+    ccv.cf = cf;
+    ccv.value = word;
+    ccv.complex_value = cv;
+    // SAFETY: ccv is filled as ngx_http_compile_complex_value requires.
+    if unsafe { ngx_http_compile_complex_value(&mut ccv) } != NGX_OK as isize {
+        return None;
+    }
+    Some(cv)
 }
 
 /// `transform_pipe_size size`: nginx's size syntax, at least one page.

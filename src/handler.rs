@@ -5,12 +5,13 @@ use std::ffi::CString;
 
 use nginx_sys::{
     ngx_http_request_t, ngx_int_t, NGX_HTTP_BAD_REQUEST, NGX_HTTP_INTERNAL_SERVER_ERROR,
-    NGX_LOG_ERR, NGX_OK,
+    NGX_HTTP_SERVICE_UNAVAILABLE, NGX_LOG_ERR, NGX_LOG_WARN, NGX_OK,
 };
 
+use crate::child;
 use crate::conf::TransformConf;
 use crate::nginx::Http;
-use crate::relay;
+use crate::relay::{self, Launch};
 
 /// `clcf->handler` of every location with `transform_exec`.
 ///
@@ -42,11 +43,64 @@ fn handle(http: Http) -> ngx_int_t {
         return http.send_header(content_type, None);
     }
 
-    let argv = match evaluate_argv(http, conf) {
-        Ok(argv) => argv,
+    let running = child::running();
+    if conf.max_programs > 0 && running >= conf.max_programs as usize {
+        log_error!(
+            NGX_LOG_WARN,
+            http.log(),
+            0,
+            "transform: {running} programs running in this worker (transform_max_programs {}), \
+             request refused",
+            conf.max_programs
+        );
+        http.add_header("Retry-After", "1");
+        return NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t;
+    }
+
+    let launch = match evaluate(http, conf) {
+        Ok(launch) => launch,
         Err(rc) => return rc,
     };
-    relay::start(http, conf, argv, content_type)
+    relay::start(http, conf, launch, content_type)
+}
+
+/// Evaluates what the program starts with: argv, environment, working directory.
+fn evaluate(http: Http, conf: &TransformConf) -> Result<Launch, ngx_int_t> {
+    let argv = evaluate_argv(http, conf)?;
+    let mut env = Vec::new();
+    let mut has_path = false;
+    for var in conf.env.iter().flatten() {
+        // SAFETY: value was compiled by transform_env and lives as long as the configuration.
+        let cv = unsafe { &*var.value };
+        let value = http
+            .complex_value(cv)
+            .ok_or(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t)?;
+        let mut entry = var.prefix.clone();
+        entry.extend_from_slice(value);
+        has_path |= var.prefix == b"PATH=";
+        env.push(to_cstring(http, entry, "transform_env value")?);
+    }
+    if !has_path {
+        env.push(relay::DEFAULT_PATH.to_owned());
+    }
+    let dir = match conf.dir() {
+        None => None,
+        Some(cv) => {
+            let value = http
+                .complex_value(cv)
+                .ok_or(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t)?;
+            Some(to_cstring(http, value.to_vec(), "transform_chdir")?)
+        }
+    };
+    Ok(Launch { argv, env, dir })
+}
+
+/// A value for the program; a NUL byte (which would silently cut it) is a bad request.
+fn to_cstring(http: Http, value: Vec<u8>, what: &str) -> Result<CString, ngx_int_t> {
+    CString::new(value).map_err(|_| {
+        log_error!(NGX_LOG_ERR, http.log(), 0, "{what} contains a NUL byte");
+        NGX_HTTP_BAD_REQUEST as ngx_int_t
+    })
 }
 
 /// Evaluates the program and arguments; each value becomes exactly one argv element.

@@ -72,6 +72,13 @@ impl Http {
         self.r().method == nginx_sys::NGX_HTTP_HEAD as ngx_uint_t
     }
 
+    /// Adds a response header (for responses nginx makes itself, such as 503).
+    pub fn add_header(self, key: &str, value: &str) {
+        // SAFETY: the ngx wrapper type is a transparent view of this live request.
+        let r = unsafe { ngx::http::Request::from_ngx_http_request(self.as_ptr()) };
+        let _ = r.add_header_out(key, value);
+    }
+
     /// Whether nginx frames the body with chunked transfer encoding (decided by its header filter).
     pub fn chunked(self) -> bool {
         self.r().chunked() != 0

@@ -43,16 +43,23 @@ const BUFFER_SIZE: usize = 64 * 1024;
 const STDERR_PER_EVENT: usize = 256 * 1024;
 
 /// The environment of every program unless configured otherwise: a search path, nothing else.
-const DEFAULT_PATH: &CStr = c"PATH=/usr/local/bin:/usr/bin:/bin";
+pub const DEFAULT_PATH: &CStr = c"PATH=/usr/local/bin:/usr/bin:/bin";
+
+/// What a program starts with, evaluated for the request.
+pub struct Launch {
+    pub argv: Vec<CString>,
+    pub env: Vec<CString>,
+    pub dir: Option<CString>,
+}
 
 /// Starts the program and the relay; the content handler returns what this returns.
 pub fn start(
     http: Http,
     conf: &'static TransformConf,
-    argv: Vec<CString>,
+    launch: Launch,
     content_type: Option<&'static [u8]>,
 ) -> ngx_int_t {
-    let program = argv[0].to_string_lossy().into_owned();
+    let program = launch.argv[0].to_string_lossy().into_owned();
     let ctx = pool_allocate(
         http.pool(),
         Transform {
@@ -87,7 +94,7 @@ pub fn start(
     http.set_ctx(crate::Module::module(), ctx.cast());
 
     // SAFETY: ctx was just allocated in the request pool and is not aliased.
-    if let Err(rc) = unsafe { (*ctx).launch(&argv) } {
+    if let Err(rc) = unsafe { (*ctx).launch(&launch) } {
         // Nothing may stay armed for a request that ends with an error page.
         // SAFETY: as above.
         unsafe { (*ctx).release() };
@@ -166,7 +173,7 @@ enum Next {
 }
 
 impl Transform {
-    fn launch(&mut self, argv: &[CString]) -> Result<(), ngx_int_t> {
+    fn launch(&mut self, launch: &Launch) -> Result<(), ngx_int_t> {
         let log = self.http.log();
         let pipe_failed = |e: io::Error| {
             log_error!(NGX_LOG_ERR, log, os::errno(&e), "pipe2() failed");
@@ -185,25 +192,28 @@ impl Transform {
         debug!(log, "transform pipe size {}", self.pipe_capacity);
 
         let data: *mut c_void = (self as *mut Transform).cast();
-        let args: Vec<&CStr> = argv.iter().map(CString::as_c_str).collect();
-        let env = [DEFAULT_PATH];
+        let args: Vec<&CStr> = launch.argv.iter().map(CString::as_c_str).collect();
+        let env: Vec<&CStr> = launch.env.iter().map(CString::as_c_str).collect();
         let cmd = os::Command {
             argv: &args,
             env: &env,
-            dir: None,
+            dir: launch.dir.as_deref(),
             stdout: pipe.write.as_raw_fd(),
             stderr: err_pipe.write.as_raw_fd(),
-            rlimits: &[],
+            rlimits: self.conf.rlimits.as_deref().unwrap_or(&[]),
         };
         let child =
             Child::spawn(&cmd, self.conf.kill_timeout, log, child_event, data).map_err(|e| {
+                let subject = match (e.step, &launch.dir) {
+                    (os::SpawnStep::Chdir, Some(dir)) => dir.to_string_lossy().into_owned(),
+                    _ => self.program.clone(),
+                };
                 log_error!(
                     NGX_LOG_ERR,
                     log,
                     os::errno(&e.err),
-                    "{} \"{}\" failed",
-                    e.step.call(),
-                    self.program
+                    "{} \"{subject}\" failed",
+                    e.step.call()
                 );
                 match e.err.raw_os_error() {
                     Some(libc::EAGAIN | libc::EMFILE | libc::ENFILE | libc::ENOMEM) => {

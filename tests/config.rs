@@ -124,3 +124,43 @@ fn other_directives_misuse() {
         "pipe size must be from 4k to 1024m",
     );
 }
+
+#[test]
+fn limit_directives_misuse() {
+    let s = |d: &str| {
+        format!("server {{ listen 127.0.0.1:{{PORT}};\nlocation / {{ transform_exec /bin/true;\n{d} #BAD\n}} }}")
+    };
+    rejects(
+        &s("transform_rlimit files 10;"),
+        "unknown resource \"files\"",
+    );
+    rejects(
+        &s("transform_rlimit nofile many;"),
+        "invalid value \"many\"",
+    );
+    rejects(
+        &s("transform_rlimit nofile 1; transform_rlimit nofile 2;"),
+        "duplicate resource \"nofile\"",
+    );
+    rejects(
+        &s("transform_env 1BAD x;"),
+        "invalid variable name \"1BAD\"",
+    );
+    rejects(
+        &s("transform_env A x; transform_env A y;"),
+        "duplicate variable \"A\"",
+    );
+    rejects(&s("transform_stderr loud;"), "invalid value \"loud\"");
+    rejects(
+        &s("transform_commit_size lots;"),
+        "\"transform_commit_size\" directive invalid value",
+    );
+    rejects(
+        &s("transform_timeout soon;"),
+        "\"transform_timeout\" directive invalid value",
+    );
+    rejects(
+        &s("transform_max_programs 3;"),
+        "\"transform_max_programs\" directive is not allowed here",
+    );
+}

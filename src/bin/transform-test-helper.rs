@@ -9,6 +9,7 @@
 //! - `gen-linger BYTES MILLIS`: writes BYTES of the stream, then waits MILLIS before exiting 0.
 //! - `stderr LINES LINE_BYTES STDOUT_BYTES CODE`: writes LINES lines of LINE_BYTES to stderr, then
 //!   STDOUT_BYTES of the stream to stdout, then exits with CODE.
+//! - `spin`: burns CPU until stopped.
 //! - `drip COUNT MILLIS`: writes COUNT lines, one every MILLIS milliseconds.
 
 use std::io::{self, Write};
@@ -80,6 +81,12 @@ fn main() {
             drop(err);
             gen(&mut out, num(3), 64 * 1024).ok();
             num(4) as i32
+        }
+        Some("spin") => {
+            let mut x: u64 = 1;
+            loop {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
         }
         Some("drip") => {
             for i in 0..num(1) {
