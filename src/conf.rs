@@ -8,15 +8,14 @@ use core::ptr;
 use std::ffi::CString;
 
 use nginx_sys::{
-    ngx_array_create, ngx_array_push, ngx_array_t, ngx_atoi, ngx_command_t, ngx_conf_enum_t,
-    ngx_conf_set_enum_slot, ngx_conf_set_flag_slot, ngx_conf_set_msec_slot, ngx_conf_set_num_slot,
-    ngx_conf_set_size_slot, ngx_conf_t, ngx_flag_t, ngx_http_compile_complex_value,
-    ngx_http_compile_complex_value_t, ngx_http_complex_value_t, ngx_http_script_variables_count,
-    ngx_http_set_complex_value_slot, ngx_int_t, ngx_msec_t, ngx_parse_offset, ngx_parse_time,
-    ngx_pcalloc, ngx_str_t, ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_FLAG, NGX_CONF_TAKE1,
-    NGX_CONF_TAKE2, NGX_HTTP_LIF_CONF, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
-    NGX_HTTP_MAIN_CONF, NGX_HTTP_SRV_CONF, NGX_LOG_DEBUG, NGX_LOG_EMERG, NGX_LOG_ERR, NGX_LOG_INFO,
-    NGX_LOG_NOTICE, NGX_LOG_WARN, NGX_OK,
+    ngx_atoi, ngx_command_t, ngx_conf_enum_t, ngx_conf_set_enum_slot, ngx_conf_set_flag_slot,
+    ngx_conf_set_msec_slot, ngx_conf_set_num_slot, ngx_conf_set_size_slot, ngx_conf_t, ngx_flag_t,
+    ngx_http_compile_complex_value, ngx_http_compile_complex_value_t, ngx_http_complex_value_t,
+    ngx_http_script_variables_count, ngx_http_set_complex_value_slot, ngx_int_t, ngx_msec_t,
+    ngx_parse_offset, ngx_parse_time, ngx_pcalloc, ngx_str_t, ngx_uint_t, NGX_CONF_1MORE,
+    NGX_CONF_FLAG, NGX_CONF_TAKE1, NGX_CONF_TAKE2, NGX_HTTP_LIF_CONF, NGX_HTTP_LOC_CONF,
+    NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_SRV_CONF, NGX_LOG_DEBUG, NGX_LOG_EMERG,
+    NGX_LOG_ERR, NGX_LOG_INFO, NGX_LOG_NOTICE, NGX_LOG_WARN, NGX_OK,
 };
 use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::http::{HttpModuleLocationConf, Merge, MergeConfigError, NgxHttpCoreModule};
@@ -84,8 +83,8 @@ pub const DEFAULT_KILL_TIMEOUT: ngx_msec_t = 2_000;
 /// Per-location configuration.
 #[derive(Debug)]
 pub struct TransformConf {
-    /// Program and arguments, compiled (`ngx_http_complex_value_t` elements); null if unset.
-    pub exec: *mut ngx_array_t,
+    /// Program and arguments, compiled; None if unset.
+    pub exec: Option<Vec<*mut ngx_http_complex_value_t>>,
     /// Content-Type of the response; null for nginx's `default_type`.
     pub content_type: *mut ngx_http_complex_value_t,
     /// `transform_splice`.
@@ -115,7 +114,7 @@ pub struct TransformConf {
 }
 
 /// One `transform_env NAME value`.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct EnvVar {
     /// `NAME=`.
     pub prefix: Vec<u8>,
@@ -125,7 +124,7 @@ pub struct EnvVar {
 impl Default for TransformConf {
     fn default() -> Self {
         TransformConf {
-            exec: ptr::null_mut(),
+            exec: None,
             content_type: ptr::null_mut(),
             splice: NGX_CONF_UNSET,
             pipe_size: NGX_CONF_UNSET_SIZE,
@@ -145,12 +144,9 @@ impl Default for TransformConf {
 
 impl TransformConf {
     /// The compiled program and arguments.
-    pub fn argv(&self) -> &[ngx_http_complex_value_t] {
-        if self.exec.is_null() {
-            return &[];
-        }
-        // SAFETY: exec is an array of complex values built by transform_exec.
-        unsafe { (*self.exec).as_slice() }
+    pub fn argv(&self) -> impl Iterator<Item = &ngx_http_complex_value_t> {
+        // SAFETY: compiled by transform_exec in the configuration pool, alive with it.
+        self.exec.iter().flatten().map(|&cv| unsafe { &*cv })
     }
 
     pub fn dir(&self) -> Option<&ngx_http_complex_value_t> {
@@ -166,212 +162,203 @@ impl TransformConf {
 
 impl Merge for TransformConf {
     fn merge(&mut self, prev: &TransformConf) -> Result<(), MergeConfigError> {
-        if self.exec.is_null() {
-            self.exec = prev.exec;
-        }
-        if self.content_type.is_null() {
-            self.content_type = prev.content_type;
-        }
-        if self.splice == NGX_CONF_UNSET {
-            self.splice = if prev.splice == NGX_CONF_UNSET {
-                1
-            } else {
-                prev.splice
-            };
-        }
-        if self.pipe_size == NGX_CONF_UNSET_SIZE {
-            self.pipe_size = if prev.pipe_size == NGX_CONF_UNSET_SIZE {
-                DEFAULT_PIPE_SIZE
-            } else {
-                prev.pipe_size
-            };
-        }
-        if self.commit_size == NGX_CONF_UNSET_SIZE {
-            self.commit_size = if prev.commit_size == NGX_CONF_UNSET_SIZE {
-                DEFAULT_COMMIT_SIZE
-            } else {
-                prev.commit_size
-            };
-        }
-        if self.stderr_level == NGX_CONF_UNSET_UINT {
-            self.stderr_level = if prev.stderr_level == NGX_CONF_UNSET_UINT {
-                NGX_LOG_WARN as ngx_uint_t
-            } else {
-                prev.stderr_level
-            };
-        }
-        if self.max_programs == NGX_CONF_UNSET as ngx_int_t {
-            self.max_programs = if prev.max_programs == NGX_CONF_UNSET as ngx_int_t {
-                DEFAULT_MAX_PROGRAMS
-            } else {
-                prev.max_programs
-            };
+        if self.exec.is_none() {
+            self.exec.clone_from(&prev.exec);
         }
         if self.rlimits.is_none() {
             self.rlimits.clone_from(&prev.rlimits);
         }
         if self.env.is_none() {
-            self.env = prev.env.as_ref().map(|v| {
-                v.iter()
-                    .map(|e| EnvVar {
-                        prefix: e.prefix.clone(),
-                        value: e.value,
-                    })
-                    .collect()
-            });
+            self.env.clone_from(&prev.env);
         }
-        if self.dir.is_null() {
-            self.dir = prev.dir;
-        }
-        merge_msec(&mut self.timeout, prev.timeout, 0);
-        merge_msec(
+        merge(
+            &mut self.content_type,
+            prev.content_type,
+            ptr::null_mut(),
+            ptr::null_mut(),
+        );
+        merge(&mut self.dir, prev.dir, ptr::null_mut(), ptr::null_mut());
+        merge(&mut self.splice, prev.splice, NGX_CONF_UNSET, 1);
+        merge(
+            &mut self.pipe_size,
+            prev.pipe_size,
+            NGX_CONF_UNSET_SIZE,
+            DEFAULT_PIPE_SIZE,
+        );
+        merge(
+            &mut self.commit_size,
+            prev.commit_size,
+            NGX_CONF_UNSET_SIZE,
+            DEFAULT_COMMIT_SIZE,
+        );
+        let warn = NGX_LOG_WARN as ngx_uint_t;
+        merge(
+            &mut self.stderr_level,
+            prev.stderr_level,
+            NGX_CONF_UNSET_UINT,
+            warn,
+        );
+        let unset = NGX_CONF_UNSET as ngx_int_t;
+        merge(
+            &mut self.max_programs,
+            prev.max_programs,
+            unset,
+            DEFAULT_MAX_PROGRAMS,
+        );
+        let unset = NGX_CONF_UNSET_MSEC;
+        merge(&mut self.timeout, prev.timeout, unset, 0);
+        merge(
             &mut self.read_timeout,
             prev.read_timeout,
+            unset,
             DEFAULT_READ_TIMEOUT,
         );
-        merge_msec(
+        merge(
             &mut self.send_timeout,
             prev.send_timeout,
+            unset,
             DEFAULT_SEND_TIMEOUT,
         );
-        merge_msec(
+        merge(
             &mut self.kill_timeout,
             prev.kill_timeout,
+            unset,
             DEFAULT_KILL_TIMEOUT,
         );
         Ok(())
     }
 }
 
-/// nginx's ngx_conf_merge_msec_value.
-fn merge_msec(conf: &mut ngx_msec_t, prev: ngx_msec_t, default: ngx_msec_t) {
-    if *conf == NGX_CONF_UNSET_MSEC {
-        *conf = if prev == NGX_CONF_UNSET_MSEC {
-            default
-        } else {
-            prev
-        };
+/// nginx's ngx_conf_merge_*_value: unset takes the enclosing level's value, else the default.
+fn merge<T: PartialEq + Copy>(conf: &mut T, prev: T, unset: T, default: T) {
+    if *conf == unset {
+        *conf = if prev == unset { default } else { prev };
     }
 }
 
-/// A `time` directive of http, server and location (nginx's msec slot).
-const fn msec_command(name: ngx_str_t, offset: usize) -> ngx_command_t {
+/// Contexts of the directives that apply at every level.
+const ANY: u32 = NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF;
+
+type SetHandler =
+    unsafe extern "C" fn(*mut ngx_conf_t, *mut ngx_command_t, *mut c_void) -> *mut c_char;
+
+/// One directive of the location configuration.
+const fn command(
+    name: ngx_str_t,
+    type_: u32,
+    set: SetHandler,
+    offset: usize,
+    post: *mut c_void,
+) -> ngx_command_t {
     ngx_command_t {
         name,
-        type_: (NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1)
-            as ngx_uint_t,
-        set: Some(ngx_conf_set_msec_slot),
+        type_: type_ as ngx_uint_t,
+        set: Some(set),
         conf: NGX_HTTP_LOC_CONF_OFFSET,
         offset,
-        post: ptr::null_mut(),
+        post,
     }
 }
 
 /// The directive table.
 pub static mut COMMANDS: [ngx_command_t; 15] = [
-    ngx_command_t {
-        name: ngx_string!("transform_exec"),
-        type_: (NGX_HTTP_LOC_CONF | NGX_HTTP_LIF_CONF | NGX_CONF_1MORE) as ngx_uint_t,
-        set: Some(set_exec),
-        conf: NGX_HTTP_LOC_CONF_OFFSET,
-        offset: 0,
-        post: ptr::null_mut(),
-    },
-    ngx_command_t {
-        name: ngx_string!("transform_type"),
-        type_: (NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1)
-            as ngx_uint_t,
-        set: Some(ngx_http_set_complex_value_slot),
-        conf: NGX_HTTP_LOC_CONF_OFFSET,
-        offset: offset_of!(TransformConf, content_type),
-        post: ptr::null_mut(),
-    },
-    ngx_command_t {
-        name: ngx_string!("transform_splice"),
-        type_: (NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_FLAG)
-            as ngx_uint_t,
-        set: Some(ngx_conf_set_flag_slot),
-        conf: NGX_HTTP_LOC_CONF_OFFSET,
-        offset: offset_of!(TransformConf, splice),
-        post: ptr::null_mut(),
-    },
-    ngx_command_t {
-        name: ngx_string!("transform_pipe_size"),
-        type_: (NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1)
-            as ngx_uint_t,
-        set: Some(set_pipe_size),
-        conf: NGX_HTTP_LOC_CONF_OFFSET,
-        offset: offset_of!(TransformConf, pipe_size),
-        post: ptr::null_mut(),
-    },
-    ngx_command_t {
-        name: ngx_string!("transform_commit_size"),
-        type_: (NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1)
-            as ngx_uint_t,
-        set: Some(ngx_conf_set_size_slot),
-        conf: NGX_HTTP_LOC_CONF_OFFSET,
-        offset: offset_of!(TransformConf, commit_size),
-        post: ptr::null_mut(),
-    },
-    ngx_command_t {
-        name: ngx_string!("transform_stderr"),
-        type_: (NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1)
-            as ngx_uint_t,
-        set: Some(ngx_conf_set_enum_slot),
-        conf: NGX_HTTP_LOC_CONF_OFFSET,
-        offset: offset_of!(TransformConf, stderr_level),
-        post: ptr::addr_of_mut!(STDERR_LEVELS).cast(),
-    },
-    ngx_command_t {
-        name: ngx_string!("transform_max_programs"),
-        type_: (NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1) as ngx_uint_t,
-        set: Some(ngx_conf_set_num_slot),
-        conf: NGX_HTTP_LOC_CONF_OFFSET,
-        offset: offset_of!(TransformConf, max_programs),
-        post: ptr::null_mut(),
-    },
-    ngx_command_t {
-        name: ngx_string!("transform_rlimit"),
-        type_: (NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE2)
-            as ngx_uint_t,
-        set: Some(set_rlimit),
-        conf: NGX_HTTP_LOC_CONF_OFFSET,
-        offset: 0,
-        post: ptr::null_mut(),
-    },
-    ngx_command_t {
-        name: ngx_string!("transform_env"),
-        type_: (NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE2)
-            as ngx_uint_t,
-        set: Some(set_env),
-        conf: NGX_HTTP_LOC_CONF_OFFSET,
-        offset: 0,
-        post: ptr::null_mut(),
-    },
-    ngx_command_t {
-        name: ngx_string!("transform_chdir"),
-        type_: (NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1)
-            as ngx_uint_t,
-        set: Some(ngx_http_set_complex_value_slot),
-        conf: NGX_HTTP_LOC_CONF_OFFSET,
-        offset: offset_of!(TransformConf, dir),
-        post: ptr::null_mut(),
-    },
-    msec_command(
+    command(
+        ngx_string!("transform_exec"),
+        NGX_HTTP_LOC_CONF | NGX_HTTP_LIF_CONF | NGX_CONF_1MORE,
+        set_exec,
+        0,
+        ptr::null_mut(),
+    ),
+    command(
+        ngx_string!("transform_type"),
+        ANY | NGX_CONF_TAKE1,
+        ngx_http_set_complex_value_slot,
+        offset_of!(TransformConf, content_type),
+        ptr::null_mut(),
+    ),
+    command(
+        ngx_string!("transform_splice"),
+        ANY | NGX_CONF_FLAG,
+        ngx_conf_set_flag_slot,
+        offset_of!(TransformConf, splice),
+        ptr::null_mut(),
+    ),
+    command(
+        ngx_string!("transform_pipe_size"),
+        ANY | NGX_CONF_TAKE1,
+        set_pipe_size,
+        offset_of!(TransformConf, pipe_size),
+        ptr::null_mut(),
+    ),
+    command(
+        ngx_string!("transform_commit_size"),
+        ANY | NGX_CONF_TAKE1,
+        ngx_conf_set_size_slot,
+        offset_of!(TransformConf, commit_size),
+        ptr::null_mut(),
+    ),
+    command(
+        ngx_string!("transform_stderr"),
+        ANY | NGX_CONF_TAKE1,
+        ngx_conf_set_enum_slot,
+        offset_of!(TransformConf, stderr_level),
+        ptr::addr_of_mut!(STDERR_LEVELS).cast(),
+    ),
+    command(
+        ngx_string!("transform_max_programs"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+        ngx_conf_set_num_slot,
+        offset_of!(TransformConf, max_programs),
+        ptr::null_mut(),
+    ),
+    command(
+        ngx_string!("transform_rlimit"),
+        ANY | NGX_CONF_TAKE2,
+        set_rlimit,
+        0,
+        ptr::null_mut(),
+    ),
+    command(
+        ngx_string!("transform_env"),
+        ANY | NGX_CONF_TAKE2,
+        set_env,
+        0,
+        ptr::null_mut(),
+    ),
+    command(
+        ngx_string!("transform_chdir"),
+        ANY | NGX_CONF_TAKE1,
+        ngx_http_set_complex_value_slot,
+        offset_of!(TransformConf, dir),
+        ptr::null_mut(),
+    ),
+    command(
         ngx_string!("transform_timeout"),
+        ANY | NGX_CONF_TAKE1,
+        ngx_conf_set_msec_slot,
         offset_of!(TransformConf, timeout),
+        ptr::null_mut(),
     ),
-    msec_command(
+    command(
         ngx_string!("transform_read_timeout"),
+        ANY | NGX_CONF_TAKE1,
+        ngx_conf_set_msec_slot,
         offset_of!(TransformConf, read_timeout),
+        ptr::null_mut(),
     ),
-    msec_command(
+    command(
         ngx_string!("transform_send_timeout"),
+        ANY | NGX_CONF_TAKE1,
+        ngx_conf_set_msec_slot,
         offset_of!(TransformConf, send_timeout),
+        ptr::null_mut(),
     ),
-    msec_command(
+    command(
         ngx_string!("transform_kill_timeout"),
+        ANY | NGX_CONF_TAKE1,
+        ngx_conf_set_msec_slot,
         offset_of!(TransformConf, kill_timeout),
+        ptr::null_mut(),
     ),
     ngx_command_t::empty(),
 ];
@@ -385,7 +372,7 @@ extern "C" fn set_exec(
 ) -> *mut c_char {
     // SAFETY: nginx calls directive handlers with a valid cf and this module's loc conf.
     let (cf, conf) = unsafe { (&mut *cf, &mut *conf.cast::<TransformConf>()) };
-    if !conf.exec.is_null() {
+    if conf.exec.is_some() {
         return c"is duplicate".as_ptr().cast_mut();
     }
     // NGX_CONF_1MORE: args holds the directive name and at least one word.
@@ -393,66 +380,21 @@ extern "C" fn set_exec(
     let args: &mut [ngx_str_t] = unsafe { (*cf.args).as_slice_mut() };
     let words = &mut args[1..];
 
-    // SAFETY: cf->pool is the configuration pool.
-    let arr =
-        unsafe { ngx_array_create(cf.pool, words.len(), size_of::<ngx_http_complex_value_t>()) };
-    if arr.is_null() {
-        return NGX_CONF_ERROR;
+    // The program: a literal must be an absolute path to an executable file now.
+    // SAFETY: words[0] is a valid ngx_str_t of the configuration.
+    if unsafe { ngx_http_script_variables_count(&mut words[0]) } == 0 {
+        if let Err(msg) = check_program(cf, words[0]) {
+            return msg;
+        }
     }
-
-    for (i, word) in words.iter_mut().enumerate() {
-        // SAFETY: arr was created for complex values.
-        let cv = unsafe { ngx_array_push(arr) }.cast::<ngx_http_complex_value_t>();
-        if cv.is_null() {
-            return NGX_CONF_ERROR;
-        }
-        // SAFETY: cv is fresh array space; zeroed is the initial state nginx expects.
-        unsafe { ptr::write_bytes(cv, 0, 1) };
-        // SAFETY: all-zero is the initial state of the compile request (as ngx_memzero in C).
-        let mut ccv: ngx_http_compile_complex_value_t = unsafe { core::mem::zeroed() };
-        ccv.cf = cf;
-        ccv.value = word;
-        ccv.complex_value = cv;
-        // SAFETY: ccv is filled as ngx_http_compile_complex_value requires.
-        if unsafe { ngx_http_compile_complex_value(&mut ccv) } != NGX_OK as isize {
-            return NGX_CONF_ERROR;
-        }
-        if i > 0 {
-            continue;
-        }
-        // The program: a literal must be an absolute path to an executable file now.
-        // SAFETY: word is a valid ngx_str_t of the configuration.
-        let has_vars = unsafe { ngx_http_script_variables_count(word) } != 0;
-        if has_vars {
-            continue;
-        }
-        let bytes = word.as_bytes();
-        if !bytes.starts_with(b"/") {
-            conf_error(
-                cf,
-                0,
-                format_args!("program \"{}\" is not an absolute path", word),
-            );
-            return NGX_CONF_ERROR;
-        }
-        let Ok(path) = CString::new(bytes) else {
-            conf_error(
-                cf,
-                0,
-                format_args!("program \"{}\" contains a NUL byte", word),
-            );
+    let mut argv = Vec::with_capacity(words.len());
+    for word in words.iter_mut() {
+        let Some(cv) = compile(cf, word) else {
             return NGX_CONF_ERROR;
         };
-        if let Err(e) = os::check_executable(&path) {
-            conf_error(
-                cf,
-                os::errno(&e),
-                format_args!("program \"{}\" is not an executable file", word),
-            );
-            return NGX_CONF_ERROR;
-        }
+        argv.push(cv);
     }
-    conf.exec = arr;
+    conf.exec = Some(argv);
 
     let clcf = NgxHttpCoreModule::location_conf_mut(cf).expect("core loc conf");
     clcf.handler = Some(crate::handler::transform_handler);
@@ -558,6 +500,37 @@ extern "C" fn set_env(
     }
     list.push(EnvVar { prefix, value });
     NGX_CONF_OK
+}
+
+/// A literal program must be an absolute path to an executable file.
+fn check_program(cf: &mut ngx_conf_t, word: ngx_str_t) -> Result<(), *mut c_char> {
+    let bytes = word.as_bytes();
+    if !bytes.starts_with(b"/") {
+        conf_error(
+            cf,
+            0,
+            format_args!("program \"{word}\" is not an absolute path"),
+        );
+        return Err(NGX_CONF_ERROR);
+    }
+    let Ok(path) = CString::new(bytes) else {
+        conf_error(
+            cf,
+            0,
+            format_args!("program \"{word}\" contains a NUL byte"),
+        );
+        return Err(NGX_CONF_ERROR);
+    };
+    if let Err(e) = os::check_executable(&path) {
+        let err = os::errno(&e);
+        conf_error(
+            cf,
+            err,
+            format_args!("program \"{word}\" is not an executable file"),
+        );
+        return Err(NGX_CONF_ERROR);
+    }
+    Ok(())
 }
 
 /// Compiles a word that may contain variables into a complex value in the configuration pool.

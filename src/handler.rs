@@ -105,8 +105,8 @@ fn to_cstring(http: Http, value: Vec<u8>, what: &str) -> Result<CString, ngx_int
 
 /// Evaluates the program and arguments; each value becomes exactly one argv element.
 fn evaluate_argv(http: Http, conf: &TransformConf) -> Result<Vec<CString>, ngx_int_t> {
-    let mut argv = Vec::with_capacity(conf.argv().len());
-    for (i, cv) in conf.argv().iter().enumerate() {
+    let mut argv = Vec::new();
+    for (i, cv) in conf.argv().enumerate() {
         let value = http
             .complex_value(cv)
             .ok_or(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t)?;
