@@ -10,6 +10,9 @@
 //! - `stderr LINES LINE_BYTES STDOUT_BYTES CODE`: writes LINES lines of LINE_BYTES to stderr, then
 //!   STDOUT_BYTES of the stream to stdout, then exits with CODE.
 //! - `spin`: burns CPU until stopped.
+//! - `ignore-term BYTES`: ignores SIGTERM, writes BYTES of the stream, then sleeps for an hour.
+//! - `grandchild BYTES`: starts a child that sleeps for an hour holding stdout, writes BYTES of
+//!   the stream, prints the grandchild's pid to stderr, and exits 0.
 //! - `drip COUNT MILLIS`: writes COUNT lines, one every MILLIS milliseconds.
 
 use std::io::{self, Write};
@@ -81,6 +84,25 @@ fn main() {
             drop(err);
             gen(&mut out, num(3), 64 * 1024).ok();
             num(4) as i32
+        }
+        Some("ignore-term") => {
+            // SAFETY: setting a signal disposition has no memory-safety preconditions.
+            unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+            gen(&mut out, num(1), 64 * 1024).ok();
+            std::thread::sleep(Duration::from_secs(3600));
+            0
+        }
+        Some("grandchild") => {
+            // SAFETY: single-threaded here; the child only sleeps and exits.
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                std::thread::sleep(Duration::from_secs(3600));
+                // SAFETY: ends the child without running the parent's exit code.
+                unsafe { libc::_exit(0) };
+            }
+            eprintln!("grandchild {pid}");
+            gen(&mut out, num(1), 64 * 1024).ok();
+            0
         }
         Some("spin") => {
             let mut x: u64 = 1;

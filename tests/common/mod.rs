@@ -59,11 +59,22 @@ pub fn free_port() -> u16 {
 /// Builds a full nginx.conf around `http_body` (the inside of `http {}`); `{PORT}`, `{PREFIX}`
 /// and `{HELPER}` are replaced.
 pub fn config(prefix: &Path, port: u16, main_extra: &str, http_body: &str) -> String {
+    config_at_level(prefix, port, main_extra, http_body, "debug")
+}
+
+/// As [`config`], with the error log at `level`.
+pub fn config_at_level(
+    prefix: &Path,
+    port: u16,
+    main_extra: &str,
+    http_body: &str,
+    level: &str,
+) -> String {
     let conf = format!(
         "load_module {module};\n\
          daemon off;\n\
          worker_processes 1;\n\
-         error_log {prefix}/logs/error.log debug;\n\
+         error_log {prefix}/logs/error.log {level};\n\
          pid {prefix}/nginx.pid;\n\
          {main_extra}\n\
          events {{ worker_connections 1024; }}\n\
@@ -99,11 +110,35 @@ impl Nginx {
     }
 
     pub fn start_with(main_extra: &str, http_body: &str) -> Nginx {
+        Self::start_full(main_extra, http_body, "debug", None)
+    }
+
+    /// Starts nginx with the error log at `level` and, if given, RLIMIT_NPROC set for the master
+    /// (and so for its workers).
+    pub fn start_full(main_extra: &str, http_body: &str, level: &str, nproc: Option<u64>) -> Nginx {
+        use std::os::unix::process::CommandExt;
         let prefix = temp_dir("nginx");
         let port = free_port();
-        let conf = config(&prefix, port, main_extra, http_body);
+        let conf = config_at_level(&prefix, port, main_extra, http_body, level);
         std::fs::write(prefix.join("nginx.conf"), conf).expect("write conf");
-        let master = Command::new(nginx_binary())
+        let mut cmd = Command::new(nginx_binary());
+        if let Some(n) = nproc {
+            // SAFETY: setrlimit is async-signal-safe; it runs in the child before exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let l = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NPROC, &l) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                })
+            };
+        }
+        let master = cmd
             .arg("-p")
             .arg(&prefix)
             .arg("-c")

@@ -1,0 +1,329 @@
+//! Failure modes: each asserts the status, the log line, no zombie or orphan left, and the
+//! worker's descriptors back to where they were.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn server(locations: &str) -> String {
+    format!("server {{ listen 127.0.0.1:{{PORT}}; {locations} }}")
+}
+
+/// Waits until the worker has no child and its descriptor count is back to `fds`.
+fn settled(nginx: &Nginx, fds: usize) {
+    let worker = nginx.worker_pid();
+    assert!(
+        wait_until(Duration::from_secs(3), || children_of(worker).is_empty()),
+        "programs left: {:?}",
+        children_of(worker)
+    );
+    assert!(
+        wait_until(Duration::from_secs(2), || fd_count(worker) == fds),
+        "worker fds {} vs {fds} before",
+        fd_count(worker)
+    );
+}
+
+/// The worker's descriptor count once a first request has opened the logs.
+fn baseline(nginx: &Nginx) -> usize {
+    let mut c = Client::connect(nginx.port);
+    c.send("GET /warmup HTTP/1.0\r\n\r\n");
+    c.read_response(false);
+    let worker = nginx.worker_pid();
+    assert!(wait_until(Duration::from_secs(2), || children_of(worker).is_empty()));
+    std::thread::sleep(Duration::from_millis(100));
+    fd_count(worker)
+}
+
+fn has_line(nginx: &Nginx, level: &str, text: &str) -> bool {
+    nginx.log_lines(level).iter().any(|l| l.contains(text))
+}
+
+#[test]
+fn total_timeout_before_and_after_the_commit() {
+    let nginx = Nginx::start(&server(
+        "location /warmup { transform_exec /bin/true; }
+         transform_timeout 600ms; transform_read_timeout 10s;
+         location /held { transform_exec {HELPER} drip 100 100; }
+         location /streamed { transform_commit_size 0; transform_exec {HELPER} drip 100 100; }",
+    ));
+    let fds = baseline(&nginx);
+    let start = Instant::now();
+    let r = Client::connect(nginx.port).get("/held");
+    assert_eq!(
+        r.status, 504,
+        "a program still held under the commit size: 504"
+    );
+    assert!(start.elapsed() < Duration::from_secs(3));
+    let r = Client::connect(nginx.port).get("/streamed");
+    assert_eq!(r.status, 200);
+    assert!(
+        !r.complete,
+        "a response cut by transform_timeout looked complete"
+    );
+    let lines = nginx.log_lines("error");
+    let n = lines
+        .iter()
+        .filter(|l| l.contains("timed out (transform_timeout 600ms)"))
+        .count();
+    assert_eq!(n, 2, "{lines:?}");
+    settled(&nginx, fds);
+    nginx.stop();
+}
+
+#[test]
+fn a_program_ignoring_sigterm_is_killed_after_the_kill_timeout() {
+    let nginx = Nginx::start(&server(
+        "location /warmup { transform_exec /bin/true; }
+         transform_kill_timeout 800ms; transform_commit_size 0;
+         location /stubborn { transform_exec {HELPER} ignore-term 10; }",
+    ));
+    let fds = baseline(&nginx);
+    let worker = nginx.worker_pid();
+    let mut c = Client::connect(nginx.port);
+    c.send("GET /stubborn HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(c.read_head().status, 200);
+    let kid = children_of(worker)[0];
+    let left = Instant::now();
+    drop(c);
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(
+        proc_state(kid).map(|s| s != 'Z'),
+        Some(true),
+        "SIGTERM ignored: still running"
+    );
+    assert!(
+        wait_until(Duration::from_secs(2), || proc_state(kid).is_none()),
+        "not killed"
+    );
+    let took = left.elapsed();
+    assert!(
+        took >= Duration::from_millis(700),
+        "killed after {took:?}, before the grace"
+    );
+    settled(&nginx, fds);
+    nginx.stop();
+}
+
+#[test]
+fn a_client_that_stops_reading_hits_the_send_timeout() {
+    let nginx = Nginx::start(&server(
+        "location /warmup { transform_exec /bin/true; }
+         transform_send_timeout 500ms;
+         location /big { transform_exec {HELPER} gen 1000000000; }",
+    ));
+    let fds = baseline(&nginx);
+    let mut c = Client::connect(nginx.port);
+    c.send("GET /big HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(c.read_head().status, 200);
+    // Read nothing more.
+    assert!(wait_until(Duration::from_secs(5), || has_line(
+        &nginx,
+        "info",
+        "client timed out (transform_send_timeout 500ms)"
+    )));
+    settled(&nginx, fds);
+    drop(c);
+    nginx.stop();
+}
+
+#[test]
+fn a_grandchild_holding_stdout_does_not_hold_the_response() {
+    let nginx = Nginx::start(&server(
+        "location /warmup { transform_exec /bin/true; }
+         location /gc { transform_exec {HELPER} grandchild 5000; }",
+    ));
+    let fds = baseline(&nginx);
+    let start = Instant::now();
+    let r = Client::connect(nginx.port).get("/gc");
+    assert_eq!(r.status, 200);
+    assert!(r.complete);
+    assert_eq!(r.body, helper_output(&["gen", "5000"]));
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "held for {:?}",
+        start.elapsed()
+    );
+    assert!(has_line(
+        &nginx,
+        "info",
+        "descendants kept stdout open; they were sent SIGTERM"
+    ));
+    let log = nginx.error_log();
+    let gc: u32 = log
+        .lines()
+        .find_map(|l| l.split("transform stderr: grandchild ").nth(1))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|p| p.trim().parse().ok())
+        .expect("grandchild pid in the log");
+    assert!(
+        wait_until(Duration::from_secs(2), || proc_state(gc).is_none()),
+        "grandchild orphaned"
+    );
+    settled(&nginx, fds);
+    nginx.stop();
+}
+
+#[test]
+fn exec_failures_are_502_with_the_errno() {
+    let dir = temp_dir("noexec");
+    let script = dir.join("not-executable");
+    std::fs::write(&script, "#!/bin/sh\necho hi\n").unwrap();
+    let args = vec!["$arg_a"; 400].join(" ");
+    let nginx = Nginx::start(&server(&format!(
+        "large_client_header_buffers 4 16k;
+         location /warmup {{ transform_exec /bin/true; }}
+         location /run {{ transform_exec $arg_p; }}
+         location /big {{ transform_exec /bin/true {args}; }}"
+    )));
+    let fds = baseline(&nginx);
+    let r = Client::connect(nginx.port).get(&format!("/run?p={}", script.display()));
+    assert_eq!(r.status, 502);
+    let want = format!(
+        "execve() \"{}\" failed (13: Permission denied)",
+        script.display()
+    );
+    assert!(has_line(&nginx, "error", &want), "{want}");
+    // 400 arguments of 7000 bytes: over the kernel's argument space.
+    let a = "x".repeat(7000);
+    let r = Client::connect(nginx.port).get(&format!("/big?a={a}"));
+    assert_eq!(r.status, 502);
+    assert!(has_line(
+        &nginx,
+        "error",
+        "execve() \"/bin/true\" failed (7: Argument list too long)"
+    ));
+    settled(&nginx, fds);
+    nginx.stop();
+}
+
+#[test]
+fn fork_failing_under_rlimit_nproc_is_503_and_recovers() {
+    // The worker runs as "daemon" (no other process of that user here) with RLIMIT_NPROC 2: the
+    // worker and one program.
+    let nginx = Nginx::start_full(
+        "user daemon;",
+        &server(
+            "location /warmup { transform_exec /bin/true; }
+             transform_commit_size 0;
+             location /hang { transform_exec {HELPER} hang-after 10; }
+             location /quick { transform_exec /bin/true; }",
+        ),
+        "debug",
+        Some(2),
+    );
+    let fds = baseline(&nginx);
+    let mut held = Client::connect(nginx.port);
+    held.send("GET /hang HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(held.read_head().status, 200);
+    let r = Client::connect(nginx.port).get("/quick");
+    assert_eq!(r.status, 503);
+    assert!(
+        has_line(&nginx, "error", "clone() \""),
+        "{:?}",
+        nginx.log_lines("error")
+    );
+    assert!(has_line(
+        &nginx,
+        "error",
+        "failed (11: Resource temporarily unavailable)"
+    ));
+    drop(held);
+    let worker = nginx.worker_pid();
+    assert!(wait_until(Duration::from_secs(3), || children_of(worker).is_empty()));
+    assert_eq!(
+        Client::connect(nginx.port).get("/quick").status,
+        200,
+        "recovered"
+    );
+    settled(&nginx, fds);
+    nginx.stop();
+}
+
+#[test]
+fn running_out_of_descriptors_is_503_and_recovers() {
+    let nginx = Nginx::start_with(
+        "worker_rlimit_nofile 48;",
+        &server(
+            "location /warmup { transform_exec /bin/true; }
+             transform_commit_size 0;
+             location /hang { transform_exec {HELPER} hang-after 10; }
+             location /quick { transform_exec /bin/true; }",
+        ),
+    );
+    let fds = baseline(&nginx);
+    let mut held = Vec::new();
+    let mut refused = false;
+    for _ in 0..20 {
+        let mut c = Client::connect(nginx.port);
+        c.send("GET /hang HTTP/1.1\r\nHost: x\r\n\r\n");
+        let status = c.read_head().status;
+        if status == 503 {
+            refused = true;
+            break;
+        }
+        assert_eq!(status, 200);
+        held.push(c);
+    }
+    assert!(
+        refused,
+        "never ran out of descriptors with {} programs",
+        held.len()
+    );
+    assert!(
+        has_line(&nginx, "error", "(24: Too many open files)"),
+        "{:?}",
+        nginx.log_lines("error")
+    );
+    drop(held);
+    let worker = nginx.worker_pid();
+    assert!(wait_until(Duration::from_secs(3), || children_of(worker).is_empty()));
+    assert_eq!(
+        Client::connect(nginx.port).get("/quick").status,
+        200,
+        "recovered"
+    );
+    settled(&nginx, fds);
+    nginx.stop();
+}
+
+#[test]
+fn reload_under_load_lets_streams_finish() {
+    let nginx = Nginx::start(&server(
+        "transform_commit_size 0;
+         location /drip { transform_exec {HELPER} drip 6 200; }
+         location /quick { transform_exec /bin/true; }",
+    ));
+    let old = nginx.worker_pid();
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let mut c = Client::connect(nginx.port);
+        c.send("GET /drip HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        assert_eq!(c.read_head().status, 200);
+        streams.push(c);
+    }
+    // SAFETY: signalling our own nginx master.
+    unsafe { libc::kill(nginx.master_pid() as i32, libc::SIGHUP) };
+    // A new worker serves new requests while the old one finishes its streams.
+    assert!(wait_until(Duration::from_secs(5), || nginx
+        .worker_pids()
+        .iter()
+        .any(|&w| w != old)));
+    assert_eq!(Client::connect(nginx.port).get("/quick").status, 200);
+    for mut c in streams {
+        let mut rest = Vec::new();
+        c.read_to_end(&mut rest).expect("read the rest");
+        let text = String::from_utf8_lossy(&rest);
+        assert!(
+            text.contains("line 5\n") && text.ends_with("0\r\n\r\n"),
+            "cut short: {text:?}"
+        );
+    }
+    assert!(
+        wait_until(Duration::from_secs(5), || proc_state(old).is_none()),
+        "old worker exits"
+    );
+    nginx.stop();
+}
