@@ -327,3 +327,56 @@ fn reload_under_load_lets_streams_finish() {
     );
     nginx.stop();
 }
+
+#[test]
+fn worker_shutdown_timeout_closes_streams_and_kills_their_programs() {
+    let nginx = Nginx::start_with(
+        "worker_shutdown_timeout 500ms;",
+        &server(
+            "transform_commit_size 0; transform_kill_timeout 300ms;
+             location /hang { transform_exec {HELPER} hang-after 10; }
+             location /stubborn { transform_exec {HELPER} ignore-term 10; }",
+        ),
+    );
+    let worker = nginx.worker_pid();
+    let mut streams = Vec::new();
+    for path in ["/hang", "/stubborn"] {
+        let mut c = Client::connect(nginx.port);
+        c.send(&format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n"));
+        assert_eq!(c.read_head().status, 200);
+        streams.push(c);
+    }
+    let kids = children_of(worker);
+    assert_eq!(kids.len(), 2);
+    // SAFETY: signalling our own nginx master.
+    unsafe { libc::kill(nginx.master_pid() as i32, libc::SIGQUIT) };
+    let start = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(5), || proc_state(worker).is_none()),
+        "worker exits"
+    );
+    assert!(
+        start.elapsed() > Duration::from_millis(400),
+        "exited before worker_shutdown_timeout"
+    );
+    for kid in kids {
+        assert!(
+            wait_until(Duration::from_secs(2), || proc_state(kid).is_none()),
+            "{kid} left"
+        );
+    }
+    for mut c in streams {
+        let mut rest = Vec::new();
+        let _ = c.read_to_end(&mut rest);
+        assert!(
+            !String::from_utf8_lossy(&rest).ends_with("0\r\n\r\n"),
+            "closed, not completed"
+        );
+    }
+    assert!(has_line(
+        &nginx,
+        "info",
+        "worker shutdown closes the response"
+    ));
+    nginx.stop();
+}
