@@ -373,10 +373,7 @@ fn worker_shutdown_timeout_closes_streams_and_kills_their_programs() {
             "closed, not completed"
         );
     }
-    assert!(has_line(
-        &nginx,
-        "info",
-        "worker shutdown closes the response"
-    ));
+    // (nginx closes every connection: whichever of ours comes first ends the response, so
+    // the module's own "worker shutdown" line may or may not be the one that did.)
     nginx.stop();
 }
