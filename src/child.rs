@@ -1,10 +1,15 @@
 //! Children of the worker: spawned with a pidfd in nginx's event loop, and always reaped.
 //!
 //! The module owns reaping (SIGCHLD is at its default disposition in the worker, see `lib.rs`).
-//! A [`Child`] that is dropped before its exit status was collected gets SIGTERM (it and its
-//! process group) and is handed to an orphan reaper, which sends SIGKILL after the kill timeout and
-//! collects it when its pidfd fires, so no zombie outlives a request. At worker exit every child
-//! still alive is killed and reaped.
+//! A program that exited stays a zombie until its request lets it go: its pid, which is also its
+//! process group's id, cannot be reused meanwhile, so signalling the group never reaches a
+//! stranger. When the request lets go of a [`Child`]:
+//! - if it exited, what is left of its group (descendants) gets SIGKILL and it is reaped;
+//! - if it runs, it and its group get SIGTERM and it goes to an orphan reaper, which sends SIGKILL
+//!   after the kill timeout or as soon as the program itself exited, then reaps it.
+//!
+//! So no zombie and no descendant outlives a request. At worker exit every child still there is
+//! killed and reaped.
 
 use core::cell::RefCell;
 use core::ffi::c_void;
@@ -83,7 +88,7 @@ impl Child {
     /// Starts (or restarts) the wait limit: the exit handler is called with a timed-out event
     /// when it expires. No-op once the child is reaped.
     pub fn set_timer(&self, ms: nginx_sys::ngx_msec_t) {
-        if let Some(fd) = &self.pidfd {
+        if let (Some(fd), None) = (&self.pidfd, self.status) {
             fd.set_timer(ms);
         }
     }
@@ -95,15 +100,14 @@ impl Child {
         }
     }
 
-    /// The exit status, once the program has exited (reaping it).
+    /// The exit status, once the program has exited (it stays a zombie until dropped).
     pub fn status(&mut self) -> Option<ExitStatus> {
         if self.status.is_none() {
             let fd = self.pidfd.as_ref()?;
-            match os::try_reap(fd.fd()) {
+            match os::peek_exit(fd.fd()) {
                 Ok(Some(s)) => {
                     self.status = Some(s);
-                    forget(self.pid);
-                    self.pidfd = None;
+                    fd.clear_timer();
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -120,8 +124,13 @@ impl Drop for Child {
         let Some(fd) = self.pidfd.take() else {
             return;
         };
-        os::signal_child(self.pid, fd.fd(), libc::SIGTERM);
-        if let Ok(Some(_)) = os::try_reap(fd.fd()) {
+        if self.status.is_none() {
+            os::signal_child(self.pid, fd.fd(), libc::SIGTERM);
+        }
+        if let Ok(Some(_)) = os::peek_exit(fd.fd()) {
+            // Exited: nothing of its group may stay behind; then reap it.
+            os::signal_group(self.pid, libc::SIGKILL);
+            let _ = os::try_reap(fd.fd());
             forget(self.pid);
             return;
         }
@@ -167,11 +176,14 @@ unsafe extern "C" fn orphan_event(ev: *mut ngx_event_t) {
     if grace_over {
         os::signal_child(o.pid, o.pidfd.fd(), libc::SIGKILL);
     }
-    match os::try_reap(o.pidfd.fd()) {
+    match os::peek_exit(o.pidfd.fd()) {
         Ok(None) => {
             o.pidfd.arm_read();
         }
         _ => {
+            // The program is gone: so is what is left of its group. Then reap it.
+            os::signal_group(o.pid, libc::SIGKILL);
+            let _ = os::try_reap(o.pidfd.fd());
             forget(o.pid);
             ORPHANS.with_borrow_mut(|l| l.retain(|&p| p != orphan));
             // SAFETY: leaked in Child::drop; nothing else refers to it any more.

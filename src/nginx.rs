@@ -485,14 +485,14 @@ impl EventFd {
         unsafe { nginx_sys::ngx_add_timer((*self.0.as_ptr()).read, ms) };
     }
 
-    /// Runs the read handler again in this event-loop iteration's posted events (to continue
-    /// draining later without waiting for a new edge).
+    /// Runs the read handler again in the next event-loop iteration (after the other
+    /// connections had their turn), to continue draining without waiting for a new edge.
     pub fn post_read(&self) {
         // SAFETY: live connection event; the queue is nginx's.
         unsafe {
             nginx_sys::ngx_post_event(
                 (*self.0.as_ptr()).read,
-                ptr::addr_of_mut!(nginx_sys::ngx_posted_events),
+                ptr::addr_of_mut!(nginx_sys::ngx_posted_next_events),
             )
         };
     }

@@ -35,7 +35,14 @@ pub fn stdout_pipe() -> io::Result<Pipe> {
     let mut fds = [-1 as c_int; 2];
     syscall!(pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK))?;
     // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
-    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (read, mut write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // The child's end goes onto 1 or 2 in the child: keep it clear of 0-2 (a worker started with
+    // closed stdio could get them here) so no dup2 in the child overwrites another.
+    if write.as_raw_fd() <= 2 {
+        let moved = syscall!(fcntl(write.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3))?;
+        // SAFETY: fcntl returned a new descriptor that nobody else owns.
+        write = unsafe { OwnedFd::from_raw_fd(moved) };
+    }
     let flags = syscall!(fcntl(write.as_raw_fd(), libc::F_GETFL))?;
     syscall!(fcntl(
         write.as_raw_fd(),
@@ -378,23 +385,34 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
         if libc::setpgid(0, 0) == -1 {
             return child_fail(a, SpawnStep::Setpgid);
         }
-        for i in 0..a.rlimits_len {
-            let (resource, limit) = &*a.rlimits.add(i);
-            if libc::setrlimit(*resource as _, limit) == -1 {
-                return child_fail(a, SpawnStep::Setrlimit);
-            }
-        }
-        if !a.dir.is_null() && libc::chdir(a.dir) == -1 {
-            return child_fail(a, SpawnStep::Chdir);
-        }
+        // Descriptors first: a low `nofile` limit must not stop opening /dev/null.
         let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
         if null == -1
-            || libc::dup2(null, 0) == -1
+            || (null != 0 && libc::dup2(null, 0) == -1)
             || libc::dup2(a.stdout, 1) == -1
             || libc::dup2(a.stderr, 2) == -1
             || libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) == -1
         {
             return child_fail(a, SpawnStep::Descriptors);
+        }
+        if !a.dir.is_null() && libc::chdir(a.dir) == -1 {
+            return child_fail(a, SpawnStep::Chdir);
+        }
+        for i in 0..a.rlimits_len {
+            let (resource, wanted) = &*a.rlimits.add(i);
+            // Never above the worker's own hard limit (only a privileged process may raise it).
+            let mut limit = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            if libc::getrlimit(*resource as _, &mut limit) == -1 {
+                return child_fail(a, SpawnStep::Setrlimit);
+            }
+            limit.rlim_max = limit.rlim_max.min(wanted.rlim_max);
+            limit.rlim_cur = wanted.rlim_cur.min(limit.rlim_max);
+            if libc::setrlimit(*resource as _, &limit) == -1 {
+                return child_fail(a, SpawnStep::Setrlimit);
+            }
         }
         let empty: u64 = 0;
         libc::syscall(
@@ -421,12 +439,22 @@ fn child_fail(a: &mut ChildArgs, step: SpawnStep) -> c_int {
 
 /// Reaps the child behind `pidfd` if it has exited; `Ok(None)` while it runs.
 pub fn try_reap(pidfd: BorrowedFd<'_>) -> io::Result<Option<ExitStatus>> {
+    wait(pidfd, libc::WEXITED | libc::WNOHANG)
+}
+
+/// The exit status of the child behind `pidfd` if it has exited, leaving it a zombie (so its
+/// pid, and its process group id, cannot be reused until it is reaped).
+pub fn peek_exit(pidfd: BorrowedFd<'_>) -> io::Result<Option<ExitStatus>> {
+    wait(pidfd, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT)
+}
+
+fn wait(pidfd: BorrowedFd<'_>, flags: c_int) -> io::Result<Option<ExitStatus>> {
     let mut info = MaybeUninit::<libc::siginfo_t>::zeroed();
     syscall!(waitid(
         libc::P_PIDFD,
         pidfd.as_raw_fd() as libc::id_t,
         info.as_mut_ptr(),
-        libc::WEXITED | libc::WNOHANG
+        flags
     ))?;
     // SAFETY: waitid filled (or left zeroed) the siginfo.
     let info = unsafe { info.assume_init() };

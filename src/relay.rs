@@ -520,14 +520,13 @@ impl Transform {
     fn finish(&mut self, status: os::ExitStatus) -> Next {
         let log = self.http.log();
         if self.descendants_hold_output {
-            // Output ends with the program; what it left running is stopped with it.
-            os::signal_group(self.pid, libc::SIGTERM);
+            // Output ends with the program; what it left running goes with it (at release).
             log_error!(
                 NGX_LOG_INFO,
                 log,
                 0,
                 "transform program \"{}\" exited while its descendants kept stdout open; \
-                 they were sent SIGTERM",
+                 they are killed",
                 self.program
             );
         }

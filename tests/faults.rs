@@ -149,7 +149,7 @@ fn a_grandchild_holding_stdout_does_not_hold_the_response() {
     assert!(has_line(
         &nginx,
         "info",
-        "descendants kept stdout open; they were sent SIGTERM"
+        "descendants kept stdout open; they are killed"
     ));
     let log = nginx.error_log();
     let gc: u32 = log
@@ -375,5 +375,81 @@ fn worker_shutdown_timeout_closes_streams_and_kills_their_programs() {
     }
     // (nginx closes every connection: whichever of ours comes first ends the response, so
     // the module's own "worker shutdown" line may or may not be the one that did.)
+    nginx.stop();
+}
+
+#[test]
+fn an_endless_stderr_flood_does_not_stall_the_worker() {
+    let nginx = Nginx::start_full(
+        "",
+        &server(
+            "location /warmup { transform_exec /bin/true; }
+             location /flood {
+                 transform_timeout 1500ms; transform_exec {HELPER} stderr 1000000000 100 0 0;
+             }
+             location /quick { transform_exec /bin/true; }",
+        ),
+        "warn",
+        None,
+    );
+    let fds = baseline(&nginx);
+    let start = Instant::now();
+    let flood = std::thread::spawn({
+        let port = nginx.port;
+        move || Client::connect(port).get("/flood").status
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    // The same worker still serves others while the flood goes on.
+    let quick = Instant::now();
+    assert_eq!(Client::connect(nginx.port).get("/quick").status, 200);
+    assert!(
+        quick.elapsed() < Duration::from_millis(1000),
+        "served in {:?}",
+        quick.elapsed()
+    );
+    assert_eq!(
+        flood.join().unwrap(),
+        504,
+        "the total timeout fired during the flood"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(6),
+        "took {:?}",
+        start.elapsed()
+    );
+    settled(&nginx, fds);
+    nginx.stop();
+}
+
+#[test]
+fn descendants_ignoring_sigterm_do_not_outlive_the_request() {
+    let nginx = Nginx::start(&server(
+        "location /warmup { transform_exec /bin/true; }
+         transform_commit_size 0; transform_kill_timeout 5s;
+         location /gc { transform_exec {HELPER} stubborn-grandchild; }",
+    ));
+    let fds = baseline(&nginx);
+    let mut c = Client::connect(nginx.port);
+    c.send("GET /gc HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(c.read_head().status, 200);
+    let mut gc = None;
+    assert!(wait_until(Duration::from_secs(2), || {
+        gc = nginx
+            .error_log()
+            .lines()
+            .find_map(|l| l.split("transform stderr: grandchild ").nth(1))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|p| p.trim().parse::<u32>().ok());
+        gc.is_some()
+    }));
+    let gc = gc.unwrap();
+    drop(c);
+    // The program dies of SIGTERM at once; its grandchild ignores it and is killed as soon as
+    // the program is gone, long before the 5 s grace.
+    assert!(
+        wait_until(Duration::from_secs(2), || proc_state(gc).is_none()),
+        "grandchild left"
+    );
+    settled(&nginx, fds);
     nginx.stop();
 }

@@ -10,6 +10,8 @@
 //! - `stderr LINES LINE_BYTES STDOUT_BYTES CODE`: writes LINES lines of LINE_BYTES to stderr, then
 //!   STDOUT_BYTES of the stream to stdout, then exits with CODE.
 //! - `spin`: burns CPU until stopped.
+//! - `stubborn-grandchild`: starts a child that ignores SIGTERM and sleeps for an hour, prints
+//!   its pid to stderr, writes 10 bytes, then sleeps for an hour itself.
 //! - `ignore-term BYTES`: ignores SIGTERM, writes BYTES of the stream, then sleeps for an hour.
 //! - `grandchild BYTES`: starts a child that sleeps for an hour holding stdout, writes BYTES of
 //!   the stream, prints the grandchild's pid to stderr, and exits 0.
@@ -102,6 +104,21 @@ fn main() {
             }
             eprintln!("grandchild {pid}");
             gen(&mut out, num(1), 64 * 1024).ok();
+            0
+        }
+        Some("stubborn-grandchild") => {
+            // SAFETY: single-threaded here; the child only changes a disposition and sleeps.
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                // SAFETY: as above.
+                unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+                std::thread::sleep(Duration::from_secs(3600));
+                // SAFETY: ends the child without running the parent's exit code.
+                unsafe { libc::_exit(0) };
+            }
+            eprintln!("grandchild {pid}");
+            gen(&mut out, 10, 64 * 1024).ok();
+            std::thread::sleep(Duration::from_secs(3600));
             0
         }
         Some("spin") => {
