@@ -31,6 +31,25 @@ const NGX_CONF_UNSET_SIZE: usize = usize::MAX;
 const NGX_CONF_UNSET_MSEC: ngx_msec_t = ngx_msec_t::MAX;
 const NGX_CONF_UNSET_UINT: ngx_uint_t = ngx_uint_t::MAX;
 
+/// Values of `transform_stdin`.
+static mut STDIN_MODES: [ngx_conf_enum_t; 3] = [
+    ngx_conf_enum_t {
+        name: ngx_string!("off"),
+        value: 0,
+    },
+    ngx_conf_enum_t {
+        name: ngx_string!("body"),
+        value: 1,
+    },
+    ngx_conf_enum_t {
+        name: ngx_str_t {
+            len: 0,
+            data: ptr::null_mut(),
+        },
+        value: 0,
+    },
+];
+
 /// Values of `transform_stderr`: off, or the level of each line.
 static mut STDERR_LEVELS: [ngx_conf_enum_t; 7] = [
     ngx_conf_enum_t {
@@ -103,6 +122,8 @@ pub struct TransformConf {
     pub kill_timeout: ngx_msec_t,
     /// `transform_stderr`: log level of the program's stderr lines, 0 for off.
     pub stderr_level: ngx_uint_t,
+    /// `transform_stdin`: 1 to give the program the request body.
+    pub stdin_body: ngx_uint_t,
     /// `transform_max_programs` (http level): programs a worker runs at once; 0 for no limit.
     pub max_programs: ngx_int_t,
     /// `transform_rlimit`: limits set in the program before exec.
@@ -134,6 +155,7 @@ impl Default for TransformConf {
             send_timeout: NGX_CONF_UNSET_MSEC,
             kill_timeout: NGX_CONF_UNSET_MSEC,
             stderr_level: NGX_CONF_UNSET_UINT,
+            stdin_body: NGX_CONF_UNSET_UINT,
             max_programs: NGX_CONF_UNSET as ngx_int_t,
             rlimits: None,
             env: None,
@@ -190,6 +212,12 @@ impl Merge for TransformConf {
             prev.commit_size,
             NGX_CONF_UNSET_SIZE,
             DEFAULT_COMMIT_SIZE,
+        );
+        merge(
+            &mut self.stdin_body,
+            prev.stdin_body,
+            NGX_CONF_UNSET_UINT,
+            0,
         );
         let warn = NGX_LOG_WARN as ngx_uint_t;
         merge(
@@ -261,7 +289,7 @@ const fn command(
 }
 
 /// The directive table.
-pub static mut COMMANDS: [ngx_command_t; 15] = [
+pub static mut COMMANDS: [ngx_command_t; 16] = [
     command(
         ngx_string!("transform_exec"),
         NGX_HTTP_LOC_CONF | NGX_HTTP_LIF_CONF | NGX_CONF_1MORE,
@@ -303,6 +331,13 @@ pub static mut COMMANDS: [ngx_command_t; 15] = [
         ngx_conf_set_enum_slot,
         offset_of!(TransformConf, stderr_level),
         ptr::addr_of_mut!(STDERR_LEVELS).cast(),
+    ),
+    command(
+        ngx_string!("transform_stdin"),
+        ANY | NGX_CONF_TAKE1,
+        ngx_conf_set_enum_slot,
+        offset_of!(TransformConf, stdin_body),
+        ptr::addr_of_mut!(STDIN_MODES).cast(),
     ),
     command(
         ngx_string!("transform_max_programs"),

@@ -4,13 +4,13 @@
 use std::ffi::CString;
 
 use nginx_sys::{
-    ngx_http_request_t, ngx_int_t, NGX_HTTP_BAD_REQUEST, NGX_HTTP_INTERNAL_SERVER_ERROR,
-    NGX_HTTP_SERVICE_UNAVAILABLE, NGX_LOG_ERR, NGX_LOG_WARN, NGX_OK,
+    ngx_http_request_t, ngx_int_t, NGX_DONE, NGX_HTTP_BAD_REQUEST, NGX_HTTP_INTERNAL_SERVER_ERROR,
+    NGX_HTTP_SERVICE_UNAVAILABLE, NGX_HTTP_SPECIAL_RESPONSE, NGX_LOG_ERR, NGX_LOG_WARN, NGX_OK,
 };
 
 use crate::child;
 use crate::conf::TransformConf;
-use crate::nginx::Http;
+use crate::nginx::{self, Http};
 use crate::relay::{self, Launch};
 
 /// `clcf->handler` of every location with `transform_exec`.
@@ -24,12 +24,33 @@ pub unsafe extern "C" fn transform_handler(r: *mut ngx_http_request_t) -> ngx_in
 }
 
 fn handle(http: Http) -> ngx_int_t {
+    let conf: &'static TransformConf = http.loc_conf::<crate::Module>();
+    if conf.stdin_body != 0 && !http.is_head() {
+        // The program starts once nginx has the body (memory or temporary file).
+        let rc = nginx::read_body(http, body_ready);
+        if rc >= NGX_HTTP_SPECIAL_RESPONSE as ngx_int_t {
+            return rc;
+        }
+        return NGX_DONE as ngx_int_t;
+    }
     let rc = http.discard_body();
     if rc != NGX_OK as ngx_int_t {
         return rc;
     }
-    let conf: &'static TransformConf = http.loc_conf::<crate::Module>();
+    run(http, conf)
+}
 
+/// The request body has been read: start the program, then drop the reference that reading the
+/// body took (the relay holds its own).
+unsafe extern "C" fn body_ready(r: *mut ngx_http_request_t) {
+    // SAFETY: nginx calls the body handler with a live request.
+    let http = unsafe { Http::from_ptr(r) };
+    let rc = run(http, http.loc_conf::<crate::Module>());
+    http.finalize(rc);
+}
+
+/// Everything after the body decision: headers for HEAD, limits, evaluation, the relay.
+fn run(http: Http, conf: &'static TransformConf) -> ngx_int_t {
     let content_type = match conf.content_type() {
         None => None,
         Some(cv) => match http.complex_value(cv) {

@@ -467,6 +467,29 @@ impl EventFd {
         }
     }
 
+    /// A descriptor we write to: `handler(data)` is called when it accepts more.
+    pub fn new_writer(
+        fd: OwnedFd,
+        log: *mut ngx_log_t,
+        handler: EventHandler,
+        data: *mut c_void,
+    ) -> io::Result<EventFd> {
+        let e = EventFd::new(fd, log, handler, data)?;
+        // SAFETY: a fresh connection with its events.
+        unsafe { (*(*e.0.as_ptr()).write).handler = Some(handler) };
+        Ok(e)
+    }
+
+    /// Asks for the next writability (edge-triggered: call after a write would block).
+    pub fn arm_write(&self) -> bool {
+        // SAFETY: live connection.
+        unsafe {
+            let wev = (*self.0.as_ptr()).write;
+            (*wev).set_ready(0);
+            ngx_handle_write_event(wev, 0) == NGX_OK as ngx_int_t
+        }
+    }
+
     /// Asks for the next readability (edge-triggered: call after the descriptor ran dry).
     pub fn arm_read(&self) -> bool {
         // SAFETY: live connection.
@@ -535,6 +558,60 @@ impl Drop for EventFd {
         // SAFETY: live connection, closed once: removes events and timers, closes the fd.
         unsafe { ngx_close_connection(self.0.as_ptr()) };
     }
+}
+
+/// What is left to write of the request body: its chain of buffers, in memory or in nginx's
+/// temporary file.
+pub struct BodyCursor(*mut ngx_chain_t);
+
+impl BodyCursor {
+    /// The request body nginx has read (empty if there is none).
+    pub fn of(http: Http) -> BodyCursor {
+        let rb = http.r().request_body;
+        // SAFETY: null, or the request's body, alive with the request.
+        BodyCursor(if rb.is_null() {
+            ptr::null_mut()
+        } else {
+            unsafe { (*rb).bufs }
+        })
+    }
+
+    /// Writes as much as `pipe` takes, from memory with write(2) and from the temporary file
+    /// with splice(2). `Ok(())` when all of it was written; WouldBlock when the pipe is full.
+    pub fn write_to(&mut self, pipe: BorrowedFd<'_>) -> io::Result<()> {
+        while !self.0.is_null() {
+            // SAFETY: a link of the request body's chain, alive with the request.
+            let b = unsafe { &mut *(*self.0).buf };
+            if b.in_file() != 0 && b.file_pos < b.file_last {
+                let len = (b.file_last - b.file_pos) as usize;
+                // SAFETY: an in-file buffer points at the open temporary file.
+                let fd = unsafe { (*b.file).fd };
+                os::splice_file_to_pipe(fd, &mut b.file_pos, pipe, len)?;
+                continue;
+            }
+            if b.in_file() == 0 && b.pos < b.last {
+                // SAFETY: [pos, last) is the buffer's data.
+                let data = unsafe {
+                    core::slice::from_raw_parts(b.pos, b.last.offset_from(b.pos) as usize)
+                };
+                let n = os::write(pipe, data)?;
+                // SAFETY: n <= data.len().
+                b.pos = unsafe { b.pos.add(n) };
+                continue;
+            }
+            // SAFETY: as above.
+            self.0 = unsafe { (*self.0).next };
+        }
+        Ok(())
+    }
+}
+
+/// Reads the request body, then calls `ready` (nginx's ngx_http_read_client_request_body: it
+/// honours client_max_body_size, chunked bodies and client_body_timeout, and spools large
+/// bodies to a temporary file).
+pub fn read_body(http: Http, ready: unsafe extern "C" fn(*mut ngx_http_request_t)) -> ngx_int_t {
+    // SAFETY: live request.
+    unsafe { nginx_sys::ngx_http_read_client_request_body(http.as_ptr(), Some(ready)) }
 }
 
 /// A bounded set of reused buffers carrying a program's output through nginx's output chain

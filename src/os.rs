@@ -52,6 +52,54 @@ pub fn stdout_pipe() -> io::Result<Pipe> {
     Ok(Pipe { read, write })
 }
 
+/// A pipe for a child's stdin: the child's (read) end blocking, ours (write) non-blocking, both
+/// close-on-exec, the child's end above 0-2.
+pub fn stdin_pipe() -> io::Result<Pipe> {
+    let Pipe { read, write } = stdout_pipe()?;
+    // stdout_pipe made its write end blocking and the read end non-blocking: swap the modes.
+    for (fd, nonblock) in [(&read, false), (&write, true)] {
+        let flags = syscall!(fcntl(fd.as_raw_fd(), libc::F_GETFL))?;
+        let flags = if nonblock {
+            flags | libc::O_NONBLOCK
+        } else {
+            flags & !libc::O_NONBLOCK
+        };
+        syscall!(fcntl(fd.as_raw_fd(), libc::F_SETFL, flags))?;
+    }
+    let read = if read.as_raw_fd() <= 2 {
+        let moved = syscall!(fcntl(read.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3))?;
+        // SAFETY: fcntl returned a new descriptor that nobody else owns.
+        unsafe { OwnedFd::from_raw_fd(moved) }
+    } else {
+        read
+    };
+    Ok(Pipe { read, write })
+}
+
+/// write(2) from a buffer.
+pub fn write(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    syscall!(write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len())).map(|n| n as usize)
+}
+
+/// Moves up to `len` bytes of a file, from `*offset`, into a non-blocking pipe.
+pub fn splice_file_to_pipe(
+    file: RawFd,
+    offset: &mut i64,
+    pipe: BorrowedFd<'_>,
+    len: usize,
+) -> io::Result<usize> {
+    let flags = libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE;
+    syscall!(splice(
+        file,
+        offset,
+        pipe.as_raw_fd(),
+        ptr::null_mut(),
+        len,
+        flags
+    ))
+    .map(|n| n as usize)
+}
+
 /// Asks the kernel to resize a pipe. Returns the size it has afterwards.
 pub fn set_pipe_size(fd: BorrowedFd<'_>, size: usize) -> io::Result<usize> {
     let size = c_int::try_from(size).unwrap_or(c_int::MAX);
@@ -204,6 +252,8 @@ pub struct Command<'a> {
     pub env: &'a [&'a CStr],
     /// Working directory, if it is to be changed.
     pub dir: Option<&'a CStr>,
+    /// Descriptor that becomes the child's stdin (None: /dev/null).
+    pub stdin: Option<RawFd>,
     /// Descriptors that become the child's stdout and stderr.
     pub stdout: RawFd,
     pub stderr: RawFd,
@@ -216,6 +266,7 @@ struct ChildArgs {
     argv: *const *const c_char,
     envp: *const *const c_char,
     dir: *const c_char,
+    stdin: c_int,
     stdout: c_int,
     stderr: c_int,
     rlimits: *const (c_int, libc::rlimit),
@@ -287,6 +338,7 @@ pub fn spawn(cmd: &Command<'_>) -> Result<Spawned, SpawnError> {
         argv: argv.as_ptr(),
         envp: envp.as_ptr(),
         dir: cmd.dir.map_or(ptr::null(), CStr::as_ptr),
+        stdin: cmd.stdin.unwrap_or(-1),
         stdout: cmd.stdout,
         stderr: cmd.stderr,
         rlimits: cmd.rlimits.as_ptr(),
@@ -386,9 +438,13 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
             return child_fail(a, SpawnStep::Setpgid);
         }
         // Descriptors first: a low `nofile` limit must not stop opening /dev/null.
-        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
-        if null == -1
-            || (null != 0 && libc::dup2(null, 0) == -1)
+        let input = if a.stdin >= 0 {
+            a.stdin
+        } else {
+            libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY)
+        };
+        if input == -1
+            || (input != 0 && libc::dup2(input, 0) == -1)
             || libc::dup2(a.stdout, 1) == -1
             || libc::dup2(a.stderr, 2) == -1
             || libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) == -1

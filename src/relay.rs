@@ -30,7 +30,7 @@ use ngx::http::HttpModule;
 use crate::child::Child;
 use crate::conf::TransformConf;
 use crate::nginx::{
-    now_msec, pool_allocate, run_posted_requests, BufRing, EventFd, Http, Moved, Pumped,
+    now_msec, pool_allocate, run_posted_requests, BodyCursor, BufRing, EventFd, Http, Moved, Pumped,
 };
 use crate::os;
 use crate::stderr::StderrLog;
@@ -69,6 +69,8 @@ pub fn start(
             program,
             stdout: None,
             stderr: None,
+            stdin: None,
+            body: BodyCursor::of(http),
             stderr_log: StderrLog::new(conf.stderr_level, now_msec()),
             child: None,
             transport: None,
@@ -133,6 +135,9 @@ pub struct Transform {
     program: String,
     /// Our end of the program's stdout; closed when the output is complete.
     stdout: Option<EventFd>,
+    /// Our end of its stdin, and what is left of the request body to write there.
+    stdin: Option<EventFd>,
+    body: BodyCursor,
     /// Our end of its stderr, and what became of the lines.
     stderr: Option<EventFd>,
     stderr_log: StderrLog,
@@ -181,6 +186,10 @@ impl Transform {
         };
         let pipe = os::stdout_pipe().map_err(pipe_failed)?;
         let err_pipe = os::stdout_pipe().map_err(pipe_failed)?;
+        let in_pipe = match self.conf.stdin_body {
+            0 => None,
+            _ => Some(os::stdin_pipe().map_err(pipe_failed)?),
+        };
         if let Err(e) = os::set_pipe_size(pipe.read.as_fd(), self.conf.pipe_size) {
             // EPERM past fs/pipe-user-pages-soft: a size hint refused, not an error.
             debug!(
@@ -195,6 +204,7 @@ impl Transform {
         let args: Vec<&CStr> = launch.argv.iter().map(CString::as_c_str).collect();
         let env: Vec<&CStr> = launch.env.iter().map(CString::as_c_str).collect();
         let cmd = os::Command {
+            stdin: in_pipe.as_ref().map(|p| p.read.as_raw_fd()),
             argv: &args,
             env: &env,
             dir: launch.dir.as_deref(),
@@ -231,6 +241,20 @@ impl Transform {
         // Only the child holds the write ends now: its exit (and its children's) ends the output.
         drop(pipe.write);
         drop(err_pipe.write);
+        if let Some(p) = in_pipe {
+            drop(p.read);
+            let stdin = EventFd::new_writer(p.write, log, stdin_event, data).map_err(|e| {
+                log_error!(
+                    NGX_LOG_ERR,
+                    log,
+                    os::errno(&e),
+                    "no connection for the program's stdin"
+                );
+                NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t
+            })?;
+            self.stdin = Some(stdin);
+            self.feed_stdin();
+        }
         let watching = child.watch();
         self.child = Some(child);
         self.arm_program_timer(true);
@@ -465,6 +489,36 @@ impl Transform {
         self.fail()
     }
 
+    /// Writes the request body to the program's stdin as far as the pipe takes it; closes stdin
+    /// at the end of the body (the program sees end of file). A program that does not read its
+    /// stdin is not an error: the rest of the body is dropped when it exits.
+    fn feed_stdin(&mut self) {
+        let Some(fd) = &self.stdin else {
+            return;
+        };
+        match self.body.write_to(fd.fd()) {
+            Ok(()) => self.stdin = None,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if !fd.arm_write() {
+                    self.stdin = None;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                debug!(self.http.log(), "transform: the program closed its stdin");
+                self.stdin = None;
+            }
+            Err(e) => {
+                log_error!(
+                    NGX_LOG_INFO,
+                    self.http.log(),
+                    os::errno(&e),
+                    "transform: writing the request body to the program failed"
+                );
+                self.stdin = None;
+            }
+        }
+    }
+
     /// Reads what the program wrote to stderr (fairly: a bounded amount per call, then again
     /// from nginx's posted events) and logs it.
     fn drain_stderr(&mut self) {
@@ -587,6 +641,7 @@ impl Transform {
         }
         self.done = true;
         self.stdout = None;
+        self.stdin = None;
         self.stderr = None;
         self.child = None;
     }
@@ -794,6 +849,20 @@ unsafe extern "C" fn stdout_event(ev: *mut ngx_event_t) {
     unsafe { step(ctx) };
     // SAFETY: connections are never freed, only marked destroyed (checked by nginx).
     unsafe { run_posted_requests(c) };
+}
+
+/// The program's stdin takes more.
+unsafe extern "C" fn stdin_event(ev: *mut ngx_event_t) {
+    // SAFETY: installed on the stdin EventFd, whose data is the Transform that owns it.
+    let ctx = unsafe { EventFd::data_of(ev) }.cast::<Transform>();
+    // SAFETY: ev is the EventFd's event.
+    if unsafe { EventFd::closing(ev) } {
+        // SAFETY: the Transform owns the EventFd, so it is alive.
+        unsafe { stdout_event(ev) };
+        return;
+    }
+    // SAFETY: as above.
+    unsafe { (*ctx).feed_stdin() };
 }
 
 /// The program wrote to stderr.

@@ -10,6 +10,8 @@
 //! - `stderr LINES LINE_BYTES STDOUT_BYTES CODE`: writes LINES lines of LINE_BYTES to stderr, then
 //!   STDOUT_BYTES of the stream to stdout, then exits with CODE.
 //! - `spin`: burns CPU until stopped.
+//! - `write-then-read BYTES`: writes BYTES of the stream, then reads all of stdin, then prints
+//!   `read N` with the count.
 //! - `stubborn-grandchild`: starts a child that ignores SIGTERM and sleeps for an hour, prints
 //!   its pid to stderr, writes 10 bytes, then sleeps for an hour itself.
 //! - `ignore-term BYTES`: ignores SIGTERM, writes BYTES of the stream, then sleeps for an hour.
@@ -119,6 +121,13 @@ fn main() {
             eprintln!("grandchild {pid}");
             gen(&mut out, 10, 64 * 1024).ok();
             std::thread::sleep(Duration::from_secs(3600));
+            0
+        }
+        Some("write-then-read") => {
+            gen(&mut out, num(1), 64 * 1024).ok();
+            let mut input = Vec::new();
+            io::Read::read_to_end(&mut io::stdin().lock(), &mut input).ok();
+            writeln!(out, "read {}", input.len()).ok();
             0
         }
         Some("spin") => {
