@@ -3,7 +3,7 @@
 
 # Debian packages: build (nginx's PCRE2, bindgen's libclang) and test tools.
 BUILD_PACKAGES=(libpcre2-dev libclang1-14 libclang-common-14-dev libssl-dev zlib1g-dev gcc make)
-TEST_PACKAGES=(curl openssl strace imagemagick procps)
+TEST_PACKAGES=(curl openssl strace imagemagick procps ffmpeg libjpeg-turbo-progs)
 
 ensure_packages() {
     local missing=()

@@ -5,34 +5,8 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use common::*;
-
-/// A prefix laid out as ci/demo lays it out: modules/, logs/, html/images/ with two pictures.
-fn demo_prefix() -> PathBuf {
-    let prefix = temp_dir("example");
-    std::fs::create_dir_all(prefix.join("modules")).unwrap();
-    std::fs::create_dir_all(prefix.join("html/images")).unwrap();
-    std::os::unix::fs::symlink(
-        module_path(),
-        prefix.join("modules/ngx_http_transform_module.so"),
-    )
-    .unwrap();
-    for (builtin, name, resize) in [
-        ("rose:", "rose.jpg", "1200x"),
-        ("logo:", "logo.jpg", "100%"),
-    ] {
-        let ok = Command::new("convert")
-            .args([builtin, "-resize", resize])
-            .arg(prefix.join("html/images").join(name))
-            .status()
-            .expect("run convert (ImageMagick; ci/test installs it)")
-            .success();
-        assert!(ok, "convert could not make {name}");
-    }
-    prefix
-}
 
 fn conf_files() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("nginx-conf");
@@ -50,7 +24,7 @@ fn every_example_configuration_loads() {
     let files = conf_files();
     assert!(files.len() >= 2, "examples: {files:?}");
     for conf in files {
-        let prefix = demo_prefix();
+        let prefix = example_prefix();
         let out = Command::new(nginx_binary())
             .arg("-t")
             .arg("-p")
@@ -86,40 +60,8 @@ fn identify(image: &[u8]) -> String {
 #[test]
 fn demo_configuration_serves_thumbnails_and_streams() {
     for name in ["demo.conf", "minimal.conf"] {
-        let prefix = demo_prefix();
-        let port = free_port();
-        let src = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("nginx-conf")
-                .join(name),
-        )
-        .unwrap();
-        assert!(src.contains("listen 127.0.0.1:8080;"));
-        let conf = prefix.join(name);
-        std::fs::write(
-            &conf,
-            src.replace(
-                "listen 127.0.0.1:8080;",
-                &format!("listen 127.0.0.1:{port};"),
-            ),
-        )
-        .unwrap();
-        let mut master = Command::new(nginx_binary())
-            .arg("-p")
-            .arg(&prefix)
-            .arg("-c")
-            .arg(&conf)
-            .args(["-g", "daemon off;"])
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "{name}: nginx did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let base = format!("http://127.0.0.1:{port}");
-
-        let (ok, jpg) = curl(&["-sf", &format!("{base}/thumb/rose.jpg?size=120x80")]);
+        let s = ExampleServer::start(name);
+        let (ok, jpg) = curl(&["-sf", &s.url("/thumb/rose.jpg?size=120x80")]);
         assert!(ok, "{name}: thumbnail request failed");
         let id = identify(&jpg);
         assert!(id.starts_with("JPEG "), "{name}: not a JPEG: {id}");
@@ -133,14 +75,7 @@ fn demo_configuration_serves_thumbnails_and_streams() {
         );
 
         let code = |path: &str| {
-            let (_, out) = curl(&[
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                &format!("{base}{path}"),
-            ]);
+            let (_, out) = curl(&["-s", "-o", "/dev/null", "-w", "%{http_code}", &s.url(path)]);
             String::from_utf8(out).unwrap()
         };
         assert_eq!(
@@ -160,7 +95,7 @@ fn demo_configuration_serves_thumbnails_and_streams() {
         );
 
         if name == "demo.conf" {
-            let (ok, png) = curl(&["-sf", &format!("{base}/png/logo.jpg")]);
+            let (ok, png) = curl(&["-sf", &s.url("/png/logo.jpg")]);
             assert!(ok);
             assert!(identify(&png).starts_with("PNG "), "PNG conversion");
             for path in ["/stream?bytes=50000000", "/stream-buffered?bytes=50000000"] {
@@ -170,12 +105,12 @@ fn demo_configuration_serves_thumbnails_and_streams() {
                     "/dev/null",
                     "-w",
                     "%{size_download}",
-                    &format!("{base}{path}"),
+                    &s.url(path),
                 ]);
                 assert!(ok);
                 assert_eq!(String::from_utf8(out).unwrap(), "50000000", "{path}");
             }
-            let (ok, out) = curl(&["-sf", &format!("{base}/vmstat")]);
+            let (ok, out) = curl(&["-sf", &s.url("/vmstat")]);
             assert!(ok);
             assert_eq!(
                 String::from_utf8(out).unwrap().lines().count(),
@@ -183,14 +118,6 @@ fn demo_configuration_serves_thumbnails_and_streams() {
                 "vmstat: 2 header lines, 5 samples"
             );
         }
-        let log = std::fs::read_to_string(prefix.join("logs/error.log")).unwrap_or_default();
-        // SAFETY: signalling our own nginx master.
-        unsafe { libc::kill(master.id() as i32, libc::SIGQUIT) };
-        master.wait().unwrap();
-        assert!(
-            !log.contains("[alert]") && !log.contains("[emerg]") && !log.contains("[crit]"),
-            "{name}: {log}"
-        );
-        std::fs::remove_dir_all(prefix).ok();
+        s.stop();
     }
 }

@@ -33,8 +33,7 @@ fn baseline(nginx: &Nginx) -> usize {
     c.read_response(false);
     let worker = nginx.worker_pid();
     assert!(wait_until(Duration::from_secs(2), || children_of(worker).is_empty()));
-    std::thread::sleep(Duration::from_millis(100));
-    fd_count(worker)
+    stable_fd_count(worker)
 }
 
 fn has_line(nginx: &Nginx, level: &str, text: &str) -> bool {

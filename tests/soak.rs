@@ -78,8 +78,7 @@ fn soak_mixed_requests_leave_nothing_behind() {
     // Warm up: logs opened, pools and allocator at their working size.
     one_client(nginx.port, 200, &want_ok);
     assert!(wait_until(Duration::from_secs(3), || children_of(worker).is_empty()));
-    std::thread::sleep(Duration::from_millis(200));
-    let fds_before = fd_count(worker);
+    let fds_before = stable_fd_count(worker);
     let rss_before = rss_kib(worker);
     let failures = || {
         nginx

@@ -99,7 +99,9 @@ fn body_limits_and_a_client_that_stops_sending() {
     let _ = c.read_to_end(&mut rest);
     assert!(start.elapsed() < Duration::from_secs(5));
     // (nginx logs no line for a body read timeout; its debug log shows the 408.)
-    assert!(nginx.error_log().contains("http finalize request: 408, \"/cat?\""));
+    assert!(nginx
+        .error_log()
+        .contains("http finalize request: 408, \"/cat?\""));
     assert!(
         !nginx.error_log().contains("transform started"),
         "a program ran"

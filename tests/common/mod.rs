@@ -237,7 +237,9 @@ impl Nginx {
                     break;
                 }
                 if Instant::now() > deadline {
-                    let _ = master.kill();
+                    // Too slow to quit: the fast shutdown takes the workers down too.
+                    // SAFETY: signalling our own child process.
+                    unsafe { libc::kill(master.id() as i32, libc::SIGTERM) };
                     let _ = master.wait();
                     break;
                 }
@@ -301,6 +303,20 @@ pub fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
         .unwrap_or(0)
+}
+
+/// The descriptor count of a process once it stopped changing (same value 100 ms apart).
+pub fn stable_fd_count(pid: u32) -> usize {
+    let mut last = fd_count(pid);
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = fd_count(pid);
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    last
 }
 
 pub fn rss_kib(pid: u32) -> u64 {
@@ -575,4 +591,110 @@ pub fn make_cert(dir: &Path) -> (PathBuf, PathBuf) {
         .success();
     assert!(ok, "openssl could not make a certificate");
     (crt, key)
+}
+
+/// A prefix laid out as ci/demo lays it out: modules/ (the module), logs/, html/images/ with two
+/// pictures made by ImageMagick.
+pub fn example_prefix() -> PathBuf {
+    let prefix = temp_dir("example");
+    std::fs::create_dir_all(prefix.join("modules")).unwrap();
+    std::fs::create_dir_all(prefix.join("html/images")).unwrap();
+    std::os::unix::fs::symlink(
+        module_path(),
+        prefix.join("modules/ngx_http_transform_module.so"),
+    )
+    .unwrap();
+    for (builtin, name, resize) in [
+        ("rose:", "rose.jpg", "1200x"),
+        ("logo:", "logo.jpg", "100%"),
+    ] {
+        let ok = Command::new("convert")
+            .args([builtin, "-resize", resize])
+            .arg(prefix.join("html/images").join(name))
+            .status()
+            .expect("run convert (ImageMagick; ci/test installs it)")
+            .success();
+        assert!(ok, "convert could not make {name}");
+    }
+    prefix
+}
+
+/// nginx serving a file of nginx-conf/ as it is, but on free ports (its 127.0.0.1:8080 and
+/// 127.0.0.1:8081 are replaced).
+pub struct ExampleServer {
+    pub prefix: PathBuf,
+    pub port: u16,
+    master: Child,
+    stopped: bool,
+}
+
+impl Drop for ExampleServer {
+    fn drop(&mut self) {
+        if !self.stopped {
+            // A failed test: do not leave nginx running (SIGTERM takes the workers down too).
+            // SAFETY: signalling our own nginx master.
+            unsafe { libc::kill(self.master.id() as i32, libc::SIGTERM) };
+            let _ = self.master.wait();
+        }
+    }
+}
+
+impl ExampleServer {
+    pub fn start(name: &str) -> ExampleServer {
+        let prefix = example_prefix();
+        let (port, backend) = (free_port(), free_port());
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("nginx-conf")
+            .join(name);
+        let src = std::fs::read_to_string(path).unwrap();
+        assert!(
+            src.contains("listen 127.0.0.1:8080;"),
+            "{name} listens on 127.0.0.1:8080"
+        );
+        let conf = src
+            .replace("127.0.0.1:8080", &format!("127.0.0.1:{port}"))
+            .replace("127.0.0.1:8081", &format!("127.0.0.1:{backend}"));
+        let conf_path = prefix.join(name);
+        std::fs::write(&conf_path, conf).unwrap();
+        let master = Command::new(nginx_binary())
+            .arg("-p")
+            .arg(&prefix)
+            .arg("-c")
+            .arg(&conf_path)
+            .args(["-g", "daemon off;"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "{name}: nginx did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        ExampleServer {
+            prefix,
+            port,
+            master,
+            stopped: false,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    /// Stops nginx and fails on any alert in its log.
+    pub fn stop(mut self) {
+        // SAFETY: signalling our own nginx master.
+        unsafe { libc::kill(self.master.id() as i32, libc::SIGQUIT) };
+        self.master.wait().unwrap();
+        self.stopped = true;
+        let log = std::fs::read_to_string(self.prefix.join("logs/error.log")).unwrap_or_default();
+        assert!(
+            !log.contains("[alert]") && !log.contains("[emerg]") && !log.contains("[crit]"),
+            "{log}"
+        );
+        std::fs::remove_dir_all(&self.prefix).ok();
+    }
 }
