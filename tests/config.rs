@@ -151,6 +151,7 @@ fn limit_directives_misuse() {
         "duplicate variable \"A\"",
     );
     rejects(&s("transform_stderr loud;"), "invalid value \"loud\"");
+    rejects(&s("transform_stdin always;"), "invalid value \"always\"");
     rejects(
         &s("transform_commit_size lots;"),
         "\"transform_commit_size\" directive invalid value",
