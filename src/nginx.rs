@@ -560,47 +560,74 @@ impl Drop for EventFd {
     }
 }
 
-/// What is left to write of the request body: its chain of buffers, in memory or in nginx's
-/// temporary file.
-pub struct BodyCursor(*mut ngx_chain_t);
+/// What is left to write of the request body: a read-only walk over its chain of buffers (in
+/// memory or in nginx's temporary file), which nginx and other modules (mirror, error_page,
+/// `$request_body`, subrequests) keep using as they are.
+pub struct BodyCursor {
+    cl: *mut ngx_chain_t,
+    /// Position in the current buffer: memory address, or file offset for an in-file buffer.
+    pos: *mut u8,
+    file_pos: i64,
+}
 
 impl BodyCursor {
     /// The request body nginx has read (empty if there is none).
     pub fn of(http: Http) -> BodyCursor {
         let rb = http.r().request_body;
         // SAFETY: null, or the request's body, alive with the request.
-        BodyCursor(if rb.is_null() {
+        let cl = if rb.is_null() {
             ptr::null_mut()
         } else {
             unsafe { (*rb).bufs }
-        })
+        };
+        let mut cursor = BodyCursor {
+            cl,
+            pos: ptr::null_mut(),
+            file_pos: 0,
+        };
+        cursor.enter();
+        cursor
+    }
+
+    /// Starts on the current link's buffer.
+    fn enter(&mut self) {
+        if !self.cl.is_null() {
+            // SAFETY: a link of the request body's chain, alive with the request.
+            let b = unsafe { &*(*self.cl).buf };
+            self.pos = b.pos;
+            self.file_pos = b.file_pos;
+        }
     }
 
     /// Writes as much as `pipe` takes, from memory with write(2) and from the temporary file
     /// with splice(2). `Ok(())` when all of it was written; WouldBlock when the pipe is full.
     pub fn write_to(&mut self, pipe: BorrowedFd<'_>) -> io::Result<()> {
-        while !self.0.is_null() {
-            // SAFETY: a link of the request body's chain, alive with the request.
-            let b = unsafe { &mut *(*self.0).buf };
-            if b.in_file() != 0 && b.file_pos < b.file_last {
-                let len = (b.file_last - b.file_pos) as usize;
+        while !self.cl.is_null() {
+            // SAFETY: a link of the request body's chain, alive with the request; only read.
+            let b = unsafe { &*(*self.cl).buf };
+            if b.in_file() != 0 && self.file_pos < b.file_last {
+                let len = (b.file_last - self.file_pos) as usize;
                 // SAFETY: an in-file buffer points at the open temporary file.
                 let fd = unsafe { (*b.file).fd };
-                os::splice_file_to_pipe(fd, &mut b.file_pos, pipe, len)?;
+                if os::splice_file_to_pipe(fd, &mut self.file_pos, pipe, len)? == 0 {
+                    // The temporary file is shorter than nginx wrote: never a clean end.
+                    return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+                }
                 continue;
             }
-            if b.in_file() == 0 && b.pos < b.last {
-                // SAFETY: [pos, last) is the buffer's data.
+            if b.in_file() == 0 && self.pos < b.last {
+                // SAFETY: [pos, last) is the rest of the buffer's data.
                 let data = unsafe {
-                    core::slice::from_raw_parts(b.pos, b.last.offset_from(b.pos) as usize)
+                    core::slice::from_raw_parts(self.pos, b.last.offset_from(self.pos) as usize)
                 };
                 let n = os::write(pipe, data)?;
                 // SAFETY: n <= data.len().
-                b.pos = unsafe { b.pos.add(n) };
+                self.pos = unsafe { self.pos.add(n) };
                 continue;
             }
             // SAFETY: as above.
-            self.0 = unsafe { (*self.0).next };
+            self.cl = unsafe { (*self.cl).next };
+            self.enter();
         }
         Ok(())
     }

@@ -70,6 +70,7 @@ pub fn start(
             stdout: None,
             stderr: None,
             stdin: None,
+            stdin_failed: false,
             body: BodyCursor::of(http),
             stderr_log: StderrLog::new(conf.stderr_level, now_msec()),
             child: None,
@@ -137,6 +138,8 @@ pub struct Transform {
     stdout: Option<EventFd>,
     /// Our end of its stdin, and what is left of the request body to write there.
     stdin: Option<EventFd>,
+    /// Writing the body failed: the program must not take a cut body for a whole one.
+    stdin_failed: bool,
     body: BodyCursor,
     /// Our end of its stderr, and what became of the lines.
     stderr: Option<EventFd>,
@@ -254,6 +257,9 @@ impl Transform {
             })?;
             self.stdin = Some(stdin);
             self.feed_stdin();
+            if self.stdin_failed {
+                return Err(NGX_HTTP_BAD_GATEWAY as ngx_int_t);
+            }
         }
         let watching = child.watch();
         self.child = Some(child);
@@ -357,6 +363,10 @@ impl Transform {
         if self.program_timer {
             self.program_timer = false;
             return self.program_timed_out();
+        }
+        if self.stdin_failed {
+            // Logged where it failed; the program is stopped with the request.
+            return self.fail(NGX_HTTP_BAD_GATEWAY);
         }
         if self.exited {
             self.collect_status();
@@ -486,7 +496,7 @@ impl Transform {
             "transform program \"{}\" timed out ({limit} {ms}ms)",
             self.program
         );
-        self.fail()
+        self.fail(NGX_HTTP_GATEWAY_TIME_OUT)
     }
 
     /// Writes the request body to the program's stdin as far as the pipe takes it; closes stdin
@@ -501,6 +511,7 @@ impl Transform {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 if !fd.arm_write() {
                     self.stdin = None;
+                    self.stdin_failed = true;
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
@@ -509,12 +520,14 @@ impl Transform {
             }
             Err(e) => {
                 log_error!(
-                    NGX_LOG_INFO,
+                    NGX_LOG_ERR,
                     self.http.log(),
                     os::errno(&e),
-                    "transform: writing the request body to the program failed"
+                    "transform: writing the request body to \"{}\" failed",
+                    self.program
                 );
                 self.stdin = None;
+                self.stdin_failed = true;
             }
         }
     }
@@ -556,7 +569,7 @@ impl Transform {
 
     /// Ends a response whose program failed: 502/504 before the commit, broken after it. The
     /// last stderr lines go to the log at error level.
-    fn fail(&mut self) -> Next {
+    fn fail(&mut self, status: u32) -> Next {
         self.drain_stderr();
         self.stderr_log.log_tail(self.http.log(), &self.program);
         if self.transport.is_some() {
@@ -564,11 +577,7 @@ impl Transform {
             self.http.reset_on_close();
             return Next::Finish(NGX_ERROR as ngx_int_t);
         }
-        // A program that exited failed (502); one still running timed out (504).
-        Next::Finish(match self.exit {
-            Some(_) => NGX_HTTP_BAD_GATEWAY as ngx_int_t,
-            None => NGX_HTTP_GATEWAY_TIME_OUT as ngx_int_t,
-        })
+        Next::Finish(status as ngx_int_t)
     }
 
     fn finish(&mut self, status: os::ExitStatus) -> Next {
@@ -615,7 +624,7 @@ impl Transform {
                     self.program
                 );
             }
-            return self.fail();
+            return self.fail(NGX_HTTP_BAD_GATEWAY);
         }
         Next::Finish(self.http.send_last())
     }
@@ -862,7 +871,12 @@ unsafe extern "C" fn stdin_event(ev: *mut ngx_event_t) {
         return;
     }
     // SAFETY: as above.
-    unsafe { (*ctx).feed_stdin() };
+    unsafe {
+        (*ctx).feed_stdin();
+        if (*ctx).stdin_failed {
+            stdout_event(ev);
+        }
+    }
 }
 
 /// The program wrote to stderr.

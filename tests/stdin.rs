@@ -109,3 +109,22 @@ fn body_limits_and_a_client_that_stops_sending() {
     assert!(children_of(worker).is_empty());
     nginx.stop();
 }
+
+#[test]
+fn the_body_stays_intact_for_nginx_and_other_modules() {
+    let nginx = Nginx::start(
+        "log_format body \"$request_body\";
+         server { listen 127.0.0.1:{PORT}; access_log {PREFIX}/logs/body.log body;
+           transform_stdin body; location /cat { transform_exec /bin/cat; } }",
+    );
+    let r = post(nginx.port, "/cat", b"hello, body");
+    assert_eq!(r.body, b"hello, body");
+    let read = || std::fs::read_to_string(nginx.prefix.join("logs/body.log")).unwrap_or_default();
+    assert!(wait_until(Duration::from_secs(2), || !read().is_empty()));
+    assert_eq!(
+        read().trim_end(),
+        "hello, body",
+        "$request_body after the program read it"
+    );
+    nginx.stop();
+}
