@@ -246,15 +246,11 @@ impl Transform {
         drop(err_pipe.write);
         if let Some(p) = in_pipe {
             drop(p.read);
-            let stdin = EventFd::new_writer(p.write, log, stdin_event, data).map_err(|e| {
-                log_error!(
-                    NGX_LOG_ERR,
-                    log,
-                    os::errno(&e),
-                    "no connection for the program's stdin"
-                );
-                NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t
-            })?;
+            let stdin = joined(
+                EventFd::new_writer(p.write, log, stdin_event, data),
+                log,
+                "stdin",
+            )?;
             self.stdin = Some(stdin);
             self.feed_stdin();
             if self.stdin_failed {
@@ -265,24 +261,16 @@ impl Transform {
         self.child = Some(child);
         self.arm_program_timer(true);
 
-        let stdout = EventFd::new(pipe.read, log, stdout_event, data).map_err(|e| {
-            log_error!(
-                NGX_LOG_ERR,
-                log,
-                os::errno(&e),
-                "no connection for the program's stdout"
-            );
-            NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t
-        })?;
-        let stderr = EventFd::new(err_pipe.read, log, stderr_event, data).map_err(|e| {
-            log_error!(
-                NGX_LOG_ERR,
-                log,
-                os::errno(&e),
-                "no connection for the program's stderr"
-            );
-            NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t
-        })?;
+        let stdout = joined(
+            EventFd::new(pipe.read, log, stdout_event, data),
+            log,
+            "stdout",
+        )?;
+        let stderr = joined(
+            EventFd::new(err_pipe.read, log, stderr_event, data),
+            log,
+            "stderr",
+        )?;
         if !watching || !stdout.arm_read() || !stderr.arm_read() {
             return Err(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
         }
@@ -819,6 +807,23 @@ fn client_would_block(http: Http, e: io::Error) -> io::Result<bool> {
         io::ErrorKind::Interrupted => Ok(false),
         _ => Err(e),
     }
+}
+
+/// A pipe joined to the event loop, or the 503 of a worker out of connections.
+fn joined(
+    fd: io::Result<EventFd>,
+    log: *mut nginx_sys::ngx_log_t,
+    what: &str,
+) -> Result<EventFd, ngx_int_t> {
+    fd.map_err(|e| {
+        log_error!(
+            NGX_LOG_ERR,
+            log,
+            os::errno(&e),
+            "no connection for the program's {what}"
+        );
+        NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t
+    })
 }
 
 fn status_for_resource_error(e: &io::Error) -> ngx_int_t {
