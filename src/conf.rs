@@ -50,6 +50,25 @@ static mut STDIN_MODES: [ngx_conf_enum_t; 3] = [
     },
 ];
 
+/// Values of `transform_output`.
+static mut OUTPUT_MODES: [ngx_conf_enum_t; 3] = [
+    ngx_conf_enum_t {
+        name: ngx_string!("raw"),
+        value: 0,
+    },
+    ngx_conf_enum_t {
+        name: ngx_string!("cgi"),
+        value: 1,
+    },
+    ngx_conf_enum_t {
+        name: ngx_str_t {
+            len: 0,
+            data: ptr::null_mut(),
+        },
+        value: 0,
+    },
+];
+
 /// Values of `transform_stderr`: off, or the level of each line.
 static mut STDERR_LEVELS: [ngx_conf_enum_t; 7] = [
     ngx_conf_enum_t {
@@ -124,6 +143,10 @@ pub struct TransformConf {
     pub stderr_level: ngx_uint_t,
     /// `transform_stdin`: 1 to give the program the request body.
     pub stdin_body: ngx_uint_t,
+    /// `transform_output`: 1 when the program prints a CGI header block first.
+    pub cgi_output: ngx_uint_t,
+    /// `transform_header_buffer_size`: the largest header block.
+    pub header_buffer_size: usize,
     /// `transform_max_programs` (http level): programs a worker runs at once; 0 for no limit.
     pub max_programs: ngx_int_t,
     /// `transform_rlimit`: limits set in the program before exec.
@@ -156,6 +179,8 @@ impl Default for TransformConf {
             kill_timeout: NGX_CONF_UNSET_MSEC,
             stderr_level: NGX_CONF_UNSET_UINT,
             stdin_body: NGX_CONF_UNSET_UINT,
+            cgi_output: NGX_CONF_UNSET_UINT,
+            header_buffer_size: NGX_CONF_UNSET_SIZE,
             max_programs: NGX_CONF_UNSET as ngx_int_t,
             rlimits: None,
             env: None,
@@ -220,6 +245,19 @@ impl Merge for TransformConf {
             0,
         );
         let warn = NGX_LOG_WARN as ngx_uint_t;
+        merge(
+            &mut self.cgi_output,
+            prev.cgi_output,
+            NGX_CONF_UNSET_UINT,
+            0,
+        );
+        let size = NGX_CONF_UNSET_SIZE;
+        merge(
+            &mut self.header_buffer_size,
+            prev.header_buffer_size,
+            size,
+            4096,
+        );
         merge(
             &mut self.stderr_level,
             prev.stderr_level,
@@ -289,7 +327,7 @@ const fn command(
 }
 
 /// The directive table.
-pub static mut COMMANDS: [ngx_command_t; 16] = [
+pub static mut COMMANDS: [ngx_command_t; 18] = [
     command(
         ngx_string!("transform_exec"),
         NGX_HTTP_LOC_CONF | NGX_HTTP_LIF_CONF | NGX_CONF_1MORE,
@@ -338,6 +376,20 @@ pub static mut COMMANDS: [ngx_command_t; 16] = [
         ngx_conf_set_enum_slot,
         offset_of!(TransformConf, stdin_body),
         ptr::addr_of_mut!(STDIN_MODES).cast(),
+    ),
+    command(
+        ngx_string!("transform_output"),
+        ANY | NGX_CONF_TAKE1,
+        ngx_conf_set_enum_slot,
+        offset_of!(TransformConf, cgi_output),
+        ptr::addr_of_mut!(OUTPUT_MODES).cast(),
+    ),
+    command(
+        ngx_string!("transform_header_buffer_size"),
+        ANY | NGX_CONF_TAKE1,
+        ngx_conf_set_size_slot,
+        offset_of!(TransformConf, header_buffer_size),
+        ptr::null_mut(),
     ),
     command(
         ngx_string!("transform_max_programs"),

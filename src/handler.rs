@@ -59,7 +59,7 @@ fn run(http: Http, conf: &'static TransformConf) -> ngx_int_t {
         },
     };
 
-    if http.is_head() {
+    if http.is_head() && conf.cgi_output == 0 {
         // HEAD: the headers of a raw-output response do not depend on the program, so it is not run.
         return http.send_header(content_type, None);
     }

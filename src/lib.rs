@@ -17,6 +17,7 @@ use ngx::http::HttpModule;
 #[macro_use]
 mod log;
 
+mod cgi;
 mod child;
 mod conf;
 mod handler;

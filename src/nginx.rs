@@ -72,6 +72,63 @@ impl Http {
         self.r().method == nginx_sys::NGX_HTTP_HEAD as ngx_uint_t
     }
 
+    /// A copy of `bytes` in the request pool (None if out of memory).
+    pub fn pool_copy(self, bytes: &[u8]) -> Option<&'static [u8]> {
+        // SAFETY: the request pool is live; the copy lives as long as the request.
+        unsafe {
+            let p = nginx_sys::ngx_pnalloc(self.pool(), bytes.len().max(1)).cast::<u8>();
+            if p.is_null() {
+                return None;
+            }
+            ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len());
+            Some(core::slice::from_raw_parts(p, bytes.len()))
+        }
+    }
+
+    /// Sends `bytes` (copied to the request pool) through the output chain, flushed.
+    pub fn output_bytes(self, bytes: &[u8]) -> ngx_int_t {
+        // SAFETY: the request pool is live; the buffer and link are fresh.
+        unsafe {
+            let b = ngx_create_temp_buf(self.pool(), bytes.len());
+            let cl = ngx_alloc_chain_link(self.pool());
+            if b.is_null() || cl.is_null() {
+                return NGX_ERROR as ngx_int_t;
+            }
+            ptr::copy_nonoverlapping(bytes.as_ptr(), (*b).last, bytes.len());
+            (*b).last = (*b).last.add(bytes.len());
+            (*b).set_flush(1);
+            (*cl).buf = b;
+            (*cl).next = ptr::null_mut();
+            self.output_filter(cl)
+        }
+    }
+
+    /// Whether nginx sends only the header (HEAD), known once the header went out.
+    pub fn header_only(self) -> bool {
+        self.r().header_only() != 0
+    }
+
+    /// Restarts the request at `uri` (with `?args`), as fastcgi does for a local Location.
+    pub fn internal_redirect(self, location: &[u8]) -> ngx_int_t {
+        let (uri, args) = match location.iter().position(|&b| b == b'?') {
+            Some(q) => (&location[..q], &location[q + 1..]),
+            None => (location, &location[location.len()..]),
+        };
+        let (Some(uri), Some(args)) = (self.pool_copy(uri), self.pool_copy(args)) else {
+            return NGX_ERROR as ngx_int_t;
+        };
+        let mut uri = ngx_str_t {
+            len: uri.len(),
+            data: uri.as_ptr().cast_mut(),
+        };
+        let mut args = ngx_str_t {
+            len: args.len(),
+            data: args.as_ptr().cast_mut(),
+        };
+        // SAFETY: live request; uri and args live in its pool.
+        unsafe { nginx_sys::ngx_http_internal_redirect(self.as_ptr(), &mut uri, &mut args) }
+    }
+
     /// Adds a response header (for responses nginx makes itself, such as 503).
     pub fn add_header(self, key: &str, value: &str) {
         // SAFETY: the ngx wrapper type is a transparent view of this live request.
@@ -119,8 +176,18 @@ impl Http {
         content_type: Option<&'static [u8]>,
         length: Option<u64>,
     ) -> ngx_int_t {
+        self.send_status_header(NGX_HTTP_OK as u16, content_type, length)
+    }
+
+    /// As [`Http::send_header`], with the given status.
+    pub fn send_status_header(
+        self,
+        status: u16,
+        content_type: Option<&'static [u8]>,
+        length: Option<u64>,
+    ) -> ngx_int_t {
         let r = self.r();
-        r.headers_out.status = NGX_HTTP_OK as _;
+        r.headers_out.status = status as _;
         r.headers_out.content_length_n = length.map_or(-1, |n| n as i64);
         let ct = match content_type {
             Some(t) => ngx_str_t {

@@ -27,6 +27,7 @@ use nginx_sys::{
 };
 use ngx::http::HttpModule;
 
+use crate::cgi;
 use crate::child::Child;
 use crate::conf::TransformConf;
 use crate::nginx::{
@@ -71,6 +72,7 @@ pub fn start(
             stderr: None,
             stdin: None,
             stdin_failed: false,
+            head: Vec::new(),
             body: BodyCursor::of(http),
             stderr_log: StderrLog::new(conf.stderr_level, now_msec()),
             child: None,
@@ -140,6 +142,8 @@ pub struct Transform {
     stdin: Option<EventFd>,
     /// Writing the body failed: the program must not take a cut body for a whole one.
     stdin_failed: bool,
+    /// `transform_output cgi`: the header block read so far.
+    head: Vec<u8>,
     body: BodyCursor,
     /// Our end of its stderr, and what became of the lines.
     stderr: Option<EventFd>,
@@ -390,6 +394,11 @@ impl Transform {
 
     /// Moves output; `None` once the output is complete.
     fn relay(&mut self, pipe: BorrowedFd<'_>) -> Option<Next> {
+        if self.transport.is_none() && self.conf.cgi_output != 0 {
+            if let Err(next) = self.read_cgi_head(pipe) {
+                return Some(next);
+            }
+        }
         if self.transport.is_none() {
             let (held, hung_up) = match os::pipe_state(pipe) {
                 Ok(state) => state,
@@ -431,6 +440,20 @@ impl Transform {
             }
             Ok(Pumped::ProgramIdle) => Some(Next::Program),
             Ok(Pumped::ClientBusy) => Some(Next::Client),
+            Ok(Pumped::Eof)
+                if self.moved.limit != u64::MAX && self.moved.bytes < self.moved.limit =>
+            {
+                log_error!(
+                    NGX_LOG_ERR,
+                    self.http.log(),
+                    0,
+                    "transform program \"{}\" ended its output after {} of its Content-Length {}",
+                    self.program,
+                    self.moved.bytes,
+                    self.moved.limit
+                );
+                Some(self.fail(NGX_HTTP_BAD_GATEWAY))
+            }
             Ok(Pumped::Eof) => {
                 self.output_done = true;
                 None
@@ -442,12 +465,31 @@ impl Transform {
     /// Sends the response header and picks the transport: when the held output reaches
     /// `transform_commit_size` (length unknown), or when the output is complete (`length`).
     fn commit(&mut self, length: Option<u64>) -> Result<(), ngx_int_t> {
-        let rc = self.http.send_header(self.content_type, length);
-        if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t {
+        self.commit_response(200, self.content_type, length, &[])
+    }
+
+    /// Sends the header (`status`, Content-Type, Content-Length) and `prefix`, the start of the
+    /// body already read, then picks the transport for the rest.
+    fn commit_response(
+        &mut self,
+        status: u16,
+        content_type: Option<&'static [u8]>,
+        length: Option<u64>,
+        prefix: &[u8],
+    ) -> Result<(), ngx_int_t> {
+        let rc = self.http.send_status_header(status, content_type, length);
+        if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || self.http.header_only() {
             return Err(rc);
         }
         if let Some(n) = length {
             self.moved.limit = n;
+        }
+        let prefix = &prefix[..prefix.len().min(self.moved.room() as usize)];
+        if !prefix.is_empty() {
+            if self.http.output_bytes(prefix) == NGX_ERROR as ngx_int_t {
+                return Err(NGX_ERROR as ngx_int_t);
+            }
+            self.moved.bytes += prefix.len() as u64;
         }
         // Push the header through the filters now: they make their decisions on the way (gzip,
         // the addition filter's subrequests), and the splice transport must not overtake it.
@@ -468,6 +510,92 @@ impl Transform {
         };
         self.transport = Some(transport);
         Ok(())
+    }
+
+    /// `transform_output cgi`: reads the header block (into memory, at most
+    /// `transform_header_buffer_size`), then commits the response it describes. `Err` says what to
+    /// wait for or how the request ends; `Ok` once committed (the body follows as usual).
+    fn read_cgi_head(&mut self, pipe: BorrowedFd<'_>) -> Result<(), Next> {
+        let max = self.conf.header_buffer_size;
+        let log = self.http.log();
+        loop {
+            match cgi::parse(&self.head) {
+                cgi::Parsed::Done(head, used) => return self.commit_cgi(head, used),
+                cgi::Parsed::Invalid(why) => {
+                    log_error!(
+                        NGX_LOG_ERR,
+                        log,
+                        0,
+                        "transform program \"{}\" sent an invalid header block: {why}",
+                        self.program
+                    );
+                    return Err(self.fail(NGX_HTTP_BAD_GATEWAY));
+                }
+                cgi::Parsed::Incomplete if self.head.len() >= max => {
+                    log_error!(
+                        NGX_LOG_ERR,
+                        log,
+                        0,
+                        "transform program \"{}\" sent a header block larger than \
+                         transform_header_buffer_size {max}",
+                        self.program
+                    );
+                    return Err(self.fail(NGX_HTTP_BAD_GATEWAY));
+                }
+                cgi::Parsed::Incomplete => {}
+            }
+            let start = self.head.len();
+            self.head.resize(max, 0);
+            let read = os::read(pipe, &mut self.head[start..]);
+            self.head.truncate(start + *read.as_ref().unwrap_or(&0));
+            match read {
+                Ok(0) => {
+                    log_error!(
+                        NGX_LOG_ERR,
+                        log,
+                        0,
+                        "transform program \"{}\" ended its output before the end of its \
+                         header block",
+                        self.program
+                    );
+                    return Err(self.fail(NGX_HTTP_BAD_GATEWAY));
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(Next::Program),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.io_failed("read() from the program's stdout", e)),
+            }
+        }
+    }
+
+    /// Applies a CGI header block: an internal redirect for a local Location without Status (as
+    /// fastcgi does), otherwise the status and headers it names, then the commit.
+    fn commit_cgi(&mut self, head: cgi::Head, used: usize) -> Result<(), Next> {
+        if let (Some(location), None) = (&head.location, head.status) {
+            if location.starts_with(b"/") {
+                let location = location.clone();
+                debug!(self.http.log(), "transform internal redirect");
+                self.release();
+                return Err(Next::Finish(self.http.internal_redirect(&location)));
+            }
+        }
+        let status = head
+            .status
+            .unwrap_or(if head.location.is_some() { 302 } else { 200 });
+        for (name, value) in &head.headers {
+            self.http.add_header(name, value);
+        }
+        if let Some(location) = &head.location {
+            self.http
+                .add_header("Location", &String::from_utf8_lossy(location));
+        }
+        let content_type = match &head.content_type {
+            Some(t) => self.http.pool_copy(t),
+            None => self.content_type,
+        };
+        let prefix = self.head[used..].to_vec();
+        self.commit_response(status, content_type, head.content_length, &prefix)
+            .map_err(Next::Finish)
     }
 
     fn program_timed_out(&mut self) -> Next {

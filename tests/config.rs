@@ -152,6 +152,11 @@ fn limit_directives_misuse() {
     );
     rejects(&s("transform_stderr loud;"), "invalid value \"loud\"");
     rejects(&s("transform_stdin always;"), "invalid value \"always\"");
+    rejects(&s("transform_output json;"), "invalid value \"json\"");
+    rejects(
+        &s("transform_header_buffer_size big;"),
+        "\"transform_header_buffer_size\" directive invalid value",
+    );
     rejects(
         &s("transform_commit_size lots;"),
         "\"transform_commit_size\" directive invalid value",

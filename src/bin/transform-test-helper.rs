@@ -10,6 +10,8 @@
 //! - `stderr LINES LINE_BYTES STDOUT_BYTES CODE`: writes LINES lines of LINE_BYTES to stderr, then
 //!   STDOUT_BYTES of the stream to stdout, then exits with CODE.
 //! - `spin`: burns CPU until stopped.
+//! - `cgi BYTES`: prints a CGI header block (Status 203, a Content-Type, X-Helper), then BYTES of
+//!   the stream.
 //! - `write-then-read BYTES`: writes BYTES of the stream, then reads all of stdin, then prints
 //!   `read N` with the count.
 //! - `stubborn-grandchild`: starts a child that ignores SIGTERM and sleeps for an hour, prints
@@ -128,6 +130,13 @@ fn main() {
             let mut input = Vec::new();
             io::Read::read_to_end(&mut io::stdin().lock(), &mut input).ok();
             writeln!(out, "read {}", input.len()).ok();
+            0
+        }
+        Some("cgi") => {
+            out.write_all(b"Status: 203 Non-Authoritative\r\nContent-Type: application/x-cgi\r\n")
+                .ok();
+            out.write_all(b"X-Helper: yes\r\n\r\n").ok();
+            gen(&mut out, num(1), 64 * 1024).ok();
             0
         }
         Some("spin") => {
