@@ -31,77 +31,46 @@ const NGX_CONF_UNSET_SIZE: usize = usize::MAX;
 const NGX_CONF_UNSET_MSEC: ngx_msec_t = ngx_msec_t::MAX;
 const NGX_CONF_UNSET_UINT: ngx_uint_t = ngx_uint_t::MAX;
 
+/// One value of an enum directive (nginx's ngx_conf_enum_t).
+const fn choice(name: ngx_str_t, value: u32) -> ngx_conf_enum_t {
+    ngx_conf_enum_t {
+        name,
+        value: value as ngx_uint_t,
+    }
+}
+
+/// The end of an enum table.
+const END: ngx_conf_enum_t = ngx_conf_enum_t {
+    name: ngx_str_t {
+        len: 0,
+        data: ptr::null_mut(),
+    },
+    value: 0,
+};
+
 /// Values of `transform_stdin`.
 static mut STDIN_MODES: [ngx_conf_enum_t; 3] = [
-    ngx_conf_enum_t {
-        name: ngx_string!("off"),
-        value: 0,
-    },
-    ngx_conf_enum_t {
-        name: ngx_string!("body"),
-        value: 1,
-    },
-    ngx_conf_enum_t {
-        name: ngx_str_t {
-            len: 0,
-            data: ptr::null_mut(),
-        },
-        value: 0,
-    },
+    choice(ngx_string!("off"), 0),
+    choice(ngx_string!("body"), 1),
+    END,
 ];
 
 /// Values of `transform_output`.
 static mut OUTPUT_MODES: [ngx_conf_enum_t; 3] = [
-    ngx_conf_enum_t {
-        name: ngx_string!("raw"),
-        value: 0,
-    },
-    ngx_conf_enum_t {
-        name: ngx_string!("cgi"),
-        value: 1,
-    },
-    ngx_conf_enum_t {
-        name: ngx_str_t {
-            len: 0,
-            data: ptr::null_mut(),
-        },
-        value: 0,
-    },
+    choice(ngx_string!("raw"), 0),
+    choice(ngx_string!("cgi"), 1),
+    END,
 ];
 
 /// Values of `transform_stderr`: off, or the level of each line.
 static mut STDERR_LEVELS: [ngx_conf_enum_t; 7] = [
-    ngx_conf_enum_t {
-        name: ngx_string!("off"),
-        value: 0,
-    },
-    ngx_conf_enum_t {
-        name: ngx_string!("error"),
-        value: NGX_LOG_ERR as ngx_uint_t,
-    },
-    ngx_conf_enum_t {
-        name: ngx_string!("warn"),
-        value: NGX_LOG_WARN as ngx_uint_t,
-    },
-    ngx_conf_enum_t {
-        name: ngx_string!("notice"),
-        value: NGX_LOG_NOTICE as ngx_uint_t,
-    },
-    ngx_conf_enum_t {
-        name: ngx_string!("info"),
-        value: NGX_LOG_INFO as ngx_uint_t,
-    },
-    ngx_conf_enum_t {
-        name: ngx_string!("debug"),
-        value: NGX_LOG_DEBUG as ngx_uint_t,
-    },
-    ngx_conf_enum_t {
-        name: ngx_str_t {
-            len: 0,
-            data: ptr::null_mut(),
-        },
-        value: 0,
-    },
+    choice(ngx_string!("off"), 0),
+    choice(ngx_string!("error"), NGX_LOG_ERR),
+    choice(ngx_string!("warn"), NGX_LOG_WARN),
+    choice(ngx_string!("notice"), NGX_LOG_NOTICE),
+    choice(ngx_string!("info"), NGX_LOG_INFO),
+    choice(ngx_string!("debug"), NGX_LOG_DEBUG),
+    END,
 ];
 
 /// Default `transform_commit_size`: small results (thumbnails, documents) are held whole, so a

@@ -36,6 +36,18 @@ fn baseline(nginx: &Nginx) -> usize {
     stable_fd_count(worker)
 }
 
+/// Once the held programs are gone, a new request succeeds and nothing is left behind.
+fn recovers(nginx: &Nginx, fds: usize) {
+    let worker = nginx.worker_pid();
+    assert!(wait_until(Duration::from_secs(3), || children_of(worker).is_empty()));
+    assert_eq!(
+        Client::connect(nginx.port).get("/quick").status,
+        200,
+        "recovered"
+    );
+    settled(nginx, fds);
+}
+
 fn has_line(nginx: &Nginx, level: &str, text: &str) -> bool {
     nginx.log_lines(level).iter().any(|l| l.contains(text))
 }
@@ -230,14 +242,7 @@ fn fork_failing_under_rlimit_nproc_is_503_and_recovers() {
         "failed (11: Resource temporarily unavailable)"
     ));
     drop(held);
-    let worker = nginx.worker_pid();
-    assert!(wait_until(Duration::from_secs(3), || children_of(worker).is_empty()));
-    assert_eq!(
-        Client::connect(nginx.port).get("/quick").status,
-        200,
-        "recovered"
-    );
-    settled(&nginx, fds);
+    recovers(&nginx, fds);
     nginx.stop();
 }
 
@@ -277,14 +282,7 @@ fn running_out_of_descriptors_is_503_and_recovers() {
         nginx.log_lines("error")
     );
     drop(held);
-    let worker = nginx.worker_pid();
-    assert!(wait_until(Duration::from_secs(3), || children_of(worker).is_empty()));
-    assert_eq!(
-        Client::connect(nginx.port).get("/quick").status,
-        200,
-        "recovered"
-    );
-    settled(&nginx, fds);
+    recovers(&nginx, fds);
     nginx.stop();
 }
 
