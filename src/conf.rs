@@ -1,6 +1,5 @@
-//! Location configuration and directives: `transform_exec`, `transform_type`, `transform_splice`,
-//! `transform_pipe_size` and the timeouts (`transform_timeout`, `transform_read_timeout`,
-//! `transform_send_timeout`, `transform_kill_timeout`).
+//! Location configuration and every `transform_*` directive (the README documents each one):
+//! the command table, the merge of inherited values, and the parsers nginx has no slot for.
 
 use core::ffi::{c_char, c_int, c_void, CStr};
 use core::mem::offset_of;
@@ -112,6 +111,8 @@ pub struct TransformConf {
     pub stderr_level: ngx_uint_t,
     /// `transform_stdin`: 1 to give the program the request body.
     pub stdin_body: ngx_uint_t,
+    /// `transform_request_buffering`: read the whole body before the program starts.
+    pub request_buffering: ngx_flag_t,
     /// `transform_output`: 1 when the program prints a CGI header block first.
     pub cgi_output: ngx_uint_t,
     /// `transform_header_buffer_size`: the largest header block.
@@ -148,6 +149,7 @@ impl Default for TransformConf {
             kill_timeout: NGX_CONF_UNSET_MSEC,
             stderr_level: NGX_CONF_UNSET_UINT,
             stdin_body: NGX_CONF_UNSET_UINT,
+            request_buffering: NGX_CONF_UNSET,
             cgi_output: NGX_CONF_UNSET_UINT,
             header_buffer_size: NGX_CONF_UNSET_SIZE,
             max_programs: NGX_CONF_UNSET as ngx_int_t,
@@ -195,6 +197,12 @@ impl Merge for TransformConf {
         );
         merge(&mut self.dir, prev.dir, ptr::null_mut(), ptr::null_mut());
         merge(&mut self.splice, prev.splice, NGX_CONF_UNSET, 1);
+        merge(
+            &mut self.request_buffering,
+            prev.request_buffering,
+            NGX_CONF_UNSET,
+            0,
+        );
         merge(
             &mut self.pipe_size,
             prev.pipe_size,
@@ -296,7 +304,7 @@ const fn command(
 }
 
 /// The directive table.
-pub static mut COMMANDS: [ngx_command_t; 18] = [
+pub static mut COMMANDS: [ngx_command_t; 19] = [
     command(
         ngx_string!("transform_exec"),
         NGX_HTTP_LOC_CONF | NGX_HTTP_LIF_CONF | NGX_CONF_1MORE,
@@ -345,6 +353,13 @@ pub static mut COMMANDS: [ngx_command_t; 18] = [
         ngx_conf_set_enum_slot,
         offset_of!(TransformConf, stdin_body),
         ptr::addr_of_mut!(STDIN_MODES).cast(),
+    ),
+    command(
+        ngx_string!("transform_request_buffering"),
+        ANY | NGX_CONF_FLAG,
+        ngx_conf_set_flag_slot,
+        offset_of!(TransformConf, request_buffering),
+        ptr::null_mut(),
     ),
     command(
         ngx_string!("transform_output"),

@@ -26,7 +26,12 @@ pub unsafe extern "C" fn transform_handler(r: *mut ngx_http_request_t) -> ngx_in
 fn handle(http: Http) -> ngx_int_t {
     let conf: &'static TransformConf = http.loc_conf::<crate::Module>();
     if conf.stdin_body != 0 && !http.is_head() {
-        // The program starts once nginx has the body (memory or temporary file).
+        // The program starts with the first part of the body, which then streams to its stdin
+        // as it arrives; with transform_request_buffering on, once nginx has all of it (in
+        // memory or in a temporary file).
+        if conf.request_buffering == 0 {
+            http.stream_body();
+        }
         let rc = nginx::read_body(http, body_ready);
         if rc >= NGX_HTTP_SPECIAL_RESPONSE as ngx_int_t {
             return rc;
@@ -40,8 +45,8 @@ fn handle(http: Http) -> ngx_int_t {
     run(http, conf)
 }
 
-/// The request body has been read: start the program, then drop the reference that reading the
-/// body took (the relay holds its own).
+/// The request body has been read, or has started to arrive: start the program, then drop the
+/// reference that reading the body took (the relay holds its own).
 unsafe extern "C" fn body_ready(r: *mut ngx_http_request_t) {
     // SAFETY: nginx calls the body handler with a live request.
     let http = unsafe { Http::from_ptr(r) };

@@ -272,13 +272,74 @@ impl Http {
         unsafe { (*self.r().main).set_count((*self.r().main).count() + 1) };
     }
 
-    /// Routes the client's write events to `write`, and watches the client for a close.
-    pub fn set_event_handlers(self, write: ngx_http_event_handler_pt) {
+    /// Routes the client's write events to `write`, and its read events to `body` while a
+    /// streamed request body is still arriving; otherwise watches the client for a close.
+    pub fn set_event_handlers(
+        self,
+        write: ngx_http_event_handler_pt,
+        body: ngx_http_event_handler_pt,
+    ) {
         let r = self.r();
         r.write_event_handler = write;
         if ptr::eq(r.main, r) {
-            r.read_event_handler = Some(ngx_http_test_reading);
+            r.read_event_handler = if self.reading_body() {
+                body
+            } else {
+                Some(ngx_http_test_reading)
+            };
         }
+    }
+
+    /// Stops taking the request body (it is complete, or nobody reads it any more): the
+    /// client_body_timeout goes and the client is only watched for a close. What is left of an
+    /// unread body is dropped when the request ends (nginx closes with a lingering close).
+    pub fn stop_reading_body(self) {
+        let r = self.r();
+        if !ptr::eq(r.main, r) {
+            return;
+        }
+        r.read_event_handler = Some(ngx_http_test_reading);
+        let rev = self.c().read;
+        // SAFETY: a live connection has a live read event.
+        unsafe {
+            if (*rev).timer_set() != 0 {
+                nginx_sys::ngx_del_timer(rev);
+            }
+        }
+    }
+
+    /// Asks nginx to hand over the request body as it arrives rather than whole (as
+    /// `proxy_request_buffering off` does). nginx still reads it whole where it must: for
+    /// subrequests, and when all of it came with the header.
+    pub fn stream_body(self) {
+        let r = self.r();
+        if ptr::eq(r.main, r) {
+            r.set_request_body_no_buffering(1);
+        }
+    }
+
+    /// Whether the client is still sending a streamed request body.
+    pub fn reading_body(self) -> bool {
+        self.r().reading_body() != 0
+    }
+
+    /// Reads what the client sent of a streamed body into nginx's buffers: NGX_OK at its end,
+    /// NGX_AGAIN while more is to come (or nginx's buffers are still taken), else an HTTP error
+    /// status (408 on client_body_timeout, 400 when the client closed, 413 past
+    /// client_max_body_size).
+    pub fn read_unbuffered_body(self) -> ngx_int_t {
+        // SAFETY: live request whose body is being streamed.
+        unsafe { nginx_sys::ngx_http_read_unbuffered_request_body(self.as_ptr()) }
+    }
+
+    /// Takes the buffers of request body that nginx read since the last call.
+    fn take_body_bufs(self) -> *mut ngx_chain_t {
+        let rb = self.r().request_body;
+        if rb.is_null() {
+            return ptr::null_mut();
+        }
+        // SAFETY: the request's body, alive with the request.
+        unsafe { core::mem::replace(&mut (*rb).bufs, ptr::null_mut()) }
     }
 
     /// Registers `handler(data)` to run when the request ends, however it ends.
@@ -627,33 +688,78 @@ impl Drop for EventFd {
     }
 }
 
-/// What is left to write of the request body: a read-only walk over its chain of buffers (in
-/// memory or in nginx's temporary file), which nginx and other modules (mirror, error_page,
-/// `$request_body`, subrequests) keep using as they are.
+/// What is left to write of the request body. Two kinds:
+///
+/// - a body nginx read whole: a read-only walk over its chain of buffers (in memory or in
+///   nginx's temporary file), which nginx and other modules (mirror, error_page,
+///   `$request_body`, subrequests) keep using as they are;
+/// - a streamed body: the buffers nginx read so far are taken from it, and each one is handed
+///   back (its `pos` advances) as it is written, which lets nginx reuse its buffer and read on,
+///   as nginx's upstream module does with `proxy_request_buffering off`.
 pub struct BodyCursor {
     cl: *mut ngx_chain_t,
     /// Position in the current buffer: memory address, or file offset for an in-file buffer.
     pos: *mut u8,
     file_pos: i64,
+    streaming: bool,
+    pool: *mut nginx_sys::ngx_pool_t,
 }
 
 impl BodyCursor {
-    /// The request body nginx has read (empty if there is none).
+    /// The request body as nginx has it when the program starts (empty if there is none).
     pub fn of(http: Http) -> BodyCursor {
+        let streaming = http.reading_body();
         let rb = http.r().request_body;
-        // SAFETY: null, or the request's body, alive with the request.
-        let cl = if rb.is_null() {
+        let cl = if streaming {
+            http.take_body_bufs()
+        } else if rb.is_null() {
             ptr::null_mut()
         } else {
+            // SAFETY: the request's body, alive with the request.
             unsafe { (*rb).bufs }
         };
         let mut cursor = BodyCursor {
             cl,
             pos: ptr::null_mut(),
             file_pos: 0,
+            streaming,
+            pool: http.pool(),
         };
         cursor.enter();
         cursor
+    }
+
+    /// Whether the body is streamed (nginx reads more of it as the program takes it).
+    pub fn streaming(&self) -> bool {
+        self.streaming
+    }
+
+    /// Whether everything taken so far was written.
+    pub fn is_empty(&self) -> bool {
+        self.cl.is_null()
+    }
+
+    /// A streamed body: takes what nginx read since, after what is still to write. Whether
+    /// there was any.
+    pub fn pull(&mut self, http: Http) -> bool {
+        let new = http.take_body_bufs();
+        if new.is_null() {
+            return false;
+        }
+        if self.cl.is_null() {
+            self.cl = new;
+            self.enter();
+        } else {
+            let mut last = self.cl;
+            // SAFETY: our own chain of links, taken from the body.
+            unsafe {
+                while !(*last).next.is_null() {
+                    last = (*last).next;
+                }
+                (*last).next = new;
+            }
+        }
+        true
     }
 
     /// Starts on the current link's buffer.
@@ -690,10 +796,24 @@ impl BodyCursor {
                 let n = os::write(pipe, data)?;
                 // SAFETY: n <= data.len().
                 self.pos = unsafe { self.pos.add(n) };
+                if self.streaming {
+                    // SAFETY: a streamed body's buffers were handed to us; nginx reuses the
+                    // memory once every buffer over it is consumed (pos == last).
+                    unsafe { (*(*self.cl).buf).pos = self.pos };
+                }
                 continue;
             }
             // SAFETY: as above.
-            self.cl = unsafe { (*self.cl).next };
+            let next = unsafe { (*self.cl).next };
+            if self.streaming {
+                // SAFETY: the link was taken from the body and is ours; it goes back to the
+                // request pool's free links (nginx's ngx_free_chain), for nginx's next read.
+                unsafe {
+                    (*self.cl).next = (*self.pool).chain;
+                    (*self.pool).chain = self.cl;
+                }
+            }
+            self.cl = next;
             self.enter();
         }
         Ok(())

@@ -21,9 +21,10 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use nginx_sys::{
-    ngx_event_t, ngx_http_request_t, ngx_int_t, ngx_msec_t, NGX_DONE, NGX_ERROR,
-    NGX_HTTP_BAD_GATEWAY, NGX_HTTP_GATEWAY_TIME_OUT, NGX_HTTP_INTERNAL_SERVER_ERROR,
-    NGX_HTTP_REQUEST_TIME_OUT, NGX_HTTP_SERVICE_UNAVAILABLE, NGX_LOG_ERR, NGX_LOG_INFO, NGX_OK,
+    ngx_event_t, ngx_http_request_t, ngx_int_t, ngx_msec_t, NGX_AGAIN, NGX_DONE, NGX_ERROR,
+    NGX_HTTP_BAD_GATEWAY, NGX_HTTP_BAD_REQUEST, NGX_HTTP_GATEWAY_TIME_OUT,
+    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE, NGX_HTTP_REQUEST_TIME_OUT,
+    NGX_HTTP_SERVICE_UNAVAILABLE, NGX_HTTP_SPECIAL_RESPONSE, NGX_LOG_ERR, NGX_LOG_INFO, NGX_OK,
 };
 use ngx::http::HttpModule;
 
@@ -72,6 +73,7 @@ pub fn start(
             stderr: None,
             stdin: None,
             stdin_failed: false,
+            body_error: None,
             head: Vec::new(),
             body: BodyCursor::of(http),
             stderr_log: StderrLog::new(conf.stderr_level, now_msec()),
@@ -105,7 +107,7 @@ pub fn start(
         unsafe { (*ctx).release() };
         return rc;
     }
-    http.set_event_handlers(Some(client_write_event));
+    http.set_event_handlers(Some(client_write_event), Some(client_body_event));
     http.take_reference();
     NGX_DONE as ngx_int_t
 }
@@ -142,6 +144,8 @@ pub struct Transform {
     stdin: Option<EventFd>,
     /// Writing the body failed: the program must not take a cut body for a whole one.
     stdin_failed: bool,
+    /// Reading a streamed body from the client failed (nginx's status: 400, 408, 413...).
+    body_error: Option<ngx_int_t>,
     /// `transform_output cgi`: the header block read so far.
     head: Vec<u8>,
     body: BodyCursor,
@@ -260,6 +264,9 @@ impl Transform {
             if self.stdin_failed {
                 return Err(NGX_HTTP_BAD_GATEWAY as ngx_int_t);
             }
+            if let Some(rc) = self.body_error.take() {
+                return Err(self.body_failed(rc));
+            }
         }
         let watching = child.watch();
         self.child = Some(child);
@@ -316,7 +323,15 @@ impl Transform {
         let Some(child) = &self.child else {
             return;
         };
-        let mut ms = waiting_on_program.then_some(self.conf.read_timeout);
+        // While the program waits for more of a streamed body, the client is the one to wait
+        // for, and client_body_timeout the limit (nginx's proxy also starts proxy_read_timeout
+        // only once the request is sent).
+        let waiting_on_client_body = self.stdin.is_some()
+            && self.body.streaming()
+            && self.body.is_empty()
+            && self.http.reading_body();
+        let mut ms =
+            (waiting_on_program && !waiting_on_client_body).then_some(self.conf.read_timeout);
         if self.conf.timeout > 0 {
             let left = (self.started + self.conf.timeout)
                 .saturating_sub(now_msec())
@@ -359,6 +374,10 @@ impl Transform {
         if self.stdin_failed {
             // Logged where it failed; the program is stopped with the request.
             return self.fail(NGX_HTTP_BAD_GATEWAY);
+        }
+        if let Some(rc) = self.body_error.take() {
+            let status = self.body_failed(rc);
+            return self.fail(status as u32);
         }
         if self.exited {
             self.collect_status();
@@ -575,6 +594,8 @@ impl Transform {
             if location.starts_with(b"/") {
                 let location = location.clone();
                 debug!(self.http.log(), "transform internal redirect");
+                // What is left of a streamed body is not read for the next location.
+                self.close_stdin();
                 self.release();
                 return Err(Next::Finish(self.http.internal_redirect(&location)));
             }
@@ -615,37 +636,100 @@ impl Transform {
         self.fail(NGX_HTTP_GATEWAY_TIME_OUT)
     }
 
-    /// Writes the request body to the program's stdin as far as the pipe takes it; closes stdin
-    /// at the end of the body (the program sees end of file). A program that does not read its
-    /// stdin is not an error: the rest of the body is dropped when it exits.
+    /// Writes the request body to the program's stdin as far as the pipe takes it and, while a
+    /// streamed body arrives, reads more of it from the client (nginx stops reading when its
+    /// buffers are all waiting for the program: backpressure up to the client). Closes stdin at
+    /// the end of the body (the program sees end of file). A program that does not read its
+    /// stdin is not an error: the rest of the body is dropped.
     fn feed_stdin(&mut self) {
-        let Some(fd) = &self.stdin else {
-            return;
-        };
-        match self.body.write_to(fd.fd()) {
-            Ok(()) => self.stdin = None,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if !fd.arm_write() {
-                    self.stdin = None;
-                    self.stdin_failed = true;
+        loop {
+            let Some(fd) = &self.stdin else {
+                return;
+            };
+            let blocked = match self.body.write_to(fd.fd()) {
+                Ok(()) => false,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !fd.arm_write() {
+                        self.stdin_failed = true;
+                        self.close_stdin();
+                        return;
+                    }
+                    true
                 }
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                    debug!(self.http.log(), "transform: the program closed its stdin");
+                    self.close_stdin();
+                    return;
+                }
+                Err(e) => {
+                    log_error!(
+                        NGX_LOG_ERR,
+                        self.http.log(),
+                        os::errno(&e),
+                        "transform: writing the request body to \"{}\" failed",
+                        self.program
+                    );
+                    self.stdin_failed = true;
+                    self.close_stdin();
+                    return;
+                }
+            };
+            let reading = self.body.streaming() && self.http.reading_body();
+            let mut more = false;
+            if reading {
+                // Also while blocked, as nginx's upstream does: nginx reads on into free
+                // buffer space (restarting client_body_timeout), or stops the timer when
+                // every buffer waits for the program.
+                let rc = self.http.read_unbuffered_body();
+                if rc != NGX_OK as ngx_int_t && rc != NGX_AGAIN as ngx_int_t {
+                    self.body_error = Some(rc);
+                    self.close_stdin();
+                    return;
+                }
+                more = self.body.pull(self.http);
             }
-            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
-                debug!(self.http.log(), "transform: the program closed its stdin");
-                self.stdin = None;
+            if blocked {
+                return;
             }
-            Err(e) => {
-                log_error!(
-                    NGX_LOG_ERR,
-                    self.http.log(),
-                    os::errno(&e),
-                    "transform: writing the request body to \"{}\" failed",
-                    self.program
-                );
-                self.stdin = None;
-                self.stdin_failed = true;
+            if !more {
+                if !reading {
+                    // All of the body is written.
+                    self.close_stdin();
+                }
+                return;
             }
         }
+    }
+
+    /// Closes the program's stdin; a streamed body is no longer read from the client.
+    fn close_stdin(&mut self) {
+        self.stdin = None;
+        if self.body.streaming() {
+            self.http.stop_reading_body();
+        }
+    }
+
+    /// Logs why a streamed body could not be read; returns the response status.
+    fn body_failed(&self, rc: ngx_int_t) -> ngx_int_t {
+        let status = if rc >= NGX_HTTP_SPECIAL_RESPONSE as ngx_int_t {
+            rc
+        } else {
+            NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t
+        };
+        let why = match status as u32 {
+            NGX_HTTP_REQUEST_TIME_OUT => "the client timed out sending it (client_body_timeout)",
+            NGX_HTTP_BAD_REQUEST => "the client closed the connection, or sent a bad body",
+            NGX_HTTP_REQUEST_ENTITY_TOO_LARGE => "it is larger than client_max_body_size",
+            _ => "nginx failed to read it",
+        };
+        log_error!(
+            NGX_LOG_INFO,
+            self.http.log(),
+            0,
+            "transform: request body for \"{}\" cut short: {why}; the program is stopped",
+            self.program
+        );
+        status
     }
 
     /// Reads what the program wrote to stderr (fairly: a bounded amount per call, then again
@@ -981,12 +1065,22 @@ unsafe extern "C" fn stdout_event(ev: *mut ngx_event_t) {
     // SAFETY: installed on the stdout EventFd, whose data is the Transform that owns it.
     let ctx = unsafe { EventFd::data_of(ev) }.cast::<Transform>();
     // SAFETY: the EventFd lives inside the Transform, so the Transform is alive.
-    let c = unsafe { (*ctx).http.connection() };
-    // SAFETY: as above; ev is the EventFd's read event.
     if unsafe { EventFd::closing(ev) } {
         // SAFETY: as above.
         unsafe { (*ctx).shutdown = true };
     }
+    // SAFETY: as above.
+    unsafe { wake(ctx) };
+}
+
+/// Runs the machine from an event of one of the program's pipes, then the requests nginx
+/// posted meanwhile (as nginx does after a request's own events).
+///
+/// # Safety
+/// `ctx` is a live `Transform`.
+unsafe fn wake(ctx: *mut Transform) {
+    // SAFETY: caller's contract.
+    let c = unsafe { (*ctx).http.connection() };
     // SAFETY: as above.
     unsafe { step(ctx) };
     // SAFETY: connections are never freed, only marked destroyed (checked by nginx).
@@ -1003,12 +1097,11 @@ unsafe extern "C" fn stdin_event(ev: *mut ngx_event_t) {
         unsafe { stdout_event(ev) };
         return;
     }
-    // SAFETY: as above.
+    // SAFETY: as above. ev is not used after feed_stdin, which may close the stdin EventFd.
+    // A run also restarts the program's timers and sees failures.
     unsafe {
         (*ctx).feed_stdin();
-        if (*ctx).stdin_failed {
-            stdout_event(ev);
-        }
+        wake(ctx);
     }
 }
 
@@ -1037,6 +1130,22 @@ unsafe extern "C" fn child_event(ev: *mut ngx_event_t) {
             (*ctx).exited = true;
         }
         stdout_event(ev)
+    }
+}
+
+/// More of a streamed request body arrived (or client_body_timeout fired).
+unsafe extern "C" fn client_body_event(r: *mut ngx_http_request_t) {
+    // SAFETY: nginx calls request event handlers with a live request.
+    let http = unsafe { Http::from_ptr(r) };
+    let ctx = http.ctx(crate::Module::module()).cast::<Transform>();
+    if ctx.is_null() {
+        // An internal redirect left the body to the next location.
+        return;
+    }
+    // SAFETY: the ctx lives in the request pool.
+    unsafe {
+        (*ctx).feed_stdin();
+        step(ctx);
     }
 }
 

@@ -152,6 +152,10 @@ fn limit_directives_misuse() {
     );
     rejects(&s("transform_stderr loud;"), "invalid value \"loud\"");
     rejects(&s("transform_stdin always;"), "invalid value \"always\"");
+    rejects(
+        &s("transform_request_buffering sometimes;"),
+        "invalid value \"sometimes\" in \"transform_request_buffering\"",
+    );
     rejects(&s("transform_output json;"), "invalid value \"json\"");
     rejects(
         &s("transform_header_buffer_size big;"),
