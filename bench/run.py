@@ -1,0 +1,700 @@
+#!/usr/bin/env python3
+"""The benchmark driver behind ci/bench: starts every contestant on 127.0.0.1, runs the workloads
+side by side in one run, stops what it started, prints a markdown table and writes it to
+bench/results/.
+
+Contestants: the module (splice, and transform_splice off), nginx static sendfile, nginx +
+fcgiwrap (fastcgi_buffering on and off), nginx + uWSGI running a Python WSGI app, the standalone
+splice and read/write relays, and the posix_spawn ceiling. Every one runs the same producer
+(`transform-bench produce N`: vmsplice into its stdout pipe).
+
+Workloads: W1 one 1 GiB stream; W2 small responses under wrk; W3 a slow client (20 MB/s); W4 200
+concurrent 16 MiB streams; W5 W2 with a worker inflated to 1 GiB. Every load is bounded in time.
+"""
+
+import argparse
+import datetime
+import glob
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "target/release/transform-bench")
+MODULE = os.path.join(ROOT, "target/release/libngx_http_transform_module.so")
+TCK = os.sysconf("SC_CLK_TCK")
+GIB = 1 << 30
+MIB = 1 << 20
+
+
+def nginx_binary():
+    found = sorted(glob.glob(os.path.join(ROOT, "target/release/build/nginx-sys-*/out/objs/nginx")))
+    if not found:
+        sys.exit("bench: no nginx binary under target/release (cargo build --release first)")
+    return max(found, key=os.path.getmtime)
+
+
+def group_alive(pgid):
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, limit=10.0):
+    end = time.time() + limit
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+# ---------------------------------------------------------------- process accounting (/proc)
+
+def children(pid):
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+def tree(pid):
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children(p))
+    return out
+
+
+def stat(pid):
+    """(own cpu seconds, reaped children's cpu seconds). Own time is the scheduler's run time of
+    every thread (nanoseconds); children's is cutime + cstime (clock ticks)."""
+    own = 0.0
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                own += int(f.read().split()[0]) / 1e9
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return own, 0.0
+    # After the ")" field 3 (state) is index 0: cutime (16) is 13, cstime (17) is 14.
+    kids = (int(fields[13]) + int(fields[14])) / TCK
+    return own, kids
+
+
+def rss_kib(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def temp_bytes(pids, dirs):
+    """Bytes in the files that `pids` hold open under `dirs`, or unlinked (nginx unlinks its
+    temporary files at once, so only the open descriptors show them)."""
+    total = 0
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                deleted = target.endswith(" (deleted)") and not target.startswith("/memfd:")
+                if deleted or any(target.startswith(d + "/") for d in dirs):
+                    total += os.stat(f"/proc/{pid}/fd/{fd}").st_size
+            except OSError:
+                pass
+    return total
+
+
+class Sampler:
+    """Samples the summed RSS of some processes and the bytes in some directories every 50 ms."""
+
+    def __init__(self, pids_fn, dirs=()):
+        self.pids_fn, self.dirs = pids_fn, dirs
+        self.base_rss = sum(rss_kib(p) for p in pids_fn())
+        self.peak_rss = self.base_rss
+        self.peak_temp = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        while not self.stop.is_set():
+            pids = self.pids_fn()
+            self.peak_rss = max(self.peak_rss, sum(rss_kib(p) for p in pids))
+            if self.dirs:
+                self.peak_temp = max(self.peak_temp, temp_bytes(pids, self.dirs))
+            time.sleep(0.05)
+
+    def finish(self):
+        self.stop.set()
+        self.thread.join()
+        return (self.peak_rss - self.base_rss) / 1024.0, self.peak_temp
+
+
+# ---------------------------------------------------------------- servers
+
+class Servers:
+    """Everything the run starts, stopped by pid at the end."""
+
+    def __init__(self, quick):
+        self.quick = quick
+        self.dir = tempfile.mkdtemp(prefix="transform-bench-")
+        os.chmod(self.dir, 0o755)  # nginx workers (nobody when started as root) read in it
+        self.procs = []
+        self.nginx = nginx_binary()
+
+    def spawn(self, argv, env=None, **kw):
+        p = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, start_new_session=True, **kw)
+        self.procs.append(p)
+        return p
+
+    def stop(self):
+        # Each one leads a process group of its own (fcgiwrap's preforked processes, uWSGI's
+        # workers): the whole group is stopped.
+        for p in reversed(self.procs):
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+            end = time.time() + 10
+            while time.time() < end and group_alive(p.pid):
+                time.sleep(0.05)
+            if group_alive(p.pid):
+                os.killpg(p.pid, signal.SIGKILL)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def start_backends(self):
+        d = self.dir
+        # fcgiwrap with a CGI script that execs the producer.
+        script = os.path.join(d, "produce.cgi")
+        with open(script, "w") as f:
+            f.write("#!/bin/sh\nprintf 'Content-Type: application/octet-stream\\r\\n\\r\\n'\n"
+                    f"exec {BENCH} produce \"$QUERY_STRING\"\n")
+        os.chmod(script, 0o755)
+        self.cgi_script = script
+        self.fcgi_sock = os.path.join(d, "fcgiwrap.sock")
+        self.fcgiwrap = self.spawn(["fcgiwrap", "-c", "4", "-s", "unix:" + self.fcgi_sock],
+                                   stderr=subprocess.DEVNULL)
+        # uWSGI running a WSGI app that spawns the producer and returns its stdout in 64 KiB reads.
+        app = os.path.join(d, "app.py")
+        with open(app, "w") as f:
+            f.write(f"""import subprocess
+
+def application(environ, start_response):
+    p = subprocess.Popen([{BENCH!r}, "produce", environ.get("QUERY_STRING", "0")],
+                         stdout=subprocess.PIPE, bufsize=0)
+    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+
+    def body():
+        try:
+            while True:
+                chunk = p.stdout.read(65536)
+                if not chunk:
+                    break
+                yield chunk
+        finally:
+            p.stdout.close()
+            p.wait()
+    return body()
+""")
+        self.uwsgi_sock = os.path.join(d, "uwsgi.sock")
+        self.uwsgi = self.spawn(
+            ["uwsgi", "--plugin", "python3", "--socket", self.uwsgi_sock, "--wsgi-file", app,
+             "--master", "--processes", "4", "--threads", "50", "--enable-threads",
+             "--disable-logging", "--die-on-term", "--listen", "1024", "--chmod-socket=666"],
+            stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "uwsgi.log"), "w"))
+        # The standalone relays.
+        self.relay_ports = {}
+        for mode in ("splice", "rw"):
+            port = free_port()
+            self.relay_ports[mode] = port
+            setattr(self, "relay_" + mode,
+                    self.spawn([BENCH, "relay", str(port), mode, BENCH, "produce", "0"]))
+        for port in self.relay_ports.values():
+            wait_port(port)
+        end = time.time() + 10
+        while not (os.path.exists(self.fcgi_sock) and os.path.exists(self.uwsgi_sock)):
+            if time.time() > end:
+                raise RuntimeError("fcgiwrap or uwsgi did not start")
+            time.sleep(0.05)
+        os.chmod(self.fcgi_sock, 0o666)
+
+    def start_nginx(self, name, inflate_mb=0):
+        prefix = os.path.join(self.dir, name)
+        os.makedirs(os.path.join(prefix, "logs"))
+        html = os.path.join(prefix, "html")
+        os.makedirs(html)
+        port = free_port()
+        conf = f"""
+load_module {MODULE};
+worker_processes auto;
+error_log {prefix}/logs/error.log warn;
+pid {prefix}/nginx.pid;
+worker_rlimit_nofile 8192;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    root {self.dir}/static;
+    server {{
+        listen 127.0.0.1:{port} backlog=1024;
+        location ~ ^/module/(\\d+)$ {{ transform_exec {BENCH} produce $1; }}
+        location ~ ^/buffered/(\\d+)$ {{ transform_splice off; transform_exec {BENCH} produce $1; }}
+        location /static/ {{ }}
+        location ~ ^/fcgi/(\\d+)$ {{
+            fastcgi_pass unix:{self.fcgi_sock};
+            fastcgi_buffering on;
+            fastcgi_param SCRIPT_FILENAME {self.cgi_script};
+            fastcgi_param QUERY_STRING $1;
+            fastcgi_param REQUEST_METHOD $request_method;
+            fastcgi_param SERVER_PROTOCOL $server_protocol;
+            fastcgi_param GATEWAY_INTERFACE CGI/1.1;
+        }}
+        location ~ ^/fcgi-off/(\\d+)$ {{
+            fastcgi_pass unix:{self.fcgi_sock};
+            fastcgi_buffering off;
+            fastcgi_param SCRIPT_FILENAME {self.cgi_script};
+            fastcgi_param QUERY_STRING $1;
+            fastcgi_param REQUEST_METHOD $request_method;
+            fastcgi_param SERVER_PROTOCOL $server_protocol;
+            fastcgi_param GATEWAY_INTERFACE CGI/1.1;
+        }}
+        location ~ ^/uwsgi/(\\d+)$ {{
+            uwsgi_pass unix:{self.uwsgi_sock};
+            uwsgi_param QUERY_STRING $1;
+            uwsgi_param REQUEST_METHOD $request_method;
+            uwsgi_param REQUEST_URI $request_uri;
+            uwsgi_param PATH_INFO $uri;
+            uwsgi_param SERVER_PROTOCOL $server_protocol;
+            uwsgi_param SERVER_NAME $server_name;
+            uwsgi_param SERVER_PORT $server_port;
+        }}
+    }}
+}}
+"""
+        with open(os.path.join(prefix, "nginx.conf"), "w") as f:
+            f.write(conf)
+        env = dict(os.environ)
+        if inflate_mb:
+            env["LD_PRELOAD"] = os.path.join(self.dir, "inflate.so")
+            env["BENCH_INFLATE_MB"] = str(inflate_mb)
+        subprocess.run([self.nginx, "-p", prefix, "-c", os.path.join(prefix, "nginx.conf")],
+                       env=env, check=True, timeout=60)
+        with open(os.path.join(prefix, "nginx.pid")) as f:
+            master = int(f.read())
+        self.nginx_masters = getattr(self, "nginx_masters", []) + [(master, prefix)]
+        wait_port(port)
+        return {"port": port, "master": master, "prefix": prefix,
+                "temp": [os.path.join(prefix, t) for t in
+                         ("fastcgi_temp", "uwsgi_temp", "proxy_temp", "client_body_temp")]}
+
+    def stop_nginx(self):
+        for master, prefix in getattr(self, "nginx_masters", []):
+            try:
+                os.kill(master, signal.SIGQUIT)
+            except ProcessLookupError:
+                continue
+            end = time.time() + 15
+            while time.time() < end and os.path.exists(f"/proc/{master}"):
+                time.sleep(0.05)
+            if os.path.exists(f"/proc/{master}"):
+                os.kill(master, signal.SIGTERM)
+
+    def make_static(self, sizes):
+        os.makedirs(os.path.join(self.dir, "static", "static"), exist_ok=True)
+        for n in sizes:
+            path = os.path.join(self.dir, "static", "static", str(n))
+            if not os.path.exists(path):
+                with open(path, "wb") as f:
+                    subprocess.run([BENCH, "produce", str(n)], stdout=f, check=True, timeout=120)
+
+    def build_inflate(self):
+        src = os.path.join(ROOT, "bench", "inflate.c")
+        subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-o", os.path.join(self.dir, "inflate.so"),
+                        src], check=True, timeout=60)
+
+
+def nginx_workers(master):
+    return children(master)
+
+
+# ---------------------------------------------------------------- workloads
+
+def get(url, conns=1, rate=None, expect=None, timeout=600):
+    argv = [BENCH, "get", url, "--conns", str(conns)]
+    if rate:
+        argv += ["--rate", str(rate)]
+    if expect is not None:
+        argv += ["--expect", str(expect)]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=True).stdout
+    return json.loads(out)
+
+
+def wrk(url, seconds, conns=8):
+    out = subprocess.run(["wrk", "-t", "1", "-c", str(conns), "-d", f"{seconds}s", "--latency", url],
+                         capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    m = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+    p99_ms = float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+    errors = 0
+    for pat in (r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
+                r"Non-2xx or 3xx responses: (\d+)"):
+        m = re.search(pat, out)
+        if m:
+            errors += sum(int(g) for g in m.groups())
+    return rps, p99_ms, errors
+
+
+class Contestant:
+    def __init__(self, name, base, path, pids_fn, temp=()):
+        self.name, self.base, self.path, self.pids_fn, self.temp = name, base, path, pids_fn, temp
+
+    def url(self, n):
+        return f"{self.base}{self.path}{n}"
+
+    def cpu(self):
+        own = kids = 0.0
+        for p in self.pids_fn():
+            a, b = stat(p)
+            own += a
+            kids += b
+        return own, kids
+
+
+def run(args):
+    quick = args.quick
+    sizes = {
+        "w1": 256 * MIB if quick else GIB,
+        "w1_rounds": 1 if quick else 3,
+        "w2_seconds": 3 if quick else 10,
+        "w3": 64 * MIB if quick else GIB,
+        "w4_conns": 50 if quick else 200,
+        "w4": 4 * MIB if quick else 16 * MIB,
+        "w5_rounds": 1 if quick else 3,
+    }
+    s = Servers(quick)
+    results = {"sizes": sizes}
+    try:
+        s.build_inflate()
+        s.start_backends()
+        s.make_static({sizes["w1"], sizes["w4"]})
+        main = s.start_nginx("main")
+        big = s.start_nginx("inflated", inflate_mb=1024)
+        base = f"http://127.0.0.1:{main['port']}"
+        workers = lambda: nginx_workers(main["master"])  # noqa: E731
+        fcgi = lambda: workers() + tree(s.fcgiwrap.pid)  # noqa: E731
+        uwsgi = lambda: workers() + tree(s.uwsgi.pid)  # noqa: E731
+        c = {
+            "module (splice)": Contestant("module (splice)", base, "/module/", workers, main["temp"]),
+            "module (buffered)": Contestant("module (buffered)", base, "/buffered/", workers,
+                                            main["temp"]),
+            "nginx static sendfile": Contestant("nginx static sendfile", base, "/static/", workers),
+            "fcgiwrap (buffering on)": Contestant("fcgiwrap (buffering on)", base, "/fcgi/", fcgi,
+                                                  main["temp"]),
+            "fcgiwrap (buffering off)": Contestant("fcgiwrap (buffering off)", base, "/fcgi-off/",
+                                                   fcgi, main["temp"]),
+            "uWSGI Python app": Contestant("uWSGI Python app", base, "/uwsgi/", uwsgi, main["temp"]),
+            "standalone splice relay": Contestant(
+                "standalone splice relay", f"http://127.0.0.1:{s.relay_ports['splice']}", "/",
+                lambda: [s.relay_splice.pid]),
+            "standalone read/write relay": Contestant(
+                "standalone read/write relay", f"http://127.0.0.1:{s.relay_ports['rw']}", "/",
+                lambda: [s.relay_rw.pid]),
+        }
+        # The relays run the producer with a fixed size: restart them per size.
+        results["w1"] = w1(s, c, sizes)
+        results["w2"] = w2(s, c, sizes, main, big)
+        results["w3"] = w3(c, sizes)
+        results["w4"] = w4(c, sizes)
+        results["w5"] = w5(sizes, main, big)
+    finally:
+        s.stop_nginx()
+        s.stop()
+    return results
+
+
+def relay_for(s, c, n):
+    """Points the relays at an n-byte producer (they take the producer's argv at start)."""
+    for mode in ("splice", "rw"):
+        old = getattr(s, "relay_" + mode)
+        old.terminate()
+        old.wait(timeout=10)
+        port = free_port()
+        s.relay_ports[mode] = port
+        setattr(s, "relay_" + mode, s.spawn([BENCH, "relay", str(port), mode, BENCH, "produce",
+                                             str(n)]))
+        wait_port(port)
+    c["standalone splice relay"].base = f"http://127.0.0.1:{s.relay_ports['splice']}"
+    c["standalone read/write relay"].base = f"http://127.0.0.1:{s.relay_ports['rw']}"
+
+
+def stream_once(con, n, conns=1, rate=None, dirs=()):
+    sampler = Sampler(con.pids_fn, dirs)
+    own0, kids0 = con.cpu()
+    r = get(con.url(n), conns=conns, rate=rate, expect=n)
+    time.sleep(0.2)  # let the last producers be reaped
+    own1, kids1 = con.cpu()
+    peak_rss_mib, peak_temp = sampler.finish()
+    r.update(server_cpu=own1 - own0, producer_cpu=kids1 - kids0, peak_rss_mib=peak_rss_mib,
+             peak_temp=peak_temp)
+    return r
+
+
+W1_NAMES = ["module (splice)", "module (buffered)", "nginx static sendfile",
+            "fcgiwrap (buffering on)", "fcgiwrap (buffering off)", "uWSGI Python app",
+            "standalone splice relay", "standalone read/write relay"]
+
+
+def w1(s, c, sizes):
+    n = sizes["w1"]
+    relay_for(s, c, n)
+    runs = {name: [] for name in W1_NAMES}
+    for _ in range(sizes["w1_rounds"]):
+        for name in W1_NAMES:  # alternated: each round runs every contestant once
+            r = stream_once(c[name], n)
+            if r["errors"]:
+                raise RuntimeError(f"W1 {name}: {r['first_error']}")
+            runs[name].append(r)
+            log(f"W1 {name}: {n / r['seconds'] / 1e6:.0f} MB/s")
+    out = {}
+    for name, rs in runs.items():
+        out[name] = {
+            "mb_s": statistics.median(n / r["seconds"] / 1e6 for r in rs),
+            "server_cpu_per_gib": statistics.median(r["server_cpu"] * GIB / n for r in rs),
+            "producer_cpu_per_gib": statistics.median(r["producer_cpu"] * GIB / n for r in rs),
+        }
+    return out
+
+
+def w2(s, c, sizes, main, big):
+    t = sizes["w2_seconds"]
+    runs = {}
+    for _ in range(sizes["w5_rounds"]):  # alternated rounds, medians reported
+        for name, path in (("module (splice)", "/module/16"),
+                           ("fcgiwrap (buffering on)", "/fcgi/16"),
+                           ("uWSGI Python app", "/uwsgi/16")):
+            rps, p99, errors = wrk(f"http://127.0.0.1:{main['port']}{path}", t)
+            runs.setdefault(name, []).append((rps, p99, errors))
+            log(f"W2 {name}: {rps:.0f} req/s, p99 {p99:.2f} ms")
+        # The ceiling: as many spawns in flight as wrk has connections.
+        line = subprocess.run([BENCH, "spawn", str(t), "8", BENCH, "produce", "16"],
+                              capture_output=True, text=True, timeout=t + 60,
+                              check=True).stdout.split()
+        runs.setdefault("posix_spawn ceiling", []).append((float(line[1]), float(line[3]), 0))
+        log(f"W2 posix_spawn ceiling: {line[1]} /s")
+    return {name: {"rps": statistics.median(r[0] for r in rs),
+                   "p99_ms": statistics.median(r[1] for r in rs),
+                   "errors": sum(r[2] for r in rs)}
+            for name, rs in runs.items()}
+
+
+def w3(c, sizes):
+    n = sizes["w3"]
+    out = {}
+    for name in ("module (splice)", "module (buffered)", "fcgiwrap (buffering on)",
+                 "fcgiwrap (buffering off)", "uWSGI Python app"):
+        con = c[name]
+        r = stream_once(con, n, rate=20_000_000, dirs=con.temp)
+        out[name] = {"peak_rss_mib": r["peak_rss_mib"], "temp_bytes": r["peak_temp"],
+                     "mb_s": n / r["seconds"] / 1e6, "errors": r["errors"]}
+        log(f"W3 {name}: RSS +{r['peak_rss_mib']:.1f} MiB, temp {r['peak_temp']} B")
+    return out
+
+
+def w4(c, sizes):
+    n, conns = sizes["w4"], sizes["w4_conns"]
+    out = {}
+    for name in ("module (splice)", "module (buffered)", "nginx static sendfile",
+                 "fcgiwrap (buffering on)", "fcgiwrap (buffering off)", "uWSGI Python app"):
+        con = c[name]
+        r = stream_once(con, n, conns=conns, dirs=con.temp)
+        out[name] = {"mb_s": r["bytes"] / r["seconds"] / 1e6, "errors": r["errors"],
+                     "peak_rss_mib": r["peak_rss_mib"], "first_error": r["first_error"]}
+        log(f"W4 {name}: {out[name]['mb_s']:.0f} MB/s, {r['errors']} errors")
+    return out
+
+
+def w5(sizes, main, big):
+    t = sizes["w2_seconds"]
+    out = {"normal": [], "inflated": []}
+    rss = {}
+    for _ in range(sizes["w5_rounds"]):
+        for label, inst in (("normal", main), ("inflated", big)):
+            rps, p99, errors = wrk(f"http://127.0.0.1:{inst['port']}/module/16", t)
+            out[label].append(rps)
+            rss[label] = sum(rss_kib(p) for p in nginx_workers(inst["master"])) / 1024.0
+            log(f"W5 {label} worker ({rss[label]:.0f} MiB): {rps:.0f} req/s")
+    return {label: {"rps": statistics.median(v), "worker_rss_mib": rss[label]}
+            for label, v in out.items()}
+
+
+def log(msg):
+    print("bench: " + msg, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- report
+
+def verdict(ok):
+    return "met" if ok else "**missed**"
+
+
+def report(res, quick):
+    s = res["sizes"]
+    w1r, w2r, w3r, w4r, w5r = res["w1"], res["w2"], res["w3"], res["w4"], res["w5"]
+    relay = w1r["standalone splice relay"]
+    mod = w1r["module (splice)"]
+    lines = []
+    add = lines.append
+    add(f"### W1: one stream of {s['w1'] // MIB} MiB (median of {s['w1_rounds']})\n")
+    add("| contestant | MB/s | x module | server CPU s/GiB | producer CPU s/GiB |")
+    add("|---|---:|---:|---:|---:|")
+    for name, r in w1r.items():
+        add(f"| {name} | {r['mb_s']:.0f} | {r['mb_s'] / mod['mb_s']:.2f} | "
+            f"{r['server_cpu_per_gib']:.3f} | {r['producer_cpu_per_gib']:.3f} |")
+    add("")
+    add(f"### W2: a 16-byte program under wrk (8 connections, {s['w2_seconds']} s, median of "
+        f"{s['w5_rounds']})\n")
+    add("| contestant | requests/s | p99 ms | errors |")
+    add("|---|---:|---:|---:|")
+    for name, r in w2r.items():
+        add(f"| {name} | {r['rps']:.0f} | {r['p99_ms']:.2f} | {r['errors']} |")
+    add("")
+    add(f"### W3: a client reading {s['w3'] // MIB} MiB at 20 MB/s\n")
+    add("| contestant | peak RSS growth MiB | peak temp-file bytes | MB/s |")
+    add("|---|---:|---:|---:|")
+    for name, r in w3r.items():
+        add(f"| {name} | {r['peak_rss_mib']:.1f} | {r['temp_bytes']} | {r['mb_s']:.1f} |")
+    add("")
+    add(f"### W4: {s['w4_conns']} concurrent streams of {s['w4'] // MIB} MiB\n")
+    add("| contestant | MB/s | errors | peak RSS growth MiB |")
+    add("|---|---:|---:|---:|")
+    for name, r in w4r.items():
+        add(f"| {name} | {r['mb_s']:.0f} | {r['errors']} | {r['peak_rss_mib']:.1f} |")
+    add("")
+    add(f"### W5: W2 on the module with a normal and a 1 GiB worker (median of {s['w5_rounds']})\n")
+    add("| worker | worker RSS MiB | requests/s |")
+    add("|---|---:|---:|")
+    for name, r in w5r.items():
+        add(f"| {name} | {r['worker_rss_mib']:.0f} | {r['rps']:.0f} |")
+    add("")
+    fc, uw = w1r["fcgiwrap (buffering on)"], w1r["uWSGI Python app"]
+    w2m = w2r["module (splice)"]["rps"]
+    w3m = w3r["module (splice)"]
+    targets = [
+        ("W1 throughput >= 0.9x splice relay", mod["mb_s"] / relay["mb_s"], 0.9, True),
+        ("W1 worker CPU/GiB <= 1.2x splice relay",
+         mod["server_cpu_per_gib"] / max(relay["server_cpu_per_gib"], 1e-9), 1.2, False),
+        ("W1 throughput >= 2x fcgiwrap (buffering on)", mod["mb_s"] / fc["mb_s"], 2.0, True),
+        ("W1 throughput >= 2x fcgiwrap (buffering off)",
+         mod["mb_s"] / w1r["fcgiwrap (buffering off)"]["mb_s"], 2.0, True),
+        ("W1 throughput >= 2x uWSGI app", mod["mb_s"] / uw["mb_s"], 2.0, True),
+        ("W2 requests/s >= 1.5x fcgiwrap", w2m / w2r["fcgiwrap (buffering on)"]["rps"], 1.5, True),
+        ("W2 requests/s >= 0.8x posix_spawn ceiling", w2m / w2r["posix_spawn ceiling"]["rps"], 0.8,
+         True),
+        ("W3 worker RSS growth <= 2 MiB (module, splice)", w3m["peak_rss_mib"], 2.0, False),
+        ("W3 worker RSS growth <= 2 MiB (module, buffered)",
+         w3r["module (buffered)"]["peak_rss_mib"], 2.0, False),
+        ("W3 no temp files (module)",
+         w3m["temp_bytes"] + w3r["module (buffered)"]["temp_bytes"], 0, False),
+        ("W4 zero errors (module, both transports)",
+         w4r["module (splice)"]["errors"] + w4r["module (buffered)"]["errors"], 0, False),
+        ("W5 1 GiB worker >= 0.9x normal", w5r["inflated"]["rps"] / w5r["normal"]["rps"], 0.9,
+         True),
+    ]
+    add("### Targets\n")
+    add("| target | figure | verdict |")
+    add("|---|---:|---|")
+    for name, value, limit, at_least in targets:
+        ok = value >= limit if at_least else value <= limit
+        add(f"| {name} | {value:.2f} | {verdict(ok)} |")
+    return "\n".join(lines) + "\n"
+
+
+def machine():
+    def first(cmd):
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip()
+        except OSError:
+            return "?"
+    cpu = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    nginx_v = subprocess.run([nginx_binary(), "-v"], capture_output=True, text=True).stderr.strip()
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": f"{cpu}, {os.cpu_count()} cores",
+        "memory": first(["sh", "-c", "free -g | awk '/Mem:/{print $2\" GiB\"}'"]),
+        "kernel": platform.release(),
+        "nginx": nginx_v.replace("nginx version: ", ""),
+        "fcgiwrap": first(["sh", "-c", "dpkg-query -W -f='${Version}' fcgiwrap"]),
+        "uwsgi": first(["uwsgi", "--version"]),
+        "wrk": first(["sh", "-c", "dpkg-query -W -f='${Version}' wrk"]),
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    info = machine()
+    res = run(args)
+    mode = "quick" if args.quick else "full"
+    head = [f"## Benchmark ({mode} run), {info['date']}\n"]
+    for k in ("cpu", "memory", "kernel", "nginx", "fcgiwrap", "uwsgi", "wrk"):
+        head.append(f"- {k}: {info[k]}")
+    head.append("- command: `ci/bench" + (" --quick" if args.quick else "") + "`\n")
+    text = "\n".join(head) + "\n" + report(res, args.quick)
+    print(text)
+    outdir = os.path.join(ROOT, "bench", "results")
+    os.makedirs(outdir, exist_ok=True)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d-%H%M")
+    path = os.path.join(outdir, f"{stamp}-{mode}.md")
+    with open(path, "w") as f:
+        f.write(text)
+    with open(path[:-3] + ".json", "w") as f:
+        json.dump({"machine": info, "results": res}, f, indent=1)
+    log(f"results written to {os.path.relpath(path, ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

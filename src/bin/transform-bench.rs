@@ -1,0 +1,421 @@
+//! Benchmark tools run by `ci/bench` (bench/run.py): the producer, the physical-limit
+//! contestants and the load client.
+//!
+//! - `produce BYTES`: writes BYTES to stdout as cheaply as possible: vmsplice(2) of one
+//!   reused buffer into the stdout pipe (write(2) when stdout is not a pipe).
+//! - `relay PORT splice|rw PROGRAM ARGS...`: a minimal HTTP server, one connection at a time: for
+//!   each request it runs PROGRAM with stdout on a pipe and relays that pipe to the socket, with
+//!   splice(2) or with read(2)/write(2) of 64 KiB (close-delimited response).
+//! - `spawn SECONDS THREADS PROGRAM ARGS...`: in each of THREADS threads, posix_spawn of PROGRAM
+//!   with stdout on a pipe, read to end of file, waitpid, as many times as it can in SECONDS;
+//!   prints `spawns_per_s N p99_ms T`.
+//! - `get URL [--conns N] [--rate BYTES_PER_S] [--expect BYTES]`: N concurrent GETs (each on its own
+//!   connection, rate-limited if asked), bodies counted and dropped (chunked, Content-Length or
+//!   close-delimited); prints one JSON line: ok, errors, bytes, seconds.
+
+use std::ffi::CString;
+use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rest = || args[1..].to_vec();
+    match args.first().map(String::as_str) {
+        Some("produce") => produce(args.get(1).and_then(|s| s.parse().ok()).unwrap_or(0)),
+        Some("relay") => relay(&rest()),
+        Some("spawn") => spawn_loop(&rest()),
+        Some("get") => get(&rest()),
+        _ => {
+            eprintln!("usage: transform-bench produce|relay|spawn|get ... (see the source)");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn produce(mut left: u64) {
+    const PIECE: usize = 256 * 1024;
+    // Page-aligned, so vmsplice maps whole pages; the content does not matter.
+    let buf = vec![b'x'; PIECE + 4096];
+    let off = buf.as_ptr().align_offset(4096);
+    let piece = &buf[off..off + PIECE];
+    let mut out = io::stdout().lock();
+    let mut vmsplice = true;
+    while left > 0 {
+        let n = (left as usize).min(PIECE);
+        if vmsplice {
+            let iov = libc::iovec {
+                iov_base: piece.as_ptr() as *mut libc::c_void,
+                iov_len: n,
+            };
+            // SAFETY: iov points at live memory; fd 1 is our stdout. The pages stay referenced
+            // by the pipe, and are never changed after this point.
+            let r = unsafe { libc::vmsplice(1, &iov, 1, 0) };
+            if r > 0 {
+                left -= r as u64;
+                continue;
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EBADF | libc::EINVAL) => vmsplice = false,
+                _ => std::process::exit(1),
+            }
+        }
+        if out.write_all(&piece[..n]).is_err() {
+            std::process::exit(1);
+        }
+        left -= n as u64;
+    }
+}
+
+/// A pipe (read end, write end), close-on-exec.
+fn pipe() -> (OwnedFd, OwnedFd) {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid array of two ints.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: pipe2 returned two new descriptors that we now own.
+    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+}
+
+/// Starts `argv` with stdout on `out` (stdin and stderr inherited); returns the pid.
+fn spawn(argv: &[CString], out: RawFd) -> libc::pid_t {
+    let mut ptrs: Vec<*mut libc::c_char> = argv.iter().map(|a| a.as_ptr().cast_mut()).collect();
+    ptrs.push(std::ptr::null_mut());
+    let env: [*mut libc::c_char; 1] = [std::ptr::null_mut()];
+    let mut pid = 0;
+    // SAFETY: the file actions object is initialised, used and destroyed here; argv and env are
+    // NULL-terminated arrays of C strings that outlive the call.
+    unsafe {
+        let mut fa: libc::posix_spawn_file_actions_t = std::mem::zeroed();
+        libc::posix_spawn_file_actions_init(&mut fa);
+        libc::posix_spawn_file_actions_adddup2(&mut fa, out, 1);
+        let rc = libc::posix_spawn(
+            &mut pid,
+            ptrs[0],
+            &fa,
+            std::ptr::null(),
+            ptrs.as_ptr(),
+            env.as_ptr(),
+        );
+        libc::posix_spawn_file_actions_destroy(&mut fa);
+        assert_eq!(rc, 0, "posix_spawn {:?}", argv[0]);
+    }
+    pid
+}
+
+fn wait(pid: libc::pid_t) {
+    let mut status = 0;
+    // SAFETY: pid is our child.
+    while unsafe { libc::waitpid(pid, &mut status, 0) } < 0 {}
+}
+
+fn cstrings(args: &[String]) -> Vec<CString> {
+    args.iter()
+        .map(|a| CString::new(a.as_str()).expect("no NUL"))
+        .collect()
+}
+
+fn relay(args: &[String]) {
+    let port: u16 = args[0].parse().expect("port");
+    let splice = args[1] == "splice";
+    let argv = cstrings(&args[2..]);
+    let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind");
+    // One connection at a time, in this thread: its CPU time is the process's own.
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        let _ = serve(conn, splice, &argv);
+    }
+}
+
+fn serve(mut conn: TcpStream, splice: bool, argv: &[CString]) -> io::Result<()> {
+    // The request head (its content does not matter).
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = conn.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    conn.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")?;
+    let (r, w) = pipe();
+    // SAFETY: a pipe descriptor we own; the size is a hint.
+    unsafe { libc::fcntl(r.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
+    let pid = spawn(argv, w.as_raw_fd());
+    drop(w);
+    let result = if splice {
+        loop {
+            // SAFETY: both descriptors are open; no offsets.
+            let n = unsafe {
+                libc::splice(
+                    r.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    conn.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    1 << 20,
+                    libc::SPLICE_F_MOVE | libc::SPLICE_F_MORE,
+                )
+            };
+            if n == 0 {
+                break Ok(());
+            }
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    break Err(e);
+                }
+            }
+        }
+    } else {
+        let mut pipe_file = std::fs::File::from(r);
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match pipe_file.read(&mut buf) {
+                Ok(0) => break Ok(()),
+                Ok(n) => {
+                    if let Err(e) = conn.write_all(&buf[..n]) {
+                        break Err(e);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        }
+    };
+    wait(pid);
+    result
+}
+
+fn spawn_loop(args: &[String]) {
+    let seconds: f64 = args[0].parse().expect("seconds");
+    let threads: usize = args[1].parse().expect("threads");
+    let argv = cstrings(&args[2..]);
+    let start = Instant::now();
+    let mut times: Vec<Duration> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut times = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while start.elapsed().as_secs_f64() < seconds {
+                        let t = Instant::now();
+                        let (r, w) = pipe();
+                        let pid = spawn(&argv, w.as_raw_fd());
+                        drop(w);
+                        let mut f = std::fs::File::from(r);
+                        while matches!(f.read(&mut buf), Ok(n) if n > 0) {}
+                        wait(pid);
+                        times.push(t.elapsed());
+                    }
+                    times
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    times.sort();
+    let p99 = times
+        .get(times.len() * 99 / 100)
+        .copied()
+        .unwrap_or_default();
+    println!(
+        "spawns_per_s {:.1} p99_ms {:.3}",
+        times.len() as f64 / start.elapsed().as_secs_f64(),
+        p99.as_secs_f64() * 1000.0
+    );
+}
+
+/// Reads a response body without keeping it: counts its bytes.
+struct BodyReader {
+    conn: TcpStream,
+    buf: Vec<u8>,
+    pos: usize,
+    len: usize,
+    rate: Option<f64>,
+    start: Instant,
+    taken: u64,
+}
+
+impl BodyReader {
+    fn fill(&mut self) -> io::Result<bool> {
+        if self.pos < self.len {
+            return Ok(true);
+        }
+        if let Some(rate) = self.rate {
+            let due = Duration::from_secs_f64(self.taken as f64 / rate);
+            if let Some(wait) = due.checked_sub(self.start.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+        let cap = if self.rate.is_some() {
+            64 * 1024
+        } else {
+            self.buf.len()
+        };
+        let n = self.conn.read(&mut self.buf[..cap])?;
+        self.taken += n as u64;
+        self.pos = 0;
+        self.len = n;
+        Ok(n > 0)
+    }
+
+    fn line(&mut self) -> io::Result<Vec<u8>> {
+        let mut line = Vec::new();
+        loop {
+            if !self.fill()? {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            let b = self.buf[self.pos];
+            self.pos += 1;
+            line.push(b);
+            if line.ends_with(b"\r\n") {
+                line.truncate(line.len() - 2);
+                return Ok(line);
+            }
+        }
+    }
+
+    /// Skips `n` bytes; false at end of file.
+    fn skip(&mut self, mut n: u64) -> io::Result<bool> {
+        while n > 0 {
+            if !self.fill()? {
+                return Ok(false);
+            }
+            let k = ((self.len - self.pos) as u64).min(n);
+            self.pos += k as usize;
+            n -= k;
+        }
+        Ok(true)
+    }
+
+    fn rest_len(&mut self) -> io::Result<u64> {
+        let mut total = 0;
+        while self.fill()? {
+            total += (self.len - self.pos) as u64;
+            self.pos = self.len;
+        }
+        Ok(total)
+    }
+}
+
+/// One GET: the body's length, or an error.
+fn fetch(addr: &str, path: &str, rate: Option<f64>) -> io::Result<u64> {
+    let mut conn = TcpStream::connect(addr)?;
+    conn.set_read_timeout(Some(Duration::from_secs(120)))?;
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut r = BodyReader {
+        conn,
+        buf: vec![0; 1 << 20],
+        pos: 0,
+        len: 0,
+        rate,
+        start: Instant::now(),
+        taken: 0,
+    };
+    let status = r.line()?;
+    if !status.starts_with(b"HTTP/1.1 200") {
+        return Err(io::Error::other(
+            String::from_utf8_lossy(&status).into_owned(),
+        ));
+    }
+    let (mut length, mut chunked) = (None, false);
+    loop {
+        let h = String::from_utf8_lossy(&r.line()?).to_ascii_lowercase();
+        if h.is_empty() {
+            break;
+        }
+        if let Some(v) = h.strip_prefix("content-length:") {
+            length = v.trim().parse::<u64>().ok();
+        }
+        if h.starts_with("transfer-encoding:") && h.contains("chunked") {
+            chunked = true;
+        }
+    }
+    if chunked {
+        let mut total = 0;
+        loop {
+            let line = r.line()?;
+            let size = u64::from_str_radix(String::from_utf8_lossy(&line).trim(), 16)
+                .map_err(|_| io::Error::other("bad chunk size"))?;
+            if size == 0 {
+                r.line()?;
+                return Ok(total);
+            }
+            if !r.skip(size + 2)? {
+                return Err(io::Error::other("cut chunk"));
+            }
+            total += size;
+        }
+    }
+    match length {
+        Some(n) => {
+            if r.skip(n)? {
+                Ok(n)
+            } else {
+                Err(io::Error::other("cut body"))
+            }
+        }
+        None => r.rest_len(),
+    }
+}
+
+fn get(args: &[String]) {
+    let url = args[0].strip_prefix("http://").expect("http:// URL");
+    let (addr, path) = url.split_at(url.find('/').unwrap_or(url.len()));
+    let path = if path.is_empty() { "/" } else { path };
+    let (mut conns, mut rate, mut expect) = (1usize, None, None);
+    let mut i = 1;
+    while i + 1 < args.len() {
+        match args[i].as_str() {
+            "--conns" => conns = args[i + 1].parse().expect("conns"),
+            "--rate" => rate = Some(args[i + 1].parse::<f64>().expect("rate")),
+            "--expect" => expect = Some(args[i + 1].parse::<u64>().expect("expect")),
+            other => panic!("unknown option {other}"),
+        }
+        i += 2;
+    }
+    let start = Instant::now();
+    let results: Vec<io::Result<u64>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..conns)
+            .map(|_| s.spawn(|| fetch(addr, path, rate)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let seconds = start.elapsed().as_secs_f64();
+    let (mut ok, mut errors, mut bytes) = (0, 0, 0u64);
+    let mut first_error = String::new();
+    for r in results {
+        match r {
+            Ok(n) if expect.is_none_or(|e| e == n) => {
+                ok += 1;
+                bytes += n;
+            }
+            Ok(n) => {
+                errors += 1;
+                bytes += n;
+                if first_error.is_empty() {
+                    first_error = format!("{n} bytes");
+                }
+            }
+            Err(e) => {
+                errors += 1;
+                if first_error.is_empty() {
+                    first_error = e.to_string();
+                }
+            }
+        }
+    }
+    println!(
+        "{{\"ok\": {ok}, \"errors\": {errors}, \"bytes\": {bytes}, \"seconds\": {seconds:.4}, \
+         \"first_error\": {first_error:?}}}"
+    );
+}
