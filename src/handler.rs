@@ -26,6 +26,18 @@ pub unsafe extern "C" fn transform_handler(r: *mut ngx_http_request_t) -> ngx_in
 fn handle(http: Http) -> ngx_int_t {
     let conf: &'static TransformConf = http.loc_conf::<crate::Module>();
     if conf.stdin_body != 0 && !http.is_head() {
+        if http.reading_body() {
+            // An earlier location (before an internal redirect or error_page) took part of a
+            // streamed body: what is left is not the body, and must not pass for it.
+            log_error!(
+                NGX_LOG_ERR,
+                http.log(),
+                0,
+                "transform: the request body was partly read before an internal redirect; \
+                 it cannot be given to the program"
+            );
+            return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+        }
         // The program starts with the first part of the body, which then streams to its stdin
         // as it arrives; with transform_request_buffering on, once nginx has all of it (in
         // memory or in a temporary file).

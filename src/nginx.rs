@@ -282,7 +282,7 @@ impl Http {
         let r = self.r();
         r.write_event_handler = write;
         if ptr::eq(r.main, r) {
-            r.read_event_handler = if self.reading_body() {
+            r.read_event_handler = if self.streaming_body() {
                 body
             } else {
                 Some(ngx_http_test_reading)
@@ -318,7 +318,14 @@ impl Http {
         }
     }
 
-    /// Whether the client is still sending a streamed request body.
+    /// Whether the client is still sending a body that nginx hands over as it arrives.
+    pub fn streaming_body(self) -> bool {
+        let r = self.r();
+        r.reading_body() != 0 && r.request_body_no_buffering() != 0
+    }
+
+    /// Whether the client is still sending a body that was streamed (possibly to an earlier
+    /// location of this request, before an internal redirect).
     pub fn reading_body(self) -> bool {
         self.r().reading_body() != 0
     }
@@ -708,7 +715,7 @@ pub struct BodyCursor {
 impl BodyCursor {
     /// The request body as nginx has it when the program starts (empty if there is none).
     pub fn of(http: Http) -> BodyCursor {
-        let streaming = http.reading_body();
+        let streaming = http.streaming_body();
         let rb = http.r().request_body;
         let cl = if streaming {
             http.take_body_bufs()

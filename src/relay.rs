@@ -329,7 +329,7 @@ impl Transform {
         let waiting_on_client_body = self.stdin.is_some()
             && self.body.streaming()
             && self.body.is_empty()
-            && self.http.reading_body();
+            && self.http.streaming_body();
         let mut ms =
             (waiting_on_program && !waiting_on_client_body).then_some(self.conf.read_timeout);
         if self.conf.timeout > 0 {
@@ -674,7 +674,7 @@ impl Transform {
                     return;
                 }
             };
-            let reading = self.body.streaming() && self.http.reading_body();
+            let reading = self.body.streaming() && self.http.streaming_body();
             let mut more = false;
             if reading {
                 // Also while blocked, as nginx's upstream does: nginx reads on into free
@@ -847,6 +847,11 @@ impl Transform {
         if !self.done {
             self.drain_stderr();
             self.stderr_log.finish(self.http.log(), now_msec());
+            if self.body.streaming() && self.http.streaming_body() {
+                // Nobody reads the rest of the body now (an error page, a redirect, or
+                // nginx's lingering close drops it).
+                self.http.stop_reading_body();
+            }
         }
         self.done = true;
         self.stdout = None;

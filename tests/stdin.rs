@@ -356,3 +356,35 @@ fn buffered_bodies_stay_intact_for_nginx_and_other_modules() {
     );
     nginx.stop();
 }
+
+#[test]
+fn a_redirect_halfway_through_a_streamed_body_is_refused_not_repeated() {
+    let nginx = Nginx::start(
+        r#"server { listen 127.0.0.1:{PORT}; transform_stdin body;
+             location /cgi { transform_output cgi;
+                             transform_exec /usr/bin/printf "Location: /second\r\n\r\n"; }
+             location /error { error_page 502 = /second; transform_exec /bin/false; }
+             location /second { transform_exec /bin/cat; } }"#,
+    );
+    let worker = nginx.worker_pid();
+    for path in ["/cgi", "/error"] {
+        let before = nginx.error_log().matches("transform started").count();
+        let mut c = Client::connect(nginx.port);
+        c.send(&format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhello"
+        ));
+        std::thread::sleep(Duration::from_millis(300));
+        c.send("world");
+        let r = c.read_response(false);
+        assert_eq!(r.status, 500, "{path}");
+        let log = nginx.error_log();
+        assert_eq!(
+            log.matches("transform started").count(),
+            before + 1,
+            "{path}: only the first program runs"
+        );
+        assert!(log.contains("the request body was partly read before an internal redirect"));
+        assert!(no_programs_left(worker));
+    }
+    nginx.stop();
+}
