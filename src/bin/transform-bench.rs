@@ -140,6 +140,8 @@ fn serve(mut conn: TcpStream, splice: bool, argv: &[CString]) -> io::Result<()> 
         }
         head.extend_from_slice(&buf[..n]);
     }
+    // As nginx does for non-buffered upstream responses (the module too).
+    conn.set_nodelay(true)?;
     conn.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")?;
     let (r, w) = pipe();
     // SAFETY: a pipe descriptor we own; the size is a hint.
@@ -156,7 +158,7 @@ fn serve(mut conn: TcpStream, splice: bool, argv: &[CString]) -> io::Result<()> 
                     conn.as_raw_fd(),
                     std::ptr::null_mut(),
                     1 << 20,
-                    libc::SPLICE_F_MOVE | libc::SPLICE_F_MORE,
+                    libc::SPLICE_F_MOVE,
                 )
             };
             if n == 0 {
