@@ -317,6 +317,7 @@ http {{
         if inflate_mb:
             env["LD_PRELOAD"] = os.path.join(self.dir, "inflate.so")
             env["BENCH_INFLATE_MB"] = str(inflate_mb)
+        self.nginx_prefixes = getattr(self, "nginx_prefixes", []) + [prefix]
         subprocess.run([self.nginx, "-p", prefix, "-c", os.path.join(prefix, "nginx.conf")],
                        env=env, check=True, timeout=60)
         master = None
@@ -329,17 +330,18 @@ http {{
                 if time.time() > end:
                     raise
                 time.sleep(0.05)
-        self.nginx_masters = getattr(self, "nginx_masters", []) + [(master, prefix)]
         wait_port(port)
         return {"port": port, "master": master, "prefix": prefix,
                 "temp": [os.path.join(prefix, t) for t in
                          ("fastcgi_temp", "uwsgi_temp", "proxy_temp", "client_body_temp")]}
 
     def stop_nginx(self):
-        for master, prefix in getattr(self, "nginx_masters", []):
+        for prefix in getattr(self, "nginx_prefixes", []):
             try:
+                with open(os.path.join(prefix, "nginx.pid")) as f:
+                    master = int(f.read())
                 os.kill(master, signal.SIGQUIT)
-            except ProcessLookupError:
+            except (OSError, ValueError):
                 continue
             end = time.time() + 15
             while time.time() < end and os.path.exists(f"/proc/{master}"):
