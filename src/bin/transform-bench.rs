@@ -1,8 +1,9 @@
 //! Benchmark tools run by `ci/bench` (bench/run.py): the producer, the physical-limit
 //! contestants and the load client.
 //!
-//! - `produce BYTES`: writes BYTES to stdout as cheaply as possible: vmsplice(2) of one
-//!   reused buffer into the stdout pipe (write(2) when stdout is not a pipe).
+//! - `produce BYTES [write]`: writes BYTES to stdout as cheaply as possible: vmsplice(2) of one
+//!   reused buffer into the stdout pipe (write(2) of 256 KiB pieces when stdout is not a pipe,
+//!   or with `write`, as most programs do).
 //! - `relay PORT splice|rw PROGRAM ARGS...`: a minimal HTTP server, one connection at a time: for
 //!   each request it runs PROGRAM with stdout on a pipe and relays that pipe to the socket, with
 //!   splice(2) or with read(2)/write(2) of 64 KiB (close-delimited response).
@@ -23,7 +24,10 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let rest = || args[1..].to_vec();
     match args.first().map(String::as_str) {
-        Some("produce") => produce(args.get(1).and_then(|s| s.parse().ok()).unwrap_or(0)),
+        Some("produce") => produce(
+            args.get(1).and_then(|s| s.parse().ok()).unwrap_or(0),
+            args.get(2).map(String::as_str) != Some("write"),
+        ),
         Some("relay") => relay(&rest()),
         Some("spawn") => spawn_loop(&rest()),
         Some("get") => get(&rest()),
@@ -34,14 +38,13 @@ fn main() {
     }
 }
 
-fn produce(mut left: u64) {
+fn produce(mut left: u64, mut vmsplice: bool) {
     const PIECE: usize = 256 * 1024;
     // Page-aligned, so vmsplice maps whole pages; the content does not matter.
     let buf = vec![b'x'; PIECE + 4096];
     let off = buf.as_ptr().align_offset(4096);
     let piece = &buf[off..off + PIECE];
     let mut out = io::stdout().lock();
-    let mut vmsplice = true;
     while left > 0 {
         let n = (left as usize).min(PIECE);
         if vmsplice {
