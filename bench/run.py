@@ -180,8 +180,7 @@ class Sampler:
 class Servers:
     """Everything the run starts, stopped by pid at the end."""
 
-    def __init__(self, quick):
-        self.quick = quick
+    def __init__(self):
         self.dir = tempfile.mkdtemp(prefix="transform-bench-")
         os.chmod(self.dir, 0o755)  # nginx workers (nobody when started as root) read in it
         self.procs = []
@@ -296,24 +295,8 @@ http {{
         location ~ ^/buffered-write/(\\d+)$ {{
             transform_splice off; transform_exec {BENCH} produce $1 write; }}
         location /static/ {{ }}
-        location ~ ^/fcgi/(\\d+)$ {{
-            fastcgi_pass unix:{self.fcgi_sock};
-            fastcgi_buffering on;
-            fastcgi_param SCRIPT_FILENAME {self.cgi_script};
-            fastcgi_param QUERY_STRING $1;
-            fastcgi_param REQUEST_METHOD $request_method;
-            fastcgi_param SERVER_PROTOCOL $server_protocol;
-            fastcgi_param GATEWAY_INTERFACE CGI/1.1;
-        }}
-        location ~ ^/fcgi-off/(\\d+)$ {{
-            fastcgi_pass unix:{self.fcgi_sock};
-            fastcgi_buffering off;
-            fastcgi_param SCRIPT_FILENAME {self.cgi_script};
-            fastcgi_param QUERY_STRING $1;
-            fastcgi_param REQUEST_METHOD $request_method;
-            fastcgi_param SERVER_PROTOCOL $server_protocol;
-            fastcgi_param GATEWAY_INTERFACE CGI/1.1;
-        }}
+        {self.fcgi_location("/fcgi/", "on")}
+        {self.fcgi_location("/fcgi-off/", "off")}
         location ~ ^/uwsgi/(\\d+)$ {{
             uwsgi_pass unix:{self.uwsgi_sock};
             uwsgi_param QUERY_STRING $1;
@@ -350,6 +333,17 @@ http {{
         return {"port": port, "master": master, "prefix": prefix,
                 "temp": [os.path.join(prefix, t) for t in
                          ("fastcgi_temp", "uwsgi_temp", "proxy_temp", "client_body_temp")]}
+
+    def fcgi_location(self, path, buffering):
+        return f"""location ~ ^{path}(\\d+)$ {{
+            fastcgi_pass unix:{self.fcgi_sock};
+            fastcgi_buffering {buffering};
+            fastcgi_param SCRIPT_FILENAME {self.cgi_script};
+            fastcgi_param QUERY_STRING $1;
+            fastcgi_param REQUEST_METHOD $request_method;
+            fastcgi_param SERVER_PROTOCOL $server_protocol;
+            fastcgi_param GATEWAY_INTERFACE CGI/1.1;
+        }}"""
 
     def stop_nginx(self):
         for prefix in getattr(self, "nginx_prefixes", []):
@@ -435,9 +429,9 @@ def run(args):
         "w3": 64 * MIB if quick else GIB,
         "w4_conns": 50 if quick else 200,
         "w4": 4 * MIB if quick else 16 * MIB,
-        "w5_rounds": 1 if quick else 3,
+        "wrk_rounds": 1 if quick else 3,
     }
-    s = Servers(quick)
+    s = Servers()
     results = {"sizes": sizes}
     try:
         s.build_inflate()
@@ -473,7 +467,7 @@ def run(args):
         }
         # The relays run the producer with a fixed size: restart them per size.
         results["steal"] = {}
-        for w, fn in (("w1", lambda: w1(s, c, sizes)), ("w2", lambda: w2(s, c, sizes, main, big)),
+        for w, fn in (("w1", lambda: w1(s, c, sizes)), ("w2", lambda: w2(sizes, main)),
                       ("w3", lambda: w3(c, sizes)), ("w4", lambda: w4(c, sizes)),
                       ("w5", lambda: w5(sizes, main, big))):
             before = cpu_times()
@@ -539,10 +533,10 @@ def w1(s, c, sizes):
     return out
 
 
-def w2(s, c, sizes, main, big):
+def w2(sizes, main):
     t = sizes["w2_seconds"]
     runs = {}
-    for _ in range(sizes["w5_rounds"]):  # alternated rounds, medians reported
+    for _ in range(sizes["wrk_rounds"]):  # alternated rounds, medians reported
         for name, path in (("module (splice)", "/module/16"),
                            ("fcgiwrap (buffering on)", "/fcgi/16"),
                            ("uWSGI Python app", "/uwsgi/16")):
@@ -593,7 +587,7 @@ def w5(sizes, main, big):
     t = sizes["w2_seconds"]
     out = {"normal": [], "inflated": []}
     rss = {}
-    for _ in range(sizes["w5_rounds"]):
+    for _ in range(sizes["wrk_rounds"]):
         for label, inst in (("normal", main), ("inflated", big)):
             rps, p99, errors = wrk(f"http://127.0.0.1:{inst['port']}/module/16", t)
             out[label].append(rps)
@@ -613,7 +607,7 @@ def verdict(ok):
     return "met" if ok else "**missed**"
 
 
-def report(res, quick):
+def report(res):
     s = res["sizes"]
     w1r, w2r, w3r, w4r, w5r = res["w1"], res["w2"], res["w3"], res["w4"], res["w5"]
     relay = w1r["standalone splice relay"]
@@ -631,7 +625,7 @@ def report(res, quick):
             f"{r['server_cpu_per_gib']:.3f} | {r['producer_cpu_per_gib']:.3f} |")
     add("")
     add(f"### W2: a 16-byte program under wrk (8 connections, {s['w2_seconds']} s, median of "
-        f"{s['w5_rounds']})\n")
+        f"{s['wrk_rounds']})\n")
     add("| contestant | requests/s | p99 ms | errors |")
     add("|---|---:|---:|---:|")
     for name, r in w2r.items():
@@ -650,7 +644,7 @@ def report(res, quick):
         add(f"| {name} | {r['mb_s']:.0f} | {r['errors']} | {r['peak_rss_mib']:.1f} | "
             f"{r['server_cpu_per_gib']:.3f} |")
     add("")
-    add(f"### W5: W2 on the module with a normal and a 1 GiB worker (median of {s['w5_rounds']})\n")
+    add(f"### W5: W2 on the module with a normal and a 1 GiB worker (median of {s['wrk_rounds']})\n")
     add("| worker | worker RSS MiB | requests/s |")
     add("|---|---:|---:|")
     for name, r in w5r.items():
@@ -725,7 +719,7 @@ def main():
     for k in ("cpu", "memory", "kernel", "nginx", "fcgiwrap", "uwsgi", "wrk"):
         head.append(f"- {k}: {info[k]}")
     head.append("- command: `ci/bench" + (" --quick" if args.quick else "") + "`\n")
-    text = "\n".join(head) + "\n" + report(res, args.quick)
+    text = "\n".join(head) + "\n" + report(res)
     print(text)
     outdir = os.path.join(ROOT, "bench", "results")
     os.makedirs(outdir, exist_ok=True)

@@ -85,6 +85,7 @@ pub fn start(
             exit: None,
             exited: false,
             program_timer: false,
+            waiting_on_program: true,
             shutdown: false,
             output_done: false,
             descendants_hold_output: false,
@@ -165,6 +166,8 @@ pub struct Transform {
     /// closes our connections (worker shutdown).
     exited: bool,
     program_timer: bool,
+    /// What the last run waited for: the program (true) or the client.
+    waiting_on_program: bool,
     shutdown: bool,
     /// The output is complete: end of file, or the program exited and only its descendants
     /// still hold the pipe.
@@ -303,6 +306,7 @@ impl Transform {
                 return Some(rc);
             }
         };
+        self.waiting_on_program = waiting_on_program;
         self.arm_program_timer(waiting_on_program);
         let armed = !waiting_on_program || self.stdout.as_ref().is_none_or(EventFd::arm_read);
         if armed
@@ -709,6 +713,18 @@ impl Transform {
         }
     }
 
+    /// Feeds stdin after an event of its pipe or of the client's body. Only a failure needs a
+    /// run of the machine; otherwise the program made progress (or the client did), so only
+    /// the program's timer is restarted, and the output side is left alone.
+    fn stdin_progress(&mut self) -> bool {
+        self.feed_stdin();
+        if self.stdin_failed || self.body_error.is_some() {
+            return true;
+        }
+        self.arm_program_timer(self.waiting_on_program);
+        false
+    }
+
     /// Logs why a streamed body could not be read; returns the response status.
     fn body_failed(&self, rc: ngx_int_t) -> ngx_int_t {
         let status = if rc >= NGX_HTTP_SPECIAL_RESPONSE as ngx_int_t {
@@ -1103,10 +1119,10 @@ unsafe extern "C" fn stdin_event(ev: *mut ngx_event_t) {
         return;
     }
     // SAFETY: as above. ev is not used after feed_stdin, which may close the stdin EventFd.
-    // A run also restarts the program's timers and sees failures.
     unsafe {
-        (*ctx).feed_stdin();
-        wake(ctx);
+        if (*ctx).stdin_progress() {
+            wake(ctx);
+        }
     }
 }
 
@@ -1149,8 +1165,9 @@ unsafe extern "C" fn client_body_event(r: *mut ngx_http_request_t) {
     }
     // SAFETY: the ctx lives in the request pool.
     unsafe {
-        (*ctx).feed_stdin();
-        step(ctx);
+        if (*ctx).stdin_progress() {
+            step(ctx);
+        }
     }
 }
 

@@ -177,6 +177,16 @@ fn no_programs_left(worker: u32) -> bool {
     wait_until(Duration::from_secs(5), || children_of(worker).is_empty())
 }
 
+/// Sends the first half of a 2 MB body, then nothing more.
+fn half_a_body(port: u16, path: &str) -> Client {
+    let mut c = Client::connect(port);
+    c.send(&format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n"
+    ));
+    c.stream().write_all(&[b'y'; 1_000_000]).unwrap();
+    c
+}
+
 #[test]
 fn body_limits_and_a_client_that_stops_sending() {
     let nginx = Nginx::start(&server(
@@ -218,9 +228,7 @@ fn body_limits_and_a_client_that_stops_sending() {
     // Half a body, then silence. Streamed: the program started, and client_body_timeout ends
     // the request and the program (a 408 closes the connection without a response, as nginx
     // always does).
-    let mut c = Client::connect(nginx.port);
-    c.send("POST /s/read-first HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n");
-    c.stream().write_all(&[b'y'; 1_000_000]).unwrap();
+    let mut c = half_a_body(nginx.port, "/s/read-first");
     assert!(wait_until(Duration::from_secs(2), || children_of(worker)
         .len()
         == 1));
@@ -240,9 +248,7 @@ fn body_limits_and_a_client_that_stops_sending() {
     eprintln!("stdin: client stopped half-way through the body: 408 after {took:?}");
 
     // A client that goes away half-way through the body: the program is stopped.
-    let mut c = Client::connect(nginx.port);
-    c.send("POST /s/read-first HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n");
-    c.stream().write_all(&[b'y'; 1_000_000]).unwrap();
+    let c = half_a_body(nginx.port, "/s/read-first");
     assert!(wait_until(Duration::from_secs(2), || children_of(worker)
         .len()
         == 1));
@@ -253,9 +259,7 @@ fn body_limits_and_a_client_that_stops_sending() {
         .contains("the client closed the connection, or sent a bad body; the program is stopped"));
 
     // The same when the program answered first: the response is cut (no terminating chunk).
-    let mut c = Client::connect(nginx.port);
-    c.send("POST /s/write-first HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n");
-    c.stream().write_all(&[b'y'; 1_000_000]).unwrap();
+    let mut c = half_a_body(nginx.port, "/s/write-first");
     let r = c.read_response(false);
     assert_eq!(r.status, 200);
     assert!(!r.complete, "a cut body must not look complete");
@@ -264,9 +268,7 @@ fn body_limits_and_a_client_that_stops_sending() {
 
     // Buffered: nginx gives up after client_body_timeout before any program runs.
     let started = nginx.error_log().matches("transform started").count();
-    let mut c = Client::connect(nginx.port);
-    c.send("POST /b/cat HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n");
-    c.stream().write_all(&[b'y'; 1_000_000]).unwrap();
+    let mut c = half_a_body(nginx.port, "/b/cat");
     let mut rest = Vec::new();
     let _ = c.read_to_end(&mut rest);
     assert!(nginx

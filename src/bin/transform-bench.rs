@@ -111,7 +111,9 @@ fn spawn(argv: &[CString], out: RawFd) -> libc::pid_t {
 fn wait(pid: libc::pid_t) {
     let mut status = 0;
     // SAFETY: pid is our child.
-    while unsafe { libc::waitpid(pid, &mut status, 0) } < 0 {}
+    while unsafe { libc::waitpid(pid, &mut status, 0) } < 0
+        && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
+    {}
 }
 
 fn cstrings(args: &[String]) -> Vec<CString> {
