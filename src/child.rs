@@ -100,6 +100,16 @@ impl Child {
         }
     }
 
+    /// Kills what an exited (not yet reaped) program left in its process group; whether
+    /// anything else than the program itself was there.
+    pub fn kill_descendants(&mut self) -> bool {
+        if self.status.is_none() {
+            return false;
+        }
+        os::signal_group(self.pid, libc::SIGKILL);
+        true
+    }
+
     /// The exit status, once the program has exited (it stays a zombie until dropped).
     pub fn status(&mut self) -> Option<ExitStatus> {
         if self.status.is_none() {

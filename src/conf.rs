@@ -76,6 +76,13 @@ static mut STDERR_LEVELS: [ngx_conf_enum_t; 7] = [
 /// failure is a clean 502 and success gets a Content-Length; long outputs start after 64 KiB.
 pub const DEFAULT_COMMIT_SIZE: usize = 64 * 1024;
 
+/// Default `transform_commit_timeout`: how long output is held before the commit when neither
+/// `transform_commit_size` nor the program's end came. Below the ~100 ms at which a person
+/// notices a delay, so a slow producer (`tail -f`, a progress stream) starts flowing at once;
+/// long enough for a program that fails right after its first write (a usage line then exit 1,
+/// a converter rejecting its input after the first bytes: a few ms) to become a clean 502.
+pub const DEFAULT_COMMIT_TIMEOUT: ngx_msec_t = 100;
+
 /// Default `transform_max_programs`: programs one worker runs at once.
 pub const DEFAULT_MAX_PROGRAMS: ngx_int_t = 64;
 
@@ -99,6 +106,8 @@ pub struct TransformConf {
     pub pipe_size: usize,
     /// `transform_commit_size`: output held before the response header is sent.
     pub commit_size: usize,
+    /// `transform_commit_timeout`: longest time output is held before the commit.
+    pub commit_timeout: ngx_msec_t,
     /// `transform_timeout`: longest run time of the program; 0 for none.
     pub timeout: ngx_msec_t,
     /// `transform_read_timeout`: longest wait for the program's next output (or its exit).
@@ -143,6 +152,7 @@ impl Default for TransformConf {
             splice: NGX_CONF_UNSET,
             pipe_size: NGX_CONF_UNSET_SIZE,
             commit_size: NGX_CONF_UNSET_SIZE,
+            commit_timeout: NGX_CONF_UNSET_MSEC,
             timeout: NGX_CONF_UNSET_MSEC,
             read_timeout: NGX_CONF_UNSET_MSEC,
             send_timeout: NGX_CONF_UNSET_MSEC,
@@ -251,6 +261,12 @@ impl Merge for TransformConf {
         let unset = NGX_CONF_UNSET_MSEC;
         merge(&mut self.timeout, prev.timeout, unset, 0);
         merge(
+            &mut self.commit_timeout,
+            prev.commit_timeout,
+            unset,
+            DEFAULT_COMMIT_TIMEOUT,
+        );
+        merge(
             &mut self.read_timeout,
             prev.read_timeout,
             unset,
@@ -304,7 +320,7 @@ const fn command(
 }
 
 /// The directive table.
-pub static mut COMMANDS: [ngx_command_t; 19] = [
+pub static mut COMMANDS: [ngx_command_t; 20] = [
     command(
         ngx_string!("transform_exec"),
         NGX_HTTP_LOC_CONF | NGX_HTTP_LIF_CONF | NGX_CONF_1MORE,
@@ -341,6 +357,13 @@ pub static mut COMMANDS: [ngx_command_t; 19] = [
         ptr::null_mut(),
     ),
     command(
+        ngx_string!("transform_commit_timeout"),
+        ANY | NGX_CONF_TAKE1,
+        ngx_conf_set_msec_slot,
+        offset_of!(TransformConf, commit_timeout),
+        ptr::null_mut(),
+    ),
+    command(
         ngx_string!("transform_stderr"),
         ANY | NGX_CONF_TAKE1,
         ngx_conf_set_enum_slot,
@@ -371,7 +394,7 @@ pub static mut COMMANDS: [ngx_command_t; 19] = [
     command(
         ngx_string!("transform_header_buffer_size"),
         ANY | NGX_CONF_TAKE1,
-        ngx_conf_set_size_slot,
+        set_header_buffer_size,
         offset_of!(TransformConf, header_buffer_size),
         ptr::null_mut(),
     ),
@@ -643,6 +666,32 @@ extern "C" fn set_pipe_size(
             unsafe { &mut *cf },
             0,
             format_args!("pipe size must be from 4k to 1024m"),
+        );
+        return NGX_CONF_ERROR;
+    }
+    NGX_CONF_OK
+}
+
+/// `transform_header_buffer_size size`: nginx's size syntax, at least 16 bytes (the shortest
+/// useful header block, `Status: 200` and a blank line, takes 15).
+extern "C" fn set_header_buffer_size(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: forwarded as nginx gave them.
+    let rv = unsafe { ngx_conf_set_size_slot(cf, cmd, conf) };
+    if rv != NGX_CONF_OK {
+        return rv;
+    }
+    // SAFETY: conf is this module's loc conf.
+    let size = unsafe { (*conf.cast::<TransformConf>()).header_buffer_size };
+    if size < 16 {
+        // SAFETY: valid cf.
+        conf_error(
+            unsafe { &mut *cf },
+            0,
+            format_args!("header buffer size must be at least 16 bytes"),
         );
         return NGX_CONF_ERROR;
     }

@@ -10,6 +10,7 @@ use nginx_sys::{
 
 use crate::child;
 use crate::conf::TransformConf;
+use crate::log::escape;
 use crate::nginx::{self, Http};
 use crate::relay::{self, Launch};
 
@@ -71,6 +72,19 @@ fn run(http: Http, conf: &'static TransformConf) -> ngx_int_t {
     let content_type = match conf.content_type() {
         None => None,
         Some(cv) => match http.complex_value(cv) {
+            // Empty: nginx's default_type, as if unset.
+            Some([]) => None,
+            Some(v) if v.iter().any(|&b| b < 0x20 && b != b'\t' || b == 0x7f) => {
+                // A value from the request must not start a header of its own.
+                log_error!(
+                    NGX_LOG_ERR,
+                    http.log(),
+                    0,
+                    "transform_type value \"{}\" contains a control character",
+                    escape(v)
+                );
+                return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+            }
             Some(v) => Some(v),
             None => return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t,
         },
@@ -91,7 +105,9 @@ fn run(http: Http, conf: &'static TransformConf) -> ngx_int_t {
              request refused",
             conf.max_programs
         );
-        http.add_header("Retry-After", "1");
+        if !http.add_header("Retry-After", "1") {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+        }
         return NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t;
     }
 
@@ -166,7 +182,7 @@ fn evaluate_argv(http: Http, conf: &TransformConf) -> Result<Vec<CString>, ngx_i
             http.log(),
             0,
             "transform_exec program \"{}\" is not an absolute path",
-            String::from_utf8_lossy(program)
+            escape(program)
         );
         return Err(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
     }

@@ -26,3 +26,18 @@ macro_rules! debug {
         ngx::ngx_log_debug!(mask: ngx::log::DebugMask::Http, log, $($arg)+);
     }};
 }
+
+/// Bytes from a program, a client or a configuration value as they may appear in a log line:
+/// printable ASCII as it is, everything else (and `\` and `"`) as `\xNN`, so nothing can start
+/// a line of its own or end a quoted value.
+pub fn escape(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for &b in bytes {
+        if (0x20..0x7f).contains(&b) && b != b'\\' && b != b'"' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}

@@ -45,31 +45,46 @@ impl Http {
         self.0.as_ptr()
     }
 
-    fn r<'a>(self) -> &'a mut ngx_http_request_t {
-        // SAFETY: the type's invariant; nginx runs one handler at a time on this thread.
-        unsafe { &mut *self.0.as_ptr() }
+    /// Runs `f` with the request. The `&mut` lives only for the call, and no method of `Http`
+    /// is called inside (so two are never live at once).
+    fn with_r<T>(self, f: impl FnOnce(&mut ngx_http_request_t) -> T) -> T {
+        // SAFETY: the type's invariant; nginx runs one handler at a time on this thread, and
+        // the reference does not outlive `f`.
+        f(unsafe { &mut *self.0.as_ptr() })
     }
 
-    fn c<'a>(self) -> &'a mut ngx_connection_t {
-        // SAFETY: a live request has a live connection.
-        unsafe { &mut *self.r().connection }
+    /// Runs `f` with the request's connection, as [`Http::with_r`].
+    fn with_c<T>(self, f: impl FnOnce(&mut ngx_connection_t) -> T) -> T {
+        let c = self.connection();
+        // SAFETY: a live request has a live connection; the reference does not outlive `f`.
+        f(unsafe { &mut *c })
+    }
+
+    /// Whether this is the main request (not a subrequest).
+    fn is_main(self) -> bool {
+        self.with_r(|r| ptr::eq(r.main, r))
     }
 
     pub fn connection(self) -> *mut ngx_connection_t {
-        self.r().connection
+        self.with_r(|r| r.connection)
     }
 
     pub fn log(self) -> *mut ngx_log_t {
-        self.c().log
+        self.with_c(|c| c.log)
     }
 
     pub fn pool(self) -> *mut nginx_sys::ngx_pool_t {
-        self.r().pool
+        self.with_r(|r| r.pool)
     }
 
     /// A HEAD request (nginx sets `header_only` only later, in its header filter).
     pub fn is_head(self) -> bool {
-        self.r().method == nginx_sys::NGX_HTTP_HEAD as ngx_uint_t
+        self.with_r(|r| r.method == nginx_sys::NGX_HTTP_HEAD as ngx_uint_t)
+    }
+
+    /// Whether the request announces a body (a Content-Length above 0, or chunked).
+    pub fn has_body(self) -> bool {
+        self.with_r(|r| r.headers_in.content_length_n > 0 || r.headers_in.chunked() != 0)
     }
 
     /// A copy of `bytes` in the request pool (None if out of memory).
@@ -105,45 +120,78 @@ impl Http {
 
     /// Whether nginx sends only the header (HEAD), known once the header went out.
     pub fn header_only(self) -> bool {
-        self.r().header_only() != 0
+        self.with_r(|r| r.header_only() != 0)
     }
 
-    /// Restarts the request at `uri` (with `?args`), as fastcgi does for a local Location.
-    pub fn internal_redirect(self, location: &[u8]) -> ngx_int_t {
-        let (uri, args) = match location.iter().position(|&b| b == b'?') {
-            Some(q) => (&location[..q], &location[q + 1..]),
-            None => (location, &location[location.len()..]),
-        };
-        let (Some(uri), Some(args)) = (self.pool_copy(uri), self.pool_copy(args)) else {
-            return NGX_ERROR as ngx_int_t;
-        };
+    /// Where a local redirect (a CGI `Location: /uri?args` or `Location: @name`) goes, checked
+    /// as nginx checks X-Accel-Redirect (ngx_http_parse_unsafe_uri: no `..` segments, no NUL,
+    /// also percent-encoded). None for an unsafe URI (or no memory).
+    pub fn redirect_target(self, location: &[u8]) -> Option<Redirect> {
+        let copy = self.pool_copy(location)?;
         let mut uri = ngx_str_t {
-            len: uri.len(),
-            data: uri.as_ptr().cast_mut(),
+            len: copy.len(),
+            data: copy.as_ptr().cast_mut(),
         };
-        let mut args = ngx_str_t {
-            len: args.len(),
-            data: args.as_ptr().cast_mut(),
+        if location.starts_with(b"@") {
+            return Some(Redirect::Named(uri));
+        }
+        let mut args = ngx_str_t::default();
+        let mut flags: ngx_uint_t = 0;
+        // SAFETY: live request; uri is a copy in its pool, which the call may change in place
+        // (it unescapes a quoted URI) and splits at '?' into args.
+        let rc = unsafe {
+            nginx_sys::ngx_http_parse_unsafe_uri(self.as_ptr(), &mut uri, &mut args, &mut flags)
         };
-        // SAFETY: live request; uri and args live in its pool.
-        unsafe { nginx_sys::ngx_http_internal_redirect(self.as_ptr(), &mut uri, &mut args) }
+        (rc == NGX_OK as ngx_int_t).then_some(Redirect::Uri(uri, args))
+    }
+
+    /// Restarts the request at `target`, as nginx does for X-Accel-Redirect: a URI is fetched
+    /// with GET (HEAD stays HEAD). Returns what the redirect returned (NGX_DONE).
+    pub fn redirect(self, target: Redirect) -> ngx_int_t {
+        match target {
+            Redirect::Named(mut name) => {
+                // SAFETY: live request; name lives in its pool.
+                unsafe { nginx_sys::ngx_http_named_location(self.as_ptr(), &mut name) }
+            }
+            Redirect::Uri(mut uri, mut args) => {
+                self.with_r(|r| {
+                    if r.method != nginx_sys::NGX_HTTP_HEAD as ngx_uint_t {
+                        r.method = nginx_sys::NGX_HTTP_GET as ngx_uint_t;
+                        // SAFETY: a static of nginx's core module, only read.
+                        r.method_name = unsafe { nginx_sys::ngx_http_core_get_method };
+                    }
+                });
+                // SAFETY: live request; uri and args live in its pool.
+                unsafe { nginx_sys::ngx_http_internal_redirect(self.as_ptr(), &mut uri, &mut args) }
+            }
+        }
     }
 
     /// Adds a response header (for responses nginx makes itself, such as 503).
-    pub fn add_header(self, key: &str, value: &str) {
+    pub fn add_header(self, key: &str, value: &str) -> bool {
         // SAFETY: the ngx wrapper type is a transparent view of this live request.
         let r = unsafe { ngx::http::Request::from_ngx_http_request(self.as_ptr()) };
-        let _ = r.add_header_out(key, value);
+        r.add_header_out(key, value).is_some()
     }
 
     /// Whether nginx frames the body with chunked transfer encoding (decided by its header filter).
     pub fn chunked(self) -> bool {
-        self.r().chunked() != 0
+        self.with_r(|r| r.chunked() != 0)
     }
 
     /// The location configuration of module `M`.
     pub fn loc_conf<M: HttpModuleLocationConf>(self) -> &'static M::LocationConf {
-        M::location_conf(self.r()).expect("module location conf")
+        self.with_r(|r| M::location_conf(r).expect("module location conf"))
+    }
+
+    /// The location configuration of nginx's core module.
+    fn core_conf(self) -> &'static nginx_sys::ngx_http_core_loc_conf_t {
+        self.with_r(|r| NgxHttpCoreModule::location_conf(r).expect("core loc conf"))
+    }
+
+    /// nginx's `sendfile_max_chunk`: the most one request sends per event (0: no limit).
+    pub fn sendfile_max_chunk(self) -> usize {
+        self.core_conf().sendfile_max_chunk
     }
 
     pub fn discard_body(self) -> ngx_int_t {
@@ -179,30 +227,31 @@ impl Http {
         self.send_status_header(NGX_HTTP_OK as u16, content_type, length)
     }
 
-    /// As [`Http::send_header`], with the given status.
+    /// As [`Http::send_header`], with the given status. The response is a program's output, a
+    /// dynamic one: conditional request headers (If-None-Match, If-Unmodified-Since...) are not
+    /// judged against it, as nginx's upstream does for responses it does not cache.
     pub fn send_status_header(
         self,
         status: u16,
         content_type: Option<&'static [u8]>,
         length: Option<u64>,
     ) -> ngx_int_t {
-        let r = self.r();
-        r.headers_out.status = status as _;
-        r.headers_out.content_length_n = length.map_or(-1, |n| n as i64);
-        let ct = match content_type {
-            Some(t) => ngx_str_t {
-                len: t.len(),
-                data: t.as_ptr().cast_mut(),
-            },
-            None => {
-                NgxHttpCoreModule::location_conf(r)
-                    .expect("core loc conf")
-                    .default_type
-            }
-        };
-        r.headers_out.content_type_len = ct.len;
-        r.headers_out.content_type = ct;
-        r.headers_out.content_type_lowcase = ptr::null_mut();
+        let default_type = self.core_conf().default_type;
+        self.with_r(|r| {
+            r.set_disable_not_modified(1);
+            r.headers_out.status = status as _;
+            r.headers_out.content_length_n = length.map_or(-1, |n| n as i64);
+            let ct = match content_type {
+                Some(t) if !t.is_empty() => ngx_str_t {
+                    len: t.len(),
+                    data: t.as_ptr().cast_mut(),
+                },
+                _ => default_type,
+            };
+            r.headers_out.content_type_len = ct.len;
+            r.headers_out.content_type = ct;
+            r.headers_out.content_type_lowcase = ptr::null_mut();
+        });
         // SAFETY: live request.
         unsafe { ngx_http_send_header(self.as_ptr()) }
     }
@@ -210,38 +259,42 @@ impl Http {
     /// Why the response body cannot bypass nginx's output chain, or `None` if it can. Call it
     /// after the header went through the filters (they set what is checked here).
     pub fn zero_copy_refusal(self, splice_on: bool) -> Option<&'static str> {
-        let r = self.r();
         if !splice_on {
             return Some("transform_splice is off");
         }
-        if !ptr::eq(r.main, r) {
-            return Some("subrequest");
-        }
-        if r.http_version >= NGX_HTTP_VERSION_20 as usize {
-            return Some("HTTP/2 or HTTP/3 framing");
-        }
-        if !self.c().ssl.is_null() {
-            return Some("TLS connection");
-        }
-        if r.filter_need_in_memory() != 0 || r.main_filter_need_in_memory() != 0 {
-            return Some("a body filter needs the data (gzip, sub_filter, ssi)");
-        }
-        // Evaluated by the write filter when the header went through (callers flush it first).
-        if r.limit_rate != 0 {
-            return Some("limit_rate is set");
-        }
-        if r.preserve_body() != 0 {
-            return Some("a body filter adds content (add_before_body, add_after_body)");
-        }
-        if !r.postponed.is_null() {
-            return Some("postponed output");
-        }
-        None
+        let tls = self.with_c(|c| !c.ssl.is_null());
+        self.with_r(|r| {
+            if !ptr::eq(r.main, r) {
+                return Some("subrequest");
+            }
+            if r.http_version >= NGX_HTTP_VERSION_20 as usize {
+                return Some("HTTP/2 or HTTP/3 framing");
+            }
+            if tls {
+                return Some("TLS connection");
+            }
+            if r.filter_need_in_memory() != 0 || r.main_filter_need_in_memory() != 0 {
+                return Some("a body filter needs the data (gzip, sub_filter, ssi)");
+            }
+            // Evaluated by the write filter when the header went through (callers flush it
+            // first).
+            if r.limit_rate != 0 {
+                return Some("limit_rate is set");
+            }
+            if r.preserve_body() != 0 {
+                return Some("a body filter adds content (add_before_body, add_after_body)");
+            }
+            if !r.postponed.is_null() {
+                return Some("postponed output");
+            }
+            None
+        })
     }
 
     /// Output nginx holds for this request that has not reached the socket yet.
     pub fn pending_output(self) -> bool {
-        !self.r().out.is_null() || self.c().buffered() != 0
+        let out = self.with_r(|r| !r.out.is_null());
+        out || self.with_c(|c| c.buffered() != 0)
     }
 
     pub fn output_filter(self, chain: *mut ngx_chain_t) -> ngx_int_t {
@@ -268,8 +321,9 @@ impl Http {
 
     /// Keeps the request alive after the content handler returns NGX_DONE.
     pub fn take_reference(self) {
-        // SAFETY: live request; main is its main request.
-        unsafe { (*self.r().main).set_count((*self.r().main).count() + 1) };
+        let main = self.with_r(|r| r.main);
+        // SAFETY: a live request's main request is live; no other reference to it is held.
+        unsafe { (*main).set_count((*main).count() + 1) };
     }
 
     /// Routes the client's write events to `write`, and its read events to `body` while a
@@ -279,55 +333,83 @@ impl Http {
         write: ngx_http_event_handler_pt,
         body: ngx_http_event_handler_pt,
     ) {
-        let r = self.r();
-        r.write_event_handler = write;
-        if ptr::eq(r.main, r) {
-            r.read_event_handler = if self.streaming_body() {
-                body
-            } else {
-                Some(ngx_http_test_reading)
-            };
-        }
+        let main = self.is_main();
+        let read = if self.streaming_body() {
+            body
+        } else {
+            Some(ngx_http_test_reading as unsafe extern "C" fn(_))
+        };
+        self.with_r(|r| {
+            r.write_event_handler = write;
+            if main {
+                r.read_event_handler = read;
+            }
+        });
     }
 
     /// Stops taking the request body (it is complete, or nobody reads it any more): the
-    /// client_body_timeout goes and the client is only watched for a close. What is left of an
-    /// unread body is dropped when the request ends (nginx closes with a lingering close).
+    /// client_body_timeout goes and the client is only watched for a close, from the next
+    /// event loop iteration on (a close that was already signalled is not missed). What is
+    /// left of an unread body is dropped when the request ends (nginx closes with a lingering
+    /// close).
     pub fn stop_reading_body(self) {
-        let r = self.r();
-        if !ptr::eq(r.main, r) {
+        if !self.watch_only_for_close() {
             return;
         }
-        r.read_event_handler = Some(ngx_http_test_reading);
-        let rev = self.c().read;
+        let rev = self.with_c(|c| c.read);
+        // SAFETY: a live connection has a live read event; nginx's posted queue is ours to add
+        // to on this thread, and closing the connection removes the event from it.
+        unsafe {
+            if (*rev).posted() == 0 {
+                nginx_sys::ngx_post_event(rev, ptr::addr_of_mut!(nginx_sys::ngx_posted_events));
+            }
+        }
+    }
+
+    /// As [`Http::stop_reading_body`], checking for a close at once: call it last in a read
+    /// handler, since the check may finalize (and free) the request.
+    pub fn watch_client_close(self) {
+        if self.watch_only_for_close() {
+            // SAFETY: live request; it is not used after this call.
+            unsafe { ngx_http_test_reading(self.as_ptr()) };
+        }
+    }
+
+    /// Installs nginx's close check as the read handler and drops the body timer. Whether it
+    /// did (main requests only).
+    fn watch_only_for_close(self) -> bool {
+        if !self.is_main() {
+            return false;
+        }
+        self.with_r(|r| r.read_event_handler = Some(ngx_http_test_reading));
+        let rev = self.with_c(|c| c.read);
         // SAFETY: a live connection has a live read event.
         unsafe {
             if (*rev).timer_set() != 0 {
                 nginx_sys::ngx_del_timer(rev);
             }
         }
+        true
     }
 
     /// Asks nginx to hand over the request body as it arrives rather than whole (as
     /// `proxy_request_buffering off` does). nginx still reads it whole where it must: for
     /// subrequests, and when all of it came with the header.
     pub fn stream_body(self) {
-        let r = self.r();
-        if ptr::eq(r.main, r) {
-            r.set_request_body_no_buffering(1);
+        if self.is_main() {
+            self.with_r(|r| r.set_request_body_no_buffering(1));
         }
     }
 
     /// Whether the client is still sending a body that nginx hands over as it arrives.
     pub fn streaming_body(self) -> bool {
-        let r = self.r();
-        r.reading_body() != 0 && r.request_body_no_buffering() != 0
+        self.with_r(|r| r.reading_body() != 0 && r.request_body_no_buffering() != 0)
     }
 
     /// Whether the client is still sending a body that was streamed (possibly to an earlier
     /// location of this request, before an internal redirect).
     pub fn reading_body(self) -> bool {
-        self.r().reading_body() != 0
+        self.with_r(|r| r.reading_body() != 0)
     }
 
     /// Reads what the client sent of a streamed body into nginx's buffers: NGX_OK at its end,
@@ -339,9 +421,14 @@ impl Http {
         unsafe { nginx_sys::ngx_http_read_unbuffered_request_body(self.as_ptr()) }
     }
 
+    /// The request body nginx keeps (null if none).
+    fn request_body(self) -> *mut nginx_sys::ngx_http_request_body_t {
+        self.with_r(|r| r.request_body)
+    }
+
     /// Takes the buffers of request body that nginx read since the last call.
     fn take_body_bufs(self) -> *mut ngx_chain_t {
-        let rb = self.r().request_body;
+        let rb = self.request_body();
         if rb.is_null() {
             return ptr::null_mut();
         }
@@ -370,67 +457,80 @@ impl Http {
 
     pub fn set_ctx(self, module: &ngx_module_t, ctx: *mut c_void) {
         // SAFETY: ctx_index is this module's slot in the request's ctx array.
-        unsafe { *self.r().ctx.add(module.ctx_index) = ctx };
+        self.with_r(|r| unsafe { *r.ctx.add(module.ctx_index) = ctx });
     }
 
     pub fn ctx(self, module: &ngx_module_t) -> *mut c_void {
         // SAFETY: as in set_ctx.
-        unsafe { *self.r().ctx.add(module.ctx_index) }
+        self.with_r(|r| unsafe { *r.ctx.add(module.ctx_index) })
     }
 
     /// The client socket (plain HTTP/1.x connections only).
     pub fn client_fd(self) -> RawFd {
-        self.c().fd
+        self.with_c(|c| c.fd)
     }
 
     /// Accounts bytes written to the client behind nginx's back ($bytes_sent, access log).
     pub fn add_sent(self, n: usize) {
-        self.c().sent += n as i64;
+        self.with_c(|c| c.sent += n as i64);
     }
 
     /// Marks the client connection as failed (write error), so nginx closes it.
     pub fn set_client_error(self) {
-        self.c().set_error(1);
+        self.with_c(|c| c.set_error(1));
     }
 
     /// Ensures a failed response cannot pass for a complete one: on HTTP/1.x (plain or TLS) the
     /// connection is reset when closed, since a close-delimited body would otherwise look whole
     /// (and clients ignore a missing TLS close_notify). HTTP/2 and HTTP/3 reset the stream.
     pub fn reset_on_close(self) {
-        let r = self.r();
-        if ptr::eq(r.main, r) && r.http_version < NGX_HTTP_VERSION_20 as usize {
+        let v1 = self.with_r(|r| r.http_version < NGX_HTTP_VERSION_20 as usize);
+        if self.is_main() && v1 {
             os::linger_reset(self.client_fd());
         }
     }
 
     /// Whether the client write timer fired; if so, marks the connection timed out.
     pub fn take_write_timeout(self) -> bool {
-        let c = self.c();
-        // SAFETY: a live connection has live events.
-        let wev = unsafe { &mut *c.write };
-        if wev.timedout() == 0 {
-            return false;
-        }
-        wev.set_timedout(0);
-        c.set_timedout(1);
-        true
+        self.with_c(|c| {
+            // SAFETY: a live connection has live events.
+            let wev = unsafe { &mut *c.write };
+            if wev.timedout() == 0 {
+                return false;
+            }
+            wev.set_timedout(0);
+            c.set_timedout(1);
+            true
+        })
     }
 
     /// Marks the client socket as full after our own send/splice returned EAGAIN (splice
     /// transport only: nginx's send functions manage the flag on the buffered transport).
     pub fn client_full(self) {
+        let wev = self.with_c(|c| c.write);
         // SAFETY: a live connection has live events.
-        unsafe { (*self.c().write).set_ready(0) };
+        unsafe { (*wev).set_ready(0) };
+    }
+
+    /// Writes are paused for `ms` (as nginx's write filter does at sendfile_max_chunk): the
+    /// write event comes back then, delayed and not a send timeout.
+    pub fn delay_write(self, ms: ngx_msec_t) {
+        let wev = self.with_c(|c| c.write);
+        // SAFETY: a live connection has live events.
+        unsafe {
+            (*wev).set_delayed(1);
+            nginx_sys::ngx_add_timer(wev, ms);
+        }
     }
 
     /// Waits for the client as nginx's non-buffered upstream loop does: while `blocked`, (re)starts
     /// `send_timeout` on every wait (not while limit_rate delays the event); otherwise removes it.
     pub fn arm_write(self, blocked: bool, send_timeout: ngx_msec_t) -> bool {
-        let clcf = NgxHttpCoreModule::location_conf(self.r()).expect("core loc conf");
-        let wev = self.c().write;
+        let lowat = self.core_conf().send_lowat;
+        let wev = self.with_c(|c| c.write);
         // SAFETY: live connection event.
         unsafe {
-            if ngx_handle_write_event(wev, clcf.send_lowat) != NGX_OK as ngx_int_t {
+            if ngx_handle_write_event(wev, lowat) != NGX_OK as ngx_int_t {
                 return false;
             }
             if blocked && (*wev).delayed() == 0 {
@@ -443,11 +543,36 @@ impl Http {
         true
     }
 
-    /// Lets small writes go out at once (as nginx's non-buffered upstream mode does).
+    /// Lets small writes go out at once (as nginx's non-buffered upstream mode does), unless
+    /// `tcp_nodelay off`.
     pub fn tcp_nodelay(self) {
+        if self.core_conf().tcp_nodelay == 0 {
+            return;
+        }
         // SAFETY: live connection; ngx_tcp_nodelay checks the connection's state itself.
         unsafe { nginx_sys::ngx_tcp_nodelay(self.connection()) };
     }
+
+    /// Puts a program's CGI header block into the response headers.
+    pub fn set_cgi_headers(self, head: &crate::cgi::Head) -> bool {
+        for (name, value) in &head.headers {
+            if !self.add_header(name, value) {
+                return false;
+            }
+        }
+        if let Some(location) = &head.location {
+            if !self.add_header("Location", &String::from_utf8_lossy(location)) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// Where a local redirect goes: a named location, or a URI and its arguments.
+pub enum Redirect {
+    Named(ngx_str_t),
+    Uri(ngx_str_t, ngx_str_t),
 }
 
 /// Adds variables at preconfiguration.
@@ -716,7 +841,7 @@ impl BodyCursor {
     /// The request body as nginx has it when the program starts (empty if there is none).
     pub fn of(http: Http) -> BodyCursor {
         let streaming = http.streaming_body();
-        let rb = http.r().request_body;
+        let rb = http.request_body();
         let cl = if streaming {
             http.take_body_bufs()
         } else if rb.is_null() {

@@ -2,31 +2,36 @@
 //!
 //! Lines are cut at [`MAX_LINE`] bytes and escaped (no control bytes reach the log). A token bucket
 //! per request ([`BURST`] lines, then [`PER_SECOND`] a second) bounds what a program can put in the
-//! log, so a flood of stderr never fills the disk; dropped lines are counted and reported. The last
-//! lines ([`TAIL_BYTES`]) are kept whatever the level, to be logged at error level if the program
-//! fails. The pipe is always drained, so stderr never blocks the program's stdout.
-
-use std::collections::VecDeque;
+//! log, so a flood of stderr never fills the disk; dropped lines are counted and reported. The
+//! last [`TAIL_BYTES`] bytes are kept in a ring, whatever the lines' count or length, to be
+//! logged as one error-level message if the program fails. `transform_stderr off` logs nothing
+//! at all. The pipe is always drained, so stderr never blocks the program's stdout.
 
 use nginx_sys::{ngx_log_t, ngx_msec_t, ngx_uint_t, NGX_LOG_ERR};
+
+use crate::log::escape;
 
 /// Longest line logged; the rest is cut.
 pub const MAX_LINE: usize = 1024;
 /// Lines a request may log at once, and then per second.
 pub const BURST: u64 = 100;
 pub const PER_SECOND: u64 = 20;
-/// stderr kept for the failure report.
-pub const TAIL_BYTES: usize = 4096;
+/// stderr kept for the failure report (raw bytes; escaped, the message stays under nginx's
+/// 2048-byte log line).
+pub const TAIL_BYTES: usize = 1024;
+/// The longest escaped tail in the failure report.
+const TAIL_TEXT: usize = 1500;
 
 /// Per-request stderr state.
 pub struct StderrLog {
-    /// nginx log level of each line; 0 logs nothing (the tail is still kept).
+    /// nginx log level of each line; 0 logs nothing.
     level: ngx_uint_t,
     /// The current, unfinished line (at most MAX_LINE bytes) and whether it was cut.
     line: Vec<u8>,
     cut: bool,
-    tail: VecDeque<Vec<u8>>,
-    tail_bytes: usize,
+    /// The last TAIL_BYTES bytes written, in a ring starting at `tail_start` once full.
+    tail: Vec<u8>,
+    tail_start: usize,
     tokens: u64,
     refilled: ngx_msec_t,
     suppressed: u64,
@@ -38,8 +43,8 @@ impl StderrLog {
             level,
             line: Vec::new(),
             cut: false,
-            tail: VecDeque::new(),
-            tail_bytes: 0,
+            tail: Vec::new(),
+            tail_start: 0,
             tokens: BURST,
             refilled: now,
             suppressed: 0,
@@ -48,6 +53,10 @@ impl StderrLog {
 
     /// Takes what the program wrote; logs every complete line.
     pub fn feed(&mut self, log: *mut ngx_log_t, mut data: &[u8], now: ngx_msec_t) {
+        if self.level == 0 {
+            return;
+        }
+        self.keep_tail(data);
         while !data.is_empty() {
             let (piece, rest, complete) = match data.iter().position(|&b| b == b'\n') {
                 Some(i) => (&data[..i], &data[i + 1..], true),
@@ -72,40 +81,66 @@ impl StderrLog {
         self.report_suppressed(log);
     }
 
-    /// Logs the kept tail at error level, for a program that failed.
+    /// Logs the kept tail at error level in one message, for a program that failed (nothing
+    /// with `transform_stderr off`, or when it wrote nothing).
     pub fn log_tail(&self, log: *mut ngx_log_t, program: &str) {
-        for line in &self.tail {
-            log_error!(
-                NGX_LOG_ERR,
-                log,
-                0,
-                "transform program \"{program}\" stderr: {}",
-                escape(line)
-            );
+        if self.level == 0 || self.tail.is_empty() {
+            return;
+        }
+        let (newer, older) = self.tail.split_at(self.tail_start);
+        let mut raw = Vec::with_capacity(self.tail.len());
+        raw.extend_from_slice(older);
+        raw.extend_from_slice(newer);
+        let text = escape(raw.strip_suffix(b"\n").unwrap_or(&raw)).replace("\\x0a", "\\n");
+        let (cut, text) = match text.len().checked_sub(TAIL_TEXT) {
+            Some(skip) if skip > 0 => ("...", &text[skip..]),
+            _ => ("", &text[..]),
+        };
+        log_error!(
+            NGX_LOG_ERR,
+            log,
+            0,
+            "transform program \"{program}\" stderr (last lines): {cut}{text}"
+        );
+    }
+
+    /// Keeps the last TAIL_BYTES bytes of `data` in the ring.
+    fn keep_tail(&mut self, data: &[u8]) {
+        if data.len() >= TAIL_BYTES {
+            self.tail.clear();
+            self.tail
+                .extend_from_slice(&data[data.len() - TAIL_BYTES..]);
+            self.tail_start = 0;
+            return;
+        }
+        for &b in data {
+            if self.tail.len() < TAIL_BYTES {
+                self.tail.push(b);
+            } else {
+                self.tail[self.tail_start] = b;
+                self.tail_start = (self.tail_start + 1) % TAIL_BYTES;
+            }
         }
     }
 
     fn end_line(&mut self, log: *mut ngx_log_t, now: ngx_msec_t) {
-        let mut line = core::mem::take(&mut self.line);
-        if core::mem::take(&mut self.cut) {
-            line.extend_from_slice(b"[...]");
+        let cut = core::mem::take(&mut self.cut);
+        self.refill(now);
+        if self.tokens > 0 {
+            self.tokens -= 1;
+            self.report_suppressed(log);
+            let more = if cut { "[...]" } else { "" };
+            log_error!(
+                self.level,
+                log,
+                0,
+                "transform stderr: {}{more}",
+                escape(&self.line)
+            );
+        } else {
+            self.suppressed += 1;
         }
-        if self.level != 0 {
-            self.refill(now);
-            if self.tokens > 0 {
-                self.tokens -= 1;
-                self.report_suppressed(log);
-                log_error!(self.level, log, 0, "transform stderr: {}", escape(&line));
-            } else {
-                self.suppressed += 1;
-            }
-        }
-        self.tail_bytes += line.len();
-        self.tail.push_back(line);
-        while self.tail_bytes > TAIL_BYTES && self.tail.len() > 1 {
-            let old = self.tail.pop_front().expect("not empty");
-            self.tail_bytes -= old.len();
-        }
+        self.line.clear();
     }
 
     fn refill(&mut self, now: ngx_msec_t) {
@@ -128,17 +163,4 @@ impl StderrLog {
             self.suppressed = 0;
         }
     }
-}
-
-/// Printable ASCII as is, everything else as \xNN.
-fn escape(line: &[u8]) -> String {
-    let mut out = String::with_capacity(line.len());
-    for &b in line {
-        if (0x20..0x7f).contains(&b) && b != b'\\' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("\\x{b:02x}"));
-        }
-    }
-    out
 }

@@ -57,7 +57,7 @@ fn total_timeout_before_and_after_the_commit() {
     let nginx = Nginx::start(&server(
         "location /warmup { transform_exec /bin/true; }
          transform_timeout 600ms; transform_read_timeout 10s;
-         location /held { transform_exec {HELPER} drip 100 100; }
+         location /held { transform_commit_timeout 10s; transform_exec {HELPER} drip 100 100; }
          location /streamed { transform_commit_size 0; transform_exec {HELPER} drip 100 100; }",
     ));
     let fds = baseline(&nginx);
@@ -160,7 +160,7 @@ fn a_grandchild_holding_stdout_does_not_hold_the_response() {
     assert!(has_line(
         &nginx,
         "info",
-        "descendants kept stdout open; they are killed"
+        "exited and left processes in its group; they are killed"
     ));
     let log = nginx.error_log();
     let gc: u32 = log

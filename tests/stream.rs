@@ -107,6 +107,7 @@ fn arguments_arrive_as_single_argv_elements() {
 fn chunked_keepalive_http10_and_head() {
     let nginx = Nginx::start(&server(
         "location /gen {
+             transform_commit_timeout 5s;
              transform_exec {HELPER} gen-linger $arg_n 100; transform_type application/x-test;
          }
          location /empty { transform_exec /bin/true; }",
@@ -839,7 +840,8 @@ fn stderr_goes_to_the_error_log_bounded_and_never_blocks_stdout() {
          location /few { transform_exec {HELPER} stderr 3 20 10 0; }
          location /long { transform_exec {HELPER} stderr 1 5000 10 0; }
          location /off { transform_stderr off; transform_exec {HELPER} stderr 3 20 10 0; }
-         location /fail { transform_stderr off; transform_exec {HELPER} stderr 3 20 0 9; }",
+         location /fail { transform_stderr off; transform_exec {HELPER} stderr 3 20 0 9; }
+         location /fail-on { transform_exec {HELPER} stderr 3 20 0 9; }",
     ));
     // 10 MB of stderr before 100 KB of stdout: the response is complete and exact, quickly.
     let start = Instant::now();
@@ -896,7 +898,8 @@ fn stderr_goes_to_the_error_log_bounded_and_never_blocks_stdout() {
     let long = long.expect("cut line");
     assert!(long.len() < 1300, "line of {} bytes", long.len());
 
-    // transform_stderr off: nothing per line; a failing program still gets its tail logged.
+    // transform_stderr off: nothing of stderr reaches the log, not even a failing program's
+    // tail; with it on, the tail is one error-level message.
     let before = stderr_lines(&nginx.error_log());
     assert_eq!(Client::connect(nginx.port).get("/off").status, 200);
     assert_eq!(Client::connect(nginx.port).get("/fail").status, 502);
@@ -906,11 +909,20 @@ fn stderr_goes_to_the_error_log_bounded_and_never_blocks_stdout() {
         before,
         "stderr logged despite transform_stderr off"
     );
+    assert!(
+        !log.contains("stderr (last lines)"),
+        "tail logged despite off"
+    );
+    assert!(log.contains("exited with code 9"));
+    assert_eq!(Client::connect(nginx.port).get("/fail-on").status, 502);
+    let log = nginx.error_log();
     let tail: Vec<&str> = log
         .lines()
-        .filter(|l| l.contains("[error]") && l.contains("stderr: err "))
+        .filter(|l| l.contains("[error]") && l.contains("stderr (last lines): "))
         .collect();
-    assert_eq!(tail.len(), 3, "{tail:?}");
-    assert!(log.contains("exited with code 9"));
+    assert_eq!(tail.len(), 1, "{tail:?}");
+    for n in 0..3 {
+        assert!(tail[0].contains(&format!("err {n} ")), "{tail:?}");
+    }
     nginx.stop();
 }

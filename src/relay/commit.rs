@@ -1,0 +1,318 @@
+//! The holding phase and the commit point: output is held in memory until the response can be
+//! committed; then the header (from `transform_type`, or from the program's CGI header block)
+//! goes out with what was held, and the sink for the rest is chosen. A CGI `Location` without
+//! `Status` is a local redirect, checked as nginx checks X-Accel-Redirect.
+
+use nginx_sys::{ngx_int_t, ngx_msec_t, NGX_ERROR, NGX_HTTP_BAD_GATEWAY, NGX_LOG_ERR, NGX_OK};
+use ngx::http::HttpModule;
+
+use super::{Flow, Next, Phase, Sink, Transform};
+use crate::cgi;
+use crate::conf::TransformConf;
+use crate::log::escape;
+use crate::nginx::now_msec;
+use crate::os;
+
+/// Output held before the commit.
+pub struct Held {
+    buf: Vec<u8>,
+    head: Head,
+    /// When the first byte of body was held (the commit timer runs from then).
+    since: Option<ngx_msec_t>,
+    /// `transform_commit_timeout` passed.
+    expired: bool,
+}
+
+/// The CGI header block, for `transform_output cgi`.
+enum Head {
+    /// Raw output: everything held is body.
+    Raw,
+    /// Not complete yet.
+    Reading,
+    /// Parsed; the body starts at `body` in the held bytes.
+    Parsed { head: cgi::Head, body: usize },
+}
+
+impl Held {
+    pub fn new(conf: &TransformConf) -> Held {
+        Held {
+            buf: Vec::new(),
+            head: if conf.cgi_output != 0 {
+                Head::Reading
+            } else {
+                Head::Raw
+            },
+            since: None,
+            expired: false,
+        }
+    }
+
+    pub fn since(&self) -> Option<ngx_msec_t> {
+        self.since
+    }
+
+    pub fn expire(&mut self) {
+        self.expired = true;
+    }
+
+    /// Where the body starts in the held bytes, once known.
+    fn body_start(&self) -> Option<usize> {
+        match &self.head {
+            Head::Raw => Some(0),
+            Head::Reading => None,
+            Head::Parsed { body, .. } => Some(*body),
+        }
+    }
+
+    /// Parses the header block if it is complete now. `Err` is the reason it is invalid.
+    fn parse_head(&mut self) -> Result<bool, String> {
+        if !matches!(self.head, Head::Reading) {
+            return Ok(false);
+        }
+        match cgi::parse(&self.buf) {
+            cgi::Parsed::Done(head, used) => {
+                self.head = Head::Parsed { head, body: used };
+                Ok(true)
+            }
+            cgi::Parsed::Incomplete => Ok(false),
+            cgi::Parsed::Invalid(why) => Err(why),
+        }
+    }
+
+    fn body_len(&self) -> usize {
+        self.body_start()
+            .map_or(0, |start| self.buf.len().saturating_sub(start))
+    }
+}
+
+impl Transform {
+    /// Holding: looks at what the program wrote and decides whether the response can be
+    /// committed, must fail, or waits.
+    ///
+    /// Raw output stays in the pipe (the sink moves it without a copy after the commit); a CGI
+    /// header block is read into memory, with the body bytes that came along. The commit never
+    /// depends on a write to a non-empty pipe waking us (kernels 5.5 to 5.13 do not signal it
+    /// under EPOLLET): the end of the output (hang-up), the program's exit (pidfd) and
+    /// `transform_commit_timeout` each wake the machine on their own, and a full pipe blocks
+    /// the program until one of them does.
+    pub(super) fn hold(&mut self) -> Flow {
+        let Phase::Holding(held) = &mut self.phase else {
+            unreachable!("hold() runs in the holding phase");
+        };
+        let mut eof = false;
+        if matches!(held.head, Head::Reading) {
+            eof = match self
+                .program
+                .read_held(&mut held.buf, self.conf.header_buffer_size)
+            {
+                Ok(eof) => eof,
+                Err(e) => {
+                    return Flow::Wait(self.io_failed("read() from the program's stdout", e));
+                }
+            };
+            if let Err(why) = held.parse_head() {
+                log_error!(
+                    NGX_LOG_ERR,
+                    self.http.log(),
+                    0,
+                    "transform program \"{}\" sent an invalid header block: {why}",
+                    self.program.name()
+                );
+                return Flow::Wait(self.fail(NGX_HTTP_BAD_GATEWAY));
+            }
+        }
+        let (in_pipe, hung_up) = match self.program.stdout() {
+            None => (0, true),
+            Some(fd) => match os::pipe_state(fd) {
+                Ok(state) => state,
+                Err(e) => return Flow::Wait(self.io_failed("poll() on the program's stdout", e)),
+            },
+        };
+        let Phase::Holding(held) = &mut self.phase else {
+            unreachable!("hold() runs in the holding phase");
+        };
+        let status = self.program.exit();
+        if let Some(status) = status.filter(|s| !s.success()) {
+            // A program that fails before the commit is a clean 502.
+            return Flow::Wait(self.finish(status));
+        }
+        // The output is over: end of file, or the program exited and only other processes
+        // still hold the pipe (the sink then moves what is there, and no more).
+        let ended = eof || hung_up || status.is_some();
+        let log = self.http.log();
+        match &held.head {
+            Head::Reading if held.buf.len() >= self.conf.header_buffer_size => {
+                log_error!(
+                    NGX_LOG_ERR,
+                    log,
+                    0,
+                    "transform program \"{}\" sent a header block larger than \
+                     transform_header_buffer_size {}",
+                    self.program.name(),
+                    self.conf.header_buffer_size
+                );
+                return Flow::Wait(self.fail(NGX_HTTP_BAD_GATEWAY));
+            }
+            Head::Reading if ended => {
+                log_error!(
+                    NGX_LOG_ERR,
+                    log,
+                    0,
+                    "transform program \"{}\" ended its output before the end of its header block",
+                    self.program.name()
+                );
+                return Flow::Wait(self.fail(NGX_HTTP_BAD_GATEWAY));
+            }
+            Head::Reading => return Flow::Wait(Next::Program),
+            Head::Parsed { head, .. } if head.is_local_redirect() => return self.redirect(),
+            _ => {}
+        }
+        let held_body = held.body_len() + in_pipe;
+        if ended {
+            if status.is_none() {
+                // All of the output is there: the exit status decides.
+                return Flow::Wait(Next::Program);
+            }
+            return self.commit(Some(held_body as u64));
+        }
+        let threshold = self
+            .conf
+            .commit_size
+            .min(self.program.pipe_capacity())
+            .max(1);
+        if held_body >= threshold || held.expired || self.conf.commit_timeout == 0 {
+            return self.commit(None);
+        }
+        if held.since.is_none() && (held_body > 0 || held.body_start().unwrap_or(0) > 0) {
+            held.since = Some(now_msec());
+        }
+        Flow::Wait(Next::Program)
+    }
+
+    /// Sends the response header and what was held, and picks the sink for the rest. `length`
+    /// is the body's length when all of it is held.
+    fn commit(&mut self, length: Option<u64>) -> Flow {
+        let Phase::Holding(held) = &mut self.phase else {
+            unreachable!("commit() runs in the holding phase");
+        };
+        let buf = core::mem::take(&mut held.buf);
+        let (status, content_type, length, prefix) =
+            match core::mem::replace(&mut held.head, Head::Raw) {
+                Head::Parsed { head, body } => {
+                    let status =
+                        head.status
+                            .unwrap_or(if head.location.is_some() { 302 } else { 200 });
+                    if !self.http.set_cgi_headers(&head) {
+                        return Flow::Wait(Next::Finish(NGX_ERROR as ngx_int_t));
+                    }
+                    let content_type = match &head.content_type {
+                        Some(t) => self.http.pool_copy(t),
+                        None => self.content_type,
+                    };
+                    (
+                        status,
+                        content_type,
+                        head.content_length.or(length),
+                        &buf[body..],
+                    )
+                }
+                _ => (200, self.content_type, length, &buf[..]),
+            };
+        self.program.set_hold_timer(None);
+        let rc = self.http.send_status_header(status, content_type, length);
+        if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || self.http.header_only() {
+            return Flow::Wait(Next::Finish(rc));
+        }
+        if let Some(n) = length {
+            self.moved.limit = n;
+        }
+        let fits = prefix.len().min(self.moved.room() as usize);
+        if fits < prefix.len() {
+            log_error!(
+                NGX_LOG_ERR,
+                self.http.log(),
+                0,
+                "transform program \"{}\" sent {} bytes more than its Content-Length {}; dropped",
+                self.program.name(),
+                prefix.len() - fits,
+                self.moved.limit
+            );
+        }
+        let prefix = &prefix[..fits];
+        if !prefix.is_empty() {
+            if self.http.output_bytes(prefix) == NGX_ERROR as ngx_int_t {
+                return Flow::Wait(Next::Finish(NGX_ERROR as ngx_int_t));
+            }
+            self.moved.bytes += prefix.len() as u64;
+        }
+        // Push the header through the filters now: they make their decisions on the way (gzip,
+        // the addition filter's subrequests), and the splice transport must not overtake it.
+        if self.http.send_flush() == NGX_ERROR as ngx_int_t {
+            return Flow::Wait(Next::Finish(NGX_ERROR as ngx_int_t));
+        }
+        let sink = Sink::choose(self.http, self.conf);
+        self.phase = Phase::Streaming(sink);
+        Flow::Continue
+    }
+
+    /// A CGI `Location: /uri` (or `@name`) without `Status`: the request restarts there, as
+    /// with nginx's X-Accel-Redirect: an unsafe URI is refused, the method becomes GET (but
+    /// HEAD), and a request body the program consumed is never handed on.
+    fn redirect(&mut self) -> Flow {
+        let Phase::Holding(Held {
+            head: Head::Parsed { head, .. },
+            ..
+        }) = &self.phase
+        else {
+            unreachable!("redirect() runs with a parsed header block");
+        };
+        let Some(location) = head.location.clone() else {
+            unreachable!("a local redirect has a Location");
+        };
+        let log = self.http.log();
+        if self.program.took_streamed_body(self.http) {
+            log_error!(
+                NGX_LOG_ERR,
+                log,
+                0,
+                "transform program \"{}\" redirected to \"{}\" after taking the request body, \
+                 which cannot be handed on (transform_request_buffering off)",
+                self.program.name(),
+                escape(&location)
+            );
+            return Flow::Wait(self.fail(NGX_HTTP_BAD_GATEWAY));
+        }
+        let Some(target) = self.http.redirect_target(&location) else {
+            log_error!(
+                NGX_LOG_ERR,
+                log,
+                0,
+                "transform program \"{}\" redirected to an unsafe URI \"{}\"",
+                self.program.name(),
+                escape(&location)
+            );
+            return Flow::Wait(self.fail(NGX_HTTP_BAD_GATEWAY));
+        };
+        debug!(log, "transform internal redirect");
+        self.release();
+        let rc = self.http.redirect(target);
+        // The next location may run no program of its own: the log variables keep telling
+        // about this one.
+        let module = crate::Module::module();
+        if self.http.ctx(module).is_null() {
+            self.http.set_ctx(module, (self as *mut Transform).cast());
+        }
+        Flow::Wait(Next::Finish(rc))
+    }
+}
+
+impl cgi::Head {
+    /// `Location: /...` or `Location: @name` without `Status`.
+    fn is_local_redirect(&self) -> bool {
+        self.status.is_none()
+            && self
+                .location
+                .as_deref()
+                .is_some_and(|l| l.starts_with(b"/") || l.starts_with(b"@"))
+    }
+}

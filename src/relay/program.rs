@@ -1,0 +1,603 @@
+//! The relay's source: a spawned program, its stdout (the response bytes), its stdin (fed with
+//! the request body as it arrives), its stderr (into the error log) and its exit.
+
+use core::ffi::{c_void, CStr};
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+
+use nginx_sys::{
+    ngx_int_t, ngx_msec_t, NGX_AGAIN, NGX_HTTP_BAD_GATEWAY, NGX_HTTP_BAD_REQUEST,
+    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE, NGX_HTTP_REQUEST_TIME_OUT,
+    NGX_HTTP_SERVICE_UNAVAILABLE, NGX_HTTP_SPECIAL_RESPONSE, NGX_LOG_ERR, NGX_LOG_INFO, NGX_OK,
+};
+
+use super::{Handlers, Variable};
+use crate::child::Child;
+use crate::conf::TransformConf;
+use crate::log::escape;
+use crate::nginx::{now_msec, BodyCursor, EventFd, Http};
+use crate::os;
+use crate::stderr::StderrLog;
+
+/// stderr read per event before yielding to other connections.
+const STDERR_PER_EVENT: usize = 256 * 1024;
+/// Output past a Content-Length dropped per event before yielding.
+const DISCARD_PER_EVENT: usize = 1024 * 1024;
+
+/// The environment of every program unless configured otherwise: a search path, nothing else.
+pub const DEFAULT_PATH: &CStr = c"PATH=/usr/local/bin:/usr/bin:/bin";
+
+/// What a program starts with, evaluated for the request.
+pub struct Launch {
+    pub argv: Vec<CString>,
+    pub env: Vec<CString>,
+    pub dir: Option<CString>,
+}
+
+/// Why feeding the program's stdin ended the request.
+pub enum StdinFailure {
+    /// Writing to the pipe failed (logged).
+    Write,
+    /// Reading a streamed body from the client failed: nginx's status (400, 408, 413...).
+    Body(ngx_int_t),
+}
+
+/// A running (or finished) program and its pipes.
+pub struct Program {
+    conf: &'static TransformConf,
+    /// argv[0], escaped for log lines.
+    name: String,
+    /// Our end of the program's stdout; None once the output ended.
+    stdout: Option<EventFd>,
+    /// Our end of its stdin, and what is left of the request body to write there.
+    stdin: Option<EventFd>,
+    body: BodyCursor,
+    /// Our end of its stderr, and what became of the lines.
+    stderr: Option<EventFd>,
+    stderr_log: StderrLog,
+    child: Option<Child>,
+    /// What the stdout pipe holds at most.
+    pipe_capacity: usize,
+    pid: Option<libc::pid_t>,
+    /// When the program started, and how and when it ended.
+    started: ngx_msec_t,
+    exit: Option<(os::ExitStatus, ngx_msec_t)>,
+    /// Whether the read timer runs (rather than the total timeout alone, or nothing).
+    read_timer: bool,
+    /// The program exited while other processes still held its stdout open.
+    left_writers: bool,
+}
+
+impl Program {
+    pub fn new(http: Http, conf: &'static TransformConf, launch: &Launch) -> Program {
+        Program {
+            conf,
+            name: escape(launch.argv[0].as_bytes()),
+            stdout: None,
+            stdin: None,
+            body: BodyCursor::of(http),
+            stderr: None,
+            stderr_log: StderrLog::new(conf.stderr_level, now_msec()),
+            child: None,
+            pipe_capacity: 0,
+            pid: None,
+            started: now_msec(),
+            exit: None,
+            read_timer: false,
+            left_writers: false,
+        }
+    }
+
+    /// The program's path, escaped for log lines.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn pid(&self) -> Option<libc::pid_t> {
+        self.pid
+    }
+
+    /// Starts the program with its pipes joined to the event loop; `data` is the `Transform`
+    /// the handlers get back.
+    pub fn launch(
+        &mut self,
+        http: Http,
+        launch: &Launch,
+        data: *mut c_void,
+    ) -> Result<(), ngx_int_t> {
+        let log = http.log();
+        let pipe_failed = |e: io::Error| {
+            log_error!(NGX_LOG_ERR, log, os::errno(&e), "pipe2() failed");
+            status_for_resource_error(&e)
+        };
+        let pipe = os::stdout_pipe().map_err(pipe_failed)?;
+        let err_pipe = os::stdout_pipe().map_err(pipe_failed)?;
+        let in_pipe = match self.conf.stdin_body {
+            0 => None,
+            _ => Some(os::stdin_pipe().map_err(pipe_failed)?),
+        };
+        if let Err(e) = os::set_pipe_size(pipe.read.as_fd(), self.conf.pipe_size) {
+            // EPERM past fs/pipe-user-pages-soft: a size hint refused, not an error.
+            debug!(
+                log,
+                "transform pipe size {} refused: {e}", self.conf.pipe_size
+            );
+        }
+        self.pipe_capacity = os::pipe_size(pipe.read.as_fd()).unwrap_or(4096);
+        debug!(log, "transform pipe size {}", self.pipe_capacity);
+
+        let args: Vec<&CStr> = launch.argv.iter().map(CString::as_c_str).collect();
+        let env: Vec<&CStr> = launch.env.iter().map(CString::as_c_str).collect();
+        let cmd = os::Command {
+            stdin: in_pipe.as_ref().map(|p| p.read.as_raw_fd()),
+            argv: &args,
+            env: &env,
+            dir: launch.dir.as_deref(),
+            stdout: pipe.write.as_raw_fd(),
+            stderr: err_pipe.write.as_raw_fd(),
+            rlimits: self.conf.rlimits.as_deref().unwrap_or(&[]),
+        };
+        let child = Child::spawn(&cmd, self.conf.kill_timeout, log, Handlers::CHILD, data)
+            .map_err(|e| {
+                let subject = match (e.step, &launch.dir) {
+                    (os::SpawnStep::Chdir, Some(dir)) => escape(dir.as_bytes()),
+                    _ => self.name.clone(),
+                };
+                log_error!(
+                    NGX_LOG_ERR,
+                    log,
+                    os::errno(&e.err),
+                    "{} \"{subject}\" failed",
+                    e.step.call()
+                );
+                match e.err.raw_os_error() {
+                    Some(libc::EAGAIN | libc::EMFILE | libc::ENFILE | libc::ENOMEM) => {
+                        NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t
+                    }
+                    _ => NGX_HTTP_BAD_GATEWAY as ngx_int_t,
+                }
+            })?;
+        self.pid = Some(child.pid());
+        self.started = now_msec();
+        debug!(
+            log,
+            "transform started \"{}\" pid {}",
+            self.name,
+            child.pid()
+        );
+        // Only the child holds the write ends now: its exit (and its children's) ends the output.
+        drop(pipe.write);
+        drop(err_pipe.write);
+        let watching = child.watch();
+        self.child = Some(child);
+        if let Some(p) = in_pipe {
+            drop(p.read);
+            let stdin = joined(
+                EventFd::new_writer(p.write, log, Handlers::STDIN, data),
+                log,
+                "stdin",
+            )?;
+            self.stdin = Some(stdin);
+            if let Err(f) = self.feed_stdin(http) {
+                return Err(match f {
+                    StdinFailure::Write => NGX_HTTP_BAD_GATEWAY as ngx_int_t,
+                    StdinFailure::Body(rc) => self.body_failed(http, rc),
+                });
+            }
+        }
+        let stdout = joined(
+            EventFd::new(pipe.read, log, Handlers::STDOUT, data),
+            log,
+            "stdout",
+        )?;
+        let stderr = joined(
+            EventFd::new(err_pipe.read, log, Handlers::STDERR, data),
+            log,
+            "stderr",
+        )?;
+        if !watching || !stdout.arm_read() || !stderr.arm_read() {
+            return Err(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
+        }
+        self.stdout = Some(stdout);
+        self.stderr = Some(stderr);
+        self.arm_timer(http, true, true, None);
+        Ok(())
+    }
+
+    /// Our end of stdout, while the output lasts.
+    pub fn stdout(&self) -> Option<BorrowedFd<'_>> {
+        self.stdout.as_ref().map(EventFd::fd)
+    }
+
+    /// The output ended (end of file, or the program exited and only other processes hold the
+    /// pipe, `left_writers`): stdout is closed.
+    pub fn end_output(&mut self, left_writers: bool) {
+        self.stdout = None;
+        self.left_writers |= left_writers;
+    }
+
+    /// The capacity of the stdout pipe.
+    pub fn pipe_capacity(&self) -> usize {
+        self.pipe_capacity
+    }
+
+    /// The exit status, once collected.
+    pub fn exit(&self) -> Option<os::ExitStatus> {
+        self.exit.map(|(s, _)| s)
+    }
+
+    /// Collects the exit status if the program has exited (it stays a zombie until released).
+    pub fn collect_status(&mut self) {
+        if self.exit.is_none() {
+            if let Some(status) = self.child.as_mut().and_then(Child::status) {
+                self.exit = Some((status, now_msec()));
+                self.read_timer = false;
+            }
+        }
+    }
+
+    /// Reads output into `buf` while it holds less than `max` bytes (the CGI header block,
+    /// with what comes along). `Ok(true)` at end of file.
+    pub fn read_held(&mut self, buf: &mut Vec<u8>, max: usize) -> io::Result<bool> {
+        let Some(fd) = &self.stdout else {
+            return Ok(true);
+        };
+        let mut chunk = [0u8; 4096];
+        while buf.len() < max {
+            let want = (max - buf.len()).min(chunk.len());
+            match os::read(fd.fd(), &mut chunk[..want]) {
+                Ok(0) => {
+                    self.stdout = None;
+                    return Ok(true);
+                }
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(false)
+    }
+
+    /// Reads and drops output (past a complete response); the bytes dropped. Yields after
+    /// [`DISCARD_PER_EVENT`] bytes (the read event is posted to continue).
+    pub fn discard_output(&mut self) -> io::Result<u64> {
+        let Some(fd) = &self.stdout else {
+            return Ok(0);
+        };
+        let mut chunk = [0u8; 16 * 1024];
+        let mut dropped = 0u64;
+        loop {
+            if dropped >= DISCARD_PER_EVENT as u64 {
+                fd.post_read();
+                return Ok(dropped);
+            }
+            match os::read(fd.fd(), &mut chunk) {
+                Ok(0) => {
+                    self.stdout = None;
+                    return Ok(dropped);
+                }
+                Ok(n) => dropped += n as u64,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if self.exit.is_some() {
+                        // Only other processes hold the pipe.
+                        self.end_output(true);
+                    }
+                    return Ok(dropped);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Asks for the next output when the machine waits on the program.
+    pub fn watch_output(&self, on_program: bool) -> bool {
+        !on_program || self.stdout.as_ref().is_none_or(EventFd::arm_read)
+    }
+
+    /// Starts (or stops) the commit timer on stdout.
+    pub fn set_hold_timer(&self, ms: Option<ngx_msec_t>) {
+        if let Some(fd) = &self.stdout {
+            match ms {
+                Some(ms) => fd.set_timer(ms.max(1)),
+                None => fd.clear_timer(),
+            }
+        }
+    }
+
+    /// The program-side timers, after each run of the machine.
+    ///
+    /// - `transform_read_timeout` while the program is waited for (its output or its exit),
+    ///   restarted only by its progress (`restart`), not by the client's; off while it only
+    ///   waits for more of a streamed request body (client_body_timeout judges the client, as
+    ///   proxy_read_timeout starts only once the request is sent);
+    /// - `transform_timeout` until it ends, whatever it does;
+    /// - the commit timer while output is held (`holding_since`).
+    pub fn arm_timer(
+        &mut self,
+        http: Http,
+        on_program: bool,
+        restart: bool,
+        holding_since: Option<ngx_msec_t>,
+    ) {
+        if let Some(since) = holding_since {
+            let left = (since + self.conf.commit_timeout).saturating_sub(now_msec());
+            self.set_hold_timer(Some(left));
+        }
+        let Some(child) = &self.child else {
+            return;
+        };
+        if self.exit.is_some() {
+            return;
+        }
+        let total = (self.conf.timeout > 0).then(|| {
+            (self.started + self.conf.timeout)
+                .saturating_sub(now_msec())
+                .max(1)
+        });
+        if on_program && !self.waits_for_client_body(http) {
+            if restart || !self.read_timer {
+                let read = self.conf.read_timeout;
+                child.set_timer(total.map_or(read, |t| t.min(read)));
+                self.read_timer = true;
+            }
+            // Otherwise the running read timer stays: the client's progress is not the
+            // program's. (It was set no later than the total timeout.)
+            return;
+        }
+        self.read_timer = false;
+        match total {
+            Some(ms) => child.set_timer(ms),
+            None => child.clear_timer(),
+        }
+    }
+
+    /// Whether the program only waits for more request body: it took all that was written
+    /// (its stdin pipe is empty) and the client has more to send.
+    fn waits_for_client_body(&self, http: Http) -> bool {
+        let Some(stdin) = &self.stdin else {
+            return false;
+        };
+        self.body.streaming()
+            && self.body.is_empty()
+            && http.streaming_body()
+            && os::bytes_in_pipe(stdin.fd()).is_ok_and(|n| n == 0)
+    }
+
+    /// Which timeout fired: the total one, or the read one.
+    pub fn which_timeout(&self, conf: &TransformConf) -> (&'static str, ngx_msec_t) {
+        if conf.timeout > 0 && now_msec() >= self.started + conf.timeout {
+            ("transform_timeout", conf.timeout)
+        } else {
+            ("transform_read_timeout", conf.read_timeout)
+        }
+    }
+
+    /// Writes the request body to the program's stdin as far as the pipe takes it and, while a
+    /// streamed body arrives, reads more of it from the client (nginx stops reading when its
+    /// buffers are all waiting for the program: backpressure up to the client). Closes stdin at
+    /// the end of the body (the program sees end of file). A program that does not read its
+    /// stdin is not an error: the rest of the body is dropped.
+    pub fn feed_stdin(&mut self, http: Http) -> Result<(), StdinFailure> {
+        loop {
+            let Some(fd) = &self.stdin else {
+                return Ok(());
+            };
+            let blocked = match self.body.write_to(fd.fd()) {
+                Ok(()) => false,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !fd.arm_write() {
+                        self.close_stdin(http);
+                        return Err(StdinFailure::Write);
+                    }
+                    true
+                }
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                    debug!(http.log(), "transform: the program closed its stdin");
+                    self.close_stdin(http);
+                    return Ok(());
+                }
+                Err(e) => {
+                    log_error!(
+                        NGX_LOG_ERR,
+                        http.log(),
+                        os::errno(&e),
+                        "transform: writing the request body to \"{}\" failed",
+                        self.name
+                    );
+                    self.close_stdin(http);
+                    return Err(StdinFailure::Write);
+                }
+            };
+            let reading = self.body.streaming() && http.streaming_body();
+            let mut more = false;
+            if reading {
+                // Also while blocked, as nginx's upstream does: nginx reads on into free
+                // buffer space (restarting client_body_timeout), or stops the timer when
+                // every buffer waits for the program.
+                let rc = http.read_unbuffered_body();
+                if rc != NGX_OK as ngx_int_t && rc != NGX_AGAIN as ngx_int_t {
+                    self.close_stdin(http);
+                    return Err(StdinFailure::Body(rc));
+                }
+                more = self.body.pull(http);
+                if !http.streaming_body() {
+                    // All of the body is read: watch the client for a close from now on.
+                    http.stop_reading_body();
+                }
+            }
+            if blocked {
+                return Ok(());
+            }
+            if !more {
+                if !reading {
+                    // All of the body is written.
+                    self.close_stdin(http);
+                }
+                return Ok(());
+            }
+        }
+    }
+
+    /// Closes the program's stdin; a streamed body is no longer read from the client.
+    fn close_stdin(&mut self, http: Http) {
+        self.stdin = None;
+        if self.body.streaming() {
+            http.stop_reading_body();
+        }
+    }
+
+    /// Whether the request body was handed to the program as it arrived (so it is consumed,
+    /// and cannot be handed to another location).
+    pub fn took_streamed_body(&self, http: Http) -> bool {
+        self.body.streaming() && http.has_body()
+    }
+
+    /// Logs why a streamed body could not be read; returns the response status.
+    pub fn body_failed(&self, http: Http, rc: ngx_int_t) -> ngx_int_t {
+        let status = if rc >= NGX_HTTP_SPECIAL_RESPONSE as ngx_int_t {
+            rc
+        } else {
+            NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t
+        };
+        let why = match status as u32 {
+            NGX_HTTP_REQUEST_TIME_OUT => "the client timed out sending it (client_body_timeout)",
+            NGX_HTTP_BAD_REQUEST => "the client closed the connection, or sent a bad body",
+            NGX_HTTP_REQUEST_ENTITY_TOO_LARGE => "it is larger than client_max_body_size",
+            _ => "nginx failed to read it",
+        };
+        log_error!(
+            NGX_LOG_INFO,
+            http.log(),
+            0,
+            "transform: request body for \"{}\" cut short: {why}; the program is stopped",
+            self.name
+        );
+        status
+    }
+
+    /// Reads what the program wrote to stderr (fairly: a bounded amount per call, then again
+    /// from nginx's posted events) and logs it.
+    pub fn drain_stderr(&mut self, http: Http) {
+        let log = http.log();
+        let Some(fd) = &self.stderr else {
+            return;
+        };
+        let mut buf = [0u8; 16 * 1024];
+        let mut taken = 0;
+        loop {
+            if taken >= STDERR_PER_EVENT {
+                fd.post_read();
+                return;
+            }
+            match os::read(fd.fd(), &mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    taken += n;
+                    self.stderr_log.feed(log, &buf[..n], now_msec());
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if fd.arm_read() {
+                        return;
+                    }
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        // End of file (or an error): the lines are complete.
+        self.stderr = None;
+        self.stderr_log.finish(log, now_msec());
+    }
+
+    /// For a program that failed: what is left of its stderr, then its last lines in one
+    /// error-level message (unless `transform_stderr off`).
+    pub fn log_stderr_tail(&mut self, http: Http) {
+        self.drain_stderr(http);
+        self.stderr_log.log_tail(http.log(), &self.name);
+    }
+
+    /// When the program exited while other processes kept its stdout open: kills what is left
+    /// in its process group, and says so only when something was there.
+    pub fn note_descendants(&mut self, http: Http) {
+        if self.exit.is_none() || !self.left_writers {
+            return;
+        }
+        if let Some(child) = self.child.as_mut() {
+            if child.kill_descendants() {
+                log_error!(
+                    NGX_LOG_INFO,
+                    http.log(),
+                    0,
+                    "transform program \"{}\" exited and left processes in its group; \
+                     they are killed",
+                    self.name
+                );
+            }
+        }
+    }
+
+    /// Stops everything: closes the pipes; a program still running gets SIGTERM, then SIGKILL
+    /// after `transform_kill_timeout` (the orphan reaper sees to it).
+    pub fn release(&mut self, http: Http) {
+        self.drain_stderr(http);
+        self.stderr_log.finish(http.log(), now_msec());
+        if self.body.streaming() && http.streaming_body() {
+            // Nobody reads the rest of the body now (an error page, a redirect, or nginx's
+            // lingering close drops it).
+            http.stop_reading_body();
+        }
+        self.collect_status();
+        self.stdout = None;
+        self.stdin = None;
+        self.stderr = None;
+        self.child = None;
+    }
+
+    /// The value of a log variable for this request.
+    pub fn variable(&self, which: Variable) -> Option<String> {
+        let pid = self.pid?;
+        Some(match which {
+            Variable::Pid => pid.to_string(),
+            Variable::ExitStatus => match self.exit?.0 {
+                os::ExitStatus::Code(c) => c.to_string(),
+                os::ExitStatus::Signal(s) => os::signal_name(s),
+            },
+            Variable::Time => {
+                let end = self.exit.map_or_else(now_msec, |(_, at)| at);
+                let ms = end.saturating_sub(self.started);
+                format!("{}.{:03}", ms / 1000, ms % 1000)
+            }
+            Variable::Bytes => return None,
+        })
+    }
+}
+
+/// A pipe joined to the event loop, or the 503 of a worker out of connections.
+fn joined(
+    fd: io::Result<EventFd>,
+    log: *mut nginx_sys::ngx_log_t,
+    what: &str,
+) -> Result<EventFd, ngx_int_t> {
+    fd.map_err(|e| {
+        log_error!(
+            NGX_LOG_ERR,
+            log,
+            os::errno(&e),
+            "no connection for the program's {what}"
+        );
+        NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t
+    })
+}
+
+fn status_for_resource_error(e: &io::Error) -> ngx_int_t {
+    match e.raw_os_error() {
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM) => {
+            NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t
+        }
+        _ => NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t,
+    }
+}

@@ -1,0 +1,219 @@
+//! The relay's sinks: how the program's output leaves, chosen once at the commit.
+//!
+//! - [`Splice`]: plain HTTP/1.x with no body filter that needs the data. Bytes go pipe -> socket
+//!   with splice(2); the module writes the chunk framing itself, sized by FIONREAD.
+//! - [`BufRing`]: everything else (TLS, HTTP/2, gzip, SSI, subrequests, `transform_splice off`).
+//!   A bounded ring of reused buffers goes through `ngx_http_output_filter`.
+
+use std::io;
+use std::os::fd::BorrowedFd;
+
+use nginx_sys::{ngx_int_t, NGX_ERROR};
+use ngx::http::HttpModule;
+
+use crate::conf::TransformConf;
+use crate::nginx::{BufRing, Http, Moved};
+use crate::os;
+
+pub use crate::nginx::Pumped;
+
+/// Buffers of the buffered sink, and their size: at most 512 KiB in flight per request.
+const BUFFERS: usize = 8;
+const BUFFER_SIZE: usize = 64 * 1024;
+
+pub enum Sink {
+    Splice(Splice),
+    Chain(BufRing),
+}
+
+impl Sink {
+    /// The sink for this response; call after the header went through the filters (they set
+    /// what [`Http::zero_copy_refusal`] checks).
+    pub fn choose(http: Http, conf: &TransformConf) -> Sink {
+        let log = http.log();
+        match http.zero_copy_refusal(conf.splice != 0) {
+            None => {
+                debug!(log, "transform transport: splice");
+                http.tcp_nodelay();
+                Sink::Splice(Splice::new(http.chunked()))
+            }
+            Some(why) => {
+                debug!(log, "transform transport: buffered ({why})");
+                Sink::Chain(BufRing::new(BUFFERS, BUFFER_SIZE, crate::Module::module()))
+            }
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Sink::Splice(_) => "splice",
+            Sink::Chain(_) => "buffered",
+        }
+    }
+
+    /// Moves what `pipe` holds towards the client, at most about `max_chunk` bytes per call
+    /// (nginx's sendfile_max_chunk; 0 for no limit), so one stream cannot hold the worker.
+    pub fn pump(
+        &mut self,
+        http: Http,
+        pipe: BorrowedFd<'_>,
+        moved: &mut Moved,
+        max_chunk: usize,
+    ) -> io::Result<Pumped> {
+        match self {
+            Sink::Splice(s) => s.pump(http, pipe, moved, max_chunk),
+            Sink::Chain(ring) => ring.pump(http, pipe, moved),
+        }
+    }
+}
+
+/// The splice sink: pipe -> socket, with the module's own chunk framing.
+pub struct Splice {
+    chunked: bool,
+    /// Bytes of the current chunk (or piece) still to move.
+    left: usize,
+    /// The CRLF that ends the last chunk is owed.
+    crlf_due: bool,
+    /// Framing bytes (CRLF, chunk size line) not yet written.
+    frame: [u8; 24],
+    frame_pos: usize,
+    frame_len: usize,
+}
+
+impl Splice {
+    fn new(chunked: bool) -> Splice {
+        Splice {
+            chunked,
+            left: 0,
+            crlf_due: false,
+            frame: [0; 24],
+            frame_pos: 0,
+            frame_len: 0,
+        }
+    }
+
+    fn pump(
+        &mut self,
+        http: Http,
+        pipe: BorrowedFd<'_>,
+        moved: &mut Moved,
+        max_chunk: usize,
+    ) -> io::Result<Pumped> {
+        // Whatever nginx still holds (the header) goes first.
+        if http.pending_output() {
+            if http.output_filter(core::ptr::null_mut()) == NGX_ERROR as ngx_int_t {
+                return Err(io::Error::other("output filter failed"));
+            }
+            if http.pending_output() {
+                return Ok(Pumped::ClientBusy);
+            }
+        }
+        let sock = http.client_fd();
+        let mut this_call = 0usize;
+        loop {
+            if self.frame_pos < self.frame_len {
+                let frame = &self.frame[self.frame_pos..self.frame_len];
+                match os::send(sock, frame, self.left > 0) {
+                    Ok(n) => {
+                        self.frame_pos += n;
+                        http.add_sent(n);
+                    }
+                    Err(e) => {
+                        if client_would_block(http, e)? {
+                            return Ok(Pumped::ClientBusy);
+                        }
+                    }
+                }
+                continue;
+            }
+            if self.left > 0 {
+                if max_chunk > 0 && this_call >= max_chunk {
+                    // As nginx's write filter does at sendfile_max_chunk: let the other
+                    // connections run, and come back in a millisecond.
+                    http.delay_write(1);
+                    return Ok(Pumped::ClientBusy);
+                }
+                match os::splice_to_socket(pipe, sock, self.left, false) {
+                    Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+                    Ok(n) => {
+                        moved.calls += 1;
+                        moved.bytes += n as u64;
+                        this_call += n;
+                        http.add_sent(n);
+                        self.left -= n;
+                        if self.left == 0 && self.chunked {
+                            self.crlf_due = true;
+                        }
+                    }
+                    // The pipe holds the bytes (FIONREAD said so): the socket is full.
+                    Err(e) => {
+                        if client_would_block(http, e)? {
+                            return Ok(Pumped::ClientBusy);
+                        }
+                    }
+                }
+                continue;
+            }
+            let room = moved.room();
+            match if room == 0 {
+                None
+            } else {
+                os::pipe_pending(pipe)?
+            } {
+                Some(0) => return Ok(Pumped::ProgramIdle),
+                Some(n) => {
+                    let n = n.min(usize::try_from(room).unwrap_or(usize::MAX));
+                    self.left = n;
+                    if self.chunked {
+                        self.set_frame(Some(n));
+                    }
+                    continue;
+                }
+                None => {}
+            }
+            if self.crlf_due {
+                self.set_frame(None);
+                continue;
+            }
+            return Ok(Pumped::Eof);
+        }
+    }
+
+    /// Queues the owed CRLF and, for `Some(n)`, the size line of a chunk of n bytes.
+    fn set_frame(&mut self, size: Option<usize>) {
+        let mut len = 0;
+        if self.crlf_due {
+            self.frame[..2].copy_from_slice(b"\r\n");
+            len = 2;
+            self.crlf_due = false;
+        }
+        if let Some(n) = size {
+            len += write_chunk_size(&mut self.frame[len..], n);
+        }
+        self.frame_pos = 0;
+        self.frame_len = len;
+    }
+}
+
+/// Writes `n` in hex followed by CRLF; returns the length written.
+fn write_chunk_size(out: &mut [u8], n: usize) -> usize {
+    let digits = (usize::BITS - n.leading_zeros()).div_ceil(4).max(1) as usize;
+    for (i, digit) in out.iter_mut().take(digits).enumerate() {
+        *digit = b"0123456789abcdef"[(n >> (4 * (digits - 1 - i))) & 0xf];
+    }
+    out[digits..digits + 2].copy_from_slice(b"\r\n");
+    digits + 2
+}
+
+/// Sorts a failed write to the client: `Ok(true)` the socket is full (now marked so), `Ok(false)`
+/// interrupted (try again), `Err` a real error.
+fn client_would_block(http: Http, e: io::Error) -> io::Result<bool> {
+    match e.kind() {
+        io::ErrorKind::WouldBlock => {
+            http.client_full();
+            Ok(true)
+        }
+        io::ErrorKind::Interrupted => Ok(false),
+        _ => Err(e),
+    }
+}
