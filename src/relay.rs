@@ -125,8 +125,8 @@ enum Phase {
     /// All the output was passed on; the exit status decides how the response ends.
     Drained,
     /// The response is complete (its Content-Length reached, the last buffer sent): what the
-    /// program still writes is dropped, and its exit status is only logged.
-    Complete,
+    /// program still writes is dropped (and counted), and its exit status is only logged.
+    Complete { dropped: u64 },
     /// Finalized or aborted: every later event is ignored.
     Done,
 }
@@ -245,7 +245,7 @@ impl Transform {
                 Phase::Holding(_) => self.hold(),
                 Phase::Streaming(_) => self.stream(),
                 Phase::Drained => self.drained(),
-                Phase::Complete => self.complete(),
+                Phase::Complete { .. } => self.complete(),
                 Phase::Done => Flow::Wait(Next::Finish(NGX_ERROR as ngx_int_t)),
             };
             match flow {
@@ -314,7 +314,7 @@ impl Transform {
 
     /// The response's Content-Length is reached: it is complete, whatever the program does next.
     fn complete_response(&mut self) -> Flow {
-        self.phase = Phase::Complete;
+        self.phase = Phase::Complete { dropped: 0 };
         if self.http.send_last() == NGX_ERROR as ngx_int_t {
             return Flow::Wait(self.io_failed("sending the end of the response", io_other()));
         }
@@ -330,16 +330,11 @@ impl Transform {
             return Flow::Wait(self.io_failed("sending the program's output", io_other()));
         }
         match self.program.discard_output() {
-            Ok(0) => {}
-            Ok(n) => log_error!(
-                NGX_LOG_ERR,
-                self.http.log(),
-                0,
-                "transform program \"{}\" sent {n} bytes more than its Content-Length {}; \
-                 dropped",
-                self.program.name(),
-                self.moved.limit
-            ),
+            Ok(n) => {
+                if let Phase::Complete { dropped } = &mut self.phase {
+                    *dropped += n;
+                }
+            }
             Err(e) => return Flow::Wait(self.io_failed("read() from the program's stdout", e)),
         }
         if self.program.stdout().is_some() && self.program.exit().is_none() {
@@ -348,6 +343,17 @@ impl Transform {
         let Some(status) = self.program.exit() else {
             return Flow::Wait(Next::Program);
         };
+        if let Phase::Complete { dropped: n @ 1.. } = self.phase {
+            log_error!(
+                NGX_LOG_ERR,
+                self.http.log(),
+                0,
+                "transform program \"{}\" sent {n} bytes more than its Content-Length {}; \
+                 dropped",
+                self.program.name(),
+                self.moved.limit
+            );
+        }
         self.program.note_descendants(self.http);
         if !status.success() {
             log_error!(
@@ -424,7 +430,7 @@ impl Transform {
         self.program.log_stderr_tail(self.http);
         match self.phase {
             Phase::Holding(_) => Next::Finish(status as ngx_int_t),
-            Phase::Complete => Next::Finish(NGX_OK as ngx_int_t),
+            Phase::Complete { .. } => Next::Finish(NGX_OK as ngx_int_t),
             _ => {
                 self.http.set_client_error();
                 self.http.reset_on_close();

@@ -164,7 +164,14 @@ impl Transform {
                 return Flow::Wait(self.fail(NGX_HTTP_BAD_GATEWAY));
             }
             Head::Reading => return Flow::Wait(Next::Program),
-            Head::Parsed { head, .. } if head.is_local_redirect() => return self.redirect(),
+            // The redirect is the program's whole answer: it is followed once the program
+            // ended (so the log variables have its exit status, and a failure is a 502).
+            Head::Parsed { head, .. } if head.is_local_redirect() => {
+                if status.is_none() {
+                    return Flow::Wait(Next::Program);
+                }
+                return self.redirect();
+            }
             _ => {}
         }
         let held_body = held.body_len() + in_pipe;

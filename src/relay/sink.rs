@@ -130,10 +130,18 @@ impl Splice {
                 if max_chunk > 0 && this_call >= max_chunk {
                     // As nginx's write filter does at sendfile_max_chunk: let the other
                     // connections run, and come back in a millisecond.
+                    debug!(
+                        http.log(),
+                        "transform: sendfile_max_chunk {max_chunk} reached, yielding"
+                    );
                     http.delay_write(1);
                     return Ok(Pumped::ClientBusy);
                 }
-                match os::splice_to_socket(pipe, sock, self.left, false) {
+                let want = match max_chunk {
+                    0 => self.left,
+                    max => self.left.min(max - this_call),
+                };
+                match os::splice_to_socket(pipe, sock, want, false) {
                     Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
                     Ok(n) => {
                         moved.calls += 1;

@@ -1,0 +1,471 @@
+//! Defects found by an outside review against nginx's own sources, one test each: every one of
+//! them failed on the code before the fix.
+
+mod common;
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn server(locations: &str) -> String {
+    format!("server {{ listen 127.0.0.1:{{PORT}}; default_type text/plain; {locations} }}")
+}
+
+/// A CGI `Location` is checked as nginx checks X-Accel-Redirect: no traversal out of the
+/// target's root, GET for the target, named locations work, and the log variables still tell
+/// about the program that redirected.
+#[test]
+fn cgi_local_redirects_are_checked_like_x_accel_redirect() {
+    let nginx = Nginx::start(&format!(
+        "log_format tr \"$uri $transform_pid $transform_exit_status\";\n{}",
+        server(
+            r#"access_log {PREFIX}/logs/tr.log tr;
+           transform_output cgi;
+           location /files/ { alias {PREFIX}/html/; }
+           location /up { transform_exec /usr/bin/printf "Location: /files/../../../../etc/hostname\r\n\r\n"; }
+           location /up-quoted { transform_exec /usr/bin/printf "Location: /files/%%2e%%2e/%%2e%%2e/%%2e%%2e/etc/hostname\r\n\r\n"; }
+           location /ok { transform_exec /usr/bin/printf "Location: /files/page.txt\r\n\r\n"; }
+           location /named { transform_exec /usr/bin/printf "Location: @named\r\n\r\n"; }
+           location @named { return 200 "named $request_method\n"; }"#
+        )
+    ));
+    std::fs::create_dir_all(nginx.prefix.join("html")).unwrap();
+    std::fs::write(nginx.prefix.join("html/page.txt"), "page\n").unwrap();
+    let hostname = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+
+    for path in ["/up", "/up-quoted"] {
+        let r = Client::connect(nginx.port).get(path);
+        assert_eq!(r.status, 502, "{path}: an unsafe URI is refused");
+        assert!(
+            hostname.is_empty() || !String::from_utf8_lossy(&r.body).contains(hostname.trim()),
+            "{path} served /etc/hostname"
+        );
+    }
+    let unsafe_lines = nginx
+        .log_lines("error")
+        .iter()
+        .filter(|l| l.contains("redirected to an unsafe URI"))
+        .count();
+    assert_eq!(unsafe_lines, 2, "one line per refused redirect");
+
+    // A POST becomes a GET at the static target (which would answer 405 to a POST).
+    let mut c = Client::connect(nginx.port);
+    c.send("POST /ok HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
+    let r = c.read_response(false);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"page\n");
+    // HEAD stays HEAD.
+    c.send("HEAD /ok HTTP/1.1\r\nHost: x\r\n\r\n");
+    let r = c.read_response(true);
+    assert_eq!(r.status, 200);
+    // A named location, reached with the request's own method.
+    let r = c.get("/named");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"named GET\n");
+
+    // The access log still shows the program that redirected.
+    let log = || std::fs::read_to_string(nginx.prefix.join("logs/tr.log")).unwrap_or_default();
+    assert!(wait_until(Duration::from_secs(2), || log().lines().count() >= 5));
+    let line = log()
+        .lines()
+        .find(|l| l.starts_with("/files/page.txt"))
+        .map(String::from)
+        .expect("the redirected request's log line");
+    let fields: Vec<&str> = line.split(' ').collect();
+    assert!(
+        fields[1].parse::<u32>().is_ok() && fields[2] == "0",
+        "variables after the redirect: {line}"
+    );
+    nginx.stop();
+}
+
+/// 5 million blank stderr lines and exit 1: the worker's memory and the error log stay small,
+/// and the tail is one message.
+#[test]
+fn a_stderr_flood_of_blank_lines_is_bounded() {
+    let nginx = Nginx::start_full(
+        "",
+        &server(
+            r#"location /blank { transform_exec /bin/sh -c "yes '' | head -n 5000000 >&2; exit 1"; }
+               location /blank-off { transform_stderr off;
+                                     transform_exec /bin/sh -c "yes '' | head -n 5000000 >&2; exit 1"; }"#,
+        ),
+        "info",
+        None,
+    );
+    let worker = nginx.worker_pid();
+    Client::connect(nginx.port).get("/blank-off");
+    let rss_before = rss_kib(worker);
+    let log_before = nginx.error_log().len();
+    let start = Instant::now();
+    let r = Client::connect(nginx.port).get("/blank");
+    let took = start.elapsed();
+    assert_eq!(r.status, 502);
+    let rss_after = rss_kib(worker);
+    let log = nginx.error_log();
+    let grew = log.len() - log_before;
+    eprintln!(
+        "5M blank stderr lines: worker RSS {rss_before} -> {rss_after} KiB, error log +{grew} \
+         bytes, {took:?}"
+    );
+    assert!(
+        rss_after < rss_before + 8 * 1024,
+        "worker RSS grew from {rss_before} to {rss_after} KiB"
+    );
+    assert!(grew < 64 * 1024, "the error log grew by {grew} bytes");
+    let tails = log[log_before..]
+        .lines()
+        .filter(|l| l.contains("stderr (last lines)"))
+        .count();
+    assert_eq!(tails, 1, "one tail message");
+    // transform_stderr off: not a byte of it.
+    let before = nginx.error_log().len();
+    assert_eq!(Client::connect(nginx.port).get("/blank-off").status, 502);
+    let log = nginx.error_log();
+    assert!(
+        !log[before..].contains("stderr"),
+        "stderr reached the log with transform_stderr off: {}",
+        &log[before..]
+    );
+    nginx.stop();
+}
+
+/// Conditional headers do not judge a program's output: no 412 after the program ran, no 304
+/// for `If-None-Match: *`, and a CGI program's own ETag does not make its response a 412.
+#[test]
+fn conditional_requests_do_not_judge_program_output() {
+    let nginx = Nginx::start(&server(
+        r#"location /raw { transform_exec /bin/echo ran; }
+           location /etag { transform_output cgi;
+                            transform_exec /usr/bin/printf "ETag: \"abc\"\r\n\r\nbody"; }"#,
+    ));
+    for (path, header) in [
+        ("/raw", "If-Unmodified-Since: Thu, 01 Jan 1970 00:00:01 GMT"),
+        ("/raw", "If-Match: \"nothing\""),
+        ("/raw", "If-None-Match: *"),
+        ("/raw", "If-Modified-Since: Fri, 01 Jan 2100 00:00:00 GMT"),
+        ("/etag", "If-Match: \"abc\""),
+    ] {
+        let mut c = Client::connect(nginx.port);
+        c.send(&format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\n{header}\r\n\r\n"
+        ));
+        let r = c.read_response(false);
+        assert_eq!(r.status, 200, "{path} with {header}");
+        assert!(!r.body.is_empty(), "{path} with {header}");
+    }
+    nginx.stop();
+}
+
+/// Output past a CGI Content-Length is dropped (as nginx's fastcgi does), the response stays
+/// complete for a slow client, and the connection stays usable; a program that exits 1 after
+/// a complete response is logged, not reset.
+#[test]
+fn output_past_the_content_length_keeps_the_response_complete() {
+    let nginx = Nginx::start(&server(
+        r#"transform_output cgi;
+           location /more { transform_exec /bin/sh -c "printf 'Content-Length: 5000000\r\n\r\n'; head -c 6000000 /dev/zero"; }
+           location /exit1 { transform_commit_timeout 0;
+                             transform_exec /bin/sh -c "printf 'Content-Length: 5\r\n\r\nhello'; sleep 0.5; exit 1"; }
+           location /next { return 200 "next\n"; }"#,
+    ));
+    let mut c = Client::connect(nginx.port);
+    c.send("GET /more HTTP/1.1\r\nHost: x\r\n\r\n");
+    // A slow client: the program is done (and past its length) long before it reads.
+    std::thread::sleep(Duration::from_millis(1500));
+    let r = c.read_response(false);
+    assert_eq!(r.status, 200);
+    assert!(r.complete, "got {} of 5000000 bytes", r.body.len());
+    assert_eq!(r.body.len(), 5_000_000);
+    assert!(r.body.iter().all(|&b| b == 0));
+    assert_eq!(
+        c.get("/next").body,
+        b"next\n",
+        "the connection stays usable"
+    );
+    let dropped: Vec<String> = nginx
+        .log_lines("error")
+        .into_iter()
+        .filter(|l| l.contains("more than its Content-Length 5000000; dropped"))
+        .collect();
+    assert_eq!(dropped.len(), 1, "{dropped:?}");
+    assert!(
+        dropped[0].contains("sent 1000000 bytes more"),
+        "{dropped:?}"
+    );
+
+    let r = c.get("/exit1");
+    assert_eq!(r.status, 200);
+    assert!(r.complete);
+    assert_eq!(r.body, b"hello");
+    assert_eq!(c.get("/next").body, b"next\n", "not reset after exit 1");
+    assert!(nginx
+        .log_lines("error")
+        .iter()
+        .any(|l| l.contains("exited with code 1 after its complete response")));
+    nginx.stop();
+}
+
+/// A client that goes away while its whole body waits in nginx for the program is noticed at
+/// once: the program is stopped and the access log says 499.
+#[test]
+fn a_client_gone_while_its_body_waits_for_the_program_is_noticed() {
+    let nginx = Nginx::start(&format!(
+        "log_format st \"$uri $status\";\n{}",
+        server(
+            r#"access_log {PREFIX}/logs/st.log st;
+           location /slow { transform_stdin body; transform_exec /bin/sh -c "sleep 8; cat"; }"#
+        )
+    ));
+    let worker = nginx.worker_pid();
+    let mut c = Client::connect(nginx.port);
+    // 100 bytes more than the stdin pipe holds (64 KiB): nginx reads all of it (the last 100
+    // in its body buffer), the program takes none yet.
+    let body = vec![b'x'; 65_636];
+    c.send(&format!(
+        "POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    ));
+    c.stream().write_all(&body).unwrap();
+    assert!(wait_until(Duration::from_secs(3), || !children_of(worker).is_empty()));
+    std::thread::sleep(Duration::from_millis(300));
+    let start = Instant::now();
+    drop(c);
+    assert!(
+        wait_until(Duration::from_secs(4), || children_of(worker).is_empty()),
+        "the program outlived its client"
+    );
+    let log = || std::fs::read_to_string(nginx.prefix.join("logs/st.log")).unwrap_or_default();
+    assert!(wait_until(Duration::from_secs(2), || !log().is_empty()));
+    assert_eq!(log().trim(), "/slow 499");
+    eprintln!("client close noticed in {:?}", start.elapsed());
+    nginx.stop();
+}
+
+/// A program that writes one byte and then works on: the byte reaches the client after
+/// `transform_commit_timeout`, not when the program is done.
+#[test]
+fn the_first_byte_is_not_held_hostage() {
+    let nginx = Nginx::start(&server(
+        r#"location /slow { transform_exec /bin/sh -c "printf x; sleep 1.5; printf y"; }
+           location /fails { transform_exec /bin/sh -c "printf partial; exit 3"; }"#,
+    ));
+    let mut c = Client::connect(nginx.port);
+    let start = Instant::now();
+    c.send("GET /slow HTTP/1.1\r\nHost: x\r\n\r\n");
+    let head = c.read_head();
+    let mut first = [0u8; 4];
+    let n = c.read(&mut first).unwrap();
+    let ttfb = start.elapsed();
+    eprintln!("time to first byte of a 1-byte-then-sleep program: {ttfb:?}");
+    assert_eq!(head.status, 200);
+    assert!(n > 0 && first[..n].contains(&b'x'), "{:?}", &first[..n]);
+    assert!(
+        ttfb < Duration::from_millis(1000),
+        "first byte after {ttfb:?}"
+    );
+    // A program that fails at once is still a clean 502.
+    let r = Client::connect(nginx.port).get("/fails");
+    assert_eq!(r.status, 502);
+    nginx.stop();
+}
+
+/// `tcp_nodelay off` is honoured on the splice path.
+#[test]
+fn tcp_nodelay_off_is_honoured_when_splicing() {
+    let nginx = Nginx::start(&server(
+        r#"location /on { transform_exec {HELPER} gen 100000; }
+           location /off { tcp_nodelay off; transform_exec {HELPER} gen 100000; }"#,
+    ));
+    let worker = nginx.worker_pid();
+    for (path, want) in [("/off", 0), ("/on", 1)] {
+        let trace = nginx
+            .prefix
+            .join(format!("strace{}", path.replace('/', "-")));
+        let mut strace = std::process::Command::new("strace")
+            .args(["-f", "-e", "trace=setsockopt", "-o"])
+            .arg(&trace)
+            .arg("-p")
+            .arg(worker.to_string())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("strace (ci/test installs it)");
+        std::thread::sleep(Duration::from_millis(500));
+        let r = Client::connect(nginx.port).get(path);
+        assert_eq!(r.status, 200);
+        std::thread::sleep(Duration::from_millis(200));
+        // SAFETY: signalling our own strace.
+        unsafe { libc::kill(strace.id() as i32, libc::SIGINT) };
+        strace.wait().unwrap();
+        let text = std::fs::read_to_string(&trace).unwrap_or_default();
+        assert_eq!(text.matches("TCP_NODELAY").count(), want, "{path}: {text}");
+    }
+    assert!(nginx.error_log().contains("transform transport: splice"));
+    nginx.stop();
+}
+
+/// A program path from the request cannot write a line of its own into the error log.
+#[test]
+fn request_derived_strings_are_escaped_in_the_log() {
+    // (At info level: nginx's own debug lines print the decoded URI as it is.)
+    let nginx = Nginx::start_full(
+        "",
+        &server(
+            r#"location ~ "(?s)^/p(/.*)$" { transform_exec $1; }
+           location ~ "(?s)^/q/(.*)$" { transform_exec $1; }
+           location ~ "(?s)^/d(/.*)$" { transform_chdir $1; transform_exec /bin/true; }"#,
+        ),
+        "info",
+        None,
+    );
+    for path in [
+        "/p/nonexistent%0d%0aINJECTED%20line",
+        "/q/relative%0d%0aINJECTED%20line",
+        "/d/nonexistent%0aINJECTED%20line",
+    ] {
+        let r = Client::connect(nginx.port).get(path);
+        assert!(r.status >= 500, "{path}: {}", r.status);
+    }
+    let log = nginx.error_log();
+    assert!(
+        !log.lines()
+            .any(|l| l.starts_with("[emerg]") || l.starts_with("2026/01/01")),
+        "a line was injected:\n{log}"
+    );
+    assert_eq!(log.matches("\\x0d\\x0aINJECTED line").count(), 2, "{log}");
+    assert_eq!(log.matches("\\x0aINJECTED line").count(), 3, "{log}");
+    nginx.stop();
+}
+
+/// A client trickling its body keeps no stuck program alive: transform_read_timeout judges
+/// the program, which takes nothing.
+#[test]
+fn a_trickling_client_does_not_keep_a_stuck_program_alive() {
+    let nginx = Nginx::start(&server(
+        r#"location /stuck { transform_stdin body; transform_read_timeout 1s;
+                             client_body_timeout 10s;
+                             transform_exec /bin/sh -c "sleep 30"; }"#,
+    ));
+    let mut c = Client::connect(nginx.port);
+    c.send("POST /stuck HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n");
+    let start = Instant::now();
+    let stream = c.stream().try_clone().unwrap();
+    let trickle = std::thread::spawn(move || {
+        let mut s = stream;
+        for _ in 0..40 {
+            if s.write_all(b"1\r\nx\r\n").is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    c.stream()
+        .set_read_timeout(Some(Duration::from_secs(6)))
+        .unwrap();
+    let r = c.read_response(false);
+    let took = start.elapsed();
+    assert_eq!(r.status, 504, "after {took:?}");
+    assert!(took < Duration::from_secs(4), "504 after {took:?}");
+    drop(c);
+    trickle.join().unwrap();
+    assert!(nginx
+        .log_lines("error")
+        .iter()
+        .any(|l| l.contains("timed out (transform_read_timeout 1000ms)")));
+    nginx.stop();
+}
+
+/// One splicing stream yields to the other connections every `sendfile_max_chunk`, as nginx's
+/// write filter does.
+#[test]
+fn a_spliced_stream_yields_at_sendfile_max_chunk() {
+    let nginx = Nginx::start(&server(
+        r#"location /chunked { sendfile_max_chunk 64k; transform_exec {HELPER} gen 8000000; }
+           location /unbounded { sendfile_max_chunk 0; transform_exec {HELPER} gen 8000000; }"#,
+    ));
+    let want = helper_output(&["gen", "8000000"]);
+    let yields = |nginx: &Nginx| {
+        nginx
+            .error_log()
+            .matches("sendfile_max_chunk 65536 reached")
+            .count()
+    };
+    let r = Client::connect(nginx.port).get("/unbounded");
+    assert_eq!(r.body.len(), want.len());
+    assert_eq!(yields(&nginx), 0);
+    let r = Client::connect(nginx.port).get("/chunked");
+    assert!(r.complete);
+    assert_eq!(sha256(&r.body), sha256(&want));
+    assert!(yields(&nginx) >= 1, "{} yields", yields(&nginx));
+    nginx.stop();
+}
+
+/// transform_type from the request: control characters are refused (no header injection), and
+/// an empty value means default_type.
+#[test]
+fn transform_type_from_the_request_is_checked() {
+    let nginx = Nginx::start(&server(
+        r#"location ~ "(?s)^/tt/(.*)$" { transform_type $1; transform_exec /bin/echo hi; }
+           location /arg { transform_type $arg_t; transform_exec /bin/echo hi; }"#,
+    ));
+    let r = Client::connect(nginx.port).get("/tt/x%0d%0aSet-Cookie:%20session=attacker");
+    assert_eq!(r.status, 500);
+    assert!(r.header("Set-Cookie").is_none());
+    assert_eq!(
+        nginx
+            .log_lines("error")
+            .iter()
+            .filter(|l| l.contains("transform_type value") && l.contains("control character"))
+            .count(),
+        1
+    );
+    let r = Client::connect(nginx.port).get("/arg");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("Content-Type"), Some("text/plain"));
+    let r = Client::connect(nginx.port).get("/arg?t=image/png");
+    assert_eq!(r.header("Content-Type"), Some("image/png"));
+    nginx.stop();
+}
+
+/// A large transform_header_buffer_size costs nothing until a header needs it.
+#[test]
+fn the_header_buffer_grows_with_the_header() {
+    let nginx = Nginx::start(&server(
+        r#"location /cgi { transform_output cgi; transform_header_buffer_size 8m;
+                           transform_exec /bin/sh -c "sleep 1; printf 'X: y\r\n\r\nok'"; }"#,
+    ));
+    let worker = nginx.worker_pid();
+    Client::connect(nginx.port).get("/cgi");
+    let before = rss_kib(worker);
+    let clients: Vec<_> = (0..16)
+        .map(|_| {
+            let mut c = Client::connect(nginx.port);
+            c.send("GET /cgi HTTP/1.1\r\nHost: x\r\n\r\n");
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let during = rss_kib(worker);
+    for mut c in clients {
+        assert_eq!(c.read_response(false).body, b"ok");
+    }
+    eprintln!("16 CGI requests with an 8m header buffer: worker RSS {before} -> {during} KiB");
+    assert!(during < before + 16 * 1024, "RSS {before} -> {during} KiB");
+    nginx.stop();
+}
+
+/// `transform_header_buffer_size 0` fails `nginx -t` with the file and line.
+#[test]
+fn a_zero_header_buffer_is_a_configuration_error() {
+    let (ok, err, path) = nginx_test_config(
+        "server { listen 127.0.0.1:1; location / { transform_header_buffer_size 0; \
+         transform_exec /bin/true; } }",
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("header buffer size must be at least 16 bytes")
+            && err.contains(&format!("{}:", path.display())),
+        "{err}"
+    );
+}
