@@ -1,19 +1,38 @@
 //! The header block of `transform_output cgi`: header lines (`Status`, `Content-Type`, `Location`,
 //! `Content-Length`, others), a blank line, then the body (as CGI, RFC 3875).
+//!
+//! Two layers. [`fields`] is the syntax: `httparse::parse_headers` splits the block into
+//! `name: value` pairs (RFC 9110 token names; values without CR, LF, NUL or other controls but
+//! HTAB; obs-fold rejected; CRLF or bare LF line ends, as CGI allows). [`parse`] is the meaning,
+//! after ngx_http_fastcgi_module and ngx_http_upstream_headers_in: the status (200..599 only),
+//! the length, repeated single-valued headers, and the headers nginx hides from an application.
+//!
+//! Pure (std and httparse only) so that tests/cgi_parser.rs can include this file and test it
+//! without nginx.
 
-/// What the program said about its response.
-#[derive(Debug, Default)]
+/// The most header lines a block may have (httparse parses into a fixed array).
+pub const MAX_HEADERS: usize = 100;
+
+/// What the program said about its response. Names and values are bytes as the program sent
+/// them (values trimmed of surrounding spaces and tabs): names are RFC 9110 tokens, values have
+/// no control character but HTAB.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Head {
+    /// 200..=599 (an interim 1xx response would let a body pass for a response).
     pub status: Option<u16>,
     pub content_type: Option<Vec<u8>>,
     pub location: Option<Vec<u8>>,
     pub content_length: Option<u64>,
-    /// Other headers, passed on as they are.
-    pub headers: Vec<(String, String)>,
+    /// The other headers, in order, for the response. Never `Status`, `Content-Type`,
+    /// `Location`, `Content-Length`, a hop-by-hop header or one that nginx hides.
+    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Repeats of a single-valued header, dropped (the first one counts, as upstream's do), as
+    /// log text: `duplicate header line: "ETag: b", previous value: "ETag: a", ignored`.
+    pub warnings: Vec<String>,
 }
 
 /// The result of looking at what the program wrote so far.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum Parsed {
     /// No blank line yet.
     Incomplete,
@@ -23,102 +42,210 @@ pub enum Parsed {
     Invalid(String),
 }
 
-/// Headers that belong to a connection, not to a response: a program may not set them.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "transfer-encoding",
-    "upgrade",
-    "te",
-    "trailer",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
+/// The syntax of a header block, before any meaning.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Fields<'a> {
+    Incomplete,
+    /// `(name, value)` pairs in order, and the bytes the block took with its blank line.
+    Done(Vec<(&'a [u8], &'a [u8])>, usize),
+    Invalid(String),
+}
+
+/// Headers that belong to a connection, not to a response: a program that sends one is
+/// confused about the framing (nginx frames the body), so the block is refused.
+const HOP_BY_HOP: &[&[u8]] = &[
+    b"connection",
+    b"keep-alive",
+    b"transfer-encoding",
+    b"upgrade",
+    b"te",
+    b"trailer",
+    b"proxy-authenticate",
+    b"proxy-authorization",
+    b"proxy-connection",
 ];
 
-/// Parses the header block at the start of `input`.
-pub fn parse(input: &[u8]) -> Parsed {
-    let mut head = Head::default();
-    let mut at = 0;
-    loop {
-        let Some(nl) = input[at..].iter().position(|&b| b == b'\n') else {
-            return Parsed::Incomplete;
-        };
-        let mut line = &input[at..at + nl];
-        at += nl + 1;
-        if let Some(l) = line.strip_suffix(b"\r") {
-            line = l;
+/// Headers nginx keeps from the client of a FastCGI application (ngx_http_fastcgi_hide_headers;
+/// Status is taken apart). Dropped, not acted on.
+const HIDDEN: &[&[u8]] = &[
+    b"x-accel-expires",
+    b"x-accel-redirect",
+    b"x-accel-limit-rate",
+    b"x-accel-buffering",
+    b"x-accel-charset",
+];
+
+/// Single-valued headers of ngx_http_upstream_headers_in (its process_header_line,
+/// process_last_modified and process_expires handlers): a repeat is logged and dropped. The
+/// repeats upstream refuses (Content-Length) or that decide the response (Status, Location) make
+/// the block invalid instead.
+const SINGLE: &[&[u8]] = &[
+    b"content-type",
+    b"date",
+    b"etag",
+    b"server",
+    b"last-modified",
+    b"expires",
+    b"refresh",
+];
+
+/// Splits the header block at the start of `input` into fields (httparse).
+pub fn fields(input: &[u8]) -> Fields<'_> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    match httparse::parse_headers(input, &mut slots) {
+        Ok(httparse::Status::Partial) => Fields::Incomplete,
+        Ok(httparse::Status::Complete((used, headers))) => Fields::Done(
+            headers
+                .iter()
+                .map(|h| (h.name.as_bytes(), h.value))
+                .collect(),
+            used,
+        ),
+        Err(httparse::Error::TooManyHeaders) => {
+            Fields::Invalid(format!("more than {MAX_HEADERS} header lines"))
         }
-        if line.is_empty() {
-            return Parsed::Done(head, at);
-        }
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
-            return Parsed::Invalid(format!("header line without a colon: \"{}\"", show(line)));
-        };
-        let (name, value) = (&line[..colon], trim(&line[colon + 1..]));
-        let token = |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b);
-        if name.is_empty() || !name.iter().all(token) {
-            return Parsed::Invalid(format!("invalid header name \"{}\"", show(name)));
-        }
-        if value.iter().any(|&b| b < 0x20 && b != b'\t' || b == 0x7f) {
-            return Parsed::Invalid(format!("control character in header \"{}\"", show(name)));
-        }
-        let lower = String::from_utf8_lossy(name).to_ascii_lowercase();
-        if HOP_BY_HOP.contains(&lower.as_str()) {
-            return Parsed::Invalid(format!("hop-by-hop header \"{}\"", show(name)));
-        }
-        match lower.as_str() {
-            "status" => {
-                let code = value.get(..3).and_then(|d| std::str::from_utf8(d).ok());
-                let code = code
-                    .and_then(|d| d.parse::<u16>().ok())
-                    .filter(|c| (100..600).contains(c));
-                let Some(code) = code.filter(|_| value.len() == 3 || value[3] == b' ') else {
-                    return Parsed::Invalid(format!("invalid Status \"{}\"", show(value)));
-                };
-                head.status = Some(code);
-            }
-            "content-type" => head.content_type = Some(value.to_vec()),
-            "location" => head.location = Some(value.to_vec()),
-            "content-length" => {
-                let n = std::str::from_utf8(value)
-                    .ok()
-                    .and_then(|v| v.parse::<u64>().ok());
-                let Some(n) = n.filter(|_| value.iter().all(u8::is_ascii_digit)) else {
-                    return Parsed::Invalid(format!("invalid Content-Length \"{}\"", show(value)));
-                };
-                head.content_length = Some(n);
-            }
-            _ => head.headers.push((
-                String::from_utf8_lossy(name).into_owned(),
-                String::from_utf8_lossy(value).into_owned(),
-            )),
-        }
+        Err(_) => Fields::Invalid(diagnose(input)),
     }
 }
 
-fn trim(v: &[u8]) -> &[u8] {
-    let start = v
-        .iter()
-        .position(|b| !b" \t".contains(b))
-        .unwrap_or(v.len());
-    let end = v
-        .iter()
-        .rposition(|b| !b" \t".contains(b))
-        .map_or(start, |e| e + 1);
-    &v[start..end]
+/// Parses the header block at the start of `input`.
+pub fn parse(input: &[u8]) -> Parsed {
+    let (fields, used) = match fields(input) {
+        Fields::Incomplete => return Parsed::Incomplete,
+        Fields::Invalid(why) => return Parsed::Invalid(why),
+        Fields::Done(fields, used) => (fields, used),
+    };
+    let mut head = Head::default();
+    // The first line of each single-valued header: (lowercase name, name, value).
+    let mut first: Vec<(Vec<u8>, &[u8], &[u8])> = Vec::new();
+    for (name, value) in fields {
+        let lower = name.to_ascii_lowercase();
+        let lower = lower.as_slice();
+        if HOP_BY_HOP.contains(&lower) {
+            return Parsed::Invalid(format!("hop-by-hop header \"{}\"", show(name)));
+        }
+        if HIDDEN.contains(&lower) {
+            continue;
+        }
+        let decisive = matches!(lower, b"status" | b"location" | b"content-length");
+        if decisive || SINGLE.contains(&lower) {
+            if let Some((_, n, v)) = first.iter().find(|(l, _, _)| l == lower) {
+                let line = format!(
+                    "duplicate header line: \"{}: {}\", previous value: \"{}: {}\"",
+                    show(name),
+                    show(value),
+                    show(n),
+                    show(v)
+                );
+                if decisive {
+                    return Parsed::Invalid(line);
+                }
+                head.warnings.push(format!("{line}, ignored"));
+                continue;
+            }
+            first.push((lower.to_vec(), name, value));
+        }
+        match lower {
+            b"status" => match status(value) {
+                Some(code) => head.status = Some(code),
+                None => return Parsed::Invalid(format!("invalid Status \"{}\"", show(value))),
+            },
+            b"content-length" => match content_length(value) {
+                Some(n) => head.content_length = Some(n),
+                None => {
+                    return Parsed::Invalid(format!("invalid Content-Length \"{}\"", show(value)))
+                }
+            },
+            b"content-type" => head.content_type = Some(value.to_vec()),
+            b"location" => head.location = Some(value.to_vec()),
+            _ => head.headers.push((name.to_vec(), value.to_vec())),
+        }
+    }
+    Parsed::Done(head, used)
 }
 
-/// A printable, bounded rendering for log lines.
-fn show(v: &[u8]) -> String {
-    v.iter()
-        .take(100)
-        .map(|&b| {
-            if (0x20..0x7f).contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("\\x{b:02x}")
+/// `Status: NNN[ reason]` with NNN in 200..=599 (the reason phrase is nginx's to write).
+fn status(value: &[u8]) -> Option<u16> {
+    let (code, rest) = value.split_at_checked(3)?;
+    if !code.iter().all(u8::is_ascii_digit) || !(rest.is_empty() || rest[0] == b' ') {
+        return None;
+    }
+    let code = code.iter().fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
+    (200..=599).contains(&code).then_some(code)
+}
+
+/// Digits only, at most what an off_t holds (ngx_atoof).
+fn content_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(value).ok()?.parse().ok()?;
+    (n <= i64::MAX as u64).then_some(n)
+}
+
+/// Why httparse refused the block: the first line that breaks the syntax of [`fields`], told in
+/// words (httparse only names the kind of error).
+fn diagnose(input: &[u8]) -> String {
+    let mut rest = input;
+    while !rest.is_empty() {
+        // The last line may be cut short: what is there so far is checked.
+        let (line, next, whole) = match rest.iter().position(|&b| b == b'\n') {
+            Some(nl) => (&rest[..nl], &rest[nl + 1..], true),
+            None => (rest, &rest[rest.len()..], false),
+        };
+        rest = next;
+        // A CR at the end of a cut line may start its CRLF, unless it ends a name.
+        let line = match line.strip_suffix(b"\r") {
+            Some(l) if whole || l.contains(&b':') => l,
+            _ => line,
+        };
+        if line.is_empty() && whole {
+            break;
+        }
+        if line.first().is_some_and(|&b| b == b' ' || b == b'\t') {
+            return format!("obsolete line folding: \"{}\"", show(line));
+        }
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            if !whole && (line == b"\r" || line.iter().all(|&b| is_token(b))) {
+                break;
             }
-        })
-        .collect()
+            return format!("header line without a colon: \"{}\"", show(line));
+        };
+        let (name, value) = (&line[..colon], &line[colon + 1..]);
+        if name.is_empty() || !name.iter().all(|&b| is_token(b)) {
+            return format!("invalid header name \"{}\"", show(name));
+        }
+        if !value.iter().all(|&b| is_value_byte(b)) {
+            return format!("control character in header \"{}\"", show(name));
+        }
+    }
+    "invalid header block".to_string()
+}
+
+/// An RFC 9110 tchar.
+fn is_token(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// HTAB, SP, VCHAR, obs-text.
+fn is_value_byte(b: u8) -> bool {
+    b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80
+}
+
+/// A printable, bounded rendering of bytes for log lines: printable ASCII as it is, `\` as
+/// `\\`, any other byte as `\xNN`; past 100 bytes, `...`.
+pub fn show(v: &[u8]) -> String {
+    const MAX: usize = 100;
+    let mut s = String::with_capacity(v.len().min(MAX) + 3);
+    for &b in v.iter().take(MAX) {
+        match b {
+            b'\\' => s.push_str("\\\\"),
+            b' '..=b'~' => s.push(char::from(b)),
+            _ => s.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    if v.len() > MAX {
+        s.push_str("...");
+    }
+    s
 }

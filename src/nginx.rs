@@ -5,6 +5,8 @@
 //! descriptor joined to nginx's event loop as a connection) and [`BufRing`] (a bounded set of
 //! reused buffers on their way through nginx's output chain).
 
+pub mod headers;
+
 use core::ffi::c_void;
 use core::ptr::{self, NonNull};
 use std::io;
