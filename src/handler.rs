@@ -26,6 +26,7 @@ pub unsafe extern "C" fn transform_handler(r: *mut ngx_http_request_t) -> ngx_in
 
 fn handle(http: Http) -> ngx_int_t {
     let conf: &'static TransformConf = http.loc_conf::<crate::Module>();
+    http.disable_not_modified();
     if conf.stdin_body != 0 && !http.is_head() {
         if http.reading_body() {
             // An earlier location (before an internal redirect or error_page) took part of a

@@ -84,6 +84,14 @@ impl Http {
         self.with_r(|r| r.method == nginx_sys::NGX_HTTP_HEAD as ngx_uint_t)
     }
 
+    /// The response is a program's output, a dynamic one: conditional request headers
+    /// (If-None-Match, If-Unmodified-Since...) are not judged against it, as nginx's upstream
+    /// does for responses it does not cache. (A CGI program's own validators may turn this
+    /// back on, see `headers::set_cgi_headers`.)
+    pub fn disable_not_modified(self) {
+        self.with_r(|r| r.set_disable_not_modified(1));
+    }
+
     /// Whether the request announces a body (a Content-Length above 0, or chunked).
     pub fn has_body(self) -> bool {
         self.with_r(|r| r.headers_in.content_length_n > 0 || r.headers_in.chunked() != 0)
@@ -229,9 +237,8 @@ impl Http {
         self.send_status_header(NGX_HTTP_OK as u16, content_type, length)
     }
 
-    /// As [`Http::send_header`], with the given status. The response is a program's output, a
-    /// dynamic one: conditional request headers (If-None-Match, If-Unmodified-Since...) are not
-    /// judged against it, as nginx's upstream does for responses it does not cache.
+    /// As [`Http::send_header`], with the given status. A Content-Type already in the headers
+    /// (a CGI program's own) stays; otherwise `content_type` or nginx's `default_type`.
     pub fn send_status_header(
         self,
         status: u16,
@@ -240,9 +247,11 @@ impl Http {
     ) -> ngx_int_t {
         let default_type = self.core_conf().default_type;
         self.with_r(|r| {
-            r.set_disable_not_modified(1);
             r.headers_out.status = status as _;
             r.headers_out.content_length_n = length.map_or(-1, |n| n as i64);
+            if r.headers_out.content_type.len != 0 {
+                return;
+            }
             let ct = match content_type {
                 Some(t) if !t.is_empty() => ngx_str_t {
                     len: t.len(),
@@ -553,21 +562,6 @@ impl Http {
         }
         // SAFETY: live connection; ngx_tcp_nodelay checks the connection's state itself.
         unsafe { nginx_sys::ngx_tcp_nodelay(self.connection()) };
-    }
-
-    /// Puts a program's CGI header block into the response headers.
-    pub fn set_cgi_headers(self, head: &crate::cgi::Head) -> bool {
-        for (name, value) in &head.headers {
-            if !self.add_header(name, value) {
-                return false;
-            }
-        }
-        if let Some(location) = &head.location {
-            if !self.add_header("Location", &String::from_utf8_lossy(location)) {
-                return false;
-            }
-        }
-        true
     }
 }
 

@@ -3,14 +3,17 @@
 //! goes out with what was held, and the sink for the rest is chosen. A CGI `Location` without
 //! `Status` is a local redirect, checked as nginx checks X-Accel-Redirect.
 
-use nginx_sys::{ngx_int_t, ngx_msec_t, NGX_ERROR, NGX_HTTP_BAD_GATEWAY, NGX_LOG_ERR, NGX_OK};
+use nginx_sys::{
+    ngx_int_t, ngx_msec_t, NGX_ERROR, NGX_HTTP_BAD_GATEWAY, NGX_HTTP_INTERNAL_SERVER_ERROR,
+    NGX_LOG_ERR, NGX_LOG_WARN, NGX_OK,
+};
 use ngx::http::HttpModule;
 
 use super::{Flow, Next, Phase, Sink, Transform};
 use crate::cgi;
 use crate::conf::TransformConf;
 use crate::log::escape;
-use crate::nginx::now_msec;
+use crate::nginx::{headers, now_msec};
 use crate::os;
 
 /// Output held before the commit.
@@ -209,11 +212,23 @@ impl Transform {
                     let status =
                         head.status
                             .unwrap_or(if head.location.is_some() { 302 } else { 200 });
-                    if !self.http.set_cgi_headers(&head) {
-                        return Flow::Wait(Next::Finish(NGX_ERROR as ngx_int_t));
+                    for warning in &head.warnings {
+                        log_error!(
+                            NGX_LOG_WARN,
+                            self.http.log(),
+                            0,
+                            "transform program \"{}\" sent {warning}",
+                            self.program.name()
+                        );
                     }
+                    if let Err(e) = headers::set_cgi_headers(self.http, &head) {
+                        log_error!(NGX_LOG_ERR, self.http.log(), 0, "transform: {e}");
+                        let rc = NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+                        return Flow::Wait(Next::Finish(rc));
+                    }
+                    // The program's own Content-Type is in the headers now (charset apart).
                     let content_type = match &head.content_type {
-                        Some(t) => self.http.pool_copy(t),
+                        Some(_) => None,
                         None => self.content_type,
                     };
                     (
