@@ -366,6 +366,34 @@ pub fn sha256(data: &[u8]) -> String {
     format!("{:x}", sha2::Sha256::digest(data))
 }
 
+/// How the reading of a response ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// As its framing says: terminating chunk, full Content-Length, or (close-delimited) a clean
+    /// close.
+    Complete,
+    /// The server closed the connection (FIN) before the framing said the body was complete.
+    Closed,
+    /// The connection was reset (RST).
+    Reset,
+    /// Nothing came for the client's read timeout: the response hung, it did not end.
+    Hung,
+    /// Another read error.
+    Error(std::io::ErrorKind),
+}
+
+impl End {
+    fn of(e: &std::io::Error) -> End {
+        use std::io::ErrorKind as K;
+        match e.kind() {
+            K::UnexpectedEof => End::Closed,
+            K::ConnectionReset | K::ConnectionAborted => End::Reset,
+            K::WouldBlock | K::TimedOut => End::Hung,
+            k => End::Error(k),
+        }
+    }
+}
+
 /// A response read by the strict HTTP/1.x parser.
 #[derive(Debug)]
 pub struct Response {
@@ -375,6 +403,8 @@ pub struct Response {
     pub body: Vec<u8>,
     /// The body ended as its framing says (terminating chunk, full Content-Length, or close).
     pub complete: bool,
+    /// How the reading ended (`End::Complete` exactly when `complete`).
+    pub end: End,
     /// Sizes of the chunks, for chunked responses.
     pub chunks: Vec<usize>,
 }
@@ -405,6 +435,24 @@ impl Client {
 
     pub fn stream(&self) -> &TcpStream {
         self.reader.get_ref()
+    }
+
+    /// Caps the socket's receive buffer (which turns off its autotuning): the TCP window stays
+    /// small, so a client that reads slowly holds the server back at once.
+    pub fn set_recv_buffer(&self, bytes: usize) {
+        use std::os::fd::AsRawFd;
+        let v = bytes as libc::c_int;
+        // SAFETY: setsockopt on our own socket, with a pointer to an int and its size.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.stream().as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "setsockopt(SO_RCVBUF)");
     }
 
     pub fn send(&mut self, raw: &str) {
@@ -458,15 +506,22 @@ impl Client {
             headers,
             body: Vec::new(),
             complete: false,
+            end: End::Closed,
             chunks: Vec::new(),
         }
     }
 
     /// Reads a whole response; `head` for a HEAD request (no body).
     pub fn read_response(&mut self, head: bool) -> Response {
-        let mut resp = self.read_head();
+        let resp = self.read_head();
+        self.read_body(resp, head)
+    }
+
+    /// Reads the body of a response whose head `read_head` returned; `head` for a HEAD request.
+    pub fn read_body(&mut self, mut resp: Response, head: bool) -> Response {
         if head || resp.status == 204 || resp.status == 304 {
             resp.complete = true;
+            resp.end = End::Complete;
             return resp;
         }
         let te = resp
@@ -475,27 +530,78 @@ impl Client {
         let cl = resp
             .header("Content-Length")
             .map(|v| v.parse::<usize>().expect("numeric length"));
-        if te.as_deref() == Some("chunked") {
+        resp.end = if te.as_deref() == Some("chunked") {
             assert!(cl.is_none(), "both chunked and Content-Length");
-            self.read_chunked(&mut resp);
+            self.read_chunked(&mut resp)
         } else if let Some(n) = cl {
             resp.body = vec![0; n];
-            resp.complete = self.reader.read_exact(&mut resp.body).is_ok();
+            match self.reader.read_exact(&mut resp.body) {
+                Ok(()) => End::Complete,
+                Err(e) => End::of(&e),
+            }
         } else {
             let mut body = Vec::new();
-            let ok = self.reader.read_to_end(&mut body).is_ok();
+            let end = match self.reader.read_to_end(&mut body) {
+                Ok(_) => End::Complete,
+                Err(e) => End::of(&e),
+            };
             resp.body = body;
-            resp.complete = ok;
-        }
+            end
+        };
+        resp.complete = resp.end == End::Complete;
         resp
     }
 
-    fn read_chunked(&mut self, resp: &mut Response) {
+    /// Reads a response that must end broken, and asserts the break itself: the connection is
+    /// closed or reset before the framing says the body is complete, all within `within` of the
+    /// call. The client waits at most `within` for each read, so a response that merely hangs
+    /// (until some client gives up) fails here instead of passing for a broken one.
+    #[track_caller]
+    pub fn read_broken(&mut self, within: Duration) -> Response {
+        let start = Instant::now();
+        self.stream().set_read_timeout(Some(within)).unwrap();
+        let head = self.read_head();
+        self.finish_broken(head, start, within)
+    }
+
+    /// As [`Client::read_broken`], for a response whose head was read already.
+    #[track_caller]
+    pub fn read_broken_body(&mut self, head: Response, within: Duration) -> Response {
+        let start = Instant::now();
+        self.stream().set_read_timeout(Some(within)).unwrap();
+        self.finish_broken(head, start, within)
+    }
+
+    #[track_caller]
+    fn finish_broken(&mut self, head: Response, start: Instant, within: Duration) -> Response {
+        let r = self.read_body(head, false);
+        let took = start.elapsed();
+        assert!(
+            matches!(r.end, End::Closed | End::Reset),
+            "a broken response must end closed or reset; it ended {:?} after {took:?} \
+             ({} body bytes, status {})",
+            r.end,
+            r.body.len(),
+            r.status
+        );
+        assert!(took < within, "the break took {took:?}, over {within:?}");
+        self.stream()
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        r
+    }
+
+    fn read_chunked(&mut self, resp: &mut Response) -> End {
         loop {
             let mut line = String::new();
             match self.reader.read_line(&mut line) {
-                Ok(0) | Err(_) => return,
+                Ok(0) => return End::Closed,
+                Err(e) => return End::of(&e),
                 Ok(_) => {}
+            }
+            if !line.ends_with('\n') {
+                // Cut inside the size line.
+                return End::Closed;
             }
             assert!(
                 line.ends_with("\r\n"),
@@ -514,19 +620,18 @@ impl Client {
                     end, "\r\n",
                     "no trailer support expected; bad end of chunked body"
                 );
-                resp.complete = true;
-                return;
+                return End::Complete;
             }
             let start = resp.body.len();
             resp.body.resize(start + size, 0);
-            if self.reader.read_exact(&mut resp.body[start..]).is_err() {
+            if let Err(e) = self.reader.read_exact(&mut resp.body[start..]) {
                 resp.body.truncate(start);
-                return;
+                return End::of(&e);
             }
             resp.chunks.push(size);
             let mut crlf = [0u8; 2];
-            if self.reader.read_exact(&mut crlf).is_err() {
-                return;
+            if let Err(e) = self.reader.read_exact(&mut crlf) {
+                return End::of(&e);
             }
             assert_eq!(&crlf, b"\r\n", "chunk data not followed by CRLF");
         }
@@ -558,12 +663,21 @@ impl Client {
 
 /// Runs curl with `args`; returns (exit success, stdout).
 pub fn curl(args: &[&str]) -> (bool, Vec<u8>) {
+    let (code, out) = curl_code(args);
+    (code == Some(0), out)
+}
+
+/// Runs curl with `args`; returns its exit code (None if killed) and stdout.
+pub fn curl_code(args: &[&str]) -> (Option<i32>, Vec<u8>) {
     let out = Command::new("curl")
         .args(args)
         .output()
         .expect("run curl (is it installed?)");
-    (out.status.success(), out.stdout)
+    (out.status.code(), out.stdout)
 }
+
+/// curl's exit code for "operation timed out" (`--max-time`).
+pub const CURL_TIMED_OUT: i32 = 28;
 
 /// A self-signed certificate and key for TLS tests, made with the openssl command.
 pub fn make_cert(dir: &Path) -> (PathBuf, PathBuf) {
