@@ -13,18 +13,6 @@ fn server(locations: &str) -> String {
     format!("server {{ listen 127.0.0.1:{{PORT}}; {locations} }}")
 }
 
-/// The debug line naming the transport of each response, in order.
-fn transports(nginx: &Nginx) -> Vec<String> {
-    nginx
-        .error_log()
-        .lines()
-        .filter_map(|l| {
-            l.split_once("transform transport: ")
-                .map(|(_, t)| t.to_string())
-        })
-        .collect()
-}
-
 #[test]
 fn bytes_are_exact_on_both_transports() {
     let nginx = Nginx::start(&server(

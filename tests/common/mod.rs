@@ -338,6 +338,18 @@ pub fn wchar(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// The debug line naming the transport of each response (`splice`, `buffered (why)`), in order.
+pub fn transports(nginx: &Nginx) -> Vec<String> {
+    nginx
+        .error_log()
+        .lines()
+        .filter_map(|l| {
+            l.split_once("transform transport: ")
+                .map(|(_, t)| t.to_string())
+        })
+        .collect()
+}
+
 /// Waits until `f` holds or the time is up; returns whether it held.
 pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
