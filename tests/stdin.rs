@@ -291,9 +291,8 @@ fn body_limits_and_a_client_that_stops_sending() {
 
     // The same when the program answered first: the response is cut (no terminating chunk).
     let mut c = half_a_body(nginx.port, "/s/write-first");
-    let r = c.read_response(false);
+    let r = c.read_broken(Duration::from_secs(5));
     assert_eq!(r.status, 200);
-    assert!(!r.complete, "a cut body must not look complete");
     assert_eq!(r.body.len(), 300000);
     assert!(no_programs_left(worker));
 

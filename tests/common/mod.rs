@@ -691,6 +691,27 @@ pub fn curl_code(args: &[&str]) -> (Option<i32>, Vec<u8>) {
 /// curl's exit code for "operation timed out" (`--max-time`).
 pub const CURL_TIMED_OUT: i32 = 28;
 
+/// Runs curl (with `--max-time`) on a response that must end broken, and asserts the break
+/// itself: curl reports an error, not its own timeout, within `within`. Returns the exit code.
+#[track_caller]
+pub fn curl_broken(args: &[&str], within: Duration) -> i32 {
+    let max = within.as_secs().to_string();
+    let mut all = vec!["--max-time", &max];
+    all.extend_from_slice(args);
+    let start = Instant::now();
+    let (code, body) = curl_code(&all);
+    let took = start.elapsed();
+    let code = code.expect("curl exit code");
+    assert!(
+        code != 0 && code != CURL_TIMED_OUT,
+        "curl {args:?}: exit code {code} after {took:?} and {} bytes: a broken response must \
+         end in an error, promptly",
+        body.len()
+    );
+    assert!(took < within, "curl {args:?}: the break took {took:?}");
+    code
+}
+
 /// A self-signed certificate and key for TLS tests, made with the openssl command.
 pub fn make_cert(dir: &Path) -> (PathBuf, PathBuf) {
     let (crt, key) = (dir.join("cert.pem"), dir.join("key.pem"));
