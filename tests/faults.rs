@@ -323,6 +323,17 @@ fn reload_under_load_lets_streams_finish() {
     nginx.stop();
 }
 
+/// The pid a `stubborn-grandchild` program reported on stderr (the last one in the log).
+fn grandchild_pid(nginx: &Nginx) -> Option<u32> {
+    nginx
+        .error_log()
+        .lines()
+        .filter_map(|l| l.split("transform stderr: grandchild ").nth(1))
+        .filter_map(|rest| rest.split(',').next())
+        .filter_map(|p| p.trim().parse::<u32>().ok())
+        .next_back()
+}
+
 #[test]
 fn worker_shutdown_timeout_closes_streams_and_kills_their_programs() {
     let nginx = Nginx::start_with(
@@ -330,19 +341,32 @@ fn worker_shutdown_timeout_closes_streams_and_kills_their_programs() {
         &server(
             "transform_commit_size 0; transform_kill_timeout 300ms;
              location /hang { transform_exec {HELPER} hang-after 10; }
-             location /stubborn { transform_exec {HELPER} ignore-term 10; }",
+             location /stubborn { transform_exec {HELPER} ignore-term 10; }
+             location /gc {
+                 transform_exec /bin/sh -c \"trap '' TERM; exec {HELPER} stubborn-grandchild\";
+             }",
         ),
     );
     let worker = nginx.worker_pid();
     let mut streams = Vec::new();
-    for path in ["/hang", "/stubborn"] {
+    for path in ["/hang", "/stubborn", "/gc"] {
         let mut c = Client::connect(nginx.port);
         c.send(&format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n"));
-        assert_eq!(c.read_head().status, 200);
-        streams.push(c);
+        let head = c.read_head();
+        assert_eq!(head.status, 200);
+        streams.push((c, head));
     }
     let kids = children_of(worker);
-    assert_eq!(kids.len(), 2);
+    assert_eq!(kids.len(), 3);
+    // The /gc program and its grandchild ignore SIGTERM, so both are still there when the worker
+    // exits. PR_SET_PDEATHSIG then kills the program, but not the grandchild (no child of the
+    // worker): only the module, killing each program's process group as it reaps it, ends it.
+    let mut gc = None;
+    assert!(wait_until(Duration::from_secs(2), || {
+        gc = grandchild_pid(&nginx);
+        gc.is_some()
+    }));
+    let gc = gc.unwrap();
     // SAFETY: signalling our own nginx master.
     unsafe { libc::kill(nginx.master_pid() as i32, libc::SIGQUIT) };
     let start = Instant::now();
@@ -354,20 +378,28 @@ fn worker_shutdown_timeout_closes_streams_and_kills_their_programs() {
         start.elapsed() > Duration::from_millis(400),
         "exited before worker_shutdown_timeout"
     );
+    for (mut c, head) in streams {
+        // Closed by the shutdown, not completed.
+        c.read_broken_body(head, Duration::from_secs(5));
+    }
     for kid in kids {
         assert!(
             wait_until(Duration::from_secs(2), || proc_state(kid).is_none()),
             "{kid} left"
         );
     }
-    for mut c in streams {
-        let mut rest = Vec::new();
-        let _ = c.read_to_end(&mut rest);
-        assert!(
-            !String::from_utf8_lossy(&rest).ends_with("0\r\n\r\n"),
-            "closed, not completed"
-        );
+    let gc_gone = wait_until(Duration::from_secs(2), || {
+        matches!(proc_state(gc), None | Some('Z'))
+    });
+    if !gc_gone {
+        // Leave nothing running, then fail.
+        // SAFETY: the grandchild our test started through nginx.
+        unsafe { libc::kill(gc as i32, libc::SIGKILL) };
     }
+    assert!(
+        gc_gone,
+        "grandchild {gc} outlived the worker: the module did not kill the program's group"
+    );
     // (nginx closes every connection: whichever of ours comes first ends the response, so
     // the module's own "worker shutdown" line may or may not be the one that did.)
     nginx.stop();
@@ -429,12 +461,7 @@ fn descendants_ignoring_sigterm_do_not_outlive_the_request() {
     assert_eq!(c.read_head().status, 200);
     let mut gc = None;
     assert!(wait_until(Duration::from_secs(2), || {
-        gc = nginx
-            .error_log()
-            .lines()
-            .find_map(|l| l.split("transform stderr: grandchild ").nth(1))
-            .and_then(|rest| rest.split(',').next())
-            .and_then(|p| p.trim().parse::<u32>().ok());
+        gc = grandchild_pid(&nginx);
         gc.is_some()
     }));
     let gc = gc.unwrap();
