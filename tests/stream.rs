@@ -92,6 +92,44 @@ fn arguments_arrive_as_single_argv_elements() {
 }
 
 #[test]
+fn a_nul_byte_in_an_argument_is_a_400() {
+    // $binary_remote_addr of 127.0.0.1 is 7f 00 00 01: a value with NUL bytes, which an argv
+    // element (or an environment entry) cannot hold without being cut.
+    let nginx = Nginx::start(&server(
+        "location /argv { transform_exec {HELPER} argv $binary_remote_addr; }
+         location /env { transform_env ADDR $binary_remote_addr; transform_exec /usr/bin/env; }
+         location /arg { transform_exec {HELPER} argv $arg_x; }",
+    ));
+    let nul_lines = || {
+        nginx
+            .log_lines("error")
+            .iter()
+            .filter(|l| l.contains("contains a NUL byte"))
+            .count()
+    };
+    for path in ["/argv", "/env"] {
+        let (lines, runs) = (
+            nul_lines(),
+            nginx.error_log().matches("transform started").count(),
+        );
+        let r = Client::connect(nginx.port).get(path);
+        assert_eq!(r.status, 400, "{path}");
+        assert_eq!(nul_lines(), lines + 1, "{path}: one error line");
+        assert_eq!(
+            nginx.error_log().matches("transform started").count(),
+            runs,
+            "{path}: no program runs"
+        );
+    }
+    // nginx does not decode $arg_x (and refuses %00 in the path with its own 400): what reaches
+    // the program is the three bytes as sent.
+    let r = Client::connect(nginx.port).get("/arg?x=a%00b");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"a%00b\0");
+    nginx.stop();
+}
+
+#[test]
 fn chunked_keepalive_http10_and_head() {
     let nginx = Nginx::start(&server(
         "location /gen {
@@ -453,6 +491,52 @@ fn failures_before_and_after_the_header() {
         End::Reset,
         "HTTP/1.0: only a reset tells a cut body from a whole one"
     );
+    nginx.stop();
+}
+
+#[test]
+fn error_page_serves_its_page_for_a_failing_program() {
+    let nginx = Nginx::start(&server(
+        "error_page 502 504 /oops;
+         location = /oops { internal; return 200 \"oops page\\n\"; }
+         location /exit { transform_exec {HELPER} fail-after 10 1; }
+         location /silent {
+             transform_read_timeout 300ms; transform_exec {HELPER} hang-after 0;
+         }",
+    ));
+    for (path, status) in [("/exit", 502), ("/silent", 504)] {
+        let r = Client::connect(nginx.port).get(path);
+        assert_eq!(r.status, status, "{path}: the program's status stays");
+        assert!(r.complete, "{path}");
+        let body = String::from_utf8_lossy(&r.body);
+        assert_eq!(body, "oops page\n", "{path}: the error page's body");
+    }
+    nginx.stop();
+}
+
+#[test]
+fn nested_locations_do_not_inherit_transform_exec() {
+    let html = temp_dir("nested");
+    std::fs::create_dir_all(html.join("t/static")).unwrap();
+    std::fs::write(html.join("t/static/file.txt"), "static file\n").unwrap();
+    let nginx = Nginx::start(&server(&format!(
+        "root {html};
+         location /t/ {{
+             transform_exec /bin/echo program;
+             location /t/static/ {{ }}
+         }}",
+        html = html.display()
+    )));
+    let runs = || nginx.error_log().matches("transform started").count();
+    let r = Client::connect(nginx.port).get("/t/x");
+    assert_eq!(r.status, 200);
+    assert_eq!(String::from_utf8_lossy(&r.body), "program\n");
+    let before = runs();
+    let r = Client::connect(nginx.port).get("/t/static/file.txt");
+    assert_eq!(r.status, 200);
+    let body = String::from_utf8_lossy(&r.body);
+    assert_eq!(body, "static file\n", "the nested location serves its file");
+    assert_eq!(runs(), before, "no program ran for the nested location");
     nginx.stop();
 }
 
