@@ -110,34 +110,16 @@ impl Nginx {
     }
 
     pub fn start_with(main_extra: &str, http_body: &str) -> Nginx {
-        Self::start_full(main_extra, http_body, "debug", None)
+        Self::start_full(main_extra, http_body, "debug")
     }
 
-    /// Starts nginx with the error log at `level` and, if given, RLIMIT_NPROC set for the master
-    /// (and so for its workers).
-    pub fn start_full(main_extra: &str, http_body: &str, level: &str, nproc: Option<u64>) -> Nginx {
-        use std::os::unix::process::CommandExt;
+    /// Starts nginx with the error log at `level`.
+    pub fn start_full(main_extra: &str, http_body: &str, level: &str) -> Nginx {
         let prefix = temp_dir("nginx");
         let port = free_port();
         let conf = config_at_level(&prefix, port, main_extra, http_body, level);
         std::fs::write(prefix.join("nginx.conf"), conf).expect("write conf");
         let mut cmd = Command::new(nginx_binary());
-        if let Some(n) = nproc {
-            // SAFETY: setrlimit is async-signal-safe; it runs in the child before exec.
-            unsafe {
-                cmd.pre_exec(move || {
-                    let l = libc::rlimit {
-                        rlim_cur: n,
-                        rlim_max: n,
-                    };
-                    if libc::setrlimit(libc::RLIMIT_NPROC, &l) == 0 {
-                        Ok(())
-                    } else {
-                        Err(std::io::Error::last_os_error())
-                    }
-                })
-            };
-        }
         let master = cmd
             .arg("-p")
             .arg(&prefix)
@@ -303,6 +285,63 @@ pub fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
         .unwrap_or(0)
+}
+
+/// A process's resource limit (soft, hard) from the row `name` of /proc/PID/limits
+/// (`"Max processes"`); `unlimited` is `RLIM_INFINITY`.
+pub fn proc_limit(pid: u32, name: &str) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let row = limits
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .unwrap_or_else(|| panic!("no {name:?} in /proc/{pid}/limits"));
+    let value = |v: &str| match v {
+        "unlimited" => libc::RLIM_INFINITY,
+        n => n.parse().expect("limit"),
+    };
+    let mut f = row.split_whitespace();
+    (value(f.next().unwrap()), value(f.next().unwrap()))
+}
+
+/// The real user and group ids of a process.
+pub fn ids_of(pid: u32) -> (u32, u32) {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let id = |key: &str| -> u32 {
+        s.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
+    };
+    (id("Uid:"), id("Gid:"))
+}
+
+/// Sets a resource limit of another process with prlimit(2), called from a short-lived child
+/// that takes that process's user and group ids first: a process may set the limits of one with
+/// the very same ids, up to the hard limit, without privilege (root here may lack the
+/// CAP_SYS_RESOURCE that would allow it across users).
+pub fn set_rlimit_of(pid: u32, resource: libc::__rlimit_resource_t, (soft, hard): (u64, u64)) {
+    use std::os::unix::process::CommandExt;
+    let (uid, gid) = ids_of(pid);
+    let mut cmd = Command::new("/bin/true");
+    cmd.uid(uid).gid(gid);
+    // SAFETY: prlimit is async-signal-safe; it runs in the child before exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let new = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            match libc::prlimit(pid as libc::pid_t, resource, &new, std::ptr::null_mut()) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        })
+    };
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("prlimit({pid}) as uid {uid}, gid {gid}: {e}"));
+    assert!(status.success(), "prlimit({pid}): {status}");
 }
 
 /// The descriptor count of a process once it stopped changing (same value 100 ms apart).
