@@ -827,12 +827,16 @@ impl Drop for ExampleServer {
 
 impl ExampleServer {
     pub fn start(name: &str) -> ExampleServer {
-        let prefix = example_prefix();
-        let (port, backend) = (free_port(), free_port());
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("nginx-conf")
             .join(name);
-        let src = std::fs::read_to_string(path).unwrap();
+        Self::start_text(name, &std::fs::read_to_string(path).unwrap())
+    }
+
+    /// As [`ExampleServer::start`], with the configuration `src` (saved as `name`).
+    pub fn start_text(name: &str, src: &str) -> ExampleServer {
+        let prefix = example_prefix();
+        let (port, backend) = (free_port(), free_port());
         assert!(
             src.contains("listen 127.0.0.1:8080;"),
             "{name} listens on 127.0.0.1:8080"
@@ -842,7 +846,8 @@ impl ExampleServer {
             .replace("127.0.0.1:8081", &format!("127.0.0.1:{backend}"));
         let conf_path = prefix.join(name);
         std::fs::write(&conf_path, conf).unwrap();
-        let master = Command::new(nginx_binary())
+        let stderr = prefix.join("logs/stderr.log");
+        let mut master = Command::new(nginx_binary())
             .arg("-p")
             .arg(&prefix)
             .arg("-c")
@@ -850,12 +855,21 @@ impl ExampleServer {
             .args(["-g", "daemon off;"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
             .spawn()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "{name}: nginx did not start");
+            let exited = matches!(master.try_wait(), Ok(Some(_)));
+            if exited || Instant::now() > deadline {
+                if !exited {
+                    // SAFETY: signalling our own nginx master.
+                    unsafe { libc::kill(master.id() as i32, libc::SIGTERM) };
+                    let _ = master.wait();
+                }
+                let said = std::fs::read_to_string(&stderr).unwrap_or_default();
+                panic!("{name}: nginx did not start: {said}");
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
         ExampleServer {
