@@ -4,9 +4,12 @@ mod common;
 
 use common::*;
 
-/// Asserts that `nginx -t` fails on `http_body` with `message`; returns stderr and the path.
-fn rejects_anywhere(http_body: &str, message: &str) -> (String, std::path::PathBuf) {
+/// Asserts that `nginx -t` fails on `http_body` with `message`; returns stderr, the path of the
+/// configuration and its text (the temporary prefix is removed).
+fn rejects_anywhere(http_body: &str, message: &str) -> (String, std::path::PathBuf, String) {
     let (ok, stderr, path) = nginx_test_config(http_body);
+    let conf = std::fs::read_to_string(&path).unwrap();
+    std::fs::remove_dir_all(path.parent().expect("prefix")).ok();
     assert!(!ok, "nginx -t accepted: {http_body}");
     assert!(
         stderr.contains("[emerg]"),
@@ -16,14 +19,13 @@ fn rejects_anywhere(http_body: &str, message: &str) -> (String, std::path::PathB
         stderr.contains(message),
         "expected {message:?} for {http_body}: {stderr}"
     );
-    (stderr, path)
+    (stderr, path, conf)
 }
 
 /// Asserts that `nginx -t` fails on `http_body` with `message`, pointing at the right line.
 fn rejects(http_body: &str, message: &str) {
-    let (stderr, path) = rejects_anywhere(http_body, message);
+    let (stderr, path, conf) = rejects_anywhere(http_body, message);
     // The directive is on the line marked BAD; nginx names the file and that line.
-    let conf = std::fs::read_to_string(&path).unwrap();
     let line = conf
         .lines()
         .position(|l| l.contains("#BAD"))
@@ -173,4 +175,237 @@ fn limit_directives_misuse() {
         &s("transform_max_programs 3;"),
         "\"transform_max_programs\" directive is not allowed here",
     );
+}
+
+/// Where a directive may appear: in a location (after a `transform_exec`), or in `http`.
+#[derive(Clone, Copy)]
+enum Level {
+    Location,
+    Http,
+}
+
+/// Each directive with a bad value (and what nginx -t says of it) and a good one.
+struct Row {
+    directive: &'static str,
+    level: Level,
+    bad: &'static str,
+    message: &'static str,
+    good: &'static str,
+}
+
+const fn row(
+    directive: &'static str,
+    level: Level,
+    bad: &'static str,
+    message: &'static str,
+    good: &'static str,
+) -> Row {
+    Row {
+        directive,
+        level,
+        bad,
+        message,
+        good,
+    }
+}
+
+const DIRECTIVES: &[Row] = &[
+    row(
+        "transform_exec",
+        Level::Location,
+        "transform_exec bin/echo hi;",
+        "program \"bin/echo\" is not an absolute path",
+        "transform_exec /bin/echo $uri \"two words\";",
+    ),
+    row(
+        "transform_type",
+        Level::Location,
+        "transform_type \"text/${t\";",
+        "the closing bracket in \"t\" variable is missing",
+        "transform_type text/plain;",
+    ),
+    row(
+        "transform_splice",
+        Level::Location,
+        "transform_splice maybe;",
+        "invalid value \"maybe\" in \"transform_splice\"",
+        "transform_splice off;",
+    ),
+    row(
+        "transform_pipe_size",
+        Level::Location,
+        "transform_pipe_size 1k;",
+        "pipe size must be from 4k to 1024m",
+        "transform_pipe_size 256k;",
+    ),
+    row(
+        "transform_commit_size",
+        Level::Location,
+        "transform_commit_size lots;",
+        "\"transform_commit_size\" directive invalid value",
+        "transform_commit_size 0;",
+    ),
+    row(
+        "transform_stderr",
+        Level::Location,
+        "transform_stderr loud;",
+        "invalid value \"loud\"",
+        "transform_stderr info;",
+    ),
+    row(
+        "transform_stdin",
+        Level::Location,
+        "transform_stdin always;",
+        "invalid value \"always\"",
+        "transform_stdin body;",
+    ),
+    row(
+        "transform_request_buffering",
+        Level::Location,
+        "transform_request_buffering sometimes;",
+        "invalid value \"sometimes\" in \"transform_request_buffering\"",
+        "transform_request_buffering on;",
+    ),
+    row(
+        "transform_output",
+        Level::Location,
+        "transform_output json;",
+        "invalid value \"json\"",
+        "transform_output cgi;",
+    ),
+    row(
+        "transform_header_buffer_size",
+        Level::Location,
+        "transform_header_buffer_size big;",
+        "\"transform_header_buffer_size\" directive invalid value",
+        "transform_header_buffer_size 8k;",
+    ),
+    row(
+        "transform_max_programs",
+        Level::Http,
+        "transform_max_programs many;",
+        "\"transform_max_programs\" directive invalid number",
+        "transform_max_programs 16;",
+    ),
+    row(
+        "transform_rlimit",
+        Level::Location,
+        "transform_rlimit nofile many;",
+        "invalid value \"many\"",
+        "transform_rlimit nofile 64;",
+    ),
+    row(
+        "transform_env",
+        Level::Location,
+        "transform_env 1BAD x;",
+        "invalid variable name \"1BAD\"",
+        "transform_env LANG C.UTF-8;",
+    ),
+    row(
+        "transform_chdir",
+        Level::Location,
+        "transform_chdir \"/tmp/${dir\";",
+        "the closing bracket in \"dir\" variable is missing",
+        "transform_chdir /tmp;",
+    ),
+    row(
+        "transform_timeout",
+        Level::Location,
+        "transform_timeout soon;",
+        "\"transform_timeout\" directive invalid value",
+        "transform_timeout 10s;",
+    ),
+    row(
+        "transform_read_timeout",
+        Level::Location,
+        "transform_read_timeout soon;",
+        "\"transform_read_timeout\" directive invalid value",
+        "transform_read_timeout 30s;",
+    ),
+    row(
+        "transform_send_timeout",
+        Level::Location,
+        "transform_send_timeout soon;",
+        "\"transform_send_timeout\" directive invalid value",
+        "transform_send_timeout 30s;",
+    ),
+    row(
+        "transform_kill_timeout",
+        Level::Location,
+        "transform_kill_timeout soon;",
+        "\"transform_kill_timeout\" directive invalid value",
+        "transform_kill_timeout 500ms;",
+    ),
+];
+
+/// A configuration with `line` where its directive belongs, marked `#BAD` for [`rejects`].
+fn placed(r: &Row, line: &str) -> String {
+    match r.level {
+        Level::Http => format!(
+            "{line} #BAD\nserver {{ listen 127.0.0.1:{{PORT}};\nlocation / {{ transform_exec /bin/true; }} }}"
+        ),
+        Level::Location if r.directive == "transform_exec" => {
+            format!("server {{ listen 127.0.0.1:{{PORT}};\nlocation / {{\n{line} #BAD\n}} }}")
+        }
+        Level::Location => format!(
+            "server {{ listen 127.0.0.1:{{PORT}};\nlocation / {{ transform_exec /bin/true;\n{line} #BAD\n}} }}"
+        ),
+    }
+}
+
+/// The directives in the module's command table (`COMMANDS` in src/conf.rs).
+fn module_directives() -> Vec<String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/conf.rs");
+    let src = std::fs::read_to_string(&path).expect("src/conf.rs");
+    let table = src
+        .split_once("pub static mut COMMANDS")
+        .and_then(|(_, rest)| rest.split_once("ngx_command_t::empty()"))
+        .map(|(table, _)| table)
+        .expect("the COMMANDS table in src/conf.rs, ending with ngx_command_t::empty()");
+    table
+        .split("ngx_string!(\"")
+        .skip(1)
+        .filter_map(|piece| piece.split_once('"').map(|(name, _)| name.to_string()))
+        .collect()
+}
+
+#[test]
+fn the_table_covers_every_directive_of_the_module() {
+    let module = module_directives();
+    assert!(module.len() >= 18, "directives found: {module:?}");
+    let tested: Vec<&str> = DIRECTIVES.iter().map(|r| r.directive).collect();
+    let missing: Vec<&String> = module
+        .iter()
+        .filter(|d| !tested.contains(&d.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "directives without a row in DIRECTIVES (tests/config.rs): {missing:?}"
+    );
+    let unknown: Vec<&&str> = tested
+        .iter()
+        .filter(|d| !module.iter().any(|m| m == *d))
+        .collect();
+    assert!(unknown.is_empty(), "rows for no directive: {unknown:?}");
+}
+
+#[test]
+fn every_directive_rejects_a_bad_value_naming_file_and_line() {
+    for r in DIRECTIVES {
+        assert!(r.bad.starts_with(r.directive) && r.good.starts_with(r.directive));
+        rejects(&placed(r, r.bad), r.message);
+    }
+}
+
+#[test]
+fn every_directive_accepts_a_good_value() {
+    for r in DIRECTIVES {
+        let (ok, stderr, path) = nginx_test_config(&placed(r, r.good));
+        std::fs::remove_dir_all(path.parent().expect("prefix")).ok();
+        assert!(
+            ok,
+            "{}: nginx -t refused {:?}: {stderr}",
+            r.directive, r.good
+        );
+    }
 }

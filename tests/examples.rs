@@ -1,5 +1,6 @@
 //! Every configuration in nginx-conf/ is loaded by nginx (`nginx -t`), and the demo's is served
-//! for real: thumbnails checked with ImageMagick's identify, streams byte-counted.
+//! for real: thumbnails checked with ImageMagick's identify, streams byte-counted. So is the
+//! opening example of README.md.
 
 mod common;
 
@@ -55,6 +56,32 @@ fn identify(image: &[u8]) -> String {
     child.stdin.take().unwrap().write_all(image).unwrap();
     let out = child.wait_with_output().unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The opening example of README.md: its first `nginx` block.
+fn readme_example() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");
+    let readme = std::fs::read_to_string(path).unwrap();
+    let open = "```nginx\n";
+    let start = readme.find(open).expect("an nginx block in README.md") + open.len();
+    let len = readme[start..].find("```").expect("the end of the block");
+    readme[start..start + len].to_string()
+}
+
+#[test]
+fn the_readme_opening_example_is_a_complete_configuration() {
+    let s = ExampleServer::start_text("readme.conf", &readme_example());
+    let (ok, jpg) = curl(&["-sf", &s.url("/thumb/rose.jpg?size=120x80")]);
+    assert!(ok, "thumbnail request failed");
+    let id = identify(&jpg);
+    assert!(id.starts_with("JPEG "), "not a JPEG: {id}");
+    let code = |path: &str| {
+        let (_, out) = curl(&["-s", "-o", "/dev/null", "-w", "%{http_code}", &s.url(path)]);
+        String::from_utf8(out).unwrap()
+    };
+    assert_eq!(code("/thumb/rose.jpg?size=huge"), "400", "unvalidated size");
+    assert_eq!(code("/thumb/rose.jpg"), "400", "no size");
+    s.stop();
 }
 
 #[test]

@@ -68,12 +68,10 @@ fn total_timeout_before_and_after_the_commit() {
         "a program still held under the commit size: 504"
     );
     assert!(start.elapsed() < Duration::from_secs(3));
-    let r = Client::connect(nginx.port).get("/streamed");
-    assert_eq!(r.status, 200);
-    assert!(
-        !r.complete,
-        "a response cut by transform_timeout looked complete"
-    );
+    let mut c = Client::connect(nginx.port);
+    c.send("GET /streamed HTTP/1.1\r\nHost: x\r\n\r\n");
+    let r = c.read_broken(Duration::from_secs(5));
+    assert_eq!(r.status, 200, "cut by transform_timeout");
     let lines = nginx.log_lines("error");
     let n = lines
         .iter()
@@ -212,24 +210,27 @@ fn exec_failures_are_502_with_the_errno() {
 
 #[test]
 fn fork_failing_under_rlimit_nproc_is_503_and_recovers() {
-    // The worker runs as "daemon" (no other process of that user here) with RLIMIT_NPROC 2: the
-    // worker and one program.
-    let nginx = Nginx::start_full(
-        "user daemon;",
-        &server(
-            "location /warmup { transform_exec /bin/true; }
-             transform_commit_size 0;
-             location /hang { transform_exec {HELPER} hang-after 10; }
-             location /quick { transform_exec /bin/true; }",
-        ),
-        "debug",
-        Some(2),
-    );
+    let nginx = Nginx::start(&server(
+        "location /warmup { transform_exec /bin/true; }
+         transform_commit_size 0;
+         location /quick { transform_exec /bin/true; }",
+    ));
     let fds = baseline(&nginx);
-    let mut held = Client::connect(nginx.port);
-    held.send("GET /hang HTTP/1.1\r\nHost: x\r\n\r\n");
-    assert_eq!(held.read_head().status, 200);
+    let worker = nginx.worker_pid();
+    // RLIMIT_NPROC does not bind root. nginx started by root runs its workers as "nobody" (its
+    // default user); started by another user, as that user.
+    assert_ne!(
+        ids_of(worker).0,
+        0,
+        "the worker runs as root, which RLIMIT_NPROC does not bind: this test needs a worker \
+         of another user (nginx's default `user nobody` when started by root)"
+    );
+    // The worker's soft RLIMIT_NPROC goes to 0 while it runs (as its own user may do): its user
+    // has processes (the worker), so every clone() it makes fails with EAGAIN.
+    let saved = proc_limit(worker, "Max processes");
+    set_rlimit_of(worker, libc::RLIMIT_NPROC, (0, saved.1));
     let r = Client::connect(nginx.port).get("/quick");
+    set_rlimit_of(worker, libc::RLIMIT_NPROC, saved);
     assert_eq!(r.status, 503);
     assert!(
         has_line(&nginx, "error", "clone() \""),
@@ -241,7 +242,6 @@ fn fork_failing_under_rlimit_nproc_is_503_and_recovers() {
         "error",
         "failed (11: Resource temporarily unavailable)"
     ));
-    drop(held);
     recovers(&nginx, fds);
     nginx.stop();
 }
@@ -325,6 +325,17 @@ fn reload_under_load_lets_streams_finish() {
     nginx.stop();
 }
 
+/// The pid a `stubborn-grandchild` program reported on stderr (the last one in the log).
+fn grandchild_pid(nginx: &Nginx) -> Option<u32> {
+    nginx
+        .error_log()
+        .lines()
+        .filter_map(|l| l.split("transform stderr: grandchild ").nth(1))
+        .filter_map(|rest| rest.split(',').next())
+        .filter_map(|p| p.trim().parse::<u32>().ok())
+        .next_back()
+}
+
 #[test]
 fn worker_shutdown_timeout_closes_streams_and_kills_their_programs() {
     let nginx = Nginx::start_with(
@@ -332,19 +343,32 @@ fn worker_shutdown_timeout_closes_streams_and_kills_their_programs() {
         &server(
             "transform_commit_size 0; transform_kill_timeout 300ms;
              location /hang { transform_exec {HELPER} hang-after 10; }
-             location /stubborn { transform_exec {HELPER} ignore-term 10; }",
+             location /stubborn { transform_exec {HELPER} ignore-term 10; }
+             location /gc {
+                 transform_exec /bin/sh -c \"trap '' TERM; exec {HELPER} stubborn-grandchild\";
+             }",
         ),
     );
     let worker = nginx.worker_pid();
     let mut streams = Vec::new();
-    for path in ["/hang", "/stubborn"] {
+    for path in ["/hang", "/stubborn", "/gc"] {
         let mut c = Client::connect(nginx.port);
         c.send(&format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n"));
-        assert_eq!(c.read_head().status, 200);
-        streams.push(c);
+        let head = c.read_head();
+        assert_eq!(head.status, 200);
+        streams.push((c, head));
     }
     let kids = children_of(worker);
-    assert_eq!(kids.len(), 2);
+    assert_eq!(kids.len(), 3);
+    // The /gc program and its grandchild ignore SIGTERM, so both are still there when the worker
+    // exits. PR_SET_PDEATHSIG then kills the program, but not the grandchild (no child of the
+    // worker): only the module, killing each program's process group as it reaps it, ends it.
+    let mut gc = None;
+    assert!(wait_until(Duration::from_secs(2), || {
+        gc = grandchild_pid(&nginx);
+        gc.is_some()
+    }));
+    let gc = gc.unwrap();
     // SAFETY: signalling our own nginx master.
     unsafe { libc::kill(nginx.master_pid() as i32, libc::SIGQUIT) };
     let start = Instant::now();
@@ -356,20 +380,28 @@ fn worker_shutdown_timeout_closes_streams_and_kills_their_programs() {
         start.elapsed() > Duration::from_millis(400),
         "exited before worker_shutdown_timeout"
     );
+    for (mut c, head) in streams {
+        // Closed by the shutdown, not completed.
+        c.read_broken_body(head, Duration::from_secs(5));
+    }
     for kid in kids {
         assert!(
             wait_until(Duration::from_secs(2), || proc_state(kid).is_none()),
             "{kid} left"
         );
     }
-    for mut c in streams {
-        let mut rest = Vec::new();
-        let _ = c.read_to_end(&mut rest);
-        assert!(
-            !String::from_utf8_lossy(&rest).ends_with("0\r\n\r\n"),
-            "closed, not completed"
-        );
+    let gc_gone = wait_until(Duration::from_secs(2), || {
+        matches!(proc_state(gc), None | Some('Z'))
+    });
+    if !gc_gone {
+        // Leave nothing running, then fail.
+        // SAFETY: the grandchild our test started through nginx.
+        unsafe { libc::kill(gc as i32, libc::SIGKILL) };
     }
+    assert!(
+        gc_gone,
+        "grandchild {gc} outlived the worker: the module did not kill the program's group"
+    );
     // (nginx closes every connection: whichever of ours comes first ends the response, so
     // the module's own "worker shutdown" line may or may not be the one that did.)
     nginx.stop();
@@ -387,7 +419,6 @@ fn an_endless_stderr_flood_does_not_stall_the_worker() {
              location /quick { transform_exec /bin/true; }",
         ),
         "warn",
-        None,
     );
     let fds = baseline(&nginx);
     let start = Instant::now();
@@ -431,12 +462,7 @@ fn descendants_ignoring_sigterm_do_not_outlive_the_request() {
     assert_eq!(c.read_head().status, 200);
     let mut gc = None;
     assert!(wait_until(Duration::from_secs(2), || {
-        gc = nginx
-            .error_log()
-            .lines()
-            .find_map(|l| l.split("transform stderr: grandchild ").nth(1))
-            .and_then(|rest| rest.split(',').next())
-            .and_then(|p| p.trim().parse::<u32>().ok());
+        gc = grandchild_pid(&nginx);
         gc.is_some()
     }));
     let gc = gc.unwrap();

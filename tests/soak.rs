@@ -71,7 +71,6 @@ fn soak_mixed_requests_leave_nothing_behind() {
                  transform_read_timeout 50ms; transform_exec {HELPER} hang-after 0;
              } }",
         "warn",
-        None,
     );
     let worker = nginx.worker_pid();
     let want_ok = helper_output(&["gen", "2000"]);

@@ -110,34 +110,16 @@ impl Nginx {
     }
 
     pub fn start_with(main_extra: &str, http_body: &str) -> Nginx {
-        Self::start_full(main_extra, http_body, "debug", None)
+        Self::start_full(main_extra, http_body, "debug")
     }
 
-    /// Starts nginx with the error log at `level` and, if given, RLIMIT_NPROC set for the master
-    /// (and so for its workers).
-    pub fn start_full(main_extra: &str, http_body: &str, level: &str, nproc: Option<u64>) -> Nginx {
-        use std::os::unix::process::CommandExt;
+    /// Starts nginx with the error log at `level`.
+    pub fn start_full(main_extra: &str, http_body: &str, level: &str) -> Nginx {
         let prefix = temp_dir("nginx");
         let port = free_port();
         let conf = config_at_level(&prefix, port, main_extra, http_body, level);
         std::fs::write(prefix.join("nginx.conf"), conf).expect("write conf");
         let mut cmd = Command::new(nginx_binary());
-        if let Some(n) = nproc {
-            // SAFETY: setrlimit is async-signal-safe; it runs in the child before exec.
-            unsafe {
-                cmd.pre_exec(move || {
-                    let l = libc::rlimit {
-                        rlim_cur: n,
-                        rlim_max: n,
-                    };
-                    if libc::setrlimit(libc::RLIMIT_NPROC, &l) == 0 {
-                        Ok(())
-                    } else {
-                        Err(std::io::Error::last_os_error())
-                    }
-                })
-            };
-        }
         let master = cmd
             .arg("-p")
             .arg(&prefix)
@@ -305,6 +287,63 @@ pub fn fd_count(pid: u32) -> usize {
         .unwrap_or(0)
 }
 
+/// A process's resource limit (soft, hard) from the row `name` of /proc/PID/limits
+/// (`"Max processes"`); `unlimited` is `RLIM_INFINITY`.
+pub fn proc_limit(pid: u32, name: &str) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let row = limits
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .unwrap_or_else(|| panic!("no {name:?} in /proc/{pid}/limits"));
+    let value = |v: &str| match v {
+        "unlimited" => libc::RLIM_INFINITY,
+        n => n.parse().expect("limit"),
+    };
+    let mut f = row.split_whitespace();
+    (value(f.next().unwrap()), value(f.next().unwrap()))
+}
+
+/// The real user and group ids of a process.
+pub fn ids_of(pid: u32) -> (u32, u32) {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let id = |key: &str| -> u32 {
+        s.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
+    };
+    (id("Uid:"), id("Gid:"))
+}
+
+/// Sets a resource limit of another process with prlimit(2), called from a short-lived child
+/// that takes that process's user and group ids first: a process may set the limits of one with
+/// the very same ids, up to the hard limit, without privilege (root here may lack the
+/// CAP_SYS_RESOURCE that would allow it across users).
+pub fn set_rlimit_of(pid: u32, resource: libc::__rlimit_resource_t, (soft, hard): (u64, u64)) {
+    use std::os::unix::process::CommandExt;
+    let (uid, gid) = ids_of(pid);
+    let mut cmd = Command::new("/bin/true");
+    cmd.uid(uid).gid(gid);
+    // SAFETY: prlimit is async-signal-safe; it runs in the child before exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let new = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            match libc::prlimit(pid as libc::pid_t, resource, &new, std::ptr::null_mut()) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        })
+    };
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("prlimit({pid}) as uid {uid}, gid {gid}: {e}"));
+    assert!(status.success(), "prlimit({pid}): {status}");
+}
+
 /// The descriptor count of a process once it stopped changing (same value 100 ms apart).
 pub fn stable_fd_count(pid: u32) -> usize {
     let mut last = fd_count(pid);
@@ -338,6 +377,18 @@ pub fn wchar(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// The debug line naming the transport of each response (`splice`, `buffered (why)`), in order.
+pub fn transports(nginx: &Nginx) -> Vec<String> {
+    nginx
+        .error_log()
+        .lines()
+        .filter_map(|l| {
+            l.split_once("transform transport: ")
+                .map(|(_, t)| t.to_string())
+        })
+        .collect()
+}
+
 /// Waits until `f` holds or the time is up; returns whether it held.
 pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
@@ -366,6 +417,34 @@ pub fn sha256(data: &[u8]) -> String {
     format!("{:x}", sha2::Sha256::digest(data))
 }
 
+/// How the reading of a response ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// As its framing says: terminating chunk, full Content-Length, or (close-delimited) a clean
+    /// close.
+    Complete,
+    /// The server closed the connection (FIN) before the framing said the body was complete.
+    Closed,
+    /// The connection was reset (RST).
+    Reset,
+    /// Nothing came for the client's read timeout: the response hung, it did not end.
+    Hung,
+    /// Another read error.
+    Error(std::io::ErrorKind),
+}
+
+impl End {
+    fn of(e: &std::io::Error) -> End {
+        use std::io::ErrorKind as K;
+        match e.kind() {
+            K::UnexpectedEof => End::Closed,
+            K::ConnectionReset | K::ConnectionAborted => End::Reset,
+            K::WouldBlock | K::TimedOut => End::Hung,
+            k => End::Error(k),
+        }
+    }
+}
+
 /// A response read by the strict HTTP/1.x parser.
 #[derive(Debug)]
 pub struct Response {
@@ -375,6 +454,8 @@ pub struct Response {
     pub body: Vec<u8>,
     /// The body ended as its framing says (terminating chunk, full Content-Length, or close).
     pub complete: bool,
+    /// How the reading ended (`End::Complete` exactly when `complete`).
+    pub end: End,
     /// Sizes of the chunks, for chunked responses.
     pub chunks: Vec<usize>,
 }
@@ -405,6 +486,24 @@ impl Client {
 
     pub fn stream(&self) -> &TcpStream {
         self.reader.get_ref()
+    }
+
+    /// Caps the socket's receive buffer (which turns off its autotuning): the TCP window stays
+    /// small, so a client that reads slowly holds the server back at once.
+    pub fn set_recv_buffer(&self, bytes: usize) {
+        use std::os::fd::AsRawFd;
+        let v = bytes as libc::c_int;
+        // SAFETY: setsockopt on our own socket, with a pointer to an int and its size.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.stream().as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "setsockopt(SO_RCVBUF)");
     }
 
     pub fn send(&mut self, raw: &str) {
@@ -458,15 +557,22 @@ impl Client {
             headers,
             body: Vec::new(),
             complete: false,
+            end: End::Closed,
             chunks: Vec::new(),
         }
     }
 
     /// Reads a whole response; `head` for a HEAD request (no body).
     pub fn read_response(&mut self, head: bool) -> Response {
-        let mut resp = self.read_head();
+        let resp = self.read_head();
+        self.read_body(resp, head)
+    }
+
+    /// Reads the body of a response whose head `read_head` returned; `head` for a HEAD request.
+    pub fn read_body(&mut self, mut resp: Response, head: bool) -> Response {
         if head || resp.status == 204 || resp.status == 304 {
             resp.complete = true;
+            resp.end = End::Complete;
             return resp;
         }
         let te = resp
@@ -475,27 +581,78 @@ impl Client {
         let cl = resp
             .header("Content-Length")
             .map(|v| v.parse::<usize>().expect("numeric length"));
-        if te.as_deref() == Some("chunked") {
+        resp.end = if te.as_deref() == Some("chunked") {
             assert!(cl.is_none(), "both chunked and Content-Length");
-            self.read_chunked(&mut resp);
+            self.read_chunked(&mut resp)
         } else if let Some(n) = cl {
             resp.body = vec![0; n];
-            resp.complete = self.reader.read_exact(&mut resp.body).is_ok();
+            match self.reader.read_exact(&mut resp.body) {
+                Ok(()) => End::Complete,
+                Err(e) => End::of(&e),
+            }
         } else {
             let mut body = Vec::new();
-            let ok = self.reader.read_to_end(&mut body).is_ok();
+            let end = match self.reader.read_to_end(&mut body) {
+                Ok(_) => End::Complete,
+                Err(e) => End::of(&e),
+            };
             resp.body = body;
-            resp.complete = ok;
-        }
+            end
+        };
+        resp.complete = resp.end == End::Complete;
         resp
     }
 
-    fn read_chunked(&mut self, resp: &mut Response) {
+    /// Reads a response that must end broken, and asserts the break itself: the connection is
+    /// closed or reset before the framing says the body is complete, all within `within` of the
+    /// call. The client waits at most `within` for each read, so a response that merely hangs
+    /// (until some client gives up) fails here instead of passing for a broken one.
+    #[track_caller]
+    pub fn read_broken(&mut self, within: Duration) -> Response {
+        let start = Instant::now();
+        self.stream().set_read_timeout(Some(within)).unwrap();
+        let head = self.read_head();
+        self.finish_broken(head, start, within)
+    }
+
+    /// As [`Client::read_broken`], for a response whose head was read already.
+    #[track_caller]
+    pub fn read_broken_body(&mut self, head: Response, within: Duration) -> Response {
+        let start = Instant::now();
+        self.stream().set_read_timeout(Some(within)).unwrap();
+        self.finish_broken(head, start, within)
+    }
+
+    #[track_caller]
+    fn finish_broken(&mut self, head: Response, start: Instant, within: Duration) -> Response {
+        let r = self.read_body(head, false);
+        let took = start.elapsed();
+        assert!(
+            matches!(r.end, End::Closed | End::Reset),
+            "a broken response must end closed or reset; it ended {:?} after {took:?} \
+             ({} body bytes, status {})",
+            r.end,
+            r.body.len(),
+            r.status
+        );
+        assert!(took < within, "the break took {took:?}, over {within:?}");
+        self.stream()
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        r
+    }
+
+    fn read_chunked(&mut self, resp: &mut Response) -> End {
         loop {
             let mut line = String::new();
             match self.reader.read_line(&mut line) {
-                Ok(0) | Err(_) => return,
+                Ok(0) => return End::Closed,
+                Err(e) => return End::of(&e),
                 Ok(_) => {}
+            }
+            if !line.ends_with('\n') {
+                // Cut inside the size line.
+                return End::Closed;
             }
             assert!(
                 line.ends_with("\r\n"),
@@ -514,19 +671,18 @@ impl Client {
                     end, "\r\n",
                     "no trailer support expected; bad end of chunked body"
                 );
-                resp.complete = true;
-                return;
+                return End::Complete;
             }
             let start = resp.body.len();
             resp.body.resize(start + size, 0);
-            if self.reader.read_exact(&mut resp.body[start..]).is_err() {
+            if let Err(e) = self.reader.read_exact(&mut resp.body[start..]) {
                 resp.body.truncate(start);
-                return;
+                return End::of(&e);
             }
             resp.chunks.push(size);
             let mut crlf = [0u8; 2];
-            if self.reader.read_exact(&mut crlf).is_err() {
-                return;
+            if let Err(e) = self.reader.read_exact(&mut crlf) {
+                return End::of(&e);
             }
             assert_eq!(&crlf, b"\r\n", "chunk data not followed by CRLF");
         }
@@ -558,11 +714,41 @@ impl Client {
 
 /// Runs curl with `args`; returns (exit success, stdout).
 pub fn curl(args: &[&str]) -> (bool, Vec<u8>) {
+    let (code, out) = curl_code(args);
+    (code == Some(0), out)
+}
+
+/// Runs curl with `args`; returns its exit code (None if killed) and stdout.
+pub fn curl_code(args: &[&str]) -> (Option<i32>, Vec<u8>) {
     let out = Command::new("curl")
         .args(args)
         .output()
         .expect("run curl (is it installed?)");
-    (out.status.success(), out.stdout)
+    (out.status.code(), out.stdout)
+}
+
+/// curl's exit code for "operation timed out" (`--max-time`).
+pub const CURL_TIMED_OUT: i32 = 28;
+
+/// Runs curl (with `--max-time`) on a response that must end broken, and asserts the break
+/// itself: curl reports an error, not its own timeout, within `within`. Returns the exit code.
+#[track_caller]
+pub fn curl_broken(args: &[&str], within: Duration) -> i32 {
+    let max = within.as_secs().to_string();
+    let mut all = vec!["--max-time", &max];
+    all.extend_from_slice(args);
+    let start = Instant::now();
+    let (code, body) = curl_code(&all);
+    let took = start.elapsed();
+    let code = code.expect("curl exit code");
+    assert!(
+        code != 0 && code != CURL_TIMED_OUT,
+        "curl {args:?}: exit code {code} after {took:?} and {} bytes: a broken response must \
+         end in an error, promptly",
+        body.len()
+    );
+    assert!(took < within, "curl {args:?}: the break took {took:?}");
+    code
 }
 
 /// A self-signed certificate and key for TLS tests, made with the openssl command.
@@ -641,12 +827,16 @@ impl Drop for ExampleServer {
 
 impl ExampleServer {
     pub fn start(name: &str) -> ExampleServer {
-        let prefix = example_prefix();
-        let (port, backend) = (free_port(), free_port());
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("nginx-conf")
             .join(name);
-        let src = std::fs::read_to_string(path).unwrap();
+        Self::start_text(name, &std::fs::read_to_string(path).unwrap())
+    }
+
+    /// As [`ExampleServer::start`], with the configuration `src` (saved as `name`).
+    pub fn start_text(name: &str, src: &str) -> ExampleServer {
+        let prefix = example_prefix();
+        let (port, backend) = (free_port(), free_port());
         assert!(
             src.contains("listen 127.0.0.1:8080;"),
             "{name} listens on 127.0.0.1:8080"
@@ -656,7 +846,8 @@ impl ExampleServer {
             .replace("127.0.0.1:8081", &format!("127.0.0.1:{backend}"));
         let conf_path = prefix.join(name);
         std::fs::write(&conf_path, conf).unwrap();
-        let master = Command::new(nginx_binary())
+        let stderr = prefix.join("logs/stderr.log");
+        let mut master = Command::new(nginx_binary())
             .arg("-p")
             .arg(&prefix)
             .arg("-c")
@@ -664,12 +855,21 @@ impl ExampleServer {
             .args(["-g", "daemon off;"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
             .spawn()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "{name}: nginx did not start");
+            let exited = matches!(master.try_wait(), Ok(Some(_)));
+            if exited || Instant::now() > deadline {
+                if !exited {
+                    // SAFETY: signalling our own nginx master.
+                    unsafe { libc::kill(master.id() as i32, libc::SIGTERM) };
+                    let _ = master.wait();
+                }
+                let said = std::fs::read_to_string(&stderr).unwrap_or_default();
+                panic!("{name}: nginx did not start: {said}");
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
         ExampleServer {
