@@ -246,6 +246,13 @@ const DIRECTIVES: &[Row] = &[
         "transform_commit_size 0;",
     ),
     row(
+        "transform_commit_timeout",
+        Level::Location,
+        "transform_commit_timeout soon;",
+        "\"transform_commit_timeout\" directive invalid value",
+        "transform_commit_timeout 250ms;",
+    ),
+    row(
         "transform_stderr",
         Level::Location,
         "transform_stderr loud;",
