@@ -6,7 +6,8 @@ bench/results/.
 Contestants: the module (splice, and transform_splice off), nginx static sendfile, nginx +
 fcgiwrap (fastcgi_buffering on and off), nginx + uWSGI running a Python WSGI app, the standalone
 splice and read/write relays, and the posix_spawn ceiling. Every one runs the same producer
-(`transform-bench produce N`: vmsplice into its stdout pipe).
+(`transform-bench produce N`: vmsplice into its stdout pipe), one exec per request: fcgiwrap runs
+it as a CGI program (under a name ending in .cgi it writes its own CGI header).
 
 Workloads: W1 one 1 GiB stream; W2 small responses under wrk; W3 a slow client (20 MB/s); W4 200
 concurrent 16 MiB streams; W5 W2 with a worker inflated to 1 GiB. Every load is bounded in time.
@@ -16,6 +17,7 @@ import argparse
 import datetime
 import glob
 import json
+import math
 import os
 import platform
 import re
@@ -35,6 +37,10 @@ MODULE = os.path.join(ROOT, "target/release/libngx_http_transform_module.so")
 TCK = os.sysconf("SC_CLK_TCK")
 GIB = 1 << 30
 MIB = 1 << 20
+# wrk's connections in W2 and W5, and the spawns in flight of the posix_spawn ceiling.
+WRK_CONNS = 8
+# The environment of the backends (fcgiwrap, uWSGI), as a service manager (systemd) gives them.
+SERVICE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 
 
 def nginx_binary():
@@ -42,6 +48,13 @@ def nginx_binary():
     if not found:
         sys.exit("bench: no nginx binary under target/release (cargo build --release first)")
     return max(found, key=os.path.getmtime)
+
+
+def tool(name):
+    found = shutil.which(name) or shutil.which(name, path=SERVICE_ENV["PATH"])
+    if not found:
+        sys.exit(f"bench: {name} not found")
+    return found
 
 
 def group_alive(pgid):
@@ -178,13 +191,23 @@ class Sampler:
 # ---------------------------------------------------------------- servers
 
 class Servers:
-    """Everything the run starts, stopped by pid at the end."""
+    """Everything the run starts, stopped by pid at the end.
 
-    def __init__(self):
+    Sizing, for every contestant alike: nginx runs one worker per online CPU, and so does uWSGI
+    (processes, each with enough threads for the largest concurrency of the run); fcgiwrap serves
+    one request per process, so it preforks as many processes as the largest concurrency of the
+    run. nginx buffers fcgiwrap's and uWSGI's responses in 8 buffers of 64 KiB, as the module's
+    buffered transport does. Every backend gets a service's environment (PATH only)."""
+
+    def __init__(self, concurrency):
         self.dir = tempfile.mkdtemp(prefix="transform-bench-")
         os.chmod(self.dir, 0o755)  # nginx workers (nobody when started as root) read in it
         self.procs = []
         self.nginx = nginx_binary()
+        self.workers = os.sysconf("SC_NPROCESSORS_ONLN")
+        self.concurrency = concurrency
+        self.fcgi_children = concurrency
+        self.uwsgi_threads = math.ceil(concurrency / self.workers)
 
     def spawn(self, argv, env=None, **kw):
         p = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, start_new_session=True, **kw)
@@ -211,18 +234,20 @@ class Servers:
                 os.killpg(p.pid, signal.SIGKILL)
         shutil.rmtree(self.dir, ignore_errors=True)
 
+    def config(self):
+        return {"nginx_workers": self.workers, "fcgiwrap_processes": self.fcgi_children,
+                "uwsgi_processes": self.workers, "uwsgi_threads": self.uwsgi_threads}
+
     def start_backends(self):
         d = self.dir
-        # fcgiwrap with a CGI script that execs the producer.
-        script = os.path.join(d, "produce.cgi")
-        with open(script, "w") as f:
-            f.write("#!/bin/sh\nprintf 'Content-Type: application/octet-stream\\r\\n\\r\\n'\n"
-                    f"exec {BENCH} produce \"$QUERY_STRING\"\n")
-        os.chmod(script, 0o755)
-        self.cgi_script = script
+        # fcgiwrap runs the producer itself as the CGI program: under a name ending in .cgi it
+        # writes its own CGI header, then the body (one exec per request, as for the module).
+        self.cgi_program = os.path.join(d, "produce.cgi")
+        os.symlink(BENCH, self.cgi_program)
         self.fcgi_sock = os.path.join(d, "fcgiwrap.sock")
-        self.fcgiwrap = self.spawn(["fcgiwrap", "-c", "4", "-s", "unix:" + self.fcgi_sock],
-                                   stderr=subprocess.DEVNULL)
+        self.fcgiwrap = self.spawn(
+            [tool("fcgiwrap"), "-c", str(self.fcgi_children), "-s", "unix:" + self.fcgi_sock],
+            env=SERVICE_ENV, stderr=subprocess.DEVNULL)
         # uWSGI running a WSGI app that spawns the producer and returns its stdout in 64 KiB reads.
         app = os.path.join(d, "app.py")
         with open(app, "w") as f:
@@ -247,10 +272,12 @@ def application(environ, start_response):
 """)
         self.uwsgi_sock = os.path.join(d, "uwsgi.sock")
         self.uwsgi = self.spawn(
-            ["uwsgi", "--plugin", "python3", "--socket", self.uwsgi_sock, "--wsgi-file", app,
-             "--master", "--processes", "4", "--threads", "50", "--enable-threads",
-             "--disable-logging", "--die-on-term", "--listen", "1024", "--chmod-socket=666"],
-            stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "uwsgi.log"), "w"))
+            [tool("uwsgi"), "--plugin", "python3", "--socket", self.uwsgi_sock, "--wsgi-file", app,
+             "--master", "--processes", str(self.workers), "--threads", str(self.uwsgi_threads),
+             "--enable-threads", "--disable-logging", "--die-on-term", "--listen", "1024",
+             "--chmod-socket=666"],
+            env=SERVICE_ENV, stdout=subprocess.DEVNULL,
+            stderr=open(os.path.join(d, "uwsgi.log"), "w"))
         # The standalone relays.
         self.relay_ports = {}
         for mode in ("splice", "rw"):
@@ -275,7 +302,7 @@ def application(environ, start_response):
         port = free_port()
         conf = f"""
 load_module {MODULE};
-worker_processes auto;
+worker_processes {self.workers};
 error_log {prefix}/logs/error.log warn;
 pid {prefix}/nginx.pid;
 worker_rlimit_nofile 8192;
@@ -287,6 +314,11 @@ http {{
     sendfile on;
     tcp_nopush on;
     root {self.dir}/static;
+    # As the module's buffered transport: 8 buffers of 64 KiB.
+    fastcgi_buffer_size 64k;
+    fastcgi_buffers 8 64k;
+    uwsgi_buffer_size 64k;
+    uwsgi_buffers 8 64k;
     server {{
         listen 127.0.0.1:{port} backlog=1024;
         location ~ ^/module/(\\d+)$ {{ transform_exec {BENCH} produce $1; }}
@@ -335,10 +367,12 @@ http {{
                          ("fastcgi_temp", "uwsgi_temp", "proxy_temp", "client_body_temp")]}
 
     def fcgi_location(self, path, buffering):
+        # A new connection per request: fcgiwrap serves one connection per process at a time, so
+        # connections kept open by nginx (fastcgi_keep_conn) would hold its processes idle.
         return f"""location ~ ^{path}(\\d+)$ {{
             fastcgi_pass unix:{self.fcgi_sock};
             fastcgi_buffering {buffering};
-            fastcgi_param SCRIPT_FILENAME {self.cgi_script};
+            fastcgi_param SCRIPT_FILENAME {self.cgi_program};
             fastcgi_param QUERY_STRING $1;
             fastcgi_param REQUEST_METHOD $request_method;
             fastcgi_param SERVER_PROTOCOL $server_protocol;
@@ -389,7 +423,7 @@ def get(url, conns=1, rate=None, expect=None, timeout=600):
     return json.loads(out)
 
 
-def wrk(url, seconds, conns=8):
+def wrk(url, seconds, conns=WRK_CONNS):
     out = subprocess.run(["wrk", "-t", "1", "-c", str(conns), "-d", f"{seconds}s", "--latency", url],
                          capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
@@ -431,8 +465,8 @@ def run(args):
         "w4": 4 * MIB if quick else 16 * MIB,
         "wrk_rounds": 1 if quick else 3,
     }
-    s = Servers()
-    results = {"sizes": sizes}
+    s = Servers(max(WRK_CONNS, sizes["w4_conns"]))
+    results = {"sizes": sizes, "config": s.config()}
     try:
         s.build_inflate()
         s.start_backends()
@@ -544,7 +578,7 @@ def w2(sizes, main):
             runs.setdefault(name, []).append((rps, p99, errors))
             log(f"W2 {name}: {rps:.0f} req/s, p99 {p99:.2f} ms")
         # The ceiling: as many spawns in flight as wrk has connections.
-        line = subprocess.run([BENCH, "spawn", str(t), "8", BENCH, "produce", "16"],
+        line = subprocess.run([BENCH, "spawn", str(t), str(WRK_CONNS), BENCH, "produce", "16"],
                               capture_output=True, text=True, timeout=t + 60,
                               check=True).stdout.split()
         runs.setdefault("posix_spawn ceiling", []).append((float(line[1]), float(line[3]), 0))
@@ -614,6 +648,11 @@ def report(res):
     mod = w1r["module (splice)"]
     lines = []
     add = lines.append
+    cfg = res["config"]
+    add(f"Sizing: nginx {cfg['nginx_workers']} workers; uWSGI {cfg['uwsgi_processes']} processes x "
+        f"{cfg['uwsgi_threads']} threads; fcgiwrap {cfg['fcgiwrap_processes']} processes (one "
+        "request each), running the producer as its CGI program (it writes its own header): one "
+        "exec per request for every contestant.\n")
     steal = ", ".join(f"{w.upper()} {v:.1f}%" for w, v in res["steal"].items())
     add(f"CPU time taken by the hypervisor (steal) during each workload: {steal}. Figures from a "
         "workload with more than a few percent are disturbed.\n")
@@ -624,8 +663,8 @@ def report(res):
         add(f"| {name} | {r['mb_s']:.0f} | {r['mb_s'] / mod['mb_s']:.2f} | "
             f"{r['server_cpu_per_gib']:.3f} | {r['producer_cpu_per_gib']:.3f} |")
     add("")
-    add(f"### W2: a 16-byte program under wrk (8 connections, {s['w2_seconds']} s, median of "
-        f"{s['wrk_rounds']})\n")
+    add(f"### W2: a 16-byte program under wrk ({WRK_CONNS} connections, {s['w2_seconds']} s, "
+        f"median of {s['wrk_rounds']})\n")
     add("| contestant | requests/s | p99 ms | errors |")
     add("|---|---:|---:|---:|")
     for name, r in w2r.items():
