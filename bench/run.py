@@ -6,16 +6,24 @@ bench/results/.
 Contestants: the module (splice, and transform_splice off), nginx static sendfile, nginx +
 fcgiwrap (fastcgi_buffering on and off), nginx + uWSGI running a Python WSGI app, the standalone
 splice and read/write relays, and the posix_spawn ceiling. Every one runs the same producer
-(`transform-bench produce N`: vmsplice into its stdout pipe).
+(`transform-bench produce N`: vmsplice into its stdout pipe), one exec per request: fcgiwrap runs
+it as a CGI program (under a name ending in .cgi it writes its own CGI header).
 
 Workloads: W1 one 1 GiB stream; W2 small responses under wrk; W3 a slow client (20 MB/s); W4 200
 concurrent 16 MiB streams; W5 W2 with a worker inflated to 1 GiB. Every load is bounded in time.
+Every workload counts errors; the run exits with status 1 when a contestant erred.
+
+CPU: every server runs in a cgroup of its own (cgroup v2, or v1 cpuacct), whose counter includes
+every process in it, also the children nobody reaps (fcgiwrap ignores SIGCHLD, so their time never
+reaches its cutime); a self-check at start proves it. RSS: sampled over every process in the
+contestant's cgroups (the /proc tree of its servers without cgroups).
 """
 
 import argparse
 import datetime
 import glob
 import json
+import math
 import os
 import platform
 import re
@@ -32,9 +40,13 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "target/release/transform-bench")
 MODULE = os.path.join(ROOT, "target/release/libngx_http_transform_module.so")
-TCK = os.sysconf("SC_CLK_TCK")
+PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 GIB = 1 << 30
 MIB = 1 << 20
+# wrk's connections in W2 and W5, and the spawns in flight of the posix_spawn ceiling.
+WRK_CONNS = 8
+# The environment of the backends (fcgiwrap, uWSGI), as a service manager (systemd) gives them.
+SERVICE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 
 
 def nginx_binary():
@@ -42,6 +54,13 @@ def nginx_binary():
     if not found:
         sys.exit("bench: no nginx binary under target/release (cargo build --release first)")
     return max(found, key=os.path.getmtime)
+
+
+def tool(name):
+    found = shutil.which(name) or shutil.which(name, path=SERVICE_ENV["PATH"])
+    if not found:
+        sys.exit(f"bench: {name} not found")
+    return found
 
 
 def group_alive(pgid):
@@ -69,7 +88,11 @@ def wait_port(port, limit=10.0):
     raise RuntimeError(f"nothing listens on port {port}")
 
 
-# ---------------------------------------------------------------- process accounting (/proc)
+def log(msg):
+    print("bench: " + msg, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- process accounting
 
 def children(pid):
     try:
@@ -88,21 +111,16 @@ def tree(pid):
     return out
 
 
-def stat(pid):
-    """(own cpu seconds, reaped children's cpu seconds). Own time is the scheduler's run time of
-    every thread (nanoseconds); children's is cutime + cstime (clock ticks)."""
+def own_cpu(pid):
+    """The scheduler's run time of every thread of `pid` (seconds), None once it is gone."""
     own = 0.0
     try:
         for task in os.listdir(f"/proc/{pid}/task"):
             with open(f"/proc/{pid}/task/{task}/schedstat") as f:
                 own += int(f.read().split()[0]) / 1e9
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
     except OSError:
-        return own, 0.0
-    # After the ")" field 3 (state) is index 0: cutime (16) is 13, cstime (17) is 14.
-    kids = (int(fields[13]) + int(fields[14])) / TCK
-    return own, kids
+        return None
+    return own
 
 
 def cpu_times():
@@ -119,14 +137,12 @@ def steal_since(before):
 
 
 def rss_kib(pid):
+    """Resident set size (the same figure as VmRSS), 0 once the process is gone."""
     try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * PAGE_KIB
+    except (OSError, IndexError, ValueError):
+        return 0
 
 
 def temp_bytes(pids, dirs):
@@ -149,45 +165,263 @@ def temp_bytes(pids, dirs):
     return total
 
 
-class Sampler:
-    """Samples the summed RSS of some processes and the bytes in some directories every 50 ms."""
+# A process that ignores SIGCHLD, as fcgiwrap does, with children that burn CPU: the kernel reaps
+# them itself, so their time never reaches the parent's cutime (printed); the cgroup must see it.
+SELF_CHECK = """
+import os, signal, sys, time
+signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+n, secs = int(sys.argv[1]), float(sys.argv[2])
+for _ in range(n):
+    if os.fork() == 0:
+        end = time.process_time() + secs
+        while time.process_time() < end:
+            pass
+        os._exit(0)
+try:
+    while True:
+        os.wait()  # with SIGCHLD ignored: returns ECHILD once every child is gone
+except ChildProcessError:
+    pass
+t = os.times()
+print(t.children_user + t.children_system)
+"""
 
-    def __init__(self, pids_fn, dirs=()):
-        self.pids_fn, self.dirs = pids_fn, dirs
-        self.base_rss = sum(rss_kib(p) for p in pids_fn())
-        self.peak_rss = self.base_rss
+
+class Cgroups:
+    """A cgroup per server of the run, under a cgroup of the run's own (cgroup v2, or v1's
+    cpuacct hierarchy), below the driver's own cgroup. A cgroup's CPU counter sums every process
+    that ran in it, however it ended and whoever reaped it. Without a writable cgroup, `dir` is
+    None: programs' CPU is then not reported, and processes are found by walking /proc."""
+
+    def __init__(self, enabled=True):
+        self.dir = self.method = self.counter = None
+        self.groups = []
+        self.check = None
+        for method, base, counter in self.candidates() if enabled else ():
+            d = os.path.join(base, f"transform-bench-{os.getpid()}")
+            try:
+                os.mkdir(d)
+            except OSError as e:
+                log(f"no {method} cgroup under {base}: {e}")
+                continue
+            self.dir, self.method, self.counter = d, method, counter
+            try:
+                check = self.self_check()
+            except (OSError, ValueError, subprocess.SubprocessError) as e:
+                check = {"error": str(e)}
+            if check.get("cgroup_s", 0.0) >= 0.95 * check.get("burnt_s", 1.0):
+                self.check = check
+                log(f"CPU from {method} ({d}): self-check {self.check_text()}")
+                return
+            log(f"{method} cgroup failed its self-check ({check}): not used")
+            self.cleanup()
+            self.dir = self.method = self.counter = None
+            self.groups = []
+        log("no usable cgroup: programs' CPU is not reported")
+
+    @staticmethod
+    def candidates():
+        mounts = []  # (filesystem type, root, mount point, super options)
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                left, right = line.split(" - ", 1)
+                left, right = left.split(), right.split()
+                mounts.append((right[0], left[3], left[4], right[2] if len(right) > 2 else ""))
+        own = {}  # controllers ("" for cgroup v2) -> the driver's cgroup
+        with open("/proc/self/cgroup") as f:
+            for line in f:
+                _, controllers, path = line.rstrip("\n").split(":", 2)
+                own[controllers] = path
+
+        def at(root, mount, path):
+            if root != "/":
+                if not (path + "/").startswith(root.rstrip("/") + "/"):
+                    return None
+                path = path[len(root.rstrip("/")):]
+            d = os.path.join(mount, path.lstrip("/"))
+            return d if os.path.isdir(d) else None
+
+        out = []
+        for fstype, root, mount, _ in mounts:
+            if fstype == "cgroup2" and "" in own:
+                d = at(root, mount, own[""])
+                if d:
+                    out.append(("cgroup v2 cpu.stat usage_usec", d, "cpu.stat"))
+        for fstype, root, mount, opts in mounts:
+            if fstype == "cgroup" and "cpuacct" in opts.split(","):
+                for controllers, path in own.items():
+                    if "cpuacct" in controllers.split(","):
+                        d = at(root, mount, path)
+                        if d:
+                            out.append(("cgroup v1 cpuacct.usage", d, "cpuacct.usage"))
+        return out
+
+    def wrap(self, name, argv):
+        """`argv`, started in cgroup `name` (a shell joins it, then execs `argv`)."""
+        if not self.dir:
+            return list(argv)
+        d = os.path.join(self.dir, name)
+        if name not in self.groups:
+            os.makedirs(d, exist_ok=True)
+            self.groups.append(name)
+        join = 'echo $$ > "$0" && exec "$@"'
+        return ["/bin/sh", "-c", join, os.path.join(d, "cgroup.procs"), *argv]
+
+    def usage(self, name):
+        """CPU seconds of every process that ever ran in cgroup `name`."""
+        with open(os.path.join(self.dir, name, self.counter)) as f:
+            text = f.read()
+        if self.counter == "cpu.stat":
+            for line in text.splitlines():
+                key, value = line.split()
+                if key == "usage_usec":
+                    return int(value) / 1e6
+            raise ValueError("no usage_usec in cpu.stat")
+        return int(text) / 1e9
+
+    def pids(self, name):
+        try:
+            with open(os.path.join(self.dir, name, "cgroup.procs")) as f:
+                return [int(p) for p in f.read().split()]
+        except OSError:
+            return []
+
+    def self_check(self):
+        n, secs = 3, 0.1
+        argv = self.wrap("self-check", [sys.executable, "-c", SELF_CHECK, str(n), str(secs)])
+        before = self.usage("self-check")
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True).stdout
+        return {"burnt_s": n * secs, "parent_cutime_s": float(out),
+                "cgroup_s": self.usage("self-check") - before}
+
+    def check_text(self):
+        c = self.check
+        return (f"children burning {c['burnt_s']:.2f} s under a parent that ignores SIGCHLD: "
+                f"{c['parent_cutime_s']:.2f} s in the parent's cutime, {c['cgroup_s']:.2f} s in "
+                "the cgroup")
+
+    def cleanup(self):
+        """Kills by pid what is left in the run's cgroups (nothing, if every server stopped),
+        then removes them."""
+        if not self.dir:
+            return
+        for name in self.groups:
+            end = time.time() + 10
+            while True:
+                left = self.pids(name)
+                if not left:
+                    break
+                if time.time() > end:
+                    log(f"cgroup {name}: processes {left} do not die")
+                    break
+                log(f"cgroup {name}: killing leftover processes {left}")
+                for p in left:
+                    try:
+                        os.kill(p, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                time.sleep(0.1)
+            try:
+                os.rmdir(os.path.join(self.dir, name))
+            except OSError as e:
+                log(f"cgroup {name}: {e}")
+        try:
+            os.rmdir(self.dir)
+        except OSError as e:
+            log(f"cgroup {self.dir}: {e}")
+
+
+class Measure:
+    """CPU time and memory of one contestant over one load. Its processes are those in its
+    servers' cgroups (nginx's, plus fcgiwrap's or uWSGI's; the relay's; without cgroups, the /proc
+    trees of their top processes). The server processes are those that exist when the load starts
+    (nginx's master and workers, fcgiwrap's and uWSGI's processes, the relay); the programs are
+    all the others (the producers, and whatever forks them, from the fork on).
+
+    - server CPU: the scheduler's run time of the server processes over the load;
+    - programs' CPU: the growth of the cgroups' CPU counters, less the server CPU;
+    - RSS: the summed RSS of the contestant's processes, sampled every 50 ms: its peak growth over
+      the sum before the load, for the server processes and for all processes;
+    - temporary files: the bytes the server processes hold in nginx's temporary directories."""
+
+    INTERVAL = 0.05
+    nice = None  # the sampling thread's
+
+    def __init__(self, con, dirs=(), sample=True):
+        self.con, self.dirs = con, dirs
+        self.server = con.pids()
+        self.own0 = {p: own_cpu(p) for p in self.server}
+        self.total0 = con.cpu_total()
+        self.base_rss = sum(rss_kib(p) for p in self.server)
+        self.peak_server = self.peak_all = self.base_rss
         self.peak_temp = 0
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-        self.thread.start()
+        self.thread = None
+        if sample:
+            self.thread = threading.Thread(target=self.run, daemon=True)
+            self.thread.start()
 
     def run(self):
+        # Under load the sampler competes with every process of the contestant: without a high
+        # priority it would sample a long run more often than a short one.
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), -20)
+            Measure.nice = -20
+        except OSError:
+            Measure.nice = os.getpriority(os.PRIO_PROCESS, 0)
+        server = set(self.server)
         while not self.stop.is_set():
-            pids = self.pids_fn()
-            self.peak_rss = max(self.peak_rss, sum(rss_kib(p) for p in pids))
+            rss = {p: rss_kib(p) for p in self.con.pids()}
+            self.peak_server = max(self.peak_server,
+                                   sum(v for p, v in rss.items() if p in server))
+            self.peak_all = max(self.peak_all, sum(rss.values()))
             if self.dirs:
-                self.peak_temp = max(self.peak_temp, temp_bytes(pids, self.dirs))
-            time.sleep(0.05)
+                self.peak_temp = max(self.peak_temp, temp_bytes(self.server, self.dirs))
+            self.stop.wait(self.INTERVAL)
 
     def finish(self):
         self.stop.set()
-        self.thread.join()
-        return (self.peak_rss - self.base_rss) / 1024.0, self.peak_temp
+        if self.thread:
+            self.thread.join()
+        server_cpu = 0.0
+        for p in self.server:
+            after = own_cpu(p)
+            if after is not None and self.own0[p] is not None:
+                server_cpu += after - self.own0[p]
+        total = self.con.cpu_total()
+        programs = None if total is None else max(total - self.total0 - server_cpu, 0.0)
+        return {"server_cpu": server_cpu, "programs_cpu": programs,
+                "server_rss_mib": (self.peak_server - self.base_rss) / 1024.0,
+                "all_rss_mib": (self.peak_all - self.base_rss) / 1024.0,
+                "peak_temp": self.peak_temp}
 
 
 # ---------------------------------------------------------------- servers
 
 class Servers:
-    """Everything the run starts, stopped by pid at the end."""
+    """Everything the run starts, each server in a cgroup of its own, stopped by pid at the end.
 
-    def __init__(self):
+    Sizing, for every contestant alike: nginx runs one worker per online CPU, and so does uWSGI
+    (processes, each with enough threads for the largest concurrency of the run); fcgiwrap serves
+    one request per process, so it preforks as many processes as the largest concurrency of the
+    run. nginx buffers fcgiwrap's and uWSGI's responses in 8 buffers of 64 KiB, as the module's
+    buffered transport does. Every backend gets a service's environment (PATH only)."""
+
+    def __init__(self, cgroups, concurrency):
+        self.cg = cgroups
         self.dir = tempfile.mkdtemp(prefix="transform-bench-")
         os.chmod(self.dir, 0o755)  # nginx workers (nobody when started as root) read in it
         self.procs = []
         self.nginx = nginx_binary()
+        self.nginx_prefixes = []
+        self.workers = os.sysconf("SC_NPROCESSORS_ONLN")
+        self.concurrency = concurrency
+        self.fcgi_children = concurrency
+        self.uwsgi_threads = math.ceil(concurrency / self.workers)
 
-    def spawn(self, argv, env=None, **kw):
-        p = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, start_new_session=True, **kw)
+    def spawn(self, group, argv, env=None, **kw):
+        p = subprocess.Popen(self.cg.wrap(group, argv), env=env, stdin=subprocess.DEVNULL,
+                             start_new_session=True, **kw)
         self.procs.append(p)
         return p
 
@@ -211,18 +445,21 @@ class Servers:
                 os.killpg(p.pid, signal.SIGKILL)
         shutil.rmtree(self.dir, ignore_errors=True)
 
+    def config(self):
+        return {"nginx_workers": self.workers, "fcgiwrap_processes": self.fcgi_children,
+                "uwsgi_processes": self.workers, "uwsgi_threads": self.uwsgi_threads}
+
     def start_backends(self):
         d = self.dir
-        # fcgiwrap with a CGI script that execs the producer.
-        script = os.path.join(d, "produce.cgi")
-        with open(script, "w") as f:
-            f.write("#!/bin/sh\nprintf 'Content-Type: application/octet-stream\\r\\n\\r\\n'\n"
-                    f"exec {BENCH} produce \"$QUERY_STRING\"\n")
-        os.chmod(script, 0o755)
-        self.cgi_script = script
+        # fcgiwrap runs the producer itself as the CGI program: under a name ending in .cgi it
+        # writes its own CGI header, then the body (one exec per request, as for the module).
+        self.cgi_program = os.path.join(d, "produce.cgi")
+        os.symlink(BENCH, self.cgi_program)
         self.fcgi_sock = os.path.join(d, "fcgiwrap.sock")
-        self.fcgiwrap = self.spawn(["fcgiwrap", "-c", "4", "-s", "unix:" + self.fcgi_sock],
-                                   stderr=subprocess.DEVNULL)
+        self.fcgiwrap = self.spawn(
+            "fcgiwrap",
+            [tool("fcgiwrap"), "-c", str(self.fcgi_children), "-s", "unix:" + self.fcgi_sock],
+            env=SERVICE_ENV, stderr=subprocess.DEVNULL)
         # uWSGI running a WSGI app that spawns the producer and returns its stdout in 64 KiB reads.
         app = os.path.join(d, "app.py")
         with open(app, "w") as f:
@@ -247,17 +484,21 @@ def application(environ, start_response):
 """)
         self.uwsgi_sock = os.path.join(d, "uwsgi.sock")
         self.uwsgi = self.spawn(
-            ["uwsgi", "--plugin", "python3", "--socket", self.uwsgi_sock, "--wsgi-file", app,
-             "--master", "--processes", "4", "--threads", "50", "--enable-threads",
-             "--disable-logging", "--die-on-term", "--listen", "1024", "--chmod-socket=666"],
-            stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "uwsgi.log"), "w"))
+            "uwsgi",
+            [tool("uwsgi"), "--plugin", "python3", "--socket", self.uwsgi_sock, "--wsgi-file", app,
+             "--master", "--processes", str(self.workers), "--threads", str(self.uwsgi_threads),
+             "--enable-threads", "--disable-logging", "--die-on-term", "--listen", "1024",
+             "--chmod-socket=666"],
+            env=SERVICE_ENV, stdout=subprocess.DEVNULL,
+            stderr=open(os.path.join(d, "uwsgi.log"), "w"))
         # The standalone relays.
         self.relay_ports = {}
         for mode in ("splice", "rw"):
             port = free_port()
             self.relay_ports[mode] = port
             setattr(self, "relay_" + mode,
-                    self.spawn([BENCH, "relay", str(port), mode, BENCH, "produce", "0"]))
+                    self.spawn("relay-" + mode,
+                               [BENCH, "relay", str(port), mode, BENCH, "produce", "0"]))
         for port in self.relay_ports.values():
             wait_port(port)
         end = time.time() + 10
@@ -275,7 +516,7 @@ def application(environ, start_response):
         port = free_port()
         conf = f"""
 load_module {MODULE};
-worker_processes auto;
+worker_processes {self.workers};
 error_log {prefix}/logs/error.log warn;
 pid {prefix}/nginx.pid;
 worker_rlimit_nofile 8192;
@@ -287,6 +528,11 @@ http {{
     sendfile on;
     tcp_nopush on;
     root {self.dir}/static;
+    # As the module's buffered transport: 8 buffers of 64 KiB.
+    fastcgi_buffer_size 64k;
+    fastcgi_buffers 8 64k;
+    uwsgi_buffer_size 64k;
+    uwsgi_buffers 8 64k;
     server {{
         listen 127.0.0.1:{port} backlog=1024;
         location ~ ^/module/(\\d+)$ {{ transform_exec {BENCH} produce $1; }}
@@ -316,8 +562,10 @@ http {{
         if inflate_mb:
             env["LD_PRELOAD"] = os.path.join(self.dir, "inflate.so")
             env["BENCH_INFLATE_MB"] = str(inflate_mb)
-        self.nginx_prefixes = getattr(self, "nginx_prefixes", []) + [prefix]
-        subprocess.run([self.nginx, "-p", prefix, "-c", os.path.join(prefix, "nginx.conf")],
+        self.nginx_prefixes.append(prefix)
+        group = "nginx-" + name
+        subprocess.run(self.cg.wrap(group, [self.nginx, "-p", prefix, "-c",
+                                            os.path.join(prefix, "nginx.conf")]),
                        env=env, check=True, timeout=60)
         master = None
         end = time.time() + 10  # the daemonized master writes its pid file a little later
@@ -330,15 +578,17 @@ http {{
                     raise
                 time.sleep(0.05)
         wait_port(port)
-        return {"port": port, "master": master, "prefix": prefix,
+        return {"port": port, "master": master, "prefix": prefix, "group": group,
                 "temp": [os.path.join(prefix, t) for t in
                          ("fastcgi_temp", "uwsgi_temp", "proxy_temp", "client_body_temp")]}
 
     def fcgi_location(self, path, buffering):
+        # A new connection per request: fcgiwrap serves one connection per process at a time, so
+        # connections kept open by nginx (fastcgi_keep_conn) would hold its processes idle.
         return f"""location ~ ^{path}(\\d+)$ {{
             fastcgi_pass unix:{self.fcgi_sock};
             fastcgi_buffering {buffering};
-            fastcgi_param SCRIPT_FILENAME {self.cgi_script};
+            fastcgi_param SCRIPT_FILENAME {self.cgi_program};
             fastcgi_param QUERY_STRING $1;
             fastcgi_param REQUEST_METHOD $request_method;
             fastcgi_param SERVER_PROTOCOL $server_protocol;
@@ -346,7 +596,7 @@ http {{
         }}"""
 
     def stop_nginx(self):
-        for prefix in getattr(self, "nginx_prefixes", []):
+        for prefix in self.nginx_prefixes:
             try:
                 with open(os.path.join(prefix, "nginx.pid")) as f:
                     master = int(f.read())
@@ -389,38 +639,49 @@ def get(url, conns=1, rate=None, expect=None, timeout=600):
     return json.loads(out)
 
 
-def wrk(url, seconds, conns=8):
+def wrk(url, seconds, conns=WRK_CONNS):
+    """wrk's figures; errors are its socket errors (connect, read, write, timeout) and its
+    responses with a status other than 2xx or 3xx."""
     out = subprocess.run(["wrk", "-t", "1", "-c", str(conns), "-d", f"{seconds}s", "--latency", url],
                          capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    requests = int(re.search(r"(\d+) requests in ", out).group(1))
     m = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
     p99_ms = float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
-    errors = 0
-    for pat in (r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
-                r"Non-2xx or 3xx responses: (\d+)"):
-        m = re.search(pat, out)
-        if m:
-            errors += sum(int(g) for g in m.groups())
-    return rps, p99_ms, errors
+    errors, first_error = 0, ""
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m:
+        errors += sum(int(g) for g in m.groups())
+        first_error = m.group(0)
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if m:
+        errors += int(m.group(1))
+        first_error = (first_error + "; " if first_error else "") + m.group(0)
+    return {"rps": rps, "requests": requests, "p99_ms": p99_ms, "errors": errors,
+            "first_error": first_error}
 
 
 class Contestant:
-    def __init__(self, name, base, path, pids_fn, temp=()):
-        self.name, self.base, self.path, self.pids_fn, self.temp = name, base, path, pids_fn, temp
+    """A URL, and the servers behind it: their cgroups, and their top processes (to walk /proc
+    without cgroups)."""
+
+    def __init__(self, cg, name, base, path, groups, roots, temp=()):
+        self.cg, self.name, self.base, self.path = cg, name, base, path
+        self.groups, self.roots, self.temp = groups, roots, temp
 
     def url(self, n):
         return f"{self.base}{self.path}{n}"
 
-    def cpu(self):
-        own = kids = 0.0
-        for p in self.pids_fn():
-            a, b = stat(p)
-            own += a
-            kids += b
-        return own, kids
+    def pids(self):
+        if self.cg.dir:
+            return sorted({p for g in self.groups for p in self.cg.pids(g)})
+        return sorted({p for r in self.roots() for p in tree(r)})
+
+    def cpu_total(self):
+        return sum(self.cg.usage(g) for g in self.groups) if self.cg.dir else None
 
 
-def run(args):
+def run(args, cg):
     quick = args.quick
     sizes = {
         "w1": 256 * MIB if quick else GIB,
@@ -431,8 +692,8 @@ def run(args):
         "w4": 4 * MIB if quick else 16 * MIB,
         "wrk_rounds": 1 if quick else 3,
     }
-    s = Servers()
-    results = {"sizes": sizes}
+    s = Servers(cg, max(WRK_CONNS, sizes["w4_conns"]))
+    results = {"sizes": sizes, "config": s.config()}
     try:
         s.build_inflate()
         s.start_backends()
@@ -440,44 +701,67 @@ def run(args):
         main = s.start_nginx("main")
         big = s.start_nginx("inflated", inflate_mb=1024)
         base = f"http://127.0.0.1:{main['port']}"
-        workers = lambda: nginx_workers(main["master"])  # noqa: E731
-        fcgi = lambda: workers() + tree(s.fcgiwrap.pid)  # noqa: E731
-        uwsgi = lambda: workers() + tree(s.uwsgi.pid)  # noqa: E731
+        ng = main["group"]
+        master = lambda: [main["master"]]  # noqa: E731
+
+        def con(name, path, groups=(), roots=lambda: [], temp=main["temp"]):
+            return Contestant(cg, name, base, path, [ng, *groups], lambda: master() + roots(),
+                              temp)
         c = {
-            "module (splice)": Contestant("module (splice)", base, "/module/", workers, main["temp"]),
-            "module (buffered)": Contestant("module (buffered)", base, "/buffered/", workers,
-                                            main["temp"]),
-            "module (splice), write() producer": Contestant(
-                "module (splice), write() producer", base, "/module-write/", workers, main["temp"]),
-            "module (buffered), write() producer": Contestant(
-                "module (buffered), write() producer", base, "/buffered-write/", workers,
-                main["temp"]),
-            "nginx static sendfile": Contestant("nginx static sendfile", base, "/static/", workers),
-            "fcgiwrap (buffering on)": Contestant("fcgiwrap (buffering on)", base, "/fcgi/", fcgi,
-                                                  main["temp"]),
-            "fcgiwrap (buffering off)": Contestant("fcgiwrap (buffering off)", base, "/fcgi-off/",
-                                                   fcgi, main["temp"]),
-            "uWSGI Python app": Contestant("uWSGI Python app", base, "/uwsgi/", uwsgi, main["temp"]),
+            "module (splice)": con("module (splice)", "/module/"),
+            "module (buffered)": con("module (buffered)", "/buffered/"),
+            "module (splice), write() producer": con("module (splice), write() producer",
+                                                     "/module-write/"),
+            "module (buffered), write() producer": con("module (buffered), write() producer",
+                                                       "/buffered-write/"),
+            "nginx static sendfile": con("nginx static sendfile", "/static/"),
+            "fcgiwrap (buffering on)": con("fcgiwrap (buffering on)", "/fcgi/", ["fcgiwrap"],
+                                           lambda: [s.fcgiwrap.pid]),
+            "fcgiwrap (buffering off)": con("fcgiwrap (buffering off)", "/fcgi-off/",
+                                            ["fcgiwrap"], lambda: [s.fcgiwrap.pid]),
+            "uWSGI Python app": con("uWSGI Python app", "/uwsgi/", ["uwsgi"],
+                                    lambda: [s.uwsgi.pid]),
             "standalone splice relay": Contestant(
-                "standalone splice relay", f"http://127.0.0.1:{s.relay_ports['splice']}", "/",
-                lambda: [s.relay_splice.pid]),
+                cg, "standalone splice relay", f"http://127.0.0.1:{s.relay_ports['splice']}", "/",
+                ["relay-splice"], lambda: [s.relay_splice.pid]),
             "standalone read/write relay": Contestant(
-                "standalone read/write relay", f"http://127.0.0.1:{s.relay_ports['rw']}", "/",
-                lambda: [s.relay_rw.pid]),
+                cg, "standalone read/write relay", f"http://127.0.0.1:{s.relay_ports['rw']}", "/",
+                ["relay-rw"], lambda: [s.relay_rw.pid]),
         }
-        # The relays run the producer with a fixed size: restart them per size.
         results["steal"] = {}
-        for w, fn in (("w1", lambda: w1(s, c, sizes)), ("w2", lambda: w2(sizes, main)),
+        for w, fn in (("w1", lambda: w1(s, c, sizes)), ("w2", lambda: w2(cg, c, sizes)),
                       ("w3", lambda: w3(c, sizes)), ("w4", lambda: w4(c, sizes)),
                       ("w5", lambda: w5(sizes, main, big))):
             before = cpu_times()
             results[w] = fn()
             results["steal"][w] = steal_since(before)
             log(f"{w.upper()}: {results['steal'][w]:.1f}% of the CPU time stolen by the host")
+        results["method"] = method(cg)
     finally:
         s.stop_nginx()
         s.stop()
     return results
+
+
+def method(cg):
+    if cg.dir:
+        cpu = (f"every server runs in a cgroup of its own ({cg.method}); a contestant's CPU is the "
+               "growth of its servers' cgroups' counters over the load (nginx's, plus fcgiwrap's "
+               "or uWSGI's), which count every process that ran in them, also children nobody "
+               "reaps; server CPU is the scheduler's run time of the processes that existed "
+               "before the load (nginx's master and workers, fcgiwrap's and uWSGI's processes, "
+               "the relay), programs' CPU the rest (the programs, from the fork that starts "
+               f"them). Self-check: {cg.check_text()}")
+    else:
+        cpu = ("no usable cgroup: server CPU is the scheduler's run time of the processes that "
+               "existed before the load; programs' CPU is not reported")
+    where = ("every process in the contestant's cgroups" if cg.dir else
+             "every process in the /proc trees of the contestant's servers")
+    rss = (f"summed RSS of {where} (nginx's master and workers, fcgiwrap's or uWSGI's processes, "
+           "the relay, and the programs they run), sampled every 50 ms by a thread at nice "
+           f"{Measure.nice}: peak growth over the sum before the load, for the server processes "
+           "(those that existed before it) and for all")
+    return {"cpu": cpu, "rss": rss, "self_check": cg.check}
 
 
 def relay_for(s, c, n):
@@ -488,23 +772,40 @@ def relay_for(s, c, n):
         old.wait(timeout=10)
         port = free_port()
         s.relay_ports[mode] = port
-        setattr(s, "relay_" + mode, s.spawn([BENCH, "relay", str(port), mode, BENCH, "produce",
-                                             str(n)]))
+        setattr(s, "relay_" + mode, s.spawn("relay-" + mode, [BENCH, "relay", str(port), mode,
+                                                              BENCH, "produce", str(n)]))
         wait_port(port)
     c["standalone splice relay"].base = f"http://127.0.0.1:{s.relay_ports['splice']}"
     c["standalone read/write relay"].base = f"http://127.0.0.1:{s.relay_ports['rw']}"
 
 
 def stream_once(con, n, conns=1, rate=None, dirs=()):
-    sampler = Sampler(con.pids_fn, dirs)
-    own0, kids0 = con.cpu()
-    r = get(con.url(n), conns=conns, rate=rate, expect=n)
-    time.sleep(0.2)  # let the last producers be reaped
-    own1, kids1 = con.cpu()
-    peak_rss_mib, peak_temp = sampler.finish()
-    r.update(server_cpu=own1 - own0, producer_cpu=kids1 - kids0, peak_rss_mib=peak_rss_mib,
-             peak_temp=peak_temp)
+    """`conns` GETs of n bytes at once; bytes are those received, errors the responses that
+    failed or came short."""
+    m = Measure(con, dirs)
+    try:
+        r = get(con.url(n), conns=conns, rate=rate, expect=n)
+        time.sleep(0.2)  # the last programs exit
+    finally:
+        figures = m.finish()
+    r.update(figures)
     return r
+
+
+def per(value, unit, scale=1.0):
+    """value * scale / unit; None for a figure not measured, or with nothing to divide by."""
+    return None if value is None or unit <= 0 else value * scale / unit
+
+
+def median(values):
+    values = list(values)
+    return None if any(v is None for v in values) else statistics.median(values)
+
+
+def errors_of(rs):
+    errors = sum(r["errors"] for r in rs)
+    first = next((r["first_error"] for r in rs if r.get("first_error")), "")
+    return {"errors": errors, "first_error": first}
 
 
 W1_NAMES = ["module (splice)", "module (buffered)", "nginx static sendfile",
@@ -519,39 +820,51 @@ def w1(s, c, sizes):
     for _ in range(sizes["w1_rounds"]):
         for name in W1_NAMES:  # alternated: each round runs every contestant once
             r = stream_once(c[name], n)
-            if r["errors"]:
-                raise RuntimeError(f"W1 {name}: {r['first_error']}")
             runs[name].append(r)
-            log(f"W1 {name}: {n / r['seconds'] / 1e6:.0f} MB/s")
+            log(f"W1 {name}: {r['bytes'] / r['seconds'] / 1e6:.0f} MB/s, {r['errors']} errors")
     out = {}
     for name, rs in runs.items():
         out[name] = {
-            "mb_s": statistics.median(n / r["seconds"] / 1e6 for r in rs),
-            "server_cpu_per_gib": statistics.median(r["server_cpu"] * GIB / n for r in rs),
-            "producer_cpu_per_gib": statistics.median(r["producer_cpu"] * GIB / n for r in rs),
+            "mb_s": statistics.median(r["bytes"] / r["seconds"] / 1e6 for r in rs),
+            "server_cpu_per_gib": median(per(r["server_cpu"], r["bytes"], GIB) for r in rs),
+            "programs_cpu_per_gib": median(per(r["programs_cpu"], r["bytes"], GIB) for r in rs),
+            **errors_of(rs),
         }
     return out
 
 
-def w2(sizes, main):
+def w2(cg, c, sizes):
     t = sizes["w2_seconds"]
     runs = {}
     for _ in range(sizes["wrk_rounds"]):  # alternated rounds, medians reported
-        for name, path in (("module (splice)", "/module/16"),
-                           ("fcgiwrap (buffering on)", "/fcgi/16"),
-                           ("uWSGI Python app", "/uwsgi/16")):
-            rps, p99, errors = wrk(f"http://127.0.0.1:{main['port']}{path}", t)
-            runs.setdefault(name, []).append((rps, p99, errors))
-            log(f"W2 {name}: {rps:.0f} req/s, p99 {p99:.2f} ms")
+        for name in ("module (splice)", "fcgiwrap (buffering on)", "uWSGI Python app"):
+            m = Measure(c[name], sample=False)
+            try:
+                r = wrk(c[name].url(16), t)
+            finally:
+                r_cpu = m.finish()
+            r.update(r_cpu)
+            runs.setdefault(name, []).append(r)
+            log(f"W2 {name}: {r['rps']:.0f} req/s, p99 {r['p99_ms']:.2f} ms, {r['errors']} errors")
         # The ceiling: as many spawns in flight as wrk has connections.
-        line = subprocess.run([BENCH, "spawn", str(t), "8", BENCH, "produce", "16"],
-                              capture_output=True, text=True, timeout=t + 60,
+        argv = cg.wrap("ceiling", [BENCH, "spawn", str(t), str(WRK_CONNS), BENCH, "produce", "16"])
+        before = cg.usage("ceiling") if cg.dir else None
+        line = subprocess.run(argv, capture_output=True, text=True, timeout=t + 60,
                               check=True).stdout.split()
-        runs.setdefault("posix_spawn ceiling", []).append((float(line[1]), float(line[3]), 0))
-        log(f"W2 posix_spawn ceiling: {line[1]} /s")
-    return {name: {"rps": statistics.median(r[0] for r in rs),
-                   "p99_ms": statistics.median(r[1] for r in rs),
-                   "errors": sum(r[2] for r in rs)}
+        f = dict(zip(line[::2], line[1::2]))
+        own = float(f["self_cpu_s"])
+        runs.setdefault("posix_spawn ceiling", []).append({
+            "rps": float(f["spawns_per_s"]), "p99_ms": float(f["p99_ms"]),
+            "requests": int(f["requests"]), "errors": 0, "first_error": "", "server_cpu": own,
+            "programs_cpu": None if before is None else max(cg.usage("ceiling") - before - own, 0)})
+        log(f"W2 posix_spawn ceiling: {f['spawns_per_s']} /s")
+    return {name: {"rps": statistics.median(r["rps"] for r in rs),
+                   "p99_ms": statistics.median(r["p99_ms"] for r in rs),
+                   "server_cpu_ms_per_req": median(per(r["server_cpu"], r["requests"], 1000)
+                                                   for r in rs),
+                   "programs_cpu_ms_per_req": median(per(r["programs_cpu"], r["requests"], 1000)
+                                                     for r in rs),
+                   **errors_of(rs)}
             for name, rs in runs.items()}
 
 
@@ -562,9 +875,11 @@ def w3(c, sizes):
                  "fcgiwrap (buffering off)", "uWSGI Python app"):
         con = c[name]
         r = stream_once(con, n, rate=20_000_000, dirs=con.temp)
-        out[name] = {"peak_rss_mib": r["peak_rss_mib"], "temp_bytes": r["peak_temp"],
-                     "mb_s": n / r["seconds"] / 1e6, "errors": r["errors"]}
-        log(f"W3 {name}: RSS +{r['peak_rss_mib']:.1f} MiB, temp {r['peak_temp']} B")
+        out[name] = {"server_rss_mib": r["server_rss_mib"], "all_rss_mib": r["all_rss_mib"],
+                     "temp_bytes": r["peak_temp"], "mb_s": r["bytes"] / r["seconds"] / 1e6,
+                     **errors_of([r])}
+        log(f"W3 {name}: RSS +{r['server_rss_mib']:.1f} MiB (+{r['all_rss_mib']:.1f} MiB with "
+            f"the programs), temp {r['peak_temp']} B, {r['errors']} errors")
     return out
 
 
@@ -576,35 +891,49 @@ def w4(c, sizes):
                  "fcgiwrap (buffering on)", "fcgiwrap (buffering off)", "uWSGI Python app"):
         con = c[name]
         r = stream_once(con, n, conns=conns, dirs=con.temp)
-        out[name] = {"mb_s": r["bytes"] / r["seconds"] / 1e6, "errors": r["errors"],
-                     "peak_rss_mib": r["peak_rss_mib"], "first_error": r["first_error"],
-                     "server_cpu_per_gib": r["server_cpu"] * GIB / max(r["bytes"], 1)}
+        out[name] = {"mb_s": r["bytes"] / r["seconds"] / 1e6,
+                     "server_rss_mib": r["server_rss_mib"], "all_rss_mib": r["all_rss_mib"],
+                     "server_cpu_per_gib": per(r["server_cpu"], r["bytes"], GIB),
+                     "programs_cpu_per_gib": per(r["programs_cpu"], r["bytes"], GIB),
+                     **errors_of([r])}
         log(f"W4 {name}: {out[name]['mb_s']:.0f} MB/s, {r['errors']} errors")
     return out
 
 
 def w5(sizes, main, big):
     t = sizes["w2_seconds"]
-    out = {"normal": [], "inflated": []}
+    runs = {"normal": [], "inflated": []}
     rss = {}
     for _ in range(sizes["wrk_rounds"]):
         for label, inst in (("normal", main), ("inflated", big)):
-            rps, p99, errors = wrk(f"http://127.0.0.1:{inst['port']}/module/16", t)
-            out[label].append(rps)
+            r = wrk(f"http://127.0.0.1:{inst['port']}/module/16", t)
+            runs[label].append(r)
             rss[label] = max(rss_kib(p) for p in nginx_workers(inst["master"])) / 1024.0
-            log(f"W5 {label} worker ({rss[label]:.0f} MiB): {rps:.0f} req/s")
-    return {label: {"rps": statistics.median(v), "worker_rss_mib": rss[label]}
-            for label, v in out.items()}
-
-
-def log(msg):
-    print("bench: " + msg, file=sys.stderr, flush=True)
+            log(f"W5 {label} worker ({rss[label]:.0f} MiB): {r['rps']:.0f} req/s, "
+                f"{r['errors']} errors")
+    return {label: {"rps": statistics.median(r["rps"] for r in rs), "worker_rss_mib": rss[label],
+                    **errors_of(rs)}
+            for label, rs in runs.items()}
 
 
 # ---------------------------------------------------------------- report
 
 def verdict(ok):
     return "met" if ok else "**missed**"
+
+
+def fmt(value, digits):
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def erred(res):
+    """(workload, contestant, errors, first error) of every contestant that erred."""
+    out = []
+    for w in ("w1", "w2", "w3", "w4", "w5"):
+        for name, r in res[w].items():
+            if r["errors"]:
+                out.append((w.upper(), name, r["errors"], r["first_error"]))
+    return out
 
 
 def report(res):
@@ -614,65 +943,89 @@ def report(res):
     mod = w1r["module (splice)"]
     lines = []
     add = lines.append
+
+    def who(name, r):  # a contestant that erred is flagged
+        return f"{name} (**erred**)" if r["errors"] else name
+
+    cfg, m = res["config"], res["method"]
+    add("Method:\n")
+    add(f"- sizing: nginx {cfg['nginx_workers']} workers; uWSGI {cfg['uwsgi_processes']} "
+        f"processes x {cfg['uwsgi_threads']} threads; fcgiwrap {cfg['fcgiwrap_processes']} "
+        "processes (one request each); fcgiwrap runs the producer as its CGI program (it writes "
+        "its own header): one exec per request for every contestant")
+    add(f"- CPU: {m['cpu']}")
+    add(f"- RSS: {m['rss']}")
+    add("- errors: failed or short responses (W1, W3, W4: bytes and MB/s are those received); "
+        "wrk's socket errors and non-2xx/3xx responses (W2, W5)\n")
     steal = ", ".join(f"{w.upper()} {v:.1f}%" for w, v in res["steal"].items())
     add(f"CPU time taken by the hypervisor (steal) during each workload: {steal}. Figures from a "
         "workload with more than a few percent are disturbed.\n")
     add(f"### W1: one stream of {s['w1'] // MIB} MiB (median of {s['w1_rounds']})\n")
-    add("| contestant | MB/s | x module | server CPU s/GiB | producer CPU s/GiB |")
-    add("|---|---:|---:|---:|---:|")
+    add("| contestant | MB/s | x module | server CPU s/GiB | programs CPU s/GiB | errors |")
+    add("|---|---:|---:|---:|---:|---:|")
     for name, r in w1r.items():
-        add(f"| {name} | {r['mb_s']:.0f} | {r['mb_s'] / mod['mb_s']:.2f} | "
-            f"{r['server_cpu_per_gib']:.3f} | {r['producer_cpu_per_gib']:.3f} |")
+        add(f"| {who(name, r)} | {r['mb_s']:.0f} | {r['mb_s'] / max(mod['mb_s'], 1e-9):.2f} | "
+            f"{fmt(r['server_cpu_per_gib'], 3)} | {fmt(r['programs_cpu_per_gib'], 3)} | "
+            f"{r['errors']} |")
     add("")
-    add(f"### W2: a 16-byte program under wrk (8 connections, {s['w2_seconds']} s, median of "
-        f"{s['wrk_rounds']})\n")
-    add("| contestant | requests/s | p99 ms | errors |")
-    add("|---|---:|---:|---:|")
+    add(f"### W2: a 16-byte program under wrk ({WRK_CONNS} connections, {s['w2_seconds']} s, "
+        f"median of {s['wrk_rounds']})\n")
+    add("| contestant | requests/s | p99 ms | server CPU ms/req | programs CPU ms/req | errors |")
+    add("|---|---:|---:|---:|---:|---:|")
     for name, r in w2r.items():
-        add(f"| {name} | {r['rps']:.0f} | {r['p99_ms']:.2f} | {r['errors']} |")
+        add(f"| {who(name, r)} | {r['rps']:.0f} | {r['p99_ms']:.2f} | "
+            f"{fmt(r['server_cpu_ms_per_req'], 3)} | {fmt(r['programs_cpu_ms_per_req'], 3)} | "
+            f"{r['errors']} |")
     add("")
     add(f"### W3: a client reading {s['w3'] // MIB} MiB at 20 MB/s\n")
-    add("| contestant | peak RSS growth MiB | peak temp-file bytes | MB/s |")
-    add("|---|---:|---:|---:|")
+    add("| contestant | server RSS growth MiB | RSS growth with programs MiB | peak temp-file "
+        "bytes | MB/s received | errors |")
+    add("|---|---:|---:|---:|---:|---:|")
     for name, r in w3r.items():
-        add(f"| {name} | {r['peak_rss_mib']:.1f} | {r['temp_bytes']} | {r['mb_s']:.1f} |")
+        add(f"| {who(name, r)} | {r['server_rss_mib']:.1f} | {r['all_rss_mib']:.1f} | "
+            f"{r['temp_bytes']} | {r['mb_s']:.1f} | {r['errors']} |")
     add("")
     add(f"### W4: {s['w4_conns']} concurrent streams of {s['w4'] // MIB} MiB\n")
-    add("| contestant | MB/s | errors | peak RSS growth MiB | server CPU s/GiB |")
-    add("|---|---:|---:|---:|---:|")
+    add("| contestant | MB/s received | errors | server RSS growth MiB | RSS growth with programs "
+        "MiB | server CPU s/GiB | programs CPU s/GiB |")
+    add("|---|---:|---:|---:|---:|---:|---:|")
     for name, r in w4r.items():
-        add(f"| {name} | {r['mb_s']:.0f} | {r['errors']} | {r['peak_rss_mib']:.1f} | "
-            f"{r['server_cpu_per_gib']:.3f} |")
+        add(f"| {who(name, r)} | {r['mb_s']:.0f} | {r['errors']} | {r['server_rss_mib']:.1f} | "
+            f"{r['all_rss_mib']:.1f} | {fmt(r['server_cpu_per_gib'], 3)} | "
+            f"{fmt(r['programs_cpu_per_gib'], 3)} |")
     add("")
     add(f"### W5: W2 on the module with a normal and a 1 GiB worker (median of {s['wrk_rounds']})\n")
-    add("| worker | worker RSS MiB | requests/s |")
-    add("|---|---:|---:|")
+    add("| worker | worker RSS MiB | requests/s | errors |")
+    add("|---|---:|---:|---:|")
     for name, r in w5r.items():
-        add(f"| {name} | {r['worker_rss_mib']:.0f} | {r['rps']:.0f} |")
+        add(f"| {who(name, r)} | {r['worker_rss_mib']:.0f} | {r['rps']:.0f} | {r['errors']} |")
     add("")
     fc, uw = w1r["fcgiwrap (buffering on)"], w1r["uWSGI Python app"]
     w2m = w2r["module (splice)"]["rps"]
     w3m = w3r["module (splice)"]
+    # A contestant that erred may have moved nothing.
+    ratio = lambda a, b: math.nan if a is None or b is None else a / max(b, 1e-9)  # noqa: E731
     targets = [
-        ("W1 throughput >= 0.9x splice relay", mod["mb_s"] / relay["mb_s"], 0.9, True),
-        ("W1 worker CPU/GiB <= 1.2x splice relay",
-         mod["server_cpu_per_gib"] / max(relay["server_cpu_per_gib"], 1e-9), 1.2, False),
-        ("W1 throughput >= 2x fcgiwrap (buffering on)", mod["mb_s"] / fc["mb_s"], 2.0, True),
+        ("W1 throughput >= 0.9x splice relay", ratio(mod["mb_s"], relay["mb_s"]), 0.9, True),
+        ("W1 server CPU/GiB <= 1.2x splice relay",
+         ratio(mod["server_cpu_per_gib"], relay["server_cpu_per_gib"]), 1.2, False),
+        ("W1 throughput >= 2x fcgiwrap (buffering on)", ratio(mod["mb_s"], fc["mb_s"]), 2.0, True),
         ("W1 throughput >= 2x fcgiwrap (buffering off)",
-         mod["mb_s"] / w1r["fcgiwrap (buffering off)"]["mb_s"], 2.0, True),
-        ("W1 throughput >= 2x uWSGI app", mod["mb_s"] / uw["mb_s"], 2.0, True),
-        ("W2 requests/s >= 1.5x fcgiwrap", w2m / w2r["fcgiwrap (buffering on)"]["rps"], 1.5, True),
-        ("W2 requests/s >= 0.8x posix_spawn ceiling", w2m / w2r["posix_spawn ceiling"]["rps"], 0.8,
+         ratio(mod["mb_s"], w1r["fcgiwrap (buffering off)"]["mb_s"]), 2.0, True),
+        ("W1 throughput >= 2x uWSGI app", ratio(mod["mb_s"], uw["mb_s"]), 2.0, True),
+        ("W2 requests/s >= 1.5x fcgiwrap", ratio(w2m, w2r["fcgiwrap (buffering on)"]["rps"]), 1.5,
          True),
-        ("W3 worker RSS growth <= 2 MiB (module, splice)", w3m["peak_rss_mib"], 2.0, False),
-        ("W3 worker RSS growth <= 2 MiB (module, buffered)",
-         w3r["module (buffered)"]["peak_rss_mib"], 2.0, False),
+        ("W2 requests/s >= 0.8x posix_spawn ceiling", ratio(w2m, w2r["posix_spawn ceiling"]["rps"]),
+         0.8, True),
+        ("W3 server RSS growth <= 2 MiB (module, splice)", w3m["server_rss_mib"], 2.0, False),
+        ("W3 server RSS growth <= 2 MiB (module, buffered)",
+         w3r["module (buffered)"]["server_rss_mib"], 2.0, False),
         ("W3 no temp files (module)",
          w3m["temp_bytes"] + w3r["module (buffered)"]["temp_bytes"], 0, False),
         ("W4 zero errors (module, every variant)",
          sum(r["errors"] for name, r in w4r.items() if name.startswith("module")), 0, False),
-        ("W5 1 GiB worker >= 0.9x normal", w5r["inflated"]["rps"] / w5r["normal"]["rps"], 0.9,
-         True),
+        ("W5 1 GiB worker >= 0.9x normal", ratio(w5r["inflated"]["rps"], w5r["normal"]["rps"]),
+         0.9, True),
     ]
     add("### Targets\n")
     add("| target | figure | verdict |")
@@ -680,6 +1033,13 @@ def report(res):
     for name, value, limit, at_least in targets:
         ok = value >= limit if at_least else value <= limit
         add(f"| {name} | {value:.2f} | {verdict(ok)} |")
+    add("")
+    add("### Errors\n")
+    bad = erred(res)
+    if not bad:
+        add("No contestant erred in any workload.")
+    for w, name, n, first in bad:
+        add(f"- {w} {name}: {n} errors, first: {first or '?'}")
     return "\n".join(lines) + "\n"
 
 
@@ -710,10 +1070,18 @@ def machine():
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="a smoke run of about a minute")
+    ap.add_argument("--no-cgroups", action="store_true",
+                    help="measure as on a machine without a usable cgroup (no programs' CPU)")
     args = ap.parse_args()
+    # A terminated run still stops what it started (the finally blocks run).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     info = machine()
-    res = run(args)
+    cg = Cgroups(enabled=not args.no_cgroups)
+    try:
+        res = run(args, cg)
+    finally:
+        cg.cleanup()
     mode = "quick" if args.quick else "full"
     head = [f"## Benchmark ({mode} run), {info['date']}\n"]
     for k in ("cpu", "memory", "kernel", "nginx", "fcgiwrap", "uwsgi", "wrk"):
@@ -730,6 +1098,10 @@ def main():
     with open(path[:-3] + ".json", "w") as f:
         json.dump({"machine": info, "results": res}, f, indent=1)
     log(f"results written to {os.path.relpath(path, ROOT)}")
+    bad = erred(res)
+    if bad:
+        log(f"{len(bad)} contestant(s) erred: " + "; ".join(f"{w} {n}" for w, n, _, _ in bad))
+        sys.exit(1)
 
 
 if __name__ == "__main__":

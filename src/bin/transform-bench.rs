@@ -4,12 +4,15 @@
 //! - `produce BYTES [write]`: writes BYTES to stdout as cheaply as possible: vmsplice(2) of one
 //!   reused buffer into the stdout pipe (write(2) of 256 KiB pieces when stdout is not a pipe,
 //!   or with `write`, as most programs do).
+//! - run under a name ending in `.cgi` (a symlink, as fcgiwrap runs it: no arguments): a CGI
+//!   program that writes its own CGI header, then produces `$QUERY_STRING` bytes as `produce`
+//!   does: the same program as the module's, one exec per request.
 //! - `relay PORT splice|rw PROGRAM ARGS...`: a minimal HTTP server, one connection at a time: for
 //!   each request it runs PROGRAM with stdout on a pipe and relays that pipe to the socket, with
 //!   splice(2) or with read(2)/write(2) of 64 KiB (close-delimited response).
 //! - `spawn SECONDS THREADS PROGRAM ARGS...`: in each of THREADS threads, posix_spawn of PROGRAM
 //!   with stdout on a pipe, read to end of file, waitpid, as many times as it can in SECONDS;
-//!   prints `spawns_per_s N p99_ms T`.
+//!   prints `spawns_per_s N p99_ms T requests R self_cpu_s C` (C: this process's own CPU time).
 //! - `get URL [--conns N] [--rate BYTES_PER_S] [--expect BYTES]`: N concurrent GETs (each on its own
 //!   connection, rate-limited if asked), bodies counted and dropped (chunked, Content-Length or
 //!   close-delimited); prints one JSON line: ok, errors, bytes, seconds.
@@ -21,10 +24,22 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 fn main() {
+    if std::env::args().next().is_some_and(|a| a.ends_with(".cgi")) {
+        let n = std::env::var("QUERY_STRING")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        return produce(
+            Some(b"Content-Type: application/octet-stream\r\n\r\n"),
+            n,
+            true,
+        );
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let rest = || args[1..].to_vec();
     match args.first().map(String::as_str) {
         Some("produce") => produce(
+            None,
             args.get(1).and_then(|s| s.parse().ok()).unwrap_or(0),
             args.get(2).map(String::as_str) != Some("write"),
         ),
@@ -38,13 +53,19 @@ fn main() {
     }
 }
 
-fn produce(mut left: u64, mut vmsplice: bool) {
+/// Writes `header` (with write(2)), then `left` bytes.
+fn produce(header: Option<&[u8]>, mut left: u64, mut vmsplice: bool) {
     const PIECE: usize = 256 * 1024;
     // Page-aligned, so vmsplice maps whole pages; the content does not matter.
     let buf = vec![b'x'; PIECE + 4096];
     let off = buf.as_ptr().align_offset(4096);
     let piece = &buf[off..off + PIECE];
     let mut out = io::stdout().lock();
+    if let Some(h) = header {
+        if out.write_all(h).and_then(|()| out.flush()).is_err() {
+            std::process::exit(1);
+        }
+    }
     while left > 0 {
         let n = (left as usize).min(PIECE);
         if vmsplice {
@@ -231,10 +252,17 @@ fn spawn_loop(args: &[String]) {
         .get(times.len() * 99 / 100)
         .copied()
         .unwrap_or_default();
+    // SAFETY: a zeroed rusage is a valid out-parameter.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: ru is a valid rusage to fill.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     println!(
-        "spawns_per_s {:.1} p99_ms {:.3}",
+        "spawns_per_s {:.1} p99_ms {:.3} requests {} self_cpu_s {:.4}",
         times.len() as f64 / start.elapsed().as_secs_f64(),
-        p99.as_secs_f64() * 1000.0
+        p99.as_secs_f64() * 1000.0,
+        times.len(),
+        secs(ru.ru_utime) + secs(ru.ru_stime)
     );
 }
 
