@@ -92,7 +92,6 @@ fn a_stderr_flood_of_blank_lines_is_bounded() {
                                      transform_exec /bin/sh -c "yes '' | head -n 5000000 >&2; exit 1"; }"#,
         ),
         "info",
-        None,
     );
     let worker = nginx.worker_pid();
     Client::connect(nginx.port).get("/blank-off");
@@ -317,7 +316,6 @@ fn request_derived_strings_are_escaped_in_the_log() {
            location ~ "(?s)^/d(/.*)$" { transform_chdir $1; transform_exec /bin/true; }"#,
         ),
         "info",
-        None,
     );
     for path in [
         "/p/nonexistent%0d%0aINJECTED%20line",
