@@ -68,7 +68,7 @@ impl Child {
                 }
                 forget(pid);
                 return Err(os::SpawnError {
-                    step: os::SpawnStep::Clone,
+                    step: os::SpawnStep::Connection,
                     err,
                 });
             }

@@ -279,12 +279,20 @@ struct ChildArgs {
 /// The step of starting a child that failed (for the error-log line).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SpawnStep {
+    /// clone() in the worker.
     Clone,
-    Prctl,
+    /// Joining the pidfd to nginx's event loop (no free connection).
+    Connection,
+    /// prctl(PR_SET_PDEATHSIG), or the worker died before it took effect.
+    Pdeathsig,
     Setpgid,
-    Setrlimit,
+    /// open("/dev/null") for a child without stdin.
+    DevNull,
+    Dup2,
+    CloseRange,
     Chdir,
-    Descriptors,
+    Getrlimit,
+    Setrlimit,
     Execve,
 }
 
@@ -293,11 +301,15 @@ impl SpawnStep {
     pub fn call(self) -> &'static str {
         match self {
             SpawnStep::Clone => "clone()",
-            SpawnStep::Prctl => "prctl(PR_SET_PDEATHSIG)",
+            SpawnStep::Connection => "ngx_get_connection()",
+            SpawnStep::Pdeathsig => "prctl(PR_SET_PDEATHSIG)",
             SpawnStep::Setpgid => "setpgid()",
-            SpawnStep::Setrlimit => "setrlimit()",
+            SpawnStep::DevNull => "open(\"/dev/null\")",
+            SpawnStep::Dup2 => "dup2()",
+            SpawnStep::CloseRange => "close_range()",
             SpawnStep::Chdir => "chdir()",
-            SpawnStep::Descriptors => "dup2()",
+            SpawnStep::Getrlimit => "getrlimit()",
+            SpawnStep::Setrlimit => "setrlimit()",
             SpawnStep::Execve => "execve()",
         }
     }
@@ -428,11 +440,11 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
         }
         // Die with the worker; if it is already gone, do not start.
         if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
-            return child_fail(a, SpawnStep::Prctl);
+            return child_fail(a, SpawnStep::Pdeathsig);
         }
         if libc::getppid() != a.parent {
             *libc::__errno_location() = libc::ESRCH;
-            return child_fail(a, SpawnStep::Prctl);
+            return child_fail(a, SpawnStep::Pdeathsig);
         }
         if libc::setpgid(0, 0) == -1 {
             return child_fail(a, SpawnStep::Setpgid);
@@ -443,13 +455,17 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
         } else {
             libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY)
         };
-        if input == -1
-            || (input != 0 && libc::dup2(input, 0) == -1)
+        if input == -1 {
+            return child_fail(a, SpawnStep::DevNull);
+        }
+        if (input != 0 && libc::dup2(input, 0) == -1)
             || libc::dup2(a.stdout, 1) == -1
             || libc::dup2(a.stderr, 2) == -1
-            || libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) == -1
         {
-            return child_fail(a, SpawnStep::Descriptors);
+            return child_fail(a, SpawnStep::Dup2);
+        }
+        if close_from_3() == -1 {
+            return child_fail(a, SpawnStep::CloseRange);
         }
         if !a.dir.is_null() && libc::chdir(a.dir) == -1 {
             return child_fail(a, SpawnStep::Chdir);
@@ -462,7 +478,7 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
                 rlim_max: 0,
             };
             if libc::getrlimit(*resource as _, &mut limit) == -1 {
-                return child_fail(a, SpawnStep::Setrlimit);
+                return child_fail(a, SpawnStep::Getrlimit);
             }
             limit.rlim_max = limit.rlim_max.min(wanted.rlim_max);
             limit.rlim_cur = wanted.rlim_cur.min(limit.rlim_max);
@@ -480,6 +496,121 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
         );
         libc::execve(*a.argv, a.argv, a.envp);
         child_fail(a, SpawnStep::Execve)
+    }
+}
+
+/// In the child: closes every descriptor from 3 up; -1 and errno if close_range fails otherwise
+/// than by not existing.
+///
+/// close_range(2) is Linux 5.9. Without it (ENOSYS; EPERM from a seccomp profile older than the
+/// call) the descriptors are listed from /proc/self/fd and closed, as glibc's closefrom does; if
+/// /proc cannot be read, every number from 3 to the `nofile` limit is closed. Raw system calls and
+/// a buffer on the stack only.
+///
+/// # Safety
+/// Called in the child after its dup2s, when no descriptor above 2 is needed any more.
+unsafe fn close_from_3() -> c_int {
+    // SAFETY: the caller's contract; errno is this thread's.
+    unsafe {
+        if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) == 0 {
+            return 0;
+        }
+        let err = *libc::__errno_location();
+        if err != libc::ENOSYS && err != libc::EPERM {
+            return -1;
+        }
+        if !close_listed() {
+            close_to_limit();
+        }
+    }
+    0
+}
+
+/// In the child: closes the descriptors from 3 up that /proc/self/fd lists. False if it cannot be
+/// read (no /proc); then some descriptors may be left.
+///
+/// # Safety
+/// As [`close_from_3`].
+unsafe fn close_listed() -> bool {
+    // SAFETY: the caller's contract; the buffer is ours and getdents64 writes within its length.
+    unsafe {
+        // 3 is to be closed anyway: free it first, so the directory opens even in a worker that
+        // is at its nofile limit.
+        libc::close(3);
+        let dir = libc::open(
+            c"/proc/self/fd".as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        );
+        if dir == -1 {
+            return false;
+        }
+        let mut buf = [0u8; 1024];
+        loop {
+            let n = libc::syscall(libc::SYS_getdents64, dir, buf.as_mut_ptr(), buf.len());
+            if n <= 0 {
+                libc::close(dir);
+                return n == 0;
+            }
+            // struct linux_dirent64: d_ino u64, d_off i64, d_reclen u16, d_type u8, d_name.
+            // `get` only: nothing in the child may panic.
+            let (mut at, end, mut closed) = (0usize, n as usize, false);
+            while let Some(&[lo, hi]) = buf.get(at + 16..at + 18) {
+                let reclen = usize::from(u16::from_ne_bytes([lo, hi]));
+                let Some(name) = buf.get(at + 19..(at + reclen).min(end)) else {
+                    break;
+                };
+                let mut fd: c_int = 0;
+                let mut digits = 0;
+                for &b in name.iter().take_while(|b| b.is_ascii_digit()) {
+                    fd = fd.saturating_mul(10).saturating_add(c_int::from(b - b'0'));
+                    digits += 1;
+                }
+                if digits > 0 && fd > 2 && fd != dir {
+                    libc::close(fd);
+                    closed = true;
+                }
+                at += reclen.max(1);
+                if at >= end {
+                    break;
+                }
+            }
+            // Closing changes the directory: read it again from the start until nothing is left.
+            if closed && libc::lseek(dir, 0, libc::SEEK_SET) == -1 {
+                libc::close(dir);
+                return false;
+            }
+        }
+    }
+}
+
+/// In the child, without /proc: closes every descriptor number from 3 below the `nofile` soft
+/// limit (no descriptor can be opened above it).
+///
+/// # Safety
+/// As [`close_from_3`].
+unsafe fn close_to_limit() {
+    // SAFETY: the caller's contract; prlimit64 writes into our struct.
+    unsafe {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        let rc = libc::syscall(
+            libc::SYS_prlimit64,
+            0,
+            libc::RLIMIT_NOFILE,
+            ptr::null::<libc::rlimit>(),
+            &mut limit as *mut libc::rlimit,
+        );
+        // Linux's default ceiling (fs.nr_open) if the limit cannot be read.
+        let max = if rc == -1 {
+            1 << 20
+        } else {
+            c_int::try_from(limit.rlim_cur).unwrap_or(c_int::MAX)
+        };
+        for fd in 3..max {
+            libc::close(fd);
+        }
     }
 }
 

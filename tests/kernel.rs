@@ -1,0 +1,201 @@
+//! What a program gets on every kernel the module runs on.
+//!
+//! Older kernels are imitated with `transform-seccomp-wrap`, which runs nginx with chosen system
+//! calls failing as a kernel without them fails them: `close_range=ENOSYS` is Linux 5.4 to 5.8.
+
+mod common;
+
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const WRAP: &str = env!("CARGO_BIN_EXE_transform-seccomp-wrap");
+
+fn server(locations: &str) -> String {
+    format!(
+        "server {{ listen 127.0.0.1:{{PORT}};
+           location /quick {{ transform_exec /bin/true; }}
+           location /idle {{ return 204; }}
+           {locations} }}"
+    )
+}
+
+/// nginx started under the seccomp wrapper with `rules`.
+struct Wrapped {
+    prefix: PathBuf,
+    port: u16,
+    master: Child,
+    stopped: bool,
+}
+
+impl Wrapped {
+    fn start(rules: &[&str], http_body: &str) -> Wrapped {
+        let prefix = temp_dir("kernel");
+        let port = free_port();
+        let conf = prefix.join("nginx.conf");
+        std::fs::write(&conf, config(&prefix, port, "", http_body)).expect("write conf");
+        let master = Command::new(WRAP)
+            .args(rules)
+            .arg("--")
+            .arg(nginx_binary())
+            .arg("-p")
+            .arg(&prefix)
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(prefix.join("logs/stderr.log")).expect("stderr"))
+            .spawn()
+            .expect("start nginx under transform-seccomp-wrap");
+        let mut w = Wrapped {
+            prefix,
+            port,
+            master,
+            stopped: false,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            let exited = w.master.try_wait().ok().flatten();
+            assert!(
+                exited.is_none() && Instant::now() < deadline,
+                "nginx did not start ({exited:?}):\n{}\n{}",
+                w.stderr(),
+                w.error_log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        while children_of(w.master.id()).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        w
+    }
+
+    fn worker_pid(&self) -> u32 {
+        let w = children_of(self.master.id());
+        assert_eq!(w.len(), 1, "expected one worker, got {w:?}");
+        w[0]
+    }
+
+    fn error_log(&self) -> String {
+        std::fs::read_to_string(self.prefix.join("logs/error.log")).unwrap_or_default()
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.prefix.join("logs/stderr.log")).unwrap_or_default()
+    }
+
+    /// Quits nginx and fails on an `[alert]`, `[crit]` or `[emerg]` line.
+    fn stop(mut self) {
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self.master.id() as i32, libc::SIGQUIT) };
+        let _ = self.master.wait();
+        self.stopped = true;
+        let log = self.error_log();
+        let bad: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("[alert]") || l.contains("[crit]") || l.contains("[emerg]"))
+            .collect();
+        assert!(bad.is_empty(), "alerts in error.log:\n{}", bad.join("\n"));
+        let _ = std::fs::remove_dir_all(&self.prefix);
+    }
+}
+
+impl Drop for Wrapped {
+    fn drop(&mut self) {
+        if !self.stopped {
+            // SAFETY: signalling our own child process (SIGTERM takes the worker down too).
+            unsafe { libc::kill(self.master.id() as i32, libc::SIGTERM) };
+            let _ = self.master.wait();
+        }
+    }
+}
+
+/// Opens `n` idle keep-alive connections: each is a descriptor of the worker that is not
+/// close-on-exec (nginx accepts without SOCK_CLOEXEC).
+fn idle_connections(port: u16, n: usize) -> Vec<Client> {
+    (0..n)
+        .map(|_| {
+            let mut c = Client::connect(port);
+            assert_eq!(c.get("/idle").status, 204);
+            c
+        })
+        .collect()
+}
+
+/// The descriptors a program sees: `ls /proc/self/fd` lists 0-2 and the directory it reads.
+const ONLY_STDIO: &[u8] = b"0\n1\n2\n3\n";
+
+/// Under `rules`, programs started while the worker holds idle connections see only 0-2:
+/// `/fd` lists the descriptors of `ls` (0-2 and its directory, 3); `/fd-stat` asks for each of
+/// 0-1023 by name, for when directories cannot be read.
+fn programs_get_only_stdio_under(rules: &[&str]) {
+    let nginx = Wrapped::start(
+        rules,
+        &server(
+            "location /fd { transform_exec /bin/ls /proc/self/fd; }
+             location /fd-stat {
+                 transform_exec /bin/sh -c
+                     \"seq -f /proc/self/fd/%g 0 1023 | xargs ls -d 2>/dev/null; exit 0\";
+             }",
+        ),
+    );
+    let worker = nginx.worker_pid();
+    let idle = idle_connections(nginx.port, 8);
+    assert!(
+        fd_count(worker) > 8 + 3,
+        "the worker holds the idle connections"
+    );
+    let proc_readable = !rules.iter().any(|r| r.starts_with("getdents64"));
+    for _ in 0..3 {
+        for (uri, want) in [
+            ("/fd", ONLY_STDIO),
+            (
+                "/fd-stat",
+                b"/proc/self/fd/0\n/proc/self/fd/1\n/proc/self/fd/2\n".as_slice(),
+            ),
+        ] {
+            if uri == "/fd" && !proc_readable {
+                continue;
+            }
+            let r = Client::connect(nginx.port).get(uri);
+            let errors: Vec<String> = nginx
+                .error_log()
+                .lines()
+                .filter(|l| l.contains("[error]"))
+                .map(String::from)
+                .collect();
+            assert_eq!(r.status, 200, "{errors:?}");
+            assert_eq!(
+                String::from_utf8_lossy(&r.body),
+                String::from_utf8_lossy(want),
+                "{uri}: the program inherited descriptors of the worker"
+            );
+        }
+    }
+    drop(idle);
+    nginx.stop();
+}
+
+#[test]
+fn without_close_range_programs_still_get_only_stdio() {
+    programs_get_only_stdio_under(&["close_range=ENOSYS"]);
+}
+
+#[test]
+fn without_close_range_and_proc_listing_programs_still_get_only_stdio() {
+    programs_get_only_stdio_under(&["close_range=ENOSYS", "getdents64=ENOSYS"]);
+}
+
+#[test]
+fn with_close_range_forbidden_by_seccomp_programs_still_get_only_stdio() {
+    // Container profiles written before close_range existed answer EPERM.
+    programs_get_only_stdio_under(&["close_range=EPERM"]);
+}
+
+#[test]
+fn programs_get_only_stdio() {
+    programs_get_only_stdio_under(&[]);
+}
