@@ -285,6 +285,7 @@ pub enum SpawnStep {
     Connection,
     /// prctl(PR_SET_PDEATHSIG), or the worker died before it took effect.
     Pdeathsig,
+    NoNewPrivs,
     Setpgid,
     /// open("/dev/null") for a child without stdin.
     DevNull,
@@ -303,6 +304,7 @@ impl SpawnStep {
             SpawnStep::Clone => "clone()",
             SpawnStep::Connection => "ngx_get_connection()",
             SpawnStep::Pdeathsig => "prctl(PR_SET_PDEATHSIG)",
+            SpawnStep::NoNewPrivs => "prctl(PR_SET_NO_NEW_PRIVS)",
             SpawnStep::Setpgid => "setpgid()",
             SpawnStep::DevNull => "open(\"/dev/null\")",
             SpawnStep::Dup2 => "dup2()",
@@ -335,8 +337,9 @@ const CHILD_STACK: usize = 64 * 1024;
 
 /// Starts a program the way posix_spawn does (clone with CLONE_VM | CLONE_VFORK: the cost does
 /// not grow with the worker's memory, and the worker waits only until the exec), plus what
-/// posix_spawn cannot do: the child dies with the worker (PR_SET_PDEATHSIG), gets its resource
-/// limits, and the pidfd comes from the same call (CLONE_PIDFD, no race).
+/// posix_spawn cannot do: the child dies with the worker (PR_SET_PDEATHSIG), can gain no
+/// privileges through exec (PR_SET_NO_NEW_PRIVS: a setuid program runs as the worker's user),
+/// gets its resource limits, and the pidfd comes from the same call (CLONE_PIDFD, no race).
 ///
 /// The child gets stdin from /dev/null, the given stdout and stderr, no other descriptor; an empty
 /// signal mask and default dispositions for every signal; its own process group. An exec failure
@@ -445,6 +448,10 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
         if libc::getppid() != a.parent {
             *libc::__errno_location() = libc::ESRCH;
             return child_fail(a, SpawnStep::Pdeathsig);
+        }
+        // No privileges gained through exec: setuid and file capabilities are ignored.
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == -1 {
+            return child_fail(a, SpawnStep::NoNewPrivs);
         }
         if libc::setpgid(0, 0) == -1 {
             return child_fail(a, SpawnStep::Setpgid);

@@ -199,3 +199,20 @@ fn with_close_range_forbidden_by_seccomp_programs_still_get_only_stdio() {
 fn programs_get_only_stdio() {
     programs_get_only_stdio_under(&[]);
 }
+
+#[test]
+fn programs_run_with_no_new_privs() {
+    let nginx = Nginx::start(&server(
+        "location /nnp { transform_exec /bin/grep NoNewPrivs /proc/self/status; }",
+    ));
+    let worker = nginx.worker_pid();
+    let status = std::fs::read_to_string(format!("/proc/{worker}/status")).expect("status");
+    assert!(
+        status.contains("NoNewPrivs:\t0"),
+        "the worker itself must not be under no_new_privs for this test"
+    );
+    let r = Client::connect(nginx.port).get("/nnp");
+    assert_eq!(r.status, 200);
+    assert_eq!(String::from_utf8_lossy(&r.body), "NoNewPrivs:\t1\n");
+    nginx.stop();
+}
