@@ -16,6 +16,7 @@ use core::ffi::c_void;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
 use nginx_sys::{ngx_event_t, ngx_log_t, ngx_msec_t, NGX_LOG_ALERT};
+use rustix::process::Signal;
 
 use crate::nginx::{EventFd, EventHandler};
 use crate::os::{self, ExitStatus};
@@ -61,11 +62,7 @@ impl Child {
             Ok(fd) => child.pidfd = Some(fd),
             Err(err) => {
                 // The pidfd is closed already: kill and reap by pid, blocking briefly.
-                // SAFETY: pid is our unreaped child.
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                    libc::waitpid(pid, core::ptr::null_mut(), 0);
-                }
+                os::kill_and_reap_pid(pid);
                 forget(pid);
                 return Err(os::SpawnError {
                     step: os::SpawnStep::Connection,
@@ -125,11 +122,11 @@ impl Drop for Child {
             return;
         };
         if self.status.is_none() {
-            os::signal_child(self.pid, fd.fd(), libc::SIGTERM);
+            os::signal_child(self.pid, fd.fd(), Signal::TERM);
         }
         if let Ok(Some(_)) = os::peek_exit(fd.fd()) {
             // Exited: nothing of its group may stay behind; then reap it.
-            os::signal_group(self.pid, libc::SIGKILL);
+            os::signal_group(self.pid, Signal::KILL);
             let _ = os::try_reap(fd.fd());
             forget(self.pid);
             return;
@@ -174,7 +171,7 @@ unsafe extern "C" fn orphan_event(ev: *mut ngx_event_t) {
         return;
     }
     if grace_over {
-        os::signal_child(o.pid, o.pidfd.fd(), libc::SIGKILL);
+        os::signal_child(o.pid, o.pidfd.fd(), Signal::KILL);
     }
     match os::peek_exit(o.pidfd.fd()) {
         Ok(None) => {
@@ -182,7 +179,7 @@ unsafe extern "C" fn orphan_event(ev: *mut ngx_event_t) {
         }
         _ => {
             // The program is gone: so is what is left of its group. Then reap it.
-            os::signal_group(o.pid, libc::SIGKILL);
+            os::signal_group(o.pid, Signal::KILL);
             let _ = os::try_reap(o.pidfd.fd());
             forget(o.pid);
             ORPHANS.with_borrow_mut(|l| l.retain(|&p| p != orphan));
@@ -199,7 +196,7 @@ unsafe extern "C" fn orphan_event(ev: *mut ngx_event_t) {
 unsafe fn reap_orphan(orphan: *mut Orphan) {
     // SAFETY: caller's contract.
     let o = unsafe { Box::from_raw(orphan) };
-    os::signal_child(o.pid, o.pidfd.fd(), libc::SIGKILL);
+    os::signal_child(o.pid, o.pidfd.fd(), Signal::KILL);
     os::reap_blocking(o.pidfd.fd());
     forget(o.pid);
 }
@@ -224,7 +221,7 @@ pub fn kill_all() {
     for (pid, fd) in live {
         // SAFETY: fd is the pidfd of an unreaped child, still open (its owner was not dropped).
         let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-        os::signal_child(pid, fd, libc::SIGKILL);
+        os::signal_child(pid, fd, Signal::KILL);
         os::reap_blocking(fd);
     }
 }
