@@ -718,3 +718,39 @@ pub fn linger_reset(sock: RawFd) {
     let sock = unsafe { borrow(sock) };
     let _ = rustix::net::sockopt::set_socket_linger(sock, Some(Duration::ZERO));
 }
+
+/// The oldest Linux the module runs on: waitid(P_PIDFD) came in 5.4, after CLONE_PIDFD (5.2),
+/// pidfd_send_signal (5.1) and pollable pidfds (5.3). close_range (5.9) is used when there.
+pub const MIN_KERNEL: &str = "5.4";
+
+/// Why the kernel cannot run the module's programs.
+pub enum KernelError {
+    /// The probe itself could not run: pipe2() failed.
+    Probe(io::Error),
+    /// waitid(P_PIDFD) is not there: a kernel older than [`MIN_KERNEL`] (EINVAL), or a seccomp
+    /// profile that forbids it.
+    TooOld(io::Error),
+}
+
+/// Checks that the kernel has what the module needs, by asking for it rather than by reading
+/// the version (a vendor kernel may have it backported; a seccomp profile may take it away).
+///
+/// waitid(P_PIDFD) on a descriptor that is not a pidfd: a kernel that knows P_PIDFD answers
+/// EBADF; an older one EINVAL, whatever the descriptor.
+pub fn probe_kernel() -> Result<(), KernelError> {
+    let (probe, _w) =
+        rustix::pipe::pipe_with(PipeFlags::CLOEXEC).map_err(|e| KernelError::Probe(e.into()))?;
+    let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG;
+    match rustix::process::waitid(WaitId::PidFd(probe.as_fd()), options) {
+        Ok(_) | Err(Errno::BADF) => Ok(()),
+        Err(e) => Err(KernelError::TooOld(e.into())),
+    }
+}
+
+/// The kernel's release, as uname(2) gives it ("5.4.0-42-generic").
+pub fn kernel_release() -> String {
+    rustix::system::uname()
+        .release()
+        .to_string_lossy()
+        .into_owned()
+}

@@ -1,10 +1,12 @@
-//! What a program gets on every kernel the module runs on.
+//! The kernel floor and what a program gets on every kernel above it.
 //!
 //! Older kernels are imitated with `transform-seccomp-wrap`, which runs nginx with chosen system
-//! calls failing as a kernel without them fails them: `close_range=ENOSYS` is Linux 5.4 to 5.8.
+//! calls failing as a kernel without them fails them: `close_range=ENOSYS` is Linux 5.4 to 5.8,
+//! `waitid:3=EINVAL` (P_PIDFD) is a kernel before 5.4.
 
 mod common;
 
+use std::io::Read;
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -127,6 +129,68 @@ fn idle_connections(port: u16, n: usize) -> Vec<Client> {
 
 /// The descriptors a program sees: `ls /proc/self/fd` lists 0-2 and the directory it reads.
 const ONLY_STDIO: &[u8] = b"0\n1\n2\n3\n";
+
+#[test]
+fn a_kernel_without_waitid_p_pidfd_is_refused_in_one_line() {
+    let body = server("location /run { transform_exec /bin/true; }");
+    let prefix = temp_dir("oldkernel");
+    let conf = prefix.join("nginx.conf");
+    std::fs::write(&conf, config(&prefix, free_port(), "", &body)).expect("write conf");
+    let run = |test: bool| {
+        let mut cmd = Command::new(WRAP);
+        cmd.args(["waitid:3=EINVAL", "--"]).arg(nginx_binary());
+        if test {
+            cmd.arg("-t");
+        }
+        let mut child = cmd
+            .arg("-p")
+            .arg(&prefix)
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run nginx under transform-seccomp-wrap");
+        let ok = wait_until(Duration::from_secs(10), || {
+            child.try_wait().ok().flatten().is_some()
+        });
+        if !ok {
+            // It started: stop it (SIGTERM takes the worker down too) and fail below.
+            // SAFETY: signalling our own child process.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        }
+        let status = child.wait().expect("wait nginx");
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .expect("piped")
+            .read_to_string(&mut err)
+            .expect("read stderr");
+        (status.success(), err)
+    };
+    for test in [true, false] {
+        let what = if test { "nginx -t" } else { "nginx" };
+        let (ok, err) = run(test);
+        assert!(
+            !ok,
+            "{what} accepted a kernel without waitid(P_PIDFD):\n{err}"
+        );
+        let emerg: Vec<&str> = err.lines().filter(|l| l.contains("[emerg]")).collect();
+        assert_eq!(emerg.len(), 1, "{what}: one line expected:\n{err}");
+        assert!(
+            emerg[0].contains("needs Linux 5.4 or newer")
+                && emerg[0].contains("waitid(P_PIDFD) failed (22: Invalid argument)"),
+            "{what}: {}",
+            emerg[0]
+        );
+    }
+    // The same configuration on this kernel is fine.
+    let (ok, err, _) = nginx_test_config(&body);
+    assert!(ok, "{err}");
+    let _ = std::fs::remove_dir_all(&prefix);
+}
 
 /// Under `rules`, programs started while the worker holds idle connections see only 0-2:
 /// `/fd` lists the descriptors of `ls` (0-2 and its directory, 3); `/fd-stat` asks for each of
