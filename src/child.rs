@@ -4,7 +4,9 @@
 //! A program that exited stays a zombie until its request lets it go: its pid, which is also its
 //! process group's id, cannot be reused meanwhile, so signalling the group never reaches a
 //! stranger. When the request lets go of a [`Child`]:
-//! - if it exited, what is left of its group (descendants) gets SIGKILL and it is reaped;
+//! - if it exited, what is left of its group (descendants) gets SIGKILL and it is reaped (the
+//!   relay may do this earlier with [`Child::kill_descendants`], which says whether anyone was
+//!   left to kill);
 //! - if it runs, it and its group get SIGTERM and it goes to an orphan reaper, which sends SIGKILL
 //!   after the kill timeout or as soon as the program itself exited, then reaps it.
 //!
@@ -33,6 +35,9 @@ pub struct Child {
     pid: libc::pid_t,
     pidfd: Option<EventFd>,
     status: Option<ExitStatus>,
+    /// Reaped by [`Child::kill_descendants`]: the pid and group id may be reused, nothing more
+    /// is sent to them.
+    reaped: bool,
     log: *mut ngx_log_t,
     /// Grace between SIGTERM and SIGKILL when it is stopped.
     kill_timeout: ngx_msec_t,
@@ -55,6 +60,7 @@ impl Child {
             pid,
             pidfd: None,
             status: None,
+            reaped: false,
             log,
             kill_timeout,
         };
@@ -114,6 +120,34 @@ impl Child {
         }
         self.status
     }
+
+    /// Once the program has exited: SIGKILL to what is left of its process group (the
+    /// descendants that did not leave it), then the program is reaped. Returns whether anyone
+    /// was left in the group to be killed.
+    ///
+    /// False means the group held only the program: descendants that still hold its stdout
+    /// have left the group (setsid, setpgid) and were not killed. True does not say they were
+    /// among those killed, only that someone was (the pipe tells whether its writers are gone).
+    ///
+    /// Does nothing and returns false while the program runs (before [`Child::status`] is
+    /// `Some`) and when called again. The exit status stays available through `status`;
+    /// dropping the child afterwards only closes its pidfd.
+    #[allow(
+        dead_code,
+        reason = "API for the relay, which logs whether descendants were killed"
+    )]
+    pub fn kill_descendants(&mut self) -> bool {
+        if self.reaped || self.status().is_none() {
+            return false;
+        }
+        let Some(fd) = &self.pidfd else {
+            return false;
+        };
+        let someone = os::kill_group_and_reap(self.pid, fd.fd());
+        self.reaped = true;
+        forget(self.pid);
+        someone
+    }
 }
 
 impl Drop for Child {
@@ -121,6 +155,10 @@ impl Drop for Child {
         let Some(fd) = self.pidfd.take() else {
             return;
         };
+        if self.reaped {
+            // kill_descendants did what is done below.
+            return;
+        }
         if self.status.is_none() {
             os::signal_child(self.pid, fd.fd(), Signal::TERM);
         }

@@ -660,10 +660,27 @@ pub fn signal_child(pid: libc::pid_t, pidfd: BorrowedFd<'_>, sig: Signal) {
 
 /// Sends `sig` to a process group (the child's: it leads its own). While the leader is not
 /// reaped, or any member lives, the group id cannot be reused.
-pub fn signal_group(pgid: libc::pid_t, sig: Signal) {
-    if let Some(pgid) = Pid::from_raw(pgid) {
-        let _ = rustix::process::kill_process_group(pgid, sig);
-    }
+///
+/// Returns whether the signal reached any process (false: ESRCH, nobody is in the group). A
+/// leader that exited and is not reaped is still a member: while it is, the answer is true.
+pub fn signal_group(pgid: libc::pid_t, sig: Signal) -> bool {
+    let Some(pgid) = Pid::from_raw(pgid) else {
+        return false;
+    };
+    rustix::process::kill_process_group(pgid, sig).is_ok()
+}
+
+/// For a child that has exited and is not reaped: SIGKILL to what is left of its process group,
+/// then reaps the child. Returns whether anyone besides the child was still in the group.
+///
+/// The signal goes while the child is a zombie, so the group id cannot have been reused. The
+/// zombie counts as a member (kill(2) succeeds on it), so the answer is asked afterwards, with
+/// signal 0 (nothing sent) once the child is reaped: members just killed are still there then
+/// (they are gone only once their new parent reaped them), an empty group answers ESRCH.
+pub fn kill_group_and_reap(pid: libc::pid_t, pidfd: BorrowedFd<'_>) -> bool {
+    signal_group(pid, Signal::KILL);
+    let _ = try_reap(pidfd);
+    Pid::from_raw(pid).is_some_and(|p| rustix::process::test_kill_process_group(p).is_ok())
 }
 
 /// Blocks until the child behind `pidfd` is reaped (used only after SIGKILL, at worker exit).

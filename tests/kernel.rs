@@ -6,8 +6,10 @@
 
 mod common;
 
+use std::ffi::CStr;
 use std::io::Read;
 use std::net::TcpStream;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -279,4 +281,123 @@ fn programs_run_with_no_new_privs() {
     assert_eq!(r.status, 200);
     assert_eq!(String::from_utf8_lossy(&r.body), "NoNewPrivs:\t1\n");
     nginx.stop();
+}
+
+/// The OS layer itself, for what no request can show.
+#[allow(dead_code)]
+#[path = "../src/os.rs"]
+mod os;
+
+/// Runs `sh -c script` through `os::spawn`, stdout and stderr on one pipe; returns the child and
+/// our (non-blocking) end of the pipe.
+fn sh(script: &CStr, dir: Option<&CStr>) -> Result<(os::Spawned, os::Pipe), os::SpawnError> {
+    let pipe = os::stdout_pipe().expect("pipe");
+    let cmd = os::Command {
+        argv: &[c"/bin/sh", c"-c", script],
+        env: &[c"PATH=/usr/bin:/bin"],
+        dir,
+        stdin: None,
+        stdout: pipe.write.as_raw_fd(),
+        stderr: pipe.write.as_raw_fd(),
+        rlimits: &[],
+    };
+    os::spawn(&cmd).map(|child| (child, pipe))
+}
+
+/// The first line the program writes.
+fn first_line(pipe: &os::Pipe) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 64];
+    assert!(wait_until(Duration::from_secs(5), || {
+        if let Ok(n) = os::read(pipe.read.as_fd(), &mut buf) {
+            out.extend_from_slice(&buf[..n]);
+        }
+        out.contains(&b'\n')
+    }));
+    String::from_utf8_lossy(&out)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn exited(child: &os::Spawned) -> os::ExitStatus {
+    let mut status = None;
+    assert!(wait_until(Duration::from_secs(5), || {
+        status = os::peek_exit(child.pidfd.as_fd()).expect("waitid");
+        status.is_some()
+    }));
+    status.expect("exited")
+}
+
+#[test]
+fn killing_descendants_says_whether_anyone_was_left() {
+    let gone = |pid: u32| matches!(proc_state(pid), None | Some('Z'));
+
+    // A descendant in the program's group: killed, and reported.
+    let (child, pipe) = sh(c"sleep 30 & echo $!", None).expect("spawn");
+    let kept: u32 = first_line(&pipe).parse().expect("pid");
+    assert_eq!(exited(&child), os::ExitStatus::Code(0));
+    assert!(os::kill_group_and_reap(child.pid, child.pidfd.as_fd()));
+    assert!(
+        wait_until(Duration::from_secs(2), || gone(kept)),
+        "descendant left"
+    );
+    assert_eq!(proc_state(child.pid as u32), None, "program not reaped");
+
+    // A descendant that left the group (setsid): not killed, and reported as nobody.
+    let (child, pipe) = sh(c"setsid sleep 30 & echo $!", None).expect("spawn");
+    let escaped: u32 = first_line(&pipe).parse().expect("pid");
+    assert!(wait_until(Duration::from_secs(2), || {
+        std::fs::read_to_string(format!("/proc/{escaped}/comm")).is_ok_and(|c| c == "sleep\n")
+    }));
+    assert_eq!(exited(&child), os::ExitStatus::Code(0));
+    assert!(!os::kill_group_and_reap(child.pid, child.pidfd.as_fd()));
+    assert_eq!(
+        proc_state(escaped),
+        Some('S'),
+        "the escaped descendant was killed"
+    );
+    // SAFETY: signalling the sleep this test started.
+    unsafe { libc::kill(escaped as i32, libc::SIGKILL) };
+
+    // No descendant at all.
+    let (child, _pipe) = sh(c"exit 3", None).expect("spawn");
+    assert_eq!(exited(&child), os::ExitStatus::Code(3));
+    assert!(!os::kill_group_and_reap(child.pid, child.pidfd.as_fd()));
+}
+
+#[test]
+fn spawn_failures_name_their_step_and_statuses_read_back() {
+    let err = sh(c"true", Some(c"/nonexistent"))
+        .err()
+        .expect("chdir fails");
+    assert_eq!(err.step.call(), "chdir()");
+    assert_eq!(err.err.raw_os_error(), Some(libc::ENOENT));
+
+    let (child, _pipe) = sh(c"kill -9 $$", None).expect("spawn");
+    assert_eq!(exited(&child), os::ExitStatus::Signal(libc::SIGKILL));
+    assert_eq!(
+        os::try_reap(child.pidfd.as_fd()).expect("waitid"),
+        Some(os::ExitStatus::Signal(libc::SIGKILL))
+    );
+
+    // Our ends non-blocking, the child's blocking, all close-on-exec, the child's above 0-2.
+    for (pipe, ours_is_read) in [(os::stdout_pipe(), true), (os::stdin_pipe(), false)] {
+        let pipe = pipe.expect("pipe");
+        let (ours, theirs) = match ours_is_read {
+            true => (&pipe.read, &pipe.write),
+            false => (&pipe.write, &pipe.read),
+        };
+        // SAFETY: F_GETFL and F_GETFD on descriptors we own.
+        let flags = |fd: &OwnedFd| unsafe {
+            (
+                libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) & libc::O_NONBLOCK != 0,
+                libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) & libc::FD_CLOEXEC != 0,
+            )
+        };
+        assert_eq!(flags(ours), (true, true));
+        assert_eq!(flags(theirs), (false, true));
+        assert!(theirs.as_raw_fd() > 2);
+    }
 }
