@@ -4,7 +4,9 @@
 //! A program that exited stays a zombie until its request lets it go: its pid, which is also its
 //! process group's id, cannot be reused meanwhile, so signalling the group never reaches a
 //! stranger. When the request lets go of a [`Child`]:
-//! - if it exited, what is left of its group (descendants) gets SIGKILL and it is reaped;
+//! - if it exited, what is left of its group (descendants) gets SIGKILL and it is reaped (the
+//!   relay may do this earlier with [`Child::kill_descendants`], which says whether anyone was
+//!   left to kill);
 //! - if it runs, it and its group get SIGTERM and it goes to an orphan reaper, which sends SIGKILL
 //!   after the kill timeout or as soon as the program itself exited, then reaps it.
 //!
@@ -16,6 +18,7 @@ use core::ffi::c_void;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
 use nginx_sys::{ngx_event_t, ngx_log_t, ngx_msec_t, NGX_LOG_ALERT};
+use rustix::process::Signal;
 
 use crate::nginx::{EventFd, EventHandler};
 use crate::os::{self, ExitStatus};
@@ -32,6 +35,9 @@ pub struct Child {
     pid: libc::pid_t,
     pidfd: Option<EventFd>,
     status: Option<ExitStatus>,
+    /// Reaped by [`Child::kill_descendants`]: the pid and group id may be reused, nothing more
+    /// is sent to them.
+    reaped: bool,
     log: *mut ngx_log_t,
     /// Grace between SIGTERM and SIGKILL when it is stopped.
     kill_timeout: ngx_msec_t,
@@ -54,6 +60,7 @@ impl Child {
             pid,
             pidfd: None,
             status: None,
+            reaped: false,
             log,
             kill_timeout,
         };
@@ -61,14 +68,10 @@ impl Child {
             Ok(fd) => child.pidfd = Some(fd),
             Err(err) => {
                 // The pidfd is closed already: kill and reap by pid, blocking briefly.
-                // SAFETY: pid is our unreaped child.
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                    libc::waitpid(pid, core::ptr::null_mut(), 0);
-                }
+                os::kill_and_reap_pid(pid);
                 forget(pid);
                 return Err(os::SpawnError {
-                    step: os::SpawnStep::Clone,
+                    step: os::SpawnStep::Connection,
                     err,
                 });
             }
@@ -100,16 +103,6 @@ impl Child {
         }
     }
 
-    /// Kills what an exited (not yet reaped) program left in its process group; whether
-    /// anything else than the program itself was there.
-    pub fn kill_descendants(&mut self) -> bool {
-        if self.status.is_none() {
-            return false;
-        }
-        os::signal_group(self.pid, libc::SIGKILL);
-        true
-    }
-
     /// The exit status, once the program has exited (it stays a zombie until dropped).
     pub fn status(&mut self) -> Option<ExitStatus> {
         if self.status.is_none() {
@@ -127,6 +120,30 @@ impl Child {
         }
         self.status
     }
+
+    /// Once the program has exited: SIGKILL to what is left of its process group (the
+    /// descendants that did not leave it), then the program is reaped. Returns whether anyone
+    /// was left in the group to be killed.
+    ///
+    /// False means the group held only the program: descendants that still hold its stdout
+    /// have left the group (setsid, setpgid) and were not killed. True does not say they were
+    /// among those killed, only that someone was (the pipe tells whether its writers are gone).
+    ///
+    /// Does nothing and returns false while the program runs (before [`Child::status`] is
+    /// `Some`) and when called again. The exit status stays available through `status`;
+    /// dropping the child afterwards only closes its pidfd.
+    pub fn kill_descendants(&mut self) -> bool {
+        if self.reaped || self.status().is_none() {
+            return false;
+        }
+        let Some(fd) = &self.pidfd else {
+            return false;
+        };
+        let someone = os::kill_group_and_reap(self.pid, fd.fd());
+        self.reaped = true;
+        forget(self.pid);
+        someone
+    }
 }
 
 impl Drop for Child {
@@ -134,12 +151,16 @@ impl Drop for Child {
         let Some(fd) = self.pidfd.take() else {
             return;
         };
+        if self.reaped {
+            // kill_descendants did what is done below.
+            return;
+        }
         if self.status.is_none() {
-            os::signal_child(self.pid, fd.fd(), libc::SIGTERM);
+            os::signal_child(self.pid, fd.fd(), Signal::TERM);
         }
         if let Ok(Some(_)) = os::peek_exit(fd.fd()) {
             // Exited: nothing of its group may stay behind; then reap it.
-            os::signal_group(self.pid, libc::SIGKILL);
+            os::signal_group(self.pid, Signal::KILL);
             let _ = os::try_reap(fd.fd());
             forget(self.pid);
             return;
@@ -184,7 +205,7 @@ unsafe extern "C" fn orphan_event(ev: *mut ngx_event_t) {
         return;
     }
     if grace_over {
-        os::signal_child(o.pid, o.pidfd.fd(), libc::SIGKILL);
+        os::signal_child(o.pid, o.pidfd.fd(), Signal::KILL);
     }
     match os::peek_exit(o.pidfd.fd()) {
         Ok(None) => {
@@ -192,7 +213,7 @@ unsafe extern "C" fn orphan_event(ev: *mut ngx_event_t) {
         }
         _ => {
             // The program is gone: so is what is left of its group. Then reap it.
-            os::signal_group(o.pid, libc::SIGKILL);
+            os::signal_group(o.pid, Signal::KILL);
             let _ = os::try_reap(o.pidfd.fd());
             forget(o.pid);
             ORPHANS.with_borrow_mut(|l| l.retain(|&p| p != orphan));
@@ -209,7 +230,7 @@ unsafe extern "C" fn orphan_event(ev: *mut ngx_event_t) {
 unsafe fn reap_orphan(orphan: *mut Orphan) {
     // SAFETY: caller's contract.
     let o = unsafe { Box::from_raw(orphan) };
-    os::signal_child(o.pid, o.pidfd.fd(), libc::SIGKILL);
+    os::signal_child(o.pid, o.pidfd.fd(), Signal::KILL);
     os::reap_blocking(o.pidfd.fd());
     forget(o.pid);
 }
@@ -234,7 +255,7 @@ pub fn kill_all() {
     for (pid, fd) in live {
         // SAFETY: fd is the pidfd of an unreaped child, still open (its owner was not dropped).
         let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-        os::signal_child(pid, fd, libc::SIGKILL);
+        os::signal_child(pid, fd, Signal::KILL);
         os::reap_blocking(fd);
     }
 }

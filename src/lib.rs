@@ -9,7 +9,7 @@ use core::ptr;
 
 use nginx_sys::{
     ngx_conf_t, ngx_cycle_t, ngx_http_module_t, ngx_int_t, ngx_module_t, ngx_uint_t,
-    NGX_HTTP_MODULE, NGX_LOG_ALERT,
+    NGX_HTTP_MODULE, NGX_LOG_ALERT, NGX_LOG_EMERG,
 };
 use ngx::core::Status;
 use ngx::http::HttpModule;
@@ -44,11 +44,37 @@ impl HttpModule for Module {
             false => Status::NGX_ERROR.into(),
         }
     }
+
+    /// Refuses a kernel that cannot run the programs (`nginx -t`, start-up and reload fail with
+    /// one line). Here rather than in `init_module`, whose failure makes nginx exit(1), even a
+    /// running master on reload.
+    unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
+        // SAFETY: nginx passes the live configuration.
+        let log = unsafe { (*cf).log };
+        match os::probe_kernel() {
+            Ok(()) => return Status::NGX_OK.into(),
+            Err(os::KernelError::Probe(e)) => {
+                log_error!(NGX_LOG_EMERG, log, os::errno(&e), "pipe2() failed");
+            }
+            Err(os::KernelError::TooOld(e)) => {
+                log_error!(
+                    NGX_LOG_EMERG,
+                    log,
+                    os::errno(&e),
+                    "the transform module needs Linux {} or newer, this is {}: waitid(P_PIDFD) \
+                     failed",
+                    os::MIN_KERNEL,
+                    os::kernel_release()
+                );
+            }
+        }
+        Status::NGX_ERROR.into()
+    }
 }
 
 static NGX_HTTP_TRANSFORM_MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
     preconfiguration: Some(Module::preconfiguration),
-    postconfiguration: None,
+    postconfiguration: Some(Module::postconfiguration),
     create_main_conf: None,
     init_main_conf: None,
     create_srv_conf: None,

@@ -1,26 +1,23 @@
-//! OS layer: every libc call the module makes for processes, pipes and splice lives here.
+//! OS layer: every system call the module makes for processes, pipes and splice lives here.
 //!
 //! Functions take and return owned or borrowed descriptors and `io::Result`s; nothing here knows
-//! about nginx.
+//! about nginx. The calls go through `rustix` (typed, tested wrappers), except where it has no
+//! wrapper (`clone` with a child function, `sigaction`, `pthread_sigmask`) and in the child
+//! between clone and exec, which shares the worker's memory and must stay raw: no allocation, no
+//! locks, only async-signal-safe libc calls and raw system calls.
 
 use core::ffi::{c_char, c_int, c_void, CStr};
 use core::mem::MaybeUninit;
 use core::ptr;
+use core::time::Duration;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
-/// Calls a libc function that reports failure as `-1` and errno, and returns `io::Result`.
-macro_rules! syscall {
-    ($fn:ident ( $($arg:expr),* $(,)? )) => {{
-        // SAFETY: every caller passes descriptors it holds and pointers to live, sized buffers.
-        let res = unsafe { libc::$fn($($arg),*) };
-        if res == -1 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(res)
-        }
-    }};
-}
+use rustix::fs::{Access, FileType, OFlags};
+use rustix::io::Errno;
+use rustix::net::SendFlags;
+use rustix::pipe::{PipeFlags, SpliceFlags};
+use rustix::process::{Pid, Signal, WaitId, WaitIdOptions, WaitIdStatus, WaitOptions};
 
 /// A pipe: our end non-blocking and close-on-exec, the child's end blocking (programs expect it).
 pub struct Pipe {
@@ -32,53 +29,52 @@ pub struct Pipe {
 
 /// Creates the stdout pipe of a child.
 pub fn stdout_pipe() -> io::Result<Pipe> {
-    let mut fds = [-1 as c_int; 2];
-    syscall!(pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK))?;
-    // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
-    let (read, mut write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    // The child's end goes onto 1 or 2 in the child: keep it clear of 0-2 (a worker started with
-    // closed stdio could get them here) so no dup2 in the child overwrites another.
-    if write.as_raw_fd() <= 2 {
-        let moved = syscall!(fcntl(write.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3))?;
-        // SAFETY: fcntl returned a new descriptor that nobody else owns.
-        write = unsafe { OwnedFd::from_raw_fd(moved) };
-    }
-    let flags = syscall!(fcntl(write.as_raw_fd(), libc::F_GETFL))?;
-    syscall!(fcntl(
-        write.as_raw_fd(),
-        libc::F_SETFL,
-        flags & !libc::O_NONBLOCK
-    ))?;
-    Ok(Pipe { read, write })
+    let (read, write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?;
+    set_nonblocking(read.as_fd())?;
+    Ok(Pipe {
+        read,
+        write: above_stdio(write)?,
+    })
 }
 
 /// A pipe for a child's stdin: the child's (read) end blocking, ours (write) non-blocking, both
 /// close-on-exec, the child's end above 0-2.
 pub fn stdin_pipe() -> io::Result<Pipe> {
-    let Pipe { read, write } = stdout_pipe()?;
-    // stdout_pipe made its write end blocking and the read end non-blocking: swap the modes.
-    for (fd, nonblock) in [(&read, false), (&write, true)] {
-        let flags = syscall!(fcntl(fd.as_raw_fd(), libc::F_GETFL))?;
-        let flags = if nonblock {
-            flags | libc::O_NONBLOCK
-        } else {
-            flags & !libc::O_NONBLOCK
-        };
-        syscall!(fcntl(fd.as_raw_fd(), libc::F_SETFL, flags))?;
+    let (read, write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?;
+    set_nonblocking(write.as_fd())?;
+    Ok(Pipe {
+        read: above_stdio(read)?,
+        write,
+    })
+}
+
+/// Makes a descriptor non-blocking (our pipe ends; the child's stay blocking).
+fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let flags = rustix::fs::fcntl_getfl(fd)?;
+    Ok(rustix::fs::fcntl_setfl(fd, flags | OFlags::NONBLOCK)?)
+}
+
+/// The child's end of a pipe goes onto 0, 1 or 2 in the child: keep it clear of 0-2 (a worker
+/// started with closed stdio could get them here) so no dup2 in the child overwrites another.
+fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
+    if fd.as_raw_fd() > 2 {
+        return Ok(fd);
     }
-    let read = if read.as_raw_fd() <= 2 {
-        let moved = syscall!(fcntl(read.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3))?;
-        // SAFETY: fcntl returned a new descriptor that nobody else owns.
-        unsafe { OwnedFd::from_raw_fd(moved) }
-    } else {
-        read
-    };
-    Ok(Pipe { read, write })
+    Ok(rustix::io::fcntl_dupfd_cloexec(&fd, 3)?)
+}
+
+/// Borrows a descriptor the caller names by number.
+///
+/// # Safety
+/// `fd` is open for as long as the borrow is used (a connection's socket, a request's file).
+unsafe fn borrow<'a>(fd: RawFd) -> BorrowedFd<'a> {
+    // SAFETY: the caller's contract.
+    unsafe { BorrowedFd::borrow_raw(fd) }
 }
 
 /// write(2) from a buffer.
 pub fn write(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
-    syscall!(write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len())).map(|n| n as usize)
+    Ok(rustix::io::write(fd, buf)?)
 }
 
 /// Moves up to `len` bytes of a file, from `*offset`, into a non-blocking pipe.
@@ -88,29 +84,39 @@ pub fn splice_file_to_pipe(
     pipe: BorrowedFd<'_>,
     len: usize,
 ) -> io::Result<usize> {
-    let flags = libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE;
-    syscall!(splice(
-        file,
-        offset,
-        pipe.as_raw_fd(),
-        ptr::null_mut(),
-        len,
-        flags
-    ))
-    .map(|n| n as usize)
+    let mut off = u64::try_from(*offset).map_err(|_| io::Error::from(Errno::INVAL))?;
+    // SAFETY: the caller's file stays open during the call (it belongs to the request).
+    let file = unsafe { borrow(file) };
+    let flags = SpliceFlags::NONBLOCK | SpliceFlags::MOVE;
+    let n = rustix::pipe::splice(file, Some(&mut off), pipe, None, len, flags)?;
+    *offset = i64::try_from(off).unwrap_or(i64::MAX);
+    Ok(n)
 }
 
 /// Asks the kernel to resize a pipe. Returns the size it has afterwards.
 pub fn set_pipe_size(fd: BorrowedFd<'_>, size: usize) -> io::Result<usize> {
-    let size = c_int::try_from(size).unwrap_or(c_int::MAX);
-    syscall!(fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, size)).map(|n| n as usize)
+    let size = size.min(c_int::MAX as usize);
+    Ok(rustix::pipe::fcntl_setpipe_size(fd, size)?)
 }
 
 /// Bytes waiting in a pipe.
 pub fn bytes_in_pipe(fd: BorrowedFd<'_>) -> io::Result<usize> {
-    let mut n: c_int = 0;
-    syscall!(ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n as *mut c_int))?;
-    Ok(n.max(0) as usize)
+    let n = rustix::io::ioctl_fionread(fd)?;
+    Ok(usize::try_from(n).unwrap_or(usize::MAX))
+}
+
+/// Whether every writer of a pipe is gone (poll without waiting; POLLHUP).
+fn hung_up(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let mut pfd = [rustix::event::PollFd::from_borrowed_fd(
+        fd,
+        rustix::event::PollFlags::IN,
+    )];
+    let now = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    rustix::event::poll(&mut pfd, Some(&now))?;
+    Ok(pfd[0].revents().contains(rustix::event::PollFlags::HUP))
 }
 
 /// Bytes waiting in a pipe, or `None` at end of file (empty, and every writer gone).
@@ -123,13 +129,7 @@ pub fn pipe_pending(fd: BorrowedFd<'_>) -> io::Result<Option<usize>> {
     if n > 0 {
         return Ok(Some(n));
     }
-    let mut pfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    syscall!(poll(&mut pfd, 1, 0))?;
-    if pfd.revents & libc::POLLHUP == 0 {
+    if !hung_up(fd)? {
         return Ok(Some(0));
     }
     match bytes_in_pipe(fd)? {
@@ -141,29 +141,28 @@ pub fn pipe_pending(fd: BorrowedFd<'_>) -> io::Result<Option<usize>> {
 /// Bytes waiting in a pipe and whether every writer is gone, in that order of truth: the
 /// hang-up is observed first, so the count that follows is final when it is set.
 pub fn pipe_state(fd: BorrowedFd<'_>) -> io::Result<(usize, bool)> {
-    let mut pfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    syscall!(poll(&mut pfd, 1, 0))?;
-    Ok((bytes_in_pipe(fd)?, pfd.revents & libc::POLLHUP != 0))
+    let hup = hung_up(fd)?;
+    Ok((bytes_in_pipe(fd)?, hup))
 }
 
 /// The capacity of a pipe.
 pub fn pipe_size(fd: BorrowedFd<'_>) -> io::Result<usize> {
-    syscall!(fcntl(fd.as_raw_fd(), libc::F_GETPIPE_SZ)).map(|n| n as usize)
+    Ok(rustix::pipe::fcntl_getpipe_size(fd)?)
 }
 
 /// read(2) into a buffer.
 pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
-    syscall!(read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len())).map(|n| n as usize)
+    Ok(rustix::io::read(fd, buf)?)
 }
 
 /// send(2) on a non-blocking socket; `more` says more data follows at once (MSG_MORE).
 pub fn send(fd: RawFd, buf: &[u8], more: bool) -> io::Result<usize> {
-    let flags = libc::MSG_NOSIGNAL | if more { libc::MSG_MORE } else { 0 };
-    syscall!(send(fd, buf.as_ptr().cast(), buf.len(), flags)).map(|n| n as usize)
+    let mut flags = SendFlags::NOSIGNAL;
+    if more {
+        flags |= SendFlags::MORE;
+    }
+    // SAFETY: the caller's socket stays open during the call (it belongs to the connection).
+    Ok(rustix::net::send(unsafe { borrow(fd) }, buf, flags)?)
 }
 
 /// Moves up to `len` bytes from a pipe into a non-blocking socket without copying them through
@@ -174,17 +173,13 @@ pub fn splice_to_socket(
     len: usize,
     more: bool,
 ) -> io::Result<usize> {
-    let flags =
-        libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE | if more { libc::SPLICE_F_MORE } else { 0 };
-    syscall!(splice(
-        pipe.as_raw_fd(),
-        ptr::null_mut(),
-        sock,
-        ptr::null_mut(),
-        len,
-        flags
-    ))
-    .map(|n| n as usize)
+    let mut flags = SpliceFlags::NONBLOCK | SpliceFlags::MOVE;
+    if more {
+        flags |= SpliceFlags::MORE;
+    }
+    // SAFETY: the caller's socket stays open during the call (it belongs to the connection).
+    let sock = unsafe { borrow(sock) };
+    Ok(rustix::pipe::splice(pipe, None, sock, None, len, flags)?)
 }
 
 /// How a child ended.
@@ -279,12 +274,21 @@ struct ChildArgs {
 /// The step of starting a child that failed (for the error-log line).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SpawnStep {
+    /// clone() in the worker.
     Clone,
-    Prctl,
+    /// Joining the pidfd to nginx's event loop (no free connection).
+    Connection,
+    /// prctl(PR_SET_PDEATHSIG), or the worker died before it took effect.
+    Pdeathsig,
+    NoNewPrivs,
     Setpgid,
-    Setrlimit,
+    /// open("/dev/null") for a child without stdin.
+    DevNull,
+    Dup2,
+    CloseRange,
     Chdir,
-    Descriptors,
+    Getrlimit,
+    Setrlimit,
     Execve,
 }
 
@@ -293,11 +297,16 @@ impl SpawnStep {
     pub fn call(self) -> &'static str {
         match self {
             SpawnStep::Clone => "clone()",
-            SpawnStep::Prctl => "prctl(PR_SET_PDEATHSIG)",
+            SpawnStep::Connection => "ngx_get_connection()",
+            SpawnStep::Pdeathsig => "prctl(PR_SET_PDEATHSIG)",
+            SpawnStep::NoNewPrivs => "prctl(PR_SET_NO_NEW_PRIVS)",
             SpawnStep::Setpgid => "setpgid()",
-            SpawnStep::Setrlimit => "setrlimit()",
+            SpawnStep::DevNull => "open(\"/dev/null\")",
+            SpawnStep::Dup2 => "dup2()",
+            SpawnStep::CloseRange => "close_range()",
             SpawnStep::Chdir => "chdir()",
-            SpawnStep::Descriptors => "dup2()",
+            SpawnStep::Getrlimit => "getrlimit()",
+            SpawnStep::Setrlimit => "setrlimit()",
             SpawnStep::Execve => "execve()",
         }
     }
@@ -323,8 +332,9 @@ const CHILD_STACK: usize = 64 * 1024;
 
 /// Starts a program the way posix_spawn does (clone with CLONE_VM | CLONE_VFORK: the cost does
 /// not grow with the worker's memory, and the worker waits only until the exec), plus what
-/// posix_spawn cannot do: the child dies with the worker (PR_SET_PDEATHSIG), gets its resource
-/// limits, and the pidfd comes from the same call (CLONE_PIDFD, no race).
+/// posix_spawn cannot do: the child dies with the worker (PR_SET_PDEATHSIG), can gain no
+/// privileges through exec (PR_SET_NO_NEW_PRIVS: a setuid program runs as the worker's user),
+/// gets its resource limits, and the pidfd comes from the same call (CLONE_PIDFD, no race).
 ///
 /// The child gets stdin from /dev/null, the given stdout and stderr, no other descriptor; an empty
 /// signal mask and default dispositions for every signal; its own process group. An exec failure
@@ -343,8 +353,7 @@ pub fn spawn(cmd: &Command<'_>) -> Result<Spawned, SpawnError> {
         stderr: cmd.stderr,
         rlimits: cmd.rlimits.as_ptr(),
         rlimits_len: cmd.rlimits.len(),
-        // SAFETY: getpid cannot fail.
-        parent: unsafe { libc::getpid() },
+        parent: rustix::process::getpid().as_raw_pid(),
         err: 0,
         step: SpawnStep::Clone,
     };
@@ -354,6 +363,7 @@ pub fn spawn(cmd: &Command<'_>) -> Result<Spawned, SpawnError> {
 
     // No signal handler of the worker may run in the child while it shares the worker's memory:
     // block everything across clone; the child resets dispositions, then unblocks before exec.
+    // (libc: rustix has no clone that runs a function on a new stack, and no pthread_sigmask.)
     let mut all = MaybeUninit::<libc::sigset_t>::uninit();
     let mut old = MaybeUninit::<libc::sigset_t>::uninit();
     let mut pidfd: c_int = -1;
@@ -428,11 +438,15 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
         }
         // Die with the worker; if it is already gone, do not start.
         if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
-            return child_fail(a, SpawnStep::Prctl);
+            return child_fail(a, SpawnStep::Pdeathsig);
         }
         if libc::getppid() != a.parent {
             *libc::__errno_location() = libc::ESRCH;
-            return child_fail(a, SpawnStep::Prctl);
+            return child_fail(a, SpawnStep::Pdeathsig);
+        }
+        // No privileges gained through exec: setuid and file capabilities are ignored.
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == -1 {
+            return child_fail(a, SpawnStep::NoNewPrivs);
         }
         if libc::setpgid(0, 0) == -1 {
             return child_fail(a, SpawnStep::Setpgid);
@@ -443,13 +457,17 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
         } else {
             libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY)
         };
-        if input == -1
-            || (input != 0 && libc::dup2(input, 0) == -1)
+        if input == -1 {
+            return child_fail(a, SpawnStep::DevNull);
+        }
+        if (input != 0 && libc::dup2(input, 0) == -1)
             || libc::dup2(a.stdout, 1) == -1
             || libc::dup2(a.stderr, 2) == -1
-            || libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) == -1
         {
-            return child_fail(a, SpawnStep::Descriptors);
+            return child_fail(a, SpawnStep::Dup2);
+        }
+        if close_from_3() == -1 {
+            return child_fail(a, SpawnStep::CloseRange);
         }
         if !a.dir.is_null() && libc::chdir(a.dir) == -1 {
             return child_fail(a, SpawnStep::Chdir);
@@ -462,7 +480,7 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
                 rlim_max: 0,
             };
             if libc::getrlimit(*resource as _, &mut limit) == -1 {
-                return child_fail(a, SpawnStep::Setrlimit);
+                return child_fail(a, SpawnStep::Getrlimit);
             }
             limit.rlim_max = limit.rlim_max.min(wanted.rlim_max);
             limit.rlim_cur = wanted.rlim_cur.min(limit.rlim_max);
@@ -483,6 +501,121 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
     }
 }
 
+/// In the child: closes every descriptor from 3 up; -1 and errno if close_range fails otherwise
+/// than by not existing.
+///
+/// close_range(2) is Linux 5.9. Without it (ENOSYS; EPERM from a seccomp profile older than the
+/// call) the descriptors are listed from /proc/self/fd and closed, as glibc's closefrom does; if
+/// /proc cannot be read, every number from 3 to the `nofile` limit is closed. Raw system calls and
+/// a buffer on the stack only.
+///
+/// # Safety
+/// Called in the child after its dup2s, when no descriptor above 2 is needed any more.
+unsafe fn close_from_3() -> c_int {
+    // SAFETY: the caller's contract; errno is this thread's.
+    unsafe {
+        if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) == 0 {
+            return 0;
+        }
+        let err = *libc::__errno_location();
+        if err != libc::ENOSYS && err != libc::EPERM {
+            return -1;
+        }
+        if !close_listed() {
+            close_to_limit();
+        }
+    }
+    0
+}
+
+/// In the child: closes the descriptors from 3 up that /proc/self/fd lists. False if it cannot be
+/// read (no /proc); then some descriptors may be left.
+///
+/// # Safety
+/// As [`close_from_3`].
+unsafe fn close_listed() -> bool {
+    // SAFETY: the caller's contract; the buffer is ours and getdents64 writes within its length.
+    unsafe {
+        // 3 is to be closed anyway: free it first, so the directory opens even in a worker that
+        // is at its nofile limit.
+        libc::close(3);
+        let dir = libc::open(
+            c"/proc/self/fd".as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        );
+        if dir == -1 {
+            return false;
+        }
+        let mut buf = [0u8; 1024];
+        loop {
+            let n = libc::syscall(libc::SYS_getdents64, dir, buf.as_mut_ptr(), buf.len());
+            if n <= 0 {
+                libc::close(dir);
+                return n == 0;
+            }
+            // struct linux_dirent64: d_ino u64, d_off i64, d_reclen u16, d_type u8, d_name.
+            // `get` only: nothing in the child may panic.
+            let (mut at, end, mut closed) = (0usize, n as usize, false);
+            while let Some(&[lo, hi]) = buf.get(at + 16..at + 18) {
+                let reclen = usize::from(u16::from_ne_bytes([lo, hi]));
+                let Some(name) = buf.get(at + 19..(at + reclen).min(end)) else {
+                    break;
+                };
+                let mut fd: c_int = 0;
+                let mut digits = 0;
+                for &b in name.iter().take_while(|b| b.is_ascii_digit()) {
+                    fd = fd.saturating_mul(10).saturating_add(c_int::from(b - b'0'));
+                    digits += 1;
+                }
+                if digits > 0 && fd > 2 && fd != dir {
+                    libc::close(fd);
+                    closed = true;
+                }
+                at += reclen.max(1);
+                if at >= end {
+                    break;
+                }
+            }
+            // Closing changes the directory: read it again from the start until nothing is left.
+            if closed && libc::lseek(dir, 0, libc::SEEK_SET) == -1 {
+                libc::close(dir);
+                return false;
+            }
+        }
+    }
+}
+
+/// In the child, without /proc: closes every descriptor number from 3 below the `nofile` soft
+/// limit (no descriptor can be opened above it).
+///
+/// # Safety
+/// As [`close_from_3`].
+unsafe fn close_to_limit() {
+    // SAFETY: the caller's contract; prlimit64 writes into our struct.
+    unsafe {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        let rc = libc::syscall(
+            libc::SYS_prlimit64,
+            0,
+            libc::RLIMIT_NOFILE,
+            ptr::null::<libc::rlimit>(),
+            &mut limit as *mut libc::rlimit,
+        );
+        // Linux's default ceiling (fs.nr_open) if the limit cannot be read.
+        let max = if rc == -1 {
+            1 << 20
+        } else {
+            c_int::try_from(limit.rlim_cur).unwrap_or(c_int::MAX)
+        };
+        for fd in 3..max {
+            libc::close(fd);
+        }
+    }
+}
+
 /// Reports the failed step and errno to the parent and exits the child.
 fn child_fail(a: &mut ChildArgs, step: SpawnStep) -> c_int {
     // SAFETY: errno is readable; _exit ends the child without running the worker's atexit code.
@@ -495,92 +628,100 @@ fn child_fail(a: &mut ChildArgs, step: SpawnStep) -> c_int {
 
 /// Reaps the child behind `pidfd` if it has exited; `Ok(None)` while it runs.
 pub fn try_reap(pidfd: BorrowedFd<'_>) -> io::Result<Option<ExitStatus>> {
-    wait(pidfd, libc::WEXITED | libc::WNOHANG)
+    wait(pidfd, WaitIdOptions::EXITED | WaitIdOptions::NOHANG)
 }
 
 /// The exit status of the child behind `pidfd` if it has exited, leaving it a zombie (so its
 /// pid, and its process group id, cannot be reused until it is reaped).
 pub fn peek_exit(pidfd: BorrowedFd<'_>) -> io::Result<Option<ExitStatus>> {
-    wait(pidfd, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT)
+    wait(
+        pidfd,
+        WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT,
+    )
 }
 
-fn wait(pidfd: BorrowedFd<'_>, flags: c_int) -> io::Result<Option<ExitStatus>> {
-    let mut info = MaybeUninit::<libc::siginfo_t>::zeroed();
-    syscall!(waitid(
-        libc::P_PIDFD,
-        pidfd.as_raw_fd() as libc::id_t,
-        info.as_mut_ptr(),
-        flags
-    ))?;
-    // SAFETY: waitid filled (or left zeroed) the siginfo.
-    let info = unsafe { info.assume_init() };
-    // SAFETY: for a waitid result the pid and status fields are the ones set.
-    let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
-    if pid == 0 {
-        return Ok(None);
+fn wait(pidfd: BorrowedFd<'_>, options: WaitIdOptions) -> io::Result<Option<ExitStatus>> {
+    Ok(rustix::process::waitid(WaitId::PidFd(pidfd), options)?.map(exit_status))
+}
+
+fn exit_status(s: WaitIdStatus) -> ExitStatus {
+    match s.exit_status() {
+        Some(code) => ExitStatus::Code(code),
+        // Only WEXITED is waited for: anything else ended by a signal (killed or dumped).
+        None => ExitStatus::Signal(s.terminating_signal().unwrap_or(0)),
     }
-    Ok(Some(match info.si_code {
-        libc::CLD_EXITED => ExitStatus::Code(status),
-        _ => ExitStatus::Signal(status),
-    }))
 }
 
 /// Sends `sig` to the child (through its pidfd, race-free) and to its process group.
-pub fn signal_child(pid: libc::pid_t, pidfd: BorrowedFd<'_>, sig: c_int) {
-    // SAFETY: pidfd_send_signal takes a pidfd, a signal, a NULL siginfo and flags.
-    unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            sig,
-            ptr::null::<libc::siginfo_t>(),
-            0,
-        );
-    }
+pub fn signal_child(pid: libc::pid_t, pidfd: BorrowedFd<'_>, sig: Signal) {
+    let _ = rustix::process::pidfd_send_signal(pidfd, sig);
     signal_group(pid, sig);
 }
 
 /// Sends `sig` to a process group (the child's: it leads its own). While the leader is not
 /// reaped, or any member lives, the group id cannot be reused.
-pub fn signal_group(pgid: libc::pid_t, sig: c_int) {
-    let _ = syscall!(kill(-pgid, sig));
+///
+/// Returns whether the signal reached any process (false: ESRCH, nobody is in the group). A
+/// leader that exited and is not reaped is still a member: while it is, the answer is true.
+pub fn signal_group(pgid: libc::pid_t, sig: Signal) -> bool {
+    let Some(pgid) = Pid::from_raw(pgid) else {
+        return false;
+    };
+    rustix::process::kill_process_group(pgid, sig).is_ok()
+}
+
+/// For a child that has exited and is not reaped: SIGKILL to what is left of its process group,
+/// then reaps the child. Returns whether anyone besides the child was still in the group.
+///
+/// The signal goes while the child is a zombie, so the group id cannot have been reused. The
+/// zombie counts as a member (kill(2) succeeds on it), so the answer is asked afterwards, with
+/// signal 0 (nothing sent) once the child is reaped: members just killed are still there then
+/// (they are gone only once their new parent reaped them), an empty group answers ESRCH.
+pub fn kill_group_and_reap(pid: libc::pid_t, pidfd: BorrowedFd<'_>) -> bool {
+    signal_group(pid, Signal::KILL);
+    let _ = try_reap(pidfd);
+    Pid::from_raw(pid).is_some_and(|p| rustix::process::test_kill_process_group(p).is_ok())
 }
 
 /// Blocks until the child behind `pidfd` is reaped (used only after SIGKILL, at worker exit).
 pub fn reap_blocking(pidfd: BorrowedFd<'_>) {
-    let mut info = MaybeUninit::<libc::siginfo_t>::zeroed();
-    loop {
-        match syscall!(waitid(
-            libc::P_PIDFD,
-            pidfd.as_raw_fd() as libc::id_t,
-            info.as_mut_ptr(),
-            libc::WEXITED
-        )) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            _ => return,
-        }
-    }
+    while let Err(Errno::INTR) =
+        rustix::process::waitid(WaitId::PidFd(pidfd), WaitIdOptions::EXITED)
+    {}
+}
+
+/// Kills a child and blocks until it is reaped, by pid: for a child whose pidfd is gone. The
+/// pid is not reused meanwhile (it is our unreaped child).
+pub fn kill_and_reap_pid(pid: libc::pid_t) {
+    let Some(pid) = Pid::from_raw(pid) else {
+        return;
+    };
+    let _ = rustix::process::kill_process(pid, Signal::KILL);
+    while let Err(Errno::INTR) = rustix::process::waitpid(Some(pid), WaitOptions::empty()) {}
 }
 
 /// Sets SIGCHLD to its default disposition, so nginx's handler no longer reaps (and steals the
 /// status of) the module's children. Children are reaped through their pidfds instead.
+///
+/// libc: rustix has sigaction only for runtimes that replace libc (`runtime::kernel_sigaction`).
 pub fn default_sigchld() -> io::Result<()> {
     // SAFETY: a zeroed sigaction with SIG_DFL is a valid disposition.
     let mut sa: libc::sigaction = unsafe { core::mem::zeroed() };
     sa.sa_sigaction = libc::SIG_DFL;
-    syscall!(sigaction(libc::SIGCHLD, &sa, ptr::null_mut())).map(|_| ())
+    // SAFETY: `sa` is a valid disposition; the old one is not asked for.
+    match unsafe { libc::sigaction(libc::SIGCHLD, &sa, ptr::null_mut()) } {
+        -1 => Err(io::Error::last_os_error()),
+        _ => Ok(()),
+    }
 }
 
 /// Whether `path` names an executable regular file.
 pub fn check_executable(path: &CStr) -> io::Result<()> {
-    let mut st = MaybeUninit::<libc::stat>::uninit();
-    syscall!(stat(path.as_ptr(), st.as_mut_ptr()))?;
-    // SAFETY: stat succeeded and filled the struct.
-    let st = unsafe { st.assume_init() };
-    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-        return Err(io::Error::from_raw_os_error(libc::EACCES));
+    let st = rustix::fs::stat(path)?;
+    if !FileType::from_raw_mode(st.st_mode).is_file() {
+        return Err(Errno::ACCESS.into());
     }
-    syscall!(access(path.as_ptr(), libc::X_OK)).map(|_| ())
+    Ok(rustix::fs::access(path, Access::EXEC_OK)?)
 }
 
 /// The errno of an `io::Error`, for nginx's log functions.
@@ -590,15 +731,43 @@ pub fn errno(e: &io::Error) -> i32 {
 
 /// Makes the next close(2) of a socket send a reset instead of a clean end of stream (SO_LINGER 0).
 pub fn linger_reset(sock: RawFd) {
-    let l = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    let _ = syscall!(setsockopt(
-        sock,
-        libc::SOL_SOCKET,
-        libc::SO_LINGER,
-        ptr::from_ref(&l).cast(),
-        core::mem::size_of::<libc::linger>() as libc::socklen_t
-    ));
+    // SAFETY: the caller's socket stays open during the call (it belongs to the connection).
+    let sock = unsafe { borrow(sock) };
+    let _ = rustix::net::sockopt::set_socket_linger(sock, Some(Duration::ZERO));
+}
+
+/// The oldest Linux the module runs on: waitid(P_PIDFD) came in 5.4, after CLONE_PIDFD (5.2),
+/// pidfd_send_signal (5.1) and pollable pidfds (5.3). close_range (5.9) is used when there.
+pub const MIN_KERNEL: &str = "5.4";
+
+/// Why the kernel cannot run the module's programs.
+pub enum KernelError {
+    /// The probe itself could not run: pipe2() failed.
+    Probe(io::Error),
+    /// waitid(P_PIDFD) is not there: a kernel older than [`MIN_KERNEL`] (EINVAL), or a seccomp
+    /// profile that forbids it.
+    TooOld(io::Error),
+}
+
+/// Checks that the kernel has what the module needs, by asking for it rather than by reading
+/// the version (a vendor kernel may have it backported; a seccomp profile may take it away).
+///
+/// waitid(P_PIDFD) on a descriptor that is not a pidfd: a kernel that knows P_PIDFD answers
+/// EBADF; an older one EINVAL, whatever the descriptor.
+pub fn probe_kernel() -> Result<(), KernelError> {
+    let (probe, _w) =
+        rustix::pipe::pipe_with(PipeFlags::CLOEXEC).map_err(|e| KernelError::Probe(e.into()))?;
+    let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG;
+    match rustix::process::waitid(WaitId::PidFd(probe.as_fd()), options) {
+        Ok(_) | Err(Errno::BADF) => Ok(()),
+        Err(e) => Err(KernelError::TooOld(e.into())),
+    }
+}
+
+/// The kernel's release, as uname(2) gives it ("5.4.0-42-generic").
+pub fn kernel_release() -> String {
+    rustix::system::uname()
+        .release()
+        .to_string_lossy()
+        .into_owned()
 }

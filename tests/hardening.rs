@@ -467,3 +467,52 @@ fn a_zero_header_buffer_is_a_configuration_error() {
         "{err}"
     );
 }
+
+/// A program that exits while a process that left its group (setsid) holds its stdout: the
+/// response ends with the program, and the log says that process was not killed (it was not:
+/// the module kills only the program's group).
+#[test]
+fn descendants_that_left_the_group_are_not_claimed_killed() {
+    let nginx = Nginx::start(&server(
+        r#"location /escaped { transform_exec /bin/sh -c "setsid sleep 30 & echo $!"; }
+           location /stayed { transform_exec /bin/sh -c "sleep 30 & echo $!"; }"#,
+    ));
+    let r = Client::connect(nginx.port).get("/escaped");
+    assert_eq!(r.status, 200);
+    let pid: i32 = String::from_utf8_lossy(&r.body)
+        .trim()
+        .parse()
+        .expect("pid");
+    let alive = proc_state(pid as u32).is_some();
+    // SAFETY: the test's own sleep, started through the module; killed by its pid.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert!(alive, "the escaped process was not expected to be killed");
+    let r = Client::connect(nginx.port).get("/stayed");
+    assert_eq!(r.status, 200);
+    let pid: u32 = String::from_utf8_lossy(&r.body)
+        .trim()
+        .parse()
+        .expect("pid");
+    assert!(wait_until(Duration::from_secs(2), || proc_state(pid)
+        .is_none_or(|s| s == 'Z')));
+    let info = nginx.log_lines("info");
+    let escaped: Vec<&String> = info.iter().filter(|l| l.contains("GET /escaped")).collect();
+    let stayed: Vec<&String> = info.iter().filter(|l| l.contains("GET /stayed")).collect();
+    assert!(
+        escaped
+            .iter()
+            .any(|l| l.contains("outside its group") && l.contains("not killed")),
+        "{escaped:?}"
+    );
+    assert!(
+        !escaped.iter().any(|l| l.contains("they are killed")),
+        "{escaped:?}"
+    );
+    assert!(
+        stayed
+            .iter()
+            .any(|l| l.contains("left processes in its group; they are killed")),
+        "{stayed:?}"
+    );
+    nginx.stop();
+}

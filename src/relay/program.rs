@@ -526,17 +526,27 @@ impl Program {
         if self.exit.is_none() || !self.left_writers {
             return;
         }
-        if let Some(child) = self.child.as_mut() {
-            if child.kill_descendants() {
-                log_error!(
-                    NGX_LOG_INFO,
-                    http.log(),
-                    0,
-                    "transform program \"{}\" exited and left processes in its group; \
-                     they are killed",
-                    self.name
-                );
-            }
+        let Some(child) = self.child.as_mut() else {
+            return;
+        };
+        if child.kill_descendants() {
+            log_error!(
+                NGX_LOG_INFO,
+                http.log(),
+                0,
+                "transform program \"{}\" exited and left processes in its group; \
+                 they are killed",
+                self.name
+            );
+        } else {
+            log_error!(
+                NGX_LOG_INFO,
+                http.log(),
+                0,
+                "transform program \"{}\" exited while processes outside its group kept its \
+                 stdout open; they are not killed",
+                self.name
+            );
         }
     }
 
