@@ -474,8 +474,8 @@ fn a_zero_header_buffer_is_a_configuration_error() {
 #[test]
 fn descendants_that_left_the_group_are_not_claimed_killed() {
     let nginx = Nginx::start(&server(
-        r#"location /escaped { transform_exec /bin/sh -c "setsid sleep 30 & echo $!"; }
-           location /stayed { transform_exec /bin/sh -c "sleep 30 & echo $!"; }"#,
+        r#"location /escaped { transform_exec /bin/sh -c "setsid sleep 30 & sleep 0.3; jobs -p"; }
+           location /stayed { transform_exec /bin/sh -c "sleep 30 & jobs -p"; }"#,
     ));
     let r = Client::connect(nginx.port).get("/escaped");
     assert_eq!(r.status, 200);
