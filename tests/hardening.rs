@@ -516,3 +516,23 @@ fn descendants_that_left_the_group_are_not_claimed_killed() {
     );
     nginx.stop();
 }
+
+/// With `transform_commit_timeout 0` only output commits: request body arriving before the
+/// program wrote anything does not send a header, so a failure is still a clean 502.
+#[test]
+fn only_output_commits_the_response() {
+    let nginx = Nginx::start(&server(
+        r#"location /eat { transform_stdin body; transform_commit_timeout 0;
+                           transform_exec /bin/sh -c "cat >/dev/null; exit 3"; }"#,
+    ));
+    let mut c = Client::connect(nginx.port);
+    c.send("POST /eat HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n");
+    for _ in 0..3 {
+        c.send("5\r\nhello\r\n");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    c.send("0\r\n\r\n");
+    let r = c.read_response(false);
+    assert_eq!(r.status, 502);
+    nginx.stop();
+}

@@ -190,10 +190,13 @@ impl Transform {
             .commit_size
             .min(self.program.pipe_capacity())
             .max(1);
-        if held_body >= threshold || held.expired || self.conf.commit_timeout == 0 {
+        // Output (or a complete CGI header block) is held: the commit timer runs from its first
+        // byte. Events that are not output (the request body arriving) commit nothing.
+        let holding = held_body > 0 || held.body_start().unwrap_or(0) > 0;
+        if held_body >= threshold || holding && (held.expired || self.conf.commit_timeout == 0) {
             return self.commit(None);
         }
-        if held.since.is_none() && (held_body > 0 || held.body_start().unwrap_or(0) > 0) {
+        if holding && held.since.is_none() {
             held.since = Some(now_msec());
         }
         Flow::Wait(Next::Program)
