@@ -219,14 +219,16 @@ fn a_client_gone_while_its_body_waits_for_the_program_is_noticed() {
     ));
     let worker = nginx.worker_pid();
     let mut c = Client::connect(nginx.port);
-    // 100 bytes more than the stdin pipe holds (64 KiB): nginx reads all of it (the last 100
-    // in its body buffer), the program takes none yet.
+    // The program starts with the first 64 KiB, which fill its stdin pipe; then the last 100
+    // bytes arrive: nginx reads all of the body, the program takes none of it yet.
     let body = vec![b'x'; 65_636];
     c.send(&format!(
         "POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
         body.len()
     ));
-    c.stream().write_all(&body).unwrap();
+    c.stream().write_all(&body[..65_536]).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    c.stream().write_all(&body[65_536..]).unwrap();
     assert!(wait_until(Duration::from_secs(3), || !children_of(worker).is_empty()));
     std::thread::sleep(Duration::from_millis(300));
     let start = Instant::now();
@@ -431,7 +433,7 @@ fn transform_type_from_the_request_is_checked() {
 fn the_header_buffer_grows_with_the_header() {
     let nginx = Nginx::start(&server(
         r#"location /cgi { transform_output cgi; transform_header_buffer_size 8m;
-                           transform_exec /bin/sh -c "sleep 1; printf 'X: y\r\n\r\nok'"; }"#,
+                           transform_exec /bin/sh -c "printf 'X: y\r\n'; sleep 1; printf '\r\nok'"; }"#,
     ));
     let worker = nginx.worker_pid();
     Client::connect(nginx.port).get("/cgi");
