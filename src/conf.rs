@@ -647,29 +647,14 @@ fn compile(cf: &mut ngx_conf_t, word: &mut ngx_str_t) -> Option<*mut ngx_http_co
     Some(cv)
 }
 
-/// `transform_pipe_size size`: nginx's size syntax, at least one page.
+/// `transform_pipe_size size`: nginx's size syntax, from a page to 1 GiB.
 extern "C" fn set_pipe_size(
     cf: *mut ngx_conf_t,
     cmd: *mut ngx_command_t,
     conf: *mut c_void,
 ) -> *mut c_char {
-    // SAFETY: forwarded as nginx gave them.
-    let rv = unsafe { ngx_conf_set_size_slot(cf, cmd, conf) };
-    if rv != NGX_CONF_OK {
-        return rv;
-    }
-    // SAFETY: conf is this module's loc conf.
-    let size = unsafe { (*conf.cast::<TransformConf>()).pipe_size };
-    if !(4096..=(1 << 30)).contains(&size) {
-        // SAFETY: valid cf.
-        conf_error(
-            unsafe { &mut *cf },
-            0,
-            format_args!("pipe size must be from 4k to 1024m"),
-        );
-        return NGX_CONF_ERROR;
-    }
-    NGX_CONF_OK
+    let within = |c: &TransformConf| (4096..=(1 << 30)).contains(&c.pipe_size);
+    set_size_checked(cf, cmd, conf, within, "pipe size must be from 4k to 1024m")
 }
 
 /// `transform_header_buffer_size size`: nginx's size syntax, at least 16 bytes (the shortest
@@ -679,20 +664,33 @@ extern "C" fn set_header_buffer_size(
     cmd: *mut ngx_command_t,
     conf: *mut c_void,
 ) -> *mut c_char {
+    let within = |c: &TransformConf| c.header_buffer_size >= 16;
+    set_size_checked(
+        cf,
+        cmd,
+        conf,
+        within,
+        "header buffer size must be at least 16 bytes",
+    )
+}
+
+/// nginx's size slot, then a check of the value it set; `msg` when it fails.
+fn set_size_checked(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+    within: impl Fn(&TransformConf) -> bool,
+    msg: &str,
+) -> *mut c_char {
     // SAFETY: forwarded as nginx gave them.
     let rv = unsafe { ngx_conf_set_size_slot(cf, cmd, conf) };
     if rv != NGX_CONF_OK {
         return rv;
     }
     // SAFETY: conf is this module's loc conf.
-    let size = unsafe { (*conf.cast::<TransformConf>()).header_buffer_size };
-    if size < 16 {
-        // SAFETY: valid cf.
-        conf_error(
-            unsafe { &mut *cf },
-            0,
-            format_args!("header buffer size must be at least 16 bytes"),
-        );
+    if !within(unsafe { &*conf.cast::<TransformConf>() }) {
+        // SAFETY: nginx passes a valid cf to directive handlers.
+        conf_error(unsafe { &mut *cf }, 0, format_args!("{msg}"));
         return NGX_CONF_ERROR;
     }
     NGX_CONF_OK
