@@ -41,6 +41,9 @@ pub struct Child {
     log: *mut ngx_log_t,
     /// Grace between SIGTERM and SIGKILL when it is stopped.
     kill_timeout: ngx_msec_t,
+    /// Let go after a complete response: not signalled, given the grace to end on its own,
+    /// and its exit logged (with this name) if it is a failure.
+    detached: Option<String>,
 }
 
 impl Child {
@@ -61,6 +64,7 @@ impl Child {
             pidfd: None,
             status: None,
             reaped: false,
+            detached: None,
             log,
             kill_timeout,
         };
@@ -121,6 +125,13 @@ impl Child {
         self.status
     }
 
+    /// Lets go of a program whose response is complete: it is not signalled but given
+    /// `transform_kill_timeout` to end on its own (its stdout is closed, so more output ends it
+    /// with SIGPIPE), then killed; a failing exit is logged under `name`.
+    pub fn detach(mut self, name: &str) {
+        self.detached = Some(name.to_owned());
+    }
+
     /// Once the program has exited: SIGKILL to what is left of its process group (the
     /// descendants that did not leave it), then the program is reaped. Returns whether anyone
     /// was left in the group to be killed.
@@ -155,11 +166,14 @@ impl Drop for Child {
             // kill_descendants did what is done below.
             return;
         }
-        if self.status.is_none() {
+        if self.status.is_none() && self.detached.is_none() {
             os::signal_child(self.pid, fd.fd(), Signal::TERM);
         }
-        if let Ok(Some(_)) = os::peek_exit(fd.fd()) {
+        if let Ok(Some(status)) = os::peek_exit(fd.fd()) {
             // Exited: nothing of its group may stay behind; then reap it.
+            if let Some(name) = &self.detached {
+                log_detached_exit(name, status);
+            }
             os::signal_group(self.pid, Signal::KILL);
             let _ = os::try_reap(fd.fd());
             forget(self.pid);
@@ -169,6 +183,7 @@ impl Drop for Child {
         let orphan = Box::into_raw(Box::new(Orphan {
             pid: self.pid,
             pidfd: fd,
+            detached: self.detached.take(),
         }));
         // SAFETY: orphan is a fresh, leaked box; the handler (or kill_all) frees it.
         unsafe {
@@ -184,10 +199,24 @@ impl Drop for Child {
     }
 }
 
-/// A killed child whose request is gone, waiting to be reaped.
+/// A child whose request is gone, killed (or detached), waiting to be reaped.
 struct Orphan {
     pid: libc::pid_t,
     pidfd: EventFd,
+    /// The program's name when it was detached after a complete response.
+    detached: Option<String>,
+}
+
+/// A detached program's failing exit, in the worker's log (its request is gone).
+fn log_detached_exit(name: &str, status: ExitStatus) {
+    if !status.success() {
+        log_error!(
+            nginx_sys::NGX_LOG_ERR,
+            ngx::log::ngx_cycle_log().as_ptr(),
+            0,
+            "transform program \"{name}\" {status} after its complete response"
+        );
+    }
 }
 
 unsafe extern "C" fn orphan_event(ev: *mut ngx_event_t) {
@@ -211,8 +240,11 @@ unsafe extern "C" fn orphan_event(ev: *mut ngx_event_t) {
         Ok(None) => {
             o.pidfd.arm_read();
         }
-        _ => {
+        status => {
             // The program is gone: so is what is left of its group. Then reap it.
+            if let (Some(name), Ok(Some(status))) = (&o.detached, status) {
+                log_detached_exit(name, status);
+            }
             os::signal_group(o.pid, Signal::KILL);
             let _ = os::try_reap(o.pidfd.fd());
             forget(o.pid);

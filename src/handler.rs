@@ -26,9 +26,13 @@ pub unsafe extern "C" fn transform_handler(r: *mut ngx_http_request_t) -> ngx_in
 
 fn handle(http: Http) -> ngx_int_t {
     let conf: &'static TransformConf = http.loc_conf::<crate::Module>();
-    http.disable_not_modified();
-    if conf.stdin_body != 0 && !http.is_head() {
-        if http.reading_body() {
+    // A body the program does not take is still read (and dropped) as it arrives, as nginx's
+    // upstream reads one it does not pass on: nginx's discarding would take over the client
+    // connection's read events (with lingering_timeout cutting a long response, and a client
+    // gone unnoticed), which suits only a response that is done.
+    let drop_body = conf.stdin_body == 0 && http.has_body();
+    if (conf.stdin_body != 0 || drop_body) && !http.is_head() {
+        if conf.stdin_body != 0 && http.reading_body() {
             // An earlier location (before an internal redirect or error_page) took part of a
             // streamed body: what is left is not the body, and must not pass for it.
             log_error!(
@@ -43,7 +47,7 @@ fn handle(http: Http) -> ngx_int_t {
         // The program starts with the first part of the body, which then streams to its stdin
         // as it arrives; with transform_request_buffering on, once nginx has all of it (in
         // memory or in a temporary file).
-        if conf.request_buffering == 0 {
+        if conf.request_buffering == 0 || drop_body {
             http.stream_body();
         }
         let rc = nginx::read_body(http, body_ready);
@@ -93,6 +97,7 @@ fn run(http: Http, conf: &'static TransformConf) -> ngx_int_t {
 
     if http.is_head() && conf.cgi_output == 0 {
         // HEAD: the headers of a raw-output response do not depend on the program, so it is not run.
+        http.disable_not_modified();
         return http.send_header(content_type, None);
     }
 

@@ -534,6 +534,13 @@ impl Http {
         }
     }
 
+    /// Whether writes are paused (sendfile_max_chunk's pause, or limit_rate's).
+    pub fn write_delayed(self) -> bool {
+        let wev = self.with_c(|c| c.write);
+        // SAFETY: a live connection has live events.
+        unsafe { (*wev).delayed() != 0 }
+    }
+
     /// Waits for the client as nginx's non-buffered upstream loop does: while `blocked`, (re)starts
     /// `send_timeout` on every wait (not while limit_rate delays the event); otherwise removes it.
     pub fn arm_write(self, blocked: bool, send_timeout: ngx_msec_t) -> bool {
@@ -890,6 +897,26 @@ impl BodyCursor {
         true
     }
 
+    /// Drops everything taken so far (a streamed body nobody reads): each buffer is handed back
+    /// as consumed, so nginx reads on.
+    pub fn skip(&mut self) {
+        while !self.cl.is_null() {
+            // SAFETY: a link of the request body's chain, alive with the request.
+            let next = unsafe { (*self.cl).next };
+            if self.streaming {
+                // SAFETY: a streamed body's buffer and link were handed to us: the buffer is
+                // marked consumed, the link goes back to the pool's free links (as write_to).
+                unsafe {
+                    let b = (*self.cl).buf;
+                    (*b).pos = (*b).last;
+                    (*self.cl).next = (*self.pool).chain;
+                    (*self.pool).chain = self.cl;
+                }
+            }
+            self.cl = next;
+        }
+    }
+
     /// Starts on the current link's buffer.
     fn enter(&mut self) {
         if !self.cl.is_null() {
@@ -977,6 +1004,14 @@ pub struct Moved {
     pub calls: u64,
     /// The response's Content-Length when it was committed with one (u64::MAX otherwise).
     pub limit: u64,
+    /// Whether `limit` is the program's own Content-Length (a CGI header), not the length of
+    /// output the module had whole.
+    pub declared: bool,
+    /// Where the output ends when that is known before its end of file: the program exited, and
+    /// what its pipe held then is all there is (u64::MAX otherwise).
+    pub end: u64,
+    /// Bytes past a declared Content-Length already dropped.
+    pub excess: u64,
 }
 
 impl Default for Moved {
@@ -985,6 +1020,9 @@ impl Default for Moved {
             bytes: 0,
             calls: 0,
             limit: u64::MAX,
+            declared: false,
+            end: u64::MAX,
+            excess: 0,
         }
     }
 }
@@ -992,7 +1030,7 @@ impl Default for Moved {
 impl Moved {
     /// Bytes that may still be moved.
     pub fn room(&self) -> u64 {
-        self.limit - self.bytes
+        self.limit.min(self.end).saturating_sub(self.bytes)
     }
 }
 

@@ -9,10 +9,10 @@
 //! - the **sink**, [`sink::Sink`]: how bytes leave, by splice(2) to the socket or through nginx's
 //!   output chain, chosen once at the commit by [`Http::zero_copy_refusal`].
 //!
-//! Nothing is sent while the phase is [`Phase::Holding`]: the output is read into memory (the
-//! pipe is kept empty, so no wake-up is ever owed by a non-empty pipe) until
-//! `transform_commit_size` bytes are held, `transform_commit_timeout` passed since the first one,
-//! or the program ended. A program that fails meanwhile becomes a clean 502. The commit sends the
+//! Nothing is sent while the phase is [`Phase::Holding`]: the output stays in the pipe (a CGI
+//! header block is read into memory) until `transform_commit_size` bytes are held,
+//! `transform_commit_timeout` passed since the first one, or the program ended; none of these
+//! depends on a write into a non-empty pipe waking the machine. A program that fails meanwhile becomes a clean 502. The commit sends the
 //! header and what was held, and the phase becomes [`Phase::Streaming`]: the sink moves the rest
 //! as it comes, and stops reading when the client does not keep up, so the program blocks in
 //! write() and memory stays bounded. When the output ends the exit status decides: the last
@@ -124,9 +124,9 @@ enum Phase {
     Streaming(Sink),
     /// All the output was passed on; the exit status decides how the response ends.
     Drained,
-    /// The response is complete (its Content-Length reached, the last buffer sent): what the
-    /// program still writes is dropped (and counted), and its exit status is only logged.
-    Complete { dropped: u64 },
+    /// The response is complete (its Content-Length reached, the last buffer sent) and the
+    /// program's output ended: its exit status is only logged.
+    Complete,
     /// Finalized or aborted: every later event is ignored.
     Done,
 }
@@ -245,7 +245,7 @@ impl Transform {
                 Phase::Holding(_) => self.hold(),
                 Phase::Streaming(_) => self.stream(),
                 Phase::Drained => self.drained(),
-                Phase::Complete { .. } => self.complete(),
+                Phase::Complete => self.complete(),
                 Phase::Done => Flow::Wait(Next::Finish(NGX_ERROR as ngx_int_t)),
             };
             match flow {
@@ -265,8 +265,22 @@ impl Transform {
 
     /// Streaming: the sink moves what the program writes.
     fn stream(&mut self) -> Flow {
-        if self.moved.room() == 0 {
-            return self.complete_response();
+        if self.program.stdout().is_none() {
+            return self.output_ended();
+        }
+        if self.program.exit().is_some() && self.moved.end == u64::MAX {
+            // The program exited: its output is what its pipe holds now. Descendants that keep
+            // the pipe open and writing are not waited for (they are killed with the request),
+            // and the sink ends its framing there.
+            match self.program.stdout().map_or(Ok((0, true)), os::pipe_state) {
+                Ok((held, hung_up)) => {
+                    self.moved.end = self.moved.bytes + held as u64;
+                    if !hung_up {
+                        self.program.note_left_writers();
+                    }
+                }
+                Err(e) => return Flow::Wait(self.io_failed("poll() on the program's stdout", e)),
+            }
         }
         let Some(stdout) = self.program.stdout() else {
             return self.output_ended();
@@ -277,14 +291,12 @@ impl Transform {
         let max_chunk = self.http.sendfile_max_chunk();
         match sink.pump(self.http, stdout, &mut self.moved, max_chunk) {
             Ok(Pumped::ProgramIdle) if self.program.exit().is_some() => {
-                // The program is gone and other processes keep the pipe open: its output ends
-                // with it (what it left running is killed with the request).
                 self.program.end_output(true);
                 self.output_ended()
             }
             Ok(Pumped::ProgramIdle) => Flow::Wait(Next::Program),
             Ok(Pumped::ClientBusy) => Flow::Wait(Next::Client),
-            Ok(Pumped::Eof) if self.moved.room() == 0 => self.complete_response(),
+            Ok(Pumped::Eof) if self.moved.bytes == self.moved.limit => self.complete_response(),
             Ok(Pumped::Eof) => {
                 self.program.end_output(false);
                 self.output_ended()
@@ -312,48 +324,48 @@ impl Transform {
         Flow::Continue
     }
 
-    /// The response's Content-Length is reached: it is complete, whatever the program does next.
+    /// The response's Content-Length is reached: it is complete, whatever the program does next
+    /// (as nginx's fastcgi module ends a response at its length). More output is dropped and
+    /// logged once; a program still writing is let go (it gets `transform_kill_timeout` to end
+    /// on its own, its failure logged), so the connection serves its next request at once.
     fn complete_response(&mut self) -> Flow {
-        self.phase = Phase::Complete { dropped: 0 };
         if self.http.send_last() == NGX_ERROR as ngx_int_t {
             return Flow::Wait(self.io_failed("sending the end of the response", io_other()));
+        }
+        let (in_pipe, hung_up) = match self.program.stdout() {
+            None => (0, true),
+            Some(fd) => os::pipe_state(fd).unwrap_or((0, true)),
+        };
+        let extra = self.moved.excess + in_pipe as u64;
+        if self.moved.declared && extra > 0 {
+            log_error!(
+                NGX_LOG_ERR,
+                self.http.log(),
+                0,
+                "transform program \"{}\" sent more than its Content-Length {} ({extra} bytes \
+                 more so far); dropped",
+                self.program.name(),
+                self.moved.limit
+            );
+        }
+        self.phase = Phase::Complete;
+        if self.program.exit().is_none() && !hung_up {
+            self.program.detach();
+            return Flow::Wait(Next::Finish(NGX_OK as ngx_int_t));
         }
         Flow::Continue
     }
 
-    /// Complete: output past the Content-Length is read and dropped (as nginx's fastcgi does)
-    /// until the program ends.
+    /// Complete: the output ended with the response; the program's exit is only logged.
     fn complete(&mut self) -> Flow {
         if self.http.pending_output()
             && self.http.output_filter(core::ptr::null_mut()) == NGX_ERROR as ngx_int_t
         {
             return Flow::Wait(self.io_failed("sending the program's output", io_other()));
         }
-        match self.program.discard_output() {
-            Ok(n) => {
-                if let Phase::Complete { dropped } = &mut self.phase {
-                    *dropped += n;
-                }
-            }
-            Err(e) => return Flow::Wait(self.io_failed("read() from the program's stdout", e)),
-        }
-        if self.program.stdout().is_some() && self.program.exit().is_none() {
-            return Flow::Wait(Next::Program);
-        }
         let Some(status) = self.program.exit() else {
             return Flow::Wait(Next::Program);
         };
-        if let Phase::Complete { dropped: n @ 1.. } = self.phase {
-            log_error!(
-                NGX_LOG_ERR,
-                self.http.log(),
-                0,
-                "transform program \"{}\" sent {n} bytes more than its Content-Length {}; \
-                 dropped",
-                self.program.name(),
-                self.moved.limit
-            );
-        }
         self.program.note_descendants(self.http);
         if !status.success() {
             log_error!(
@@ -430,7 +442,7 @@ impl Transform {
         self.program.log_stderr_tail(self.http);
         match self.phase {
             Phase::Holding(_) => Next::Finish(status as ngx_int_t),
-            Phase::Complete { .. } => Next::Finish(NGX_OK as ngx_int_t),
+            Phase::Complete => Next::Finish(NGX_OK as ngx_int_t),
             _ => {
                 self.http.set_client_error();
                 self.http.reset_on_close();
@@ -508,7 +520,12 @@ fn io_other() -> io::Error {
 /// # Safety
 /// `ctx` is a live `Transform` (its request is alive).
 unsafe fn step(ctx: *mut Transform, ev: Event) -> bool {
-    // SAFETY: caller's contract; the request is only finalized after run() returned.
+    // SAFETY: caller's contract; the request is finalized by this function only after run()
+    // returned. (nginx may run the request's cleanup, `release`, from inside run(), when a
+    // filter or a redirect target terminates the request: release is idempotent and the
+    // request, its pool and so the Transform stay allocated until run() returns, since the
+    // relay holds a reference on the request. Strictly that is a second `&mut` while run's is
+    // live; see the note on `cleanup`.)
     let http = unsafe { (*ctx).http };
     // SAFETY: as above.
     match unsafe { (*ctx).run(ev) } {
@@ -619,7 +636,10 @@ unsafe extern "C" fn client_write_event(r: *mut ngx_http_request_t) {
     }
 }
 
-/// The request ends (normally, on client abort, or on worker shutdown).
+/// The request ends (normally, on client abort, or on worker shutdown). It may run inside
+/// `Transform::run` (a filter or a redirect target terminating the request); `release` only
+/// closes descriptors and lets the program go, which `run` tolerates at any point since it checks
+/// its own phase after each call that can end the request.
 unsafe extern "C" fn cleanup(data: *mut c_void) {
     // SAFETY: registered with the Transform as data; the pool (and it) still lives.
     unsafe { (*data.cast::<Transform>()).release() };

@@ -156,7 +156,9 @@ impl Transform {
                 );
                 return Flow::Wait(self.fail(NGX_HTTP_BAD_GATEWAY));
             }
-            Head::Reading if ended => {
+            // (Only what was seen before the drain counts: a hang-up observed after it may
+            // follow bytes that arrived meanwhile.)
+            Head::Reading if eof || status.is_some() => {
                 log_error!(
                     NGX_LOG_ERR,
                     log,
@@ -209,7 +211,7 @@ impl Transform {
             unreachable!("commit() runs in the holding phase");
         };
         let buf = core::mem::take(&mut held.buf);
-        let (status, content_type, length, prefix) =
+        let (status, content_type, length, prefix, declared) =
             match core::mem::replace(&mut held.head, Head::Raw) {
                 Head::Parsed { head, body } => {
                     let status =
@@ -239,9 +241,13 @@ impl Transform {
                         content_type,
                         head.content_length.or(length),
                         &buf[body..],
+                        head.content_length.is_some(),
                     )
                 }
-                _ => (200, self.content_type, length, &buf[..]),
+                _ => {
+                    self.http.disable_not_modified();
+                    (200, self.content_type, length, &buf[..], false)
+                }
             };
         self.program.set_hold_timer(None);
         let rc = self.http.send_status_header(status, content_type, length);
@@ -251,18 +257,10 @@ impl Transform {
         if let Some(n) = length {
             self.moved.limit = n;
         }
+        self.moved.declared = declared;
         let fits = prefix.len().min(self.moved.room() as usize);
-        if fits < prefix.len() {
-            log_error!(
-                NGX_LOG_ERR,
-                self.http.log(),
-                0,
-                "transform program \"{}\" sent {} bytes more than its Content-Length {}; dropped",
-                self.program.name(),
-                prefix.len() - fits,
-                self.moved.limit
-            );
-        }
+        // Logged once the response is complete, with what else comes.
+        self.moved.excess = (prefix.len() - fits) as u64;
         let prefix = &prefix[..fits];
         if !prefix.is_empty() {
             if self.http.output_bytes(prefix) == NGX_ERROR as ngx_int_t {

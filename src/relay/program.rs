@@ -22,8 +22,6 @@ use crate::stderr::StderrLog;
 
 /// stderr read per event before yielding to other connections.
 const STDERR_PER_EVENT: usize = 256 * 1024;
-/// Output past a Content-Length dropped per event before yielding.
-const DISCARD_PER_EVENT: usize = 1024 * 1024;
 
 /// The environment of every program unless configured otherwise: a search path, nothing else.
 pub const DEFAULT_PATH: &CStr = c"PATH=/usr/local/bin:/usr/bin:/bin";
@@ -201,6 +199,12 @@ impl Program {
         }
         self.stdout = Some(stdout);
         self.stderr = Some(stderr);
+        if self.conf.stdin_body == 0 {
+            // A body the program does not take is dropped as it arrives.
+            if let Err(StdinFailure::Body(rc)) = self.feed_stdin(http) {
+                return Err(self.body_failed(http, rc));
+            }
+        }
         self.arm_timer(http, true, true, None);
         Ok(())
     }
@@ -215,6 +219,20 @@ impl Program {
     pub fn end_output(&mut self, left_writers: bool) {
         self.stdout = None;
         self.left_writers |= left_writers;
+    }
+
+    /// The program exited while other processes still held its stdout.
+    pub fn note_left_writers(&mut self) {
+        self.left_writers = true;
+    }
+
+    /// Lets go of a program whose response is complete: its stdout is closed, and it gets
+    /// `transform_kill_timeout` to end on its own before it is killed (see `Child::detach`).
+    pub fn detach(&mut self) {
+        self.stdout = None;
+        if let Some(child) = self.child.take() {
+            child.detach(&self.name);
+        }
     }
 
     /// The capacity of the stdout pipe.
@@ -258,38 +276,6 @@ impl Program {
             }
         }
         Ok(false)
-    }
-
-    /// Reads and drops output (past a complete response); the bytes dropped. Yields after
-    /// [`DISCARD_PER_EVENT`] bytes (the read event is posted to continue).
-    pub fn discard_output(&mut self) -> io::Result<u64> {
-        let Some(fd) = &self.stdout else {
-            return Ok(0);
-        };
-        let mut chunk = [0u8; 16 * 1024];
-        let mut dropped = 0u64;
-        loop {
-            if dropped >= DISCARD_PER_EVENT as u64 {
-                fd.post_read();
-                return Ok(dropped);
-            }
-            match os::read(fd.fd(), &mut chunk) {
-                Ok(0) => {
-                    self.stdout = None;
-                    return Ok(dropped);
-                }
-                Ok(n) => dropped += n as u64,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if self.exit.is_some() {
-                        // Only other processes hold the pipe.
-                        self.end_output(true);
-                    }
-                    return Ok(dropped);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
     }
 
     /// Asks for the next output when the machine waits on the program.
@@ -381,6 +367,9 @@ impl Program {
     /// the end of the body (the program sees end of file). A program that does not read its
     /// stdin is not an error: the rest of the body is dropped.
     pub fn feed_stdin(&mut self, http: Http) -> Result<(), StdinFailure> {
+        if self.conf.stdin_body == 0 {
+            return self.drop_body(http);
+        }
         loop {
             let Some(fd) = &self.stdin else {
                 return Ok(());
@@ -439,6 +428,27 @@ impl Program {
                 return Ok(());
             }
         }
+    }
+
+    /// `transform_stdin off`: reads what the client sends of its body and drops it (nginx stops
+    /// reading while its buffers are taken, so this keeps the client going), until its end.
+    fn drop_body(&mut self, http: Http) -> Result<(), StdinFailure> {
+        while self.body.streaming() {
+            self.body.skip();
+            if !http.streaming_body() {
+                http.stop_reading_body();
+                return Ok(());
+            }
+            let rc = http.read_unbuffered_body();
+            if rc != NGX_OK as ngx_int_t && rc != NGX_AGAIN as ngx_int_t {
+                http.stop_reading_body();
+                return Err(StdinFailure::Body(rc));
+            }
+            if !self.body.pull(http) && http.streaming_body() {
+                return Ok(());
+            }
+        }
+        Ok(())
     }
 
     /// Closes the program's stdin; a streamed body is no longer read from the client.

@@ -99,6 +99,10 @@ impl Splice {
         moved: &mut Moved,
         max_chunk: usize,
     ) -> io::Result<Pumped> {
+        // A pause after sendfile_max_chunk lasts until its timer: output events meanwhile wait.
+        if http.write_delayed() {
+            return Ok(Pumped::ClientBusy);
+        }
         // Whatever nginx still holds (the header) goes first.
         if http.pending_output() {
             if http.output_filter(core::ptr::null_mut()) == NGX_ERROR as ngx_int_t {
