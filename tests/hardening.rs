@@ -633,12 +633,13 @@ fn a_body_the_program_does_not_take_is_dropped_as_it_arrives() {
     ));
     let worker = nginx.worker_pid();
     let mut c = Client::connect(nginx.port);
-    c.send("POST /lines HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\r\n");
+    // A byte every 1.5 s: slower than lingering_timeout.
+    c.send("POST /lines HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n");
     let stream = c.stream().try_clone().unwrap();
     let uploader = std::thread::spawn(move || {
         let mut s = stream;
-        for _ in 0..6 {
-            std::thread::sleep(Duration::from_millis(500));
+        for _ in 0..3 {
+            std::thread::sleep(Duration::from_millis(1500));
             if s.write_all(b"x").is_err() {
                 break;
             }
@@ -651,8 +652,11 @@ fn a_body_the_program_does_not_take_is_dropped_as_it_arrives() {
     assert_eq!(r.body.iter().filter(|&&b| b == b'\n').count(), 6);
 
     let mut c = Client::connect(nginx.port);
-    c.send("POST /quiet HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc");
+    // The body comes after the header (nginx reads it after the program started).
+    c.send("POST /quiet HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n");
     assert!(wait_until(Duration::from_secs(3), || !children_of(worker).is_empty()));
+    std::thread::sleep(Duration::from_millis(200));
+    c.send("abc");
     std::thread::sleep(Duration::from_millis(200));
     let start = Instant::now();
     drop(c);
