@@ -52,6 +52,8 @@ fn status_headers_and_body_from_the_program() {
 
     // The body after the header block still takes the zero-copy transport: the one transport
     // line this request adds says so (earlier requests logged theirs).
+    // (The line is written after the header went out: let the last one land first.)
+    std::thread::sleep(std::time::Duration::from_millis(300));
     let before = transports(&nginx).len();
     let n = 5_000_000;
     let r = Client::connect(nginx.port).get(&format!("/big?n={n}"));
