@@ -209,7 +209,8 @@ struct Orphan {
 
 /// A detached program's failing exit, in the worker's log (its request is gone).
 fn log_detached_exit(name: &str, status: ExitStatus) {
-    if !status.success() {
+    // SIGPIPE is the module's doing: the program's pipes closed with its response.
+    if !status.success() && status != ExitStatus::Signal(libc::SIGPIPE) {
         log_error!(
             nginx_sys::NGX_LOG_ERR,
             ngx::log::ngx_cycle_log().as_ptr(),

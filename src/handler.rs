@@ -47,7 +47,7 @@ fn handle(http: Http) -> ngx_int_t {
         // The program starts with the first part of the body, which then streams to its stdin
         // as it arrives; with transform_request_buffering on, once nginx has all of it (in
         // memory or in a temporary file).
-        if conf.request_buffering == 0 || drop_body {
+        if conf.request_buffering == 0 {
             http.stream_body();
         }
         let rc = nginx::read_body(http, body_ready);

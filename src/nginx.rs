@@ -92,6 +92,12 @@ impl Http {
         self.with_r(|r| r.set_disable_not_modified(1));
     }
 
+    /// The connection closes after this response (what is left of the request body is not
+    /// read).
+    pub fn no_keepalive(self) {
+        self.with_r(|r| r.set_keepalive(0));
+    }
+
     /// Whether the request announces a body (a Content-Length above 0, or chunked).
     pub fn has_body(self) -> bool {
         self.with_r(|r| r.headers_in.content_length_n > 0 || r.headers_in.chunked() != 0)

@@ -127,8 +127,12 @@ enum Phase {
     /// The response is complete (its Content-Length reached, the last buffer sent) and the
     /// program's output ended: its exit status is only logged.
     Complete,
-    /// Finalized or aborted: every later event is ignored.
+    /// Finalized or aborted by the module: every later event is ignored.
     Done,
+    /// nginx ended the request itself (its cleanup ran, possibly from inside a call the machine
+    /// made, a filter or a redirect target terminating it): nothing more may be done with the
+    /// request, not even a finalize.
+    Terminated,
 }
 
 /// What woke the machine.
@@ -169,13 +173,16 @@ impl Transform {
     /// Handles `ev` and advances as far as possible; returns the status to finalize the request
     /// with when it is done.
     fn run(&mut self, ev: Event) -> Option<ngx_int_t> {
-        if matches!(self.phase, Phase::Done) {
+        if matches!(self.phase, Phase::Done | Phase::Terminated) {
             return None;
         }
         let next = match self.handle(ev) {
             Some(next) => next,
             None => self.advance(),
         };
+        if matches!(self.phase, Phase::Terminated) {
+            return None;
+        }
         let on_program = match next {
             Next::Finish(rc) => {
                 self.release();
@@ -231,6 +238,14 @@ impl Transform {
             }
             Event::Stdin | Event::ClientBody => match self.program.feed_stdin(self.http) {
                 Ok(()) => None,
+                // A body nobody reads does not concern a response already under way: it
+                // finishes, and the connection closes after it.
+                Err(StdinFailure::Body(rc)) if self.program.drops_body() && self.committed() => {
+                    let then = "the response goes on, then the connection closes";
+                    self.program.body_failed_then(self.http, rc, then);
+                    self.http.no_keepalive();
+                    None
+                }
                 Err(f) => Some(self.stdin_failed(f)),
             },
             Event::Output | Event::Exit | Event::Client => None,
@@ -247,6 +262,7 @@ impl Transform {
                 Phase::Drained => self.drained(),
                 Phase::Complete => self.complete(),
                 Phase::Done => Flow::Wait(Next::Finish(NGX_ERROR as ngx_int_t)),
+                Phase::Terminated => Flow::Wait(Next::Program),
             };
             match flow {
                 Flow::Continue => {}
@@ -266,7 +282,7 @@ impl Transform {
     /// Streaming: the sink moves what the program writes.
     fn stream(&mut self) -> Flow {
         if self.program.stdout().is_none() {
-            return self.output_ended();
+            return self.at_end();
         }
         if self.program.exit().is_some() && self.moved.end == u64::MAX {
             // The program exited: its output is what its pipe holds now. Descendants that keep
@@ -283,7 +299,7 @@ impl Transform {
             }
         }
         let Some(stdout) = self.program.stdout() else {
-            return self.output_ended();
+            return self.at_end();
         };
         let Phase::Streaming(sink) = &mut self.phase else {
             unreachable!("stream() runs in the streaming phase");
@@ -296,12 +312,23 @@ impl Transform {
             }
             Ok(Pumped::ProgramIdle) => Flow::Wait(Next::Program),
             Ok(Pumped::ClientBusy) => Flow::Wait(Next::Client),
-            Ok(Pumped::Eof) if self.moved.bytes == self.moved.limit => self.complete_response(),
             Ok(Pumped::Eof) => {
-                self.program.end_output(false);
-                self.output_ended()
+                if self.moved.bytes != self.moved.limit {
+                    self.program.end_output(false);
+                }
+                self.at_end()
             }
             Err(e) => Flow::Wait(self.io_failed("sending the program's output", e)),
+        }
+    }
+
+    /// The sink moved all it will: the response is complete at its Content-Length, or the
+    /// output ended.
+    fn at_end(&mut self) -> Flow {
+        if self.moved.bytes == self.moved.limit {
+            self.complete_response()
+        } else {
+            self.output_ended()
         }
     }
 
@@ -320,7 +347,7 @@ impl Transform {
             );
             return Flow::Wait(self.fail(NGX_HTTP_BAD_GATEWAY));
         }
-        self.phase = Phase::Drained;
+        self.set_phase(Phase::Drained);
         Flow::Continue
     }
 
@@ -348,7 +375,7 @@ impl Transform {
                 self.moved.limit
             );
         }
-        self.phase = Phase::Complete;
+        self.set_phase(Phase::Complete);
         if self.program.exit().is_none() && !hung_up {
             self.program.detach();
             return Flow::Wait(Next::Finish(NGX_OK as ngx_int_t));
@@ -489,10 +516,23 @@ impl Transform {
     /// SIGTERM, then SIGKILL after `transform_kill_timeout` (the orphan reaper sees to it).
     /// Idempotent; runs at the end and at the request's cleanup.
     fn release(&mut self) {
-        if !matches!(self.phase, Phase::Done) {
+        if !matches!(self.phase, Phase::Done | Phase::Terminated) {
             self.program.release(self.http);
+            self.phase = Phase::Done;
         }
-        self.phase = Phase::Done;
+    }
+
+    /// nginx ends the request (its cleanup): as `release`, and the machine stops for good.
+    fn terminate(&mut self) {
+        self.release();
+        self.phase = Phase::Terminated;
+    }
+
+    /// Moves to `phase`, unless nginx ended the request meanwhile.
+    fn set_phase(&mut self, phase: Phase) {
+        if !matches!(self.phase, Phase::Terminated) {
+            self.phase = phase;
+        }
     }
 
     /// The value of a log variable for this request.
@@ -521,11 +561,10 @@ fn io_other() -> io::Error {
 /// `ctx` is a live `Transform` (its request is alive).
 unsafe fn step(ctx: *mut Transform, ev: Event) -> bool {
     // SAFETY: caller's contract; the request is finalized by this function only after run()
-    // returned. (nginx may run the request's cleanup, `release`, from inside run(), when a
-    // filter or a redirect target terminates the request: release is idempotent and the
-    // request, its pool and so the Transform stay allocated until run() returns, since the
-    // relay holds a reference on the request. Strictly that is a second `&mut` while run's is
-    // live; see the note on `cleanup`.)
+    // returned. (nginx may run the request's cleanup from inside run(), when a filter or a
+    // redirect target terminates the request: nginx then posts the termination, so the
+    // request, its pool and the Transform stay allocated until run() returns. Strictly that
+    // cleanup is a second `&mut` while run's is live; see the note on `cleanup`.)
     let http = unsafe { (*ctx).http };
     // SAFETY: as above.
     match unsafe { (*ctx).run(ev) } {
@@ -637,12 +676,12 @@ unsafe extern "C" fn client_write_event(r: *mut ngx_http_request_t) {
 }
 
 /// The request ends (normally, on client abort, or on worker shutdown). It may run inside
-/// `Transform::run` (a filter or a redirect target terminating the request); `release` only
-/// closes descriptors and lets the program go, which `run` tolerates at any point since it checks
-/// its own phase after each call that can end the request.
+/// `Transform::run` (a filter or a redirect target terminating the request): the phase becomes
+/// `Terminated`, which no later step overwrites (`set_phase`) and after which `run` neither
+/// arms nor finalizes anything.
 unsafe extern "C" fn cleanup(data: *mut c_void) {
     // SAFETY: registered with the Transform as data; the pool (and it) still lives.
-    unsafe { (*data.cast::<Transform>()).release() };
+    unsafe { (*data.cast::<Transform>()).terminate() };
 }
 
 /// Handlers the source installs on the program's descriptors.

@@ -688,3 +688,110 @@ fn a_redirect_target_answers_conditional_requests() {
     }
     nginx.stop();
 }
+
+/// Second review: a CGI redirect is not refused for a body the program never took
+/// (`transform_stdin off`), however late the body comes.
+#[test]
+fn a_redirect_with_an_unread_body_is_followed() {
+    let nginx = Nginx::start(&server(
+        r#"location /files/ { alias {PREFIX}/html/; }
+           location /go { transform_output cgi;
+                          transform_exec /usr/bin/printf "Location: /files/page.txt\r\n\r\n"; }"#,
+    ));
+    std::fs::create_dir_all(nginx.prefix.join("html")).unwrap();
+    std::fs::write(nginx.prefix.join("html/page.txt"), "page\n").unwrap();
+    let mut c = Client::connect(nginx.port);
+    c.send("POST /go HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n");
+    std::thread::sleep(Duration::from_millis(200));
+    c.send("abc");
+    let r = c.read_response(false);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"page\n");
+    nginx.stop();
+}
+
+/// Second review: bytes past a Content-Length are logged also when all of the output was read
+/// before the commit.
+#[test]
+fn excess_output_of_a_short_program_is_logged() {
+    let nginx = Nginx::start(&server(
+        r#"location /cl { transform_output cgi;
+                          transform_exec /usr/bin/printf "Content-Length: 2\r\n\r\nhello"; }"#,
+    ));
+    let r = Client::connect(nginx.port).get("/cl");
+    assert_eq!(r.body, b"he");
+    let lines = nginx.log_lines("error");
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains("sent more than its Content-Length 2 (3 bytes more"))
+            .count(),
+        1,
+        "{lines:?}"
+    );
+    nginx.stop();
+}
+
+/// Second review: with `transform_request_buffering on` a body the program does not take is
+/// read whole first, so `$request_body` holds all of it.
+#[test]
+fn request_buffering_on_gives_a_whole_request_body_variable() {
+    let nginx = Nginx::start(&server(
+        r#"location /rb { transform_request_buffering on;
+                          transform_exec /usr/bin/printf "[%s]" $request_body; }"#,
+    ));
+    let mut c = Client::connect(nginx.port);
+    c.send("POST /rb HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\r\nabc");
+    std::thread::sleep(Duration::from_millis(300));
+    c.send("def");
+    assert_eq!(c.read_response(false).body, b"[abcdef]");
+    nginx.stop();
+}
+
+/// Second review: a program let go after its complete response, killed by SIGPIPE when it
+/// writes on, is not reported as a failure (the module closed its pipes).
+#[test]
+fn sigpipe_after_a_complete_response_is_not_a_failure() {
+    let nginx = Nginx::start(&server(
+        r#"location /late { transform_output cgi; transform_commit_timeout 0;
+                            transform_exec /bin/sh -c "printf 'Content-Length: 5\r\n\r\nhello'; sleep 0.3; echo more; echo done >&2"; }"#,
+    ));
+    let worker = nginx.worker_pid();
+    assert_eq!(Client::connect(nginx.port).get("/late").body, b"hello");
+    assert!(wait_until(Duration::from_secs(3), || children_of(worker).is_empty()));
+    let lines = nginx.log_lines("error");
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("after its complete response")),
+        "{lines:?}"
+    );
+    nginx.stop();
+}
+
+/// Second review: a body nobody reads that fails after the commit (here: past
+/// client_max_body_size) does not cut the response; the connection closes after it.
+#[test]
+fn an_unread_body_failing_after_the_commit_does_not_cut_the_response() {
+    let nginx = Nginx::start(&server(
+        r#"location /slow { client_max_body_size 1k; transform_commit_timeout 0;
+                            transform_exec /bin/sh -c "printf first; sleep 1; printf second"; }"#,
+    ));
+    let mut c = Client::connect(nginx.port);
+    c.send("POST /slow HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n");
+    let head = c.read_head();
+    assert_eq!(head.status, 200);
+    let big = format!("1000\r\n{}\r\n", "x".repeat(4096));
+    c.send(&big);
+    let mut rest = Vec::new();
+    c.stream()
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = c.read_to_end(&mut rest);
+    let text = String::from_utf8_lossy(&rest);
+    assert!(
+        text.contains("first") && text.contains("second") && text.ends_with("0\r\n\r\n"),
+        "{text:?}"
+    );
+    nginx.stop();
+}

@@ -274,7 +274,7 @@ impl Transform {
             return Flow::Wait(Next::Finish(NGX_ERROR as ngx_int_t));
         }
         let sink = Sink::choose(self.http, self.conf);
-        self.phase = Phase::Streaming(sink);
+        self.set_phase(Phase::Streaming(sink));
         Flow::Continue
     }
 
@@ -298,8 +298,8 @@ impl Transform {
                 NGX_LOG_ERR,
                 log,
                 0,
-                "transform program \"{}\" redirected to \"{}\" after taking the request body, \
-                 which cannot be handed on (transform_request_buffering off)",
+                "transform program \"{}\" redirected to \"{}\" after taking the request body as \
+                 it streamed, which cannot be handed on (transform_request_buffering off)",
                 self.program.name(),
                 escape(&location)
             );

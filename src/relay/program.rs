@@ -462,11 +462,21 @@ impl Program {
     /// Whether the request body was handed to the program as it arrived (so it is consumed,
     /// and cannot be handed to another location).
     pub fn took_streamed_body(&self, http: Http) -> bool {
-        self.body.streaming() && http.has_body()
+        self.conf.stdin_body != 0 && self.body.streaming() && http.has_body()
+    }
+
+    /// Whether the request body is only read and dropped (`transform_stdin off`).
+    pub fn drops_body(&self) -> bool {
+        self.conf.stdin_body == 0
     }
 
     /// Logs why a streamed body could not be read; returns the response status.
     pub fn body_failed(&self, http: Http, rc: ngx_int_t) -> ngx_int_t {
+        self.body_failed_then(http, rc, "the program is stopped")
+    }
+
+    /// As [`Program::body_failed`], saying what follows.
+    pub fn body_failed_then(&self, http: Http, rc: ngx_int_t, then: &str) -> ngx_int_t {
         let status = if rc >= NGX_HTTP_SPECIAL_RESPONSE as ngx_int_t {
             rc
         } else {
@@ -482,7 +492,7 @@ impl Program {
             NGX_LOG_INFO,
             http.log(),
             0,
-            "transform: request body for \"{}\" cut short: {why}; the program is stopped",
+            "transform: request body for \"{}\" cut short: {why}; {then}",
             self.name
         );
         status
