@@ -411,10 +411,7 @@ fn a_redirect_halfway_through_a_streamed_body_is_refused_not_repeated() {
         // A CGI redirect is refused where it is made (the program took the body); an
         // error_page redirect is refused by the next transform location.
         let (status, line) = match path {
-            "/cgi" => (
-                502,
-                "after taking the request body, which cannot be handed on",
-            ),
+            "/cgi" => (502, "which cannot be handed on"),
             _ => (
                 500,
                 "the request body was partly read before an internal redirect",
