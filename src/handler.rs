@@ -11,7 +11,7 @@ use nginx_sys::{
 use crate::child;
 use crate::conf::TransformConf;
 use crate::log::escape;
-use crate::nginx::{self, Http};
+use crate::nginx::{self, ContentType, Http};
 use crate::relay::{self, Launch};
 
 /// `clcf->handler` of every location with `transform_exec`.
@@ -98,7 +98,7 @@ fn run(http: Http, conf: &'static TransformConf) -> ngx_int_t {
     if http.is_head() && conf.cgi_output == 0 {
         // HEAD: the headers of a raw-output response do not depend on the program, so it is not run.
         http.disable_not_modified();
-        return http.send_header(content_type, None);
+        return http.send_header(ContentType::Configured(content_type), None);
     }
 
     let running = child::running();

@@ -233,31 +233,26 @@ impl Http {
         Some(unsafe { core::slice::from_raw_parts(s.data, s.len) })
     }
 
-    /// Sets a 200 response of unknown length with the given Content-Type (or nginx's
-    /// `default_type`), optionally a Content-Length, and sends the header.
-    pub fn send_header(
-        self,
-        content_type: Option<&'static [u8]>,
-        length: Option<u64>,
-    ) -> ngx_int_t {
+    /// Sets a 200 response of unknown length with the given Content-Type, optionally a
+    /// Content-Length, and sends the header.
+    pub fn send_header(self, content_type: ContentType, length: Option<u64>) -> ngx_int_t {
         self.send_status_header(NGX_HTTP_OK as u16, content_type, length)
     }
 
-    /// As [`Http::send_header`], with the given status. A Content-Type already in the headers
-    /// (a CGI program's own) stays; otherwise `content_type` or nginx's `default_type`.
+    /// As [`Http::send_header`], with the given status.
     pub fn send_status_header(
         self,
         status: u16,
-        content_type: Option<&'static [u8]>,
+        content_type: ContentType,
         length: Option<u64>,
     ) -> ngx_int_t {
         let default_type = self.core_conf().default_type;
         self.with_r(|r| {
             r.headers_out.status = status as _;
             r.headers_out.content_length_n = length.map_or(-1, |n| n as i64);
-            if r.headers_out.content_type.len != 0 {
+            let ContentType::Configured(content_type) = content_type else {
                 return;
-            }
+            };
             let ct = match content_type {
                 Some(t) if !t.is_empty() => ngx_str_t {
                     len: t.len(),
@@ -576,6 +571,16 @@ impl Http {
         // SAFETY: live connection; ngx_tcp_nodelay checks the connection's state itself.
         unsafe { nginx_sys::ngx_tcp_nodelay(self.connection()) };
     }
+}
+
+/// The Content-Type a response is sent with.
+#[derive(Clone, Copy)]
+pub enum ContentType {
+    /// Already in the response headers: a CGI program's own, with its charset.
+    InHeaders,
+    /// `transform_type` evaluated, or nginx's `default_type` (None, or empty). It replaces
+    /// whatever the headers hold (an earlier location's, before an internal redirect).
+    Configured(Option<&'static [u8]>),
 }
 
 /// Where a local redirect goes: a named location, or a URI and its arguments.

@@ -479,7 +479,7 @@ impl Transform {
     }
 
     fn program_timed_out(&mut self) -> Next {
-        let (limit, ms) = self.program.which_timeout(self.conf);
+        let (limit, ms) = self.program.which_timeout();
         log_error!(
             NGX_LOG_ERR,
             self.http.log(),

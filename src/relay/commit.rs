@@ -13,7 +13,7 @@ use super::{Flow, Next, Phase, Sink, Transform};
 use crate::cgi;
 use crate::conf::TransformConf;
 use crate::log::escape;
-use crate::nginx::{headers, now_msec};
+use crate::nginx::{headers, now_msec, ContentType};
 use crate::os;
 
 /// Output held before the commit.
@@ -233,8 +233,8 @@ impl Transform {
                     }
                     // The program's own Content-Type is in the headers now (charset apart).
                     let content_type = match &head.content_type {
-                        Some(_) => None,
-                        None => self.content_type,
+                        Some(_) => ContentType::InHeaders,
+                        None => ContentType::Configured(self.content_type),
                     };
                     (
                         status,
@@ -246,7 +246,8 @@ impl Transform {
                 }
                 _ => {
                     self.http.disable_not_modified();
-                    (200, self.content_type, length, &buf[..], false)
+                    let content_type = ContentType::Configured(self.content_type);
+                    (200, content_type, length, &buf[..], false)
                 }
             };
         self.program.set_hold_timer(None);

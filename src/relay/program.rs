@@ -353,7 +353,8 @@ impl Program {
     }
 
     /// Which timeout fired: the total one, or the read one.
-    pub fn which_timeout(&self, conf: &TransformConf) -> (&'static str, ngx_msec_t) {
+    pub fn which_timeout(&self) -> (&'static str, ngx_msec_t) {
+        let conf = self.conf;
         if conf.timeout > 0 && now_msec() >= self.started + conf.timeout {
             ("transform_timeout", conf.timeout)
         } else {
