@@ -254,7 +254,7 @@ impl Transform {
 
     /// Runs the phases until one has to wait.
     fn advance(&mut self) -> Next {
-        self.program.collect_status();
+        self.program.collect_status(self.http);
         loop {
             let flow = match self.phase {
                 Phase::Holding(_) => self.hold(),

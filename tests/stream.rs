@@ -1006,3 +1006,24 @@ fn stderr_goes_to_the_error_log_bounded_and_never_blocks_stdout() {
     }
     nginx.stop();
 }
+
+#[test]
+fn a_programs_stderr_is_in_the_log_when_its_response_ends() {
+    // The program writes to stderr, then stdout, and exits, often before nginx watches its
+    // pipes: its lines are logged before the last byte of its response goes out, never after.
+    let nginx = Nginx::start(&server(
+        "location /s { transform_exec {HELPER} stderr 1 20 10 0; }",
+    ));
+    let logged = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("transform stderr: err 0 ") && l.contains("GET /s"))
+            .count()
+    };
+    let mut c = Client::connect(nginx.port);
+    for n in 1..=300 {
+        let r = c.get("/s");
+        assert_eq!(r.status, 200);
+        assert_eq!(logged(&nginx.error_log()), n, "after response {n}");
+    }
+    nginx.stop();
+}

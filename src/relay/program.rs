@@ -246,11 +246,15 @@ impl Program {
     }
 
     /// Collects the exit status if the program has exited (it stays a zombie until released).
-    pub fn collect_status(&mut self) {
+    pub fn collect_status(&mut self, http: Http) {
         if self.exit.is_none() {
             if let Some(status) = self.child.as_mut().and_then(Child::status) {
                 self.exit = Some((status, now_msec()));
                 self.read_timer = false;
+                // What it wrote to stderr is in the pipe now (its events may come after the
+                // exit's when it ended before nginx watched it): logged before anything the
+                // exit decides, so its lines precede the end of the response.
+                self.drain_stderr(http);
             }
         }
     }
@@ -581,7 +585,7 @@ impl Program {
             // lingering close drops it).
             http.stop_reading_body();
         }
-        self.collect_status();
+        self.collect_status(http);
         self.stdout = None;
         self.stdin = None;
         self.stderr = None;
