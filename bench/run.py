@@ -26,7 +26,6 @@ contestant's cgroups (the /proc tree of its servers without cgroups).
 """
 
 import argparse
-import asyncio
 import datetime
 import glob
 import json
@@ -34,6 +33,7 @@ import math
 import os
 import platform
 import re
+import selectors
 import shutil
 import signal
 import socket
@@ -1046,75 +1046,117 @@ def w5(sizes, main, big):
 W6_BYTES = 200 * 1024
 W6_WORK_S = 0.1
 W6_HERD = 100
-# W6a's contestants: (name, URL path prefix, run count).
+# W6a's contestants: (name, URL path prefix, run count); the last one runs no program, it shows
+# what delivering the bytes costs (to 100 clients at once: the floor of any herd's latency).
 W6A = [("module, transform_store + transform_lock", "/w6/store/", "store"),
        ("module behind proxy_cache + proxy_cache_lock", "/w6/proxy/", "proxy"),
-       ("fcgiwrap + fastcgi_cache + fastcgi_cache_lock", "/w6/fastcgi/", "fastcgi")]
+       ("fcgiwrap + fastcgi_cache + fastcgi_cache_lock", "/w6/fastcgi/", "fastcgi"),
+       ("nginx static, a file of the same bytes (no program)", "/w6/static/", None)]
 
 
-async def read_response(reader):
-    """(status, body) of one HTTP/1.1 response (Content-Length, chunked or close-delimited); a
-    response cut short raises asyncio.IncompleteReadError."""
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
+def parse_response(raw):
+    """(status, body) of one whole HTTP/1.1 response (Content-Length, chunked, or delimited by
+    the close); ValueError when it is cut or malformed."""
+    head_end = raw.find(b"\r\n\r\n")
+    if head_end < 0:
+        raise ValueError(f"no complete header in {len(raw)} bytes")
+    lines = bytes(raw[:head_end]).decode("latin-1").split("\r\n")
     status = int(lines[0].split()[1])
     headers = {}
     for line in lines[1:]:
-        if line:
-            k, v = line.split(":", 1)
-            headers[k.strip().lower()] = v.strip()
+        k, v = line.split(":", 1)
+        headers[k.strip().lower()] = v.strip()
+    pos = head_end + 4
     if headers.get("transfer-encoding", "").lower() == "chunked":
         body = bytearray()
         while True:
-            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            eol = raw.find(b"\r\n", pos)
+            if eol < 0:
+                raise ValueError(f"cut after {len(body)} body bytes (chunked)")
+            size = int(bytes(raw[pos:eol]).split(b";")[0], 16)
+            pos = eol + 2
             if size == 0:
-                if await reader.readuntil(b"\r\n") != b"\r\n":
-                    raise ValueError("trailers after the last chunk")
+                if bytes(raw[pos:pos + 2]) != b"\r\n":
+                    raise ValueError("no CRLF after the last chunk")
                 return status, bytes(body)
-            body += await reader.readexactly(size)
-            if await reader.readexactly(2) != b"\r\n":
-                raise ValueError("chunk not followed by CRLF")
+            if len(raw) < pos + size + 2 or bytes(raw[pos + size:pos + size + 2]) != b"\r\n":
+                raise ValueError(f"cut after {len(body)} body bytes (chunked)")
+            body += raw[pos:pos + size]
+            pos += size + 2
     if "content-length" in headers:
-        return status, await reader.readexactly(int(headers["content-length"]))
-    return status, await reader.read()
-
-
-async def herd_async(port, path, n, expect, timeout):
-    conns = await asyncio.wait_for(asyncio.gather(
-        *(asyncio.open_connection("127.0.0.1", port) for _ in range(n)),
-        return_exceptions=True), timeout)
-    request = f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode()
-
-    async def one(conn):
-        if isinstance(conn, BaseException):
-            return None, f"connect: {conn!r}"
-        reader, writer = conn
-        start = time.monotonic()
-        try:
-            writer.write(request)
-            status, body = await asyncio.wait_for(read_response(reader), timeout)
-        except (OSError, ValueError, asyncio.IncompleteReadError, asyncio.TimeoutError) as e:
-            return None, f"{type(e).__name__}: {e}"
-        finally:
-            writer.close()
-        took = time.monotonic() - start
-        if status != 200:
-            return None, f"status {status}"
-        if body != expect:
-            return None, f"a body of {len(body)} bytes, not the {len(expect)} expected"
-        return took, None
-
-    # Every connection is open before the first request is sent: the requests go out together.
-    return await asyncio.gather(*(one(c) for c in conns))
+        n = int(headers["content-length"])
+        if len(raw) - pos < n:
+            raise ValueError(f"cut: {len(raw) - pos} of {n} body bytes")
+        return status, bytes(raw[pos:pos + n])
+    return status, bytes(raw[pos:])
 
 
 def herd(port, path, n, expect, timeout=60):
-    """n identical GETs at once, each on a connection of its own, every response checked byte
-    for byte: latencies (seconds, of the good responses) and errors."""
-    out = asyncio.run(herd_async(port, path, n, expect, timeout))
-    lat = sorted(t for t, _ in out if t is not None)
-    errs = [e for _, e in out if e is not None]
-    return {"latencies": lat, "errors": len(errs), "first_error": errs[0] if errs else ""}
+    """n identical GETs at once, each on a connection of its own (all connected before the first
+    is sent; `Connection: close`, so the response ends with the connection), every response
+    checked byte for byte: latencies (seconds from its send to its end, of the good responses)
+    and errors. One thread, epoll, each response received into a buffer of its own with no
+    other copy: the client must not be what is measured (a 100-response herd of a 200 KiB static
+    file takes it a few milliseconds)."""
+    request = f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode()
+    errs, conns = [], []
+    for _ in range(n):
+        try:
+            conns.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+        except OSError as e:
+            errs.append(f"connect: {e}")
+    sel = selectors.DefaultSelector()
+    state = {}  # socket -> [buffer, length, start, end]
+    try:
+        for c in conns:  # everything ready (and the buffers' pages touched) before a request
+            c.setblocking(False)
+            sel.register(c, selectors.EVENT_READ)
+            state[c] = [bytearray(b"\0" * (len(expect) + 65536)), 0, None, None]
+        for c in conns:
+            state[c][2] = time.monotonic()
+            c.sendall(request)  # a few dozen bytes: the socket buffer takes them at once
+        deadline = time.monotonic() + timeout
+        left = len(conns)
+        while left and time.monotonic() < deadline:
+            for key, _ in sel.select(max(deadline - time.monotonic(), 0)):
+                c = key.fileobj
+                st = state[c]
+                if st[1] == len(st[0]):
+                    st[0].extend(bytes(len(st[0])))
+                try:
+                    got = c.recv_into(memoryview(st[0])[st[1]:])
+                except BlockingIOError:
+                    continue
+                except OSError as e:
+                    errs.append(f"receive: {e}")
+                    got = 0
+                if got:
+                    st[1] += got
+                    continue
+                st[3] = time.monotonic()
+                sel.unregister(c)
+                left -= 1
+        lat = []
+        for c, (buf, length, start, end) in state.items():
+            if end is None:
+                errs.append(f"no end after {timeout} s")
+                continue
+            try:
+                status, body = parse_response(buf[:length])
+            except ValueError as e:
+                errs.append(str(e))
+                continue
+            if status != 200:
+                errs.append(f"status {status}")
+            elif body != expect:
+                errs.append(f"a body of {len(body)} bytes, not the {len(expect)} expected")
+            else:
+                lat.append(end - start)
+    finally:
+        sel.close()
+        for c in conns:
+            c.close()
+    return {"latencies": sorted(lat), "errors": len(errs), "first_error": errs[0] if errs else ""}
 
 
 def percentile(sorted_values, q):
@@ -1125,6 +1167,8 @@ def percentile(sorted_values, q):
 
 
 def runs_of(inst, key):
+    if key is None:  # no program
+        return 0
     with open(inst["counts"][key]) as f:
         return sum(1 for _ in f)
 
@@ -1142,6 +1186,9 @@ def w6(s, cg, sizes):
     for rnd in range(rounds):
         inst = s.start_w6(rnd)
         try:
+            for name in (f"lone-{rnd}", f"herd-{rnd}"):
+                with open(os.path.join(inst["prefix"], "html", "w6", "static", name), "wb") as f:
+                    f.write(expect)
             order = W6A[rnd % len(W6A):] + W6A[:rnd % len(W6A)]  # who goes first rotates
             for name, path, key in order:
                 before = runs_of(inst, key)
@@ -1149,7 +1196,7 @@ def w6(s, cg, sizes):
                 runs = runs_of(inst, key) - before
                 lone = r["latencies"][0] * 1000 if r["latencies"] else None
                 a[name]["lone_ms"].append(lone)
-                w6_errors(a[name], r, runs, 1)
+                w6_errors(a[name], r, runs, 1 if key else 0)
                 log(f"W6a {name}: a lone cold request {fmt(lone, 1)} ms, {runs} run(s)")
             for name, path, key in order:
                 before = runs_of(inst, key)
@@ -1160,7 +1207,7 @@ def w6(s, cg, sizes):
                 p50, p99 = percentile(lat, 0.5), percentile(lat, 0.99)
                 p50, p99 = (None if p is None else p * 1000 for p in (p50, p99))
                 x = a[name]
-                x["runs"].append(runs)
+                x["runs"].append(runs if key else None)
                 x["p50_ms"].append(p50)
                 x["p99_ms"].append(p99)
                 w6_errors(x, r, runs, None)
@@ -1179,12 +1226,12 @@ def w6(s, cg, sizes):
 
 def w6_errors(x, r, runs, want_runs):
     """Adds a load's errors to contestant x's (with a lone request's program runs, which must be
-    exactly one: a herd's are reported, not counted as errors)."""
+    as wanted: a herd's are reported, not counted as errors)."""
     x["errors"] += r["errors"]
     x["first_error"] = x["first_error"] or r["first_error"]
     if want_runs is not None and runs != want_runs:
         x["errors"] += 1
-        x["first_error"] = x["first_error"] or f"a lone request ran the program {runs} times"
+        x["first_error"] = x["first_error"] or f"a lone request ran {runs} programs"
 
 
 W6B_STORED = "module, stored file (try_files)"
@@ -1199,7 +1246,7 @@ def w6b(s, cg, sizes, inst, rnd):
     t = sizes["w2_seconds"]
     # nginx's own static handler on a copy of the stored file (the same bytes, elsewhere).
     stored = os.path.join(prefix, "html", "store", "w6", "store", f"herd-{rnd}")
-    static = os.path.join(prefix, "html", "w6", "static", f"herd-{rnd}")
+    static = os.path.join(prefix, "html", "w6", "static", f"stored-{rnd}")
     out = {}
     try:
         shutil.copyfile(stored, static)
@@ -1208,16 +1255,16 @@ def w6b(s, cg, sizes, inst, rnd):
                            "p99_ms": None, "runs": None}
         log(f"W6b: no stored file to serve: {e}")
         return out
-    warm = [(W6B_STORED, "/w6/store/", "store"),
-            (W6B_STATIC, "/w6/static/", None),
-            ("proxy_cache hit", "/w6/proxy/", "proxy"),
-            ("fastcgi_cache hit", "/w6/fastcgi/", "fastcgi")]
+    warm = [(W6B_STORED, f"/w6/store/herd-{rnd}", "store"),
+            (W6B_STATIC, f"/w6/static/stored-{rnd}", None),
+            ("proxy_cache hit", f"/w6/proxy/herd-{rnd}", "proxy"),
+            ("fastcgi_cache hit", f"/w6/fastcgi/herd-{rnd}", "fastcgi")]
     runs = {name: [] for name, _, _ in warm}
     for _ in range(sizes["wrk_rounds"]):
         for name, path, key in warm:
-            before = runs_of(inst, key) if key else 0
-            r = wrk(f"{base}{path}herd-{rnd}", t)
-            r["runs"] = runs_of(inst, key) - before if key else 0
+            before = runs_of(inst, key)
+            r = wrk(base + path, t)
+            r["runs"] = runs_of(inst, key) - before
             runs[name].append(r)
             log(f"W6b {name}: {r['rps']:.0f} req/s, p99 {r['p99_ms']:.2f} ms, {r['runs']} program "
                 f"run(s), {r['errors']} errors")
@@ -1383,7 +1430,7 @@ def report(res):
         "| p99 / lone | errors |")
     add("|---|---:|---:|---:|---:|---:|---:|")
     for name, r in w6a.items():
-        runs = ", ".join(str(n) for n in r["runs"])
+        runs = ", ".join("n/a" if n is None else str(n) for n in r["runs"])
         add(f"| {who(name, r)} | {runs} | {fmt(r['lone_ms'], 1)} | {fmt(r['p50_ms'], 1)} | "
             f"{fmt(r['p99_ms'], 1)} | {fmt(ratio(r['p99_ms'], r['lone_ms']), 2)} | "
             f"{r['errors']} |")
