@@ -164,6 +164,8 @@ impl Follower {
                 .and_then(|s| s.content_type.as_deref())
                 .and_then(|t| http.pool_copy(t))
                 .or(self.content_type);
+            // The output is the program's, not a file's: no conditional answers on it.
+            http.disable_not_modified();
             let rc = http.send_header(ContentType::Configured(ct), length);
             if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || http.header_only() {
                 return Some(rc);

@@ -343,6 +343,55 @@ const DIRECTIVES: &[Row] = &[
         "\"transform_kill_timeout\" directive invalid value",
         "transform_kill_timeout 500ms;",
     ),
+    row(
+        "transform_store",
+        Level::Location,
+        "transform_store \"\";",
+        "empty store path",
+        "transform_store {PREFIX}/store$uri;",
+    ),
+    row(
+        "transform_store_access",
+        Level::Location,
+        "transform_store_access user:rx;",
+        "invalid value \"user:rx\"",
+        "transform_store_access user:rw group:r all:r;",
+    ),
+    row(
+        "transform_temp_path",
+        Level::Location,
+        "transform_temp_path {PREFIX}/tt 0;",
+        "\"transform_temp_path\" directive invalid value",
+        "transform_temp_path {PREFIX}/tt 1 2;",
+    ),
+    row(
+        "transform_lock",
+        Level::Location,
+        "transform_lock maybe;",
+        "it must be \"on\" or \"off\"",
+        "transform_lock off;",
+    ),
+    row(
+        "transform_lock_key",
+        Level::Location,
+        "transform_lock_key $uri $args;",
+        "invalid number of arguments in \"transform_lock_key\" directive",
+        "transform_lock_key $uri$arg_size;",
+    ),
+    row(
+        "transform_lock_timeout",
+        Level::Location,
+        "transform_lock_timeout soon;",
+        "\"transform_lock_timeout\" directive invalid value",
+        "transform_lock_timeout 5s;",
+    ),
+    row(
+        "transform_lock_zone",
+        Level::Http,
+        "transform_lock_zone herd;",
+        "invalid zone \"herd\": name:size expected",
+        "transform_lock_zone herd:1m;",
+    ),
 ];
 
 /// A configuration with `line` where its directive belongs, marked `#BAD` for [`rejects`].
