@@ -798,8 +798,8 @@ fn a_herd_of_100_over_2_workers_runs_the_program_once() {
         .max()
         .unwrap();
     assert!(
-        late + Duration::from_millis(500) < first_done,
-        "a client's first bytes came {:?} before the first response ended (want >= 500ms)",
+        late + Duration::from_millis(400) < first_done,
+        "a client's first bytes came {:?} before the first response ended (want >= 400ms)",
         first_done.saturating_duration_since(late)
     );
     let pids: std::collections::BTreeSet<String> =
