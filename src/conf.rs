@@ -7,14 +7,16 @@ use core::ptr;
 use std::ffi::CString;
 
 use nginx_sys::{
-    ngx_atoi, ngx_command_t, ngx_conf_enum_t, ngx_conf_set_enum_slot, ngx_conf_set_flag_slot,
-    ngx_conf_set_msec_slot, ngx_conf_set_num_slot, ngx_conf_set_size_slot, ngx_conf_t, ngx_flag_t,
+    ngx_atoi, ngx_command_t, ngx_conf_enum_t, ngx_conf_merge_path_value, ngx_conf_set_access_slot,
+    ngx_conf_set_enum_slot, ngx_conf_set_flag_slot, ngx_conf_set_msec_slot, ngx_conf_set_num_slot,
+    ngx_conf_set_path_slot, ngx_conf_set_size_slot, ngx_conf_t, ngx_flag_t,
     ngx_http_compile_complex_value, ngx_http_compile_complex_value_t, ngx_http_complex_value_t,
     ngx_http_script_variables_count, ngx_http_set_complex_value_slot, ngx_int_t, ngx_msec_t,
-    ngx_parse_offset, ngx_parse_time, ngx_pcalloc, ngx_str_t, ngx_uint_t, NGX_CONF_1MORE,
-    NGX_CONF_FLAG, NGX_CONF_TAKE1, NGX_CONF_TAKE2, NGX_HTTP_LIF_CONF, NGX_HTTP_LOC_CONF,
-    NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_SRV_CONF, NGX_LOG_DEBUG, NGX_LOG_EMERG,
-    NGX_LOG_ERR, NGX_LOG_INFO, NGX_LOG_NOTICE, NGX_LOG_WARN, NGX_OK,
+    ngx_parse_offset, ngx_parse_time, ngx_path_init_t, ngx_path_t, ngx_pcalloc, ngx_shm_zone_t,
+    ngx_str_t, ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_FLAG, NGX_CONF_TAKE1, NGX_CONF_TAKE1234,
+    NGX_CONF_TAKE2, NGX_CONF_TAKE3, NGX_HTTP_LIF_CONF, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
+    NGX_HTTP_MAIN_CONF, NGX_HTTP_SRV_CONF, NGX_LOG_DEBUG, NGX_LOG_EMERG, NGX_LOG_ERR, NGX_LOG_INFO,
+    NGX_LOG_NOTICE, NGX_LOG_WARN, NGX_OK,
 };
 use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::http::{HttpModuleLocationConf, Merge, MergeConfigError, NgxHttpCoreModule};
@@ -134,6 +136,32 @@ pub struct TransformConf {
     pub env: Option<Vec<EnvVar>>,
     /// `transform_chdir`: the program's working directory.
     pub dir: *mut ngx_http_complex_value_t,
+    /// `transform_store`: off, on (root/alias + URI), or a path with variables.
+    pub store: Store,
+    /// `transform_store_access`: the stored file's permissions.
+    pub store_access: ngx_uint_t,
+    /// `transform_temp_path`: where outputs are written before they are published.
+    pub temp_path: *mut ngx_path_t,
+    /// `transform_lock`: one program for the requests of one key.
+    pub lock: ngx_flag_t,
+    /// `transform_lock_key`: the key (default: the store path).
+    pub lock_key: *mut ngx_http_complex_value_t,
+    /// `transform_lock_timeout`: the longest wait for the running program's next output.
+    pub lock_timeout: ngx_msec_t,
+    /// `transform_lock_zone` (http level): the shared memory of the locks.
+    pub lock_zone: *mut ngx_shm_zone_t,
+    /// Where `transform_lock on` was written, for the error when it cannot work.
+    lock_at: Option<(String, ngx_uint_t)>,
+}
+
+/// `transform_store`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Store {
+    Unset,
+    Off,
+    /// The path nginx maps the URI to, as `proxy_store on`.
+    On,
+    Path(*mut ngx_http_complex_value_t),
 }
 
 /// One `transform_env NAME value`.
@@ -166,6 +194,14 @@ impl Default for TransformConf {
             rlimits: None,
             env: None,
             dir: ptr::null_mut(),
+            store: Store::Unset,
+            store_access: NGX_CONF_UNSET_UINT,
+            temp_path: ptr::null_mut(),
+            lock: NGX_CONF_UNSET,
+            lock_key: ptr::null_mut(),
+            lock_timeout: NGX_CONF_UNSET_MSEC,
+            lock_zone: ptr::null_mut(),
+            lock_at: None,
         }
     }
 }
@@ -180,6 +216,16 @@ impl TransformConf {
     pub fn dir(&self) -> Option<&ngx_http_complex_value_t> {
         // SAFETY: null or a complex value compiled by ngx_http_set_complex_value_slot.
         unsafe { self.dir.as_ref() }
+    }
+
+    pub fn lock_key(&self) -> Option<&ngx_http_complex_value_t> {
+        // SAFETY: null or a complex value compiled by ngx_http_set_complex_value_slot.
+        unsafe { self.lock_key.as_ref() }
+    }
+
+    /// Whether outputs go through a temporary file (to be stored, or read by waiting requests).
+    pub fn uses_temp_file(&self) -> bool {
+        self.store != Store::Off || self.lock != 0
     }
 
     pub fn content_type(&self) -> Option<&ngx_http_complex_value_t> {
@@ -206,6 +252,29 @@ impl Merge for TransformConf {
             ptr::null_mut(),
         );
         merge(&mut self.dir, prev.dir, ptr::null_mut(), ptr::null_mut());
+        merge(&mut self.store, prev.store, Store::Unset, Store::Off);
+        merge(
+            &mut self.store_access,
+            prev.store_access,
+            NGX_CONF_UNSET_UINT,
+            0o600,
+        );
+        merge(&mut self.lock, prev.lock, NGX_CONF_UNSET, 0);
+        merge(
+            &mut self.lock_key,
+            prev.lock_key,
+            ptr::null_mut(),
+            ptr::null_mut(),
+        );
+        merge(
+            &mut self.lock_zone,
+            prev.lock_zone,
+            ptr::null_mut(),
+            ptr::null_mut(),
+        );
+        if self.lock_at.is_none() {
+            self.lock_at.clone_from(&prev.lock_at);
+        }
         merge(&mut self.splice, prev.splice, NGX_CONF_UNSET, 1);
         merge(
             &mut self.request_buffering,
@@ -284,8 +353,82 @@ impl Merge for TransformConf {
             unset,
             DEFAULT_KILL_TIMEOUT,
         );
+        merge(
+            &mut self.lock_timeout,
+            prev.lock_timeout,
+            unset,
+            DEFAULT_LOCK_TIMEOUT,
+        );
         Ok(())
     }
+}
+
+/// Default `transform_lock_timeout`, as `transform_read_timeout`'s: a waiting request waits as
+/// long as the program it waits for may be silent.
+pub const DEFAULT_LOCK_TIMEOUT: ngx_msec_t = DEFAULT_READ_TIMEOUT;
+
+/// Default `transform_temp_path`, under the prefix (as proxy_temp).
+static mut TEMP_PATH: ngx_path_init_t = ngx_path_init_t {
+    name: ngx_string!("transform_temp"),
+    level: [0; 3],
+};
+
+/// `merge_loc_conf`: the values, then what needs the configuration (the temp path, whose
+/// directories nginx creates at start-up, and the checks of `transform_lock`).
+///
+/// # Safety
+/// nginx calls it with the configuration and two of this module's location configurations.
+pub unsafe extern "C" fn merge_loc_conf(
+    cf: *mut ngx_conf_t,
+    prev: *mut c_void,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx's contract for merge_loc_conf.
+    let (cf, prev, conf) = unsafe {
+        (
+            &mut *cf,
+            &mut *prev.cast::<TransformConf>(),
+            &mut *conf.cast::<TransformConf>(),
+        )
+    };
+    if conf.merge(prev).is_err() {
+        return NGX_CONF_ERROR;
+    }
+    // SAFETY: the paths are null or nginx's; TEMP_PATH is only read by nginx.
+    let rv = unsafe {
+        ngx_conf_merge_path_value(
+            cf,
+            &mut conf.temp_path,
+            prev.temp_path,
+            ptr::addr_of_mut!(TEMP_PATH),
+        )
+    };
+    if rv != NGX_CONF_OK {
+        return rv;
+    }
+    if conf.exec.is_some() && conf.uses_temp_file() {
+        crate::store::register_temp_path(conf.temp_path);
+    }
+    if conf.lock != 0 && conf.exec.is_some() {
+        let (file, line) = conf.lock_at.clone().unwrap_or_default();
+        let missing = if conf.lock_zone.is_null() {
+            Some("no \"transform_lock_zone\" is defined")
+        } else if conf.lock_key.is_null() && conf.store == Store::Off {
+            Some("it needs \"transform_store\" or \"transform_lock_key\"")
+        } else {
+            None
+        };
+        if let Some(why) = missing {
+            log_error!(
+                NGX_LOG_EMERG,
+                cf.log,
+                0,
+                "\"transform_lock\" in {file}:{line} cannot work: {why}"
+            );
+            return NGX_CONF_ERROR;
+        }
+    }
+    NGX_CONF_OK
 }
 
 /// nginx's ngx_conf_merge_*_value: unset takes the enclosing level's value, else the default.
@@ -320,7 +463,7 @@ const fn command(
 }
 
 /// The directive table.
-pub static mut COMMANDS: [ngx_command_t; 20] = [
+pub static mut COMMANDS: [ngx_command_t; 27] = [
     command(
         ngx_string!("transform_exec"),
         NGX_HTTP_LOC_CONF | NGX_HTTP_LIF_CONF | NGX_CONF_1MORE,
@@ -454,8 +597,107 @@ pub static mut COMMANDS: [ngx_command_t; 20] = [
         offset_of!(TransformConf, kill_timeout),
         ptr::null_mut(),
     ),
+    command(
+        ngx_string!("transform_store"),
+        ANY | NGX_CONF_TAKE1,
+        set_store,
+        0,
+        ptr::null_mut(),
+    ),
+    command(
+        ngx_string!("transform_store_access"),
+        ANY | NGX_CONF_TAKE1 | NGX_CONF_TAKE2 | NGX_CONF_TAKE3,
+        ngx_conf_set_access_slot,
+        offset_of!(TransformConf, store_access),
+        ptr::null_mut(),
+    ),
+    command(
+        ngx_string!("transform_temp_path"),
+        ANY | NGX_CONF_TAKE1234,
+        ngx_conf_set_path_slot,
+        offset_of!(TransformConf, temp_path),
+        ptr::null_mut(),
+    ),
+    command(
+        ngx_string!("transform_lock"),
+        ANY | NGX_CONF_FLAG,
+        set_lock,
+        offset_of!(TransformConf, lock),
+        ptr::null_mut(),
+    ),
+    command(
+        ngx_string!("transform_lock_key"),
+        ANY | NGX_CONF_TAKE1,
+        ngx_http_set_complex_value_slot,
+        offset_of!(TransformConf, lock_key),
+        ptr::null_mut(),
+    ),
+    command(
+        ngx_string!("transform_lock_timeout"),
+        ANY | NGX_CONF_TAKE1,
+        ngx_conf_set_msec_slot,
+        offset_of!(TransformConf, lock_timeout),
+        ptr::null_mut(),
+    ),
+    command(
+        ngx_string!("transform_lock_zone"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+        crate::lock::set_zone,
+        offset_of!(TransformConf, lock_zone),
+        ptr::null_mut(),
+    ),
     ngx_command_t::empty(),
 ];
+
+/// `transform_store on | off | path`: the path may contain variables.
+extern "C" fn set_store(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx calls directive handlers with a valid cf and this module's loc conf.
+    let (cf, conf) = unsafe { (&mut *cf, &mut *conf.cast::<TransformConf>()) };
+    if conf.store != Store::Unset {
+        return c"is duplicate".as_ptr().cast_mut();
+    }
+    // NGX_CONF_TAKE1: args holds the name and one value.
+    // SAFETY: cf->args is an array of ngx_str_t.
+    let args: &mut [ngx_str_t] = unsafe { (*cf.args).as_slice_mut() };
+    conf.store = match args[1].as_bytes() {
+        b"off" => Store::Off,
+        b"on" => Store::On,
+        b"" => {
+            conf_error(cf, 0, format_args!("empty store path"));
+            return NGX_CONF_ERROR;
+        }
+        _ => match compile(cf, &mut args[1]) {
+            Some(cv) => Store::Path(cv),
+            None => return NGX_CONF_ERROR,
+        },
+    };
+    NGX_CONF_OK
+}
+
+/// `transform_lock on | off`: remembers where, to point at it if it cannot work.
+extern "C" fn set_lock(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: forwarded as nginx gave them.
+    let rv = unsafe { ngx_conf_set_flag_slot(cf, cmd, conf) };
+    if rv != NGX_CONF_OK {
+        return rv;
+    }
+    // SAFETY: nginx calls directive handlers with a valid cf (its conf_file is the file being
+    // read) and this module's loc conf.
+    unsafe {
+        let conf = &mut *conf.cast::<TransformConf>();
+        let file = &(*(*cf).conf_file).file;
+        conf.lock_at = Some((file.name.to_string(), (*(*cf).conf_file).line));
+    }
+    NGX_CONF_OK
+}
 
 /// `transform_exec program [argument ...]`: compiles each word as a complex value (one argv
 /// element each) and installs the content handler.

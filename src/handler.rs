@@ -10,9 +10,11 @@ use nginx_sys::{
 
 use crate::child;
 use crate::conf::TransformConf;
+use crate::follow;
 use crate::log::escape;
 use crate::nginx::{self, ContentType, Http};
 use crate::relay::{self, Launch};
+use crate::store::{self, Plan};
 
 /// `clcf->handler` of every location with `transform_exec`.
 ///
@@ -72,8 +74,19 @@ unsafe extern "C" fn body_ready(r: *mut ngx_http_request_t) {
     http.finalize(rc);
 }
 
-/// Everything after the body decision: headers for HEAD, limits, evaluation, the relay.
+/// Everything after the body decision.
 fn run(http: Http, conf: &'static TransformConf) -> ngx_int_t {
+    run_with(http, conf, true)
+}
+
+/// For a request that waited for another's program in vain (its response was not one to
+/// share): runs its own, neither stored nor shared.
+fn run_alone(http: Http) -> ngx_int_t {
+    run_with(http, http.loc_conf::<crate::Module>(), false)
+}
+
+/// Headers for HEAD, the store and the lock (`share`), limits, evaluation, the relay.
+fn run_with(http: Http, conf: &'static TransformConf, share: bool) -> ngx_int_t {
     let content_type = match conf.content_type() {
         None => None,
         Some(cv) => match http.complex_value(cv) {
@@ -101,8 +114,24 @@ fn run(http: Http, conf: &'static TransformConf) -> ngx_int_t {
         return http.send_header(ContentType::Configured(content_type), None);
     }
 
+    // A HEAD request's response has no body to store or share.
+    let store = if share && conf.uses_temp_file() && !http.is_head() {
+        match store::plan(http, conf) {
+            Ok(Plan::Run(store)) => store,
+            Ok(Plan::Follow(watch)) => {
+                return follow::start(http, conf, watch, content_type, run_alone);
+            }
+            Err(rc) => return rc,
+        }
+    } else {
+        None
+    };
+
     let running = child::running();
     if conf.max_programs > 0 && running >= conf.max_programs as usize {
+        if let Some(store) = store {
+            store.give_up();
+        }
         log_error!(
             NGX_LOG_WARN,
             http.log(),
@@ -121,7 +150,7 @@ fn run(http: Http, conf: &'static TransformConf) -> ngx_int_t {
         Ok(launch) => launch,
         Err(rc) => return rc,
     };
-    relay::start(http, conf, launch, content_type)
+    relay::start(http, conf, launch, content_type, store)
 }
 
 /// Evaluates what the program starts with: argv, environment, working directory.

@@ -20,11 +20,14 @@ mod log;
 mod cgi;
 mod child;
 mod conf;
+mod follow;
 mod handler;
+mod lock;
 mod nginx;
 mod os;
 mod relay;
 mod stderr;
+mod store;
 mod variables;
 
 /// The module's type for ngx's `HttpModule` traits.
@@ -80,7 +83,7 @@ static NGX_HTTP_TRANSFORM_MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
     create_srv_conf: None,
     merge_srv_conf: None,
     create_loc_conf: Some(Module::create_loc_conf),
-    merge_loc_conf: Some(Module::merge_loc_conf),
+    merge_loc_conf: Some(conf::merge_loc_conf),
 };
 
 #[cfg(feature = "export-modules")]
@@ -114,6 +117,8 @@ extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
         );
         return Status::NGX_ERROR.into();
     }
+    // SAFETY: nginx passes the live cycle.
+    store::sweep(unsafe { (*cycle).log });
     Status::NGX_OK.into()
 }
 

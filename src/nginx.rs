@@ -5,6 +5,7 @@
 //! descriptor joined to nginx's event loop as a connection) and [`BufRing`] (a bounded set of
 //! reused buffers on their way through nginx's output chain).
 
+pub mod file;
 pub mod headers;
 
 use core::ffi::c_void;
@@ -132,6 +133,16 @@ impl Http {
             (*cl).next = ptr::null_mut();
             self.output_filter(cl)
         }
+    }
+
+    /// The response's Content-Type as set (None if unset).
+    pub fn content_type(self) -> Option<&'static [u8]> {
+        // SAFETY: the value lives in the request pool, as long as the request.
+        self.with_r(|r| {
+            let t = r.headers_out.content_type;
+            (t.len > 0 && !t.data.is_null())
+                .then(|| unsafe { core::slice::from_raw_parts(t.data, t.len) })
+        })
     }
 
     /// Whether nginx sends only the header (HEAD), known once the header went out.
@@ -1182,5 +1193,64 @@ impl BufRing {
         // SAFETY: cl is one of our links, not in any other list.
         unsafe { (*cl).next = self.free };
         self.free = cl;
+    }
+}
+
+/// A timer of its own (not a connection's): `handler(data)` runs when it fires. Stopped when
+/// dropped.
+pub struct Timer(NonNull<ngx_event_t>);
+
+impl Timer {
+    /// An event in `pool` (which outlives the Timer: both belong to one request).
+    pub fn new(
+        pool: *mut nginx_sys::ngx_pool_t,
+        log: *mut ngx_log_t,
+        handler: EventHandler,
+        data: *mut c_void,
+    ) -> Option<Timer> {
+        // SAFETY: the pool is live; an all-zero event is nginx's initial state (ngx_pcalloc).
+        unsafe {
+            let ev = nginx_sys::ngx_pcalloc(pool, size_of::<ngx_event_t>()).cast::<ngx_event_t>();
+            let ev = NonNull::new(ev)?;
+            (*ev.as_ptr()).handler = Some(handler);
+            (*ev.as_ptr()).data = data;
+            (*ev.as_ptr()).log = log;
+            Some(Timer(ev))
+        }
+    }
+
+    /// The `data` given at creation.
+    ///
+    /// # Safety
+    /// `ev` is a Timer's event.
+    pub unsafe fn data_of(ev: *mut ngx_event_t) -> *mut c_void {
+        // SAFETY: caller's contract.
+        unsafe { (*ev).data }
+    }
+
+    /// Starts or restarts it.
+    pub fn set(&self, ms: ngx_msec_t) {
+        // SAFETY: a live event of ours.
+        unsafe { nginx_sys::ngx_add_timer(self.0.as_ptr(), ms) };
+    }
+
+    pub fn is_set(&self) -> bool {
+        // SAFETY: a live event of ours.
+        unsafe { (*self.0.as_ptr()).timer_set() != 0 }
+    }
+
+    pub fn clear(&self) {
+        // SAFETY: a live event of ours.
+        unsafe {
+            if (*self.0.as_ptr()).timer_set() != 0 {
+                nginx_sys::ngx_del_timer(self.0.as_ptr());
+            }
+        }
+    }
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        self.clear();
     }
 }

@@ -10,6 +10,7 @@ use core::ffi::{c_char, c_int, c_void, CStr};
 use core::mem::MaybeUninit;
 use core::ptr;
 use core::time::Duration;
+use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
@@ -770,4 +771,181 @@ pub fn kernel_release() -> String {
         .release()
         .to_string_lossy()
         .into_owned()
+}
+
+/// Moves up to `len` bytes from a non-blocking pipe into a file at `offset`, without copying
+/// them through userspace. `Ok(0)` is end of file on the pipe.
+pub fn splice_pipe_to_file(
+    pipe: BorrowedFd<'_>,
+    file: BorrowedFd<'_>,
+    offset: u64,
+    len: usize,
+) -> io::Result<usize> {
+    let mut off = offset;
+    let flags = SpliceFlags::NONBLOCK | SpliceFlags::MOVE;
+    Ok(rustix::pipe::splice(
+        pipe,
+        None,
+        file,
+        Some(&mut off),
+        len,
+        flags,
+    )?)
+}
+
+/// pwrite(2), the whole buffer.
+pub fn write_all_at(file: BorrowedFd<'_>, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
+    while !buf.is_empty() {
+        match rustix::io::pwrite(file, buf, offset) {
+            Ok(0) => return Err(io::Error::from(Errno::NOSPC)),
+            Ok(n) => {
+                buf = &buf[n..];
+                offset += n as u64;
+            }
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Creates a new file exclusively (read-write, close-on-exec) with `mode`.
+pub fn create_exclusive(name: &CStr, mode: u32) -> io::Result<OwnedFd> {
+    let flags = OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC;
+    Ok(rustix::fs::open(
+        name,
+        flags,
+        rustix::fs::Mode::from_raw_mode(mode),
+    )?)
+}
+
+/// Opens a file to read it (close-on-exec).
+pub fn open_read(name: &CStr) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::open(
+        name,
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?)
+}
+
+/// The size of an open file.
+pub fn file_size(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    Ok(rustix::fs::fstat(fd)?.st_size as u64)
+}
+
+/// Marks an open file changed (its times), for the inotify watchers of kernels whose splice(2)
+/// into a file reports nothing.
+pub fn touch(fd: BorrowedFd<'_>) {
+    let now = rustix::fs::Timestamps {
+        last_access: rustix::fs::Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_OMIT,
+        },
+        last_modification: rustix::fs::Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_NOW,
+        },
+    };
+    let _ = rustix::fs::futimens(fd, &now);
+}
+
+/// Removes a file; a missing one is not an error.
+pub fn unlink_quietly(name: &[u8]) -> bool {
+    match CString::new(name) {
+        Ok(c) => rustix::fs::unlink(c.as_c_str()).is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// Whether a process with this pid exists (EPERM: it does, under another user).
+pub fn process_exists(pid: i32) -> bool {
+    let Some(pid) = Pid::from_raw(pid) else {
+        return false;
+    };
+    !matches!(rustix::process::test_kill_process(pid), Err(Errno::SRCH))
+}
+
+/// This process's pid.
+pub fn getpid() -> i32 {
+    rustix::process::getpid().as_raw_nonzero().get()
+}
+
+/// Whether splice(2) into a file makes inotify report IN_MODIFY (Linux 6.6 and later).
+pub fn splice_notifies() -> bool {
+    let release = kernel_release();
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (6, 6)
+}
+
+/// A non-blocking inotify instance.
+pub fn inotify() -> io::Result<OwnedFd> {
+    use rustix::fs::inotify::{init, CreateFlags};
+    Ok(init(CreateFlags::NONBLOCK | CreateFlags::CLOEXEC)?)
+}
+
+/// Watches the file open at `fd` (through /proc/self/fd, so a rename or unlink meanwhile does
+/// not matter) for writes, attribute changes (an unlink), renames and closes.
+pub fn inotify_watch(inotify: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> io::Result<i32> {
+    use rustix::fs::inotify::{add_watch, WatchFlags};
+    let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    let flags = WatchFlags::MODIFY
+        | WatchFlags::ATTRIB
+        | WatchFlags::CLOSE_WRITE
+        | WatchFlags::MOVE_SELF
+        | WatchFlags::DELETE_SELF;
+    Ok(add_watch(inotify, path.as_str(), flags)?)
+}
+
+pub fn inotify_unwatch(inotify: BorrowedFd<'_>, wd: i32) {
+    let _ = rustix::fs::inotify::remove_watch(inotify, wd);
+}
+
+/// Reads the pending inotify events; calls `f` with each watch descriptor (-1 for a queue
+/// overflow: every watch may have missed events). Returns when none is left.
+pub fn inotify_drain(inotify: BorrowedFd<'_>, mut f: impl FnMut(i32)) {
+    use rustix::fs::inotify::{ReadFlags, Reader};
+    let mut buf = [MaybeUninit::<u8>::uninit(); 4096];
+    let mut reader = Reader::new(inotify, &mut buf);
+    // next() reads again when its buffer is empty; EAGAIN ends the loop.
+    while let Ok(ev) = reader.next() {
+        if ev.events().contains(ReadFlags::QUEUE_OVERFLOW) {
+            f(-1);
+        } else {
+            f(ev.wd());
+        }
+    }
+}
+
+/// Removes the temporary files `transform-<pid>-*` under `dir` (and its level directories) whose
+/// worker is gone. Returns how many.
+pub fn sweep_temp_files(dir: &std::path::Path, depth: usize) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_dir() && depth > 0 {
+            removed += sweep_temp_files(&entry.path(), depth - 1);
+            continue;
+        }
+        let pid = name
+            .strip_prefix("transform-")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<i32>().ok());
+        if let Some(pid) = pid {
+            if kind.is_file() && !process_exists(pid) && std::fs::remove_file(entry.path()).is_ok()
+            {
+                removed += 1;
+            }
+        }
+    }
+    removed
 }

@@ -36,6 +36,7 @@ use ngx::http::HttpModule;
 use crate::conf::TransformConf;
 use crate::nginx::{pool_allocate, run_posted_requests, EventFd, Http, Moved};
 use crate::os;
+use crate::store::Store;
 
 pub use program::{Launch, DEFAULT_PATH};
 
@@ -49,6 +50,7 @@ pub fn start(
     conf: &'static TransformConf,
     launch: Launch,
     content_type: Option<&'static [u8]>,
+    store: Option<Store>,
 ) -> ngx_int_t {
     let ctx = pool_allocate(
         http.pool(),
@@ -56,6 +58,7 @@ pub fn start(
             http,
             conf,
             content_type,
+            store,
             program: Program::new(http, conf, &launch),
             phase: Phase::Holding(Held::new(conf)),
             moved: Moved::default(),
@@ -109,6 +112,8 @@ pub struct Transform {
     conf: &'static TransformConf,
     /// `transform_type`, evaluated (None: nginx's default_type).
     content_type: Option<&'static [u8]>,
+    /// The temporary file of `transform_store` / `transform_lock`, and what becomes of it.
+    store: Option<Store>,
     program: Program,
     phase: Phase,
     /// What was passed on to the client so far (and the most that may be).
@@ -305,7 +310,22 @@ impl Transform {
             unreachable!("stream() runs in the streaming phase");
         };
         let max_chunk = self.http.sendfile_max_chunk();
-        match sink.pump(self.http, stdout, &mut self.moved, max_chunk) {
+        let pumped = match (sink, self.store.as_mut()) {
+            (Sink::File(f), Some(store)) => match f.pump(self.http, stdout, &mut self.moved, store)
+            {
+                Err(sink::FileError::Store(e)) => {
+                    // The client still gets all of it, through the output chain.
+                    store.write_failed(self.http, &e);
+                    let chain = Sink::buffered(self.http, "writing the stored file failed");
+                    self.set_phase(Phase::Streaming(chain));
+                    return Flow::Continue;
+                }
+                Err(sink::FileError::Client(e)) => Err(e),
+                Ok(p) => Ok(p),
+            },
+            (sink, _) => sink.pump(self.http, stdout, &mut self.moved, max_chunk),
+        };
+        match pumped {
             Ok(Pumped::ProgramIdle) if self.program.exit().is_some() => {
                 self.program.end_output(true);
                 self.output_ended()
@@ -403,6 +423,8 @@ impl Transform {
                 self.program.name()
             );
             self.program.log_stderr_tail(self.http);
+        } else if let Some(store) = &mut self.store {
+            store.complete(self.http);
         }
         Flow::Wait(Next::Finish(NGX_OK as ngx_int_t))
     }
@@ -447,6 +469,9 @@ impl Transform {
             }
             return self.fail(NGX_HTTP_BAD_GATEWAY);
         }
+        if let Some(store) = &mut self.store {
+            store.complete(self.http);
+        }
         Next::Finish(self.http.send_last())
     }
 
@@ -466,6 +491,9 @@ impl Transform {
     /// Ends a response whose program failed: `status` (502, 504) before the commit, a broken
     /// response after it, and a complete one (logged only) once its Content-Length was reached.
     fn fail(&mut self, status: u32) -> Next {
+        if let Some(store) = &mut self.store {
+            store.abandon();
+        }
         self.program.log_stderr_tail(self.http);
         match self.phase {
             Phase::Holding(_) => Next::Finish(status as ngx_int_t),
@@ -516,6 +544,10 @@ impl Transform {
     /// SIGTERM, then SIGKILL after `transform_kill_timeout` (the orphan reaper sees to it).
     /// Idempotent; runs at the end and at the request's cleanup.
     fn release(&mut self) {
+        if let Some(store) = &mut self.store {
+            // (Nothing if it was published.)
+            store.abandon();
+        }
         if !matches!(self.phase, Phase::Done | Phase::Terminated) {
             self.program.release(self.http);
             self.phase = Phase::Done;

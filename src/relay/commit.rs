@@ -9,6 +9,7 @@ use nginx_sys::{
 };
 use ngx::http::HttpModule;
 
+use super::sink::FileSink;
 use super::{Flow, Next, Phase, Sink, Transform};
 use crate::cgi;
 use crate::conf::TransformConf;
@@ -263,6 +264,7 @@ impl Transform {
         // Logged once the response is complete, with what else comes.
         self.moved.excess = (prefix.len() - fits) as u64;
         let prefix = &prefix[..fits];
+        let buf_prefix = prefix.to_vec();
         if !prefix.is_empty() {
             if self.http.output_bytes(prefix) == NGX_ERROR as ngx_int_t {
                 return Flow::Wait(Next::Finish(NGX_ERROR as ngx_int_t));
@@ -274,7 +276,19 @@ impl Transform {
         if self.http.send_flush() == NGX_ERROR as ngx_int_t {
             return Flow::Wait(Next::Finish(NGX_ERROR as ngx_int_t));
         }
-        let sink = Sink::choose(self.http, self.conf);
+        let mut sink = None;
+        if let Some(store) = &mut self.store {
+            // Only a 200 with a body is stored or shared (as proxy_store stores only a 200).
+            let storable = status == 200;
+            let shared_type = match content_type {
+                ContentType::InHeaders => self.http.content_type(),
+                ContentType::Configured(t) => t,
+            };
+            if store.begin(self.http, storable, shared_type, &buf_prefix) {
+                sink = Some(Sink::File(FileSink::new(store.written())));
+            }
+        }
+        let sink = sink.unwrap_or_else(|| Sink::choose(self.http, self.conf));
         self.set_phase(Phase::Streaming(sink));
         Flow::Continue
     }
@@ -283,6 +297,10 @@ impl Transform {
     /// with nginx's X-Accel-Redirect: an unsafe URI is refused, the method becomes GET (but
     /// HEAD), and a request body the program consumed is never handed on.
     fn redirect(&mut self) -> Flow {
+        if let Some(store) = self.store.take() {
+            // Not an output to store or share: waiters run their own.
+            store.give_up();
+        }
         let Phase::Holding(Held {
             head: Head::Parsed { head, .. },
             ..

@@ -24,6 +24,8 @@ const BUFFER_SIZE: usize = 64 * 1024;
 pub enum Sink {
     Splice(Splice),
     Chain(BufRing),
+    /// Through the stored (or shared) file: see [`FileSink`].
+    File(FileSink),
 }
 
 impl Sink {
@@ -44,10 +46,17 @@ impl Sink {
         }
     }
 
+    /// The buffered sink, for `why`.
+    pub fn buffered(http: Http, why: &str) -> Sink {
+        debug!(http.log(), "transform transport: buffered ({why})");
+        Sink::Chain(BufRing::new(BUFFERS, BUFFER_SIZE, crate::Module::module()))
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Sink::Splice(_) => "splice",
             Sink::Chain(_) => "buffered",
+            Sink::File(_) => "file",
         }
     }
 
@@ -63,7 +72,105 @@ impl Sink {
         match self {
             Sink::Splice(s) => s.pump(http, pipe, moved, max_chunk),
             Sink::Chain(ring) => ring.pump(http, pipe, moved),
+            Sink::File(_) => unreachable!("the file sink pumps with its store"),
         }
+    }
+}
+
+/// The file sink: pipe -> the store's file with splice(2), then the file -> the client as
+/// in-file buffers through nginx's output chain (sendfile on plain HTTP/1.x; nginx reads it
+/// for TLS, HTTP/2 or gzip). The program is never held back by the client: its output goes to
+/// the file as fast as it comes, and the client follows.
+pub struct FileSink {
+    /// Bytes of the file passed to nginx.
+    sent: u64,
+}
+
+/// Most moved into the file per call before the other connections get their turn.
+const FILE_CHUNK: usize = 8 * 1024 * 1024;
+
+/// Why the file sink stopped.
+pub enum FileError {
+    /// Writing the file failed: the caller goes on without it.
+    Store(io::Error),
+    /// The client side failed.
+    Client(io::Error),
+}
+
+impl FileSink {
+    pub fn new(sent: u64) -> FileSink {
+        FileSink { sent }
+    }
+
+    pub fn pump(
+        &mut self,
+        http: Http,
+        pipe: BorrowedFd<'_>,
+        moved: &mut Moved,
+        store: &mut crate::store::Store,
+    ) -> Result<Pumped, FileError> {
+        let mut eof = false;
+        let mut this_call = 0;
+        let mut failed = None;
+        loop {
+            let room = moved.room();
+            if room == 0 {
+                eof = true;
+                break;
+            }
+            if this_call >= FILE_CHUNK {
+                break;
+            }
+            let want = usize::try_from(room).unwrap_or(usize::MAX).min(FILE_CHUNK);
+            match store.append(pipe, want) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => {
+                    moved.calls += 1;
+                    moved.bytes += n as u64;
+                    this_call += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        if this_call > 0 {
+            store.notify();
+        }
+        let written = store.written();
+        // New output goes to nginx when what it had went out (one buffer for all of it), and at
+        // the end or a failure whatever is left, so that it precedes what follows.
+        let pending = http.pending_output();
+        if written > self.sent && (!pending || eof || failed.is_some()) {
+            if store.file().send(http, self.sent, written) == NGX_ERROR as ngx_int_t {
+                return Err(FileError::Client(io::Error::other("output filter failed")));
+            }
+            self.sent = written;
+        } else if pending && http.output_filter(core::ptr::null_mut()) == NGX_ERROR as ngx_int_t {
+            return Err(FileError::Client(io::Error::other("output filter failed")));
+        }
+        if let Some(e) = failed {
+            return Err(FileError::Store(e));
+        }
+        if eof {
+            return Ok(Pumped::Eof);
+        }
+        if this_call >= FILE_CHUNK {
+            // Back in a millisecond, after the other connections.
+            http.delay_write(1);
+            return Ok(Pumped::ClientBusy);
+        }
+        Ok(if http.pending_output() {
+            Pumped::ClientBusy
+        } else {
+            Pumped::ProgramIdle
+        })
     }
 }
 
