@@ -628,10 +628,15 @@ fn failures_leave_nothing_at_the_final_path() {
     absent("/cgi404");
 
     // A body shorter than its Content-Length.
-    let mut c = Client::connect(nginx.port);
-    c.send("GET /short HTTP/1.1\r\nHost: x\r\n\r\n");
-    let r = c.read_broken(Duration::from_secs(5));
-    assert_eq!((r.status, r.body.len()), (200, 1000));
+    let r = fetch(nginx.port, "/short");
+    assert!(
+        r.status == 200
+            && r.header("Content-Length") == Some("2000")
+            && !r.complete
+            && r.body == gen(1000),
+        "/short: want 1000 bytes of a 2000-byte 200, cut: {}",
+        r.summary()
+    );
     absent("/short");
 
     // HEAD: raw mode does not run the program; cgi mode runs it for its headers. Neither stores.
@@ -1211,20 +1216,27 @@ fn a_full_disk_still_gives_the_client_everything() {
 
 /// A worker SIGKILLed while its program's output is being stored: no partial file is published,
 /// the next worker removes the stale temp file, and the next request runs the program again
-/// (taking over the dead worker's lock entry) and publishes.
+/// (taking over the dead worker's lock entry) and publishes. With a flat temp path, then with
+/// level directories (`transform_temp_path ... 1 2`).
 #[test]
 fn a_worker_killed_mid_store_leaves_nothing_and_the_next_request_recomputes() {
+    for levels in ["", " 1 2"] {
+        worker_killed_mid_store(levels);
+    }
+}
+
+fn worker_killed_mid_store(levels: &str) {
     const N: usize = 300000;
     let mut nginx = Nginx::start(&format!(
         "{ZONE} {}",
-        server(
-            "transform_temp_path {PREFIX}/ttmp 1 2;
-             location /k/ { transform_exec {HELPER} count {PREFIX}/count-k
+        server(&format!(
+            "transform_temp_path {{PREFIX}}/ttmp{levels};
+             location /k/ {{ transform_exec {{HELPER}} count {{PREFIX}}/count-k
                                            pause 300000 150000 $arg_ms;
-                            transform_store {PREFIX}/store$uri;
+                            transform_store {{PREFIX}}/store$uri;
                             transform_lock on;
-                            transform_lock_timeout 5s; }"
-        )
+                            transform_lock_timeout 5s; }}"
+        ))
     ));
     nginx.allow("exited on signal 9");
     let store = worker_dir(&nginx, "store");
@@ -1238,8 +1250,9 @@ fn a_worker_killed_mid_store_leaves_nothing_and_the_next_request_recomputes() {
     assert!(
         wait_until(Duration::from_secs(5), || !temp_files_with(&tmp, 150000)
             .is_empty()),
-        "no temp file: {:?}",
-        files_under(&tmp)
+        "temp path levels {levels:?}: no temp file with the first half: {:?}; log:\n{}",
+        files_under(&tmp),
+        error_lines(&nginx).join("\n")
     );
     let program = children_of(worker)[0];
     // SAFETY: signalling the worker of our own nginx.
@@ -1261,7 +1274,7 @@ fn a_worker_killed_mid_store_leaves_nothing_and_the_next_request_recomputes() {
     );
     assert!(
         wait_until(Duration::from_secs(5), || files_under(&tmp).is_empty()),
-        "the new worker left the dead one's temp file: {:?}",
+        "levels {levels:?}: the new worker left the dead one's temp file: {:?}",
         files_under(&tmp)
     );
     assert!(
@@ -1272,7 +1285,7 @@ fn a_worker_killed_mid_store_leaves_nothing_and_the_next_request_recomputes() {
     let r = fetch(nginx.port, "/k/a.bin?ms=0");
     assert!(
         r.status == 200 && r.complete && r.body == gen(N),
-        "the next request: {}",
+        "levels {levels:?}: the next request: {}",
         r.summary()
     );
     assert_eq!(runs(&count), 2, "the next request ran the program again");
