@@ -22,7 +22,9 @@ use nginx_sys::{
 use crate::conf::TransformConf;
 use crate::lock::{State, Watch};
 use crate::nginx::file::PoolFile;
-use crate::nginx::{pool_allocate, run_posted_requests, ContentType, EventFd, Http, Timer};
+use crate::nginx::{
+    pool_allocate, run_posted_requests, ContentType, CtxKind, EventFd, Http, Timer,
+};
 use crate::os;
 use ngx::http::HttpModule;
 
@@ -105,7 +107,10 @@ pub fn start(
         f.release();
         return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
     }
-    http.set_ctx(crate::Module::module(), ctx.cast());
+    if !http.set_ctx(crate::Module::module(), CtxKind::Follower, ctx.cast()) {
+        f.release();
+        return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+    }
     http.set_event_handlers(Some(client_write_event), None);
     http.take_reference();
     debug!(
@@ -286,7 +291,9 @@ unsafe extern "C" fn cleanup(data: *mut c_void) {
 unsafe extern "C" fn client_write_event(r: *mut ngx_http_request_t) {
     // SAFETY: nginx calls request event handlers with a live request.
     let http = unsafe { Http::from_ptr(r) };
-    let ctx = http.ctx(crate::Module::module()).cast::<Follower>();
+    let ctx = http
+        .ctx(crate::Module::module(), CtxKind::Follower)
+        .cast::<Follower>();
     if ctx.is_null() {
         return;
     }
@@ -316,6 +323,15 @@ struct Watcher {
 
 thread_local! {
     static WATCHER: RefCell<Option<Watcher>> = const { RefCell::new(None) };
+}
+
+/// Worker exit: the inotify instance goes (nginx counts the connections left open).
+pub fn shutdown() {
+    WATCHER.with(|w| {
+        if let Ok(mut w) = w.try_borrow_mut() {
+            *w = None;
+        }
+    });
 }
 
 /// Watches a waiter's file; None (logged) if inotify is not available.
@@ -382,7 +398,14 @@ fn unwatch(wd: i32, f: &Follower) {
 }
 
 /// The file of some waiters changed: each of them looks.
-unsafe extern "C" fn inotify_event(_ev: *mut ngx_event_t) {
+unsafe extern "C" fn inotify_event(ev: *mut ngx_event_t) {
+    // SAFETY: the read event of the Watcher's EventFd.
+    if unsafe { EventFd::closing(ev) } {
+        // The worker shuts down (worker_shutdown_timeout): the waiters' own connections are
+        // closed by nginx as well; this one goes now.
+        shutdown();
+        return;
+    }
     let mut woken: Vec<(i32, *mut Follower)> = Vec::new();
     WATCHER.with(|w| {
         let w = w.borrow();

@@ -125,4 +125,5 @@ extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
 /// Worker exit: no program outlives its worker.
 extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
     child::kill_all();
+    follow::shutdown();
 }

@@ -478,14 +478,37 @@ impl Http {
         true
     }
 
-    pub fn set_ctx(self, module: &ngx_module_t, ctx: *mut c_void) {
+    /// Puts `state` (of `kind`) in the module's slot of the request's ctx array. False if out
+    /// of memory.
+    pub fn set_ctx(self, module: &ngx_module_t, kind: CtxKind, state: *mut c_void) -> bool {
+        let tagged = pool_allocate(self.pool(), Ctx { kind, state });
+        if tagged.is_null() {
+            return false;
+        }
         // SAFETY: ctx_index is this module's slot in the request's ctx array.
-        self.with_r(|r| unsafe { *r.ctx.add(module.ctx_index) = ctx });
+        self.with_r(|r| unsafe { *r.ctx.add(module.ctx_index) = tagged.cast() });
+        true
     }
 
-    pub fn ctx(self, module: &ngx_module_t) -> *mut c_void {
+    /// Whether the module's slot is empty (as after an internal redirect).
+    pub fn ctx_is_empty(self, module: &ngx_module_t) -> bool {
         // SAFETY: as in set_ctx.
         self.with_r(|r| unsafe { *r.ctx.add(module.ctx_index) })
+            .is_null()
+    }
+
+    /// The module's per-request state if it is of `kind`, else null.
+    pub fn ctx(self, module: &ngx_module_t, kind: CtxKind) -> *mut c_void {
+        // SAFETY: as in set_ctx; the slot holds null or a Ctx set there (nginx zeroes it on an
+        // internal redirect).
+        let tagged = self
+            .with_r(|r| unsafe { *r.ctx.add(module.ctx_index) })
+            .cast::<Ctx>();
+        // SAFETY: null or a Ctx in the request pool.
+        match unsafe { tagged.as_ref() } {
+            Some(t) if t.kind == kind => t.state,
+            _ => ptr::null_mut(),
+        }
     }
 
     /// The client socket (plain HTTP/1.x connections only).
@@ -582,6 +605,22 @@ impl Http {
         // SAFETY: live connection; ngx_tcp_nodelay checks the connection's state itself.
         unsafe { nginx_sys::ngx_tcp_nodelay(self.connection()) };
     }
+}
+
+/// The kinds of per-request state of the module: a request may go from one to the other (a
+/// waiter of `transform_lock` that ends up running its own program).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum CtxKind {
+    /// A request running a program (`relay::Transform`).
+    Transform,
+    /// A request waiting for another's program (`follow::Follower`).
+    Follower,
+}
+
+/// The module's ctx slot: which state, and where.
+struct Ctx {
+    kind: CtxKind,
+    state: *mut c_void,
 }
 
 /// The Content-Type a response is sent with.

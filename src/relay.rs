@@ -34,7 +34,7 @@ use nginx_sys::{
 use ngx::http::HttpModule;
 
 use crate::conf::TransformConf;
-use crate::nginx::{pool_allocate, run_posted_requests, EventFd, Http, Moved};
+use crate::nginx::{pool_allocate, run_posted_requests, CtxKind, EventFd, Http, Moved};
 use crate::os;
 use crate::store::Store;
 
@@ -70,7 +70,9 @@ pub fn start(
     if !http.add_cleanup(cleanup, ctx.cast()) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
     }
-    http.set_ctx(crate::Module::module(), ctx.cast());
+    if !http.set_ctx(crate::Module::module(), CtxKind::Transform, ctx.cast()) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+    }
 
     let data: *mut c_void = ctx.cast();
     // SAFETY: ctx was just allocated in the request pool and is not aliased.
@@ -680,7 +682,9 @@ unsafe extern "C" fn child_event(ev: *mut ngx_event_t) {
 unsafe extern "C" fn client_body_event(r: *mut ngx_http_request_t) {
     // SAFETY: nginx calls request event handlers with a live request.
     let http = unsafe { Http::from_ptr(r) };
-    let ctx = http.ctx(crate::Module::module()).cast::<Transform>();
+    let ctx = http
+        .ctx(crate::Module::module(), CtxKind::Transform)
+        .cast::<Transform>();
     if ctx.is_null() {
         // An internal redirect left the body to the next location.
         return;
@@ -700,7 +704,9 @@ unsafe extern "C" fn client_body_event(r: *mut ngx_http_request_t) {
 unsafe extern "C" fn client_write_event(r: *mut ngx_http_request_t) {
     // SAFETY: nginx calls request event handlers with a live request.
     let http = unsafe { Http::from_ptr(r) };
-    let ctx = http.ctx(crate::Module::module()).cast::<Transform>();
+    let ctx = http
+        .ctx(crate::Module::module(), CtxKind::Transform)
+        .cast::<Transform>();
     if !ctx.is_null() {
         // SAFETY: the ctx lives in the request pool.
         unsafe { step(ctx, Event::Client) };

@@ -6,7 +6,7 @@ use ngx::core::Status;
 use ngx::http::HttpModule;
 use ngx::ngx_string;
 
-use crate::nginx::{set_variable, Http};
+use crate::nginx::{set_variable, CtxKind, Http};
 use crate::relay::{Transform, Variable};
 
 const NGX_HTTP_VAR_NOCACHEABLE: usize = 2;
@@ -37,8 +37,10 @@ unsafe extern "C" fn get_variable(
 ) -> ngx_int_t {
     // SAFETY: nginx calls variable handlers with a live request.
     let http = unsafe { Http::from_ptr(r) };
-    let ctx = http.ctx(crate::Module::module()).cast::<Transform>();
-    // SAFETY: the module's ctx slot holds null or the request's Transform (pool-owned).
+    let ctx = http
+        .ctx(crate::Module::module(), CtxKind::Transform)
+        .cast::<Transform>();
+    // SAFETY: null or the request's Transform (pool-owned).
     let value = unsafe { ctx.as_ref() }.and_then(|t| t.variable(Variable::from(data)));
     // SAFETY: v is the value slot nginx passed for this variable.
     if unsafe { set_variable(http, v, value.as_deref()) } {

@@ -20,12 +20,46 @@
 //! - `grandchild BYTES`: starts a child that sleeps for an hour holding stdout, writes BYTES of
 //!   the stream, prints the grandchild's pid to stderr, and exits 0.
 //! - `drip COUNT MILLIS`: writes COUNT lines, one every MILLIS milliseconds.
+//! - `pause BYTES AT MILLIS`: writes the first AT bytes of the BYTES-byte stream, sleeps MILLIS,
+//!   then writes the rest (the whole equals `gen BYTES`).
+//! - `pause-fail AT MILLIS CODE`: writes AT bytes of the stream, sleeps MILLIS, exits with CODE.
+//! - `cgi-status STATUS BYTES LENGTH`: prints a CGI header block with `Status: STATUS` and, unless
+//!   LENGTH is `-`, `Content-Length: LENGTH`, then BYTES of the stream.
+//!
+//! Prefixes, followed by another mode and its arguments:
+//! - `count FILE MODE...`: first appends a line (its pid) to FILE: the tests count program runs.
+//! - `delay MILLIS MODE...`: first sleeps MILLIS, writing nothing.
 
 use std::io::{self, Write};
 use std::time::Duration;
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    loop {
+        match args.first().map(String::as_str) {
+            Some("count") if args.len() > 2 => {
+                use std::os::unix::fs::OpenOptionsExt;
+                let line = format!("{}\n", std::process::id());
+                let appended = std::fs::OpenOptions::new()
+                    .append(true)
+                    .create(true)
+                    .mode(0o666)
+                    .open(&args[1])
+                    .and_then(|mut f| f.write_all(line.as_bytes()));
+                if let Err(e) = appended {
+                    eprintln!("transform-test-helper: count {}: {e}", args[1]);
+                    std::process::exit(3);
+                }
+                args.drain(..2);
+            }
+            Some("delay") if args.len() > 2 => {
+                let ms = args[1].parse().unwrap_or(0);
+                std::thread::sleep(Duration::from_millis(ms));
+                args.drain(..2);
+            }
+            _ => break,
+        }
+    }
     let num = |i: usize| -> u64 { args.get(i).and_then(|s| s.parse().ok()).unwrap_or(0) };
     let out = io::stdout();
     let mut out = out.lock();
@@ -138,6 +172,36 @@ fn main() {
             out.write_all(b"X-Helper: yes\r\n\r\n").ok();
             gen(&mut out, num(1), 64 * 1024).ok();
             0
+        }
+        Some("pause") => {
+            let mut all = Vec::new();
+            gen(&mut all, num(1), 64 * 1024).ok();
+            let at = (num(2) as usize).min(all.len());
+            let first = out.write_all(&all[..at]).and_then(|_| out.flush());
+            std::thread::sleep(Duration::from_millis(num(3)));
+            first
+                .and_then(|_| out.write_all(&all[at..]))
+                .and_then(|_| out.flush())
+                .map_or(1, |_| 0)
+        }
+        Some("pause-fail") => {
+            gen(&mut out, num(1), 64 * 1024).ok();
+            std::thread::sleep(Duration::from_millis(num(2)));
+            num(3) as i32
+        }
+        Some("cgi-status") => {
+            let mut head = format!(
+                "Status: {} Helper\r\nContent-Type: application/x-cgi\r\n",
+                num(1)
+            );
+            match args.get(3).map(String::as_str) {
+                None | Some("-") => {}
+                Some(length) => head.push_str(&format!("Content-Length: {length}\r\n")),
+            }
+            head.push_str("\r\n");
+            out.write_all(head.as_bytes())
+                .and_then(|_| gen(&mut out, num(2), 64 * 1024))
+                .map_or(1, |_| 0)
         }
         Some("spin") => {
             let mut x: u64 = 1;

@@ -116,45 +116,59 @@ pub fn create_temp(http: Http, path: *mut ngx_path_t, access: u32) -> io::Result
     let pid = os::getpid();
     let mut collision = 0;
     loop {
-        // SAFETY: path is the location's temp path, configured by nginx.
-        let (dir, levels) = unsafe { ((*path).name.as_bytes(), (*path).len) };
-        // SAFETY: nginx's counter, shared by the workers.
-        let n = unsafe { ngx_next_temp_number(collision) };
-        let base = format!("transform-{pid}-{n:010}");
-        // "dir/" + room for the level directories + the name (as ngx_create_temp_file).
-        let mut name = Vec::with_capacity(dir.len() + 1 + levels + base.len() + 1);
-        name.extend_from_slice(dir);
-        name.push(b'/');
-        name.resize(name.len() + levels, b'/');
-        name.extend_from_slice(base.as_bytes());
-        let len = name.len();
-        name.push(0);
-        // SAFETY: name holds the path's name, the level room and the file name, as
-        // ngx_create_hashed_filename expects; it writes inside the level room.
-        unsafe { ngx_create_hashed_filename(path, name.as_mut_ptr(), len) };
-        name.pop();
-        let cname = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        match os::create_exclusive(&cname, access) {
-            Ok(fd) => return PoolFile::adopt(http, fd, &cname, true),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && collision < 8 => {
-                collision += 1;
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound && collision < 8 && levels > 0 => {
-                // The level directories are made as nginx makes its own.
-                let mut file: ngx_file_t = unsafe { core::mem::zeroed() };
-                file.name = ngx_str_t {
-                    len: cname.as_bytes().len(),
-                    data: cname.as_ptr().cast_mut().cast(),
-                };
-                file.log = http.log();
-                // SAFETY: file names a path under `path`; ngx_create_path only reads it.
-                if unsafe { ngx_create_path(&mut file, path) } == NGX_ERROR as ngx_int_t {
-                    return Err(e);
+        let cname = temp_name(path, pid, collision)?;
+        let mut created_path = false;
+        loop {
+            match os::create_exclusive(&cname, access) {
+                Ok(fd) => return PoolFile::adopt(http, fd, &cname, true),
+                Err(e) if e.kind() == io::ErrorKind::NotFound && !created_path => {
+                    // The level directories are made as nginx makes its own, then the same
+                    // name is tried again (as ngx_create_temp_file does).
+                    create_levels(http, path, &cname).map_err(|_| e)?;
+                    created_path = true;
                 }
-                collision += 1;
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && collision < 8 => break,
+                Err(e) => return Err(e),
             }
-            Err(e) => return Err(e),
         }
+        collision += 1;
+    }
+}
+
+/// A new name under `path`: "dir/" + the level directories + `transform-<pid>-<number>`.
+fn temp_name(path: *mut ngx_path_t, pid: i32, collision: usize) -> io::Result<CString> {
+    // SAFETY: path is the location's temp path, configured by nginx.
+    let (dir, levels) = unsafe { ((*path).name.as_bytes(), (*path).len) };
+    // SAFETY: nginx's counter, shared by the workers.
+    let n = unsafe { ngx_next_temp_number(collision as _) };
+    let base = format!("transform-{pid}-{n:010}");
+    let mut name = Vec::with_capacity(dir.len() + 1 + levels + base.len() + 1);
+    name.extend_from_slice(dir);
+    name.push(b'/');
+    name.resize(name.len() + levels, b'/');
+    name.extend_from_slice(base.as_bytes());
+    let len = name.len();
+    name.push(0);
+    // SAFETY: name holds the path's name, the level room and the file name, as
+    // ngx_create_hashed_filename expects; it writes inside the level room.
+    unsafe { ngx_create_hashed_filename(path, name.as_mut_ptr(), len) };
+    name.pop();
+    CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+}
+
+/// Creates the level directories of a temporary file's name.
+fn create_levels(http: Http, path: *mut ngx_path_t, name: &CStr) -> Result<(), ()> {
+    // SAFETY: all-zero is a valid ngx_file_t; ngx_create_path only reads its name and log.
+    let mut file: ngx_file_t = unsafe { core::mem::zeroed() };
+    file.name = ngx_str_t {
+        len: name.to_bytes().len(),
+        data: name.as_ptr().cast_mut().cast(),
+    };
+    file.log = http.log();
+    // SAFETY: file names a path under `path`.
+    match unsafe { ngx_create_path(&mut file, path) } {
+        r if r == NGX_ERROR as ngx_int_t => Err(()),
+        _ => Ok(()),
     }
 }
 

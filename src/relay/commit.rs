@@ -14,7 +14,7 @@ use super::{Flow, Next, Phase, Sink, Transform};
 use crate::cgi;
 use crate::conf::TransformConf;
 use crate::log::escape;
-use crate::nginx::{headers, now_msec, ContentType};
+use crate::nginx::{headers, now_msec, ContentType, CtxKind};
 use crate::os;
 
 /// Output held before the commit.
@@ -341,8 +341,10 @@ impl Transform {
         // The next location may run no program of its own: the log variables keep telling
         // about this one.
         let module = crate::Module::module();
-        if self.http.ctx(module).is_null() {
-            self.http.set_ctx(module, (self as *mut Transform).cast());
+        if self.http.ctx_is_empty(module) {
+            let me = (self as *mut Transform).cast();
+            // (Out of memory: the variables are empty.)
+            let _ = self.http.set_ctx(module, CtxKind::Transform, me);
         }
         Flow::Wait(Next::Finish(rc))
     }

@@ -151,6 +151,51 @@ impl Nginx {
         nginx
     }
 
+    /// As [`Nginx::start_full`], with `worker_processes workers` (the other starters run one).
+    pub fn start_workers(workers: usize, main_extra: &str, http_body: &str, level: &str) -> Nginx {
+        let prefix = temp_dir("nginx");
+        let port = free_port();
+        let conf = config_at_level(&prefix, port, main_extra, http_body, level).replacen(
+            "worker_processes 1;",
+            &format!("worker_processes {workers};"),
+            1,
+        );
+        std::fs::write(prefix.join("nginx.conf"), conf).expect("write conf");
+        let master = Command::new(nginx_binary())
+            .arg("-p")
+            .arg(&prefix)
+            .arg("-c")
+            .arg(prefix.join("nginx.conf"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(prefix.join("logs/stderr.log")).expect("stderr"))
+            .spawn()
+            .expect("start nginx");
+        let nginx = Nginx {
+            prefix,
+            port,
+            master: Some(master),
+            allowed: Vec::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                let log = nginx.error_log();
+                panic!("nginx did not start listening on {port}:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        while nginx.worker_pids().len() < workers && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            nginx.worker_pids().len(),
+            workers,
+            "nginx did not start {workers} workers"
+        );
+        nginx
+    }
+
     /// Declares an `[alert]`/`[crit]`/`[emerg]` line containing `pattern` as expected.
     pub fn allow(&mut self, pattern: &str) {
         self.allowed.push(pattern.to_string());
