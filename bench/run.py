@@ -1238,6 +1238,7 @@ W6B_STORED = "module, stored file (try_files)"
 W6B_STATIC = "nginx static (a copy of the file)"
 W6B_W1 = "W1, module (splice)"
 W6B_W1_STORE = "W1, module (splice) with transform_store on"
+W6B_DD = "the same bytes written to a file by dd (no nginx, no client)"
 
 
 def w6b(s, cg, sizes, inst, rnd):
@@ -1276,12 +1277,13 @@ def w6b(s, cg, sizes, inst, rnd):
             e["first_error"] = e["first_error"] or f"the program ran {ran} times"
         out[name] = {"rps": statistics.median(r["rps"] for r in rs),
                      "p99_ms": statistics.median(r["p99_ms"] for r in rs), "runs": ran, **e}
-    # W1 with and without transform_store, alternated.
+    # W1 with and without transform_store, alternated, and what the file system takes at the
+    # time: the same bytes written to a file of the store's directory by dd (no nginx).
     n = sizes["w1"]
     group = inst["group"]
     pair = [Contestant(cg, W6B_W1, base, "/w1/", [group], lambda: [inst["master"]]),
             Contestant(cg, W6B_W1_STORE, base, "/w1-store/", [group], lambda: [inst["master"]])]
-    w1runs = {c.name: [] for c in pair}
+    w1runs = {name: [] for name in (W6B_W1, W6B_W1_STORE, W6B_DD)}
     for _ in range(sizes["w1_rounds"]):
         for con in pair:
             r = stream_once(con, n)
@@ -1302,6 +1304,19 @@ def w6b(s, cg, sizes, inst, rnd):
             w1runs[con.name].append(r)
             log(f"W6b {con.name}: {r['bytes'] / r['seconds'] / 1e6:.0f} MB/s, {r['errors']} "
                 "errors")
+        path = os.path.join(prefix, "w1store", "dd")
+        start = time.monotonic()
+        done = subprocess.run(["sh", "-c", f'"$0" produce {n} | dd of="$1" bs=1M 2>/dev/null',
+                               BENCH, path], timeout=600)
+        took = time.monotonic() - start
+        size = os.path.getsize(path) if os.path.exists(path) else 0
+        if os.path.exists(path):
+            os.unlink(path)
+        bad = done.returncode != 0 or size != n
+        w1runs[W6B_DD].append({"bytes": size, "seconds": took, "errors": int(bad),
+                               "first_error": f"dd wrote {size} bytes" if bad else "",
+                               "server_cpu": None})
+        log(f"W6b {W6B_DD}: {size / took / 1e6:.0f} MB/s")
     for name, rs in w1runs.items():
         out[name] = {"mb_s": statistics.median(r["bytes"] / r["seconds"] / 1e6 for r in rs),
                      "server_cpu_per_gib": median(per(r["server_cpu"], r["bytes"], GIB)
@@ -1431,9 +1446,10 @@ def report(res):
     add("|---|---:|---:|---:|---:|---:|---:|")
     for name, r in w6a.items():
         runs = ", ".join("n/a" if n is None else str(n) for n in r["runs"])
+        # Without a program, a lone request is a fraction of a millisecond: no ratio to read.
+        of_lone = fmt(ratio(r["p99_ms"], r["lone_ms"]), 2) if "n/a" not in runs else "n/a"
         add(f"| {who(name, r)} | {runs} | {fmt(r['lone_ms'], 1)} | {fmt(r['p50_ms'], 1)} | "
-            f"{fmt(r['p99_ms'], 1)} | {fmt(ratio(r['p99_ms'], r['lone_ms']), 2)} | "
-            f"{r['errors']} |")
+            f"{fmt(r['p99_ms'], 1)} | {of_lone} | {r['errors']} |")
     add("")
     static = w6b.get(W6B_STATIC, {}).get("rps")
     add(f"### W6b: the herd's URL again, warm, under wrk ({WRK_CONNS} connections, "
