@@ -704,8 +704,17 @@ http {{
         return inst
 
     def stop_w6(self, inst):
+        """Stops W6's nginx and removes its prefix; returns the [alert], [crit] and [emerg]
+        lines of its error log (nginx's complaints, at its stop too)."""
         self.stop_nginx_at(inst["prefix"])
+        try:
+            with open(os.path.join(inst["prefix"], "logs", "error.log")) as f:
+                bad = [line.rstrip("\n") for line in f
+                       if any(level in line for level in ("[alert]", "[crit]", "[emerg]"))]
+        except OSError as e:
+            bad = [f"no error log: {e}"]
         shutil.rmtree(inst["prefix"], ignore_errors=True)
+        return bad
 
     def stop_nginx(self):
         for prefix in list(self.nginx_prefixes):
@@ -858,7 +867,7 @@ def run(args, cg):
             results["steal"][w] = steal_since(before)
             log(f"{w.upper()}: {results['steal'][w]:.1f}% of the CPU time stolen by the host")
         before = cpu_times()
-        results["w6a"], results["w6b"] = w6(s, cg, sizes)
+        results["w6a"], results["w6b"], results["w6_alerts"] = w6(s, cg, sizes)
         results["steal"]["w6"] = steal_since(before)
         log(f"W6: {results['steal']['w6']:.1f}% of the CPU time stolen by the host")
         results["method"] = method(cg)
@@ -1181,7 +1190,7 @@ def w6(s, cg, sizes):
     expect = b"x" * W6_BYTES
     a = {name: {"runs": [], "lone_ms": [], "p50_ms": [], "p99_ms": [], "errors": 0,
                 "first_error": ""} for name, _, _ in W6A}
-    b = {}
+    b, alerts = {}, []
     rounds = sizes["w6_rounds"]
     for rnd in range(rounds):
         inst = s.start_w6(rnd)
@@ -1216,12 +1225,14 @@ def w6(s, cg, sizes):
             if rnd == rounds - 1:
                 b = w6b(s, cg, sizes, inst, rnd)
         finally:
-            s.stop_w6(inst)
+            alerts += s.stop_w6(inst)
+    for line in alerts:
+        log(f"W6 nginx: {line}")
     for x in a.values():
         x["lone_ms"] = median(x["lone_ms"])
         x["p50_ms"] = median(x["p50_ms"])
         x["p99_ms"] = median(x["p99_ms"])
-    return a, b
+    return a, b, alerts
 
 
 def w6_errors(x, r, runs, want_runs):
@@ -1342,6 +1353,9 @@ def erred(res):
         for name, r in res[w].items():
             if r["errors"]:
                 out.append((w.upper(), name, r["errors"], r["first_error"]))
+    if res.get("w6_alerts"):
+        out.append(("W6", "nginx's error log ([alert], [crit], [emerg] lines)",
+                    len(res["w6_alerts"]), res["w6_alerts"][0]))
     return out
 
 
