@@ -1594,3 +1594,83 @@ fn the_stored_output_moves_by_splice_and_sendfile_never_through_userspace() {
     );
     nginx.stop();
 }
+
+#[test]
+fn before_linux_6_6_the_leader_touches_the_file_for_its_waiters() {
+    // splice(2) into a file raises no inotify event before Linux 6.6: there the leader marks the
+    // file changed after each write while waiters are there. TRANSFORM_TEST_KERNEL makes the
+    // module take that path on this machine's newer kernel; strace sees the touches, and the
+    // waiters still stream the output as it grows.
+    if std::process::Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_err()
+    {
+        panic!("strace is not installed: ci/test installs it; this test needs it to observe the worker");
+    }
+    const N: usize = 512 * 1024;
+    let nginx = Nginx::start_with(
+        "env TRANSFORM_TEST_KERNEL=6.1.0-18-amd64;",
+        &format!(
+            "{ZONE} {}",
+            server(
+                "transform_temp_path {PREFIX}/ttmp;
+                 location /t/ { transform_exec {HELPER} pause 524288 262144 1000;
+                                transform_store {PREFIX}/store$uri; transform_lock on; }"
+            )
+        ),
+    );
+    worker_dir(&nginx, "store");
+    let tmp = nginx.prefix.join("ttmp");
+    let worker = nginx.worker_pid();
+    let trace = nginx.prefix.join("strace.out");
+    let mut strace = std::process::Command::new("strace")
+        .args(["-e", "trace=utimensat", "-o"])
+        .arg(&trace)
+        .arg("-p")
+        .arg(worker.to_string())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("strace");
+    let mut err = strace.stderr.take().unwrap();
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !String::from_utf8_lossy(&seen).contains("attached") {
+        if err.read(&mut byte).unwrap_or(0) == 0 {
+            break;
+        }
+        seen.push(byte[0]);
+    }
+    let port = nginx.port;
+    let want = gen(N);
+    let (leader, waiter) = std::thread::scope(|s| {
+        let leader = s.spawn(|| fetch(port, "/t/x.bin"));
+        // The waiter comes while the leader's first half is in the file and its program sleeps.
+        assert!(
+            wait_until(Duration::from_secs(5), || !temp_files_with(
+                &tmp,
+                (N / 2) as u64
+            )
+            .is_empty()),
+            "the leader's first half never reached its temp file"
+        );
+        let waiter = s.spawn(|| fetch(port, "/t/x.bin"));
+        (leader.join().unwrap(), waiter.join().unwrap())
+    });
+    // SAFETY: signalling the strace we started.
+    unsafe { libc::kill(strace.id() as i32, libc::SIGINT) };
+    strace.wait().ok();
+    assert!(leader.status == 200 && leader.complete && leader.body == want);
+    assert!(
+        waiter.status == 200 && waiter.complete && waiter.body == want,
+        "{}",
+        waiter.summary()
+    );
+    let touches = fs::read_to_string(&trace)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("utimensat("))
+        .count();
+    assert!(touches >= 1, "no utimensat() by the leader with a waiter");
+    nginx.stop();
+}
