@@ -1453,3 +1453,224 @@ fn no_descriptor_leak_and_no_zombie_after_store_and_lock_work() {
     }
     nginx.stop();
 }
+
+#[test]
+fn store_and_waiters_are_byte_exact_over_tls_http2_gzip_and_without_sendfile() {
+    // The leader is served from its temp file, the waiters from the same growing file: over TLS,
+    // HTTP/2 and gzip nginx reads that file into its buffers; with sendfile off too.
+    const N: usize = 3 * 1024 * 1024 + 12345;
+    let dir = temp_dir("store-tls");
+    let (crt, key) = make_cert(&dir);
+    let nginx = Nginx::start_workers(
+        2,
+        "",
+        &format!(
+            "{ZONE}
+             server {{ listen 127.0.0.1:{{PORT}} ssl reuseport; http2 on;
+                      ssl_certificate {crt}; ssl_certificate_key {key};
+                      default_type application/octet-stream;
+                      gzip on; gzip_types application/octet-stream;
+                      transform_temp_path {{PREFIX}}/ttmp 1;
+                      location /s/ {{ sendfile on;
+                                     transform_exec {{HELPER}} pause {N} 1000000 700;
+                                     transform_store {{PREFIX}}/store$uri; transform_lock on; }}
+                      location /n/ {{ sendfile off;
+                                     transform_exec {{HELPER}} pause {N} 1000000 700;
+                                     transform_store {{PREFIX}}/store$uri; transform_lock on; }} }}",
+            crt = crt.display(),
+            key = key.display()
+        ),
+        "info",
+    );
+    worker_dir(&nginx, "store");
+    let want = sha256(&gen(N));
+    for (path, modes) in [
+        ("/s/a.bin", ["--http1.1", "--http2", "--compressed"]),
+        ("/n/b.bin", ["--http2", "--http1.1", "--compressed"]),
+    ] {
+        let url = format!("https://127.0.0.1:{}{path}", nginx.port);
+        let bodies: Vec<(bool, Vec<u8>)> = std::thread::scope(|s| {
+            let hs: Vec<_> = modes
+                .iter()
+                .map(|m| {
+                    let url = url.clone();
+                    s.spawn(move || curl(&["-sk", m, &url]))
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for ((ok, body), mode) in bodies.iter().zip(modes) {
+            assert!(ok, "{path} {mode}: curl failed");
+            assert_eq!(sha256(body), want, "{path} {mode}: body");
+        }
+        let stored = fs::read(nginx.prefix.join(format!("store{path}"))).expect("stored file");
+        assert_eq!(sha256(&stored), want, "{path}: stored file");
+    }
+    nginx.stop();
+    fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn the_stored_output_moves_by_splice_and_sendfile_never_through_userspace() {
+    if std::process::Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_err()
+    {
+        panic!("strace is not installed: ci/test installs it; this test needs it to observe the worker");
+    }
+    const N: usize = 64 * 1024 * 1024;
+    let nginx = Nginx::start(&format!(
+        "{ZONE} {}",
+        server(
+            "sendfile on; transform_temp_path {PREFIX}/ttmp;
+             location /z/ { transform_exec {HELPER} gen 67108864 1048576;
+                            transform_store {PREFIX}/store$uri; transform_lock on; }"
+        )
+    ));
+    worker_dir(&nginx, "store");
+    let worker = nginx.worker_pid();
+    let trace = nginx.prefix.join("strace.out");
+    let mut strace = std::process::Command::new("strace")
+        .args([
+            "-e",
+            "trace=read,pread64,readv,write,pwrite64,writev,splice,sendfile",
+            "-o",
+        ])
+        .arg(&trace)
+        .arg("-p")
+        .arg(worker.to_string())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("strace");
+    let mut err = strace.stderr.take().unwrap();
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !String::from_utf8_lossy(&seen).contains("attached") {
+        if err.read(&mut byte).unwrap_or(0) == 0 {
+            break;
+        }
+        seen.push(byte[0]);
+    }
+    let got = fetch(nginx.port, "/z/big.bin");
+    // SAFETY: signalling the strace we started.
+    unsafe { libc::kill(strace.id() as i32, libc::SIGINT) };
+    strace.wait().ok();
+    assert!(got.status == 200 && got.complete, "{}", got.summary());
+    assert_eq!(got.body.len(), N);
+    assert_eq!(sha256(&got.body), sha256(&gen(N)));
+    let text = fs::read_to_string(&trace).unwrap();
+    let calls = |name: &str| {
+        text.lines()
+            .filter(|l| l.contains(&format!("{name}(")) && !l.contains("resumed"))
+            .collect::<Vec<_>>()
+    };
+    let moved = |lines: &[&str]| -> u64 {
+        lines
+            .iter()
+            .filter_map(|l| l.rsplit("= ").next()?.trim().parse::<u64>().ok())
+            .sum()
+    };
+    let splices = calls("splice");
+    let sendfiles = calls("sendfile");
+    assert!(
+        moved(&splices) >= N as u64,
+        "splice moved {} of {N} bytes into the file",
+        moved(&splices)
+    );
+    assert!(
+        moved(&sendfiles) >= N as u64,
+        "sendfile sent {} of {N} bytes",
+        moved(&sendfiles)
+    );
+    // What else went through userspace: the request, the header, the log, stderr: kilobytes.
+    let copied: u64 = ["read", "pread64", "readv", "write", "pwrite64", "writev"]
+        .iter()
+        .map(|c| moved(&calls(c)))
+        .sum();
+    assert!(
+        copied < 256 * 1024,
+        "{copied} bytes went through read/write calls for a {N}-byte output"
+    );
+    nginx.stop();
+}
+
+#[test]
+fn before_linux_6_6_the_leader_touches_the_file_for_its_waiters() {
+    // splice(2) into a file raises no inotify event before Linux 6.6: there the leader marks the
+    // file changed after each write while waiters are there. TRANSFORM_TEST_KERNEL makes the
+    // module take that path on this machine's newer kernel; strace sees the touches, and the
+    // waiters still stream the output as it grows.
+    if std::process::Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_err()
+    {
+        panic!("strace is not installed: ci/test installs it; this test needs it to observe the worker");
+    }
+    const N: usize = 512 * 1024;
+    let nginx = Nginx::start_with(
+        "env TRANSFORM_TEST_KERNEL=6.1.0-18-amd64;",
+        &format!(
+            "{ZONE} {}",
+            server(
+                "transform_temp_path {PREFIX}/ttmp;
+                 location /t/ { transform_exec {HELPER} pause 524288 262144 1000;
+                                transform_store {PREFIX}/store$uri; transform_lock on; }"
+            )
+        ),
+    );
+    worker_dir(&nginx, "store");
+    let tmp = nginx.prefix.join("ttmp");
+    let worker = nginx.worker_pid();
+    let trace = nginx.prefix.join("strace.out");
+    let mut strace = std::process::Command::new("strace")
+        .args(["-e", "trace=utimensat", "-o"])
+        .arg(&trace)
+        .arg("-p")
+        .arg(worker.to_string())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("strace");
+    let mut err = strace.stderr.take().unwrap();
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !String::from_utf8_lossy(&seen).contains("attached") {
+        if err.read(&mut byte).unwrap_or(0) == 0 {
+            break;
+        }
+        seen.push(byte[0]);
+    }
+    let port = nginx.port;
+    let want = gen(N);
+    let (leader, waiter) = std::thread::scope(|s| {
+        let leader = s.spawn(|| fetch(port, "/t/x.bin"));
+        // The waiter comes while the leader's first half is in the file and its program sleeps.
+        assert!(
+            wait_until(Duration::from_secs(5), || !temp_files_with(
+                &tmp,
+                (N / 2) as u64
+            )
+            .is_empty()),
+            "the leader's first half never reached its temp file"
+        );
+        let waiter = s.spawn(|| fetch(port, "/t/x.bin"));
+        (leader.join().unwrap(), waiter.join().unwrap())
+    });
+    // SAFETY: signalling the strace we started.
+    unsafe { libc::kill(strace.id() as i32, libc::SIGINT) };
+    strace.wait().ok();
+    assert!(leader.status == 200 && leader.complete && leader.body == want);
+    assert!(
+        waiter.status == 200 && waiter.complete && waiter.body == want,
+        "{}",
+        waiter.summary()
+    );
+    let touches = fs::read_to_string(&trace)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("utimensat("))
+        .count();
+    assert!(touches >= 1, "no utimensat() by the leader with a waiter");
+    nginx.stop();
+}
