@@ -141,14 +141,17 @@ impl Follower {
             // hearing it; what it sent is all there is.
             None => (State::Failed, true),
         };
-        if state == State::Refused {
-            // Not a response to share: this request runs its own program.
+        if state == State::Refused && self.phase == Phase::Waiting {
+            // Not a response to share (or its file could not be written): this request runs
+            // its own program.
             self.release();
             self.phase = Phase::Done;
             let rc = (self.alone)(http);
             return Some(rc);
         }
-        let failed = state == State::Failed || gone;
+        // (Refused after bytes were sent: the file stopped short, the rest went to the
+        // leader's client only.)
+        let failed = state == State::Failed || state == State::Refused || gone;
         if self.phase == Phase::Waiting {
             if failed {
                 log_error!(
@@ -197,8 +200,8 @@ impl Follower {
                 NGX_LOG_ERR,
                 http.log(),
                 0,
-                "transform_lock: the program this request waited for failed{} after {} bytes; \
-                 response cut",
+                "transform_lock: the output this request waited for stopped{} after {} bytes (its \
+                 program failed, or its file could not be written); response cut",
                 if gone { " (its worker is gone)" } else { "" },
                 self.sent
             );

@@ -224,7 +224,8 @@ impl Store {
             self.file.name().to_string_lossy(),
             self.written
         );
-        self.drop_file(State::Failed);
+        // Waiters that sent nothing yet run their own program; the others are cut.
+        self.drop_file(State::Refused);
     }
 
     /// The program exited 0 with all of its output: publish (or, for a lock alone, let the

@@ -1182,7 +1182,10 @@ fn a_full_disk_still_gives_the_client_everything() {
                               transform_store {small}/store$uri; }}
              location /big-locked/ {{ transform_exec {{HELPER}} gen 4194304;
                                      transform_store {small}/store$uri;
-                                     transform_lock on; }}"
+                                     transform_lock on; }}
+             location /slow-locked/ {{ transform_exec {{HELPER}} delay 300 gen 4194304;
+                                      transform_store {small}/store$uri;
+                                      transform_lock on; }}"
         ))
     ));
     let want = gen(N);
@@ -1209,6 +1212,30 @@ fn a_full_disk_still_gives_the_client_everything() {
         );
         eprintln!("{path}: {}", new[0]);
     }
+    // With waiters: the leader's client still gets everything; a waiter never gets a wrong
+    // byte: it has the whole output (it ran its own program, having sent nothing when the file
+    // stopped) or a cut prefix of it (it was streaming the file when the disk filled).
+    let port = nginx.port;
+    let got: Vec<Got> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..4)
+            .map(|_| s.spawn(move || fetch(port, "/slow-locked/y.bin")))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let whole = got
+        .iter()
+        .filter(|g| g.status == 200 && g.complete && g.body == want)
+        .count();
+    assert!(whole >= 1, "no response was whole");
+    for g in &got {
+        let prefix = g.body.len() <= N && g.body[..] == want[..g.body.len()];
+        assert!(
+            (g.status == 200 && prefix) || g.status == 502,
+            "a response with wrong bytes: {}",
+            g.summary()
+        );
+    }
+    no_temp_file(&fs_.dir.join("tmp"), "/slow-locked/y.bin");
     no_programs_left(&nginx);
     nginx.stop();
     drop(fs_);
