@@ -31,6 +31,34 @@ pub struct Head {
     pub warnings: Vec<String>,
 }
 
+impl Head {
+    /// Why this response must not be stored or handed to other requests, if it must not: it
+    /// sets a cookie, says it is private or not to be kept (as nginx's cache refuses such
+    /// responses), or its body is encoded (a stored file is served without the encoding, a
+    /// waiting request gets the body and the Content-Type only).
+    pub fn unshareable(&self) -> Option<&'static str> {
+        for (name, value) in &self.headers {
+            if name.eq_ignore_ascii_case(b"set-cookie") {
+                return Some("it sets a cookie");
+            }
+            if name.eq_ignore_ascii_case(b"content-encoding") {
+                return Some("its body has a Content-Encoding");
+            }
+            if name.eq_ignore_ascii_case(b"cache-control") {
+                let v = value.to_ascii_lowercase();
+                let says = |word: &[u8]| {
+                    v.split(|&b| b == b',' || b == b'=' || b == b' ' || b == b'\t')
+                        .any(|w| w == word)
+                };
+                if says(b"private") || says(b"no-store") || says(b"no-cache") {
+                    return Some("its Cache-Control forbids it");
+                }
+            }
+        }
+        None
+    }
+}
+
 /// The result of looking at what the program wrote so far.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Parsed {

@@ -407,6 +407,29 @@ pub unsafe extern "C" fn merge_loc_conf(
         return rv;
     }
     if conf.exec.is_some() && conf.uses_temp_file() {
+        // SAFETY: merged above: nginx's path.
+        let (name, levels) = unsafe { ((*conf.temp_path).name.len, (*conf.temp_path).len) };
+        // "dir/" + levels + "transform-<pid>-<10 digits>" must fit a lock slot.
+        if name + 1 + levels + 40 > crate::lock::MAX_TEMP_NAME {
+            // SAFETY: conf_file is null or the NUL-terminated name of the file it was set in.
+            let at = unsafe {
+                let p = &*conf.temp_path;
+                (!p.conf_file.is_null()).then(|| {
+                    let file = CStr::from_ptr(p.conf_file.cast()).to_string_lossy();
+                    format!(" in {file}:{}", p.line)
+                })
+            };
+            log_error!(
+                NGX_LOG_EMERG,
+                cf.log,
+                0,
+                "\"transform_temp_path\"{} is too long: its name with its levels must stay \
+                 under {} bytes",
+                at.unwrap_or_default(),
+                crate::lock::MAX_TEMP_NAME - 40
+            );
+            return NGX_CONF_ERROR;
+        }
         crate::store::register_temp_path(conf.temp_path);
     }
     if conf.lock != 0 && conf.exec.is_some() {

@@ -20,7 +20,7 @@ use nginx_sys::{
 };
 
 use crate::conf::TransformConf;
-use crate::lock::{State, Watch};
+use crate::lock::{Seen, State, Watch};
 use crate::nginx::file::PoolFile;
 use crate::nginx::{
     pool_allocate, run_posted_requests, ContentType, CtxKind, EventFd, Http, Timer,
@@ -44,14 +44,18 @@ pub struct Follower {
     http: Http,
     conf: &'static TransformConf,
     content_type: Option<&'static [u8]>,
-    watch: Watch,
+    /// The leader's slot, until its final state is known (then its waiter count drops).
+    watch: Option<Watch>,
+    /// The leader's final state, once seen.
+    ended: Option<Seen>,
     file: PoolFile,
     wd: Option<i32>,
     timer: Option<Timer>,
     sent: u64,
     phase: Phase,
-    /// What the content handler runs if the leader's response is not one to share.
-    alone: fn(Http) -> ngx_int_t,
+    /// The content handler's program run, unshared (`false`: the leader's response is not one
+    /// to share) or claiming the key again (`true`: the leader's request ended early).
+    rerun: fn(Http, bool) -> ngx_int_t,
 }
 
 /// Starts waiting for the leader of `watch`; the content handler returns what this returns.
@@ -60,7 +64,7 @@ pub fn start(
     conf: &'static TransformConf,
     watch: Watch,
     content_type: Option<&'static [u8]>,
-    alone: fn(Http) -> ngx_int_t,
+    rerun: fn(Http, bool) -> ngx_int_t,
 ) -> ngx_int_t {
     let file = match PoolFile::open(http, &watch.name) {
         Ok(file) => file,
@@ -74,7 +78,7 @@ pub fn start(
                 watch.name.to_string_lossy()
             );
             drop(watch);
-            return alone(http);
+            return rerun(http, false);
         }
     };
     let ctx = pool_allocate(
@@ -83,13 +87,14 @@ pub fn start(
             http,
             conf,
             content_type,
-            watch,
+            watch: Some(watch),
+            ended: None,
             file,
             wd: None,
             timer: None,
             sent: 0,
             phase: Phase::Waiting,
-            alone,
+            rerun,
         },
     );
     if ctx.is_null() {
@@ -134,24 +139,38 @@ impl Follower {
             return None;
         }
         let http = self.http;
-        let seen = self.watch.seen();
+        let seen = match &self.ended {
+            Some(end) => Some(end.clone()),
+            None => self.watch.as_ref().and_then(Watch::seen),
+        };
+        if let Some(end) = seen.as_ref().filter(|s| s.is_final()) {
+            self.ended = Some(end.clone());
+            self.watch = None;
+        }
         let (state, gone) = match &seen {
             Some(s) => (s.state, s.leader_gone),
             // The slot went to another key: the leader ended long ago without this request
             // hearing it; what it sent is all there is.
             None => (State::Failed, true),
         };
-        if state == State::Refused && self.phase == Phase::Waiting {
+        let again = match state {
+            _ if self.phase != Phase::Waiting => None,
             // Not a response to share (or its file could not be written): this request runs
             // its own program.
+            State::Refused => Some(false),
+            // The leader's request ended early: this one claims the key again (the first of
+            // the waiters to do so runs the program for the others).
+            State::Interrupted => Some(true),
+            _ => None,
+        };
+        if let Some(share) = again {
             self.release();
             self.phase = Phase::Done;
-            let rc = (self.alone)(http);
-            return Some(rc);
+            return Some((self.rerun)(http, share));
         }
-        // (Refused after bytes were sent: the file stopped short, the rest went to the
-        // leader's client only.)
-        let failed = state == State::Failed || state == State::Refused || gone;
+        // (Refused or Interrupted after bytes were sent: the file stopped short, the rest went
+        // to the leader's client only.)
+        let failed = matches!(state, State::Failed | State::Refused | State::Interrupted) || gone;
         if self.phase == Phase::Waiting {
             if failed {
                 log_error!(

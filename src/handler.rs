@@ -79,10 +79,11 @@ fn run(http: Http, conf: &'static TransformConf) -> ngx_int_t {
     run_with(http, conf, true)
 }
 
-/// For a request that waited for another's program in vain (its response was not one to
-/// share): runs its own, neither stored nor shared.
-fn run_alone(http: Http) -> ngx_int_t {
-    run_with(http, http.loc_conf::<crate::Module>(), false)
+/// For a request that waited for another's program in vain: runs its own, neither stored nor
+/// shared (the response was not one to share), or claims the key again (`share`: the request
+/// that ran it ended early).
+fn run_again(http: Http, share: bool) -> ngx_int_t {
+    run_with(http, http.loc_conf::<crate::Module>(), share)
 }
 
 /// Headers for HEAD, the store and the lock (`share`), limits, evaluation, the relay.
@@ -119,7 +120,7 @@ fn run_with(http: Http, conf: &'static TransformConf, share: bool) -> ngx_int_t 
         match store::plan(http, conf) {
             Ok(Plan::Run(store)) => store,
             Ok(Plan::Follow(watch)) => {
-                return follow::start(http, conf, watch, content_type, run_alone);
+                return follow::start(http, conf, watch, content_type, run_again);
             }
             Err(rc) => return rc,
         }

@@ -30,9 +30,6 @@ use crate::os;
 pub const MAX_TEMP_NAME: usize = 512;
 /// The longest Content-Type a slot holds.
 pub const MAX_TYPE: usize = 256;
-/// Finished slots are kept this long (seconds) for the waiters to read their end, unless the
-/// table has no other room.
-const KEEP_FINISHED: i64 = 60;
 
 /// What became of a leader's output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,8 +44,12 @@ pub enum State {
     Complete = 3,
     /// The program failed: what the file holds is not the whole output.
     Failed = 4,
-    /// The response is not one to share (a CGI status other than 200): waiters run their own.
+    /// The response is not one to share (a CGI status other than 200, a cookie...), or its file
+    /// could not be written: waiters run their own program, unshared.
     Refused = 5,
+    /// The leader's request ended before its output (its client went away): a waiter that sent
+    /// nothing claims the key again, so one of them runs the program for the others.
+    Interrupted = 6,
 }
 
 /// One key's entry.
@@ -115,6 +116,7 @@ pub struct Watch {
 }
 
 /// A leader's state as a waiter sees it.
+#[derive(Clone)]
 pub struct Seen {
     pub state: State,
     pub size: u64,
@@ -153,57 +155,83 @@ fn alive(pid: i32) -> bool {
 }
 
 /// Claims `key` for this request: leader (its temporary file is `name`), waiter, or neither.
+///
+/// A slot whose waiters are still reading a finished output is not given to a new leader (they
+/// read its end there) while another slot is free or finished without waiters: a key may then
+/// have a finished slot and a running one, and the running one is what counts.
 pub fn claim(zone: *mut ngx_shm_zone_t, key: &[u8; 32], name: &[u8]) -> Claim {
     let me = os::getpid();
     let now = now();
-    locked(zone, |table| {
+    let mut stale = None;
+    let claim = locked(zone, |table| {
         table.generation += 1;
         let generation = table.generation;
         // SAFETY: under the mutex.
         let slots = unsafe { table.slots() };
-        let mut found = None;
-        let mut free = None;
-        let mut oldest: Option<(usize, i64)> = None;
+        let mut running = None;
+        // Candidates for a new leader, best first: this key's slot without waiters, a free
+        // slot, the oldest finished one without waiters, the oldest finished one at all.
+        let (mut own, mut free, mut idle, mut oldest) = (None, None, None, None);
+        let older = |best: Option<(usize, i64)>, i: usize, t: i64| match best {
+            Some((_, bt)) if bt <= t => best,
+            _ => Some((i, t)),
+        };
         for (i, slot) in slots.iter().enumerate() {
+            let is_running = matches!(slot.state, State::Starting | State::Streaming);
             if slot.state == State::Free {
-                free.get_or_insert(i);
+                free = free.or(Some(i));
                 continue;
             }
-            if &slot.key == key {
-                found = Some(i);
-                break;
+            if &slot.key == key && is_running {
+                if slot.pid == me || alive(slot.pid) {
+                    running = Some(i);
+                    break;
+                }
+                // Its worker died: this request takes over (the waiters of the dead leader
+                // learn it from the pid).
+                own = Some(i);
+                continue;
             }
-            let finished = !matches!(slot.state, State::Starting | State::Streaming);
-            if finished && oldest.is_none_or(|(_, t)| slot.changed < t) {
-                oldest = Some((i, slot.changed));
+            if is_running {
+                continue;
             }
+            if &slot.key == key && slot.waiters == 0 {
+                own = own.or(Some(i));
+            }
+            if slot.waiters == 0 {
+                idle = older(idle, i, slot.changed);
+            }
+            oldest = older(oldest, i, slot.changed);
         }
-        if let Some(i) = found {
+        if let Some(i) = running {
             let slot = &mut slots[i];
-            let running = matches!(slot.state, State::Starting | State::Streaming);
-            if running && (slot.pid == me || alive(slot.pid)) {
-                slot.waiters += 1;
-                let name = CString::new(&slot.name[..slot.name_len as usize]).unwrap_or_default();
-                return Claim::Follow(Watch {
-                    zone,
-                    index: i,
-                    generation: slot.generation,
-                    name,
-                });
-            }
-            if running {
-                // Its worker died: what it left is removed, and this request takes over.
-                let stale = &slot.name[..slot.name_len as usize];
-                os::unlink_quietly(stale);
-            }
-            return Claim::Leader(take(zone, slot, i, key, name, me, generation, now));
+            slot.waiters += 1;
+            let name = CString::new(&slot.name[..slot.name_len as usize]).unwrap_or_default();
+            return Claim::Follow(Watch {
+                zone,
+                index: i,
+                generation: slot.generation,
+                name,
+            });
         }
-        let reusable = oldest.filter(|&(_, t)| now - t >= KEEP_FINISHED);
-        let Some(i) = free.or(reusable.map(|(i, _)| i)).or(oldest.map(|(i, _)| i)) else {
+        let pick = own
+            .or(free)
+            .or(idle.map(|(i, _)| i))
+            .or(oldest.map(|(i, _)| i));
+        let Some(i) = pick else {
             return Claim::Full;
         };
-        Claim::Leader(take(zone, &mut slots[i], i, key, name, me, generation, now))
-    })
+        let slot = &mut slots[i];
+        if matches!(slot.state, State::Starting | State::Streaming) {
+            // What the dead leader left is removed, after the mutex.
+            stale = Some(slot.name[..slot.name_len as usize].to_vec());
+        }
+        Claim::Leader(take(zone, slot, i, key, name, me, generation, now))
+    });
+    if let Some(name) = stale {
+        os::unlink_quietly(&name);
+    }
+    claim
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -294,6 +322,13 @@ impl Watch {
             content_type,
             leader_gone: running && !alive(pid),
         })
+    }
+}
+
+impl Seen {
+    /// Whether it will not change any more.
+    pub fn is_final(&self) -> bool {
+        self.leader_gone || !matches!(self.state, State::Starting | State::Streaming)
     }
 }
 

@@ -386,6 +386,8 @@ impl Transform {
             Some(fd) => os::pipe_state(fd).unwrap_or((0, true)),
         };
         let extra = self.moved.excess + in_pipe as u64;
+        // What is beyond the length is counted for the log and to keep the output from the store.
+        self.moved.excess = extra;
         if self.moved.declared && extra > 0 {
             log_error!(
                 NGX_LOG_ERR,
@@ -399,6 +401,11 @@ impl Transform {
         }
         self.set_phase(Phase::Complete);
         if self.program.exit().is_none() && !hung_up {
+            // The waiters have the whole response; it is not stored (the program's end is not
+            // known).
+            if let Some(store) = &mut self.store {
+                store.complete(self.http, false);
+            }
             self.program.detach();
             return Flow::Wait(Next::Finish(NGX_OK as ngx_int_t));
         }
@@ -426,7 +433,9 @@ impl Transform {
             );
             self.program.log_stderr_tail(self.http);
         } else if let Some(store) = &mut self.store {
-            store.complete(self.http);
+            // (Not stored when the program wrote past its Content-Length.)
+            let clean = !(self.moved.declared && self.moved.excess > 0);
+            store.complete(self.http, clean);
         }
         Flow::Wait(Next::Finish(NGX_OK as ngx_int_t))
     }
@@ -472,7 +481,7 @@ impl Transform {
             return self.fail(NGX_HTTP_BAD_GATEWAY);
         }
         if let Some(store) = &mut self.store {
-            store.complete(self.http);
+            store.complete(self.http, true);
         }
         Next::Finish(self.http.send_last())
     }
@@ -547,8 +556,8 @@ impl Transform {
     /// Idempotent; runs at the end and at the request's cleanup.
     fn release(&mut self) {
         if let Some(store) = &mut self.store {
-            // (Nothing if it was published.)
-            store.abandon();
+            // (Nothing if it was published, or dropped for a failure.)
+            store.interrupt();
         }
         if !matches!(self.phase, Phase::Done | Phase::Terminated) {
             self.program.release(self.http);

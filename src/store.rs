@@ -228,9 +228,9 @@ impl Store {
         self.drop_file(State::Refused);
     }
 
-    /// The program exited 0 with all of its output: publish (or, for a lock alone, let the
-    /// waiters finish from the file).
-    pub fn complete(&mut self, http: Http) {
+    /// The output is whole: the waiters finish from the file; with `publish` (the program
+    /// exited 0, nothing beyond its Content-Length) it is stored.
+    pub fn complete(&mut self, http: Http, publish: bool) {
         if self.stage != Stage::Writing {
             return;
         }
@@ -239,7 +239,7 @@ impl Store {
             t.finish(State::Complete, self.written);
         }
         match &self.target {
-            Some(to) => {
+            Some(to) if publish => {
                 if file::publish(http, &self.file, to, self.access) {
                     debug!(
                         http.log(),
@@ -249,7 +249,7 @@ impl Store {
                     );
                 }
             }
-            None => {
+            _ => {
                 os::unlink_quietly(self.file.name().to_bytes());
             }
         }
@@ -260,9 +260,15 @@ impl Store {
         self.drop_file(State::Refused);
     }
 
-    /// The output will not be whole (the program failed, the request ended).
+    /// The program failed: the output will not be whole.
     pub fn abandon(&mut self) {
         self.drop_file(State::Failed);
+    }
+
+    /// The request ends before its output did (its client went away, or timed out): the
+    /// program is stopped with it, and a waiter that sent nothing takes over.
+    pub fn interrupt(&mut self) {
+        self.drop_file(State::Interrupted);
     }
 
     fn drop_file(&mut self, state: State) {
@@ -280,7 +286,7 @@ impl Store {
 
 impl Drop for Store {
     fn drop(&mut self) {
-        self.abandon();
+        self.interrupt();
     }
 }
 

@@ -1701,3 +1701,227 @@ fn before_linux_6_6_the_leader_touches_the_file_for_its_waiters() {
     assert!(touches >= 1, "no utimensat() by the leader with a waiter");
     nginx.stop();
 }
+
+#[test]
+fn a_lock_under_steady_load_never_cuts_a_waiter() {
+    // Requests for one key keep coming while programs end and start: a finished slot is taken
+    // again while its waiters still read their end. None may be cut or refused (the review
+    // found 433 of 1809 cut: waiters of a finished generation took its reuse for a dead leader).
+    const N: usize = 400_000;
+    let nginx = Nginx::start_workers(
+        2,
+        "",
+        &format!(
+            "{ZONE} {}",
+            spread_server(
+                "transform_temp_path {PREFIX}/ttmp;
+                 location /fast/ { transform_exec {HELPER} count {PREFIX}/count-fast
+                                                  pause 400000 100000 150;
+                                   transform_lock on; transform_lock_key $uri; }
+                 location /c404/ { transform_output cgi;
+                                   transform_exec {HELPER} delay 200 cgi-status 404 1000 -;
+                                   transform_store {PREFIX}/store$uri; transform_lock on; }"
+            )
+        ),
+        "info",
+    );
+    worker_dir(&nginx, "store");
+    let count = counter(&nginx, "fast");
+    let want = gen(N);
+    let port = nginx.port;
+    let until = Instant::now() + Duration::from_secs(3);
+    let results: Vec<Vec<(String, String)>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..16)
+            .map(|i| {
+                let want = &want;
+                s.spawn(move || {
+                    let mut bad = Vec::new();
+                    while Instant::now() < until {
+                        let (path, ok): (&str, fn(&Got, &[u8]) -> bool) = if i % 4 == 3 {
+                            ("/c404/k", |g, _| {
+                                g.status == 404 && g.complete && g.body == gen(1000)
+                            })
+                        } else {
+                            ("/fast/k", |g, w| {
+                                g.status == 200 && g.complete && g.body == w
+                            })
+                        };
+                        let g = fetch(port, path);
+                        if !ok(&g, want) {
+                            bad.push((path.to_string(), g.summary()));
+                        }
+                    }
+                    bad
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let bad: Vec<_> = results.into_iter().flatten().collect();
+    assert!(
+        bad.is_empty(),
+        "{} bad responses: {:?}",
+        bad.len(),
+        &bad[..bad.len().min(5)]
+    );
+    assert!(runs(&count) >= 2, "the load did not span several programs");
+    let log = nginx.error_log();
+    assert!(
+        !log.contains("worker is gone"),
+        "a live leader was taken for a dead one"
+    );
+    no_temp_file(&nginx.prefix.join("ttmp"), "after the load");
+    nginx.stop();
+}
+
+#[test]
+fn private_or_encoded_responses_are_neither_stored_nor_shared() {
+    // A cookie, Cache-Control private/no-store/no-cache or a Content-Encoding: each request runs
+    // its own program and gets its own headers; nothing is published (the review saw a waiter get
+    // a gzip body without its Content-Encoding, and a Set-Cookie response stored).
+    let script = |header: &str, name: &str| {
+        format!(
+            "location /{name}/ {{ transform_output cgi;
+                 transform_exec /bin/sh -c \"echo run >> {{PREFIX}}/count-{name}; sleep 0.5;
+                     printf 'Content-Type: text/plain\\r\\n{header}\\r\\n\\r\\nbody'\";
+                 transform_store {{PREFIX}}/store$uri; transform_lock on; }}"
+        )
+    };
+    let cases = [
+        ("Set-Cookie: session=leader-secret", "cookie"),
+        ("Cache-Control: private, max-age=60", "private"),
+        ("Cache-Control: no-store", "nostore"),
+        ("Content-Encoding: x-custom", "encoded"),
+    ];
+    let locations: String = cases.iter().map(|(h, n)| script(h, n)).collect();
+    let nginx = Nginx::start(&format!(
+        "{ZONE} {}",
+        server(&format!("transform_temp_path {{PREFIX}}/ttmp; {locations}"))
+    ));
+    let store = worker_dir(&nginx, "store");
+    let port = nginx.port;
+    for (header, name) in cases {
+        let count = counter(&nginx, name);
+        let path = format!("/{name}/x");
+        let got: Vec<Got> = std::thread::scope(|s| {
+            let leader = s.spawn(|| fetch(port, &path));
+            assert!(wait_until(Duration::from_secs(5), || runs(&count) == 1));
+            let waiters: Vec<_> = (0..3).map(|_| s.spawn(|| fetch(port, &path))).collect();
+            std::iter::once(leader)
+                .chain(waiters)
+                .map(|h| h.join().unwrap())
+                .collect()
+        });
+        let (hname, hvalue) = header.split_once(": ").unwrap();
+        for (i, g) in got.iter().enumerate() {
+            assert!(
+                g.status == 200 && g.complete && g.body == b"body",
+                "{name} {i}: {}",
+                g.summary()
+            );
+            assert_eq!(g.header(hname), Some(hvalue), "{name} {i}: its header");
+        }
+        assert_eq!(runs(&count), 4, "{name}: every request ran its own program");
+        assert!(files_under(&store).is_empty(), "{name}: published");
+    }
+    no_temp_file(&nginx.prefix.join("ttmp"), "after the private responses");
+    nginx.stop();
+}
+
+#[test]
+fn output_past_its_content_length_is_not_stored() {
+    let nginx = Nginx::start(&format!(
+        "{ZONE} {}",
+        server(
+            "transform_temp_path {PREFIX}/ttmp;
+             location /long/ { transform_output cgi;
+                               transform_exec {HELPER} cgi-status 200 3000 2000;
+                               transform_store {PREFIX}/store$uri; }"
+        )
+    ));
+    let store = worker_dir(&nginx, "store");
+    let g = fetch(nginx.port, "/long/x");
+    assert!(
+        g.status == 200 && g.complete && g.body == gen(3000)[..2000],
+        "{}",
+        g.summary()
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || nginx
+            .error_log()
+            .contains("sent more than its Content-Length")),
+        "the excess was not logged"
+    );
+    assert!(
+        files_under(&store).is_empty(),
+        "published despite the excess"
+    );
+    no_temp_file(&nginx.prefix.join("ttmp"), "after the excess");
+    nginx.stop();
+}
+
+#[test]
+fn when_the_leaders_client_goes_away_one_waiter_takes_over() {
+    const N: usize = 100_000;
+    let nginx = Nginx::start(&format!(
+        "{ZONE} {}",
+        server(
+            "transform_temp_path {PREFIX}/ttmp;
+             location /a/ { transform_exec {HELPER} count {PREFIX}/count-a delay 700 gen 100000;
+                            transform_store {PREFIX}/store$uri; transform_lock on; }"
+        )
+    ));
+    let store = worker_dir(&nginx, "store");
+    let count = counter(&nginx, "a");
+    let port = nginx.port;
+    let mut leader = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    leader
+        .write_all(b"GET /a/x.bin HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(5), || runs(&count) == 1));
+    let got: Vec<Got> = std::thread::scope(|s| {
+        let waiters: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| fetch(port, "/a/x.bin")))
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        drop(leader);
+        waiters.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (i, g) in got.iter().enumerate() {
+        assert!(
+            g.status == 200 && g.complete && g.body == gen(N),
+            "waiter {i}: {}",
+            g.summary()
+        );
+    }
+    assert_eq!(
+        runs(&count),
+        2,
+        "the aborted leader's program, then one for all the waiters"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || files_under(&store).len() == 1),
+        "the new leader's output was not stored"
+    );
+    assert_eq!(fs::read(&files_under(&store)[0]).unwrap(), gen(N));
+    no_temp_file(&nginx.prefix.join("ttmp"), "after the take-over");
+    no_programs_left(&nginx);
+    nginx.stop();
+}
+
+#[test]
+fn nginx_t_refuses_a_temp_path_too_long_for_the_lock() {
+    // Five components of 100 bytes: a valid path, too long for a lock slot's name.
+    let long = format!("{{PREFIX}}{}", format!("/{}", "d".repeat(100)).repeat(5));
+    let (ok, stderr, path) = nginx_test_config(&format!(
+        "{ZONE} server {{ listen 127.0.0.1:{{PORT}};
+           location / {{ transform_exec /bin/true; transform_temp_path {long};
+                        transform_lock on; transform_lock_key $uri; }} }}"
+    ));
+    std::fs::remove_dir_all(path.parent().unwrap()).ok();
+    assert!(!ok, "accepted");
+    assert!(
+        stderr.contains("\"transform_temp_path\" in ") && stderr.contains("is too long"),
+        "{stderr}"
+    );
+}

@@ -5,7 +5,7 @@
 
 use nginx_sys::{
     ngx_int_t, ngx_msec_t, NGX_ERROR, NGX_HTTP_BAD_GATEWAY, NGX_HTTP_INTERNAL_SERVER_ERROR,
-    NGX_LOG_ERR, NGX_LOG_WARN, NGX_OK,
+    NGX_LOG_ERR, NGX_LOG_INFO, NGX_LOG_WARN, NGX_OK,
 };
 use ngx::http::HttpModule;
 
@@ -212,9 +212,11 @@ impl Transform {
             unreachable!("commit() runs in the holding phase");
         };
         let buf = core::mem::take(&mut held.buf);
+        let mut unshareable = None;
         let (status, content_type, length, prefix, declared) =
             match core::mem::replace(&mut held.head, Head::Raw) {
                 Head::Parsed { head, body } => {
+                    unshareable = head.unshareable();
                     let status =
                         head.status
                             .unwrap_or(if head.location.is_some() { 302 } else { 200 });
@@ -278,8 +280,18 @@ impl Transform {
         }
         let mut sink = None;
         if let Some(store) = &mut self.store {
-            // Only a 200 with a body is stored or shared (as proxy_store stores only a 200).
-            let storable = status == 200;
+            // Only a 200 with a body is stored or shared (as proxy_store stores only a 200),
+            // and not one that is a user's own or whose body is encoded.
+            if let (200, Some(why)) = (status, unshareable) {
+                log_error!(
+                    NGX_LOG_INFO,
+                    self.http.log(),
+                    0,
+                    "transform program \"{}\": its response is neither stored nor shared: {why}",
+                    self.program.name()
+                );
+            }
+            let storable = status == 200 && unshareable.is_none();
             let shared_type = match content_type {
                 ContentType::InHeaders => self.http.content_type(),
                 ContentType::Configured(t) => t,
