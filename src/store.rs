@@ -206,6 +206,11 @@ impl Store {
         Ok(n)
     }
 
+    /// Whether other requests read the file.
+    pub fn has_waiters(&self) -> bool {
+        self.ticket.as_ref().is_some_and(Ticket::has_waiters)
+    }
+
     /// After writes: wakes the waiters where the kernel does not.
     pub fn notify(&self) {
         if self.touch && self.ticket.as_ref().is_some_and(Ticket::has_waiters) {

@@ -554,7 +554,7 @@ fn failures_leave_nothing_at_the_final_path() {
         "transform_temp_path {PREFIX}/ttmp;
          transform_store {PREFIX}/store$uri;
          location /exit1-small { transform_exec {HELPER} fail-after 1000 1; }
-         location /exit1-big { transform_exec {HELPER} fail-after 200000 1; }
+         location /exit1-big { transform_exec {HELPER} pause-fail 200000 300 1; }
          location /killed { transform_exec {HELPER} pause 400000 200000 10000; }
          location /cgi200 { transform_output cgi; transform_exec {HELPER} cgi-status 200 1000 1000; }
          location /cgi404 { transform_output cgi; transform_exec {HELPER} cgi-status 404 1000 1000; }
@@ -1921,4 +1921,51 @@ fn nginx_t_refuses_a_temp_path_too_long_for_the_lock() {
         stderr.contains("\"transform_temp_path\" in ") && stderr.contains("is too long"),
         "{stderr}"
     );
+}
+
+#[test]
+fn a_stalled_client_holds_the_stored_output_back_within_bounds() {
+    // The file sink does not wait for the client, up to 64 MiB ahead when nobody else reads the
+    // file: a client that stops reading must not let an output run onto the disk unbounded (the
+    // review saw 2 GB in 3 s behind a client reading 10 KB/s).
+    const N: usize = 200 * 1024 * 1024;
+    let nginx = Nginx::start(&server(
+        "sendfile on; transform_temp_path {PREFIX}/ttmp;
+         location /big/ { transform_exec {HELPER} gen 209715200 1048576;
+                          transform_store {PREFIX}/store$uri; }",
+    ));
+    worker_dir(&nginx, "store");
+    let tmp = nginx.prefix.join("ttmp");
+    let mut s = TcpStream::connect(("127.0.0.1", nginx.port)).unwrap();
+    s.write_all(b"GET /big/x.bin HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut buf = vec![0u8; 1024 * 1024];
+    let mut raw = Vec::with_capacity(N + 4096);
+    let n = s.read(&mut buf).unwrap();
+    raw.extend_from_slice(&buf[..n]);
+    // The client stops reading: the file grows to its bound, then no further.
+    std::thread::sleep(Duration::from_secs(2));
+    let size = temp_files_with(&tmp, 0)
+        .iter()
+        .map(|p| fs::metadata(p).map_or(0, |m| m.len()))
+        .max()
+        .unwrap_or(0);
+    assert!(
+        size > 0 && size < 160 * 1024 * 1024,
+        "the temp file is {size} bytes behind a client that stopped reading"
+    );
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+        }
+    }
+    let (body, complete, _) = dechunk(&raw[find(&raw, b"\r\n\r\n").unwrap() + 4..]);
+    assert!(complete, "not complete: {} bytes", body.len());
+    assert_eq!(body.len(), N);
+    assert_eq!(sha256(&body), sha256(&gen(N)));
+    let stored = nginx.prefix.join("store/big/x.bin");
+    assert!(wait_until(Duration::from_secs(5), || stored.exists()));
+    assert_eq!(fs::metadata(&stored).unwrap().len(), N as u64);
+    nginx.stop();
 }

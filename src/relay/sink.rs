@@ -89,6 +89,11 @@ pub struct FileSink {
 /// Most moved into the file per call before the other connections get their turn.
 const FILE_CHUNK: usize = 8 * 1024 * 1024;
 
+/// How far the file may run ahead of a client that does not keep up, when no other request
+/// reads it: beyond, the program waits for the client, as it does without a store (a slow
+/// client on an endless output must not fill the disk).
+pub const FILE_LEAD: u64 = 64 * 1024 * 1024;
+
 /// Why the file sink stopped.
 pub enum FileError {
     /// Writing the file failed: the caller goes on without it.
@@ -112,7 +117,21 @@ impl FileSink {
         let mut eof = false;
         let mut this_call = 0;
         let mut failed = None;
+        // Far enough ahead of a client that holds output back, with nobody else reading: the
+        // client first (its write event comes back here, and the pipe is read again).
+        let bounded = !store.has_waiters();
+        let too_far = |store: &crate::store::Store, sent: u64| {
+            bounded && store.written() - sent >= FILE_LEAD && http.pending_output()
+        };
         loop {
+            if too_far(store, self.sent) {
+                if http.output_filter(core::ptr::null_mut()) == NGX_ERROR as ngx_int_t {
+                    return Err(FileError::Client(io::Error::other("output filter failed")));
+                }
+                if http.pending_output() {
+                    return Ok(Pumped::ClientBusy);
+                }
+            }
             let room = moved.room();
             if room == 0 {
                 eof = true;
