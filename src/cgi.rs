@@ -44,6 +44,9 @@ impl Head {
             if name.eq_ignore_ascii_case(b"content-encoding") {
                 return Some("its body has a Content-Encoding");
             }
+            if name.eq_ignore_ascii_case(b"vary") {
+                return Some("it varies with the request's headers (Vary)");
+            }
             if name.eq_ignore_ascii_case(b"cache-control") {
                 let v = value.to_ascii_lowercase();
                 let says = |word: &[u8]| {

@@ -69,16 +69,16 @@ pub fn start(
     let file = match PoolFile::open(http, &watch.name) {
         Ok(file) => file,
         Err(e) => {
-            // The leader ended between the claim and now: this request runs its own program.
+            // The leader ended between the claim and now: this request claims the key again.
             log_error!(
                 NGX_LOG_INFO,
                 http.log(),
                 os::errno(&e),
-                "transform_lock: the running program's file \"{}\" is gone; running one",
+                "transform_lock: the running program's file \"{}\" is gone; claiming again",
                 watch.name.to_string_lossy()
             );
             drop(watch);
-            return rerun(http, false);
+            return rerun(http, true);
         }
     };
     let ctx = pool_allocate(
@@ -219,10 +219,15 @@ impl Follower {
                 NGX_LOG_ERR,
                 http.log(),
                 0,
-                "transform_lock: the output this request waited for stopped{} after {} bytes (its \
-                 program failed, or its file could not be written); response cut",
-                if gone { " (its worker is gone)" } else { "" },
-                self.sent
+                "transform_lock: the output this request waited for stopped after {} bytes ({}); \
+                 response cut",
+                self.sent,
+                match state {
+                    _ if gone => "the worker running its program is gone",
+                    State::Refused => "its file could not be written",
+                    State::Interrupted => "the request running its program ended early",
+                    _ => "its program failed",
+                }
             );
             http.set_client_error();
             return Some(NGX_ERROR as ngx_int_t);

@@ -115,24 +115,8 @@ fn run_with(http: Http, conf: &'static TransformConf, share: bool) -> ngx_int_t 
         return http.send_header(ContentType::Configured(content_type), None);
     }
 
-    // A HEAD request's response has no body to store or share.
-    let store = if share && conf.uses_temp_file() && !http.is_head() {
-        match store::plan(http, conf) {
-            Ok(Plan::Run(store)) => store,
-            Ok(Plan::Follow(watch)) => {
-                return follow::start(http, conf, watch, content_type, run_again);
-            }
-            Err(rc) => return rc,
-        }
-    } else {
-        None
-    };
-
     let running = child::running();
     if conf.max_programs > 0 && running >= conf.max_programs as usize {
-        if let Some(store) = store {
-            store.give_up();
-        }
         log_error!(
             NGX_LOG_WARN,
             http.log(),
@@ -146,6 +130,21 @@ fn run_with(http: Http, conf: &'static TransformConf, share: bool) -> ngx_int_t 
         }
         return NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t;
     }
+
+    // Only GET responses are stored or shared (as nginx's cache keeps GET and HEAD only): a
+    // POST's output may depend on its body, and must not be served for the URI. A HEAD
+    // request's response has no body.
+    let store = if share && conf.uses_temp_file() && http.is_get() {
+        match store::plan(http, conf) {
+            Ok(Plan::Run(store)) => store,
+            Ok(Plan::Follow(watch)) => {
+                return follow::start(http, conf, watch, content_type, run_again);
+            }
+            Err(rc) => return rc,
+        }
+    } else {
+        None
+    };
 
     let launch = match evaluate(http, conf) {
         Ok(launch) => launch,

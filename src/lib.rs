@@ -119,6 +119,7 @@ extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     }
     // SAFETY: nginx passes the live cycle.
     store::sweep(unsafe { (*cycle).log });
+    lock::sweep_dead(cycle);
     Status::NGX_OK.into()
 }
 

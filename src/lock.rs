@@ -217,7 +217,15 @@ pub fn claim(zone: *mut ngx_shm_zone_t, key: &[u8; 32], name: &[u8]) -> Claim {
         let pick = own
             .or(free)
             .or(idle.map(|(i, _)| i))
-            .or(oldest.map(|(i, _)| i));
+            .or(oldest.map(|(i, _)| i))
+            // Last: a slot of another key whose leader's worker died.
+            .or_else(|| {
+                slots.iter().position(|slot| {
+                    matches!(slot.state, State::Starting | State::Streaming)
+                        && slot.pid != me
+                        && !alive(slot.pid)
+                })
+            });
         let Some(i) = pick else {
             return Claim::Full;
         };
@@ -476,4 +484,39 @@ extern "C" fn init_zone(zone: *mut ngx_shm_zone_t, data: *mut c_void) -> ngx_int
         (*zone).data = table.cast();
     }
     NGX_OK as ngx_int_t
+}
+
+/// Worker start (also after a worker crashed): the slots whose leader's worker is gone are
+/// freed, and the temporary files they name removed, in every zone of this module.
+pub fn sweep_dead(cycle: *mut nginx_sys::ngx_cycle_t) {
+    let module = ptr::from_ref(crate::Module::module()).cast::<c_void>();
+    let mut names = Vec::new();
+    // SAFETY: the cycle's list of shared memory zones, as nginx built it; our zones' data is
+    // the table put there by init_zone.
+    unsafe {
+        let mut part: *mut nginx_sys::ngx_list_part_t = &mut (*cycle).shared_memory.part;
+        while !part.is_null() {
+            let zones = (*part).elts.cast::<ngx_shm_zone_t>();
+            for i in 0..(*part).nelts {
+                let zone = zones.add(i);
+                if (*zone).tag.cast_const() != module || (*zone).data.is_null() {
+                    continue;
+                }
+                locked(zone, |table| {
+                    for slot in table.slots() {
+                        let running = matches!(slot.state, State::Starting | State::Streaming);
+                        if running && !alive(slot.pid) {
+                            slot.state = State::Failed;
+                            slot.changed = now();
+                            names.push(slot.name[..slot.name_len as usize].to_vec());
+                        }
+                    }
+                });
+            }
+            part = (*part).next;
+        }
+    }
+    for name in names {
+        os::unlink_quietly(&name);
+    }
 }

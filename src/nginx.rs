@@ -81,6 +81,10 @@ impl Http {
     }
 
     /// A HEAD request (nginx sets `header_only` only later, in its header filter).
+    pub fn is_get(self) -> bool {
+        self.with_r(|r| r.method == nginx_sys::NGX_HTTP_GET as ngx_uint_t)
+    }
+
     pub fn is_head(self) -> bool {
         self.with_r(|r| r.method == nginx_sys::NGX_HTTP_HEAD as ngx_uint_t)
     }

@@ -78,6 +78,12 @@ pub fn start(
     // SAFETY: ctx was just allocated in the request pool and is not aliased.
     let launched = unsafe { (*ctx).program.launch(http, &launch, data) };
     if let Err(rc) = launched {
+        // The program could not start: the waiters answer as for a failed program (502),
+        // rather than each trying in turn.
+        // SAFETY: as above.
+        if let Some(store) = unsafe { (*ctx).store.as_mut() } {
+            store.abandon();
+        }
         // Nothing may stay armed for a request that ends with an error page.
         // SAFETY: as above.
         unsafe { (*ctx).release() };
@@ -400,12 +406,16 @@ impl Transform {
             );
         }
         self.set_phase(Phase::Complete);
-        if self.program.exit().is_none() && !hung_up {
-            // The waiters have the whole response; it is not stored (the program's end is not
-            // known).
-            if let Some(store) = &mut self.store {
-                store.complete(self.http, false);
+        if let Some(store) = &mut self.store {
+            // The waiters have the whole response now.
+            store.output_complete();
+            if store.publishes() && extra == 0 {
+                // Whether it is stored depends on the program's exit: it is waited for (within
+                // its timeouts), as when its output ended with the response.
+                return Flow::Continue;
             }
+        }
+        if self.program.exit().is_none() && !hung_up {
             self.program.detach();
             return Flow::Wait(Next::Finish(NGX_OK as ngx_int_t));
         }
@@ -433,8 +443,24 @@ impl Transform {
             );
             self.program.log_stderr_tail(self.http);
         } else if let Some(store) = &mut self.store {
-            // (Not stored when the program wrote past its Content-Length.)
-            let clean = !(self.moved.declared && self.moved.excess > 0);
+            // Not stored when the program wrote past its Content-Length (also after the
+            // response was complete: what its pipe holds now).
+            let late = self
+                .program
+                .stdout()
+                .map_or(0, |fd| os::pipe_state(fd).map_or(0, |(n, _)| n));
+            let clean = !(self.moved.declared && self.moved.excess + late as u64 > 0);
+            if !clean && late > 0 {
+                log_error!(
+                    NGX_LOG_ERR,
+                    self.http.log(),
+                    0,
+                    "transform program \"{}\" sent more than its Content-Length {} after its \
+                     response ({late} bytes more); dropped, not stored",
+                    self.program.name(),
+                    self.moved.limit
+                );
+            }
             store.complete(self.http, clean);
         }
         Flow::Wait(Next::Finish(NGX_OK as ngx_int_t))

@@ -46,6 +46,8 @@ pub struct Store {
     access: u32,
     ticket: Option<Ticket>,
     stage: Stage,
+    /// The waiters were told the output is whole (its Content-Length reached).
+    shared_whole: bool,
     /// splice(2) into a file is not reported by inotify on this kernel: touch the file for the
     /// waiters after each write.
     touch: bool,
@@ -141,6 +143,7 @@ pub fn plan(http: Http, conf: &TransformConf) -> Result<Plan, ngx_int_t> {
         access,
         ticket,
         stage: Stage::Ready,
+        shared_whole: false,
         touch: !os::splice_notifies(),
     })))
 }
@@ -233,6 +236,22 @@ impl Store {
         self.drop_file(State::Refused);
     }
 
+    /// The response is whole (its Content-Length reached) while the program still runs: the
+    /// waiters finish from the file; whether it is stored waits for the program's exit.
+    pub fn output_complete(&mut self) {
+        if self.stage == Stage::Writing && !self.shared_whole {
+            self.shared_whole = true;
+            if let Some(t) = &self.ticket {
+                t.finish(State::Complete, self.written);
+            }
+        }
+    }
+
+    /// Whether a whole output would be published (not only shared).
+    pub fn publishes(&self) -> bool {
+        self.stage == Stage::Writing && self.target.is_some()
+    }
+
     /// The output is whole: the waiters finish from the file; with `publish` (the program
     /// exited 0, nothing beyond its Content-Length) it is stored.
     pub fn complete(&mut self, http: Http, publish: bool) {
@@ -281,7 +300,8 @@ impl Store {
             return;
         }
         self.stage = Stage::Dropped;
-        if let Some(t) = &self.ticket {
+        // (Waiters that were told the output is whole keep reading it to its end.)
+        if let Some(t) = self.ticket.as_ref().filter(|_| !self.shared_whole) {
             t.finish(state, self.written);
         }
         // The descriptor stays open for what nginx still sends from it.

@@ -1971,3 +1971,190 @@ fn a_stalled_client_holds_the_stored_output_back_within_bounds() {
     assert_eq!(fs::metadata(&stored).unwrap().len(), N as u64);
     nginx.stop();
 }
+
+#[test]
+fn a_killed_workers_slots_are_freed_when_its_successor_starts() {
+    // A 32k zone holds a few slots: a worker killed while it leads as many keys leaves them
+    // all running under a dead pid; the next worker frees them, so new keys are shared again
+    // (the review saw every new key run unshared, "zone is full", until each dead key came back).
+    let mut nginx = Nginx::start(&format!(
+        "transform_lock_zone small:32k;
+         {}",
+        server(
+            "transform_temp_path {PREFIX}/ttmp;
+             location /k/ { transform_exec {HELPER} count {PREFIX}/count-k pause 2000 1000 30000;
+                            transform_lock on; transform_lock_key $uri; }
+             location /n/ { transform_exec {HELPER} count {PREFIX}/count-k pause 2000 1000 500;
+                            transform_lock on; transform_lock_key $uri; }"
+        )
+    ));
+    nginx.allow("exited on signal 9");
+    let count = counter(&nginx, "k");
+    let port = nginx.port;
+    // More keys than slots: some run unshared already ("full"); the slots all lead.
+    let mut conns: Vec<TcpStream> = (0..14)
+        .map(|i| {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.write_all(format!("GET /k/{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                .unwrap();
+            s
+        })
+        .collect();
+    assert!(wait_until(Duration::from_secs(10), || runs(&count) == 14));
+    let old = nginx.worker_pid();
+    // SAFETY: signalling the worker of the nginx we started.
+    unsafe { libc::kill(old as i32, libc::SIGKILL) };
+    assert!(wait_until(Duration::from_secs(10), || nginx
+        .worker_pids()
+        .first()
+        .is_some_and(|&p| p != old)));
+    conns.clear();
+    let mark = nginx.error_log().lines().count();
+    // A new key, twice at once: shared (one run), not refused for want of room.
+    let before = runs(&count);
+    let got: Vec<Got> = std::thread::scope(|s| {
+        let a = s.spawn(|| fetch(port, "/n/new"));
+        assert!(wait_until(Duration::from_secs(5), || runs(&count) == before + 1));
+        let b = s.spawn(|| fetch(port, "/n/new"));
+        vec![a.join().unwrap(), b.join().unwrap()]
+    });
+    for g in &got {
+        assert!(
+            g.status == 200 && g.complete && g.body == gen(2000),
+            "{}",
+            g.summary()
+        );
+    }
+    assert_eq!(runs(&count), before + 1, "the new key ran twice");
+    let log = nginx.error_log();
+    let full = log
+        .lines()
+        .skip(mark)
+        .filter(|l| l.contains("transform_lock_zone is full"))
+        .count();
+    assert_eq!(
+        full, 0,
+        "the zone was full after the worker's successor started"
+    );
+    nginx.stop();
+}
+
+#[test]
+fn only_get_requests_are_stored_or_shared() {
+    // A POST's output may depend on its body: it is neither shared with a GET for the same URI
+    // nor stored (the review poisoned the stored file with a POST body).
+    let nginx = Nginx::start(&format!(
+        "{ZONE} {}",
+        server(
+            "transform_temp_path {PREFIX}/ttmp;
+             location /p/ { transform_stdin body; transform_request_buffering on;
+                            transform_exec /bin/sh -c \"sleep 0.8; cat\";
+                            transform_store {PREFIX}/store$uri; transform_lock on; }"
+        )
+    ));
+    let store = worker_dir(&nginx, "store");
+    let port = nginx.port;
+    let (post, get) = std::thread::scope(|s| {
+        let post = s.spawn(|| {
+            let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            c.write_all(
+                b"POST /p/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 19\r\n\r\nATTACKER-CONTROLLED",
+            )
+            .unwrap();
+            let mut out = Vec::new();
+            c.read_to_end(&mut out).ok();
+            out
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let get = s.spawn(|| fetch(port, "/p/x"));
+        (post.join().unwrap(), get.join().unwrap())
+    });
+    assert!(
+        find(&post, b"ATTACKER-CONTROLLED").is_some(),
+        "the POST got its own output"
+    );
+    assert!(
+        get.status == 200 && get.complete && get.body.is_empty(),
+        "the GET got: {}",
+        get.summary()
+    );
+    assert!(
+        wait_until(Duration::from_secs(3), || store.join("p/x").exists()),
+        "the GET's own output was not stored"
+    );
+    assert_eq!(fs::read(store.join("p/x")).unwrap(), b"");
+    nginx.stop();
+}
+
+#[test]
+fn a_response_that_varies_is_neither_stored_nor_shared() {
+    let nginx = Nginx::start(&format!(
+        "{ZONE} {}",
+        server(
+            "transform_temp_path {PREFIX}/ttmp;
+             location /v/ { transform_output cgi;
+                            transform_exec /bin/sh -c \"echo run >> {PREFIX}/count-v; sleep 0.5;
+                                printf 'Content-Type: image/webp\\r\\nVary: Accept\\r\\n\\r\\nwebp'\";
+                            transform_store {PREFIX}/store$uri; transform_lock on; }"
+        )
+    ));
+    let store = worker_dir(&nginx, "store");
+    let count = counter(&nginx, "v");
+    let port = nginx.port;
+    let got: Vec<Got> = std::thread::scope(|s| {
+        let a = s.spawn(|| fetch(port, "/v/x"));
+        assert!(wait_until(Duration::from_secs(5), || runs(&count) == 1));
+        let b = s.spawn(|| fetch(port, "/v/x"));
+        vec![a.join().unwrap(), b.join().unwrap()]
+    });
+    for g in &got {
+        assert!(g.status == 200 && g.complete, "{}", g.summary());
+        assert_eq!(g.header("Vary"), Some("Accept"));
+    }
+    assert_eq!(runs(&count), 2, "a varying response was shared");
+    assert!(
+        files_under(&store).is_empty(),
+        "a varying response was stored"
+    );
+    nginx.stop();
+}
+
+#[test]
+fn a_cgi_response_with_its_length_is_stored_once_the_program_exits() {
+    // The response is complete at its Content-Length before the program exits: it is stored
+    // when the program exits 0 (the review saw it stored 0 times in 3 when the program lingered).
+    let nginx = Nginx::start(&server(
+        "transform_temp_path {PREFIX}/ttmp;
+         location /l/ { transform_output cgi;
+                        transform_exec /bin/sh -c \"printf 'Content-Type: text/plain\\r\\nContent-Length: 6\\r\\n\\r\\nhello\\n'; sleep 0.3\";
+                        transform_store {PREFIX}/store$uri; }
+         location /lf/ { transform_output cgi;
+                         transform_exec /bin/sh -c \"printf 'Content-Type: text/plain\\r\\nContent-Length: 6\\r\\n\\r\\nhello\\n'; sleep 0.3; exit 3\";
+                         transform_store {PREFIX}/store$uri; }",
+    ));
+    let store = worker_dir(&nginx, "store");
+    for i in 0..3 {
+        let g = fetch(nginx.port, &format!("/l/{i}"));
+        assert!(
+            g.status == 200 && g.complete && g.body == b"hello\n",
+            "{}",
+            g.summary()
+        );
+        assert!(
+            wait_until(Duration::from_secs(5), || store
+                .join(format!("l/{i}"))
+                .exists()),
+            "not stored ({i})"
+        );
+        assert_eq!(fs::read(store.join(format!("l/{i}"))).unwrap(), b"hello\n");
+    }
+    // The same, exiting 3 after its complete response: not stored.
+    let g = fetch(nginx.port, "/lf/x");
+    assert!(g.status == 200 && g.complete, "{}", g.summary());
+    assert!(wait_until(Duration::from_secs(5), || nginx
+        .error_log()
+        .contains("exited with code 3 after its complete response")));
+    assert!(!store.join("lf/x").exists(), "stored despite exit 3");
+    no_temp_file(&nginx.prefix.join("ttmp"), "after the lingering programs");
+    nginx.stop();
+}
