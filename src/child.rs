@@ -87,6 +87,14 @@ impl Child {
         self.pid
     }
 
+    /// Hands the exit events to someone else (the request that started it ended).
+    pub fn rebind(&mut self, handler: EventHandler, data: *mut c_void) {
+        if let Some(fd) = &mut self.pidfd {
+            fd.rebind(handler, data);
+        }
+        self.log = ngx::log::ngx_cycle_log().as_ptr();
+    }
+
     /// Asks for a call to the handler when the program exits.
     pub fn watch(&self) -> bool {
         self.pidfd.as_ref().is_none_or(|fd| fd.arm_read())

@@ -17,6 +17,7 @@ use ngx::http::HttpModule;
 #[macro_use]
 mod log;
 
+mod background;
 mod cgi;
 mod child;
 mod conf;
@@ -125,6 +126,7 @@ extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
 
 /// Worker exit: no program outlives its worker.
 extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
+    background::stop_all();
     child::kill_all();
     follow::shutdown();
 }

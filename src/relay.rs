@@ -33,6 +33,7 @@ use nginx_sys::{
 };
 use ngx::http::HttpModule;
 
+use crate::background;
 use crate::conf::TransformConf;
 use crate::nginx::{pool_allocate, run_posted_requests, CtxKind, EventFd, Http, Moved};
 use crate::os;
@@ -62,6 +63,7 @@ pub fn start(
             program: Program::new(http, conf, &launch),
             phase: Phase::Holding(Held::new(conf)),
             moved: Moved::default(),
+            shutting_down: false,
         },
     );
     if ctx.is_null() {
@@ -126,6 +128,8 @@ pub struct Transform {
     phase: Phase,
     /// What was passed on to the client so far (and the most that may be).
     moved: Moved,
+    /// nginx closes the worker's connections: nothing goes on in the background.
+    shutting_down: bool,
 }
 
 /// What the response has become. Each variant is a state of the machine; the program's side
@@ -222,6 +226,7 @@ impl Transform {
     fn handle(&mut self, ev: Event) -> Option<Next> {
         match ev {
             Event::Shutdown => {
+                self.shutting_down = true;
                 log_error!(
                     NGX_LOG_INFO,
                     self.http.log(),
@@ -581,14 +586,51 @@ impl Transform {
     /// SIGTERM, then SIGKILL after `transform_kill_timeout` (the orphan reaper sees to it).
     /// Idempotent; runs at the end and at the request's cleanup.
     fn release(&mut self) {
+        if !matches!(self.phase, Phase::Done | Phase::Terminated) {
+            self.go_on_in_background();
+        }
         if let Some(store) = &mut self.store {
-            // (Nothing if it was published, or dropped for a failure.)
+            // (Nothing if it was published, dropped for a failure, or handed over.)
             store.interrupt();
         }
         if !matches!(self.phase, Phase::Done | Phase::Terminated) {
             self.program.release(self.http);
             self.phase = Phase::Done;
         }
+    }
+
+    /// The request ends while its output still goes to a file that is to be published or that
+    /// waiters read: the program goes on without it (as nginx's upstream keeps reading a
+    /// response it stores after its client closed), unless the worker is shutting down.
+    fn go_on_in_background(&mut self) {
+        let (Some(store), Phase::Streaming(Sink::File(_))) = (&mut self.store, &self.phase) else {
+            return;
+        };
+        if self.shutting_down || !store.writing() {
+            return;
+        }
+        let Some((name, stdout, stderr, child)) = self.program.take_running(self.http) else {
+            return;
+        };
+        let Some((file, temp, target, access, ticket, written, touch)) = store.hand_over() else {
+            // (Dropping the child stops it.)
+            return;
+        };
+        background::start(background::Handover {
+            name,
+            stdout: Some(stdout),
+            stderr,
+            child,
+            file,
+            temp,
+            target,
+            access,
+            ticket,
+            written,
+            limit: self.moved.limit,
+            touch,
+            read_timeout: self.conf.read_timeout,
+        });
     }
 
     /// nginx ends the request (its cleanup): as `release`, and the machine stops for good.

@@ -8,7 +8,7 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -207,6 +207,44 @@ impl Store {
         let n = os::splice_pipe_to_file(pipe, self.file.fd(), self.written, len)?;
         self.written += n as u64;
         Ok(n)
+    }
+
+    /// Whether the output goes to the file.
+    pub fn writing(&self) -> bool {
+        self.stage == Stage::Writing
+    }
+
+    /// For the background (see `background`): what finishing the file needs, if it is to be
+    /// published or waiters read it. The store is done with it then.
+    #[allow(clippy::type_complexity)]
+    pub fn hand_over(
+        &mut self,
+    ) -> Option<(
+        OwnedFd,
+        CString,
+        Option<CString>,
+        u32,
+        Option<Ticket>,
+        u64,
+        bool,
+    )> {
+        if self.stage != Stage::Writing || self.shared_whole {
+            return None;
+        }
+        if self.target.is_none() && !self.has_waiters() {
+            return None;
+        }
+        let fd = self.file.hand_over().ok()?;
+        self.stage = Stage::Done;
+        Some((
+            fd,
+            self.file.name().to_owned(),
+            self.target.take(),
+            self.access,
+            self.ticket.take(),
+            self.written,
+            self.touch,
+        ))
     }
 
     /// Whether other requests read the file.

@@ -7,7 +7,7 @@ use core::ffi::CStr;
 use core::ptr;
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{BorrowedFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
 
 use nginx_sys::{
     ngx_alloc_chain_link, ngx_buf_t, ngx_create_hashed_filename, ngx_create_path,
@@ -24,6 +24,8 @@ use crate::os;
 /// removed then if it is still there.
 pub struct PoolFile {
     file: *mut ngx_file_t,
+    /// The pool's cleanup of the descriptor (and name).
+    cleanup: *mut nginx_sys::ngx_pool_cleanup_t,
 }
 
 impl PoolFile {
@@ -58,8 +60,17 @@ impl PoolFile {
             } else {
                 ngx_pool_cleanup_file
             });
-            Ok(PoolFile { file })
+            Ok(PoolFile { file, cleanup: cln })
         }
+    }
+
+    /// For the background (see `background`): a descriptor of its own for the file, whose name
+    /// the pool then no longer removes.
+    pub fn hand_over(&self) -> io::Result<OwnedFd> {
+        let fd = self.fd().try_clone_to_owned()?;
+        // SAFETY: the cleanup added in adopt(); only its handler changes (close, no unlink).
+        unsafe { (*self.cleanup).handler = Some(ngx_pool_cleanup_file) };
+        Ok(fd)
     }
 
     /// Opens an existing file to read (a leader's temporary file, for a waiter).
@@ -176,18 +187,29 @@ fn create_levels(http: Http, path: *mut ngx_path_t, name: &CStr) -> Result<(), (
 /// way created and `access` for the file and them; on failure the temporary file is removed and
 /// nginx logs why.
 pub fn publish(http: Http, file: &PoolFile, to: &CStr, access: u32) -> bool {
+    publish_fd(http.log(), file.fd(), file.name(), to, access)
+}
+
+/// As [`publish`], for a file named `from` open at `fd`, logging to `log`.
+pub fn publish_fd(
+    log: *mut nginx_sys::ngx_log_t,
+    fd: BorrowedFd<'_>,
+    from: &CStr,
+    to: &CStr,
+    access: u32,
+) -> bool {
     // SAFETY: all-zero is a valid ngx_ext_rename_file_t (as ngx_memzero in C).
     let mut ext: ngx_ext_rename_file_t = unsafe { core::mem::zeroed() };
     ext.access = access as _;
     ext.path_access = access as _;
     ext.time = -1;
-    ext.fd = file.raw_fd();
-    ext.log = http.log();
+    ext.fd = fd.as_raw_fd();
+    ext.log = log;
     ext.set_create_path(1);
     ext.set_delete_file(1);
     let mut src = ngx_str_t {
-        len: file.name().to_bytes().len(),
-        data: file.name().as_ptr().cast_mut().cast(),
+        len: from.to_bytes().len(),
+        data: from.as_ptr().cast_mut().cast(),
     };
     let mut dst = ngx_str_t {
         len: to.to_bytes().len(),

@@ -575,6 +575,23 @@ impl Program {
         }
     }
 
+    /// For a program that goes on after its request (see `background`): its name, stdout,
+    /// stderr and child, if it still runs and writes. Its stdin closes.
+    pub fn take_running(
+        &mut self,
+        http: Http,
+    ) -> Option<(String, EventFd, Option<EventFd>, Child)> {
+        self.collect_status(http);
+        if self.exit.is_some() || self.stdout.is_none() || self.child.is_none() {
+            return None;
+        }
+        self.drain_stderr(http);
+        self.stderr_log.finish(http.log(), now_msec());
+        self.stdin = None;
+        let (stdout, child) = (self.stdout.take()?, self.child.take()?);
+        Some((self.name.clone(), stdout, self.stderr.take(), child))
+    }
+
     /// Stops everything: closes the pipes; a program still running gets SIGTERM, then SIGKILL
     /// after `transform_kill_timeout` (the orphan reaper sees to it).
     pub fn release(&mut self, http: Http) {
