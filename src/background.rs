@@ -19,7 +19,7 @@ use nginx_sys::{ngx_event_t, ngx_msec_t, NGX_LOG_ERR, NGX_LOG_INFO};
 
 use crate::child::Child;
 use crate::lock::{State, Ticket};
-use crate::nginx::{file, EventFd};
+use crate::nginx::{file, now_msec, EventFd};
 use crate::os;
 
 /// Most moved into the file per event before the other connections get their turn.
@@ -40,13 +40,23 @@ pub struct Handover {
     pub written: u64,
     /// The most the output may be (its Content-Length), or u64::MAX.
     pub limit: u64,
+    /// The limit is the program's own Content-Length (more output is its mistake).
+    pub declared: bool,
     pub touch: bool,
     pub read_timeout: ngx_msec_t,
+    /// When `transform_timeout` ends it, if set.
+    pub deadline: Option<ngx_msec_t>,
 }
 
 struct Background {
     h: Handover,
     done: bool,
+    /// The waiters were told the output is whole (its length reached).
+    whole: bool,
+    /// The program wrote past its Content-Length: not stored.
+    excess: bool,
+    /// Once the program exited: where its output ends (what its pipe held then).
+    end: Option<u64>,
 }
 
 std::thread_local! {
@@ -68,7 +78,13 @@ pub fn start(h: Handover) {
         h.name,
         h.written
     );
-    let bg = Box::into_raw(Box::new(Background { h, done: false }));
+    let bg = Box::into_raw(Box::new(Background {
+        h,
+        done: false,
+        whole: false,
+        excess: false,
+        end: None,
+    }));
     // SAFETY: bg is a fresh leaked box, freed by `end` (its only owner is the RUNNING list).
     let b = unsafe { &mut *bg };
     let data: *mut c_void = bg.cast();
@@ -83,10 +99,13 @@ pub fn start(h: Handover) {
     }
     b.h.child.rebind(exit_event, data);
     ok &= b.h.child.watch();
-    b.h.child.set_timer(b.h.read_timeout.max(1));
+    b.arm_timer();
     RUNNING.with_borrow_mut(|r| r.push(bg));
     if !ok {
         b.fail("its events could not be watched");
+    } else if b.h.child.status().is_some() {
+        // Exited already (its pidfd's event was the request's): the rest is in its pipe.
+        b.exited();
     } else {
         b.pump();
     }
@@ -95,24 +114,43 @@ pub fn start(h: Handover) {
 }
 
 impl Background {
+    /// The program's timer: `transform_read_timeout` from its last output, within
+    /// `transform_timeout`.
+    fn arm_timer(&self) {
+        let mut ms = self.h.read_timeout;
+        if let Some(deadline) = self.h.deadline {
+            ms = ms.min(deadline.saturating_sub(now_msec()));
+        }
+        self.h.child.set_timer(ms.max(1));
+    }
+
     /// Moves what the pipe holds into the file; at its end, waits for the exit.
     fn pump(&mut self) {
+        if self.h.target.is_none()
+            && !self.whole
+            && !self.h.ticket.as_ref().is_some_and(Ticket::has_waiters)
+        {
+            // Shared only, and nobody reads it any more.
+            return self.fail("");
+        }
         let Some(stdout) = &self.h.stdout else {
             return self.check();
         };
         let mut moved = 0;
         loop {
-            let room = self.h.limit.saturating_sub(self.h.written);
+            let end = self.end.unwrap_or(u64::MAX).min(self.h.limit);
+            let room = end.saturating_sub(self.h.written);
             if room == 0 {
-                // The whole response is there: the waiters finish; storing waits for the exit.
-                self.h.stdout = None;
-                if let Some(t) = &self.h.ticket {
-                    t.finish(State::Complete, self.h.written);
+                if self.h.written == self.h.limit {
+                    self.limit_reached();
                 }
+                self.h.stdout = None;
                 break;
             }
             if moved >= CHUNK {
-                stdout.post_read();
+                // Back in a millisecond, after the other connections (a timer, which also
+                // keeps a gracefully exiting worker until it is done).
+                stdout.set_timer(1);
                 break;
             }
             let want = usize::try_from(room).unwrap_or(usize::MAX).min(CHUNK);
@@ -126,9 +164,8 @@ impl Background {
                     moved += n;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if self.h.child.status().is_some() {
-                        // Exited: its output is what its pipe held (descendants that keep the
-                        // pipe open are not waited for, as in the relay).
+                    if self.end.is_some() {
+                        // Exited, and its pipe holds no more: that is its output.
                         self.h.stdout = None;
                     } else if !stdout.arm_read() {
                         return self.fail("its stdout could not be watched");
@@ -143,9 +180,38 @@ impl Background {
             if self.h.touch && self.h.ticket.as_ref().is_some_and(Ticket::has_waiters) {
                 os::touch(self.h.file.as_fd());
             }
-            self.h.child.set_timer(self.h.read_timeout.max(1));
+            self.arm_timer();
         }
         self.check();
+    }
+
+    /// The whole response is in the file: the waiters finish; whether it is stored waits for
+    /// the exit, and for nothing more coming.
+    fn limit_reached(&mut self) {
+        if let Some(fd) = &self.h.stdout {
+            if self.h.declared && os::pipe_state(fd.fd()).is_ok_and(|(held, _)| held > 0) {
+                self.excess = true;
+            }
+        }
+        if !self.whole {
+            self.whole = true;
+            if let Some(t) = &self.h.ticket {
+                t.finish(State::Complete, self.h.written);
+            }
+        }
+    }
+
+    /// The program exited: its output is what the file has and its pipe holds now.
+    fn exited(&mut self) {
+        if self.end.is_none() {
+            let held = self
+                .h
+                .stdout
+                .as_ref()
+                .map_or(0, |fd| os::pipe_state(fd.fd()).map_or(0, |(n, _)| n));
+            self.end = Some(self.h.written + held as u64);
+        }
+        self.pump();
     }
 
     /// Once the output ended and the program exited: publish, or not.
@@ -158,6 +224,17 @@ impl Background {
         };
         self.done = true;
         let whole = self.h.limit == u64::MAX || self.h.written == self.h.limit;
+        if self.excess {
+            log_error!(
+                NGX_LOG_ERR,
+                log(),
+                0,
+                "transform program \"{}\" sent more than its Content-Length {}; not stored",
+                self.h.name,
+                self.h.limit
+            );
+            return self.fail("");
+        }
         if !status.success() || !whole {
             let why = if status.success() {
                 format!(
@@ -169,7 +246,7 @@ impl Background {
             };
             return self.fail(&why);
         }
-        if let Some(t) = &self.h.ticket {
+        if let Some(t) = self.h.ticket.as_ref().filter(|_| !self.whole) {
             t.finish(State::Complete, self.h.written);
         }
         match &self.h.target {
@@ -220,7 +297,8 @@ impl Background {
         }
         self.done = true;
         self.h.stdout = None;
-        if let Some(t) = &self.h.ticket {
+        // (Waiters told the output is whole keep reading it to its end.)
+        if let Some(t) = self.h.ticket.as_ref().filter(|_| !self.whole) {
             t.finish(State::Failed, self.h.written);
         }
         os::unlink_quietly(self.h.temp.as_bytes());
@@ -261,7 +339,7 @@ unsafe fn on_event(ev: *mut ngx_event_t, f: impl FnOnce(&mut Background, bool)) 
 }
 
 unsafe extern "C" fn stdout_event(ev: *mut ngx_event_t) {
-    // SAFETY: installed by start on the background's stdout.
+    // SAFETY: installed by start on the background's stdout (its timer is the chunk's pause).
     unsafe { on_event(ev, |b, _| b.pump()) };
 }
 
@@ -299,15 +377,20 @@ unsafe extern "C" fn exit_event(ev: *mut ngx_event_t) {
     unsafe {
         on_event(ev, |b, timed_out| {
             if timed_out && b.h.child.status().is_none() {
-                let ms = b.h.read_timeout;
-                return b.fail(&format!("sent nothing for {ms}ms (transform_read_timeout)"));
+                let why = match b.h.deadline {
+                    Some(d) if now_msec() >= d => "ran out of its transform_timeout".to_string(),
+                    _ => format!(
+                        "sent nothing for {}ms (transform_read_timeout)",
+                        b.h.read_timeout
+                    ),
+                };
+                return b.fail(&why);
             }
             if b.h.child.status().is_none() {
                 b.h.child.watch();
                 return;
             }
-            // Exited: what its pipe still holds is the rest of the output.
-            b.pump();
+            b.exited();
         })
     };
 }

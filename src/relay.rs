@@ -603,13 +603,20 @@ impl Transform {
     /// waiters read: the program goes on without it (as nginx's upstream keeps reading a
     /// response it stores after its client closed), unless the worker is shutting down.
     fn go_on_in_background(&mut self) {
-        let (Some(store), Phase::Streaming(Sink::File(_))) = (&mut self.store, &self.phase) else {
+        let Some(store) = &mut self.store else {
             return;
         };
-        if self.shutting_down || !store.writing() {
+        // After the commit: streaming into the file, its output ended (waiting for the exit),
+        // or the response complete at its length.
+        let committed = matches!(
+            self.phase,
+            Phase::Streaming(Sink::File(_)) | Phase::Drained | Phase::Complete
+        );
+        if self.shutting_down || !committed || !store.can_hand_over() {
             return;
         }
-        let Some((name, stdout, stderr, child)) = self.program.take_running(self.http) else {
+        let Some((name, stdout, stderr, child, deadline)) = self.program.take_running(self.http)
+        else {
             return;
         };
         let Some((file, temp, target, access, ticket, written, touch)) = store.hand_over() else {
@@ -618,7 +625,7 @@ impl Transform {
         };
         background::start(background::Handover {
             name,
-            stdout: Some(stdout),
+            stdout,
             stderr,
             child,
             file,
@@ -628,8 +635,10 @@ impl Transform {
             ticket,
             written,
             limit: self.moved.limit,
+            declared: self.moved.declared,
             touch,
             read_timeout: self.conf.read_timeout,
+            deadline,
         });
     }
 

@@ -204,14 +204,15 @@ impl Store {
 
     /// Moves up to `len` bytes from the program's pipe to the file. `Ok(0)` is the pipe's end.
     pub fn append(&mut self, pipe: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
+        if self.stage != Stage::Writing {
+            // (Handed over or dropped meanwhile: the file is not ours to write any more.)
+            return Err(io::Error::other(
+                "the stored file is no longer written here",
+            ));
+        }
         let n = os::splice_pipe_to_file(pipe, self.file.fd(), self.written, len)?;
         self.written += n as u64;
         Ok(n)
-    }
-
-    /// Whether the output goes to the file.
-    pub fn writing(&self) -> bool {
-        self.stage == Stage::Writing
     }
 
     /// For the background (see `background`): what finishing the file needs, if it is to be
@@ -228,10 +229,7 @@ impl Store {
         u64,
         bool,
     )> {
-        if self.stage != Stage::Writing || self.shared_whole {
-            return None;
-        }
-        if self.target.is_none() && !self.has_waiters() {
+        if !self.can_hand_over() {
             return None;
         }
         let fd = self.file.hand_over().ok()?;
@@ -245,6 +243,12 @@ impl Store {
             self.written,
             self.touch,
         ))
+    }
+
+    /// Whether finishing the file without the request is worth it: it is being written and is
+    /// to be published, or waiters read it.
+    pub fn can_hand_over(&self) -> bool {
+        self.stage == Stage::Writing && (self.target.is_some() || self.has_waiters())
     }
 
     /// Whether other requests read the file.

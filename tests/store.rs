@@ -2215,3 +2215,37 @@ fn a_leader_whose_client_leaves_mid_stream_finishes_for_its_waiters_and_the_stor
     no_programs_left(&nginx);
     nginx.stop();
 }
+
+#[test]
+fn a_program_in_the_background_keeps_its_timeouts() {
+    // transform_timeout still ends a program that goes on after its client left: nothing is
+    // stored, its file removed, it is reaped.
+    let nginx = Nginx::start(&server(
+        "transform_temp_path {PREFIX}/ttmp;
+         location /t/ { transform_timeout 1500ms;
+                        transform_exec {HELPER} count {PREFIX}/count-t pause 400000 100000 30000;
+                        transform_store {PREFIX}/store$uri; }",
+    ));
+    let store = worker_dir(&nginx, "store");
+    let count = counter(&nginx, "t");
+    let mut c = TcpStream::connect(("127.0.0.1", nginx.port)).unwrap();
+    c.write_all(b"GET /t/x.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    assert!(c.read(&mut buf).unwrap() > 0);
+    drop(c);
+    assert!(wait_until(Duration::from_secs(5), || nginx
+        .error_log()
+        .contains("goes on in the background")));
+    assert_eq!(runs(&count), 1);
+    assert!(
+        wait_until(Duration::from_secs(5), || nginx
+            .error_log()
+            .contains("ran out of its transform_timeout")),
+        "transform_timeout did not end the program in the background"
+    );
+    no_programs_left(&nginx);
+    no_temp_file(&nginx.prefix.join("ttmp"), "after the timeout");
+    assert!(files_under(&store).is_empty(), "stored despite the timeout");
+    nginx.stop();
+}

@@ -575,21 +575,36 @@ impl Program {
         }
     }
 
-    /// For a program that goes on after its request (see `background`): its name, stdout,
-    /// stderr and child, if it still runs and writes. Its stdin closes.
+    /// For a program that goes on after its request (see `background`): its name, stdout (None
+    /// once its output ended), stderr, child and the deadline of `transform_timeout` (if any),
+    /// if it was not reaped yet and took all of its input (a program whose input was cut short
+    /// must not publish what it made of it).
+    #[allow(clippy::type_complexity)]
     pub fn take_running(
         &mut self,
         http: Http,
-    ) -> Option<(String, EventFd, Option<EventFd>, Child)> {
+    ) -> Option<(
+        String,
+        Option<EventFd>,
+        Option<EventFd>,
+        Child,
+        Option<ngx_msec_t>,
+    )> {
         self.collect_status(http);
-        if self.exit.is_some() || self.stdout.is_none() || self.child.is_none() {
+        if self.child.is_none() || self.stdin.is_some() {
             return None;
         }
         self.drain_stderr(http);
         self.stderr_log.finish(http.log(), now_msec());
-        self.stdin = None;
-        let (stdout, child) = (self.stdout.take()?, self.child.take()?);
-        Some((self.name.clone(), stdout, self.stderr.take(), child))
+        let child = self.child.take()?;
+        let deadline = (self.conf.timeout > 0).then(|| self.started + self.conf.timeout);
+        Some((
+            self.name.clone(),
+            self.stdout.take(),
+            self.stderr.take(),
+            child,
+            deadline,
+        ))
     }
 
     /// Stops everything: closes the pipes; a program still running gets SIGTERM, then SIGKILL
