@@ -283,21 +283,11 @@ fn tcp_nodelay_off_is_honoured_when_splicing() {
         let trace = nginx
             .prefix
             .join(format!("strace{}", path.replace('/', "-")));
-        let mut strace = std::process::Command::new("strace")
-            .args(["-f", "-e", "trace=setsockopt", "-o"])
-            .arg(&trace)
-            .arg("-p")
-            .arg(worker.to_string())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("strace (ci/test installs it)");
-        std::thread::sleep(Duration::from_millis(500));
+        let strace = Strace::attach(worker, "setsockopt", &trace);
         let r = Client::connect(nginx.port).get(path);
         assert_eq!(r.status, 200);
         std::thread::sleep(Duration::from_millis(200));
-        // SAFETY: signalling our own strace.
-        unsafe { libc::kill(strace.id() as i32, libc::SIGINT) };
-        strace.wait().unwrap();
+        strace.stop();
         let text = std::fs::read_to_string(&trace).unwrap_or_default();
         assert_eq!(text.matches("TCP_NODELAY").count(), want, "{path}: {text}");
     }

@@ -1539,13 +1539,6 @@ fn store_and_waiters_are_byte_exact_over_tls_http2_gzip_and_without_sendfile() {
 
 #[test]
 fn the_stored_output_moves_by_splice_and_sendfile_never_through_userspace() {
-    if std::process::Command::new("strace")
-        .arg("-V")
-        .output()
-        .is_err()
-    {
-        panic!("strace is not installed: ci/test installs it; this test needs it to observe the worker");
-    }
     const N: usize = 64 * 1024 * 1024;
     let nginx = Nginx::start(&format!(
         "{ZONE} {}",
@@ -1558,31 +1551,13 @@ fn the_stored_output_moves_by_splice_and_sendfile_never_through_userspace() {
     worker_dir(&nginx, "store");
     let worker = nginx.worker_pid();
     let trace = nginx.prefix.join("strace.out");
-    let mut strace = std::process::Command::new("strace")
-        .args([
-            "-e",
-            "trace=read,pread64,readv,write,pwrite64,writev,splice,sendfile",
-            "-o",
-        ])
-        .arg(&trace)
-        .arg("-p")
-        .arg(worker.to_string())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("strace");
-    let mut err = strace.stderr.take().unwrap();
-    let mut seen = Vec::new();
-    let mut byte = [0u8; 1];
-    while !String::from_utf8_lossy(&seen).contains("attached") {
-        if err.read(&mut byte).unwrap_or(0) == 0 {
-            break;
-        }
-        seen.push(byte[0]);
-    }
+    let strace = Strace::attach(
+        worker,
+        "read,pread64,readv,write,pwrite64,writev,splice,sendfile",
+        &trace,
+    );
     let got = fetch(nginx.port, "/z/big.bin");
-    // SAFETY: signalling the strace we started.
-    unsafe { libc::kill(strace.id() as i32, libc::SIGINT) };
-    strace.wait().ok();
+    strace.stop();
     assert!(got.status == 200 && got.complete, "{}", got.summary());
     assert_eq!(got.body.len(), N);
     assert_eq!(sha256(&got.body), sha256(&gen(N)));
@@ -1628,13 +1603,6 @@ fn before_linux_6_6_the_leader_touches_the_file_for_its_waiters() {
     // file changed after each write while waiters are there. TRANSFORM_TEST_KERNEL makes the
     // module take that path on this machine's newer kernel; strace sees the touches, and the
     // waiters still stream the output as it grows.
-    if std::process::Command::new("strace")
-        .arg("-V")
-        .output()
-        .is_err()
-    {
-        panic!("strace is not installed: ci/test installs it; this test needs it to observe the worker");
-    }
     const N: usize = 512 * 1024;
     let nginx = Nginx::start_with(
         "env TRANSFORM_TEST_KERNEL=6.1.0-18-amd64;",
@@ -1651,23 +1619,7 @@ fn before_linux_6_6_the_leader_touches_the_file_for_its_waiters() {
     let tmp = nginx.prefix.join("ttmp");
     let worker = nginx.worker_pid();
     let trace = nginx.prefix.join("strace.out");
-    let mut strace = std::process::Command::new("strace")
-        .args(["-e", "trace=utimensat", "-o"])
-        .arg(&trace)
-        .arg("-p")
-        .arg(worker.to_string())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("strace");
-    let mut err = strace.stderr.take().unwrap();
-    let mut seen = Vec::new();
-    let mut byte = [0u8; 1];
-    while !String::from_utf8_lossy(&seen).contains("attached") {
-        if err.read(&mut byte).unwrap_or(0) == 0 {
-            break;
-        }
-        seen.push(byte[0]);
-    }
+    let strace = Strace::attach(worker, "utimensat", &trace);
     let port = nginx.port;
     let want = gen(N);
     let (leader, waiter) = std::thread::scope(|s| {
@@ -1684,9 +1636,7 @@ fn before_linux_6_6_the_leader_touches_the_file_for_its_waiters() {
         let waiter = s.spawn(|| fetch(port, "/t/x.bin"));
         (leader.join().unwrap(), waiter.join().unwrap())
     });
-    // SAFETY: signalling the strace we started.
-    unsafe { libc::kill(strace.id() as i32, libc::SIGINT) };
-    strace.wait().ok();
+    strace.stop();
     assert!(leader.status == 200 && leader.complete && leader.body == want);
     assert!(
         waiter.status == 200 && waiter.complete && waiter.body == want,

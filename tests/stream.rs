@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::io::Read;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -268,49 +267,18 @@ fn tls_http2_and_gzip_take_the_buffered_transport_byte_exact() {
 
 #[test]
 fn zero_copy_path_splices_and_never_reads_the_body() {
-    if std::process::Command::new("strace")
-        .arg("-V")
-        .output()
-        .is_err()
-    {
-        panic!("strace is not installed: ci/test installs it; this test needs it to observe the worker");
-    }
     let nginx = Nginx::start(&server(
         "location /gen { transform_exec {HELPER} gen $arg_n 1048576; }",
     ));
     let worker = nginx.worker_pid();
     let trace = nginx.prefix.join("strace.out");
-    let mut strace = std::process::Command::new("strace")
-        .args(["-f", "-e", "trace=read,readv,recvfrom,splice", "-o"])
-        .arg(&trace)
-        .arg("-p")
-        .arg(worker.to_string())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("strace");
-    // strace prints "Process N attached" once it is tracing.
-    let mut err = strace.stderr.take().unwrap();
-    let mut seen = Vec::new();
-    let attached = wait_until(Duration::from_secs(5), || {
-        let mut b = [0u8; 256];
-        if let Ok(k) = err.read(&mut b) {
-            seen.extend_from_slice(&b[..k]);
-        }
-        String::from_utf8_lossy(&seen).contains("attached")
-    });
-    assert!(
-        attached,
-        "strace did not attach: {}",
-        String::from_utf8_lossy(&seen)
-    );
+    let strace = Strace::attach(worker, "read,readv,recvfrom,splice", &trace);
 
     let n: u64 = 64 * 1024 * 1024;
     let mut c = Client::connect(nginx.port);
     let r = c.get(&format!("/gen?n={n}"));
     assert_eq!(r.body.len() as u64, n);
-    // SAFETY: signalling our own strace child.
-    unsafe { libc::kill(strace.id() as i32, libc::SIGINT) };
-    let _ = strace.wait();
+    strace.stop();
     let text = std::fs::read_to_string(&trace).expect("strace output");
     let mut spliced = 0u64;
     let mut read = 0u64;

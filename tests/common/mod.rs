@@ -115,40 +115,7 @@ impl Nginx {
 
     /// Starts nginx with the error log at `level`.
     pub fn start_full(main_extra: &str, http_body: &str, level: &str) -> Nginx {
-        let prefix = temp_dir("nginx");
-        let port = free_port();
-        let conf = config_at_level(&prefix, port, main_extra, http_body, level);
-        std::fs::write(prefix.join("nginx.conf"), conf).expect("write conf");
-        let mut cmd = Command::new(nginx_binary());
-        let master = cmd
-            .arg("-p")
-            .arg(&prefix)
-            .arg("-c")
-            .arg(prefix.join("nginx.conf"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(prefix.join("logs/stderr.log")).expect("stderr"))
-            .spawn()
-            .expect("start nginx");
-        let nginx = Nginx {
-            prefix,
-            port,
-            master: Some(master),
-            allowed: Vec::new(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                let log = nginx.error_log();
-                panic!("nginx did not start listening on {port}:\n{log}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        // Wait for the worker too.
-        while nginx.worker_pids().is_empty() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        nginx
+        Self::start_workers(1, main_extra, http_body, level)
     }
 
     /// As [`Nginx::start_full`], with `worker_processes workers` (the other starters run one).
@@ -941,5 +908,45 @@ impl ExampleServer {
             "{log}"
         );
         std::fs::remove_dir_all(&self.prefix).ok();
+    }
+}
+
+/// strace attached to a process (not its children), writing the system calls `trace` names to
+/// `out`. Panics when strace is missing (ci/test installs it) or does not attach in time.
+pub struct Strace {
+    child: Child,
+}
+
+impl Strace {
+    pub fn attach(pid: u32, trace: &str, out: &Path) -> Strace {
+        if Command::new("strace").arg("-V").output().is_err() {
+            panic!("strace is not installed: ci/test installs it; this test needs it to observe the worker");
+        }
+        let mut child = Command::new("strace")
+            .args(["-e", &format!("trace={trace}"), "-o"])
+            .arg(out)
+            .arg("-p")
+            .arg(pid.to_string())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("strace");
+        // strace prints "Process N attached" once it is tracing.
+        let mut err = child.stderr.take().expect("strace stderr");
+        let mut seen = Vec::new();
+        let mut byte = [0u8; 1];
+        while !String::from_utf8_lossy(&seen).contains("attached") {
+            match std::io::Read::read(&mut err, &mut byte) {
+                Ok(1) => seen.push(byte[0]),
+                _ => panic!("strace did not attach: {}", String::from_utf8_lossy(&seen)),
+            }
+        }
+        Strace { child }
+    }
+
+    /// Detaches (SIGINT) and waits for strace to write its last lines.
+    pub fn stop(mut self) {
+        // SAFETY: signalling the strace this test started.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let _ = self.child.wait();
     }
 }
