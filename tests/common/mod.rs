@@ -152,7 +152,21 @@ impl Nginx {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        while nginx.worker_pids().len() < workers && Instant::now() < deadline {
+        // The workers are ready once they run as their user (`nobody` when nginx starts as
+        // root: a test that gives them a directory reads their ids).
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let ready = |pids: &[u32]| {
+            pids.len() >= workers
+                && (!root
+                    || pids.iter().all(|&p| {
+                        std::fs::read_to_string(format!("/proc/{p}/status")).is_ok_and(|s| {
+                            s.lines()
+                                .any(|l| l.starts_with("Uid:") && !l.contains("\t0\t"))
+                        })
+                    }))
+        };
+        while !ready(&nginx.worker_pids()) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
         assert_eq!(
