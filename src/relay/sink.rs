@@ -39,10 +39,7 @@ impl Sink {
                 http.tcp_nodelay();
                 Sink::Splice(Splice::new(http.chunked()))
             }
-            Some(why) => {
-                debug!(log, "transform transport: buffered ({why})");
-                Sink::Chain(BufRing::new(BUFFERS, BUFFER_SIZE, crate::Module::module()))
-            }
+            Some(why) => Sink::buffered(http, why),
         }
     }
 
@@ -72,7 +69,8 @@ impl Sink {
         match self {
             Sink::Splice(s) => s.pump(http, pipe, moved, max_chunk),
             Sink::Chain(ring) => ring.pump(http, pipe, moved),
-            Sink::File(_) => unreachable!("the file sink pumps with its store"),
+            // (The relay pumps the file sink with its store; without one it cannot go on.)
+            Sink::File(_) => Err(io::Error::other("the file sink has no store")),
         }
     }
 }
