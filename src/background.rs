@@ -19,6 +19,7 @@ use nginx_sys::{ngx_event_t, ngx_msec_t, NGX_LOG_ERR, NGX_LOG_INFO};
 
 use crate::child::Child;
 use crate::lock::{State, Ticket};
+use crate::log::escape;
 use crate::nginx::{file, now_msec, EventFd};
 use crate::os;
 
@@ -261,7 +262,7 @@ impl Background {
                          ended",
                         self.h.name,
                         self.h.written,
-                        to.to_string_lossy()
+                        escape(to.as_bytes())
                     );
                 }
             }

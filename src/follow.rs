@@ -266,12 +266,9 @@ impl Follower {
 
     /// Waits: for the client when it holds output back, for the file otherwise.
     fn arm(&mut self) {
-        if let Some(t) = &self.timer {
-            if t.is_set() {
-                // (Restarted only by progress.)
-            } else {
-                t.set(self.conf.lock_timeout);
-            }
+        // (Once running, the timer is restarted only by progress.)
+        if let Some(t) = self.timer.as_ref().filter(|t| !t.is_set()) {
+            t.set(self.conf.lock_timeout);
         }
         self.http
             .arm_write(self.http.pending_output(), self.conf.send_timeout);

@@ -311,7 +311,7 @@ impl Store {
                         http.log(),
                         "transform_store: stored {} bytes at \"{}\"",
                         self.written,
-                        to.to_string_lossy()
+                        escape(to.as_bytes())
                     );
                 }
             }

@@ -116,10 +116,10 @@ impl FileSink {
         let mut this_call = 0;
         let mut failed = None;
         // Far enough ahead of a client that holds output back, with nobody else reading: the
-        // client first (its write event comes back here, and the pipe is read again).
-        let bounded = !store.has_waiters();
+        // client first (its write event comes back here, and the pipe is read again). The
+        // shared zone is asked last, only when the file is that far ahead.
         let too_far = |store: &crate::store::Store, sent: u64| {
-            bounded && store.written() - sent >= FILE_LEAD && http.pending_output()
+            store.written() - sent >= FILE_LEAD && http.pending_output() && !store.has_waiters()
         };
         loop {
             if too_far(store, self.sent) {
