@@ -25,6 +25,10 @@
 //! - `pause-fail AT MILLIS CODE`: writes AT bytes of the stream, sleeps MILLIS, exits with CODE.
 //! - `cgi-status STATUS BYTES LENGTH`: prints a CGI header block with `Status: STATUS` and, unless
 //!   LENGTH is `-`, `Content-Length: LENGTH`, then BYTES of the stream.
+//! - `xor KEY`: copies stdin to stdout as it arrives, each byte XORed with KEY (0 to 255), in
+//!   pieces of at most 64 KiB (a streaming filter whose output differs from its input).
+//! - `slurp`: reads all of stdin first, then writes it to stdout (a filter that writes nothing
+//!   before its input ended).
 //!
 //! Prefixes, followed by another mode and its arguments:
 //! - `count FILE MODE...`: first appends a line (its pid) to FILE: the tests count program runs.
@@ -202,6 +206,34 @@ fn main() {
             out.write_all(head.as_bytes())
                 .and_then(|_| gen(&mut out, num(2), 64 * 1024))
                 .map_or(1, |_| 0)
+        }
+        Some("xor") => {
+            let key = num(1) as u8;
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut stdin = io::stdin().lock();
+            loop {
+                match io::Read::read(&mut stdin, &mut buf) {
+                    Ok(0) => break 0,
+                    Ok(n) => {
+                        buf[..n].iter_mut().for_each(|b| *b ^= key);
+                        if out.write_all(&buf[..n]).and_then(|_| out.flush()).is_err() {
+                            break 1;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => break 1,
+                }
+            }
+        }
+        Some("slurp") => {
+            let mut input = Vec::new();
+            match io::Read::read_to_end(&mut io::stdin().lock(), &mut input) {
+                Ok(_) => out
+                    .write_all(&input)
+                    .and_then(|_| out.flush())
+                    .map_or(1, |_| 0),
+                Err(_) => 1,
+            }
         }
         Some("spin") => {
             let mut x: u64 = 1;

@@ -714,6 +714,82 @@ impl Client {
         }
     }
 
+    /// Reads the body of a response whose head `read_head` returned and hands it to `sink` piece
+    /// by piece instead of keeping it (for bodies too large to hold); returns how the reading
+    /// ended and how many body bytes came.
+    pub fn stream_body(&mut self, resp: &Response, sink: &mut dyn FnMut(&[u8])) -> (End, u64) {
+        let chunked = resp
+            .header("Transfer-Encoding")
+            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+        let length = resp
+            .header("Content-Length")
+            .map(|v| v.parse::<u64>().expect("numeric length"));
+        let mut buf = vec![0u8; 1024 * 1024];
+        let mut total = 0u64;
+        // Passes `n` bytes (all of the rest when None) to the sink.
+        let mut pass = |this: &mut Self, n: Option<u64>, total: &mut u64| -> Result<(), End> {
+            let mut left = n;
+            while left != Some(0) {
+                let want = left.map_or(buf.len(), |l| l.min(buf.len() as u64) as usize);
+                match this.reader.read(&mut buf[..want]) {
+                    Ok(0) if left.is_none() => return Ok(()),
+                    Ok(0) => return Err(End::Closed),
+                    Ok(k) => {
+                        sink(&buf[..k]);
+                        *total += k as u64;
+                        left = left.map(|l| l - k as u64);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(End::of(&e)),
+                }
+            }
+            Ok(())
+        };
+        if !chunked {
+            assert!(
+                resp.version == "HTTP/1.0" || length.is_some(),
+                "an HTTP/1.1 response neither chunked nor with a length"
+            );
+            let end = match pass(self, length, &mut total) {
+                Ok(()) => End::Complete,
+                Err(e) => e,
+            };
+            return (end, total);
+        }
+        assert!(length.is_none(), "both chunked and Content-Length");
+        loop {
+            let mut line = String::new();
+            match self.reader.read_line(&mut line) {
+                Ok(0) => return (End::Closed, total),
+                Err(e) => return (End::of(&e), total),
+                Ok(_) => {}
+            }
+            if !line.ends_with('\n') {
+                return (End::Closed, total);
+            }
+            assert!(
+                line.ends_with("\r\n"),
+                "chunk size line not CRLF-terminated: {line:?}"
+            );
+            let size = u64::from_str_radix(line.trim_end(), 16)
+                .unwrap_or_else(|_| panic!("bad chunk size line {line:?}"));
+            if size == 0 {
+                let mut end = String::new();
+                self.reader.read_line(&mut end).expect("final CRLF");
+                assert_eq!(end, "\r\n", "bad end of chunked body");
+                return (End::Complete, total);
+            }
+            if let Err(e) = pass(self, Some(size), &mut total) {
+                return (e, total);
+            }
+            let mut crlf = [0u8; 2];
+            if let Err(e) = self.reader.read_exact(&mut crlf) {
+                return (End::of(&e), total);
+            }
+            assert_eq!(&crlf, b"\r\n", "chunk data not followed by CRLF");
+        }
+    }
+
     /// Reads what is there (through the buffer that `read_head` may have filled).
     pub fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         self.reader.read(buf)
@@ -933,10 +1009,16 @@ pub struct Strace {
 
 impl Strace {
     pub fn attach(pid: u32, trace: &str, out: &Path) -> Strace {
+        Self::attach_with(pid, &[], trace, out)
+    }
+
+    /// As [`Strace::attach`], with more strace options (`-y` to print the paths of descriptors).
+    pub fn attach_with(pid: u32, options: &[&str], trace: &str, out: &Path) -> Strace {
         if Command::new("strace").arg("-V").output().is_err() {
             panic!("strace is not installed: ci/test installs it; this test needs it to observe the worker");
         }
         let mut child = Command::new("strace")
+            .args(options)
             .args(["-e", &format!("trace={trace}"), "-o"])
             .arg(out)
             .arg("-p")
