@@ -415,7 +415,12 @@ fn ssi_includes_are_filtered_on_their_own_and_see_the_programs_output() {
     );
     let r = c.get("/marker/page.html");
     assert_eq!(r.status, 200);
-    assert!(r.complete);
+    assert!(
+        r.complete,
+        "/marker/page.html ended {:?} after {:?}",
+        r.end,
+        String::from_utf8_lossy(&r.body)
+    );
     assert_eq!(
         String::from_utf8_lossy(&r.body),
         "before plain text after\n",
@@ -944,6 +949,62 @@ fn a_slow_client_and_a_slow_upstream_keep_the_worker_small() {
     nginx.stop();
 }
 
+/// A client that does not read for a while (small socket buffers both sides) still gets the
+/// whole response, on the splice transport, the buffered one (`transform_splice off`) and
+/// through gzip: the program has long finished when the client reads on, and what is left in
+/// nginx's output chain must still go out.
+#[test]
+fn a_client_that_pauses_gets_the_whole_response_on_every_transport() {
+    let data = Data::new("pause");
+    // Bytes gzip cannot shrink: the socket fills through gzip too.
+    let page = gen(3 * MIB);
+    data.write("page.html", &page);
+    let nginx = start(
+        &data,
+        "server { listen 127.0.0.1:{PORT} sndbuf=64k;
+           location /splice/ { alias {DATA}/; transform_filter {HELPER} xor 1; }
+           location /buffered/ { alias {DATA}/; transform_splice off;
+                                 transform_filter {HELPER} xor 1; }
+           location /gzip/ { alias {DATA}/; gzip on; gzip_types text/html;
+                             transform_filter {HELPER} xor 1; } }",
+    );
+    let want = xor(&page, 1);
+    for path in [
+        "/splice/page.html",
+        "/buffered/page.html",
+        "/gzip/page.html",
+    ] {
+        let mut c = Client::connect(nginx.port);
+        c.set_recv_buffer(64 * 1024);
+        c.send(&format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n"
+        ));
+        let head = c.read_head();
+        assert_eq!(head.status, 200, "{path}");
+        std::thread::sleep(Duration::from_millis(500));
+        // Nothing is slow any more: 10 s without a byte is a hang.
+        c.stream()
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let r = c.read_body(head, false);
+        assert_eq!(
+            r.end,
+            End::Complete,
+            "{path}: the response stopped after {} bytes",
+            r.body.len()
+        );
+        let body = if path.starts_with("/gzip/") {
+            assert_eq!(r.header("Content-Encoding"), Some("gzip"), "{path}");
+            gunzip(&r.body)
+        } else {
+            r.body
+        };
+        assert!(body == want, "{path}: not the program's output");
+    }
+    no_programs_left(&nginx);
+    nginx.stop();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Failures, timeouts, client aborts
 // ---------------------------------------------------------------------------------------------
@@ -1090,8 +1151,8 @@ fn a_client_abort_kills_the_filter_program() {
 // Protocols and transports
 // ---------------------------------------------------------------------------------------------
 
-/// TLS (HTTP/1.1) and HTTP/2: filtered static and proxied bodies byte-exact; a program failing
-/// after the commit ends the response in an error.
+/// TLS (HTTP/1.1) and HTTP/2: filtered static and proxied bodies byte-exact, also to a slow
+/// client; a program failing after the commit ends the response in an error.
 #[test]
 fn tls_and_http2_are_byte_exact() {
     let (_, version) = curl(&["-V"]);
@@ -1114,7 +1175,7 @@ fn tls_and_http2_are_byte_exact() {
         &data,
         &format!(
             "server {{ listen {{UPSTREAM}}; root {{DATA}}; }}
-             server {{ listen 127.0.0.1:{{PORT}} ssl; http2 on;
+             server {{ listen 127.0.0.1:{{PORT}} ssl sndbuf=64k; http2 on;
                 ssl_certificate {crt}; ssl_certificate_key {key};
                 transform_filter_types *;
                 location /f/ {{ alias {{DATA}}/; transform_filter {{HELPER}} xor 61; }}
@@ -1126,27 +1187,40 @@ fn tls_and_http2_are_byte_exact() {
         ),
     );
     let out = data.file("out.bin");
-    for path in ["/f/big.bin", "/p/big.bin"] {
+    // Every case is tried; the failures are reported together. A slow client is curl reading
+    // 4 MB/s into the small socket buffers: slower than the program. 30 s without the end
+    // of the body is a hang.
+    let mut problems = Vec::new();
+    for (path, rate) in [
+        ("/f/big.bin", None),
+        ("/p/big.bin", None),
+        ("/f/big.bin", Some("4M")),
+    ] {
         for (mode, want_version) in [("--http1.1", "1.1"), ("--http2", "2")] {
+            let case = format!("{path} {mode}{}", rate.map_or("", |_| ", slow client"));
             let url = format!("https://127.0.0.1:{}{path}", nginx.port);
-            let (ok, said) = curl(&[
-                "-sk",
-                mode,
-                "-o",
-                out.to_str().unwrap(),
-                "-w",
-                "%{http_version} %{http_code}",
-                &url,
-            ]);
-            assert!(ok, "{path} {mode}: curl failed");
-            assert_eq!(
-                String::from_utf8_lossy(&said),
-                format!("{want_version} 200"),
-                "{path} {mode}"
-            );
-            assert_eq!(sha256_file(&out, |_| {}), want, "{path} {mode}: sha256");
+            let _ = fs::remove_file(&out);
+            let mut args = vec!["-sk", mode, "--max-time", "30"];
+            if let Some(rate) = rate {
+                args.extend(["--limit-rate", rate]);
+            }
+            let out_path = out.to_str().unwrap();
+            args.extend(["-o", out_path, "-w", "%{http_version} %{http_code}", &url]);
+            let (code, said) = curl_code(&args);
+            let said = String::from_utf8_lossy(&said).into_owned();
+            let got = fs::metadata(&out).map_or(0, |m| m.len());
+            if code != Some(0) {
+                problems.push(format!(
+                    "{case}: curl exit {code:?} (28: timed out) after {got} of {N} bytes"
+                ));
+            } else if said != format!("{want_version} 200") {
+                problems.push(format!("{case}: {said}"));
+            } else if sha256_file(&out, |_| {}) != want {
+                problems.push(format!("{case}: {got} bytes, not the program's output"));
+            }
         }
     }
+    assert!(problems.is_empty(), "{problems:#?}");
     let late = format!("https://127.0.0.1:{}/late/page.html", nginx.port);
     curl_broken(&["-sk", "--http1.1", &late], Duration::from_secs(10));
     curl_broken(&["-sk", "--http2", &late], Duration::from_secs(10));
