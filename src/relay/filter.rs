@@ -22,6 +22,7 @@
 
 use core::cell::RefCell;
 use core::ffi::c_void;
+use core::ptr;
 
 use nginx_sys::{
     ngx_chain_t, ngx_event_t, ngx_http_event_handler_pt, ngx_http_request_t, ngx_int_t, ngx_uint_t,
@@ -139,14 +140,15 @@ impl Transform {
         match side.after {
             After::Pass => return Downstream::Next.body(http, chain),
             After::Drop => {
+                // What the filters after ours still hold goes on.
                 drop_chain(chain);
-                return NGX_OK as ngx_int_t;
+                return Downstream::Next.body(http, ptr::null_mut());
             }
             After::Running => {}
         }
         if matches!(self.phase, Phase::Done | Phase::Terminated) {
             drop_chain(chain);
-            return NGX_OK as ngx_int_t;
+            return Downstream::Next.body(http, ptr::null_mut());
         }
         if !chain.is_null() && !self.program.push_response(chain) {
             return NGX_ERROR as ngx_int_t;
