@@ -1068,8 +1068,19 @@ fn a_failing_filter_program_before_and_after_the_commit() {
         "HTTP/1.0: only a reset tells a cut body from a whole one"
     );
     // A program that cannot be executed: a 502 with the execve line.
-    let r = Client::connect(nginx.port).get("/missing/page.html?p=/nonexistent/program");
-    assert_eq!(r.status, 502);
+    let mut c = Client::connect(nginx.port);
+    c.send(
+        "GET /missing/page.html?p=/nonexistent/program HTTP/1.1\r\nHost: x\r\n\
+         Connection: close\r\n\r\n",
+    );
+    let mut raw = Vec::new();
+    let _ = c.read_to_end(&mut raw);
+    assert!(
+        raw.starts_with(b"HTTP/1.1 502 "),
+        "a program that cannot be executed: want a 502, got {} bytes: {:?}",
+        raw.len(),
+        String::from_utf8_lossy(&raw[..raw.len().min(200)])
+    );
     assert!(logged(
         "execve() \"/nonexistent/program\" failed (2: No such file or directory)"
     ));
