@@ -648,7 +648,9 @@ fn headers_of_a_filtered_response() {
            location /f/ { alias {DATA}/; transform_commit_timeout 10s; transform_pipe_size 64k;
                           transform_filter /usr/bin/tr a-z A-Z; }
            location /typed/ { alias {DATA}/; transform_filter /usr/bin/tr a-z A-Z;
-                              transform_filter_type text/x-upper; } }",
+                              transform_filter_type text/x-upper; }
+           location /vtyped/ { alias {DATA}/; transform_filter /usr/bin/tr a-z A-Z;
+                               transform_filter_type text/x-$arg_t; } }",
     );
     let mut c = Client::connect(nginx.port);
     let plain = c.get("/plain/small.html");
@@ -682,6 +684,13 @@ fn headers_of_a_filtered_response() {
 
     let r = c.get("/typed/small.html");
     assert_eq!(r.header("Content-Type"), Some("text/x-upper"));
+    assert_eq!(r.body, upper(&small));
+    let r = c.get("/vtyped/small.html?t=var");
+    assert_eq!(
+        r.header("Content-Type"),
+        Some("text/x-var"),
+        "a type from a variable"
+    );
     assert_eq!(r.body, upper(&small));
 
     // Range and conditional requests: the whole filtered 200.
