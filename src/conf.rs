@@ -7,16 +7,17 @@ use core::ptr;
 use std::ffi::CString;
 
 use nginx_sys::{
-    ngx_atoi, ngx_command_t, ngx_conf_enum_t, ngx_conf_merge_path_value, ngx_conf_set_access_slot,
-    ngx_conf_set_enum_slot, ngx_conf_set_flag_slot, ngx_conf_set_msec_slot, ngx_conf_set_num_slot,
-    ngx_conf_set_path_slot, ngx_conf_set_size_slot, ngx_conf_t, ngx_flag_t,
-    ngx_http_compile_complex_value, ngx_http_compile_complex_value_t, ngx_http_complex_value_t,
-    ngx_http_script_variables_count, ngx_http_set_complex_value_slot, ngx_int_t, ngx_msec_t,
-    ngx_parse_offset, ngx_parse_time, ngx_path_init_t, ngx_path_t, ngx_pcalloc, ngx_shm_zone_t,
-    ngx_str_t, ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_FLAG, NGX_CONF_TAKE1, NGX_CONF_TAKE1234,
-    NGX_CONF_TAKE2, NGX_CONF_TAKE3, NGX_HTTP_LIF_CONF, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
-    NGX_HTTP_MAIN_CONF, NGX_HTTP_SRV_CONF, NGX_LOG_DEBUG, NGX_LOG_EMERG, NGX_LOG_ERR, NGX_LOG_INFO,
-    NGX_LOG_NOTICE, NGX_LOG_WARN, NGX_OK,
+    ngx_array_t, ngx_atoi, ngx_command_t, ngx_conf_enum_t, ngx_conf_merge_path_value,
+    ngx_conf_set_access_slot, ngx_conf_set_enum_slot, ngx_conf_set_flag_slot,
+    ngx_conf_set_msec_slot, ngx_conf_set_num_slot, ngx_conf_set_path_slot, ngx_conf_set_size_slot,
+    ngx_conf_t, ngx_flag_t, ngx_hash_t, ngx_http_compile_complex_value,
+    ngx_http_compile_complex_value_t, ngx_http_complex_value_t, ngx_http_html_default_types,
+    ngx_http_merge_types, ngx_http_script_variables_count, ngx_http_set_complex_value_slot,
+    ngx_http_types_slot, ngx_int_t, ngx_msec_t, ngx_parse_offset, ngx_parse_time, ngx_path_init_t,
+    ngx_path_t, ngx_pcalloc, ngx_shm_zone_t, ngx_str_t, ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_FLAG,
+    NGX_CONF_TAKE1, NGX_CONF_TAKE1234, NGX_CONF_TAKE2, NGX_CONF_TAKE3, NGX_HTTP_LIF_CONF,
+    NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_SRV_CONF,
+    NGX_LOG_DEBUG, NGX_LOG_EMERG, NGX_LOG_ERR, NGX_LOG_INFO, NGX_LOG_NOTICE, NGX_LOG_WARN, NGX_OK,
 };
 use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 use ngx::http::{HttpModuleLocationConf, Merge, MergeConfigError, NgxHttpCoreModule};
@@ -152,6 +153,16 @@ pub struct TransformConf {
     pub lock_zone: *mut ngx_shm_zone_t,
     /// Where `transform_lock on` was written, for the error when it cannot work.
     lock_at: Option<(String, ngx_uint_t)>,
+    /// `transform_filter`: the filter program and arguments, compiled; `Some([])` for off.
+    pub filter: Option<Vec<*mut ngx_http_complex_value_t>>,
+    /// `transform_filter_types`, as nginx keeps gzip_types: the keys while reading the
+    /// configuration, the hash after the merge.
+    pub filter_types: ngx_hash_t,
+    pub filter_types_keys: *mut ngx_array_t,
+    /// `transform_filter_type`: Content-Type of a filtered response; null keeps the original.
+    pub filter_type: *mut ngx_http_complex_value_t,
+    /// `transform_filter_status`: the statuses filtered; `Some([])` for any.
+    pub filter_status: Option<Vec<u16>>,
 }
 
 /// `transform_store`.
@@ -202,6 +213,12 @@ impl Default for TransformConf {
             lock_timeout: NGX_CONF_UNSET_MSEC,
             lock_zone: ptr::null_mut(),
             lock_at: None,
+            filter: None,
+            // SAFETY: an empty hash is all zeroes (nginx's ngx_pcalloc'ed conf).
+            filter_types: unsafe { core::mem::zeroed() },
+            filter_types_keys: ptr::null_mut(),
+            filter_type: ptr::null_mut(),
+            filter_status: None,
         }
     }
 }
@@ -232,6 +249,30 @@ impl TransformConf {
         // SAFETY: null or a complex value compiled by ngx_http_set_complex_value_slot.
         unsafe { self.content_type.as_ref() }
     }
+
+    /// The compiled filter program and arguments, if the location filters responses.
+    pub fn filter_argv(&self) -> Option<impl Iterator<Item = &ngx_http_complex_value_t>> {
+        let argv = self.filter.as_ref().filter(|a| !a.is_empty())?;
+        // SAFETY: compiled by transform_filter in the configuration pool, alive with it.
+        Some(argv.iter().map(|&cv| unsafe { &*cv }))
+    }
+
+    pub fn filter_type(&self) -> Option<&ngx_http_complex_value_t> {
+        // SAFETY: null or a complex value compiled by ngx_http_set_complex_value_slot.
+        unsafe { self.filter_type.as_ref() }
+    }
+
+    /// Whether responses of `status` are filtered (never 1xx, 204 and 304, which have no body).
+    pub fn filters_status(&self, status: ngx_uint_t) -> bool {
+        if status < 200 || status == 204 || status == 304 {
+            return false;
+        }
+        match &self.filter_status {
+            None => status == 200,
+            Some(list) if list.is_empty() => true,
+            Some(list) => list.iter().any(|&s| ngx_uint_t::from(s) == status),
+        }
+    }
 }
 
 impl Merge for TransformConf {
@@ -245,6 +286,18 @@ impl Merge for TransformConf {
         if self.env.is_none() {
             self.env.clone_from(&prev.env);
         }
+        if self.filter.is_none() {
+            self.filter.clone_from(&prev.filter);
+        }
+        if self.filter_status.is_none() {
+            self.filter_status.clone_from(&prev.filter_status);
+        }
+        merge(
+            &mut self.filter_type,
+            prev.filter_type,
+            ptr::null_mut(),
+            ptr::null_mut(),
+        );
         merge(
             &mut self.content_type,
             prev.content_type,
@@ -394,6 +447,21 @@ pub unsafe extern "C" fn merge_loc_conf(
     if conf.merge(prev).is_err() {
         return NGX_CONF_ERROR;
     }
+    // SAFETY: nginx's merge of a types directive (as gzip_types): keys read by
+    // ngx_http_types_slot into the temporary pool, hashes built here.
+    let rv = unsafe {
+        ngx_http_merge_types(
+            cf,
+            &mut conf.filter_types_keys,
+            &mut conf.filter_types,
+            &mut prev.filter_types_keys,
+            &mut prev.filter_types,
+            ptr::addr_of_mut!(ngx_http_html_default_types).cast(),
+        )
+    };
+    if rv != NGX_CONF_OK {
+        return rv;
+    }
     // SAFETY: the paths are null or nginx's; TEMP_PATH is only read by nginx.
     let rv = unsafe {
         ngx_conf_merge_path_value(
@@ -486,7 +554,7 @@ const fn command(
 }
 
 /// The directive table.
-pub static mut COMMANDS: [ngx_command_t; 27] = [
+pub static mut COMMANDS: [ngx_command_t; 31] = [
     command(
         ngx_string!("transform_exec"),
         NGX_HTTP_LOC_CONF | NGX_HTTP_LIF_CONF | NGX_CONF_1MORE,
@@ -669,8 +737,114 @@ pub static mut COMMANDS: [ngx_command_t; 27] = [
         offset_of!(TransformConf, lock_zone),
         ptr::null_mut(),
     ),
+    command(
+        ngx_string!("transform_filter"),
+        ANY | NGX_CONF_1MORE,
+        set_filter,
+        0,
+        ptr::null_mut(),
+    ),
+    command(
+        ngx_string!("transform_filter_types"),
+        ANY | NGX_CONF_1MORE,
+        ngx_http_types_slot,
+        offset_of!(TransformConf, filter_types_keys),
+        ptr::null_mut(),
+    ),
+    command(
+        ngx_string!("transform_filter_type"),
+        ANY | NGX_CONF_TAKE1,
+        ngx_http_set_complex_value_slot,
+        offset_of!(TransformConf, filter_type),
+        ptr::null_mut(),
+    ),
+    command(
+        ngx_string!("transform_filter_status"),
+        ANY | NGX_CONF_1MORE,
+        set_filter_status,
+        0,
+        ptr::null_mut(),
+    ),
     ngx_command_t::empty(),
 ];
+
+/// `transform_filter program [argument ...] | off`: compiles each word as a complex value (one
+/// argv element each), as `transform_exec`; no content handler (a body filter runs the
+/// program on whatever handler's response).
+extern "C" fn set_filter(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx calls directive handlers with a valid cf and this module's loc conf.
+    let (cf, conf) = unsafe { (&mut *cf, &mut *conf.cast::<TransformConf>()) };
+    if conf.filter.is_some() {
+        return c"is duplicate".as_ptr().cast_mut();
+    }
+    // SAFETY: cf->args is an array of ngx_str_t with the name and at least one word.
+    let args: &mut [ngx_str_t] = unsafe { (*cf.args).as_slice_mut() };
+    let words = &mut args[1..];
+    if words.len() == 1 && words[0].as_bytes() == b"off" {
+        conf.filter = Some(Vec::new());
+        return NGX_CONF_OK;
+    }
+    // SAFETY: words[0] is a valid ngx_str_t of the configuration.
+    if unsafe { ngx_http_script_variables_count(&mut words[0]) } == 0 {
+        if let Err(msg) = check_program(cf, words[0]) {
+            return msg;
+        }
+    }
+    let mut argv = Vec::with_capacity(words.len());
+    for word in words.iter_mut() {
+        let Some(cv) = compile(cf, word) else {
+            return NGX_CONF_ERROR;
+        };
+        argv.push(cv);
+    }
+    conf.filter = Some(argv);
+    NGX_CONF_OK
+}
+
+/// `transform_filter_status code ... | any`: the statuses whose responses are filtered.
+extern "C" fn set_filter_status(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx calls directive handlers with a valid cf and this module's loc conf.
+    let (cf, conf) = unsafe { (&mut *cf, &mut *conf.cast::<TransformConf>()) };
+    if conf.filter_status.is_some() {
+        return c"is duplicate".as_ptr().cast_mut();
+    }
+    // SAFETY: cf->args is an array of ngx_str_t with the name and at least one word.
+    let args: &mut [ngx_str_t] = unsafe { (*cf.args).as_slice_mut() };
+    let words = &args[1..];
+    if words.len() == 1 && words[0].as_bytes() == b"any" {
+        conf.filter_status = Some(Vec::new());
+        return NGX_CONF_OK;
+    }
+    let mut list = Vec::with_capacity(words.len());
+    for word in words {
+        let code = core::str::from_utf8(word.as_bytes())
+            .ok()
+            .and_then(|w| w.parse::<u16>().ok())
+            .filter(|c| (200..=599).contains(c) && *c != 204 && *c != 304);
+        let Some(code) = code else {
+            conf_error(
+                cf,
+                0,
+                format_args!(
+                    "invalid status \"{word}\": a response status from 200 to 599 with a body \
+                     (not 204 or 304), or \"any\""
+                ),
+            );
+            return NGX_CONF_ERROR;
+        };
+        list.push(code);
+    }
+    conf.filter_status = Some(list);
+    NGX_CONF_OK
+}
 
 /// `transform_store on | off | path`: the path may contain variables.
 extern "C" fn set_store(

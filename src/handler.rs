@@ -4,8 +4,9 @@
 use std::ffi::CString;
 
 use nginx_sys::{
-    ngx_http_request_t, ngx_int_t, NGX_DONE, NGX_HTTP_BAD_REQUEST, NGX_HTTP_INTERNAL_SERVER_ERROR,
-    NGX_HTTP_SERVICE_UNAVAILABLE, NGX_HTTP_SPECIAL_RESPONSE, NGX_LOG_ERR, NGX_LOG_WARN, NGX_OK,
+    ngx_http_complex_value_t, ngx_http_request_t, ngx_int_t, NGX_DONE, NGX_HTTP_BAD_REQUEST,
+    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_SERVICE_UNAVAILABLE, NGX_HTTP_SPECIAL_RESPONSE,
+    NGX_LOG_ERR, NGX_LOG_WARN, NGX_OK,
 };
 
 use crate::child;
@@ -88,25 +89,9 @@ fn run_again(http: Http, share: bool) -> ngx_int_t {
 
 /// Headers for HEAD, the store and the lock (`share`), limits, evaluation, the relay.
 fn run_with(http: Http, conf: &'static TransformConf, share: bool) -> ngx_int_t {
-    let content_type = match conf.content_type() {
-        None => None,
-        Some(cv) => match http.complex_value(cv) {
-            // Empty: nginx's default_type, as if unset.
-            Some([]) => None,
-            Some(v) if v.iter().any(|&b| b < 0x20 && b != b'\t' || b == 0x7f) => {
-                // A value from the request must not start a header of its own.
-                log_error!(
-                    NGX_LOG_ERR,
-                    http.log(),
-                    0,
-                    "transform_type value \"{}\" contains a control character",
-                    escape(v)
-                );
-                return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
-            }
-            Some(v) => Some(v),
-            None => return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t,
-        },
+    let content_type = match evaluate_type(http, conf.content_type(), "transform_type") {
+        Ok(t) => t,
+        Err(rc) => return rc,
     };
 
     if http.is_head() && conf.cgi_output == 0 {
@@ -146,16 +131,50 @@ fn run_with(http: Http, conf: &'static TransformConf, share: bool) -> ngx_int_t 
         None
     };
 
-    let launch = match evaluate(http, conf) {
+    let launch = match evaluate(http, conf, conf.argv(), "transform_exec") {
         Ok(launch) => launch,
         Err(rc) => return rc,
     };
     relay::start(http, conf, launch, content_type, store)
 }
 
-/// Evaluates what the program starts with: argv, environment, working directory.
-fn evaluate(http: Http, conf: &TransformConf) -> Result<Launch, ngx_int_t> {
-    let argv = evaluate_argv(http, conf)?;
+/// Evaluates a Content-Type directive (`what`): None for unset or empty.
+pub fn evaluate_type(
+    http: Http,
+    cv: Option<&ngx_http_complex_value_t>,
+    what: &str,
+) -> Result<Option<&'static [u8]>, ngx_int_t> {
+    let Some(cv) = cv else {
+        return Ok(None);
+    };
+    match http.complex_value(cv) {
+        // Empty: as if unset.
+        Some([]) => Ok(None),
+        Some(v) if v.iter().any(|&b| b < 0x20 && b != b'\t' || b == 0x7f) => {
+            // A value from the request must not start a header of its own.
+            log_error!(
+                NGX_LOG_ERR,
+                http.log(),
+                0,
+                "{what} value \"{}\" contains a control character",
+                escape(v)
+            );
+            Err(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t)
+        }
+        Some(v) => Ok(Some(v)),
+        None => Err(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t),
+    }
+}
+
+/// Evaluates what the program (`argv`, of directive `what`) starts with: argv, environment,
+/// working directory.
+pub fn evaluate<'a>(
+    http: Http,
+    conf: &TransformConf,
+    argv: impl Iterator<Item = &'a ngx_http_complex_value_t>,
+    what: &str,
+) -> Result<Launch, ngx_int_t> {
+    let argv = evaluate_argv(http, argv, what)?;
     let mut env = Vec::new();
     let mut has_path = false;
     for var in conf.env.iter().flatten() {
@@ -193,9 +212,13 @@ fn to_cstring(http: Http, value: Vec<u8>, what: &str) -> Result<CString, ngx_int
 }
 
 /// Evaluates the program and arguments; each value becomes exactly one argv element.
-fn evaluate_argv(http: Http, conf: &TransformConf) -> Result<Vec<CString>, ngx_int_t> {
+fn evaluate_argv<'a>(
+    http: Http,
+    words: impl Iterator<Item = &'a ngx_http_complex_value_t>,
+    what: &str,
+) -> Result<Vec<CString>, ngx_int_t> {
     let mut argv = Vec::new();
-    for (i, cv) in conf.argv().enumerate() {
+    for (i, cv) in words.enumerate() {
         let value = http
             .complex_value(cv)
             .ok_or(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t)?;
@@ -204,7 +227,7 @@ fn evaluate_argv(http: Http, conf: &TransformConf) -> Result<Vec<CString>, ngx_i
                 NGX_LOG_ERR,
                 http.log(),
                 0,
-                "transform_exec argument {i} contains a NUL byte"
+                "{what} argument {i} contains a NUL byte"
             );
             return Err(NGX_HTTP_BAD_REQUEST as ngx_int_t);
         };
@@ -216,7 +239,7 @@ fn evaluate_argv(http: Http, conf: &TransformConf) -> Result<Vec<CString>, ngx_i
             NGX_LOG_ERR,
             http.log(),
             0,
-            "transform_exec program \"{}\" is not an absolute path",
+            "{what} program \"{}\" is not an absolute path",
             escape(program)
         );
         return Err(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);

@@ -21,6 +21,7 @@ mod background;
 mod cgi;
 mod child;
 mod conf;
+mod filter;
 mod follow;
 mod handler;
 mod lock;
@@ -87,8 +88,55 @@ static NGX_HTTP_TRANSFORM_MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
     merge_loc_conf: Some(conf::merge_loc_conf),
 };
 
+/// The response filter (`transform_filter`): a module of its own for its place in nginx's
+/// filter chains and its per-request state; it reads the transform module's configuration.
+static NGX_HTTP_TRANSFORM_FILTER_MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
+    preconfiguration: None,
+    postconfiguration: Some(filter::init),
+    create_main_conf: None,
+    init_main_conf: None,
+    create_srv_conf: None,
+    merge_srv_conf: None,
+    create_loc_conf: None,
+    merge_loc_conf: None,
+};
+
+#[used]
+#[allow(non_upper_case_globals)]
+#[cfg_attr(not(feature = "export-modules"), no_mangle)]
+pub static mut ngx_http_transform_filter_module: ngx_module_t = ngx_module_t {
+    ctx: ptr::addr_of!(NGX_HTTP_TRANSFORM_FILTER_MODULE_CTX)
+        .cast_mut()
+        .cast::<c_void>(),
+    commands: ptr::null_mut(),
+    type_: NGX_HTTP_MODULE as ngx_uint_t,
+    ..ngx_module_t::default()
+};
+
+// The module table of the shared object, as ngx's `ngx_modules!` makes it (whose counting macro
+// fails for two modules in ngx 0.5.1).
 #[cfg(feature = "export-modules")]
-ngx::ngx_modules!(ngx_http_transform_module);
+#[no_mangle]
+#[allow(non_upper_case_globals)]
+pub static mut ngx_modules: [*const ngx_module_t; 3] = [
+    ptr::addr_of!(ngx_http_transform_module),
+    ptr::addr_of!(ngx_http_transform_filter_module),
+    ptr::null(),
+];
+
+#[cfg(feature = "export-modules")]
+#[no_mangle]
+#[allow(non_upper_case_globals)]
+pub static mut ngx_module_names: [*const core::ffi::c_char; 3] = [
+    c"ngx_http_transform_module".as_ptr(),
+    c"ngx_http_transform_filter_module".as_ptr(),
+    ptr::null(),
+];
+
+#[cfg(feature = "export-modules")]
+#[no_mangle]
+#[allow(non_upper_case_globals)]
+pub static mut ngx_module_order: [*const core::ffi::c_char; 1] = [ptr::null()];
 
 #[used]
 #[allow(non_upper_case_globals)]

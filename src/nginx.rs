@@ -6,6 +6,7 @@
 //! reused buffers on their way through nginx's output chain).
 
 pub mod file;
+pub mod filter;
 pub mod headers;
 
 use core::ffi::c_void;
@@ -18,9 +19,9 @@ use nginx_sys::{
     ngx_connection_t, ngx_create_temp_buf, ngx_event_t, ngx_get_connection, ngx_handle_read_event,
     ngx_handle_write_event, ngx_http_cleanup_add, ngx_http_complex_value, ngx_http_complex_value_t,
     ngx_http_event_handler_pt, ngx_http_finalize_request, ngx_http_output_filter,
-    ngx_http_request_t, ngx_http_send_header, ngx_http_send_special, ngx_http_test_reading,
-    ngx_int_t, ngx_log_t, ngx_module_t, ngx_msec_t, ngx_str_t, ngx_uint_t, NGX_ERROR,
-    NGX_HTTP_FLUSH, NGX_HTTP_LAST, NGX_HTTP_OK, NGX_HTTP_VERSION_20, NGX_OK,
+    ngx_http_request_t, ngx_http_send_special, ngx_http_test_reading, ngx_int_t, ngx_log_t,
+    ngx_module_t, ngx_msec_t, ngx_str_t, ngx_uint_t, NGX_ERROR, NGX_HTTP_LAST, NGX_HTTP_OK,
+    NGX_HTTP_VERSION_20, NGX_OK,
 };
 use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule};
 
@@ -121,8 +122,8 @@ impl Http {
         }
     }
 
-    /// Sends `bytes` (copied to the request pool) through the output chain, flushed.
-    pub fn output_bytes(self, bytes: &[u8]) -> ngx_int_t {
+    /// Sends `bytes` (copied to the request pool) to `to`, flushed.
+    pub fn output_bytes(self, to: filter::Downstream, bytes: &[u8]) -> ngx_int_t {
         // SAFETY: the request pool is live; the buffer and link are fresh.
         unsafe {
             let b = ngx_create_temp_buf(self.pool(), bytes.len());
@@ -135,7 +136,7 @@ impl Http {
             (*b).set_flush(1);
             (*cl).buf = b;
             (*cl).next = ptr::null_mut();
-            self.output_filter(cl)
+            to.body(self, cl)
         }
     }
 
@@ -147,6 +148,11 @@ impl Http {
             (t.len > 0 && !t.data.is_null())
                 .then(|| unsafe { core::slice::from_raw_parts(t.data, t.len) })
         })
+    }
+
+    /// Whether the response header went out.
+    pub fn header_sent(self) -> bool {
+        self.with_r(|r| r.header_sent() != 0)
     }
 
     /// Whether nginx sends only the header (HEAD), known once the header went out.
@@ -251,19 +257,28 @@ impl Http {
     /// Sets a 200 response of unknown length with the given Content-Type, optionally a
     /// Content-Length, and sends the header.
     pub fn send_header(self, content_type: ContentType, length: Option<u64>) -> ngx_int_t {
-        self.send_status_header(NGX_HTTP_OK as u16, content_type, length)
+        self.send_status_header(
+            filter::Downstream::Top,
+            Some(NGX_HTTP_OK as u16),
+            content_type,
+            length,
+        )
     }
 
-    /// As [`Http::send_header`], with the given status.
+    /// As [`Http::send_header`], with the given status (None: as set), to `to`.
     pub fn send_status_header(
         self,
-        status: u16,
+        to: filter::Downstream,
+        status: Option<u16>,
         content_type: ContentType,
         length: Option<u64>,
     ) -> ngx_int_t {
         let default_type = self.core_conf().default_type;
         self.with_r(|r| {
-            r.headers_out.status = status as _;
+            if let Some(status) = status {
+                r.headers_out.status = status as _;
+                r.headers_out.status_line.len = 0;
+            }
             r.headers_out.content_length_n = length.map_or(-1, |n| n as i64);
             let ContentType::Configured(content_type) = content_type else {
                 return;
@@ -279,8 +294,7 @@ impl Http {
             r.headers_out.content_type = ct;
             r.headers_out.content_type_lowcase = ptr::null_mut();
         });
-        // SAFETY: live request.
-        unsafe { ngx_http_send_header(self.as_ptr()) }
+        to.send_header(self)
     }
 
     /// Why the response body cannot bypass nginx's output chain, or `None` if it can. Call it
@@ -328,11 +342,6 @@ impl Http {
         // SAFETY: live request; the chain's buffers stay alive until nginx releases them
         // (they belong to the request pool).
         unsafe { ngx_http_output_filter(self.as_ptr(), chain) }
-    }
-
-    pub fn send_flush(self) -> ngx_int_t {
-        // SAFETY: live request.
-        unsafe { ngx_http_send_special(self.as_ptr(), NGX_HTTP_FLUSH as _) }
     }
 
     pub fn send_last(self) -> ngx_int_t {
@@ -888,21 +897,36 @@ impl Drop for EventFd {
     }
 }
 
-/// What is left to write of the request body. Two kinds:
+/// What is left to write to a program's stdin. Three kinds:
 ///
 /// - a body nginx read whole: a read-only walk over its chain of buffers (in memory or in
 ///   nginx's temporary file), which nginx and other modules (mirror, error_page,
 ///   `$request_body`, subrequests) keep using as they are;
 /// - a streamed body: the buffers nginx read so far are taken from it, and each one is handed
 ///   back (its `pos` advances) as it is written, which lets nginx reuse its buffer and read on,
-///   as nginx's upstream module does with `proxy_request_buffering off`.
+///   as nginx's upstream module does with `proxy_request_buffering off`;
+/// - a response being filtered: the buffers the response's handler passed to the filter, each
+///   handed back as it is written (`pos`, or `file_pos` for a buffer in a file), so the handler
+///   (nginx's upstream, the static module, a relay) reuses it and sends more.
 pub struct BodyCursor {
     cl: *mut ngx_chain_t,
     /// Position in the current buffer: memory address, or file offset for an in-file buffer.
     pos: *mut u8,
     file_pos: i64,
-    streaming: bool,
+    kind: CursorKind,
     pool: *mut nginx_sys::ngx_pool_t,
+    /// Buffers handed back so far.
+    handed_back: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum CursorKind {
+    Whole,
+    Streamed,
+    /// `ended` once the response's last buffer was taken.
+    Response {
+        ended: bool,
+    },
 }
 
 impl BodyCursor {
@@ -922,21 +946,82 @@ impl BodyCursor {
             cl,
             pos: ptr::null_mut(),
             file_pos: 0,
-            streaming,
+            kind: if streaming {
+                CursorKind::Streamed
+            } else {
+                CursorKind::Whole
+            },
             pool: http.pool(),
+            handed_back: 0,
         };
         cursor.enter();
         cursor
     }
 
+    /// A response to filter: empty until [`BodyCursor::push`] gives it buffers.
+    pub fn response(http: Http) -> BodyCursor {
+        BodyCursor {
+            cl: ptr::null_mut(),
+            pos: ptr::null_mut(),
+            file_pos: 0,
+            kind: CursorKind::Response { ended: false },
+            pool: http.pool(),
+            handed_back: 0,
+        }
+    }
+
     /// Whether the body is streamed (nginx reads more of it as the program takes it).
     pub fn streaming(&self) -> bool {
-        self.streaming
+        self.kind == CursorKind::Streamed
+    }
+
+    /// Whether this is a response being filtered.
+    pub fn is_response(&self) -> bool {
+        matches!(self.kind, CursorKind::Response { .. })
+    }
+
+    /// A response whose last buffer was taken.
+    pub fn ended(&self) -> bool {
+        self.kind == CursorKind::Response { ended: true }
+    }
+
+    /// Buffers handed back so far.
+    pub fn handed_back(&self) -> u64 {
+        self.handed_back
     }
 
     /// Whether everything taken so far was written.
     pub fn is_empty(&self) -> bool {
         self.cl.is_null()
+    }
+
+    /// A response: takes the buffers of `chain` (links of our own, in the request pool) after
+    /// what is still to write, noting its last buffer. False if out of memory.
+    pub fn push(&mut self, chain: *mut ngx_chain_t) -> bool {
+        let mut in_ = chain;
+        while !in_.is_null() {
+            // SAFETY: the caller's chain of live links and buffers (the handler's).
+            let b = unsafe { (*in_).buf };
+            // SAFETY: as above.
+            unsafe {
+                if (*b).last_buf() != 0 || (*b).last_in_chain() != 0 {
+                    self.kind = CursorKind::Response { ended: true };
+                }
+                in_ = (*in_).next;
+            }
+        }
+        let was_empty = self.cl.is_null();
+        // SAFETY: the pool is the request's; ngx_chain_add_copy appends links of its own that
+        // point at the caller's buffers.
+        if unsafe { nginx_sys::ngx_chain_add_copy(self.pool, &mut self.cl, chain) }
+            != NGX_OK as ngx_int_t
+        {
+            return false;
+        }
+        if was_empty {
+            self.enter();
+        }
+        true
     }
 
     /// A streamed body: takes what nginx read since, after what is still to write. Whether
@@ -962,53 +1047,75 @@ impl BodyCursor {
         true
     }
 
-    /// Drops everything taken so far (a streamed body nobody reads): each buffer is handed back
-    /// as consumed, so nginx reads on.
+    /// Drops everything taken so far (a streamed body nobody reads, a response the program no
+    /// longer takes): each buffer is handed back as consumed, so its producer goes on.
     pub fn skip(&mut self) {
         while !self.cl.is_null() {
-            // SAFETY: a link of the request body's chain, alive with the request.
+            // SAFETY: a link of the chain, alive with the request.
             let next = unsafe { (*self.cl).next };
-            if self.streaming {
-                // SAFETY: a streamed body's buffer and link were handed to us: the buffer is
-                // marked consumed, the link goes back to the pool's free links (as write_to).
+            if self.kind != CursorKind::Whole {
+                // SAFETY: the buffer is marked consumed; the link is ours (as in write_to).
                 unsafe {
                     let b = (*self.cl).buf;
                     (*b).pos = (*b).last;
-                    (*self.cl).next = (*self.pool).chain;
-                    (*self.pool).chain = self.cl;
+                    if self.is_response() {
+                        (*b).file_pos = (*b).file_last;
+                    }
                 }
+                self.hand_back();
             }
             self.cl = next;
         }
     }
 
+    /// Returns the current link to the request pool's free links (nginx's ngx_free_chain):
+    /// it was taken from the body, or made by `push`, and is ours.
+    fn hand_back(&mut self) {
+        // SAFETY: see above; the caller moves on to the next link, saved before.
+        unsafe {
+            (*self.cl).next = (*self.pool).chain;
+            (*self.pool).chain = self.cl;
+        }
+        self.handed_back += 1;
+    }
+
     /// Starts on the current link's buffer.
     fn enter(&mut self) {
         if !self.cl.is_null() {
-            // SAFETY: a link of the request body's chain, alive with the request.
+            // SAFETY: a link of the chain, alive with the request.
             let b = unsafe { &*(*self.cl).buf };
             self.pos = b.pos;
             self.file_pos = b.file_pos;
         }
     }
 
-    /// Writes as much as `pipe` takes, from memory with write(2) and from the temporary file
-    /// with splice(2). `Ok(())` when all of it was written; WouldBlock when the pipe is full.
+    /// Writes as much as `pipe` takes, from memory with write(2) and from a file with
+    /// splice(2). `Ok(())` when all of it was written; WouldBlock when the pipe is full.
     pub fn write_to(&mut self, pipe: BorrowedFd<'_>) -> io::Result<()> {
+        let response = self.is_response();
         while !self.cl.is_null() {
-            // SAFETY: a link of the request body's chain, alive with the request; only read.
+            // SAFETY: a link of the chain, alive with the request; only read.
             let b = unsafe { &*(*self.cl).buf };
-            if b.in_file() != 0 && self.file_pos < b.file_last {
+            // A response's buffer may be in memory and in a file at once (the same bytes):
+            // memory is used then, as nginx's own output does.
+            let in_memory = b.temporary() != 0 || b.memory() != 0 || b.mmap() != 0 || !response;
+            let use_file = b.in_file() != 0 && !(response && in_memory && b.pos < b.last);
+            if use_file && self.file_pos < b.file_last {
                 let len = (b.file_last - self.file_pos) as usize;
-                // SAFETY: an in-file buffer points at the open temporary file.
+                // SAFETY: an in-file buffer points at an open file.
                 let fd = unsafe { (*b.file).fd };
-                if os::splice_file_to_pipe(fd, &mut self.file_pos, pipe, len)? == 0 {
-                    // The temporary file is shorter than nginx wrote: never a clean end.
+                let n = os::splice_file_to_pipe(fd, &mut self.file_pos, pipe, len)?;
+                if response {
+                    // SAFETY: the handler's buffer, handed to us: marked consumed so far.
+                    unsafe { (*(*self.cl).buf).file_pos = self.file_pos };
+                }
+                if n == 0 {
+                    // The file is shorter than nginx says: never a clean end.
                     return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
                 }
                 continue;
             }
-            if b.in_file() == 0 && self.pos < b.last {
+            if !use_file && self.pos < b.last {
                 // SAFETY: [pos, last) is the rest of the buffer's data.
                 let data = unsafe {
                     core::slice::from_raw_parts(self.pos, b.last.offset_from(self.pos) as usize)
@@ -1016,22 +1123,26 @@ impl BodyCursor {
                 let n = os::write(pipe, data)?;
                 // SAFETY: n <= data.len().
                 self.pos = unsafe { self.pos.add(n) };
-                if self.streaming {
-                    // SAFETY: a streamed body's buffers were handed to us; nginx reuses the
-                    // memory once every buffer over it is consumed (pos == last).
+                if self.kind != CursorKind::Whole {
+                    // SAFETY: a streamed body's (or a filtered response's) buffers were handed
+                    // to us; their owner reuses the memory once every buffer over it is
+                    // consumed (pos == last).
                     unsafe { (*(*self.cl).buf).pos = self.pos };
                 }
                 continue;
             }
             // SAFETY: as above.
             let next = unsafe { (*self.cl).next };
-            if self.streaming {
-                // SAFETY: the link was taken from the body and is ours; it goes back to the
-                // request pool's free links (nginx's ngx_free_chain), for nginx's next read.
-                unsafe {
-                    (*self.cl).next = (*self.pool).chain;
-                    (*self.pool).chain = self.cl;
+            if self.kind != CursorKind::Whole {
+                if response {
+                    // SAFETY: as above: all of it is consumed, in memory and in the file.
+                    unsafe {
+                        let b = (*self.cl).buf;
+                        (*b).pos = (*b).last;
+                        (*b).file_pos = (*b).file_last;
+                    }
                 }
+                self.hand_back();
             }
             self.cl = next;
             self.enter();
@@ -1128,12 +1239,15 @@ impl BufRing {
     pub fn pump(
         &mut self,
         http: Http,
+        to: filter::Downstream,
         pipe: BorrowedFd<'_>,
         moved: &mut Moved,
     ) -> io::Result<Pumped> {
         loop {
-            if !self.out.is_null() || http.pending_output() {
-                if http.output_filter(self.out) == NGX_ERROR as ngx_int_t {
+            // Busy buffers too (a filter after us may hold them, waiting for something else
+            // than the client): they are only found free again after a call.
+            if !self.out.is_null() || !self.busy.is_null() || http.pending_output() {
+                if to.body(http, self.out) == NGX_ERROR as ngx_int_t {
                     return Err(io::Error::other("output filter failed"));
                 }
                 // SAFETY: the chains are ours and the request pool's; tag marks our buffers.
@@ -1277,6 +1391,20 @@ impl Timer {
         unsafe { nginx_sys::ngx_add_timer(self.0.as_ptr(), ms) };
     }
 
+    /// Runs the handler once more in this event-loop iteration, after the events at hand.
+    pub fn post(&self) {
+        // SAFETY: a live event of ours; nginx's posted queue is ours to add to on this thread
+        // (dropping the Timer removes it from there).
+        unsafe {
+            if (*self.0.as_ptr()).posted() == 0 {
+                nginx_sys::ngx_post_event(
+                    self.0.as_ptr(),
+                    ptr::addr_of_mut!(nginx_sys::ngx_posted_events),
+                );
+            }
+        }
+    }
+
     pub fn is_set(&self) -> bool {
         // SAFETY: a live event of ours.
         unsafe { (*self.0.as_ptr()).timer_set() != 0 }
@@ -1287,6 +1415,9 @@ impl Timer {
         unsafe {
             if (*self.0.as_ptr()).timer_set() != 0 {
                 nginx_sys::ngx_del_timer(self.0.as_ptr());
+            }
+            if (*self.0.as_ptr()).posted() != 0 {
+                nginx_sys::ngx_delete_posted_event(self.0.as_ptr());
             }
         }
     }

@@ -20,6 +20,7 @@
 //! A response whose Content-Length is reached is complete whatever the program does next.
 
 mod commit;
+pub mod filter;
 mod program;
 mod sink;
 
@@ -35,6 +36,7 @@ use ngx::http::HttpModule;
 
 use crate::background;
 use crate::conf::TransformConf;
+use crate::nginx::filter::Downstream;
 use crate::nginx::{pool_allocate, run_posted_requests, CtxKind, EventFd, Http, Moved};
 use crate::os;
 use crate::store::Store;
@@ -60,10 +62,11 @@ pub fn start(
             conf,
             content_type,
             store,
-            program: Program::new(http, conf, &launch),
+            program: Program::new(http, conf, &launch, false),
             phase: Phase::Holding(Held::new(conf)),
             moved: Moved::default(),
             shutting_down: false,
+            role: Role::Handler,
         },
     );
     if ctx.is_null() {
@@ -130,6 +133,15 @@ pub struct Transform {
     moved: Moved,
     /// nginx closes the worker's connections: nothing goes on in the background.
     shutting_down: bool,
+    role: Role,
+}
+
+/// Whose response the machine makes.
+enum Role {
+    /// `transform_exec`: the request's own (the machine holds a reference and ends it).
+    Handler,
+    /// `transform_filter`: another handler's, whose body the program replaces.
+    Filter(filter::Side),
 }
 
 /// What the response has become. Each variant is a state of the machine; the program's side
@@ -171,6 +183,8 @@ enum Event {
     Client,
     /// nginx closes the worker's connections (worker_shutdown_timeout).
     Shutdown,
+    /// A filter: the response's handler passed more of it (or asks for progress).
+    Input,
 }
 
 /// What the machine waits for next.
@@ -209,13 +223,19 @@ impl Transform {
             Next::Client => false,
         };
         // Client-side events are no progress of the program: a client trickling its body must
-        // not keep a stuck program alive.
-        let restart = ev != Event::ClientBody;
+        // not keep a stuck program alive (nor a handler trickling the response it filters).
+        let restart = !matches!(ev, Event::ClientBody | Event::Input);
         self.program
             .arm_timer(self.http, on_program, restart, self.holding_since());
-        if self.program.watch_output(on_program)
-            && self.http.arm_write(!on_program, self.conf.send_timeout)
-        {
+        if !self.program.watch_output(on_program) {
+            self.release();
+            return Some(NGX_ERROR as ngx_int_t);
+        }
+        if matches!(self.role, Role::Filter(_)) {
+            self.filter_wait(on_program);
+            return None;
+        }
+        if self.http.arm_write(!on_program, self.conf.send_timeout) {
             return None;
         }
         self.release();
@@ -254,7 +274,10 @@ impl Transform {
                 }
                 None
             }
-            Event::Stdin | Event::ClientBody => match self.program.feed_stdin(self.http) {
+            Event::Stdin | Event::ClientBody | Event::Input => match self
+                .program
+                .feed_stdin(self.http)
+            {
                 Ok(()) => None,
                 // A body nobody reads does not concern a response already under way: it
                 // finishes, and the connection closes after it.
@@ -319,6 +342,7 @@ impl Transform {
         let Some(stdout) = self.program.stdout() else {
             return self.at_end();
         };
+        let out = self.out();
         let Phase::Streaming(sink) = &mut self.phase else {
             unreachable!("stream() runs in the streaming phase");
         };
@@ -336,7 +360,7 @@ impl Transform {
                 Err(sink::FileError::Client(e)) => Err(e),
                 Ok(p) => Ok(p),
             },
-            (sink, _) => sink.pump(self.http, stdout, &mut self.moved, max_chunk),
+            (sink, _) => sink.pump(self.http, out, stdout, &mut self.moved, max_chunk),
         };
         match pumped {
             Ok(Pumped::ProgramIdle) if self.program.exit().is_some() => {
@@ -389,7 +413,7 @@ impl Transform {
     /// logged once; a program still writing is let go (it gets `transform_kill_timeout` to end
     /// on its own, its failure logged), so the connection serves its next request at once.
     fn complete_response(&mut self) -> Flow {
-        if self.http.send_last() == NGX_ERROR as ngx_int_t {
+        if self.out().special(self.http, true) == NGX_ERROR as ngx_int_t {
             return Flow::Wait(self.io_failed("sending the end of the response", io_other()));
         }
         let (in_pipe, hung_up) = match self.program.stdout() {
@@ -430,7 +454,7 @@ impl Transform {
     /// Complete: the output ended with the response; the program's exit is only logged.
     fn complete(&mut self) -> Flow {
         if self.http.pending_output()
-            && self.http.output_filter(core::ptr::null_mut()) == NGX_ERROR as ngx_int_t
+            && self.out().body(self.http, core::ptr::null_mut()) == NGX_ERROR as ngx_int_t
         {
             return Flow::Wait(self.io_failed("sending the program's output", io_other()));
         }
@@ -514,7 +538,20 @@ impl Transform {
         if let Some(store) = &mut self.store {
             store.complete(self.http, true);
         }
-        Next::Finish(self.http.send_last())
+        Next::Finish(self.out().special(self.http, true))
+    }
+
+    /// Where the output goes.
+    fn out(&self) -> Downstream {
+        match self.role {
+            Role::Handler => Downstream::Top,
+            Role::Filter(_) => Downstream::Next,
+        }
+    }
+
+    /// Whether the machine filters another handler's response.
+    fn is_filter(&self) -> bool {
+        matches!(self.role, Role::Filter(_))
     }
 
     /// Whether the response header went out.
@@ -589,6 +626,7 @@ impl Transform {
         if !matches!(self.phase, Phase::Done | Phase::Terminated) {
             self.go_on_in_background();
         }
+        self.unwrap_writes();
         if let Some(store) = &mut self.store {
             // (Nothing if it was published, dropped for a failure, or handed over.)
             store.interrupt();
@@ -688,6 +726,12 @@ unsafe fn step(ctx: *mut Transform, ev: Event) -> bool {
     let http = unsafe { (*ctx).http };
     // SAFETY: as above.
     match unsafe { (*ctx).run(ev) } {
+        // SAFETY: as above.
+        Some(rc) if unsafe { (*ctx).is_filter() } => {
+            // SAFETY: as above.
+            unsafe { (*ctx).filter_end(rc) };
+            true
+        }
         Some(rc) => {
             http.finalize(rc);
             true

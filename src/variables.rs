@@ -41,7 +41,11 @@ unsafe extern "C" fn get_variable(
         .ctx(crate::Module::module(), CtxKind::Transform)
         .cast::<Transform>();
     // SAFETY: null or the request's Transform (pool-owned).
-    let value = unsafe { ctx.as_ref() }.and_then(|t| t.variable(Variable::from(data)));
+    let value = match unsafe { ctx.as_ref() } {
+        Some(t) => t.variable(Variable::from(data)),
+        // A request that ran no program of its own may have filtered its response through one.
+        None => crate::filter::variable(http, Variable::from(data)),
+    };
     // SAFETY: v is the value slot nginx passed for this variable.
     if unsafe { set_variable(http, v, value.as_deref()) } {
         Status::NGX_OK.into()

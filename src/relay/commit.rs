@@ -100,6 +100,7 @@ impl Transform {
     /// `transform_commit_timeout` each wake the machine on their own, and a full pipe blocks
     /// the program until one of them does.
     pub(super) fn hold(&mut self) -> Flow {
+        let filter = self.is_filter();
         let Phase::Holding(held) = &mut self.phase else {
             unreachable!("hold() runs in the holding phase");
         };
@@ -172,6 +173,17 @@ impl Transform {
             Head::Reading => return Flow::Wait(Next::Program),
             // The redirect is the program's whole answer: it is followed once the program
             // ended (so the log variables have its exit status, and a failure is a 502).
+            Head::Parsed { head, .. } if head.is_local_redirect() && filter => {
+                log_error!(
+                    NGX_LOG_ERR,
+                    log,
+                    0,
+                    "transform filter program \"{}\" sent a local redirect, which a filter \
+                     cannot follow",
+                    self.program.name()
+                );
+                return Flow::Wait(self.fail(NGX_HTTP_BAD_GATEWAY));
+            }
             Head::Parsed { head, .. } if head.is_local_redirect() => {
                 if status.is_none() {
                     return Flow::Wait(Next::Program);
@@ -208,6 +220,12 @@ impl Transform {
     /// Sends the response header and what was held, and picks the sink for the rest. `length`
     /// is the body's length when all of it is held.
     fn commit(&mut self, length: Option<u64>) -> Flow {
+        // A filtered response keeps its status, and its Content-Type unless one is configured.
+        let own_status = self.filter_status().map(|s| s as u16);
+        let raw_type = match (self.is_filter(), self.content_type) {
+            (true, None) => ContentType::InHeaders,
+            (_, t) => ContentType::Configured(t),
+        };
         let Phase::Holding(held) = &mut self.phase else {
             unreachable!("commit() runs in the holding phase");
         };
@@ -217,9 +235,11 @@ impl Transform {
             match core::mem::replace(&mut held.head, Head::Raw) {
                 Head::Parsed { head, body } => {
                     unshareable = head.unshareable();
-                    let status =
-                        head.status
-                            .unwrap_or(if head.location.is_some() { 302 } else { 200 });
+                    let status = head.status.unwrap_or(if head.location.is_some() {
+                        302
+                    } else {
+                        own_status.unwrap_or(200)
+                    });
                     for warning in &head.warnings {
                         log_error!(
                             NGX_LOG_WARN,
@@ -237,7 +257,7 @@ impl Transform {
                     // The program's own Content-Type is in the headers now (charset apart).
                     let content_type = match &head.content_type {
                         Some(_) => ContentType::InHeaders,
-                        None => ContentType::Configured(self.content_type),
+                        None => raw_type,
                     };
                     (
                         status,
@@ -249,12 +269,14 @@ impl Transform {
                 }
                 _ => {
                     self.http.disable_not_modified();
-                    let content_type = ContentType::Configured(self.content_type);
-                    (200, content_type, length, &buf[..], false)
+                    let status = own_status.unwrap_or(200);
+                    (status, raw_type, length, &buf[..], false)
                 }
             };
         self.program.set_hold_timer(None);
-        let rc = self.http.send_status_header(status, content_type, length);
+        let rc = self
+            .http
+            .send_status_header(self.out(), Some(status), content_type, length);
         if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || self.http.header_only() {
             return Flow::Wait(Next::Finish(rc));
         }
@@ -268,14 +290,14 @@ impl Transform {
         let prefix = &prefix[..fits];
         let buf_prefix = prefix.to_vec();
         if !prefix.is_empty() {
-            if self.http.output_bytes(prefix) == NGX_ERROR as ngx_int_t {
+            if self.http.output_bytes(self.out(), prefix) == NGX_ERROR as ngx_int_t {
                 return Flow::Wait(Next::Finish(NGX_ERROR as ngx_int_t));
             }
             self.moved.bytes += prefix.len() as u64;
         }
         // Push the header through the filters now: they make their decisions on the way (gzip,
         // the addition filter's subrequests), and the splice transport must not overtake it.
-        if self.http.send_flush() == NGX_ERROR as ngx_int_t {
+        if self.out().special(self.http, false) == NGX_ERROR as ngx_int_t {
             return Flow::Wait(Next::Finish(NGX_ERROR as ngx_int_t));
         }
         let mut sink = None;
@@ -300,7 +322,13 @@ impl Transform {
                 sink = Some(Sink::File(FileSink::new(store.written())));
             }
         }
-        let sink = sink.unwrap_or_else(|| Sink::choose(self.http, self.conf));
+        let sink = sink.unwrap_or_else(|| {
+            if !self.is_filter() && crate::filter::takes_output(self.http) {
+                Sink::buffered(self.http, "a transform_filter takes the output")
+            } else {
+                Sink::choose(self.http, self.conf)
+            }
+        });
         self.set_phase(Phase::Streaming(sink));
         Flow::Continue
     }

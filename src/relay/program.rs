@@ -68,13 +68,18 @@ pub struct Program {
 }
 
 impl Program {
-    pub fn new(http: Http, conf: &'static TransformConf, launch: &Launch) -> Program {
+    /// A program fed with the request body, or (`filter`) with the response it filters.
+    pub fn new(http: Http, conf: &'static TransformConf, launch: &Launch, filter: bool) -> Program {
         Program {
             conf,
             name: escape(launch.argv[0].as_bytes()),
             stdout: None,
             stdin: None,
-            body: BodyCursor::of(http),
+            body: if filter {
+                BodyCursor::response(http)
+            } else {
+                BodyCursor::of(http)
+            },
             stderr: None,
             stderr_log: StderrLog::new(conf.stderr_level, now_msec()),
             child: None,
@@ -111,10 +116,17 @@ impl Program {
         };
         let pipe = os::stdout_pipe().map_err(pipe_failed)?;
         let err_pipe = os::stdout_pipe().map_err(pipe_failed)?;
+        let filter = self.body.is_response();
         let in_pipe = match self.conf.stdin_body {
-            0 => None,
+            0 if !filter => None,
             _ => Some(os::stdin_pipe().map_err(pipe_failed)?),
         };
+        if let (true, Some(p)) = (filter, &in_pipe) {
+            // A filtered response is as big as any output: the same room on the way in.
+            if let Err(e) = os::set_pipe_size(p.write.as_fd(), self.conf.pipe_size) {
+                debug!(log, "transform stdin pipe size refused: {e}");
+            }
+        }
         if let Err(e) = os::set_pipe_size(pipe.read.as_fd(), self.conf.pipe_size) {
             // EPERM past fs/pipe-user-pages-soft: a size hint refused, not an error.
             debug!(
@@ -199,7 +211,7 @@ impl Program {
         }
         self.stdout = Some(stdout);
         self.stderr = Some(stderr);
-        if self.conf.stdin_body == 0 {
+        if self.conf.stdin_body == 0 && !filter {
             // A body the program does not take is dropped as it arrives.
             if let Err(StdinFailure::Body(rc)) = self.feed_stdin(http) {
                 return Err(self.body_failed(http, rc));
@@ -346,14 +358,17 @@ impl Program {
 
     /// Whether the program only waits for more request body: it took all that was written
     /// (its stdin pipe is empty) and the client has more to send.
+    /// (For a filter: the response's handler has more to send.)
     fn waits_for_client_body(&self, http: Http) -> bool {
         let Some(stdin) = &self.stdin else {
             return false;
         };
-        self.body.streaming()
-            && self.body.is_empty()
-            && http.streaming_body()
-            && os::bytes_in_pipe(stdin.fd()).is_ok_and(|n| n == 0)
+        let more_to_come = if self.body.is_response() {
+            !self.body.ended()
+        } else {
+            self.body.streaming() && http.streaming_body()
+        };
+        more_to_come && self.body.is_empty() && os::bytes_in_pipe(stdin.fd()).is_ok_and(|n| n == 0)
     }
 
     /// Which timeout fired: the total one, or the read one.
@@ -372,6 +387,9 @@ impl Program {
     /// the end of the body (the program sees end of file). A program that does not read its
     /// stdin is not an error: the rest of the body is dropped.
     pub fn feed_stdin(&mut self, http: Http) -> Result<(), StdinFailure> {
+        if self.body.is_response() {
+            return self.feed_response(http);
+        }
         if self.conf.stdin_body == 0 {
             return self.drop_body(http);
         }
@@ -433,6 +451,71 @@ impl Program {
                 return Ok(());
             }
         }
+    }
+
+    /// A filter's program: writes the response taken so far, as far as the pipe takes it, and
+    /// closes stdin after its last buffer. A program that closed its stdin (it has all it
+    /// wants, as `head`) is not an error: the rest of the response is dropped as it comes.
+    fn feed_response(&mut self, http: Http) -> Result<(), StdinFailure> {
+        let Some(fd) = &self.stdin else {
+            self.body.skip();
+            return Ok(());
+        };
+        match self.body.write_to(fd.fd()) {
+            Ok(()) => {
+                if self.body.ended() {
+                    self.stdin = None;
+                }
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if fd.arm_write() {
+                    return Ok(());
+                }
+                self.stdin = None;
+                Err(StdinFailure::Write)
+            }
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                debug!(http.log(), "transform: the filter program closed its stdin");
+                self.stdin = None;
+                self.body.skip();
+                Ok(())
+            }
+            Err(e) => {
+                log_error!(
+                    NGX_LOG_ERR,
+                    http.log(),
+                    os::errno(&e),
+                    "transform: writing the response to \"{}\" failed",
+                    self.name
+                );
+                self.stdin = None;
+                Err(StdinFailure::Write)
+            }
+        }
+    }
+
+    /// A filter's program: takes more of the response (dropped at once if its stdin is
+    /// closed). False if out of memory.
+    pub fn push_response(&mut self, chain: *mut nginx_sys::ngx_chain_t) -> bool {
+        if !self.body.push(chain) {
+            return false;
+        }
+        if self.stdin.is_none() {
+            self.body.skip();
+        }
+        true
+    }
+
+    /// A filter's program has taken all of the response it was given, and more is to come
+    /// from the response's handler.
+    pub fn wants_response(&self) -> bool {
+        self.body.is_response() && self.body.is_empty() && !self.body.ended()
+    }
+
+    /// Buffers of the response handed back to its handler so far.
+    pub fn response_handed_back(&self) -> u64 {
+        self.body.handed_back()
     }
 
     /// `transform_stdin off`: reads what the client sends of its body and drops it (nginx stops

@@ -12,6 +12,7 @@ use nginx_sys::{ngx_int_t, NGX_ERROR};
 use ngx::http::HttpModule;
 
 use crate::conf::TransformConf;
+use crate::nginx::filter::Downstream;
 use crate::nginx::{BufRing, Http, Moved};
 use crate::os;
 
@@ -59,16 +60,18 @@ impl Sink {
 
     /// Moves what `pipe` holds towards the client, at most about `max_chunk` bytes per call
     /// (nginx's sendfile_max_chunk; 0 for no limit), so one stream cannot hold the worker.
+    /// Buffers go to `out`: the output chain, or the filters after ours.
     pub fn pump(
         &mut self,
         http: Http,
+        out: Downstream,
         pipe: BorrowedFd<'_>,
         moved: &mut Moved,
         max_chunk: usize,
     ) -> io::Result<Pumped> {
         match self {
-            Sink::Splice(s) => s.pump(http, pipe, moved, max_chunk),
-            Sink::Chain(ring) => ring.pump(http, pipe, moved),
+            Sink::Splice(s) => s.pump(http, out, pipe, moved, max_chunk),
+            Sink::Chain(ring) => ring.pump(http, out, pipe, moved),
             // (The relay pumps the file sink with its store; without one it cannot go on.)
             Sink::File(_) => Err(io::Error::other("the file sink has no store")),
         }
@@ -219,6 +222,7 @@ impl Splice {
     fn pump(
         &mut self,
         http: Http,
+        out: Downstream,
         pipe: BorrowedFd<'_>,
         moved: &mut Moved,
         max_chunk: usize,
@@ -229,7 +233,7 @@ impl Splice {
         }
         // Whatever nginx still holds (the header) goes first.
         if http.pending_output() {
-            if http.output_filter(core::ptr::null_mut()) == NGX_ERROR as ngx_int_t {
+            if out.body(http, core::ptr::null_mut()) == NGX_ERROR as ngx_int_t {
                 return Err(io::Error::other("output filter failed"));
             }
             if http.pending_output() {

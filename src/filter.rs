@@ -1,0 +1,129 @@
+//! `transform_filter`: the response filter module (`ngx_http_transform_filter_module`, in the
+//! same shared object). Its header filter decides whether a response is filtered and starts the
+//! program, holding the header back; its body filter hands the response's buffers to the relay
+//! (`relay::filter`), which sends the program's output to the filters after ours.
+//!
+//! A dynamic module's filters are registered after nginx's own, so ours run first: the program
+//! gets the body as the handler made it, and gzip, sub_filter, SSI, addition and chunked see the
+//! program's output.
+
+use core::ffi::c_void;
+use core::ptr;
+
+use nginx_sys::{
+    ngx_chain_t, ngx_conf_t, ngx_http_request_t, ngx_int_t, ngx_module_t,
+    NGX_HTTP_SERVICE_UNAVAILABLE, NGX_LOG_WARN, NGX_OK,
+};
+
+use crate::child;
+use crate::conf::TransformConf;
+use crate::handler;
+use crate::nginx::filter::{install, Downstream};
+use crate::nginx::{CtxKind, Http};
+use crate::relay::filter as relay_filter;
+use crate::relay::{Transform, Variable};
+
+/// The filter module: this file's filters, with the transform module's configuration.
+pub fn module() -> &'static ngx_module_t {
+    // SAFETY: the static is only written by nginx while loading modules.
+    unsafe { &*ptr::addr_of!(crate::ngx_http_transform_filter_module) }
+}
+
+/// Postconfiguration of the filter module: puts its filters at the top of nginx's chains.
+///
+/// # Safety
+/// nginx calls it once per configuration.
+pub unsafe extern "C" fn init(_cf: *mut ngx_conf_t) -> ngx_int_t {
+    // SAFETY: nginx's contract for postconfiguration.
+    unsafe { install(Some(header_filter), Some(body_filter)) };
+    NGX_OK as ngx_int_t
+}
+
+/// The relay filtering this request's response, or null.
+fn relay(http: Http) -> *mut Transform {
+    http.ctx(module(), CtxKind::Transform).cast()
+}
+
+/// Ties the relay to the request.
+pub fn set_ctx(http: Http, data: *mut c_void) -> bool {
+    http.set_ctx(module(), CtxKind::Transform, data)
+}
+
+/// Whether a filter program takes this request's output (which then cannot bypass the
+/// chain).
+pub fn takes_output(http: Http) -> bool {
+    !relay(http).is_null()
+}
+
+/// A log variable of the filter program (for a request that ran no `transform_exec`).
+pub fn variable(http: Http, which: Variable) -> Option<String> {
+    // SAFETY: null or the request's relay (pool-owned).
+    unsafe { relay(http).as_ref() }.and_then(|t| t.variable(which))
+}
+
+/// Whether this response is one to filter.
+fn wanted(http: Http, conf: &TransformConf) -> bool {
+    conf.filters_status(http.status())
+        && !http.encoded()
+        && !http.header_only()
+        && http.type_in(&conf.filter_types)
+}
+
+unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: nginx calls header filters with a live request.
+    let http = unsafe { Http::from_ptr(r) };
+    let conf: &'static TransformConf = http.loc_conf::<crate::Module>();
+    // (A response already under way here is the error page in place of one that failed.)
+    let filter_finalize = http.with_filter_finalize();
+    let Some(argv) = conf.filter_argv() else {
+        return Downstream::Next.send_header(http);
+    };
+    if filter_finalize || !relay(http).is_null() || !wanted(http, conf) {
+        return Downstream::Next.send_header(http);
+    }
+    let content_type =
+        match handler::evaluate_type(http, conf.filter_type(), "transform_filter_type") {
+            Ok(t) => t,
+            Err(rc) => return http.filter_finalize(module(), rc),
+        };
+    http.clear_body_headers();
+    if let Some(t) = content_type {
+        http.set_content_type(t);
+    }
+    if http.is_head() {
+        // The header of what a GET would get; the program does not run.
+        return Downstream::Next.send_header(http);
+    }
+    let running = child::running();
+    if conf.max_programs > 0 && running >= conf.max_programs as usize {
+        log_error!(
+            NGX_LOG_WARN,
+            http.log(),
+            0,
+            "transform: {running} programs running in this worker (transform_max_programs {}), \
+             response not filtered",
+            conf.max_programs
+        );
+        return http.filter_finalize(module(), NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t);
+    }
+    let launch = match handler::evaluate(http, conf, argv, "transform_filter") {
+        Ok(launch) => launch,
+        Err(rc) => return http.filter_finalize(module(), rc),
+    };
+    match relay_filter::start(http, conf, launch, content_type) {
+        // The header goes out at the commit, with what the program made of the body.
+        Ok(_) => NGX_OK as ngx_int_t,
+        Err(rc) => http.filter_finalize(module(), rc),
+    }
+}
+
+unsafe extern "C" fn body_filter(r: *mut ngx_http_request_t, chain: *mut ngx_chain_t) -> ngx_int_t {
+    // SAFETY: nginx calls body filters with a live request.
+    let http = unsafe { Http::from_ptr(r) };
+    let t = relay(http);
+    if t.is_null() {
+        return Downstream::Next.body(http, chain);
+    }
+    // SAFETY: the request's relay, in its pool.
+    unsafe { (*t).filter_body(chain) }
+}
