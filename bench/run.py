@@ -790,7 +790,8 @@ http {{
     def start_w7_nginx(self, kind, files, upstream_port=None):
         """W7's nginx servers, each in a cgroup of its own: `upstream` serves the files (the
         origin of the proxied source; its CPU is no contestant's), `filter` the module's
-        transform_filter on both sources, `exec` the ceiling (transform_exec /bin/cat FILE).
+        transform_filter on both sources, `exec` the ceiling (transform_exec /bin/cat FILE),
+        `plain` the filter's locations without the filter (for reference).
         Returns the instance, or raises RuntimeError with nginx's complaint."""
         prefix = os.path.join(self.dir, f"w7-{kind}")
         os.makedirs(os.path.join(prefix, "logs"))
@@ -798,16 +799,14 @@ http {{
         www = self.w7_www
         if kind == "upstream":
             server = f"location / {{ root {www}; }}"
-        elif kind == "filter":
+        elif kind in ("filter", "plain"):
+            cat = ("\n            transform_filter /bin/cat;\n            transform_filter_types *;"
+                   if kind == "filter" else "")
             server = f"""location /w7/filter/ {{
-            alias {www}/;
-            transform_filter /bin/cat;
-            transform_filter_types *;
+            alias {www}/;{cat}
         }}
         location /w7/proxy/ {{
-            proxy_pass http://127.0.0.1:{upstream_port}/;
-            transform_filter /bin/cat;
-            transform_filter_types *;
+            proxy_pass http://127.0.0.1:{upstream_port}/;{cat}
         }}"""
         else:
             server = "\n        ".join(
@@ -1563,7 +1562,9 @@ def w6b(s, cg, sizes, inst, rnd):
 W7_FILTER = "module transform_filter /bin/cat"
 W7_APACHE = "Apache mod_ext_filter /bin/cat"
 W7_EXEC = "module transform_exec /bin/cat FILE (ceiling)"
-W7_NAMES = [W7_FILTER, W7_APACHE, W7_EXEC]
+# For reference: what nginx does with the source alone (sendfile; proxy_pass), no filter.
+W7_PLAIN = "nginx without a filter (reference)"
+W7_NAMES = [W7_FILTER, W7_APACHE, W7_EXEC, W7_PLAIN]
 W7_SOURCES = ["static", "proxied"]
 # The slow client: a receive buffer this small (set before connect), a read of 64 KiB every
 # 10 ms; it closes after sizes["w7_slow_s"] seconds.
@@ -1581,7 +1582,8 @@ def w7_label(source, sizes):
 
 def w7_path(name, source, files):
     """The URL path of `source` on contestant `name`: the filter and Apache serve the file (an
-    alias) or proxy the upstream through /bin/cat; the ceiling runs /bin/cat on the file."""
+    alias) or proxy the upstream through /bin/cat (the reference, without it); the ceiling runs
+    /bin/cat on the file."""
     base = os.path.basename(files[source][0])
     if name == W7_EXEC:
         return f"/w7/exec/{base}"
@@ -1611,7 +1613,9 @@ class W7Measure:
     Apache's process both wait for their filter program)."""
 
     def __init__(self, con):
-        self.m = Measure(con, sample=False)
+        # Sampled: the temporary files (nginx spools a proxied response the filter cannot take
+        # as fast as the upstream sends it, with proxy_buffering on).
+        self.m = Measure(con, con.temp, sample=bool(con.temp))
         self.stat0 = stat_cpu(self.m.server)
 
     def finish(self):
@@ -1863,7 +1867,8 @@ def w7_run(s, cg, sizes, files, prefixes):
         up_port = free_port()  # nothing listens: the proxied source errs everywhere
     starts = ((W7_FILTER, lambda: s.start_w7_nginx("filter", files, up_port)),
               (W7_APACHE, lambda: s.start_w7_apache(up_port)),
-              (W7_EXEC, lambda: s.start_w7_nginx("exec", files)))
+              (W7_EXEC, lambda: s.start_w7_nginx("exec", files)),
+              (W7_PLAIN, lambda: s.start_w7_nginx("plain", files, up_port)))
     for name, start in starts:
         try:
             inst = start()
@@ -1904,8 +1909,8 @@ def w7_run(s, cg, sizes, files, prefixes):
     for source in W7_SOURCES:
         for name in W7_NAMES:
             row = {"source": source, "contestant": name, "mb_s": None, "cpu_per_gib": None,
-                   "server_cpu_per_gib": None, "programs_cpu_per_gib": None, "framing": None,
-                   "sha": "n/a", "errors": 0, "first_error": ""}
+                   "server_cpu_per_gib": None, "programs_cpu_per_gib": None, "peak_temp": None,
+                   "framing": None, "sha": "n/a", "errors": 0, "first_error": ""}
             why = problems.get(name) or (problems.get("upstream") if source == "proxied" and
                                          name != W7_EXEC else None)
             if name not in cons:
@@ -1922,6 +1927,8 @@ def w7_run(s, cg, sizes, files, prefixes):
                     server_cpu_per_gib=median(per(r["server_cpu"], r["bytes"], GIB) for r in rs),
                     programs_cpu_per_gib=median(per(r["programs_cpu"], r["bytes"], GIB)
                                                 for r in rs),
+                    # nginx's temporary files (Apache's mod_proxy spools nothing)
+                    peak_temp=max(r["peak_temp"] for r in rs) if cons[name].temp else None,
                     framing=v["framing"], sha=v["sha"], **e)
             out[f"{name}, {w7_label(source, sizes)}"] = row
     slow = {}
@@ -2167,7 +2174,8 @@ def report_w7(res, add, who, ratio):
         "cmd=\"/bin/cat\"`, `SetOutputFilter catfilter`; mod_proxy + mod_proxy_http, "
         "`ProxyIOBufferSize 65536`), the event MPM with one process per CPU (as nginx's workers), "
         "25 threads each, run by nobody in the foreground with a configuration of its own; the "
-        "ceiling: `transform_exec /bin/cat FILE` on the same bytes. The proxied source is an "
+        "ceiling: `transform_exec /bin/cat FILE` on the same bytes; for reference, nginx "
+        "without a filter (the same locations: sendfile, proxy_pass). The proxied source is an "
         "upstream nginx of its own (its CPU is no contestant's). Every response is read whole "
         "once and its SHA-256 checked against the file's before the timed rounds; a timed round "
         "counts the bytes. CPU per GiB: the contestant's server processes and its cat programs "
@@ -2176,8 +2184,8 @@ def report_w7(res, add, who, ratio):
     for name, why in problems.items():
         add(f"**{name} COULD NOT RUN: {why}. Its figures are missing; it counts as an error.**\n")
     add("| contestant | source | MB/s | x filter | CPU s/GiB (server + cat) | x filter | of which "
-        "cat s/GiB | framing | body SHA-256 | errors |")
-    add("|---|---|---:|---:|---:|---:|---:|---|---|---:|")
+        "cat s/GiB | peak temp-file bytes | framing | body SHA-256 | errors |")
+    add("|---|---|---:|---:|---:|---:|---:|---:|---|---|---:|")
     by = {(r["source"], r["contestant"]): r for r in w7r.values()}
     for source in W7_SOURCES:
         mine = by[(source, W7_FILTER)]
@@ -2187,8 +2195,9 @@ def report_w7(res, add, who, ratio):
                 f"{fmt(nan_none(ratio(r['mb_s'], mine['mb_s'])), 2)} | "
                 f"{fmt(r['cpu_per_gib'], 3)} | "
                 f"{fmt(nan_none(ratio(r['cpu_per_gib'], mine['cpu_per_gib'])), 2)} | "
-                f"{fmt(r['programs_cpu_per_gib'], 3)} | {r['framing'] or 'n/a'} | {r['sha']} | "
-                f"{r['errors']} |")
+                f"{fmt(r['programs_cpu_per_gib'], 3)} | "
+                f"{'n/a' if r['peak_temp'] is None else r['peak_temp']} | "
+                f"{r['framing'] or 'n/a'} | {r['sha']} | {r['errors']} |")
     add("")
     add(f"### W7: a slow client ({W7_SLOW_READ // 1024} KiB read every "
         f"{W7_SLOW_PAUSE * 1000:.0f} ms, SO_RCVBUF {W7_SLOW_RCVBUF // 1024} KiB, for "
@@ -2208,7 +2217,7 @@ def report_w7(res, add, who, ratio):
     add("")
     targets = []
     for source in W7_SOURCES:
-        mine, apache, ceiling = (by[(source, n)] for n in W7_NAMES)
+        mine, apache, ceiling = (by[(source, n)] for n in (W7_FILTER, W7_APACHE, W7_EXEC))
         label = w7_label(source, s)
         targets += [
             (f"W7 filter throughput >= 2x Apache mod_ext_filter ({label})",
