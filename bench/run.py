@@ -2168,9 +2168,11 @@ def report_w7(res, add, who, ratio):
     add(f"### W7: a response filter, /bin/cat over a {s['w7'] // MIB} MiB static file and a "
         f"{s['w7_proxy'] // MIB} MiB proxied response (median of {s['w7_rounds']}, the order "
         "reversed every other round)\n")
+    apache = res.get("apache", "?")
+    apache = apache.replace("/", " ") if apache.startswith("Apache/") else f"Apache ({apache})"
     add(f"The module's `transform_filter /bin/cat` (`transform_filter_types *`; the proxied "
-        "response through `proxy_pass` with `proxy_buffering on`, 8 buffers of 64 KiB); Apache "
-        f"{res.get('apache', '?')} with mod_ext_filter (`ExtFilterDefine catfilter mode=output "
+        "response through `proxy_pass` with `proxy_buffering on`, 8 buffers of 64 KiB); "
+        f"{apache} with mod_ext_filter (`ExtFilterDefine catfilter mode=output "
         "cmd=\"/bin/cat\"`, `SetOutputFilter catfilter`; mod_proxy + mod_proxy_http, "
         "`ProxyIOBufferSize 65536`), the event MPM with one process per CPU (as nginx's workers), "
         "25 threads each, run by nobody in the foreground with a configuration of its own; the "
@@ -2180,7 +2182,8 @@ def report_w7(res, add, who, ratio):
         "once and its SHA-256 checked against the file's before the timed rounds; a timed round "
         "counts the bytes. CPU per GiB: the contestant's server processes and its cat programs "
         "(nginx's master and workers, or Apache's processes; its cgroup, or without one "
-        "/proc/<pid>/stat utime+stime+cutime+cstime).\n")
+        "/proc/<pid>/stat utime+stime+cutime+cstime). Apache's filtered static file keeps the "
+        "file's Content-Length (right for cat, whose output is as long).\n")
     for name, why in problems.items():
         add(f"**{name} COULD NOT RUN: {why}. Its figures are missing; it counts as an error.**\n")
     add("| contestant | source | MB/s | x filter | CPU s/GiB (server + cat) | x filter | of which "
