@@ -16,8 +16,12 @@ runs in a file), on the module with transform_store + transform_lock behind try_
 behind proxy_cache + proxy_cache_lock, and fcgiwrap behind fastcgi_cache + fastcgi_cache_lock,
 each round in a fresh nginx (fresh store and caches) on fresh URLs, with one lone cold request of
 each for reference; (b) the same URL again under wrk against nginx serving the same file
-statically, and W1 with and without transform_store. Every load is bounded in time. Every
-workload counts errors; the run exits with status 1 when a contestant erred.
+statically, and W1 with and without transform_store; W7 a response filter: /bin/cat over a
+static file and over a proxied response, on the module's transform_filter, on Apache's
+mod_ext_filter (Apache run by the driver with a configuration of its own) and on the ceiling
+(transform_exec /bin/cat FILE): throughput, CPU per GiB with the cat's, and the worker's RSS under
+a slow client. Every load is bounded in time. Every workload counts errors; the run exits with
+status 1 when a contestant erred. `--only w7` (or any list of w1..w7) runs some workloads only.
 
 CPU: every server runs in a cgroup of its own (cgroup v2, or v1 cpuacct), whose counter includes
 every process in it, also the children nobody reaps (fcgiwrap ignores SIGCHLD, so their time never
@@ -28,10 +32,12 @@ contestant's cgroups (the /proc tree of its servers without cgroups).
 import argparse
 import datetime
 import glob
+import hashlib
 import json
 import math
 import os
 import platform
+import pwd
 import re
 import selectors
 import shutil
@@ -50,6 +56,8 @@ MODULE = os.path.join(ROOT, "target/release/libngx_http_transform_module.so")
 PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 GIB = 1 << 30
 MIB = 1 << 20
+# The workloads, for --only (w6 is W6a and W6b).
+WORKLOADS = ["w1", "w2", "w3", "w4", "w5", "w6", "w7"]
 # wrk's connections in W2 and W5, and the spawns in flight of the posix_spawn ceiling.
 WRK_CONNS = 8
 # The environment of the backends (fcgiwrap, uWSGI), as a service manager (systemd) gives them.
@@ -751,9 +759,196 @@ http {{
         subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-o", os.path.join(self.dir, "inflate.so"),
                         src], check=True, timeout=60)
 
+    # ------------------------------------------------------------ W7: a response filter
+
+    def make_w7_files(self, sizes):
+        """W7's two sources, random bytes (a filter that drops, repeats or reorders any piece
+        changes the SHA-256), written to disk before the load (fsync: no writeback during it):
+        {source: (path, size, sha256)}."""
+        www = os.path.join(self.dir, "w7", "www")
+        os.makedirs(www)
+        for d in (os.path.dirname(www), www):
+            os.chmod(d, 0o755)  # nginx's workers and Apache's processes run as nobody
+        out = {}
+        for source, n in (("static", sizes["w7"]), ("proxied", sizes["w7_proxy"])):
+            path = os.path.join(www, f"{source}-{n}")
+            h = hashlib.sha256()
+            with open(path, "wb") as f:
+                left = n
+                while left:
+                    piece = os.urandom(min(left, MIB))
+                    h.update(piece)
+                    f.write(piece)
+                    left -= len(piece)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(path, 0o644)
+            out[source] = (path, n, h.hexdigest())
+        self.w7_www = www
+        return out
+
+    def start_w7_nginx(self, kind, files, upstream_port=None):
+        """W7's nginx servers, each in a cgroup of its own: `upstream` serves the files (the
+        origin of the proxied source; its CPU is no contestant's), `filter` the module's
+        transform_filter on both sources, `exec` the ceiling (transform_exec /bin/cat FILE),
+        `plain` the filter's locations without the filter (for reference).
+        Returns the instance, or raises RuntimeError with nginx's complaint."""
+        prefix = os.path.join(self.dir, f"w7-{kind}")
+        os.makedirs(os.path.join(prefix, "logs"))
+        port = free_port()
+        www = self.w7_www
+        if kind == "upstream":
+            server = f"location / {{ root {www}; }}"
+        elif kind in ("filter", "plain"):
+            cat = ("\n            transform_filter /bin/cat;\n            transform_filter_types *;"
+                   if kind == "filter" else "")
+            server = f"""location /w7/filter/ {{
+            alias {www}/;{cat}
+        }}
+        location /w7/proxy/ {{
+            proxy_pass http://127.0.0.1:{upstream_port}/;{cat}
+        }}"""
+        else:
+            server = "\n        ".join(
+                f"location = /w7/exec/{os.path.basename(p)} {{ transform_exec /bin/cat {p}; }}"
+                for p, _, _ in files.values())
+        conf = f"""
+{"" if kind == "upstream" else f"load_module {MODULE};"}
+worker_processes {self.workers};
+error_log {prefix}/logs/error.log warn;
+pid {prefix}/nginx.pid;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    # proxy_buffering on (the default), in 8 buffers of 64 KiB as the other contestants' (and
+    # Apache's ProxyIOBufferSize below).
+    proxy_buffer_size 64k;
+    proxy_buffers 8 64k;
+    server {{
+        listen 127.0.0.1:{port};
+        {server}
+    }}
+}}
+"""
+        path = os.path.join(prefix, "nginx.conf")
+        with open(path, "w") as f:
+            f.write(conf)
+        # nginx -t first: a configuration it refuses (a directive it does not know) is said in
+        # the report, not only on the terminal.
+        t = subprocess.run([self.nginx, "-t", "-q", "-p", prefix, "-c", path],
+                           capture_output=True, text=True, timeout=60)
+        if t.returncode != 0:
+            said = [line for line in t.stderr.splitlines() if "[emerg]" in line] or \
+                [line for line in t.stderr.splitlines() if line.strip()]
+            raise RuntimeError(f"nginx ({kind}) refused its configuration: "
+                               + (said[-1] if said else f"exit status {t.returncode}"))
+        try:
+            inst = self.launch_nginx(f"w7-{kind}", prefix, conf, port)
+        except (subprocess.SubprocessError, OSError, RuntimeError) as e:
+            raise RuntimeError(f"nginx ({kind}) did not start: {nginx_complaint(prefix) or e}")
+        inst["temp"] = [os.path.join(prefix, t) for t in ("proxy_temp", "client_body_temp")]
+        return inst
+
+    def start_w7_apache(self, upstream_port):
+        """Apache 2.4 with mod_ext_filter on the same file and, through mod_proxy, the same
+        upstream, run in the foreground by nobody (when the run is root's) with a configuration
+        of its own. Sizing as nginx's: the event MPM with one process per CPU (StartServers =
+        ServerLimit = the CPUs, never more, never fewer: spare-thread limits that never start
+        or stop one), each with 25 threads (W7 runs one request at a time); sendfile and mmap on
+        (the default; nginx has sendfile on); no access log (nginx has access_log off);
+        keep-alive on (the default; every client of W7 sends Connection: close); mod_proxy reads
+        the upstream in 64 KiB (ProxyIOBufferSize, as nginx's proxy_buffers of 64 KiB). Returns
+        the instance, or raises RuntimeError saying why it did not start."""
+        binary = shutil.which("apache2", path=SERVICE_ENV["PATH"])
+        if not binary:
+            raise RuntimeError("apache2 is not installed (ci/bench installs it with "
+                               "BENCH_PACKAGES of ci/lib.sh)")
+        modules = "/usr/lib/apache2/modules"
+        d = os.path.join(self.dir, "w7-apache")
+        os.makedirs(d)
+        drop = []
+        if os.geteuid() == 0:  # unprivileged: its own files are nobody's
+            nobody = pwd.getpwnam("nobody")
+            os.chown(d, nobody.pw_uid, nobody.pw_gid)
+            drop = [tool("setpriv"), f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}",
+                    "--clear-groups", "--"]
+        port = free_port()
+        threads = 25
+        load = "\n".join(f"LoadModule {m}_module {modules}/mod_{m}.so" for m in
+                         ("mpm_event", "authz_core", "alias", "ext_filter", "proxy", "proxy_http"))
+        conf = f"""
+ServerRoot {d}
+ServerName localhost
+Listen 127.0.0.1:{port}
+PidFile {d}/httpd.pid
+DefaultRuntimeDir {d}
+ErrorLog {d}/error.log
+LogLevel warn
+{load}
+StartServers {self.workers}
+ServerLimit {self.workers}
+ThreadsPerChild {threads}
+MaxRequestWorkers {self.workers * threads}
+MinSpareThreads {threads}
+MaxSpareThreads {self.workers * threads}
+MaxConnectionsPerChild 0
+EnableSendfile On
+EnableMMAP On
+ProxyIOBufferSize 65536
+ExtFilterDefine catfilter mode=output cmd="/bin/cat"
+Alias /w7/filter/ {self.w7_www}/
+<Directory {self.w7_www}>
+    Require all granted
+    SetOutputFilter catfilter
+</Directory>
+<Location /w7/proxy/>
+    ProxyPass http://127.0.0.1:{upstream_port}/
+    SetOutputFilter catfilter
+</Location>
+"""
+        path = os.path.join(d, "httpd.conf")
+        with open(path, "w") as f:
+            f.write(conf)
+        out = open(os.path.join(d, "stderr"), "w")
+        p = self.spawn("apache-w7", [*drop, binary, "-DFOREGROUND", "-f", path], env=SERVICE_ENV,
+                       stdout=out, stderr=out)
+        end = time.time() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                pass
+            if p.poll() is not None or time.time() > end:
+                tail = ""
+                for name in ("stderr", "error.log"):
+                    try:
+                        with open(os.path.join(d, name)) as f:
+                            tail += f.read()[-600:]
+                    except OSError:
+                        pass
+                raise RuntimeError(f"apache2 did not start (exit status {p.poll()}): "
+                                   + " | ".join(tail.strip().splitlines()[-4:]))
+            time.sleep(0.05)
+        self.apache_dir = d
+        return {"port": port, "proc": p, "group": "apache-w7", "dir": d}
+
 
 def nginx_workers(master):
     return children(master)
+
+
+def nginx_complaint(prefix):
+    """The last [emerg], [alert] or [crit] line of the error log in `prefix`, or ""."""
+    try:
+        with open(os.path.join(prefix, "logs", "error.log")) as f:
+            bad = [line.strip() for line in f
+                   if any(level in line for level in ("[alert]", "[crit]", "[emerg]"))]
+    except OSError:
+        return ""
+    return bad[-1] if bad else ""
 
 
 # ---------------------------------------------------------------- workloads
@@ -821,60 +1016,86 @@ def run(args, cg):
         "w4": 4 * MIB if quick else 16 * MIB,
         "wrk_rounds": 1 if quick else 3,
         "w6_rounds": 1 if quick else 3,
+        "w7": 64 * MIB if quick else GIB,
+        "w7_proxy": 32 * MIB if quick else 256 * MIB,
+        "w7_rounds": 2 if quick else 4,
+        "w7_slow_s": 1 if quick else 3,
+        # The slow client's runs: (contestant, source).
+        "w7_slow": [(W7_FILTER, "static"), (W7_FILTER, "proxied"), (W7_APACHE, "static")] +
+                   ([] if quick else [(W7_APACHE, "proxied"), (W7_EXEC, "static")]),
     }
+    only = args.only
     s = Servers(cg, max(WRK_CONNS, sizes["w4_conns"]))
-    results = {"sizes": sizes, "config": s.config()}
+    results = {"sizes": sizes, "config": s.config(), "only": sorted(only), "steal": {}}
     try:
-        s.build_inflate()
-        s.start_backends()
-        s.make_static({sizes["w1"], sizes["w4"]})
-        main = s.start_nginx("main")
-        big = s.start_nginx("inflated", inflate_mb=1024)
-        base = f"http://127.0.0.1:{main['port']}"
-        ng = main["group"]
-        master = lambda: [main["master"]]  # noqa: E731
-
-        def con(name, path, groups=(), roots=lambda: [], temp=main["temp"]):
-            return Contestant(cg, name, base, path, [ng, *groups], lambda: master() + roots(),
-                              temp)
-        c = {
-            "module (splice)": con("module (splice)", "/module/"),
-            "module (buffered)": con("module (buffered)", "/buffered/"),
-            "module (splice), write() producer": con("module (splice), write() producer",
-                                                     "/module-write/"),
-            "module (buffered), write() producer": con("module (buffered), write() producer",
-                                                       "/buffered-write/"),
-            "nginx static sendfile": con("nginx static sendfile", "/static/"),
-            "fcgiwrap (buffering on)": con("fcgiwrap (buffering on)", "/fcgi/", ["fcgiwrap"],
-                                           lambda: [s.fcgiwrap.pid]),
-            "fcgiwrap (buffering off)": con("fcgiwrap (buffering off)", "/fcgi-off/",
-                                            ["fcgiwrap"], lambda: [s.fcgiwrap.pid]),
-            "uWSGI Python app": con("uWSGI Python app", "/uwsgi/", ["uwsgi"],
-                                    lambda: [s.uwsgi.pid]),
-            "standalone splice relay": Contestant(
-                cg, "standalone splice relay", f"http://127.0.0.1:{s.relay_ports['splice']}", "/",
-                ["relay-splice"], lambda: [s.relay_splice.pid]),
-            "standalone read/write relay": Contestant(
-                cg, "standalone read/write relay", f"http://127.0.0.1:{s.relay_ports['rw']}", "/",
-                ["relay-rw"], lambda: [s.relay_rw.pid]),
-        }
-        results["steal"] = {}
-        for w, fn in (("w1", lambda: w1(s, c, sizes)), ("w2", lambda: w2(cg, c, sizes)),
-                      ("w3", lambda: w3(c, sizes)), ("w4", lambda: w4(c, sizes)),
-                      ("w5", lambda: w5(sizes, main, big))):
+        if only & {"w1", "w2", "w3", "w4", "w5", "w6"}:
+            run_w1_to_w6(s, cg, sizes, only, results)
+        if "w7" in only:
             before = cpu_times()
-            results[w] = fn()
-            results["steal"][w] = steal_since(before)
-            log(f"{w.upper()}: {results['steal'][w]:.1f}% of the CPU time stolen by the host")
-        before = cpu_times()
-        results["w6a"], results["w6b"], results["w6_alerts"] = w6(s, cg, sizes)
-        results["steal"]["w6"] = steal_since(before)
-        log(f"W6: {results['steal']['w6']:.1f}% of the CPU time stolen by the host")
+            s.w7_alerts = []
+            try:
+                results["w7"], results["w7_slow"], results["w7_problems"] = w7(s, cg, sizes)
+            finally:
+                results["w7_alerts"] = s.w7_alerts
+            results["apache"] = apache_version()
+            results["steal"]["w7"] = steal_since(before)
+            log(f"W7: {results['steal']['w7']:.1f}% of the CPU time stolen by the host")
         results["method"] = method(cg)
     finally:
         s.stop_nginx()
         s.stop()
     return results
+
+
+def run_w1_to_w6(s, cg, sizes, only, results):
+    """W1..W6 (those in `only`), on the main nginx, its inflated twin and the backends."""
+    s.build_inflate()
+    s.start_backends()
+    s.make_static({sizes["w1"], sizes["w4"]})
+    main = s.start_nginx("main")
+    big = s.start_nginx("inflated", inflate_mb=1024)
+    base = f"http://127.0.0.1:{main['port']}"
+    ng = main["group"]
+    master = lambda: [main["master"]]  # noqa: E731
+
+    def con(name, path, groups=(), roots=lambda: [], temp=main["temp"]):
+        return Contestant(cg, name, base, path, [ng, *groups], lambda: master() + roots(),
+                          temp)
+    c = {
+        "module (splice)": con("module (splice)", "/module/"),
+        "module (buffered)": con("module (buffered)", "/buffered/"),
+        "module (splice), write() producer": con("module (splice), write() producer",
+                                                 "/module-write/"),
+        "module (buffered), write() producer": con("module (buffered), write() producer",
+                                                   "/buffered-write/"),
+        "nginx static sendfile": con("nginx static sendfile", "/static/"),
+        "fcgiwrap (buffering on)": con("fcgiwrap (buffering on)", "/fcgi/", ["fcgiwrap"],
+                                       lambda: [s.fcgiwrap.pid]),
+        "fcgiwrap (buffering off)": con("fcgiwrap (buffering off)", "/fcgi-off/",
+                                        ["fcgiwrap"], lambda: [s.fcgiwrap.pid]),
+        "uWSGI Python app": con("uWSGI Python app", "/uwsgi/", ["uwsgi"],
+                                lambda: [s.uwsgi.pid]),
+        "standalone splice relay": Contestant(
+            cg, "standalone splice relay", f"http://127.0.0.1:{s.relay_ports['splice']}", "/",
+            ["relay-splice"], lambda: [s.relay_splice.pid]),
+        "standalone read/write relay": Contestant(
+            cg, "standalone read/write relay", f"http://127.0.0.1:{s.relay_ports['rw']}", "/",
+            ["relay-rw"], lambda: [s.relay_rw.pid]),
+    }
+    for w, fn in (("w1", lambda: w1(s, c, sizes)), ("w2", lambda: w2(cg, c, sizes)),
+                  ("w3", lambda: w3(c, sizes)), ("w4", lambda: w4(c, sizes)),
+                  ("w5", lambda: w5(sizes, main, big))):
+        if w not in only:
+            continue
+        before = cpu_times()
+        results[w] = fn()
+        results["steal"][w] = steal_since(before)
+        log(f"{w.upper()}: {results['steal'][w]:.1f}% of the CPU time stolen by the host")
+    if "w6" in only:
+        before = cpu_times()
+        results["w6a"], results["w6b"], results["w6_alerts"] = w6(s, cg, sizes)
+        results["steal"]["w6"] = steal_since(before)
+        log(f"W6: {results['steal']['w6']:.1f}% of the CPU time stolen by the host")
 
 
 def method(cg):
@@ -1336,6 +1557,403 @@ def w6b(s, cg, sizes, inst, rnd):
     return out
 
 
+# ---------------------------------------------------------------- W7: a response filter
+
+W7_FILTER = "module transform_filter /bin/cat"
+W7_APACHE = "Apache mod_ext_filter /bin/cat"
+W7_EXEC = "module transform_exec /bin/cat FILE (ceiling)"
+# For reference: what nginx does with the source alone (sendfile; proxy_pass), no filter.
+W7_PLAIN = "nginx without a filter (reference)"
+W7_NAMES = [W7_FILTER, W7_APACHE, W7_EXEC, W7_PLAIN]
+W7_SOURCES = ["static", "proxied"]
+# The slow client: a receive buffer this small (set before connect), a read of 64 KiB every
+# 10 ms; it closes after sizes["w7_slow_s"] seconds.
+W7_SLOW_RCVBUF = 16 * 1024
+W7_SLOW_READ = 64 * 1024
+W7_SLOW_PAUSE = 0.01
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def w7_label(source, sizes):
+    if source == "static":
+        return f"{sizes['w7'] // MIB} MiB static file"
+    return f"{sizes['w7_proxy'] // MIB} MiB proxied response"
+
+
+def w7_path(name, source, files):
+    """The URL path of `source` on contestant `name`: the filter and Apache serve the file (an
+    alias) or proxy the upstream through /bin/cat (the reference, without it); the ceiling runs
+    /bin/cat on the file."""
+    base = os.path.basename(files[source][0])
+    if name == W7_EXEC:
+        return f"/w7/exec/{base}"
+    return f"/w7/filter/{base}" if source == "static" else f"/w7/proxy/{base}"
+
+
+def stat_cpu(pids):
+    """{pid: (own, reaped children's)} CPU seconds from /proc/<pid>/stat: utime+stime, and
+    cutime+cstime."""
+    out = {}
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        ut, st, cut, cst = (int(x) for x in fields[11:15])  # fields 14..17 of proc(5)
+        out[p] = ((ut + st) / CLK_TCK, (cut + cst) / CLK_TCK)
+    return out
+
+
+class W7Measure:
+    """A contestant's CPU over one W7 load, the cat programs' included: with cgroups, Measure's
+    (server CPU: the run time of the processes that existed before the load; programs' CPU: the
+    rest of the cgroup's growth, the cat from its fork); without, the server processes'
+    /proc/<pid>/stat, whose cutime+cstime is the cat programs they reaped (nginx's worker and
+    Apache's process both wait for their filter program)."""
+
+    def __init__(self, con):
+        # Sampled: the temporary files (nginx spools a proxied response the filter cannot take
+        # as fast as the upstream sends it, with proxy_buffering on).
+        self.m = Measure(con, con.temp, sample=bool(con.temp))
+        self.stat0 = stat_cpu(self.m.server)
+
+    def finish(self):
+        f = self.m.finish()
+        if f["programs_cpu"] is None:
+            stat1 = stat_cpu(self.m.server)
+            f["programs_cpu"] = sum(stat1[p][1] - self.stat0[p][1] for p in stat1
+                                    if p in self.stat0)
+        return f
+
+
+def w7_fetch(url, timeout=60):
+    """One GET read to its end by a plain client (Connection: close): (status, framing, body
+    bytes, the body's SHA-256); ValueError when the body is cut or its framing is broken."""
+    hostport, path = url[len("http://"):].split("/", 1)
+    host, port = hostport.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(f"GET /{path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n"
+                     .encode())
+        f = sock.makefile("rb", buffering=MIB)
+        status = int(f.readline().split()[1])
+        headers = {}
+        while True:
+            line = f.readline()
+            if line in (b"\r\n", b"\n", b""):
+                break
+            k, v = line.decode("latin-1").split(":", 1)
+            headers[k.strip().lower()] = v.strip()
+        h, total = hashlib.sha256(), 0
+
+        def take(n):
+            nonlocal total
+            while n:
+                piece = f.read(min(n, MIB))
+                if not piece:
+                    raise ValueError(f"cut after {total} body bytes")
+                h.update(piece)
+                total += len(piece)
+                n -= len(piece)
+
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            framing = "chunked"
+            while True:
+                line = f.readline()
+                if not line.endswith(b"\r\n"):
+                    raise ValueError(f"cut after {total} body bytes (chunked)")
+                size = int(line.split(b";")[0], 16)
+                if size == 0:
+                    while True:  # trailers, then the empty line
+                        line = f.readline()
+                        if line == b"\r\n":
+                            break
+                        if not line:
+                            raise ValueError("no CRLF after the last chunk")
+                    break
+                take(size)
+                if f.read(2) != b"\r\n":
+                    raise ValueError(f"no CRLF after a chunk, at {total} body bytes")
+        elif "content-length" in headers:
+            framing = "Content-Length"
+            take(int(headers["content-length"]))
+        else:
+            framing = "close"
+            while True:
+                piece = f.read(MIB)
+                if not piece:
+                    break
+                h.update(piece)
+                total += len(piece)
+    return status, framing, total, h.hexdigest()
+
+
+def w7_verify(url, n, sha):
+    """The whole body, checked: its length and its SHA-256 against the file's."""
+    try:
+        status, framing, total, digest = w7_fetch(url)
+    except (OSError, ValueError) as e:
+        return {"errors": 1, "first_error": f"checked GET: {e}", "framing": None, "sha": "n/a"}
+    err = ""
+    if status != 200:
+        err = f"status {status}"
+    elif total != n:
+        err = f"a body of {total} bytes, not {n}"
+    elif digest != sha:
+        err = "the body's SHA-256 is not the file's"
+    return {"errors": int(bool(err)), "first_error": err, "framing": framing,
+            "sha": "n/a" if status != 200 or total != n else ("ok" if digest == sha else "differs")}
+
+
+def w7_once(con, url, n):
+    m = W7Measure(con)
+    try:
+        r = get(url, expect=n)
+        time.sleep(0.2)  # the cat exits
+    finally:
+        figures = m.finish()
+    r.update(figures)
+    return r
+
+
+def response_prefix(raw):
+    """(status, the body's first bytes) of the start of a response (chunked or not)."""
+    head_end = raw.find(b"\r\n\r\n")
+    if head_end < 0:
+        raise ValueError(f"no complete header in {len(raw)} bytes")
+    lines = bytes(raw[:head_end]).decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    chunked = any(line.lower().startswith("transfer-encoding:") and "chunked" in line.lower()
+                  for line in lines[1:])
+    pos = head_end + 4
+    if not chunked:
+        return status, bytes(raw[pos:])
+    body = bytearray()
+    while True:
+        eol = raw.find(b"\r\n", pos)
+        if eol < 0:
+            break
+        size = int(bytes(raw[pos:eol]).split(b";")[0], 16)
+        if size == 0:
+            break
+        start = eol + 2
+        body += raw[start:start + size]
+        if len(raw) < start + size + 2:
+            break
+        pos = start + size + 2
+    return status, bytes(body)
+
+
+def w7_slow(con, url, path, seconds):
+    """A client reading slowly (W7_SLOW_*) for `seconds`, then closing: the RSS of each of the
+    contestant's server processes (those that exist before it: nginx's master and workers,
+    Apache's processes; not the cat), sampled every 10 ms by a high-priority thread, its peak
+    growth over its RSS before (the largest: the process serving the client), the peak of the
+    temporary files they hold, and what the client got (checked against the file's first bytes);
+    then whether the cat went away after the client did."""
+    server = con.pids()
+    before = {p: rss_kib(p) for p in server}
+    peak = dict(before)
+    peak_temp = 0
+    stop = threading.Event()
+
+    def sample():
+        nonlocal peak_temp
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), -20)
+        except OSError:
+            pass
+        while not stop.is_set():
+            for p in server:
+                peak[p] = max(peak[p], rss_kib(p))
+            if con.temp:
+                peak_temp = max(peak_temp, temp_bytes(server, con.temp))
+            stop.wait(0.01)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    raw, err = bytearray(), ""
+    hostport, rest = url[len("http://"):].split("/", 1)
+    start = time.monotonic()
+    try:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, W7_SLOW_RCVBUF)
+            sock.settimeout(10)
+            host, port = hostport.rsplit(":", 1)
+            sock.connect((host, int(port)))
+            sock.sendall(f"GET /{rest} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n"
+                         .encode())
+            while time.monotonic() - start < seconds:
+                piece = sock.recv(W7_SLOW_READ)
+                if not piece:
+                    break
+                raw += piece
+                time.sleep(W7_SLOW_PAUSE)
+    except OSError as e:
+        err = f"slow client: {e}"
+    took = time.monotonic() - start
+    time.sleep(0.2)  # what the server does once the client is gone counts too
+    stop.set()
+    sampler.join()
+    # The client went away: its cat must go too.
+    end = time.time() + 3
+    left = [p for p in con.pids() if p not in before]
+    while left and time.time() < end:
+        time.sleep(0.05)
+        left = [p for p in con.pids() if p not in before]
+    if not err:
+        try:
+            status, body = response_prefix(raw)
+            with open(path, "rb") as f:
+                want = f.read(len(body))
+            if status != 200:
+                err = f"status {status}"
+            elif not body:
+                err = "no body byte received"
+            elif body != want:
+                err = f"the first {len(body)} body bytes are not the file's"
+        except ValueError as e:
+            err = str(e)
+    growth = max((peak[p] - before[p] for p in server), default=0) / 1024.0
+    return {"rss_growth_mib": growth, "peak_temp": peak_temp, "bytes": len(raw),
+            "mb_s": len(raw) / took / 1e6, "left": len(left), "errors": int(bool(err)),
+            "first_error": err}
+
+
+def w7(s, cg, sizes):
+    """W7: a response filter: /bin/cat over a static file and over a proxied response (from an
+    upstream nginx of its own, in a cgroup of its own: its CPU is no contestant's), on the
+    module's transform_filter, on Apache's mod_ext_filter (mod_proxy for the proxied one), and
+    on the ceiling: transform_exec /bin/cat FILE. Each response is first read whole and its
+    SHA-256 checked against the file's, then the contestants run in alternating rounds (the
+    order reversed every other round; medians reported), then a slow client reads the filtered
+    responses."""
+    files = s.make_w7_files(sizes)
+    prefixes = []
+    try:
+        return w7_run(s, cg, sizes, files, prefixes)
+    finally:
+        # Stopped together (a graceful quit takes nginx a second or two), then nginx's
+        # complaints are read, at its stop too.
+        stops = [threading.Thread(target=s.stop_nginx_at, args=(prefix,)) for prefix in prefixes
+                 if prefix in s.nginx_prefixes]
+        for t in stops:
+            t.start()
+        for t in stops:
+            t.join()
+        alerts = []
+        for prefix in prefixes:
+            try:
+                with open(os.path.join(prefix, "logs", "error.log")) as f:
+                    alerts += [f"{os.path.basename(prefix)}: {line.rstrip()}" for line in f
+                               if any(x in line for x in ("[alert]", "[crit]", "[emerg]"))]
+            except OSError:
+                pass
+        for line in alerts:
+            log(f"W7 nginx: {line}")
+        s.w7_alerts = alerts
+
+
+def w7_run(s, cg, sizes, files, prefixes):
+    problems = {}  # contestant (or "upstream") -> why it could not run
+    cons = {}
+    up_port = None
+    try:
+        up = s.start_w7_nginx("upstream", files)
+        prefixes.append(up["prefix"])
+        up_port = up["port"]
+    except RuntimeError as e:
+        problems["upstream"] = str(e)
+        up_port = free_port()  # nothing listens: the proxied source errs everywhere
+    starts = ((W7_FILTER, lambda: s.start_w7_nginx("filter", files, up_port)),
+              (W7_APACHE, lambda: s.start_w7_apache(up_port)),
+              (W7_EXEC, lambda: s.start_w7_nginx("exec", files)),
+              (W7_PLAIN, lambda: s.start_w7_nginx("plain", files, up_port)))
+    for name, start in starts:
+        try:
+            inst = start()
+        except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+            problems[name] = str(e)
+            log(f"W7 {name}: COULD NOT RUN: {e}")
+            continue
+        base = f"http://127.0.0.1:{inst['port']}"
+        if "prefix" in inst:
+            prefixes.append(inst["prefix"])
+        if name == W7_APACHE:
+            cons[name] = Contestant(cg, name, base, "", [inst["group"]],
+                                    lambda p=inst["proc"].pid: [p])
+        else:
+            cons[name] = Contestant(cg, name, base, "", [inst["group"]],
+                                    lambda m=inst["master"]: [m], inst["temp"])
+    checked, runs = {}, {}
+    for source in W7_SOURCES:
+        path, n, sha = files[source]
+        for name in W7_NAMES:
+            if name in cons:
+                v = w7_verify(cons[name].base + w7_path(name, source, files), n, sha)
+                checked[(source, name)] = v
+                log(f"W7 {name}, {w7_label(source, sizes)}: checked GET: {v['framing']}, SHA-256 "
+                    f"{v['sha']}{', ' + v['first_error'] if v['errors'] else ''}")
+    for rnd in range(sizes["w7_rounds"]):
+        order = W7_NAMES if rnd % 2 == 0 else W7_NAMES[::-1]
+        for source in W7_SOURCES:
+            path, n, sha = files[source]
+            for name in order:
+                if name not in cons:
+                    continue
+                r = w7_once(cons[name], cons[name].base + w7_path(name, source, files), n)
+                runs.setdefault((source, name), []).append(r)
+                log(f"W7 {name}, {w7_label(source, sizes)}: {r['bytes'] / r['seconds'] / 1e6:.0f}"
+                    f" MB/s, {r['errors']} errors")
+    out = {}
+    for source in W7_SOURCES:
+        for name in W7_NAMES:
+            row = {"source": source, "contestant": name, "mb_s": None, "cpu_per_gib": None,
+                   "server_cpu_per_gib": None, "programs_cpu_per_gib": None, "peak_temp": None,
+                   "framing": None, "sha": "n/a", "errors": 0, "first_error": ""}
+            why = problems.get(name) or (problems.get("upstream") if source == "proxied" and
+                                         name != W7_EXEC else None)
+            if name not in cons:
+                row.update(errors=1, first_error=f"did not run: {why}")
+            else:
+                rs = runs.get((source, name), [])
+                v = checked[(source, name)]
+                e = errors_of(rs + [v])
+                total = [None if r["programs_cpu"] is None else r["server_cpu"] + r["programs_cpu"]
+                         for r in rs]
+                row.update(
+                    mb_s=statistics.median(r["bytes"] / r["seconds"] / 1e6 for r in rs),
+                    cpu_per_gib=median(per(t, r["bytes"], GIB) for t, r in zip(total, rs)),
+                    server_cpu_per_gib=median(per(r["server_cpu"], r["bytes"], GIB) for r in rs),
+                    programs_cpu_per_gib=median(per(r["programs_cpu"], r["bytes"], GIB)
+                                                for r in rs),
+                    # nginx's temporary files (Apache's mod_proxy spools nothing)
+                    peak_temp=max(r["peak_temp"] for r in rs) if cons[name].temp else None,
+                    framing=v["framing"], sha=v["sha"], **e)
+            out[f"{name}, {w7_label(source, sizes)}"] = row
+    slow = {}
+    for name, source in sizes["w7_slow"]:
+        key = f"{name}, {w7_label(source, sizes)}"
+        if name not in cons:
+            slow[key] = {"source": source, "contestant": name, "rss_growth_mib": None,
+                         "peak_temp": None, "bytes": 0, "mb_s": None, "left": None, "errors": 1,
+                         "first_error": f"did not run: {problems.get(name)}"}
+            continue
+        path = files[source][0]
+        r = w7_slow(cons[name], cons[name].base + w7_path(name, source, files), path,
+                    sizes["w7_slow_s"])
+        if r["left"] and name != W7_APACHE:  # the module must stop the program of a client gone
+            r["errors"] += 1
+            r["first_error"] = r["first_error"] or (
+                f"{r['left']} program(s) still running 3 s after the client went away")
+        r.update(source=source, contestant=name)
+        slow[key] = r
+        log(f"W7 slow client, {key}: RSS +{r['rss_growth_mib']:.1f} MiB, temp {r['peak_temp']} "
+            f"B, {r['mb_s']:.1f} MB/s, {r['left']} program(s) left, {r['errors']} errors"
+            f"{' (' + r['first_error'] + ')' if r['errors'] else ''}")
+    return out, slow, problems
+
+
 # ---------------------------------------------------------------- report
 
 def verdict(ok):
@@ -1349,162 +1967,190 @@ def fmt(value, digits):
 def erred(res):
     """(workload, contestant, errors, first error) of every contestant that erred."""
     out = []
-    for w in ("w1", "w2", "w3", "w4", "w5", "w6a", "w6b"):
-        for name, r in res[w].items():
+    for w in ("w1", "w2", "w3", "w4", "w5", "w6a", "w6b", "w7", "w7_slow"):
+        for name, r in res.get(w, {}).items():
             if r["errors"]:
-                out.append((w.upper(), name, r["errors"], r["first_error"]))
-    if res.get("w6_alerts"):
-        out.append(("W6", "nginx's error log ([alert], [crit], [emerg] lines)",
-                    len(res["w6_alerts"]), res["w6_alerts"][0]))
+                out.append((w.upper().replace("_SLOW", " slow client"), name, r["errors"],
+                            r["first_error"]))
+    for w in ("w6", "w7"):
+        if res.get(f"{w}_alerts"):
+            out.append((w.upper(), "nginx's error log ([alert], [crit], [emerg] lines)",
+                        len(res[f"{w}_alerts"]), res[f"{w}_alerts"][0]))
     return out
 
 
 def report(res):
     s = res["sizes"]
-    w1r, w2r, w3r, w4r, w5r = res["w1"], res["w2"], res["w3"], res["w4"], res["w5"]
-    relay = w1r["standalone splice relay"]
-    mod = w1r["module (splice)"]
     lines = []
     add = lines.append
+    targets = []
+    # A contestant that erred may have moved nothing.
+    ratio = lambda a, b: math.nan if a is None or b is None else a / max(b, 1e-9)  # noqa: E731
 
     def who(name, r):  # a contestant that erred is flagged
         return f"{name} (**erred**)" if r["errors"] else name
 
     cfg, m = res["config"], res["method"]
     add("Method:\n")
-    add(f"- sizing: nginx {cfg['nginx_workers']} workers; uWSGI {cfg['uwsgi_processes']} "
-        f"processes x {cfg['uwsgi_threads']} threads; fcgiwrap {cfg['fcgiwrap_processes']} "
-        "processes (one request each); fcgiwrap runs the producer as its CGI program (it writes "
-        "its own header): one exec per request for every contestant")
+    if "w1" in res or "w4" in res:
+        add(f"- sizing: nginx {cfg['nginx_workers']} workers; uWSGI {cfg['uwsgi_processes']} "
+            f"processes x {cfg['uwsgi_threads']} threads; fcgiwrap {cfg['fcgiwrap_processes']} "
+            "processes (one request each); fcgiwrap runs the producer as its CGI program (it "
+            "writes its own header): one exec per request for every contestant")
     add(f"- CPU: {m['cpu']}")
-    add(f"- RSS: {m['rss']}")
-    add("- errors: failed or short responses (W1, W3, W4: bytes and MB/s are those received); "
-        "wrk's socket errors and non-2xx/3xx responses (W2, W5)\n")
+    if any(w in res for w in ("w1", "w2", "w3", "w4", "w5", "w6a")):
+        add(f"- RSS: {m['rss']}")
+    add("- errors: failed or short responses (W1, W3, W4, W7: bytes and MB/s are those "
+        "received; W7 also a body whose SHA-256 is not the file's); wrk's socket errors and "
+        "non-2xx/3xx responses (W2, W5)\n")
+    if res.get("only") and set(res["only"]) != set(WORKLOADS):
+        add(f"Workloads of this run: {', '.join(w.upper() for w in res['only'])} (`--only`).\n")
     steal = ", ".join(f"{w.upper()} {v:.1f}%" for w, v in res["steal"].items())
     add(f"CPU time taken by the hypervisor (steal) during each workload: {steal}. Figures from a "
         "workload with more than a few percent are disturbed.\n")
-    add(f"### W1: one stream of {s['w1'] // MIB} MiB (median of {s['w1_rounds']})\n")
-    add("| contestant | MB/s | x module | server CPU s/GiB | programs CPU s/GiB | errors |")
-    add("|---|---:|---:|---:|---:|---:|")
-    for name, r in w1r.items():
-        add(f"| {who(name, r)} | {r['mb_s']:.0f} | {r['mb_s'] / max(mod['mb_s'], 1e-9):.2f} | "
-            f"{fmt(r['server_cpu_per_gib'], 3)} | {fmt(r['programs_cpu_per_gib'], 3)} | "
-            f"{r['errors']} |")
-    add("")
-    add(f"### W2: a 16-byte program under wrk ({WRK_CONNS} connections, {s['w2_seconds']} s, "
-        f"median of {s['wrk_rounds']})\n")
-    add("| contestant | requests/s | p99 ms | server CPU ms/req | programs CPU ms/req | errors |")
-    add("|---|---:|---:|---:|---:|---:|")
-    for name, r in w2r.items():
-        add(f"| {who(name, r)} | {r['rps']:.0f} | {r['p99_ms']:.2f} | "
-            f"{fmt(r['server_cpu_ms_per_req'], 3)} | {fmt(r['programs_cpu_ms_per_req'], 3)} | "
-            f"{r['errors']} |")
-    add("")
-    add(f"### W3: a client reading {s['w3'] // MIB} MiB at 20 MB/s\n")
-    add("| contestant | server RSS growth MiB | RSS growth with programs MiB | peak temp-file "
-        "bytes | MB/s received | errors |")
-    add("|---|---:|---:|---:|---:|---:|")
-    for name, r in w3r.items():
-        add(f"| {who(name, r)} | {r['server_rss_mib']:.1f} | {r['all_rss_mib']:.1f} | "
-            f"{r['temp_bytes']} | {r['mb_s']:.1f} | {r['errors']} |")
-    add("")
-    add(f"### W4: {s['w4_conns']} concurrent streams of {s['w4'] // MIB} MiB\n")
-    add("| contestant | MB/s received | errors | server RSS growth MiB | RSS growth with programs "
-        "MiB | server CPU s/GiB | programs CPU s/GiB |")
-    add("|---|---:|---:|---:|---:|---:|---:|")
-    for name, r in w4r.items():
-        add(f"| {who(name, r)} | {r['mb_s']:.0f} | {r['errors']} | {r['server_rss_mib']:.1f} | "
-            f"{r['all_rss_mib']:.1f} | {fmt(r['server_cpu_per_gib'], 3)} | "
-            f"{fmt(r['programs_cpu_per_gib'], 3)} |")
-    add("")
-    add(f"### W5: W2 on the module with a normal and a 1 GiB worker (median of {s['wrk_rounds']})\n")
-    add("| worker | worker RSS MiB | requests/s | errors |")
-    add("|---|---:|---:|---:|")
-    for name, r in w5r.items():
-        add(f"| {who(name, r)} | {r['worker_rss_mib']:.0f} | {r['rps']:.0f} | {r['errors']} |")
-    add("")
-    fc, uw = w1r["fcgiwrap (buffering on)"], w1r["uWSGI Python app"]
-    w2m = w2r["module (splice)"]["rps"]
-    w3m = w3r["module (splice)"]
-    # A contestant that erred may have moved nothing.
-    ratio = lambda a, b: math.nan if a is None or b is None else a / max(b, 1e-9)  # noqa: E731
-    targets = [
-        ("W1 throughput >= 0.9x splice relay", ratio(mod["mb_s"], relay["mb_s"]), 0.9, ">="),
-        ("W1 server CPU/GiB <= 1.2x splice relay",
-         ratio(mod["server_cpu_per_gib"], relay["server_cpu_per_gib"]), 1.2, "<="),
-        ("W1 throughput >= 2x fcgiwrap (buffering on)", ratio(mod["mb_s"], fc["mb_s"]), 2.0,
-         ">="),
-        ("W1 throughput >= 2x fcgiwrap (buffering off)",
-         ratio(mod["mb_s"], w1r["fcgiwrap (buffering off)"]["mb_s"]), 2.0, ">="),
-        ("W1 throughput >= 2x uWSGI app", ratio(mod["mb_s"], uw["mb_s"]), 2.0, ">="),
-        ("W2 requests/s >= 1.5x fcgiwrap", ratio(w2m, w2r["fcgiwrap (buffering on)"]["rps"]), 1.5,
-         ">="),
-        ("W2 requests/s >= 0.8x posix_spawn ceiling", ratio(w2m, w2r["posix_spawn ceiling"]["rps"]),
-         0.8, ">="),
-        ("W3 server RSS growth <= 2 MiB (module, splice)", w3m["server_rss_mib"], 2.0, "<="),
-        ("W3 server RSS growth <= 2 MiB (module, buffered)",
-         w3r["module (buffered)"]["server_rss_mib"], 2.0, "<="),
-        ("W3 no temp files (module)",
-         w3m["temp_bytes"] + w3r["module (buffered)"]["temp_bytes"], 0, "<="),
-        ("W4 zero errors (module, every variant)",
-         sum(r["errors"] for name, r in w4r.items() if name.startswith("module")), 0, "<="),
-        ("W5 1 GiB worker >= 0.9x normal", ratio(w5r["inflated"]["rps"], w5r["normal"]["rps"]),
-         0.9, ">="),
-    ]
-    w6a, w6b = res["w6a"], res["w6b"]
-    add(f"### W6a: {W6_HERD} identical cold requests for a program of ~{W6_WORK_S * 1000:.0f} ms "
-        f"writing {W6_BYTES // 1024} KiB (median of {s['w6_rounds']} rounds, fresh store, "
-        "caches and URLs each)\n")
-    add("| contestant | program runs per herd | lone cold request ms | herd p50 ms | herd p99 ms "
-        "| p99 / lone | errors |")
-    add("|---|---:|---:|---:|---:|---:|---:|")
-    for name, r in w6a.items():
-        runs = ", ".join("n/a" if n is None else str(n) for n in r["runs"])
-        # Without a program, a lone request is a fraction of a millisecond: no ratio to read.
-        of_lone = fmt(ratio(r["p99_ms"], r["lone_ms"]), 2) if "n/a" not in runs else "n/a"
-        add(f"| {who(name, r)} | {runs} | {fmt(r['lone_ms'], 1)} | {fmt(r['p50_ms'], 1)} | "
-            f"{fmt(r['p99_ms'], 1)} | {of_lone} | {r['errors']} |")
-    add("")
-    static = w6b.get(W6B_STATIC, {}).get("rps")
-    add(f"### W6b: the herd's URL again, warm, under wrk ({WRK_CONNS} connections, "
-        f"{s['w2_seconds']} s, median of {s['wrk_rounds']})\n")
-    add("| contestant | requests/s | x nginx static | p99 ms | program runs | errors |")
-    add("|---|---:|---:|---:|---:|---:|")
-    for name, r in w6b.items():
-        if "rps" in r:
-            add(f"| {who(name, r)} | {fmt(r['rps'], 0)} | {fmt(ratio(r['rps'], static), 2)} | "
-                f"{fmt(r['p99_ms'], 2)} | {r['runs'] if r['runs'] is not None else 'n/a'} | "
+    if "w1" in res:
+        w1r = res["w1"]
+        relay = w1r["standalone splice relay"]
+        mod = w1r["module (splice)"]
+        add(f"### W1: one stream of {s['w1'] // MIB} MiB (median of {s['w1_rounds']})\n")
+        add("| contestant | MB/s | x module | server CPU s/GiB | programs CPU s/GiB | errors |")
+        add("|---|---:|---:|---:|---:|---:|")
+        for name, r in w1r.items():
+            add(f"| {who(name, r)} | {r['mb_s']:.0f} | {r['mb_s'] / max(mod['mb_s'], 1e-9):.2f} "
+                f"| {fmt(r['server_cpu_per_gib'], 3)} | {fmt(r['programs_cpu_per_gib'], 3)} | "
                 f"{r['errors']} |")
-    add("")
-    without = w6b.get(W6B_W1, {}).get("mb_s")
-    add(f"### W6b: W1 ({s['w1'] // MIB} MiB) with and without transform_store (median of "
-        f"{s['w1_rounds']})\n")
-    add("| contestant | MB/s | x without store | server CPU s/GiB | errors |")
-    add("|---|---:|---:|---:|---:|")
-    for name, r in w6b.items():
-        if "mb_s" in r:
-            add(f"| {who(name, r)} | {r['mb_s']:.0f} | {fmt(ratio(r['mb_s'], without), 2)} | "
-                f"{fmt(r['server_cpu_per_gib'], 3)} | {r['errors']} |")
-    add("")
-    mine = w6a[W6A[0][0]]
-    # The round farthest from one run.
-    worst = max(mine["runs"], key=lambda n: abs(n - 1)) if mine["runs"] else math.nan
-    targets += [
-        ("W6a exactly 1 program run per herd (module, store + lock; the worst round)", worst, 1,
-         "=="),
-        ("W6a herd p99 <= 1.3x a lone cold request (module, store + lock)",
-         ratio(mine["p99_ms"], mine["lone_ms"]), 1.3, "<="),
-        ("W6b warm stored file >= 0.9x nginx static",
-         ratio(w6b.get(W6B_STORED, {}).get("rps"), static), 0.9, ">="),
-        ("W6b W1 with transform_store on >= 0.8x without",
-         ratio(w6b.get(W6B_W1_STORE, {}).get("mb_s"), without), 0.8, ">="),
-    ]
+        add("")
+        fc, uw = w1r["fcgiwrap (buffering on)"], w1r["uWSGI Python app"]
+        targets += [
+            ("W1 throughput >= 0.9x splice relay", ratio(mod["mb_s"], relay["mb_s"]), 0.9, ">="),
+            ("W1 server CPU/GiB <= 1.2x splice relay",
+             ratio(mod["server_cpu_per_gib"], relay["server_cpu_per_gib"]), 1.2, "<="),
+            ("W1 throughput >= 2x fcgiwrap (buffering on)", ratio(mod["mb_s"], fc["mb_s"]), 2.0,
+             ">="),
+            ("W1 throughput >= 2x fcgiwrap (buffering off)",
+             ratio(mod["mb_s"], w1r["fcgiwrap (buffering off)"]["mb_s"]), 2.0, ">="),
+            ("W1 throughput >= 2x uWSGI app", ratio(mod["mb_s"], uw["mb_s"]), 2.0, ">="),
+        ]
+    if "w2" in res:
+        w2r = res["w2"]
+        add(f"### W2: a 16-byte program under wrk ({WRK_CONNS} connections, {s['w2_seconds']} s, "
+            f"median of {s['wrk_rounds']})\n")
+        add("| contestant | requests/s | p99 ms | server CPU ms/req | programs CPU ms/req | "
+            "errors |")
+        add("|---|---:|---:|---:|---:|---:|")
+        for name, r in w2r.items():
+            add(f"| {who(name, r)} | {r['rps']:.0f} | {r['p99_ms']:.2f} | "
+                f"{fmt(r['server_cpu_ms_per_req'], 3)} | {fmt(r['programs_cpu_ms_per_req'], 3)} "
+                f"| {r['errors']} |")
+        add("")
+        w2m = w2r["module (splice)"]["rps"]
+        targets += [
+            ("W2 requests/s >= 1.5x fcgiwrap", ratio(w2m, w2r["fcgiwrap (buffering on)"]["rps"]),
+             1.5, ">="),
+            ("W2 requests/s >= 0.8x posix_spawn ceiling",
+             ratio(w2m, w2r["posix_spawn ceiling"]["rps"]), 0.8, ">="),
+        ]
+    if "w3" in res:
+        w3r = res["w3"]
+        add(f"### W3: a client reading {s['w3'] // MIB} MiB at 20 MB/s\n")
+        add("| contestant | server RSS growth MiB | RSS growth with programs MiB | peak temp-file "
+            "bytes | MB/s received | errors |")
+        add("|---|---:|---:|---:|---:|---:|")
+        for name, r in w3r.items():
+            add(f"| {who(name, r)} | {r['server_rss_mib']:.1f} | {r['all_rss_mib']:.1f} | "
+                f"{r['temp_bytes']} | {r['mb_s']:.1f} | {r['errors']} |")
+        add("")
+        w3m = w3r["module (splice)"]
+        targets += [
+            ("W3 server RSS growth <= 2 MiB (module, splice)", w3m["server_rss_mib"], 2.0, "<="),
+            ("W3 server RSS growth <= 2 MiB (module, buffered)",
+             w3r["module (buffered)"]["server_rss_mib"], 2.0, "<="),
+            ("W3 no temp files (module)",
+             w3m["temp_bytes"] + w3r["module (buffered)"]["temp_bytes"], 0, "<="),
+        ]
+    if "w4" in res:
+        w4r = res["w4"]
+        add(f"### W4: {s['w4_conns']} concurrent streams of {s['w4'] // MIB} MiB\n")
+        add("| contestant | MB/s received | errors | server RSS growth MiB | RSS growth with "
+            "programs MiB | server CPU s/GiB | programs CPU s/GiB |")
+        add("|---|---:|---:|---:|---:|---:|---:|")
+        for name, r in w4r.items():
+            add(f"| {who(name, r)} | {r['mb_s']:.0f} | {r['errors']} | "
+                f"{r['server_rss_mib']:.1f} | {r['all_rss_mib']:.1f} | "
+                f"{fmt(r['server_cpu_per_gib'], 3)} | {fmt(r['programs_cpu_per_gib'], 3)} |")
+        add("")
+        targets.append(("W4 zero errors (module, every variant)",
+                        sum(r["errors"] for name, r in w4r.items() if name.startswith("module")),
+                        0, "<="))
+    if "w5" in res:
+        w5r = res["w5"]
+        add(f"### W5: W2 on the module with a normal and a 1 GiB worker (median of "
+            f"{s['wrk_rounds']})\n")
+        add("| worker | worker RSS MiB | requests/s | errors |")
+        add("|---|---:|---:|---:|")
+        for name, r in w5r.items():
+            add(f"| {who(name, r)} | {r['worker_rss_mib']:.0f} | {r['rps']:.0f} | {r['errors']} |")
+        add("")
+        targets.append(("W5 1 GiB worker >= 0.9x normal",
+                        ratio(w5r["inflated"]["rps"], w5r["normal"]["rps"]), 0.9, ">="))
+    if "w6a" in res:
+        w6a, w6b = res["w6a"], res["w6b"]
+        add(f"### W6a: {W6_HERD} identical cold requests for a program of ~{W6_WORK_S * 1000:.0f} "
+            f"ms writing {W6_BYTES // 1024} KiB (median of {s['w6_rounds']} rounds, fresh store, "
+            "caches and URLs each)\n")
+        add("| contestant | program runs per herd | lone cold request ms | herd p50 ms | herd p99 "
+            "ms | p99 / lone | errors |")
+        add("|---|---:|---:|---:|---:|---:|---:|")
+        for name, r in w6a.items():
+            runs = ", ".join("n/a" if n is None else str(n) for n in r["runs"])
+            # Without a program, a lone request is a fraction of a millisecond: no ratio to read.
+            of_lone = fmt(ratio(r["p99_ms"], r["lone_ms"]), 2) if "n/a" not in runs else "n/a"
+            add(f"| {who(name, r)} | {runs} | {fmt(r['lone_ms'], 1)} | {fmt(r['p50_ms'], 1)} | "
+                f"{fmt(r['p99_ms'], 1)} | {of_lone} | {r['errors']} |")
+        add("")
+        static = w6b.get(W6B_STATIC, {}).get("rps")
+        add(f"### W6b: the herd's URL again, warm, under wrk ({WRK_CONNS} connections, "
+            f"{s['w2_seconds']} s, median of {s['wrk_rounds']})\n")
+        add("| contestant | requests/s | x nginx static | p99 ms | program runs | errors |")
+        add("|---|---:|---:|---:|---:|---:|")
+        for name, r in w6b.items():
+            if "rps" in r:
+                add(f"| {who(name, r)} | {fmt(r['rps'], 0)} | {fmt(ratio(r['rps'], static), 2)} "
+                    f"| {fmt(r['p99_ms'], 2)} | {r['runs'] if r['runs'] is not None else 'n/a'} "
+                    f"| {r['errors']} |")
+        add("")
+        without = w6b.get(W6B_W1, {}).get("mb_s")
+        add(f"### W6b: W1 ({s['w1'] // MIB} MiB) with and without transform_store (median of "
+            f"{s['w1_rounds']})\n")
+        add("| contestant | MB/s | x without store | server CPU s/GiB | errors |")
+        add("|---|---:|---:|---:|---:|")
+        for name, r in w6b.items():
+            if "mb_s" in r:
+                add(f"| {who(name, r)} | {r['mb_s']:.0f} | {fmt(ratio(r['mb_s'], without), 2)} | "
+                    f"{fmt(r['server_cpu_per_gib'], 3)} | {r['errors']} |")
+        add("")
+        mine = w6a[W6A[0][0]]
+        # The round farthest from one run.
+        worst = max(mine["runs"], key=lambda n: abs(n - 1)) if mine["runs"] else math.nan
+        targets += [
+            ("W6a exactly 1 program run per herd (module, store + lock; the worst round)", worst,
+             1, "=="),
+            ("W6a herd p99 <= 1.3x a lone cold request (module, store + lock)",
+             ratio(mine["p99_ms"], mine["lone_ms"]), 1.3, "<="),
+            ("W6b warm stored file >= 0.9x nginx static",
+             ratio(w6b.get(W6B_STORED, {}).get("rps"), static), 0.9, ">="),
+            ("W6b W1 with transform_store on >= 0.8x without",
+             ratio(w6b.get(W6B_W1_STORE, {}).get("mb_s"), without), 0.8, ">="),
+        ]
+    if "w7" in res:
+        targets += report_w7(res, add, who, ratio)
     add("### Targets\n")
     add("| target | figure | verdict |")
     add("|---|---:|---|")
     for name, value, limit, how in targets:
         ok = {">=": value >= limit, "<=": value <= limit, "==": value == limit}[how]
-        shown = str(value) if isinstance(value, int) else f"{value:.2f}"
+        shown = str(value) if isinstance(value, int) else fmt(None if math.isnan(value) else
+                                                              value, 2)
         add(f"| {name} | {shown} | {verdict(ok)} |")
     add("")
     add("### Errors\n")
@@ -1514,6 +2160,87 @@ def report(res):
     for w, name, n, first in bad:
         add(f"- {w} {name}: {n} errors, first: {first or '?'}")
     return "\n".join(lines) + "\n"
+
+
+def report_w7(res, add, who, ratio):
+    """W7's tables; returns its targets."""
+    s, w7r, slow, problems = res["sizes"], res["w7"], res["w7_slow"], res["w7_problems"]
+    add(f"### W7: a response filter, /bin/cat over a {s['w7'] // MIB} MiB static file and a "
+        f"{s['w7_proxy'] // MIB} MiB proxied response (median of {s['w7_rounds']}, the order "
+        "reversed every other round)\n")
+    apache = res.get("apache", "?")
+    apache = apache.replace("/", " ") if apache.startswith("Apache/") else f"Apache ({apache})"
+    add(f"The module's `transform_filter /bin/cat` (`transform_filter_types *`; the proxied "
+        "response through `proxy_pass` with `proxy_buffering on`, 8 buffers of 64 KiB); "
+        f"{apache} with mod_ext_filter (`ExtFilterDefine catfilter mode=output "
+        "cmd=\"/bin/cat\"`, `SetOutputFilter catfilter`; mod_proxy + mod_proxy_http, "
+        "`ProxyIOBufferSize 65536`), the event MPM with one process per CPU (as nginx's workers), "
+        "25 threads each, run by nobody in the foreground with a configuration of its own; the "
+        "ceiling: `transform_exec /bin/cat FILE` on the same bytes; for reference, nginx "
+        "without a filter (the same locations: sendfile, proxy_pass). The proxied source is an "
+        "upstream nginx of its own (its CPU is no contestant's). Every response is read whole "
+        "once and its SHA-256 checked against the file's before the timed rounds; a timed round "
+        "counts the bytes. CPU per GiB: the contestant's server processes and its cat programs "
+        "(nginx's master and workers, or Apache's processes; its cgroup, or without one "
+        "/proc/<pid>/stat utime+stime+cutime+cstime). Apache's filtered static file keeps the "
+        "file's Content-Length (right for cat, whose output is as long).\n")
+    for name, why in problems.items():
+        add(f"**{name} COULD NOT RUN: {why}. Its figures are missing; it counts as an error.**\n")
+    add("| contestant | source | MB/s | x filter | CPU s/GiB (server + cat) | x filter | of which "
+        "cat s/GiB | peak temp-file bytes | framing | body SHA-256 | errors |")
+    add("|---|---|---:|---:|---:|---:|---:|---:|---|---|---:|")
+    by = {(r["source"], r["contestant"]): r for r in w7r.values()}
+    for source in W7_SOURCES:
+        mine = by[(source, W7_FILTER)]
+        for name in W7_NAMES:
+            r = by[(source, name)]
+            add(f"| {who(name, r)} | {w7_label(source, s)} | {fmt(r['mb_s'], 0)} | "
+                f"{fmt(nan_none(ratio(r['mb_s'], mine['mb_s'])), 2)} | "
+                f"{fmt(r['cpu_per_gib'], 3)} | "
+                f"{fmt(nan_none(ratio(r['cpu_per_gib'], mine['cpu_per_gib'])), 2)} | "
+                f"{fmt(r['programs_cpu_per_gib'], 3)} | "
+                f"{'n/a' if r['peak_temp'] is None else r['peak_temp']} | "
+                f"{r['framing'] or 'n/a'} | {r['sha']} | {r['errors']} |")
+    add("")
+    add(f"### W7: a slow client ({W7_SLOW_READ // 1024} KiB read every "
+        f"{W7_SLOW_PAUSE * 1000:.0f} ms, SO_RCVBUF {W7_SLOW_RCVBUF // 1024} KiB, for "
+        f"{s['w7_slow_s']} s, then it closes)\n")
+    add("RSS: each server process's VmRSS sampled every 10 ms; growth: the largest peak over its "
+        "RSS before (the process serving the client: nginx's worker, Apache's process), without "
+        "the cat. Programs left: filter programs still running 3 s after the client went away "
+        "(an error for the module).\n")
+    add("| contestant | source | worker RSS growth MiB | peak temp-file bytes | MB/s received | "
+        "programs left | errors |")
+    add("|---|---|---:|---:|---:|---:|---:|")
+    for r in slow.values():
+        temp, left = (("n/a" if r[k] is None else r[k]) for k in ("peak_temp", "left"))
+        add(f"| {who(r['contestant'], r)} | {w7_label(r['source'], s)} | "
+            f"{fmt(r['rss_growth_mib'], 1)} | {temp} | {fmt(r['mb_s'], 1)} | {left} | "
+            f"{r['errors']} |")
+    add("")
+    targets = []
+    for source in W7_SOURCES:
+        mine, apache, ceiling = (by[(source, n)] for n in (W7_FILTER, W7_APACHE, W7_EXEC))
+        label = w7_label(source, s)
+        targets += [
+            (f"W7 filter throughput >= 2x Apache mod_ext_filter ({label})",
+             ratio(mine["mb_s"], apache["mb_s"]), 2.0, ">="),
+            (f"W7 filter CPU/GiB <= 0.5x Apache mod_ext_filter ({label})",
+             ratio(mine["cpu_per_gib"], apache["cpu_per_gib"]), 0.5, "<="),
+            (f"W7 filter throughput >= 0.7x transform_exec ceiling ({label})",
+             ratio(mine["mb_s"], ceiling["mb_s"]), 0.7, ">="),
+        ]
+    for r in slow.values():
+        if r["contestant"] == W7_FILTER:
+            targets.append((f"W7 worker RSS growth <= 2 MiB, slow client (filter, "
+                            f"{w7_label(r['source'], s)})",
+                            math.nan if r["rss_growth_mib"] is None else r["rss_growth_mib"],
+                            2.0, "<="))
+    return targets
+
+
+def nan_none(value):
+    return None if value is None or math.isnan(value) else value
 
 
 def machine():
@@ -1538,7 +2265,29 @@ def machine():
         "fcgiwrap": first(["sh", "-c", "dpkg-query -W -f='${Version}' fcgiwrap"]),
         "uwsgi": first(["uwsgi", "--version"]),
         "wrk": first(["sh", "-c", "dpkg-query -W -f='${Version}' wrk"]),
+        "apache2": apache_version(),
     }
+
+
+def apache_version():
+    try:
+        out = subprocess.run([shutil.which("apache2", path=SERVICE_ENV["PATH"]) or "apache2", "-v"],
+                             capture_output=True, text=True, timeout=10).stdout
+    except OSError:
+        return "not installed"
+    m = re.search(r"Server version:\s*(\S+)", out)
+    return m.group(1) if m else "?"
+
+
+def workloads(text):
+    """--only's argument: workloads separated by commas (w1..w7; w6 is W6a and W6b)."""
+    chosen = {w.strip().lower() for w in text.split(",") if w.strip()}
+    unknown = chosen - set(WORKLOADS)
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(
+            f"unknown workload(s) {', '.join(sorted(unknown)) or '(none)'}; choose among "
+            + ", ".join(WORKLOADS))
+    return chosen
 
 
 def main():
@@ -1546,6 +2295,9 @@ def main():
     ap.add_argument("--quick", action="store_true", help="a smoke run of about a minute")
     ap.add_argument("--no-cgroups", action="store_true",
                     help="measure as on a machine without a usable cgroup (no programs' CPU)")
+    ap.add_argument("--only", type=workloads, default=set(WORKLOADS), metavar="W1,W7",
+                    help="run these workloads only (e.g. --only w7); the results file is named "
+                         "after them")
     args = ap.parse_args()
     # A terminated run still stops what it started (the finally blocks run).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -1557,15 +2309,19 @@ def main():
         cg.cleanup()
     mode = "quick" if args.quick else "full"
     head = [f"## Benchmark ({mode} run), {info['date']}\n"]
-    for k in ("cpu", "memory", "kernel", "nginx", "fcgiwrap", "uwsgi", "wrk"):
+    for k in ("cpu", "memory", "kernel", "nginx", "fcgiwrap", "uwsgi", "wrk", "apache2"):
         head.append(f"- {k}: {info[k]}")
-    head.append("- command: `ci/bench" + (" --quick" if args.quick else "") + "`\n")
+    partial = args.only != set(WORKLOADS)
+    only = ",".join(w for w in WORKLOADS if w in args.only)
+    head.append("- command: `ci/bench" + (" --quick" if args.quick else "") +
+                (f" --only {only}" if partial else "") + "`\n")
     text = "\n".join(head) + "\n" + report(res)
     print(text)
     outdir = os.path.join(ROOT, "bench", "results")
     os.makedirs(outdir, exist_ok=True)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d-%H%M")
-    path = os.path.join(outdir, f"{stamp}-{mode}.md")
+    path = os.path.join(outdir, f"{stamp}-{mode}" + (f"-{only.replace(',', '-')}" if partial
+                                                      else "") + ".md")
     with open(path, "w") as f:
         f.write(text)
     with open(path[:-3] + ".json", "w") as f:
