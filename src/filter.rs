@@ -11,7 +11,7 @@ use core::ffi::c_void;
 use core::ptr;
 
 use nginx_sys::{
-    ngx_chain_t, ngx_conf_t, ngx_http_request_t, ngx_int_t, ngx_module_t,
+    ngx_chain_t, ngx_conf_t, ngx_http_request_t, ngx_int_t, ngx_module_t, NGX_ERROR,
     NGX_HTTP_SERVICE_UNAVAILABLE, NGX_LOG_WARN, NGX_OK,
 };
 
@@ -78,6 +78,12 @@ unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
     let Some(argv) = conf.filter_argv() else {
         return Downstream::Next.send_header(http);
     };
+    if filter_finalize
+        && !http.ctx(module(), CtxKind::Refused).is_null()
+        && !http.add_header("Retry-After", "1")
+    {
+        return NGX_ERROR as ngx_int_t;
+    }
     if filter_finalize || !relay(http).is_null() || !wanted(http, conf) {
         return Downstream::Next.send_header(http);
     }
@@ -101,8 +107,14 @@ unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
             http.log(),
             0,
             "transform: {running} programs running in this worker (transform_max_programs {}), \
-             response not filtered",
+             request refused",
             conf.max_programs
+        );
+        // (Marks the request for its 503, which comes back through this filter.)
+        let _ = http.set_ctx(
+            module(),
+            CtxKind::Refused,
+            ptr::NonNull::<u8>::dangling().as_ptr().cast(),
         );
         return http.filter_finalize(module(), NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t);
     }

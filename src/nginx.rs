@@ -628,6 +628,9 @@ pub enum CtxKind {
     Transform,
     /// A request waiting for another's program (`follow::Follower`).
     Follower,
+    /// A response whose filter program was refused (`transform_max_programs`): the 503 in its
+    /// place says when to retry.
+    Refused,
 }
 
 /// The module's ctx slot: which state, and where.

@@ -121,6 +121,10 @@ pub fn start(
     }
     if let Err(rc) = t.program.launch(http, &launch, data) {
         t.release();
+        // The error page that takes the response's place passes through.
+        if let Role::Filter(side) = &mut t.role {
+            side.after = After::Pass;
+        }
         return Err(rc);
     }
     // nginx must not end the request while the program runs.
