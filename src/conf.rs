@@ -262,6 +262,13 @@ impl TransformConf {
         unsafe { self.filter_type.as_ref() }
     }
 
+    /// Whether `transform_filter_status` names `status` itself (not through `any`).
+    pub fn lists_status(&self, status: u16) -> bool {
+        self.filter_status
+            .as_ref()
+            .is_some_and(|list| list.contains(&status))
+    }
+
     /// Whether responses of `status` are filtered (never 1xx, 204 and 304, which have no body).
     pub fn filters_status(&self, status: ngx_uint_t) -> bool {
         if status < 200 || status == 204 || status == 304 {

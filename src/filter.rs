@@ -12,7 +12,7 @@ use core::ptr;
 
 use nginx_sys::{
     ngx_chain_t, ngx_conf_t, ngx_http_request_t, ngx_int_t, ngx_module_t, NGX_ERROR,
-    NGX_HTTP_SERVICE_UNAVAILABLE, NGX_LOG_WARN, NGX_OK,
+    NGX_HTTP_BAD_GATEWAY, NGX_HTTP_SERVICE_UNAVAILABLE, NGX_LOG_ERR, NGX_LOG_WARN, NGX_OK,
 };
 
 use crate::child;
@@ -61,12 +61,44 @@ pub fn variable(http: Http, which: Variable) -> Option<String> {
     unsafe { relay(http).as_ref() }.and_then(|t| t.variable(which))
 }
 
-/// Whether this response is one to filter.
-fn wanted(http: Http, conf: &TransformConf) -> bool {
-    conf.filters_status(http.status())
-        && !http.encoded()
-        && !http.header_only()
-        && http.type_in(&conf.filter_types)
+/// What becomes of a response.
+enum Decision {
+    /// Not one to filter (its status or type): it passes untouched.
+    Pass,
+    Filter,
+    /// One to filter that the program cannot take: an error in its place, never the
+    /// unfiltered original (a filter may be what keeps content from clients).
+    Refuse(&'static str),
+}
+
+fn decide(http: Http, conf: &TransformConf) -> Decision {
+    if http.header_only() {
+        return Decision::Pass;
+    }
+    let status = http.status();
+    // A 206 is a part of a 200 that would be filtered whole (unless 206 is listed itself).
+    let partial = status == 206 && !conf.lists_status(206);
+    let filtered = if partial {
+        conf.filters_status(200)
+    } else {
+        conf.filters_status(status)
+    };
+    if !filtered || !http.type_in(&conf.filter_types) {
+        return Decision::Pass;
+    }
+    if partial {
+        return Decision::Refuse(
+            "a part of a response (206): its handler answered a Range request (for a proxied \
+             one: proxy_set_header Range \"\"; proxy_set_header If-Range \"\";)",
+        );
+    }
+    if http.encoded() {
+        return Decision::Refuse(
+            "an encoded response (Content-Encoding): the program would get compressed bytes \
+             (for a proxied one: proxy_set_header Accept-Encoding \"\";)",
+        );
+    }
+    Decision::Filter
 }
 
 unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
@@ -84,8 +116,21 @@ unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
     {
         return NGX_ERROR as ngx_int_t;
     }
-    if filter_finalize || !relay(http).is_null() || !wanted(http, conf) {
+    if filter_finalize || !relay(http).is_null() {
         return Downstream::Next.send_header(http);
+    }
+    match decide(http, conf) {
+        Decision::Pass => return Downstream::Next.send_header(http),
+        Decision::Refuse(why) => {
+            log_error!(
+                NGX_LOG_ERR,
+                http.log(),
+                0,
+                "transform_filter cannot filter {why}"
+            );
+            return http.filter_finalize(module(), NGX_HTTP_BAD_GATEWAY as ngx_int_t);
+        }
+        Decision::Filter => {}
     }
     let content_type =
         match handler::evaluate_type(http, conf.filter_type(), "transform_filter_type") {

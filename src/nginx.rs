@@ -544,7 +544,8 @@ impl Http {
     /// (and clients ignore a missing TLS close_notify). HTTP/2 and HTTP/3 reset the stream.
     pub fn reset_on_close(self) {
         let v1 = self.with_r(|r| r.http_version < NGX_HTTP_VERSION_20 as usize);
-        if self.is_main() && v1 {
+        // (A subrequest's failure breaks the page it is part of: the connection is the main's.)
+        if v1 {
             os::linger_reset(self.client_fd());
         }
     }
@@ -916,6 +917,10 @@ pub struct BodyCursor {
     /// Position in the current buffer: memory address, or file offset for an in-file buffer.
     pos: *mut u8,
     file_pos: i64,
+    /// The current buffer's bytes are taken from its file (else from memory): a response's
+    /// buffer may be in memory and in a file at once (the same bytes), and memory is used then,
+    /// as nginx's own output does.
+    from_file: bool,
     kind: CursorKind,
     pool: *mut nginx_sys::ngx_pool_t,
     /// Buffers handed back so far.
@@ -949,6 +954,7 @@ impl BodyCursor {
             cl,
             pos: ptr::null_mut(),
             file_pos: 0,
+            from_file: false,
             kind: if streaming {
                 CursorKind::Streamed
             } else {
@@ -967,6 +973,7 @@ impl BodyCursor {
             cl: ptr::null_mut(),
             pos: ptr::null_mut(),
             file_pos: 0,
+            from_file: false,
             kind: CursorKind::Response { ended: false },
             pool: http.pool(),
             handed_back: 0,
@@ -1089,6 +1096,9 @@ impl BodyCursor {
             let b = unsafe { &*(*self.cl).buf };
             self.pos = b.pos;
             self.file_pos = b.file_pos;
+            let in_memory = b.temporary() != 0 || b.memory() != 0 || b.mmap() != 0;
+            self.from_file =
+                b.in_file() != 0 && !(self.is_response() && in_memory && b.pos < b.last);
         }
     }
 
@@ -1099,11 +1109,7 @@ impl BodyCursor {
         while !self.cl.is_null() {
             // SAFETY: a link of the chain, alive with the request; only read.
             let b = unsafe { &*(*self.cl).buf };
-            // A response's buffer may be in memory and in a file at once (the same bytes):
-            // memory is used then, as nginx's own output does.
-            let in_memory = b.temporary() != 0 || b.memory() != 0 || b.mmap() != 0 || !response;
-            let use_file = b.in_file() != 0 && !(response && in_memory && b.pos < b.last);
-            if use_file && self.file_pos < b.file_last {
+            if self.from_file && self.file_pos < b.file_last {
                 let len = (b.file_last - self.file_pos) as usize;
                 // SAFETY: an in-file buffer points at an open file.
                 let fd = unsafe { (*b.file).fd };
@@ -1118,7 +1124,7 @@ impl BodyCursor {
                 }
                 continue;
             }
-            if !use_file && self.pos < b.last {
+            if !self.from_file && self.pos < b.last {
                 // SAFETY: [pos, last) is the rest of the buffer's data.
                 let data = unsafe {
                     core::slice::from_raw_parts(self.pos, b.last.offset_from(self.pos) as usize)
@@ -1224,6 +1230,11 @@ pub enum Pumped {
 }
 
 impl BufRing {
+    /// Whether buffers are still held by the filters after ours (or the client).
+    pub fn has_busy(&self) -> bool {
+        !self.busy.is_null()
+    }
+
     pub fn new(max: usize, size: usize, tag: *const ngx_module_t) -> BufRing {
         BufRing {
             free: ptr::null_mut(),

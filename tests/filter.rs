@@ -539,10 +539,12 @@ fn only_the_listed_statuses_are_filtered_and_keep_their_status() {
     nginx.stop();
 }
 
-/// HEAD (headers as for GET, no program), 204, 304 and a gzip-encoded response pass untouched
-/// even with `transform_filter_status any`; `Content-Encoding: identity` is filtered.
+/// HEAD (headers as for GET, no program), 204 and 304 pass untouched even with
+/// `transform_filter_status any`; a gzip-encoded response and a part of one (a proxied Range
+/// request's 206) are refused with 502, never passed unfiltered; `Content-Encoding: identity`
+/// is filtered.
 #[test]
-fn head_204_304_and_encoded_responses_are_not_filtered() {
+fn head_204_304_pass_and_encoded_or_partial_responses_are_refused() {
     let data = Data::new("untouched");
     let page = text_lines(100_000);
     data.write("page.html", &page);
@@ -604,18 +606,41 @@ fn head_204_304_and_encoded_responses_are_not_filtered() {
     assert_eq!(r.status, 304, "the application's 304 is passed on");
     assert!(r.body.is_empty());
 
-    // A gzip-encoded body is passed as it is.
-    let r = c.get("/p/gz/page.html");
-    assert_eq!(r.status, 200);
-    assert_eq!(r.header("Content-Encoding"), Some("gzip"));
+    // A gzip-encoded body cannot be filtered: a 502 (the connection closes after it, as after
+    // any filter's refusal), never the application's bytes unfiltered.
+    let mut refused = Client::connect(nginx.port);
+    let r = refused.get("/p/gz/page.html");
+    assert_eq!(r.status, 502, "an encoded response is refused");
+    assert!(r.header("Content-Encoding").is_none(), "{:?}", r.headers);
     assert!(
-        gunzip(&r.body) == page,
-        "the encoded body is the application's"
+        !r.body
+            .windows(16)
+            .any(|w| page.windows(16).next() == Some(w)),
+        "the application's bytes reached the client"
+    );
+    // Nor a part of a response: the application answered a forwarded Range with a 206.
+    let mut refused = Client::connect(nginx.port);
+    let r = get_with(&mut refused, "/p/page.html", "Range: bytes=0-99\r\n");
+    assert_eq!(r.status, 502, "a 206 is refused");
+    assert!(
+        !r.body
+            .windows(16)
+            .any(|w| page.windows(16).next() == Some(w)),
+        "the application's bytes reached the client"
     );
     assert!(
         runs(&p_runs).is_empty(),
         "a program ran: {:?}",
         runs(&p_runs)
+    );
+    let log = nginx.error_log();
+    assert!(
+        log.contains("transform_filter cannot filter an encoded response"),
+        "{log}"
+    );
+    assert!(
+        log.contains("transform_filter cannot filter a part of a response (206)"),
+        "{log}"
     );
 
     // identity is no encoding.
@@ -1711,4 +1736,186 @@ fn identify(image: &[u8]) -> String {
     child.stdin.take().unwrap().write_all(image).unwrap();
     let out = child.wait_with_output().unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+// ---------------------------------------------------------------------------------------------
+// What the handler does wrong, and what the filters after ours hold
+// ---------------------------------------------------------------------------------------------
+
+/// A scripted HTTP upstream on 127.0.0.1: for each connection, reads the request head, then
+/// plays `script` (its parts, with a wait on `gate` where a part is `None`) and closes.
+fn scripted_upstream(
+    script: Vec<Option<Vec<u8>>>,
+    gate: std::sync::mpsc::Receiver<()>,
+) -> (u16, std::thread::JoinHandle<()>) {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let t = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).unwrap_or(0) == 1 {
+            head.push(b[0]);
+        }
+        for part in script {
+            match part {
+                Some(bytes) => {
+                    if s.write_all(&bytes).is_err() {
+                        return;
+                    }
+                }
+                None => {
+                    let _ = gate.recv_timeout(Duration::from_secs(30));
+                }
+            }
+        }
+    });
+    (port, t)
+}
+
+/// An upstream that fails after its header (it announces more than it sends, then closes:
+/// nginx ends such a response with a flush and no last buffer) never passes for a whole
+/// response through the filter, and nothing hangs: a 502 before the commit, a broken response
+/// after it; the program is stopped.
+#[test]
+fn a_response_its_upstream_cut_short_fails_and_never_hangs() {
+    let data = Data::new("cut");
+    for (name, sent, pause) in [("before", 1000usize, false), ("after", 300_000, true)] {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut script = vec![
+            Some(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 5000000\r\n\r\n"
+                    .to_vec(),
+            ),
+            Some(vec![b'x'; sent]),
+        ];
+        if pause {
+            // Long enough for the commit (more than transform_commit_size went in).
+            script.push(None);
+        }
+        let (up, t) = scripted_upstream(script, rx);
+        let nginx = start(
+            &data,
+            &format!(
+                "server {{ listen 127.0.0.1:{{PORT}};
+                   location / {{ proxy_pass http://127.0.0.1:{up};
+                       transform_filter /bin/cat; }} }}"
+            ),
+        );
+        let mut c = Client::connect(nginx.port);
+        c.send("GET /page.html HTTP/1.1\r\nHost: x\r\n\r\n");
+        if pause {
+            let head = c.read_head();
+            assert_eq!(head.status, 200, "{name}: committed");
+            tx.send(()).unwrap();
+            let r = c.read_broken_body(head, Duration::from_secs(10));
+            assert!(!r.complete, "{name}: a cut response passed for whole");
+        } else {
+            c.stream()
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let r = c.read_response(false);
+            assert_eq!(r.status, 502, "{name}: {:?} {:?}", r.end, r.headers);
+        }
+        t.join().unwrap();
+        let log = nginx.error_log();
+        assert!(
+            log.contains("the response it filters ended before its end"),
+            "{name}: {log}"
+        );
+        no_programs_left(&nginx);
+        nginx.stop();
+    }
+}
+
+/// What filters after ours hold goes on without more from the handler: SSI holds the rest of
+/// the page until its include is done, and the include's end posts the page's request, whose
+/// handler (a proxied application waiting for its upstream) has nothing to send: the filter
+/// pushes it on. The rest of the page arrives while the application is still silent.
+#[test]
+fn output_held_after_the_filter_goes_on_while_the_handler_waits() {
+    let data = Data::new("held");
+    data.write("inc/part.txt", b"INCLUDED");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (up, t) = scripted_upstream(
+        vec![
+            Some(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nConnection: close\r\n\r\n".to_vec(),
+            ),
+            Some(b"PART1 <!--# include virtual=\"/inc/part.txt\" --> PART2 ".to_vec()),
+            None,
+            Some(b"PART3\n".to_vec()),
+        ],
+        rx,
+    );
+    let nginx = start(
+        &data,
+        &format!(
+            "server {{ listen 127.0.0.1:{{PORT}};
+               location /inc/ {{ alias {{DATA}}/inc/; }}
+               location / {{ proxy_pass http://127.0.0.1:{up}; proxy_buffering off; ssi on;
+                   transform_filter /bin/cat; }} }}"
+        ),
+    );
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", nginx.port)).unwrap();
+    s.write_all(b"GET /page.html HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    use std::io::Read;
+    while !String::from_utf8_lossy(&got).contains("PART2") && std::time::Instant::now() < deadline {
+        let mut buf = [0u8; 4096];
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+    }
+    let text = String::from_utf8_lossy(&got).to_string();
+    // Only now does the application go on.
+    tx.send(()).unwrap();
+    assert!(
+        text.contains("INCLUDED") && text.contains("PART2"),
+        "the include and the rest of the page stayed held while the application was silent: {text:?}"
+    );
+    assert!(!text.contains("PART3"), "{text:?}");
+    t.join().unwrap();
+    nginx.stop();
+}
+
+/// An SSI include whose filter program fails before its commit is left out of the page (one
+/// error line); the page itself is whole.
+#[test]
+fn an_include_whose_program_fails_is_left_out_of_a_whole_page() {
+    let data = Data::new("incfail");
+    data.write(
+        "ssi/page.html",
+        b"BEFORE<!--# include virtual=\"/fail/part.html\" -->AFTER\n",
+    );
+    data.write("fail/part.html", b"<p>part</p>\n");
+    let nginx = start(
+        &data,
+        "server { listen 127.0.0.1:{PORT};
+           location /ssi/ { ssi on; alias {DATA}/ssi/; }
+           location /fail/ { alias {DATA}/fail/; transform_filter /bin/false; } }",
+    );
+    let mut c = Client::connect(nginx.port);
+    let r = c.get("/ssi/page.html");
+    assert_eq!(r.status, 200);
+    assert!(r.complete, "{:?}", r.end);
+    assert_eq!(String::from_utf8_lossy(&r.body), "BEFOREAFTER\n");
+    // The connection serves on.
+    let r = c.get("/ssi/page.html");
+    assert_eq!(String::from_utf8_lossy(&r.body), "BEFOREAFTER\n");
+    assert!(
+        nginx
+            .error_log()
+            .contains("transform program \"/bin/false\" exited with code 1"),
+        "{}",
+        nginx.error_log()
+    );
+    no_programs_left(&nginx);
+    nginx.stop();
 }

@@ -12,10 +12,9 @@ use nginx_sys::{
 
 use super::Http;
 
-/// The bit of `r->buffered` the filter holds while its program runs. nginx's own take 0x01
-/// (SSI), 0x02 (sub), 0x04 (copy); image_filter and xslt use 0x08 while they hold a whole
-/// body, which they never do for a response that reaches them from ours (they see only its
-/// output), so sharing it is safe.
+/// The bit of `r->buffered` the filter holds while its program runs. nginx's own filters take
+/// 0x01 (SSI), 0x02 (sub) and 0x04 (copy) of it; 0x08 is free (image_filter's 0x08 is a bit of
+/// `c->buffered`, another field).
 pub const FILTER_BUFFERED: u32 = 0x08;
 
 /// The filters after ours, saved when ours were put at the top of nginx's chains.
@@ -132,6 +131,30 @@ impl Http {
             ho.content_type_lowcase = ptr::null_mut();
             ho.charset.len = 0;
         });
+    }
+
+    /// Whether an upstream (proxy, fastcgi, uwsgi, scgi, grpc) served the response and is done
+    /// with it: whatever it did not pass on never comes.
+    pub fn upstream_finished(self) -> bool {
+        self.with_r(|r| {
+            // SAFETY: null or the request's upstream, in its pool.
+            unsafe { r.upstream.as_ref() }.is_some_and(|u| u.cleanup.is_null())
+        })
+    }
+
+    /// Whether this is a subrequest (an SSI include, an addition, a mirror...).
+    pub fn is_subrequest(self) -> bool {
+        !self.is_main()
+    }
+
+    /// Whether output of the request's subrequests waits in nginx's postpone filter.
+    pub fn postponed(self) -> bool {
+        self.with_r(|r| !r.postponed.is_null())
+    }
+
+    /// nginx's `send_timeout` of the location.
+    pub fn send_timeout(self) -> nginx_sys::ngx_msec_t {
+        self.core_conf().send_timeout
     }
 
     /// Whether the response body is encoded (a Content-Encoding other than empty or identity).

@@ -163,9 +163,13 @@ fn set_content_type(http: Http, value: &[u8]) -> Result<(), HeaderError> {
     ho.content_type = s(0..data.len());
     ho.content_type_len = type_len;
     ho.content_type_lowcase = ptr::null_mut();
-    if !charset.is_empty() {
-        ho.charset = s(charset);
-    }
+    // The program's type replaces the response's, charset included (a filtered response's
+    // original charset does not describe the program's output).
+    ho.charset = if charset.is_empty() {
+        ngx_str_t::default()
+    } else {
+        s(charset)
+    };
     Ok(())
 }
 

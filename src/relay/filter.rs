@@ -26,11 +26,13 @@ use core::ptr;
 
 use nginx_sys::{
     ngx_chain_t, ngx_event_t, ngx_http_event_handler_pt, ngx_http_request_t, ngx_int_t, ngx_uint_t,
-    NGX_AGAIN, NGX_ERROR, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_OK,
+    NGX_AGAIN, NGX_ERROR, NGX_HTTP_BAD_GATEWAY, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_LOG_ERR,
+    NGX_OK,
 };
 
 use super::program::Program;
-use super::{Event, Phase, Role, Transform};
+use super::sink::Sink;
+use super::{Event, Next, Phase, Role, Transform};
 use crate::conf::TransformConf;
 use crate::nginx::filter::Downstream;
 use crate::nginx::{pool_allocate, Http, Timer};
@@ -158,9 +160,27 @@ impl Transform {
             return NGX_ERROR as ngx_int_t;
         }
         side.in_call = true;
-        let rc = match self.run(Event::Input) {
-            Some(rc) => self.filter_end(rc),
-            None => NGX_AGAIN as ngx_int_t,
+        let rc = if !self.program.response_ended() && http.upstream_finished() {
+            // The upstream failed after its header (it closed early, timed out, sent a broken
+            // chunk): nginx ends the response with a flush, never its last buffer. What the
+            // program made of part of it must not pass for the whole.
+            log_error!(
+                NGX_LOG_ERR,
+                http.log(),
+                0,
+                "transform filter program \"{}\": the response it filters ended before its end",
+                self.program.name()
+            );
+            let Next::Finish(rc) = self.fail(NGX_HTTP_BAD_GATEWAY) else {
+                unreachable!("fail() finishes");
+            };
+            self.release();
+            self.filter_end(rc)
+        } else {
+            match self.run(Event::Input) {
+                Some(rc) => self.filter_end(rc),
+                None => NGX_AGAIN as ngx_int_t,
+            }
         };
         if let Role::Filter(side) = &mut self.role {
             side.in_call = false;
@@ -175,6 +195,7 @@ impl Transform {
         let http = self.http;
         let wants = self.program.wants_response();
         let handed_back = self.program.response_handed_back();
+        let ring_busy = matches!(&self.phase, Phase::Streaming(Sink::Chain(r)) if r.has_busy());
         let me: *mut Transform = self;
         let Role::Filter(side) = &mut self.role else {
             return;
@@ -183,11 +204,16 @@ impl Transform {
             if let Some(fix) = &side.send_fix {
                 fix.post();
             }
-        } else if !http.arm_write(true, self.conf.send_timeout) {
+        } else if !http.arm_write(true, http.send_timeout()) {
             // (As nginx's writer would: the connection is closed.)
             http.set_client_error();
         }
-        if !on_program && side.wrapped.is_none() && http.active() {
+        // The client's next write event comes here first while the relay waits for it; and
+        // while filters after ours hold its output (SSI waiting for an include, postponed
+        // output), a run of the request (posted when a subrequest ends) pushes it on: the
+        // handler, whose buffers were all taken, would not.
+        let held_after = http.postponed() || ring_busy;
+        if (!on_program && http.active() || held_after) && side.wrapped.is_none() {
             // The client's next write event comes here first.
             side.wrapped = Some(http.write_handler());
             http.set_write_handler(Some(client_writable));
@@ -219,6 +245,18 @@ impl Transform {
             return rc;
         }
         side.after = After::Pass;
+        if rc > NGX_OK as ngx_int_t && !http.header_sent() && http.is_subrequest() {
+            // An include whose program failed before its commit is left out of the page (its
+            // header never reaches the client; the failure is in the log): ending the main
+            // request for it would lose the whole page.
+            side.after = After::Drop;
+            let _ = Downstream::Next.send_header(http);
+            let rc = Downstream::Next.special(http, true);
+            if !in_call {
+                http.post();
+            }
+            return rc;
+        }
         if rc > NGX_OK as ngx_int_t && !http.header_sent() {
             // An error page in place of the response (ours passes it through).
             let _ = http.filter_finalize(crate::filter::module(), rc);

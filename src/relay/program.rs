@@ -513,6 +513,11 @@ impl Program {
         self.body.is_response() && self.body.is_empty() && !self.body.ended()
     }
 
+    /// A filter's program: the response's last buffer was taken.
+    pub fn response_ended(&self) -> bool {
+        self.body.ended()
+    }
+
     /// Buffers of the response handed back to its handler so far.
     pub fn response_handed_back(&self) -> u64 {
         self.body.handed_back()
