@@ -300,3 +300,21 @@ pub fn kill_all() {
         os::reap_blocking(fd);
     }
 }
+
+/// Whether this worker runs `transform_max_programs` programs already: the request is refused
+/// (logged here).
+pub fn over_limit(http: crate::nginx::Http, conf: &crate::conf::TransformConf) -> bool {
+    let running = running();
+    if conf.max_programs <= 0 || running < conf.max_programs as usize {
+        return false;
+    }
+    log_error!(
+        nginx_sys::NGX_LOG_WARN,
+        http.log(),
+        0,
+        "transform: {running} programs running in this worker (transform_max_programs {}), \
+         request refused",
+        conf.max_programs
+    );
+    true
+}

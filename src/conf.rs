@@ -795,20 +795,10 @@ extern "C" fn set_filter(
         conf.filter = Some(Vec::new());
         return NGX_CONF_OK;
     }
-    // SAFETY: words[0] is a valid ngx_str_t of the configuration.
-    if unsafe { ngx_http_script_variables_count(&mut words[0]) } == 0 {
-        if let Err(msg) = check_program(cf, words[0]) {
-            return msg;
-        }
+    match compile_argv(cf, words) {
+        Ok(argv) => conf.filter = Some(argv),
+        Err(msg) => return msg,
     }
-    let mut argv = Vec::with_capacity(words.len());
-    for word in words.iter_mut() {
-        let Some(cv) = compile(cf, word) else {
-            return NGX_CONF_ERROR;
-        };
-        argv.push(cv);
-    }
-    conf.filter = Some(argv);
     NGX_CONF_OK
 }
 
@@ -920,21 +910,10 @@ extern "C" fn set_exec(
     let args: &mut [ngx_str_t] = unsafe { (*cf.args).as_slice_mut() };
     let words = &mut args[1..];
 
-    // The program: a literal must be an absolute path to an executable file now.
-    // SAFETY: words[0] is a valid ngx_str_t of the configuration.
-    if unsafe { ngx_http_script_variables_count(&mut words[0]) } == 0 {
-        if let Err(msg) = check_program(cf, words[0]) {
-            return msg;
-        }
+    match compile_argv(cf, words) {
+        Ok(argv) => conf.exec = Some(argv),
+        Err(msg) => return msg,
     }
-    let mut argv = Vec::with_capacity(words.len());
-    for word in words.iter_mut() {
-        let Some(cv) = compile(cf, word) else {
-            return NGX_CONF_ERROR;
-        };
-        argv.push(cv);
-    }
-    conf.exec = Some(argv);
 
     let clcf = NgxHttpCoreModule::location_conf_mut(cf).expect("core loc conf");
     clcf.handler = Some(crate::handler::transform_handler);
@@ -1040,6 +1019,23 @@ extern "C" fn set_env(
     }
     list.push(EnvVar { prefix, value });
     NGX_CONF_OK
+}
+
+/// A program and its arguments: each word a complex value (one argv element each); a literal
+/// program must be an absolute path to an executable file now.
+fn compile_argv(
+    cf: &mut ngx_conf_t,
+    words: &mut [ngx_str_t],
+) -> Result<Vec<*mut ngx_http_complex_value_t>, *mut c_char> {
+    // SAFETY: words[0] is a valid ngx_str_t of the configuration.
+    if unsafe { ngx_http_script_variables_count(&mut words[0]) } == 0 {
+        check_program(cf, words[0])?;
+    }
+    let mut argv = Vec::with_capacity(words.len());
+    for word in words.iter_mut() {
+        argv.push(compile(cf, word).ok_or(NGX_CONF_ERROR)?);
+    }
+    Ok(argv)
 }
 
 /// A literal program must be an absolute path to an executable file.

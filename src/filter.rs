@@ -12,7 +12,7 @@ use core::ptr;
 
 use nginx_sys::{
     ngx_chain_t, ngx_conf_t, ngx_http_request_t, ngx_int_t, ngx_module_t, NGX_ERROR,
-    NGX_HTTP_BAD_GATEWAY, NGX_HTTP_SERVICE_UNAVAILABLE, NGX_LOG_ERR, NGX_LOG_WARN, NGX_OK,
+    NGX_HTTP_BAD_GATEWAY, NGX_HTTP_SERVICE_UNAVAILABLE, NGX_LOG_ERR, NGX_OK,
 };
 
 use crate::child;
@@ -145,16 +145,7 @@ unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
         // The header of what a GET would get; the program does not run.
         return Downstream::Next.send_header(http);
     }
-    let running = child::running();
-    if conf.max_programs > 0 && running >= conf.max_programs as usize {
-        log_error!(
-            NGX_LOG_WARN,
-            http.log(),
-            0,
-            "transform: {running} programs running in this worker (transform_max_programs {}), \
-             request refused",
-            conf.max_programs
-        );
+    if child::over_limit(http, conf) {
         // (Marks the request for its 503, which comes back through this filter.)
         let _ = http.set_ctx(
             module(),

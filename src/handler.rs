@@ -6,7 +6,7 @@ use std::ffi::CString;
 use nginx_sys::{
     ngx_http_complex_value_t, ngx_http_request_t, ngx_int_t, NGX_DONE, NGX_HTTP_BAD_REQUEST,
     NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_SERVICE_UNAVAILABLE, NGX_HTTP_SPECIAL_RESPONSE,
-    NGX_LOG_ERR, NGX_LOG_WARN, NGX_OK,
+    NGX_LOG_ERR, NGX_OK,
 };
 
 use crate::child;
@@ -100,16 +100,7 @@ fn run_with(http: Http, conf: &'static TransformConf, share: bool) -> ngx_int_t 
         return http.send_header(ContentType::Configured(content_type), None);
     }
 
-    let running = child::running();
-    if conf.max_programs > 0 && running >= conf.max_programs as usize {
-        log_error!(
-            NGX_LOG_WARN,
-            http.log(),
-            0,
-            "transform: {running} programs running in this worker (transform_max_programs {}), \
-             request refused",
-            conf.max_programs
-        );
+    if child::over_limit(http, conf) {
         if !http.add_header("Retry-After", "1") {
             return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
         }

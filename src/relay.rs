@@ -413,9 +413,8 @@ impl Transform {
     /// logged once; a program still writing is let go (it gets `transform_kill_timeout` to end
     /// on its own, its failure logged), so the connection serves its next request at once.
     fn complete_response(&mut self) -> Flow {
-        if self.out().special(self.http, true) == NGX_ERROR as ngx_int_t {
-            return Flow::Wait(self.io_failed("sending the end of the response", io_other()));
-        }
+        // (Counted and logged before the end goes out: whoever reads the response then finds
+        // the line in the log.)
         let (in_pipe, hung_up) = match self.program.stdout() {
             None => (0, true),
             Some(fd) => os::pipe_state(fd).unwrap_or((0, true)),
@@ -433,6 +432,9 @@ impl Transform {
                 self.program.name(),
                 self.moved.limit
             );
+        }
+        if self.out().special(self.http, true) == NGX_ERROR as ngx_int_t {
+            return Flow::Wait(self.io_failed("sending the end of the response", io_other()));
         }
         self.set_phase(Phase::Complete);
         if let Some(store) = &mut self.store {
