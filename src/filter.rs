@@ -18,7 +18,7 @@ use nginx_sys::{
 use crate::child;
 use crate::conf::TransformConf;
 use crate::handler;
-use crate::nginx::filter::{install, Downstream};
+use crate::nginx::filter::{consume, install, Downstream};
 use crate::nginx::{CtxKind, Http};
 use crate::relay::filter as relay_filter;
 use crate::relay::{Transform, Variable};
@@ -76,14 +76,16 @@ fn decide(http: Http, conf: &TransformConf) -> Decision {
         return Decision::Pass;
     }
     let status = http.status();
-    // A 206 is a part of a 200 that would be filtered whole (unless 206 is listed itself).
+    // A 206 is a part of a 200 that would be filtered whole (unless 206 is listed itself); the
+    // type of several parts (multipart/byteranges) says nothing of theirs.
     let partial = status == 206 && !conf.lists_status(206);
     let filtered = if partial {
         conf.filters_status(200)
     } else {
         conf.filters_status(status)
     };
-    if !filtered || !http.type_in(&conf.filter_types) {
+    let typed = http.type_in(&conf.filter_types) || partial && http.multipart_ranges();
+    if !filtered || !typed {
         return Decision::Pass;
     }
     if partial {
@@ -128,14 +130,14 @@ unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
                 0,
                 "transform_filter cannot filter {why}"
             );
-            return http.filter_finalize(module(), NGX_HTTP_BAD_GATEWAY as ngx_int_t);
+            return fail(http, NGX_HTTP_BAD_GATEWAY as ngx_int_t);
         }
         Decision::Filter => {}
     }
     let content_type =
         match handler::evaluate_type(http, conf.filter_type(), "transform_filter_type") {
             Ok(t) => t,
-            Err(rc) => return http.filter_finalize(module(), rc),
+            Err(rc) => return fail(http, rc),
         };
     http.clear_body_headers();
     if let Some(t) = content_type {
@@ -152,22 +154,46 @@ unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
             CtxKind::Refused,
             ptr::NonNull::<u8>::dangling().as_ptr().cast(),
         );
-        return http.filter_finalize(module(), NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t);
+        return fail(http, NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t);
     }
     let launch = match handler::evaluate(http, conf, argv, "transform_filter") {
         Ok(launch) => launch,
-        Err(rc) => return http.filter_finalize(module(), rc),
+        Err(rc) => return fail(http, rc),
     };
     match relay_filter::start(http, conf, launch, content_type) {
         // The header goes out at the commit, with what the program made of the body.
         Ok(_) => NGX_OK as ngx_int_t,
-        Err(rc) => http.filter_finalize(module(), rc),
+        Err(rc) => fail(http, rc),
     }
+}
+
+/// A response that cannot be filtered (refused, or its program could not start): an error page
+/// of `status` in its place; a subrequest's (an SSI include) is left out of the page instead
+/// (its header never reaches the client; the reason is in the log): ending the main request for
+/// it would lose the whole page.
+fn fail(http: Http, status: ngx_int_t) -> ngx_int_t {
+    if http.is_subrequest() {
+        // (Its body is dropped by the body filter; the ctx marks it.)
+        let omitted = ptr::NonNull::<u8>::dangling().as_ptr().cast();
+        if !http.set_ctx(module(), CtxKind::Omitted, omitted) {
+            return NGX_ERROR as ngx_int_t;
+        }
+        return Downstream::Next.send_header(http);
+    }
+    http.filter_finalize(module(), status)
 }
 
 unsafe extern "C" fn body_filter(r: *mut ngx_http_request_t, chain: *mut ngx_chain_t) -> ngx_int_t {
     // SAFETY: nginx calls body filters with a live request.
     let http = unsafe { Http::from_ptr(r) };
+    if !http.ctx(module(), CtxKind::Omitted).is_null() {
+        // An include left out: only its end goes on.
+        return if consume(chain) {
+            Downstream::Next.special(http, true)
+        } else {
+            Downstream::Next.body(http, ptr::null_mut())
+        };
+    }
     let t = relay(http);
     if t.is_null() {
         return Downstream::Next.body(http, chain);

@@ -632,6 +632,8 @@ pub enum CtxKind {
     /// A response whose filter program was refused (`transform_max_programs`): the 503 in its
     /// place says when to retry.
     Refused,
+    /// A subrequest's response that could not be filtered: left out of the page.
+    Omitted,
 }
 
 /// The module's ctx slot: which state, and where.

@@ -618,16 +618,17 @@ fn head_204_304_pass_and_encoded_or_partial_responses_are_refused() {
             .any(|w| page.windows(16).next() == Some(w)),
         "the application's bytes reached the client"
     );
-    // Nor a part of a response: the application answered a forwarded Range with a 206.
-    let mut refused = Client::connect(nginx.port);
-    let r = get_with(&mut refused, "/p/page.html", "Range: bytes=0-99\r\n");
-    assert_eq!(r.status, 502, "a 206 is refused");
-    assert!(
-        !r.body
-            .windows(16)
-            .any(|w| page.windows(16).next() == Some(w)),
-        "the application's bytes reached the client"
-    );
+    // Nor a part of a response: the application answered a forwarded Range with a 206, of one
+    // range or of several (multipart/byteranges, whose type is not the page's).
+    for range in ["bytes=0-99", "bytes=0-5,10-15"] {
+        let mut refused = Client::connect(nginx.port);
+        let r = get_with(&mut refused, "/p/page.html", &format!("Range: {range}\r\n"));
+        assert_eq!(r.status, 502, "{range}: a 206 is refused");
+        assert!(
+            !r.body.windows(6).any(|w| page.windows(6).next() == Some(w)),
+            "{range}: the application's bytes reached the client"
+        );
+    }
     assert!(
         runs(&p_runs).is_empty(),
         "a program ran: {:?}",
@@ -1890,32 +1891,73 @@ fn output_held_after_the_filter_goes_on_while_the_handler_waits() {
 #[test]
 fn an_include_whose_program_fails_is_left_out_of_a_whole_page() {
     let data = Data::new("incfail");
+    // A program that fails, one that cannot start, a response the filter refuses (encoded).
     data.write(
         "ssi/page.html",
-        b"BEFORE<!--# include virtual=\"/fail/part.html\" -->AFTER\n",
+        b"BEFORE<!--# include virtual=\"/fail/part.html\" -->ONE\
+<!--# include virtual=\"/nostart/part.html\" -->TWO\
+<!--# include virtual=\"/p/gz/part.html\" -->AFTER\n",
     );
     data.write("fail/part.html", b"<p>part</p>\n");
+    data.write("nostart/part.html", b"<p>part</p>\n");
+    data.write("gz/part.html", &b"<p>part</p>\n".repeat(100));
     let nginx = start(
         &data,
         "server { listen 127.0.0.1:{PORT};
            location /ssi/ { ssi on; alias {DATA}/ssi/; }
-           location /fail/ { alias {DATA}/fail/; transform_filter /bin/false; } }",
+           location /fail/ { alias {DATA}/fail/; transform_filter /bin/false; }
+           location /nostart/ { alias {DATA}/nostart/; transform_filter /nonexistent$uri; }
+           location /p/ { proxy_pass {UP}/; transform_filter /bin/cat; } }
+         server { listen {UPSTREAM};
+           location /gz/ { alias {DATA}/gz/; add_header Content-Encoding gzip; } }",
     );
     let mut c = Client::connect(nginx.port);
-    let r = c.get("/ssi/page.html");
+    let r = get_with(&mut c, "/ssi/page.html", "Accept-Encoding: gzip\r\n");
     assert_eq!(r.status, 200);
     assert!(r.complete, "{:?}", r.end);
-    assert_eq!(String::from_utf8_lossy(&r.body), "BEFOREAFTER\n");
+    let page = if r.header("Content-Encoding") == Some("gzip") {
+        gunzip(&r.body)
+    } else {
+        r.body.clone()
+    };
+    assert_eq!(String::from_utf8_lossy(&page), "BEFOREONETWOAFTER\n");
     // The connection serves on.
     let r = c.get("/ssi/page.html");
-    assert_eq!(String::from_utf8_lossy(&r.body), "BEFOREAFTER\n");
+    assert_eq!(String::from_utf8_lossy(&r.body), "BEFOREONETWOAFTER\n");
+    let log = nginx.error_log();
     assert!(
-        nginx
-            .error_log()
-            .contains("transform program \"/bin/false\" exited with code 1"),
-        "{}",
-        nginx.error_log()
+        log.contains("transform program \"/bin/false\" exited with code 1")
+            && log.contains("execve() \"/nonexistent/nostart/part.html\" failed")
+            && log.contains("transform_filter cannot filter an encoded response"),
+        "{log}"
     );
+    no_programs_left(&nginx);
+    nginx.stop();
+}
+
+/// A response reached through an internal redirect (an `error_page` after a failed upstream),
+/// whose handler sends its body in several calls, is filtered whole: the earlier location's
+/// upstream, which nginx leaves on the request, is not taken for this response's.
+#[test]
+fn a_response_after_an_internal_redirect_from_an_upstream_is_filtered() {
+    let data = Data::new("redirected");
+    let dead = free_port();
+    let nginx = start(
+        &data,
+        &format!(
+            r#"server {{ listen 127.0.0.1:{{PORT}};
+                 location /gen {{ transform_exec /bin/sh -c "echo one; sleep 0.2; echo two";
+                     transform_type text/html; transform_filter /usr/bin/tr a-z A-Z; }}
+                 location /dead {{ proxy_pass http://127.0.0.1:{dead}; error_page 502 = /gen; }} }}"#
+        ),
+    );
+    let mut c = Client::connect(nginx.port);
+    let r = c.get("/gen");
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"ONE\nTWO\n"[..]));
+    let r = c.get("/dead");
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.body, b"ONE\nTWO\n");
+    assert!(r.complete);
     no_programs_left(&nginx);
     nginx.stop();
 }

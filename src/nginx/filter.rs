@@ -133,13 +133,23 @@ impl Http {
         });
     }
 
-    /// Whether an upstream (proxy, fastcgi, uwsgi, scgi, grpc) served the response and is done
-    /// with it: whatever it did not pass on never comes.
+    /// Whether an upstream (proxy, fastcgi, uwsgi, scgi, grpc) sent this response's header and
+    /// is done with it: whatever it did not pass on never comes. (`header_sent`: an upstream of
+    /// this request before an internal redirect, which nginx leaves in `r->upstream`, sent
+    /// nothing of this response.)
     pub fn upstream_finished(self) -> bool {
         self.with_r(|r| {
             // SAFETY: null or the request's upstream, in its pool.
-            unsafe { r.upstream.as_ref() }.is_some_and(|u| u.cleanup.is_null())
+            unsafe { r.upstream.as_ref() }
+                .is_some_and(|u| u.header_sent() != 0 && u.cleanup.is_null())
         })
+    }
+
+    /// Whether the response is several byte ranges (its Content-Type says nothing of the
+    /// body's).
+    pub fn multipart_ranges(self) -> bool {
+        self.content_type()
+            .is_some_and(|t| t.len() >= 20 && t[..20].eq_ignore_ascii_case(b"multipart/byteranges"))
     }
 
     /// Whether this is a subrequest (an SSI include, an addition, a mirror...).
@@ -292,4 +302,21 @@ impl Http {
             )
         }
     }
+}
+
+/// Marks every buffer of `chain` consumed (a response nobody reads), as a filter releases a
+/// buffer; whether the chain held the response's last buffer.
+pub fn consume(mut chain: *mut ngx_chain_t) -> bool {
+    let mut last = false;
+    while !chain.is_null() {
+        // SAFETY: the handler's live chain of live buffers.
+        unsafe {
+            let b = (*chain).buf;
+            last |= (*b).last_buf() != 0 || (*b).last_in_chain() != 0;
+            (*b).pos = (*b).last;
+            (*b).file_pos = (*b).file_last;
+            chain = (*chain).next;
+        }
+    }
+    last
 }

@@ -34,7 +34,7 @@ use super::program::Program;
 use super::sink::Sink;
 use super::{Event, Next, Phase, Role, Transform};
 use crate::conf::TransformConf;
-use crate::nginx::filter::Downstream;
+use crate::nginx::filter::{consume, Downstream};
 use crate::nginx::{pool_allocate, Http, Timer};
 
 pub use super::program::Launch;
@@ -147,13 +147,13 @@ impl Transform {
             After::Pass => return Downstream::Next.body(http, chain),
             After::Drop => {
                 // What the filters after ours still hold goes on.
-                drop_chain(chain);
+                consume(chain);
                 return Downstream::Next.body(http, ptr::null_mut());
             }
             After::Running => {}
         }
         if matches!(self.phase, Phase::Done | Phase::Terminated) {
-            drop_chain(chain);
+            consume(chain);
             return Downstream::Next.body(http, ptr::null_mut());
         }
         if !chain.is_null() && !self.program.push_response(chain) {
@@ -213,6 +213,12 @@ impl Transform {
         // output), a run of the request (posted when a subrequest ends) pushes it on: the
         // handler, whose buffers were all taken, would not.
         let held_after = http.postponed() || ring_busy;
+        if side.wrapped.is_some() && !wrapping(http) {
+            // The handler took its write events back (nginx's writer after it finalized).
+            side.wrapped = None;
+            let r = http.as_ptr() as usize;
+            WRAPPED.with(|w| w.borrow_mut().retain(|&(q, _)| q != r));
+        }
         if (!on_program && http.active() || held_after) && side.wrapped.is_none() {
             // The client's next write event comes here first.
             side.wrapped = Some(http.write_handler());
@@ -274,9 +280,7 @@ impl Transform {
             return;
         };
         if let Some(h) = side.wrapped.take() {
-            if http.write_handler().map(|f| f as usize)
-                == Some(client_writable as *const () as usize)
-            {
+            if wrapping(http) {
                 http.set_write_handler(h);
             }
             let r = http.as_ptr() as usize;
@@ -296,17 +300,9 @@ impl Transform {
     }
 }
 
-/// Marks every buffer of `chain` consumed (a response nobody reads any more).
-fn drop_chain(mut chain: *mut ngx_chain_t) {
-    while !chain.is_null() {
-        // SAFETY: the handler's live chain; consuming a buffer is how a filter releases it.
-        unsafe {
-            let b = (*chain).buf;
-            (*b).pos = (*b).last;
-            (*b).file_pos = (*b).file_last;
-            chain = (*chain).next;
-        }
-    }
+/// Whether the request's write events come to [`client_writable`] now.
+fn wrapping(http: Http) -> bool {
+    http.write_handler().map(|f| f as usize) == Some(client_writable as *const () as usize)
 }
 
 thread_local! {
@@ -361,7 +357,8 @@ unsafe extern "C" fn fix_send_timer(ev: *mut ngx_event_t) {
     if matches!(t.phase, Phase::Done | Phase::Terminated) {
         return;
     }
-    let waiting_for_client = matches!(&t.role, Role::Filter(s) if s.wrapped.is_some());
+    let waiting_for_client =
+        matches!(&t.role, Role::Filter(s) if s.wrapped.is_some()) && wrapping(t.http);
     if !waiting_for_client {
         t.http.drop_idle_send_timer();
     }
