@@ -1229,6 +1229,10 @@ pub enum Pumped {
     ClientBusy,
     /// The program closed its output.
     Eof,
+    /// `sendfile_max_chunk` was moved in one go: the other connections go first, then the
+    /// program's output is read again (a filter's way; `transform_exec`'s pauses the client's
+    /// write event instead, which a filter's handler may cancel).
+    Yield,
 }
 
 impl BufRing {

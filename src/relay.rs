@@ -369,6 +369,10 @@ impl Transform {
             }
             Ok(Pumped::ProgramIdle) => Flow::Wait(Next::Program),
             Ok(Pumped::ClientBusy) => Flow::Wait(Next::Client),
+            Ok(Pumped::Yield) => {
+                self.program.post_output();
+                Flow::Wait(Next::Program)
+            }
             Ok(Pumped::Eof) => {
                 if self.moved.bytes != self.moved.limit {
                     self.program.end_output(false);

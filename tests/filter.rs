@@ -1961,3 +1961,29 @@ fn a_response_after_an_internal_redirect_from_an_upstream_is_filtered() {
     no_programs_left(&nginx);
     nginx.stop();
 }
+
+/// The splice transport's pause at `sendfile_max_chunk` does not rely on the client's write
+/// timer, which nginx's non-buffered upstream deletes when it did not set it: a proxied response
+/// with `proxy_buffering off`, many times `sendfile_max_chunk`, arrives whole.
+#[test]
+fn an_unbuffered_proxied_response_many_max_chunks_long_arrives_whole() {
+    let data = Data::new("maxchunk");
+    let sum = data.write_gen("big.bin", 64 * MIB as u64);
+    let nginx = start(
+        &data,
+        "server { listen {UPSTREAM}; root {DATA}; }
+         server { listen 127.0.0.1:{PORT};
+           location / { proxy_pass {UP}; proxy_buffering off; proxy_buffer_size 64k;
+               proxy_buffers 8 64k; sendfile_max_chunk 64k;
+               transform_filter /bin/cat; transform_filter_types *; } }",
+    );
+    for _ in 0..3 {
+        let (r, end, n, got) = fetch_hashed(nginx.port, "/big.bin");
+        assert_eq!(r.status, 200);
+        assert!(matches!(end, End::Complete), "{end:?} after {n} bytes");
+        assert_eq!(n, 64 * MIB as u64);
+        assert_eq!(got, sum);
+    }
+    no_programs_left(&nginx);
+    nginx.stop();
+}

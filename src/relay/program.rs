@@ -226,6 +226,13 @@ impl Program {
         self.stdout.as_ref().map(EventFd::fd)
     }
 
+    /// Reads the output again in the next event-loop iteration, after the other connections.
+    pub fn post_output(&self) {
+        if let Some(fd) = &self.stdout {
+            fd.post_read();
+        }
+    }
+
     /// The output ended (end of file, or the program exited and only other processes hold the
     /// pipe, `left_writers`): stdout is closed.
     pub fn end_output(&mut self, left_writers: bool) {

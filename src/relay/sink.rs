@@ -266,6 +266,11 @@ impl Splice {
                         http.log(),
                         "transform: sendfile_max_chunk {max_chunk} reached, yielding"
                     );
+                    if out == Downstream::Next {
+                        // (nginx's non-buffered upstream deletes a write timer it did not
+                        // set: a filter yields on the program's side.)
+                        return Ok(Pumped::Yield);
+                    }
                     http.delay_write(1);
                     return Ok(Pumped::ClientBusy);
                 }
