@@ -57,17 +57,7 @@ pub fn start(
 ) -> ngx_int_t {
     let ctx = pool_allocate(
         http.pool(),
-        Transform {
-            http,
-            conf,
-            content_type,
-            store,
-            program: Program::new(http, conf, &launch, false),
-            phase: Phase::Holding(Held::new(conf)),
-            moved: Moved::default(),
-            shutting_down: false,
-            role: Role::Handler,
-        },
+        Transform::new(http, conf, &launch, content_type, store, Role::Handler),
     );
     if ctx.is_null() {
         return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
@@ -201,6 +191,29 @@ enum Flow {
 }
 
 impl Transform {
+    /// The machine for a program about to start, holding its output until the commit.
+    fn new(
+        http: Http,
+        conf: &'static TransformConf,
+        launch: &Launch,
+        content_type: Option<&'static [u8]>,
+        store: Option<Store>,
+        role: Role,
+    ) -> Transform {
+        let filter = matches!(role, Role::Filter(_));
+        Transform {
+            http,
+            conf,
+            content_type,
+            store,
+            program: Program::new(http, conf, launch, filter),
+            phase: Phase::Holding(Held::new(conf)),
+            moved: Moved::default(),
+            shutting_down: false,
+            role,
+        }
+    }
+
     /// Handles `ev` and advances as far as possible; returns the status to finalize the request
     /// with when it is done.
     fn run(&mut self, ev: Event) -> Option<ngx_int_t> {

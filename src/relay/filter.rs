@@ -30,7 +30,6 @@ use nginx_sys::{
     NGX_OK,
 };
 
-use super::program::Program;
 use super::sink::Sink;
 use super::{Event, Next, Phase, Role, Transform};
 use crate::conf::TransformConf;
@@ -89,19 +88,10 @@ pub fn start(
     content_type: Option<&'static [u8]>,
 ) -> Result<*mut Transform, ngx_int_t> {
     let internal = NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+    let role = Role::Filter(Side::new(http.status()));
     let ctx = pool_allocate(
         http.pool(),
-        Transform {
-            http,
-            conf,
-            content_type,
-            store: None,
-            program: Program::new(http, conf, &launch, true),
-            phase: Phase::Holding(super::commit::Held::new(conf)),
-            moved: crate::nginx::Moved::default(),
-            shutting_down: false,
-            role: Role::Filter(Side::new(http.status())),
-        },
+        Transform::new(http, conf, &launch, content_type, None, role),
     );
     if ctx.is_null() {
         return Err(internal);
