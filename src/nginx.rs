@@ -1199,6 +1199,8 @@ pub struct Moved {
     pub end: u64,
     /// Bytes past a declared Content-Length already dropped.
     pub excess: u64,
+    /// Whether those were logged already.
+    pub excess_logged: bool,
 }
 
 impl Default for Moved {
@@ -1210,6 +1212,7 @@ impl Default for Moved {
             declared: false,
             end: u64::MAX,
             excess: 0,
+            excess_logged: false,
         }
     }
 }

@@ -440,15 +440,7 @@ impl Transform {
         // What is beyond the length is counted for the log and to keep the output from the store.
         self.moved.excess = extra;
         if self.moved.declared && extra > 0 {
-            log_error!(
-                NGX_LOG_ERR,
-                self.http.log(),
-                0,
-                "transform program \"{}\" sent more than its Content-Length {} ({extra} bytes \
-                 more so far); dropped",
-                self.program.name(),
-                self.moved.limit
-            );
+            self.log_excess(extra);
         }
         if self.out().special(self.http, true) == NGX_ERROR as ngx_int_t {
             return Flow::Wait(self.io_failed("sending the end of the response", io_other()));
@@ -468,6 +460,23 @@ impl Transform {
             return Flow::Wait(Next::Finish(NGX_OK as ngx_int_t));
         }
         Flow::Continue
+    }
+
+    /// Output past a declared Content-Length: logged once.
+    fn log_excess(&mut self, extra: u64) {
+        if self.moved.excess_logged {
+            return;
+        }
+        self.moved.excess_logged = true;
+        log_error!(
+            NGX_LOG_ERR,
+            self.http.log(),
+            0,
+            "transform program \"{}\" sent more than its Content-Length {} ({extra} bytes \
+             more so far); dropped",
+            self.program.name(),
+            self.moved.limit
+        );
     }
 
     /// Complete: the output ended with the response; the program's exit is only logged.

@@ -285,8 +285,12 @@ impl Transform {
         }
         self.moved.declared = declared;
         let fits = prefix.len().min(self.moved.room() as usize);
-        // Logged once the response is complete, with what else comes.
+        // Logged once the response is complete, with what else comes; or now, when what was
+        // held is the whole response (the client has it all with the prefix).
         self.moved.excess = (prefix.len() - fits) as u64;
+        if declared && self.moved.excess > 0 {
+            self.log_excess(self.moved.excess);
+        }
         let prefix = &prefix[..fits];
         let buf_prefix = prefix.to_vec();
         if !prefix.is_empty() {
