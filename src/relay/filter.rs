@@ -206,8 +206,7 @@ impl Transform {
         if side.wrapped.is_some() && !wrapping(http) {
             // The handler took its write events back (nginx's writer after it finalized).
             side.wrapped = None;
-            let r = http.as_ptr() as usize;
-            WRAPPED.with(|w| w.borrow_mut().retain(|&(q, _)| q != r));
+            unlist(http.as_ptr());
         }
         if (!on_program && http.active() || held_after) && side.wrapped.is_none() {
             // The client's next write event comes here first.
@@ -273,8 +272,7 @@ impl Transform {
             if wrapping(http) {
                 http.set_write_handler(h);
             }
-            let r = http.as_ptr() as usize;
-            WRAPPED.with(|w| w.borrow_mut().retain(|&(q, _)| q != r));
+            unlist(http.as_ptr());
         }
         if let Some(fix) = &side.send_fix {
             fix.clear();
@@ -288,6 +286,12 @@ impl Transform {
             Role::Handler => None,
         }
     }
+}
+
+/// Removes `r` from the requests whose write events come to [`client_writable`].
+fn unlist(r: *mut ngx_http_request_t) {
+    let key = r as usize;
+    WRAPPED.with(|w| w.borrow_mut().retain(|&(q, _)| q != key));
 }
 
 /// Whether the request's write events come to [`client_writable`] now.
@@ -319,7 +323,7 @@ unsafe extern "C" fn client_writable(r: *mut ngx_http_request_t) {
         Role::Filter(side) => side.wrapped.take(),
         Role::Handler => None,
     };
-    WRAPPED.with(|w| w.borrow_mut().retain(|&(q, _)| q != key));
+    unlist(r);
     let handler = handler.flatten();
     http.set_write_handler(handler);
     // A timed-out event is the handler's to judge (408).
