@@ -523,6 +523,16 @@ pub unsafe extern "C" fn merge_loc_conf(
             .iter()
             .position(|p| p.name.as_bytes() == name.as_slice())
         {
+            Some(_) if conf.store != Store::Off || conf.lock != 0 => {
+                log_error!(
+                    NGX_LOG_EMERG,
+                    cf.log,
+                    0,
+                    "\"transform_pass\" in {file}:{line} cannot store or share its responses: \
+                     set \"transform_store off\" and \"transform_lock off\" there"
+                );
+                return NGX_CONF_ERROR;
+            }
             Some(i) => conf.pool = Some(i),
             None => {
                 log_error!(

@@ -415,8 +415,8 @@ fn spawn(pool: *mut Pool) -> Result<*mut Slot, ngx_int_t> {
 impl Lease {
     /// The response was complete and the process is in a known state: back to the pool (or
     /// retired: max_requests, shutdown), and the next waiting request gets it.
-    pub fn give_back(self, mut proc: Proc) {
-        let slot = self.slot;
+    pub fn give_back(mut self, mut proc: Proc) {
+        let slot = core::mem::replace(&mut self.slot, core::ptr::null_mut());
         // SAFETY: the lease's slot lives until it is given back or lost.
         let s = unsafe { &mut *slot };
         // SAFETY: its pool lives for the worker.
@@ -453,19 +453,31 @@ impl Lease {
 
     /// The process is not given back (it is being killed by its request): the slot goes, the
     /// reason is logged, and a waiting request gets a new process.
-    pub fn lose(self, loss: &Loss) {
+    pub fn lose(mut self, loss: &Loss) {
+        let slot = core::mem::replace(&mut self.slot, core::ptr::null_mut());
+        let pool = s_pool(slot);
         if matches!(loss, Loss::Close) {
             // SAFETY: the lease's slot.
-            unsafe { (*self.slot).answered = true };
+            unsafe { (*slot).answered = true };
             // (Its pipes were closed by the request: the program sees the end of its stdin.)
-            let pool = s_pool(self.slot);
-            retire(self.slot, &loss.to_string());
-            kick(pool);
-            return;
+            retire(slot, &loss.to_string());
+        } else {
+            lose(slot, loss);
         }
-        let pool = s_pool(self.slot);
-        lose(self.slot, loss);
         kick(pool);
+    }
+}
+
+impl Drop for Lease {
+    /// A lease dropped unused (its request could not start): the process is killed.
+    fn drop(&mut self) {
+        let slot = core::mem::replace(&mut self.slot, core::ptr::null_mut());
+        if !slot.is_null() {
+            drop(self.proc.take());
+            let pool = s_pool(slot);
+            lose(slot, &Loss::Ended);
+            kick(pool);
+        }
     }
 }
 
