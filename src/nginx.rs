@@ -825,6 +825,10 @@ impl EventFd {
             c.data = data;
             c.log = log;
             (*c.read).handler = Some(handler);
+            if (*c.write).handler.is_some() {
+                // A writer's write events go to the new owner too (its data changed).
+                (*c.write).handler = Some(handler);
+            }
             (*c.read).log = log;
             (*c.write).log = log;
             if (*c.read).timer_set() != 0 {
