@@ -20,7 +20,7 @@ use std::fmt;
 use std::os::fd::{AsFd, AsRawFd};
 
 use nginx_sys::{
-    ngx_event_t, ngx_http_request_t, ngx_int_t, ngx_log_t, ngx_msec_t, NGX_DONE,
+    ngx_chain_t, ngx_event_t, ngx_http_request_t, ngx_int_t, ngx_log_t, ngx_msec_t, NGX_DONE,
     NGX_HTTP_BAD_GATEWAY, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_SERVICE_UNAVAILABLE,
     NGX_LOG_ERR, NGX_LOG_INFO, NGX_LOG_WARN,
 };
@@ -123,13 +123,25 @@ enum SlotState {
 }
 
 /// A request waiting for a process (in the request pool).
-struct Waiter {
+pub struct Waiter {
     http: Http,
     pool: *mut Pool,
     loc: &'static TransformConf,
     content_type: Option<&'static [u8]>,
     since: ngx_msec_t,
     queued: bool,
+    kind: WaitKind,
+}
+
+enum WaitKind {
+    /// `transform_pass`: the request starts when it gets a process.
+    Handler,
+    /// `transform_filter_pass`: the response's head, and the body buffers its handler passed
+    /// meanwhile (not consumed: the handler waits for them, as for a slow program).
+    Filter {
+        head: Vec<u8>,
+        chain: *mut ngx_chain_t,
+    },
 }
 
 fn cycle_log() -> *mut ngx_log_t {
@@ -181,6 +193,7 @@ pub fn request(
             content_type,
             since: now_msec(),
             queued: true,
+            kind: WaitKind::Handler,
         },
     );
     if waiter.is_null() || !http.add_cleanup(waiter_cleanup, waiter.cast()) {
@@ -195,6 +208,87 @@ pub fn request(
     http.take_reference();
     kick(pool);
     NGX_DONE as ngx_int_t
+}
+
+/// `transform_filter_pass`: filters the response with a process of pool `index`, now or when
+/// one is free (the response's header and body are held meanwhile). `Err` is the status of the
+/// error page in its place (503 when the queue is full: logged here).
+pub fn filter_request(
+    http: Http,
+    loc: &'static TransformConf,
+    index: usize,
+    content_type: Option<&'static [u8]>,
+    head: Vec<u8>,
+) -> Result<(), ngx_int_t> {
+    let internal = NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+    let pool = pool_of(http, index).ok_or(internal)?;
+    // SAFETY: this worker's pool, alive until exit_process.
+    let p = unsafe { &mut *pool };
+    if p.queue.is_empty() {
+        if let Some(lease) = take_process(pool, 0)? {
+            return crate::relay::filter::start_pooled(http, loc, lease, content_type, head)
+                .map(|_| ());
+        }
+    }
+    if p.queue.len() >= p.conf.queue {
+        log_error!(
+            NGX_LOG_WARN,
+            http.log(),
+            0,
+            "transform pool \"{}\": {} processes busy and {} requests queued (queue={}), \
+             response to filter refused",
+            p.conf.name,
+            p.slots.len(),
+            p.queue.len(),
+            p.conf.queue
+        );
+        return Err(NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t);
+    }
+    let waiter = pool_allocate(
+        http.pool(),
+        Waiter {
+            http,
+            pool,
+            loc,
+            content_type,
+            since: now_msec(),
+            queued: true,
+            kind: WaitKind::Filter {
+                head,
+                chain: core::ptr::null_mut(),
+            },
+        },
+    );
+    if waiter.is_null()
+        || !http.add_cleanup(waiter_cleanup, waiter.cast())
+        || !crate::filter::set_waiting(http, waiter.cast())
+    {
+        return Err(internal);
+    }
+    p.queue.push_back(waiter);
+    // nginx must not end the request while it waits.
+    http.set_buffered(true);
+    kick(pool);
+    Ok(())
+}
+
+/// The body filter of a response waiting for a process: its buffers are kept (not consumed)
+/// until the process takes them.
+///
+/// # Safety
+/// `waiter` is the request's waiter (its filter ctx).
+pub unsafe fn hold(waiter: *mut Waiter, chain: *mut ngx_chain_t) -> ngx_int_t {
+    // SAFETY: caller's contract.
+    let w = unsafe { &mut *waiter };
+    if let WaitKind::Filter { chain: held, .. } = &mut w.kind {
+        // SAFETY: links of our own in the request pool, pointing at the handler's buffers.
+        if !chain.is_null()
+            && unsafe { nginx_sys::ngx_chain_add_copy(w.http.pool(), held, chain) } != 0
+        {
+            return nginx_sys::NGX_ERROR as ngx_int_t;
+        }
+    }
+    nginx_sys::NGX_AGAIN as ngx_int_t
 }
 
 /// The write handler of a waiting request: nothing to do.
@@ -621,17 +715,40 @@ fn dispatch(pool: *mut Pool) {
         };
         p.queue.pop_front();
         // SAFETY: as above.
-        let (http, loc, content_type) = unsafe {
+        let (http, loc, content_type, kind) = unsafe {
             (*w).queued = false;
-            ((*w).http, (*w).loc, (*w).content_type)
+            (
+                (*w).http,
+                (*w).loc,
+                (*w).content_type,
+                core::mem::replace(&mut (*w).kind, WaitKind::Handler),
+            )
         };
         let c = http.connection();
-        let rc = match lease {
-            Ok(lease) => crate::relay::start_pooled(http, loc, lease, content_type),
-            Err(rc) => rc,
-        };
-        // Drops the waiter's reference (or sends the error page).
-        http.finalize(rc);
+        match kind {
+            WaitKind::Handler => {
+                let rc = match lease {
+                    Ok(lease) => crate::relay::start_pooled(http, loc, lease, content_type),
+                    Err(rc) => rc,
+                };
+                // Drops the waiter's reference (or sends the error page).
+                http.finalize(rc);
+            }
+            WaitKind::Filter { head, chain } => {
+                let started = lease.and_then(|lease| {
+                    crate::relay::filter::start_pooled(http, loc, lease, content_type, head)
+                });
+                match started {
+                    // SAFETY: the relay just started, in the request pool.
+                    Ok(t) => unsafe {
+                        (*t).filter_body(chain);
+                    },
+                    Err(rc) => crate::filter::refuse_late(http, rc, chain),
+                }
+                // The handler goes on (it sees its buffers taken, or the request ended).
+                http.post();
+            }
+        }
         // SAFETY: connections are never freed, only marked destroyed (checked by nginx).
         unsafe { crate::nginx::run_posted_requests(c) };
     }
