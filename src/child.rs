@@ -95,6 +95,13 @@ impl Child {
         self.log = ngx::log::ngx_cycle_log().as_ptr();
     }
 
+    /// Sends `sig` to the program (not to its group), while it is not reaped.
+    pub fn signal(&self, sig: Signal) {
+        if let (Some(fd), false) = (&self.pidfd, self.reaped) {
+            os::signal_child(self.pid, fd.fd(), sig);
+        }
+    }
+
     /// Asks for a call to the handler when the program exits.
     pub fn watch(&self) -> bool {
         self.pidfd.as_ref().is_none_or(|fd| fd.arm_read())

@@ -79,6 +79,43 @@ pub fn response_head<'a>(
     out
 }
 
+/// The reason phrase of a status (RFC 9110), for a status line that has none of its own.
+pub fn reason(status: u16) -> &'static [u8] {
+    match status {
+        200 => b"OK",
+        201 => b"Created",
+        202 => b"Accepted",
+        203 => b"Non-Authoritative Information",
+        204 => b"No Content",
+        206 => b"Partial Content",
+        301 => b"Moved Permanently",
+        302 => b"Found",
+        303 => b"See Other",
+        304 => b"Not Modified",
+        307 => b"Temporary Redirect",
+        308 => b"Permanent Redirect",
+        400 => b"Bad Request",
+        401 => b"Unauthorized",
+        403 => b"Forbidden",
+        404 => b"Not Found",
+        405 => b"Method Not Allowed",
+        406 => b"Not Acceptable",
+        408 => b"Request Timeout",
+        409 => b"Conflict",
+        410 => b"Gone",
+        413 => b"Content Too Large",
+        415 => b"Unsupported Media Type",
+        416 => b"Range Not Satisfiable",
+        429 => b"Too Many Requests",
+        500 => b"Internal Server Error",
+        501 => b"Not Implemented",
+        502 => b"Bad Gateway",
+        503 => b"Service Unavailable",
+        504 => b"Gateway Timeout",
+        _ => b"",
+    }
+}
+
 /// `uri` with what cannot stand in a request line percent-escaped (controls, space, non-ASCII,
 /// `%` is kept: nginx's decoded URI is escaped as ngx_escape_uri does for a proxied one).
 pub fn escape_uri(uri: &[u8]) -> Vec<u8> {

@@ -383,7 +383,10 @@ impl Http {
             let status = u16::try_from(ho.status).unwrap_or(200);
             // "200 OK" from an upstream's status line: its reason.
             let line = ho.status_line.as_bytes();
-            let reason = line.get(4..).filter(|_| line.len() > 4).unwrap_or(b"");
+            let reason = match line.get(4..) {
+                Some(r) if !r.is_empty() => r,
+                _ => crate::http1::reason(status),
+            };
             let mut content_type = ho.content_type.as_bytes().to_vec();
             if ho.charset.len > 0 && !content_type.is_empty() {
                 content_type.extend_from_slice(b"; charset=");

@@ -120,6 +120,9 @@ struct Slot {
 enum SlotState {
     Idle(Proc),
     Busy,
+    /// Lost mid-response with no reason known yet (its output ended: it is exiting, or it
+    /// closed its stdout): stopped, and its exit, when it comes, says why.
+    Dying(Child),
 }
 
 /// A request waiting for a process (in the request pool).
@@ -589,6 +592,74 @@ impl Lease {
     }
 }
 
+impl Lease {
+    /// The process ended its output before its response did: it gets SIGTERM (then SIGKILL after
+    /// transform_kill_timeout), and the pool logs the loss with its exit status, which tells
+    /// whether it had exited by itself (and starts the backoff if it never answered).
+    pub fn lose_dying(mut self, mut child: Child) {
+        let slot = core::mem::replace(&mut self.slot, core::ptr::null_mut());
+        // SAFETY: the lease's slot, and its pool.
+        let (s, kill_timeout) = unsafe { (&mut *slot, (*(*slot).pool).spawn.kill_timeout) };
+        child.rebind(dying_exit, slot.cast());
+        if child.status().is_none() {
+            child.signal(rustix::process::Signal::TERM);
+            child.set_timer(kill_timeout.max(1));
+        }
+        let watching = child.watch();
+        s.state = SlotState::Dying(child);
+        if !watching {
+            let pool = s.pool;
+            lose(slot, &Loss::Ended);
+            kick(pool);
+        } else if let SlotState::Dying(child) = &mut s.state {
+            if child.status().is_some() {
+                // (Exited already: no event may come for it.)
+                dying(slot);
+            }
+        }
+    }
+}
+
+/// A lost process's exit (or its kill timer).
+unsafe extern "C" fn dying_exit(ev: *mut ngx_event_t) {
+    // SAFETY: installed on a dying slot's pidfd, whose data is the slot.
+    let (slot, timed_out) = unsafe {
+        (
+            EventFd::data_of(ev).cast::<Slot>(),
+            EventFd::take_timedout(ev),
+        )
+    };
+    // SAFETY: a live slot.
+    let s = unsafe { &mut *slot };
+    let SlotState::Dying(child) = &mut s.state else {
+        return;
+    };
+    if timed_out {
+        child.signal(rustix::process::Signal::KILL);
+    }
+    if child.status().is_none() {
+        child.watch();
+        return;
+    }
+    dying(slot);
+}
+
+/// A lost process exited: the loss is logged with its status.
+fn dying(slot: *mut Slot) {
+    // SAFETY: a live slot.
+    let s = unsafe { &mut *slot };
+    let SlotState::Dying(child) = &mut s.state else {
+        return;
+    };
+    let Some(status) = child.status() else {
+        return;
+    };
+    drain_stderr(s, true);
+    let pool = s.pool;
+    lose(slot, &Loss::Exited(status));
+    kick(pool);
+}
+
 impl Drop for Lease {
     /// A lease dropped unused (its request could not start): the process is killed.
     fn drop(&mut self) {
@@ -675,15 +746,19 @@ fn remove(slot: *mut Slot) {
     // SAFETY: its pool.
     let p = unsafe { &mut *s.pool };
     p.slots.retain(|&x| x != slot);
-    if let SlotState::Idle(proc) = core::mem::replace(&mut s.state, SlotState::Busy) {
-        let Proc {
-            child,
-            stdin,
-            stdout,
-        } = proc;
-        drop(stdin);
-        drop(stdout);
-        drop(child);
+    match core::mem::replace(&mut s.state, SlotState::Busy) {
+        SlotState::Idle(proc) => {
+            let Proc {
+                child,
+                stdin,
+                stdout,
+            } = proc;
+            drop(stdin);
+            drop(stdout);
+            drop(child);
+        }
+        SlotState::Dying(child) => drop(child),
+        SlotState::Busy => {}
     }
     drain_stderr(&mut s, true);
 }

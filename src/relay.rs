@@ -464,6 +464,13 @@ impl Transform {
     /// The program's output ended: all of it was passed on, unless it is shorter than the
     /// Content-Length it announced.
     fn output_ended(&mut self) -> Flow {
+        if self.program.is_pooled() && self.program.exit().is_none() {
+            // Its exit, which surely comes (within the program's timeouts), tells why: the
+            // response ends as the exit status decides (a pooled process never exits cleanly
+            // mid-response).
+            self.set_phase(Phase::Drained);
+            return Flow::Continue;
+        }
         if self.program.is_pooled() {
             // A pooled program's response ends with its framing, not with its output.
             log_error!(

@@ -187,8 +187,9 @@ impl Transform {
             unreachable!("hold() runs in the holding phase");
         };
         let status = self.program.exit();
-        if let Some(status) = status.filter(|s| !s.success()) {
-            // A program that fails before the commit is a clean 502.
+        if let Some(status) = status.filter(|s| !s.success() || self.program.is_pooled()) {
+            // A program that fails before the commit is a clean 502 (a pooled process that
+            // exits has failed, whatever its status).
             return Flow::Wait(self.finish(status));
         }
         // The output is over: end of file, or the program exited and only other processes
@@ -213,6 +214,11 @@ impl Transform {
             }
             // (Only what was seen before the drain counts: a hang-up observed after it may
             // follow bytes that arrived meanwhile.)
+            // A pooled process whose output ended: its exit says why (it comes, within the
+            // program's timeouts).
+            Head::Reading if eof && status.is_none() && self.program.is_pooled() => {
+                return Flow::Wait(Next::Program);
+            }
             Head::Reading if eof || status.is_some() => {
                 log_error!(
                     NGX_LOG_ERR,

@@ -252,9 +252,23 @@ impl Program {
         let Some(lease) = self.lease.take() else {
             return;
         };
+        // Its output ended (or it closed it) before its response did: it is exiting, most likely,
+        // and its exit status (not yet collected) is the reason.
+        let output_ended = self
+            .stdout()
+            .is_none_or(|fd| os::pipe_state(fd).map_or(true, |(_, hung_up)| hung_up));
         let loss = match (self.loss.take(), self.exit()) {
             (Some(l), _) => l,
             (None, Some(status)) => Loss::Exited(status),
+            (None, None) if output_ended => {
+                self.stdin = None;
+                self.stdout = None;
+                if let Some(child) = self.child.take() {
+                    lease.lose_dying(child);
+                    return;
+                }
+                Loss::Ended
+            }
             (None, None) => Loss::Ended,
         };
         self.stdin = None;
