@@ -195,14 +195,14 @@ fn pool_directives_misuse() {
         &pass("transform_pass;"),
         "invalid number of arguments in \"transform_pass\"",
     );
-    rejects(
-        &pass("transform_pass p; transform_exec /bin/true;"),
-        "is duplicate",
-    );
-    rejects(
-        &pass("transform_exec /bin/true; transform_pass p;"),
-        "is duplicate",
-    );
+    // Both in one location, in either order: refused at that line, naming both.
+    for both in [
+        "transform_pass p; transform_exec /bin/true;",
+        "transform_exec /bin/true; transform_pass p;",
+    ] {
+        rejects(&pass(both), "\"transform_pass\"");
+        rejects_anywhere(&pass(both), "\"transform_exec\"");
+    }
     rejects(
         "transform_pool p {HELPER} pool-serve;\ntransform_pass p; #BAD\n\
          server { listen 127.0.0.1:{PORT}; location / { transform_pass p; } }",

@@ -59,7 +59,7 @@
 //! - `count FILE MODE...`: first appends a line (its pid) to FILE: the tests count program runs.
 //! - `delay MILLIS MODE...`: first sleeps MILLIS, writing nothing.
 
-use std::io::{self, BufRead, Read, Write};
+use std::io::{self, Read, Write};
 use std::time::Duration;
 
 fn main() {
@@ -312,18 +312,29 @@ struct PoolRequest {
 }
 
 /// Reads a request's line and header lines; None at end of input before a request.
-fn read_pool_request(input: &mut impl BufRead) -> io::Result<Option<PoolRequest>> {
+fn read_pool_request(input: &mut impl Read) -> io::Result<Option<PoolRequest>> {
+    // One byte at a time: nothing past the head leaves the pipe (a body left unread stays).
     let mut line = |first: bool| -> io::Result<Option<String>> {
         let mut raw = Vec::new();
-        if input.read_until(b'\n', &mut raw)? == 0 {
-            return if first {
-                Ok(None)
-            } else {
-                Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "end of input in a head",
-                ))
-            };
+        let mut byte = [0u8; 1];
+        loop {
+            match input.read(&mut byte) {
+                Ok(0) if first && raw.is_empty() => return Ok(None),
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "end of input in a head",
+                    ))
+                }
+                Ok(_) => {
+                    raw.push(byte[0]);
+                    if byte[0] == b'\n' {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
         }
         while matches!(raw.last(), Some(b'\n' | b'\r')) {
             raw.pop();
@@ -411,11 +422,14 @@ fn pool_serve(args: &[String], out: &mut impl Write) -> i32 {
         }
         _ => {}
     }
-    let stdin = io::stdin();
-    let mut input = io::BufReader::with_capacity(64 * 1024, stdin.lock());
+    // Unbuffered (Rust's stdin reads ahead): what the program did not read stays in the pipe.
+    use std::os::fd::FromRawFd;
+    // SAFETY: descriptor 0 is open for the life of the process; ManuallyDrop never closes it.
+    let mut input = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(0) });
+    let input = &mut *input;
     let mut served = 0u64;
     loop {
-        let req = match read_pool_request(&mut input) {
+        let req = match read_pool_request(input) {
             Ok(Some(req)) => req,
             Ok(None) => return 0,
             Err(e) => {
@@ -424,7 +438,7 @@ fn pool_serve(args: &[String], out: &mut impl Write) -> i32 {
             }
         };
         served += 1;
-        match pool_answer(&req, served, &mut input, out) {
+        match pool_answer(&req, served, input, out) {
             Ok(None) => {}
             Ok(Some(code)) => return code,
             Err(e) => {
@@ -439,7 +453,7 @@ fn pool_serve(args: &[String], out: &mut impl Write) -> i32 {
 fn pool_answer(
     req: &PoolRequest,
     served: u64,
-    input: &mut impl BufRead,
+    input: &mut impl Read,
     out: &mut impl Write,
 ) -> io::Result<Option<i32>> {
     let (path, query) = req.uri.split_once('?').unwrap_or((&req.uri, ""));
