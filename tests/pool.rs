@@ -683,6 +683,26 @@ fn protocol_breaches_replace_the_process() {
     nginx.stop();
 }
 
+/// A process that writes while idle (after its response, before a request) is replaced before
+/// any request reaches it.
+#[test]
+fn a_process_writing_while_idle_is_replaced() {
+    let nginx = start(
+        "transform_pool p {HELPER} pool-serve;",
+        "location / { transform_pass p; }",
+    );
+    let mut c = Client::connect(nginx.port);
+    let before = echo_on(&mut c, "/echo");
+    let r = c.get("/late");
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"ok"[..]));
+    replaced(&nginx, "p", before.pid);
+    gone(before.pid);
+    let after = echo_on(&mut c, "/echo");
+    assert_ne!(after.pid, before.pid);
+    assert_eq!(after.n, 1);
+    nginx.stop();
+}
+
 /// A process that does not answer within the location's transform_read_timeout: 504, replaced.
 #[test]
 fn a_hung_process_times_out_with_504_and_is_replaced() {

@@ -51,6 +51,7 @@
 //!   - `close`: answers `bye` with `Connection: close`, then exits 0;
 //!   - `status?CODE`: that status with a short body (none, and no framing, for 204 and 304);
 //!   - `stderr`: writes `pool stderr line` to stderr, then answers `ok`;
+//!   - `late`: answers `ok`, then 300 ms later writes `late` (outside any response);
 //!   - `head-check`: `hello` with a Content-Length of 5 (the head only for HEAD);
 //!   - `unread-body`: answers `ok` without reading the request's body, then sleeps for an hour
 //!     (it never reads again).
@@ -623,6 +624,12 @@ fn pool_answer(
         "stderr" => {
             eprintln!("pool stderr line");
             pool_respond(out, head_only, "200 OK", "", b"ok")?;
+        }
+        "late" => {
+            pool_respond(out, head_only, "200 OK", "", b"ok")?;
+            std::thread::sleep(Duration::from_millis(300));
+            out.write_all(b"late")?;
+            out.flush()?;
         }
         "head-check" => pool_respond(out, head_only, "200 OK", "", b"hello")?,
         "unread-body" => {
