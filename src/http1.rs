@@ -46,6 +46,39 @@ pub fn request_head<'a>(
     out
 }
 
+/// The response head for a pooled filter program (`transform_filter_pass`): the status line,
+/// the Content-Type, the response's header lines, `Transfer-Encoding: chunked` (the body follows
+/// chunked, each piece as the response's handler passes it).
+pub fn response_head<'a>(
+    status: u16,
+    reason: &[u8],
+    content_type: &[u8],
+    headers: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(format!("HTTP/1.1 {status} ").as_bytes());
+    out.extend_from_slice(reason);
+    out.extend_from_slice(b"\r\n");
+    if !content_type.is_empty() {
+        out.extend_from_slice(b"Content-Type: ");
+        out.extend_from_slice(content_type);
+        out.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in headers {
+        if NOT_PASSED.iter().any(|n| n.eq_ignore_ascii_case(name))
+            || name.eq_ignore_ascii_case(b"content-type")
+        {
+            continue;
+        }
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
+    out
+}
+
 /// `uri` with what cannot stand in a request line percent-escaped (controls, space, non-ASCII,
 /// `%` is kept: nginx's decoded URI is escaped as ngx_escape_uri does for a proxied one).
 pub fn escape_uri(uri: &[u8]) -> Vec<u8> {

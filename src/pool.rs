@@ -20,7 +20,7 @@ use std::fmt;
 use std::os::fd::{AsFd, AsRawFd};
 
 use nginx_sys::{
-    ngx_event_t, ngx_http_request_t, ngx_int_t, ngx_log_t, ngx_msec_t, NGX_DONE,
+    ngx_chain_t, ngx_event_t, ngx_http_request_t, ngx_int_t, ngx_log_t, ngx_msec_t, NGX_DONE,
     NGX_HTTP_BAD_GATEWAY, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_SERVICE_UNAVAILABLE,
     NGX_LOG_ERR, NGX_LOG_INFO, NGX_LOG_WARN,
 };
@@ -123,13 +123,25 @@ enum SlotState {
 }
 
 /// A request waiting for a process (in the request pool).
-struct Waiter {
+pub struct Waiter {
     http: Http,
     pool: *mut Pool,
     loc: &'static TransformConf,
     content_type: Option<&'static [u8]>,
     since: ngx_msec_t,
     queued: bool,
+    kind: WaitKind,
+}
+
+enum WaitKind {
+    /// `transform_pass`: the request starts when it gets a process.
+    Handler,
+    /// `transform_filter_pass`: the response's head, and the body buffers its handler passed
+    /// meanwhile (not consumed: the handler waits for them, as for a slow program).
+    Filter {
+        head: Vec<u8>,
+        chain: *mut ngx_chain_t,
+    },
 }
 
 fn cycle_log() -> *mut ngx_log_t {
@@ -181,6 +193,7 @@ pub fn request(
             content_type,
             since: now_msec(),
             queued: true,
+            kind: WaitKind::Handler,
         },
     );
     if waiter.is_null() || !http.add_cleanup(waiter_cleanup, waiter.cast()) {
@@ -195,6 +208,87 @@ pub fn request(
     http.take_reference();
     kick(pool);
     NGX_DONE as ngx_int_t
+}
+
+/// `transform_filter_pass`: filters the response with a process of pool `index`, now or when
+/// one is free (the response's header and body are held meanwhile). `Err` is the status of the
+/// error page in its place (503 when the queue is full: logged here).
+pub fn filter_request(
+    http: Http,
+    loc: &'static TransformConf,
+    index: usize,
+    content_type: Option<&'static [u8]>,
+    head: Vec<u8>,
+) -> Result<(), ngx_int_t> {
+    let internal = NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+    let pool = pool_of(http, index).ok_or(internal)?;
+    // SAFETY: this worker's pool, alive until exit_process.
+    let p = unsafe { &mut *pool };
+    if p.queue.is_empty() {
+        if let Some(lease) = take_process(pool, 0)? {
+            return crate::relay::filter::start_pooled(http, loc, lease, content_type, head)
+                .map(|_| ());
+        }
+    }
+    if p.queue.len() >= p.conf.queue {
+        log_error!(
+            NGX_LOG_WARN,
+            http.log(),
+            0,
+            "transform pool \"{}\": {} processes busy and {} requests queued (queue={}), \
+             response to filter refused",
+            p.conf.name,
+            p.slots.len(),
+            p.queue.len(),
+            p.conf.queue
+        );
+        return Err(NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t);
+    }
+    let waiter = pool_allocate(
+        http.pool(),
+        Waiter {
+            http,
+            pool,
+            loc,
+            content_type,
+            since: now_msec(),
+            queued: true,
+            kind: WaitKind::Filter {
+                head,
+                chain: core::ptr::null_mut(),
+            },
+        },
+    );
+    if waiter.is_null()
+        || !http.add_cleanup(waiter_cleanup, waiter.cast())
+        || !crate::filter::set_waiting(http, waiter.cast())
+    {
+        return Err(internal);
+    }
+    p.queue.push_back(waiter);
+    // nginx must not end the request while it waits.
+    http.set_buffered(true);
+    kick(pool);
+    Ok(())
+}
+
+/// The body filter of a response waiting for a process: its buffers are kept (not consumed)
+/// until the process takes them.
+///
+/// # Safety
+/// `waiter` is the request's waiter (its filter ctx).
+pub unsafe fn hold(waiter: *mut Waiter, chain: *mut ngx_chain_t) -> ngx_int_t {
+    // SAFETY: caller's contract.
+    let w = unsafe { &mut *waiter };
+    if let WaitKind::Filter { chain: held, .. } = &mut w.kind {
+        // SAFETY: links of our own in the request pool, pointing at the handler's buffers.
+        if !chain.is_null()
+            && unsafe { nginx_sys::ngx_chain_add_copy(w.http.pool(), held, chain) } != 0
+        {
+            return nginx_sys::NGX_ERROR as ngx_int_t;
+        }
+    }
+    nginx_sys::NGX_AGAIN as ngx_int_t
 }
 
 /// The write handler of a waiting request: nothing to do.
@@ -250,15 +344,31 @@ fn http_request(http: Http) -> &'static ngx::http::Request {
 fn take_process(pool: *mut Pool, waited: ngx_msec_t) -> Result<Option<Lease>, ngx_int_t> {
     // SAFETY: this worker's pool.
     let p = unsafe { &mut *pool };
-    let idle = p
-        .slots
-        .iter()
-        // SAFETY: the pool's slots are live.
-        .copied()
-        .filter(|&s| matches!(unsafe { &(*s).state }, SlotState::Idle(_)))
-        // The one idle the longest (its pipes are warm either way; this spreads the work, so
-        // that idle_timeout retires what is really not needed).
-        .min_by_key(|&s| unsafe { (*s).idle_since });
+    let idle = loop {
+        let idle = p
+            .slots
+            .iter()
+            // SAFETY: the pool's slots are live.
+            .copied()
+            .filter(|&s| matches!(unsafe { &(*s).state }, SlotState::Idle(_)))
+            // The one idle the longest (its pipes are warm either way; this spreads the work,
+            // so that idle_timeout retires what is really not needed).
+            .min_by_key(|&s| unsafe { (*s).idle_since });
+        let Some(s) = idle else {
+            break None;
+        };
+        // SAFETY: a live idle slot.
+        let SlotState::Idle(proc) = (unsafe { &(*s).state }) else {
+            unreachable!("filtered above");
+        };
+        // Output before its request (whose event is not handled yet) would pass for the answer
+        // to the next one: such a process is not lent.
+        match os::pipe_state(proc.stdout.fd()) {
+            Ok((0, false)) => break Some(s),
+            Ok((0, true)) => lose(s, &Loss::NotReusable("closed its stdout while idle")),
+            _ => lose(s, &Loss::NotReusable("wrote while idle")),
+        }
+    };
     let slot = match idle {
         Some(s) => s,
         None if p.slots.len() < p.conf.processes && now_msec() >= p.not_before => spawn(pool)?,
@@ -413,10 +523,21 @@ fn spawn(pool: *mut Pool) -> Result<*mut Slot, ngx_int_t> {
 }
 
 impl Lease {
+    /// Its response is complete: the process answered (a later loss starts no backoff).
+    pub fn answered(&self) {
+        if !self.slot.is_null() {
+            // SAFETY: the lease's slot, and its pool.
+            unsafe {
+                (*self.slot).answered = true;
+                (*(*self.slot).pool).fails = 0;
+            }
+        }
+    }
+
     /// The response was complete and the process is in a known state: back to the pool (or
     /// retired: max_requests, shutdown), and the next waiting request gets it.
-    pub fn give_back(self, mut proc: Proc) {
-        let slot = self.slot;
+    pub fn give_back(mut self, mut proc: Proc) {
+        let slot = core::mem::replace(&mut self.slot, core::ptr::null_mut());
         // SAFETY: the lease's slot lives until it is given back or lost.
         let s = unsafe { &mut *slot };
         // SAFETY: its pool lives for the worker.
@@ -453,19 +574,31 @@ impl Lease {
 
     /// The process is not given back (it is being killed by its request): the slot goes, the
     /// reason is logged, and a waiting request gets a new process.
-    pub fn lose(self, loss: &Loss) {
+    pub fn lose(mut self, loss: &Loss) {
+        let slot = core::mem::replace(&mut self.slot, core::ptr::null_mut());
+        let pool = s_pool(slot);
         if matches!(loss, Loss::Close) {
             // SAFETY: the lease's slot.
-            unsafe { (*self.slot).answered = true };
+            unsafe { (*slot).answered = true };
             // (Its pipes were closed by the request: the program sees the end of its stdin.)
-            let pool = s_pool(self.slot);
-            retire(self.slot, &loss.to_string());
-            kick(pool);
-            return;
+            retire(slot, &loss.to_string());
+        } else {
+            lose(slot, loss);
         }
-        let pool = s_pool(self.slot);
-        lose(self.slot, loss);
         kick(pool);
+    }
+}
+
+impl Drop for Lease {
+    /// A lease dropped unused (its request could not start): the process is killed.
+    fn drop(&mut self) {
+        let slot = core::mem::replace(&mut self.slot, core::ptr::null_mut());
+        if !slot.is_null() {
+            drop(self.proc.take());
+            let pool = s_pool(slot);
+            lose(slot, &Loss::Ended);
+            kick(pool);
+        }
     }
 }
 
@@ -609,17 +742,40 @@ fn dispatch(pool: *mut Pool) {
         };
         p.queue.pop_front();
         // SAFETY: as above.
-        let (http, loc, content_type) = unsafe {
+        let (http, loc, content_type, kind) = unsafe {
             (*w).queued = false;
-            ((*w).http, (*w).loc, (*w).content_type)
+            (
+                (*w).http,
+                (*w).loc,
+                (*w).content_type,
+                core::mem::replace(&mut (*w).kind, WaitKind::Handler),
+            )
         };
         let c = http.connection();
-        let rc = match lease {
-            Ok(lease) => crate::relay::start_pooled(http, loc, lease, content_type),
-            Err(rc) => rc,
-        };
-        // Drops the waiter's reference (or sends the error page).
-        http.finalize(rc);
+        match kind {
+            WaitKind::Handler => {
+                let rc = match lease {
+                    Ok(lease) => crate::relay::start_pooled(http, loc, lease, content_type),
+                    Err(rc) => rc,
+                };
+                // Drops the waiter's reference (or sends the error page).
+                http.finalize(rc);
+            }
+            WaitKind::Filter { head, chain } => {
+                let started = lease.and_then(|lease| {
+                    crate::relay::filter::start_pooled(http, loc, lease, content_type, head)
+                });
+                match started {
+                    // SAFETY: the relay just started, in the request pool.
+                    Ok(t) => unsafe {
+                        (*t).filter_body(chain);
+                    },
+                    Err(rc) => crate::filter::refuse_late(http, rc, chain),
+                }
+                // The handler goes on (it sees its buffers taken, or the request ended).
+                http.post();
+            }
+        }
         // SAFETY: connections are never freed, only marked destroyed (checked by nginx).
         unsafe { crate::nginx::run_posted_requests(c) };
     }

@@ -361,6 +361,11 @@ impl Transform {
                             self.program.name()
                         );
                     }
+                    if pooled.is_some() && self.is_filter() {
+                        // A pooled filter program answers a whole response: its headers take
+                        // the place of the original's.
+                        self.http.clear_response_headers();
+                    }
                     if let Err(e) = headers::set_cgi_headers(self.http, &head) {
                         log_error!(NGX_LOG_ERR, self.http.log(), 0, "transform: {e}");
                         let rc = NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;

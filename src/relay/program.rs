@@ -134,6 +134,19 @@ impl Program {
         program
     }
 
+    /// A pooled filter process (`transform_filter_pass`), lent by `lease`, fed with `head` (the
+    /// response's status line and headers) then the response's body, chunked.
+    pub fn pooled_filter(
+        http: Http,
+        conf: &'static TransformConf,
+        lease: Lease,
+        head: Vec<u8>,
+    ) -> Program {
+        let mut program = Program::pooled(http, conf, lease, Vec::new());
+        program.body = BodyCursor::response(http).chunked().with_head(head);
+        program
+    }
+
     /// Whether this is a pooled process.
     pub fn is_pooled(&self) -> bool {
         self.lease.is_some() || self.requests > 0
@@ -201,10 +214,13 @@ impl Program {
             .stdin
             .as_ref()
             .map_or(1, |fd| os::bytes_in_pipe(fd.fd()).unwrap_or(1));
-        let loss = if let Some(status) = self.exit() {
-            Some(Loss::Exited(status))
-        } else if close {
+        if let Some(lease) = &self.lease {
+            lease.answered();
+        }
+        let loss = if close {
             Some(Loss::Close)
+        } else if let Some(status) = self.exit() {
+            Some(Loss::Exited(status))
         } else if extra + in_stdout as u64 > 0 {
             Some(Loss::NotReusable("it wrote past its response"))
         } else if !self.input_done || unread > 0 {
@@ -634,7 +650,12 @@ impl Program {
         match self.body.write_to(fd.fd()) {
             Ok(()) => {
                 if self.body.ended() {
-                    self.stdin = None;
+                    if self.is_pooled() {
+                        // (Its last chunk is written; stdin stays for the next request.)
+                        self.input_done = true;
+                    } else {
+                        self.stdin = None;
+                    }
                 }
                 Ok(())
             }
