@@ -208,6 +208,24 @@ fn pool_directives_misuse() {
          server { listen 127.0.0.1:{PORT}; location / { transform_pass p; } }",
         "\"transform_pass\" directive is not allowed here",
     );
+    // transform_filter_pass: a known pool or off; not with transform_filter at one level.
+    rejects(&pass("transform_filter_pass nopool;"), "nopool");
+    rejects(
+        &pass("transform_filter /bin/cat; transform_filter_pass p;"),
+        "is duplicate",
+    );
+    rejects(
+        &pass("transform_filter_pass p; transform_filter /bin/cat;"),
+        "is duplicate",
+    );
+    for ok in [
+        "transform_filter_pass off;",
+        "transform_filter_pass p; transform_filter_types text/plain;",
+    ] {
+        let (accepted, stderr, path) = nginx_test_config(&pass(ok).replace(" #BAD", ""));
+        std::fs::remove_dir_all(path.parent().expect("prefix")).ok();
+        assert!(accepted, "{ok}: {stderr}");
+    }
     // The program: an absolute path to an executable, as for transform_exec.
     rejects(
         &pool("transform_pool p bin/echo;"),
@@ -528,6 +546,13 @@ const DIRECTIVES: &[Row] = &[
         "transform_pass nopool;",
         "nopool",
         "transform_pass p;",
+    ),
+    row(
+        "transform_filter_pass",
+        Level::Pass,
+        "transform_filter_pass nopool;",
+        "nopool",
+        "transform_filter_pass p;",
     ),
     row(
         "transform_lock_zone",
