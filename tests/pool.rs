@@ -1250,3 +1250,235 @@ fn processes_get_the_http_level_settings() {
     assert_eq!(pgid, e.pid as i32, "its own process group");
     nginx.stop();
 }
+
+// ---------------------------------------------------------------------------------------------
+// transform_filter_pass
+// ---------------------------------------------------------------------------------------------
+
+/// Files of a test, served by nginx and filtered by a pool (`pool-serve` picks its answer by the
+/// Content-Type of the response it gets: see the helper's header).
+struct Files {
+    dir: std::path::PathBuf,
+}
+
+impl Files {
+    fn new(sizes: &[u64]) -> Files {
+        let dir = temp_dir("pool-files");
+        for &n in sizes {
+            std::fs::write(
+                dir.join(format!("f{n}")),
+                helper_output(&["gen", &n.to_string()]),
+            )
+            .expect("write a file");
+        }
+        Files { dir }
+    }
+
+    /// A location serving the files as `type`, filtered by pool `pool`.
+    fn location(&self, path: &str, ctype: &str, pool: &str) -> String {
+        format!(
+            "location {path} {{ alias {}/; types {{ }} default_type {ctype};
+               transform_filter_types *; transform_filter_pass {pool}; add_header X-After yes; }}",
+            self.dir.display()
+        )
+    }
+}
+
+impl Drop for Files {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `X-Filter: pid=PID n=N status=S` of a filtered response: (PID, N, S).
+fn filtered_by(r: &Response) -> (u32, u64, String) {
+    let v = r
+        .header("X-Filter")
+        .unwrap_or_else(|| panic!("not filtered by the pool: {:?}", r.headers));
+    let field = |k: &str| {
+        v.split(' ')
+            .find_map(|w| w.strip_prefix(&format!("{k}=")))
+            .unwrap_or_else(|| panic!("no {k}= in {v:?}"))
+            .to_string()
+    };
+    (
+        field("pid").parse().unwrap(),
+        field("n").parse().unwrap(),
+        field("status"),
+    )
+}
+
+/// Responses filtered one after another by one pooled process: byte-exact bodies of any size,
+/// the message the process gets (status line, headers without those of the old body, chunked),
+/// its status and headers replacing the original's, later filters (add_header) still applying,
+/// HEAD not filtered.
+#[test]
+fn filter_pass_filters_responses_through_one_process() {
+    let sizes = [0u64, 1, 100_000, 3 * MIB + 5];
+    let files = Files::new(&sizes);
+    let nginx = start(
+        "transform_pool f {HELPER} pool-serve;",
+        &format!(
+            "{} {} {} location /plain/ {{ alias {}/; }}",
+            files.location("/files/", "text/plain", "f"),
+            files.location("/headers/", "application/x-pool-headers", "f"),
+            files.location("/replace/", "application/x-pool-replace", "f"),
+            files.dir.display()
+        ),
+    );
+    let mut c = Client::connect(nginx.port);
+    let mut pid = None;
+    let mut n = 0;
+    for size in sizes {
+        let data = helper_output(&["gen", &size.to_string()]);
+        let r = c.get(&format!("/files/f{size}"));
+        assert_eq!(r.status, 200, "f{size}");
+        assert!(r.complete, "f{size}: {:?}", r.end);
+        assert!(
+            r.body.iter().zip(&data).all(|(a, b)| *a == b ^ 1) && r.body.len() == data.len(),
+            "f{size}: the body is not the file XORed with 1 ({} bytes)",
+            r.body.len()
+        );
+        assert_eq!(r.header("Content-Type"), Some("text/plain"));
+        assert_eq!(r.header("X-After"), Some("yes"), "add_header applies after");
+        let (p, count, status) = filtered_by(&r);
+        assert_eq!(*pid.get_or_insert(p), p, "one process for all");
+        n += 1;
+        assert_eq!(count, n);
+        assert_eq!(status, "200");
+    }
+    // HEAD is not filtered: the process does not see it.
+    c.send("HEAD /files/f100000 HTTP/1.1\r\nHost: x\r\n\r\n");
+    let r = c.read_response(true);
+    assert_eq!(r.status, 200);
+    assert!(r.header("X-Filter").is_none(), "{:?}", r.headers);
+
+    // The message: status line, the headers as they stand without those of the old body, and a
+    // chunked body.
+    let r = c.get("/headers/f100000");
+    assert_eq!(r.status, 200);
+    n += 1;
+    assert_eq!(filtered_by(&r).1, n, "HEAD reached the process");
+    let text = String::from_utf8(r.body.clone()).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    // (The reason phrase may be empty: `HTTP/1.1 200 ` is a valid status line.)
+    assert!(
+        lines
+            .first()
+            .is_some_and(|l| l.starts_with("line=HTTP/1.1 200 ")),
+        "{text}"
+    );
+    assert!(
+        lines.contains(&"h:Content-Type: application/x-pool-headers"),
+        "{text}"
+    );
+    assert_eq!(
+        lines[lines.len() - 2..],
+        ["h:Transfer-Encoding: chunked", "body=100000"],
+        "{text}"
+    );
+    for gone in ["Content-Length", "ETag", "Last-Modified", "Accept-Ranges"] {
+        assert!(
+            !lines.iter().any(|l| l
+                .to_ascii_lowercase()
+                .starts_with(&format!("h:{}:", gone.to_ascii_lowercase()))),
+            "{gone} passed to the program: {text}"
+        );
+    }
+    // The answer's status and headers replace the original's.
+    let r = c.get("/replace/f1");
+    assert_eq!((r.status, r.body.as_slice()), (201, &b"replaced"[..]));
+    assert_eq!(r.header("X-Replaced"), Some("yes"));
+    assert!(
+        r.header("ETag").is_none() && r.header("Last-Modified").is_none(),
+        "the original's headers stayed: {:?}",
+        r.headers
+    );
+    n += 1;
+    assert_eq!(filtered_by(&r), (pid.unwrap(), n, "200".to_string()));
+    // Unfiltered next to it.
+    let r = c.get("/plain/f100000");
+    assert_eq!(r.body, helper_output(&["gen", "100000"]));
+    assert!(r.header("X-Filter").is_none());
+    assert_eq!(started(&nginx, "f"), [pid.unwrap()]);
+    nginx.stop();
+}
+
+/// A filtering process that crashes: 502 before the commit or a broken response after; it is
+/// replaced and the next response gets a new process.
+#[test]
+fn filter_pass_crash_replaces_the_process() {
+    let files = Files::new(&[100_000]);
+    let nginx = start(
+        "transform_pool f {HELPER} pool-serve;",
+        &format!(
+            "{} {}",
+            files.location("/files/", "text/plain", "f"),
+            files.location("/crash/", "application/x-pool-crash", "f")
+        ),
+    );
+    let before = filtered_by(&get(nginx.port, "/files/f100000")).0;
+    let mut c = Client::connect(nginx.port);
+    c.send("GET /crash/f100000 HTTP/1.1\r\nHost: x\r\n\r\n");
+    c.stream()
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let head = c.read_head();
+    if head.status == 200 {
+        let mut body = Vec::new();
+        let (end, _) = c.stream_body(&head, &mut |p| body.extend_from_slice(p));
+        assert!(
+            matches!(end, End::Closed | End::Reset),
+            "a crash after the commit must break the response, not {end:?}"
+        );
+    } else {
+        assert_eq!(head.status, 502, "{:?}", head.headers);
+    }
+    replaced(&nginx, "f", before);
+    gone(before);
+    let after = filtered_by(&get(nginx.port, "/files/f100000"));
+    assert_ne!(after.0, before);
+    assert_eq!(after.1, 1);
+    nginx.stop();
+}
+
+/// Responses beyond a busy process wait in the queue; beyond the queue: 503 with Retry-After
+/// and the warn line.
+#[test]
+fn filter_pass_queue_full_is_a_503() {
+    let files = Files::new(&[1]);
+    let nginx = start(
+        "transform_pool f {HELPER} pool-serve processes=1 queue=1;",
+        &files.location("/slow/", "application/x-pool-slow", "f"),
+    );
+    let send = || {
+        let mut c = Client::connect(nginx.port);
+        c.send("GET /slow/f1 HTTP/1.1\r\nHost: x\r\n\r\n");
+        c
+    };
+    let mut a = send();
+    assert!(wait_until(Duration::from_secs(5), || started(&nginx, "f")
+        .len()
+        == 1));
+    // The spacing only orders the requests as nginx sees them.
+    std::thread::sleep(Duration::from_millis(250));
+    let mut b = send();
+    std::thread::sleep(Duration::from_millis(250));
+    let r = get(nginx.port, "/slow/f1");
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("Retry-After"), Some("1"));
+    for (c, n) in [(&mut a, 1), (&mut b, 2)] {
+        let r = c.read_response(false);
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"slow"[..]));
+        assert_eq!(filtered_by(&r).1, n);
+    }
+    let refused: Vec<String> = nginx
+        .log_lines("warn")
+        .into_iter()
+        .filter(|l| {
+            l.contains("transform pool \"f\": ") && l.contains("response to filter refused")
+        })
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    nginx.stop();
+}

@@ -34,7 +34,14 @@
 //!   line, Content-Length bytes of body) and answers each on stdout by the last segment of its
 //!   path, the query being its argument; exits 0 at end of input before a request. `die-at-start
 //!   CODE` exits with CODE at once; `slow-start MILLIS` sleeps MILLIS before the first read.
-//!   Answers (a HEAD request gets the head only):
+//!   A response message (a status line first: `transform_filter_pass`) is answered by its
+//!   Content-Type `application/x-pool-MODE`: `headers` (200 text/plain, lines `line=STATUS
+//!   LINE`, `h:NAME: VALUE` for each header line, `body=LENGTH`), `crash` (a head with a
+//!   Content-Length of 1000, 10 bytes, then SIGSEGV), `slow` (1 s, then `slow`), `replace` (201
+//!   with `X-Replaced: yes` and `replaced`); any other type: the same status and type, the body
+//!   XORed with 1, chunked as it comes. Each filter answer has `X-Filter: pid=PID n=N
+//!   status=STATUS` (the original's status).
+//!   Answers to requests (a HEAD request gets the head only):
 //!   - `echo`: 200 text/plain, lines `pid=PID`, `n=REQUESTS` (served by this process, this one
 //!     included), `method=M`, `uri=URI` (as received), `body=LENGTH`, then `h:NAME: VALUE` for
 //!     each header line received, in order;
@@ -306,6 +313,8 @@ fn gen(out: &mut impl Write, mut n: u64, size: usize) -> io::Result<()> {
 
 /// A request read by `pool-serve`.
 struct PoolRequest {
+    /// The status line of a response to filter; None for a request.
+    status_line: Option<String>,
     method: String,
     uri: String,
     headers: Vec<(String, String)>,
@@ -348,15 +357,24 @@ fn read_pool_request(input: &mut impl Read) -> io::Result<Option<PoolRequest>> {
         return Ok(None);
     };
     let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
+    // A response to filter (transform_filter_pass) starts with its status line.
+    let status_line = request_line
+        .starts_with("HTTP/1.1 ")
+        .then(|| request_line.clone());
     let mut parts = request_line.split(' ');
-    let (Some(method), Some(uri), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(bad(&format!("bad request line {request_line:?}")));
+    let (method, uri) = if status_line.is_some() {
+        ("", "")
+    } else {
+        let (Some(method), Some(uri), Some(version), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad(&format!("bad request line {request_line:?}")));
+        };
+        if version != "HTTP/1.1" || method.is_empty() || !uri.starts_with('/') {
+            return Err(bad(&format!("bad request line {request_line:?}")));
+        }
+        (method, uri)
     };
-    if version != "HTTP/1.1" || method.is_empty() || !uri.starts_with('/') {
-        return Err(bad(&format!("bad request line {request_line:?}")));
-    }
     let mut headers = Vec::new();
     let mut length = 0;
     loop {
@@ -376,6 +394,7 @@ fn read_pool_request(input: &mut impl Read) -> io::Result<Option<PoolRequest>> {
         headers.push((name.to_string(), value));
     }
     Ok(Some(PoolRequest {
+        status_line,
         method: method.to_string(),
         uri: uri.to_string(),
         headers,
@@ -439,7 +458,11 @@ fn pool_serve(args: &[String], out: &mut impl Write) -> i32 {
             }
         };
         served += 1;
-        match pool_answer(&req, served, input, out) {
+        let answered = match req.status_line {
+            Some(_) => pool_filter(&req, served, input, out),
+            None => pool_answer(&req, served, input, out),
+        };
+        match answered {
             Ok(None) => {}
             Ok(Some(code)) => return code,
             Err(e) => {
@@ -645,6 +668,186 @@ fn pool_answer(
             "",
             b"unknown pool-serve path\n",
         )?,
+    }
+    Ok(None)
+}
+
+/// Reads a chunk-size line of a chunked body (extensions ignored).
+fn read_chunk_size(input: &mut impl Read) -> io::Result<u64> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while byte[0] != b'\n' {
+        if input.read(&mut byte)? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "end of input in a chunk size",
+            ));
+        }
+        line.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&line);
+    let size = text.trim_end().split(';').next().unwrap_or_default();
+    u64::from_str_radix(size.trim(), 16).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("bad chunk size {text:?}"),
+        )
+    })
+}
+
+/// Reads a chunked body, handing each piece to `piece`; reads the trailer to its empty line.
+fn read_chunked_body(
+    input: &mut impl Read,
+    piece: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+) -> io::Result<u64> {
+    let mut total = 0;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let size = read_chunk_size(input)?;
+        if size == 0 {
+            // The trailer: header lines up to an empty one.
+            loop {
+                let mut line = Vec::new();
+                let mut byte = [0u8; 1];
+                while byte[0] != b'\n' {
+                    if input.read(&mut byte)? == 0 {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "end of input in a trailer",
+                        ));
+                    }
+                    line.push(byte[0]);
+                }
+                if line == b"\r\n" || line == b"\n" {
+                    return Ok(total);
+                }
+            }
+        }
+        let mut left = size;
+        while left > 0 {
+            let want = buf.len().min(left as usize);
+            let n = input.read(&mut buf[..want])?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "end of input in a chunk",
+                ));
+            }
+            piece(&buf[..n])?;
+            left -= n as u64;
+            total += n as u64;
+        }
+        let mut crlf = [0u8; 2];
+        input.read_exact(&mut crlf)?;
+        if &crlf != b"\r\n" {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "chunk data not followed by CRLF",
+            ));
+        }
+    }
+}
+
+/// Answers a response to filter (transform_filter_pass), as its Content-Type says
+/// (`application/x-pool-MODE`; any other type: `xor`).
+fn pool_filter(
+    msg: &PoolRequest,
+    served: u64,
+    input: &mut impl Read,
+    out: &mut impl Write,
+) -> io::Result<Option<i32>> {
+    let status_line = msg.status_line.as_deref().unwrap_or_default();
+    let status = status_line.split(' ').nth(1).unwrap_or_default();
+    let header = |name: &str| {
+        msg.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    };
+    let ctype = header("Content-Type").unwrap_or_default().to_string();
+    let chunked = header("Transfer-Encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+    let mode = ctype.strip_prefix("application/x-pool-").unwrap_or("xor");
+    let tag = format!(
+        "X-Filter: pid={} n={served} status={status}\r\n",
+        std::process::id()
+    );
+    let body =
+        |input: &mut dyn Read, piece: &mut dyn FnMut(&[u8]) -> io::Result<()>| -> io::Result<u64> {
+            if chunked {
+                read_chunked_body(&mut &mut *input, piece)
+            } else {
+                let mut left = msg.length;
+                let mut buf = vec![0u8; 64 * 1024];
+                while left > 0 {
+                    let want = buf.len().min(left as usize);
+                    let n = input.read(&mut buf[..want])?;
+                    if n == 0 {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "end of input in a body",
+                        ));
+                    }
+                    piece(&buf[..n])?;
+                    left -= n as u64;
+                }
+                Ok(msg.length)
+            }
+        };
+    match mode {
+        "headers" => {
+            let length = body(input, &mut |_| Ok(()))?;
+            let mut text = format!("line={status_line}\n");
+            for (k, v) in &msg.headers {
+                text.push_str(&format!("h:{k}: {v}\n"));
+            }
+            text.push_str(&format!("body={length}\n"));
+            pool_respond(out, false, "200 OK", &tag, text.as_bytes())?;
+        }
+        "crash" => {
+            out.write_all(
+                format!("HTTP/1.1 200 OK\r\n{tag}Content-Length: 1000\r\n\r\n0123456789")
+                    .as_bytes(),
+            )?;
+            out.flush()?;
+            // SAFETY: plain libc calls with valid arguments (as mode `crash-after`).
+            unsafe {
+                let no_core = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+                libc::signal(libc::SIGSEGV, libc::SIG_DFL);
+                libc::raise(libc::SIGSEGV);
+            }
+            return Ok(Some(1));
+        }
+        "slow" => {
+            body(input, &mut |_| Ok(()))?;
+            std::thread::sleep(Duration::from_millis(1000));
+            pool_respond(out, false, "200 OK", &tag, b"slow")?;
+        }
+        "replace" => {
+            body(input, &mut |_| Ok(()))?;
+            let extra = format!("{tag}X-Replaced: yes\r\n");
+            pool_respond(out, false, "201 Created", &extra, b"replaced")?;
+        }
+        _ => {
+            // xor: the body XORed with 1, chunk by chunk as it comes.
+            out.write_all(
+                format!("HTTP/1.1 {status} Filtered\r\nContent-Type: {ctype}\r\n{tag}Transfer-Encoding: chunked\r\n\r\n")
+                    .as_bytes(),
+            )?;
+            out.flush()?;
+            body(input, &mut |piece| {
+                let flipped: Vec<u8> = piece.iter().map(|b| b ^ 1).collect();
+                out.write_all(format!("{:x}\r\n", flipped.len()).as_bytes())?;
+                out.write_all(&flipped)?;
+                out.write_all(b"\r\n")?;
+                out.flush()
+            })?;
+            out.write_all(b"0\r\n\r\n")?;
+            out.flush()?;
+        }
     }
     Ok(None)
 }
