@@ -344,15 +344,31 @@ fn http_request(http: Http) -> &'static ngx::http::Request {
 fn take_process(pool: *mut Pool, waited: ngx_msec_t) -> Result<Option<Lease>, ngx_int_t> {
     // SAFETY: this worker's pool.
     let p = unsafe { &mut *pool };
-    let idle = p
-        .slots
-        .iter()
-        // SAFETY: the pool's slots are live.
-        .copied()
-        .filter(|&s| matches!(unsafe { &(*s).state }, SlotState::Idle(_)))
-        // The one idle the longest (its pipes are warm either way; this spreads the work, so
-        // that idle_timeout retires what is really not needed).
-        .min_by_key(|&s| unsafe { (*s).idle_since });
+    let idle = loop {
+        let idle = p
+            .slots
+            .iter()
+            // SAFETY: the pool's slots are live.
+            .copied()
+            .filter(|&s| matches!(unsafe { &(*s).state }, SlotState::Idle(_)))
+            // The one idle the longest (its pipes are warm either way; this spreads the work,
+            // so that idle_timeout retires what is really not needed).
+            .min_by_key(|&s| unsafe { (*s).idle_since });
+        let Some(s) = idle else {
+            break None;
+        };
+        // SAFETY: a live idle slot.
+        let SlotState::Idle(proc) = (unsafe { &(*s).state }) else {
+            unreachable!("filtered above");
+        };
+        // Output before its request (whose event is not handled yet) would pass for the answer
+        // to the next one: such a process is not lent.
+        match os::pipe_state(proc.stdout.fd()) {
+            Ok((0, false)) => break Some(s),
+            Ok((0, true)) => lose(s, &Loss::NotReusable("closed its stdout while idle")),
+            _ => lose(s, &Loss::NotReusable("wrote while idle")),
+        }
+    };
     let slot = match idle {
         Some(s) => s,
         None if p.slots.len() < p.conf.processes && now_msec() >= p.not_before => spawn(pool)?,
@@ -507,6 +523,17 @@ fn spawn(pool: *mut Pool) -> Result<*mut Slot, ngx_int_t> {
 }
 
 impl Lease {
+    /// Its response is complete: the process answered (a later loss starts no backoff).
+    pub fn answered(&self) {
+        if !self.slot.is_null() {
+            // SAFETY: the lease's slot, and its pool.
+            unsafe {
+                (*self.slot).answered = true;
+                (*(*self.slot).pool).fails = 0;
+            }
+        }
+    }
+
     /// The response was complete and the process is in a known state: back to the pool (or
     /// retired: max_requests, shutdown), and the next waiting request gets it.
     pub fn give_back(mut self, mut proc: Proc) {

@@ -214,10 +214,13 @@ impl Program {
             .stdin
             .as_ref()
             .map_or(1, |fd| os::bytes_in_pipe(fd.fd()).unwrap_or(1));
-        let loss = if let Some(status) = self.exit() {
-            Some(Loss::Exited(status))
-        } else if close {
+        if let Some(lease) = &self.lease {
+            lease.answered();
+        }
+        let loss = if close {
             Some(Loss::Close)
+        } else if let Some(status) = self.exit() {
+            Some(Loss::Exited(status))
         } else if extra + in_stdout as u64 > 0 {
             Some(Loss::NotReusable("it wrote past its response"))
         } else if !self.input_done || unread > 0 {
