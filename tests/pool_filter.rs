@@ -294,6 +294,20 @@ fn wait_reason(nginx: &Nginx, name: &str, pid: u32, what: &str) -> String {
     })
 }
 
+/// Waits (up to 5 s) for the line that says what became of process `pid` of pool `name` (it was
+/// replaced, retired, or exited before its first response); what follows `process PID `, or
+/// `(no line)`.
+fn what_became(nginx: &Nginx, name: &str, pid: u32) -> String {
+    let mut found = None;
+    wait_until(Duration::from_secs(5), || {
+        found = ["replaced", "retired", "exited"]
+            .into_iter()
+            .find_map(|what| reason(nginx, name, pid, what).map(|rest| format!("{what}{rest}")));
+        found.is_some()
+    });
+    found.unwrap_or_else(|| "(no line)".to_string())
+}
+
 /// Waits (up to 5 s) for an error-log line holding `text`; returns it.
 #[track_caller]
 fn wait_line(nginx: &Nginx, text: &str) -> String {
@@ -1351,15 +1365,19 @@ fn a_failing_process_is_replaced() {
     };
     let p1 = ok("first response");
     assert_eq!(started(&nginx, "c"), [p1]);
+    // What the pool's lines said of each failed process, checked last so that a wrong one does
+    // not hide the rest: (case, got, want).
+    let mut lines = Vec::new();
 
     // Exit before the commit: 502.
     let r = get(nginx.port, "/c/crash/page.html");
     assert_eq!(r.status, 502, "{:?}", r.headers);
     assert!(r.header("X-Filter-Pid").is_none());
-    assert_eq!(
-        wait_reason(&nginx, "c", p1, "replaced: "),
-        "exited with code 3"
-    );
+    lines.push((
+        "exit before the commit",
+        what_became(&nginx, "c", p1),
+        "replaced: exited with code 3".to_string(),
+    ));
     assert!(
         nginx
             .log_lines("error")
@@ -1382,10 +1400,11 @@ fn a_failing_process_is_replaced() {
         "what the program wrote, at most, and cut: {} bytes",
         r.body.len()
     );
-    assert_eq!(
-        wait_reason(&nginx, "c", p2, "replaced: "),
-        "exited with code 3"
-    );
+    lines.push((
+        "exit after the commit",
+        what_became(&nginx, "c", p2),
+        "replaced: exited with code 3".to_string(),
+    ));
     let p3 = ok("after a crash after the commit");
     assert!(![p1, p2].contains(&p3), "a new process: {p3}");
 
@@ -1421,14 +1440,20 @@ fn a_failing_process_is_replaced() {
             pids = started(&nginx, "first");
             pids.len() > i
         });
-        let pid = pids[i];
-        assert_eq!(
-            wait_reason(&nginx, "first", pid, "exited with code 3 "),
-            format!("before its first response; next start in {delay}ms")
-        );
+        assert!(pids.len() > i, "{:#?}", pool_lines(&nginx));
+        lines.push((
+            "exit before a first response",
+            what_became(&nginx, "first", pids[i]),
+            format!("exited with code 3 before its first response; next start in {delay}ms"),
+        ));
     }
     no_zombies(&nginx, 1);
     stop_and_check_gone(nginx, &[p5]);
+    let wrong: Vec<_> = lines.iter().filter(|(_, got, want)| got != want).collect();
+    assert!(
+        wrong.is_empty(),
+        "what the pool logged of a failed process: (case, got, want) {wrong:#?}"
+    );
 }
 
 /// A client that leaves mid-response kills the process that filters it (never reused in an
