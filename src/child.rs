@@ -311,7 +311,8 @@ pub fn kill_all() {
 /// Whether this worker runs `transform_max_programs` programs already: the request is refused
 /// (logged here).
 pub fn over_limit(http: crate::nginx::Http, conf: &crate::conf::TransformConf) -> bool {
-    let running = running();
+    // (A pool's processes are bounded by its own processes=, not counted here.)
+    let running = running().saturating_sub(crate::pool::processes());
     if conf.max_programs <= 0 || running < conf.max_programs as usize {
         return false;
     }

@@ -575,6 +575,18 @@ pub unsafe extern "C" fn merge_loc_conf(
             }
         }
     }
+    if let (Some(a), Some(b), Some((_, file, line))) = (conf.pool, conf.filter_pool, &conf.pass) {
+        if a == b {
+            log_error!(
+                NGX_LOG_EMERG,
+                cf.log,
+                0,
+                "\"transform_pass\" in {file}:{line} and its \"transform_filter_pass\" use one \
+                 pool: a response would wait for a process its own request holds"
+            );
+            return NGX_CONF_ERROR;
+        }
+    }
     if conf.lock != 0 && conf.exec.is_some() {
         let (file, line) = conf.lock_at.clone().unwrap_or_default();
         let missing = if conf.lock_zone.is_null() {

@@ -12,7 +12,8 @@ use core::ptr;
 
 use nginx_sys::{
     ngx_chain_t, ngx_conf_t, ngx_http_request_t, ngx_int_t, ngx_module_t, NGX_ERROR,
-    NGX_HTTP_BAD_GATEWAY, NGX_HTTP_SERVICE_UNAVAILABLE, NGX_LOG_ERR, NGX_OK,
+    NGX_HTTP_BAD_GATEWAY, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_SERVICE_UNAVAILABLE,
+    NGX_LOG_ERR, NGX_OK,
 };
 
 use crate::child;
@@ -52,7 +53,7 @@ pub fn set_ctx(http: Http, data: *mut c_void) -> bool {
 /// Whether a filter program takes this request's output (which then cannot bypass the
 /// chain).
 pub fn takes_output(http: Http) -> bool {
-    !relay(http).is_null()
+    !relay(http).is_null() || !waiting(http).is_null()
 }
 
 /// A log variable of the filter program (for a request that ran no `transform_exec`).
@@ -149,7 +150,16 @@ unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
         return Downstream::Next.send_header(http);
     }
     if let (Some(index), None) = (conf.filter_pool, &argv) {
-        let head = http.pool_response_head();
+        let Some(head) = http.pool_response_head() else {
+            log_error!(
+                NGX_LOG_ERR,
+                http.log(),
+                0,
+                "transform_filter_pass cannot pass a response with a CR, LF or NUL in its \
+                 status line or headers"
+            );
+            return fail(http, NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
+        };
         return match crate::pool::filter_request(http, conf, index, content_type, head) {
             // The header goes out at the commit.
             Ok(()) => NGX_OK as ngx_int_t,
@@ -204,9 +214,13 @@ pub fn set_waiting(http: Http, data: *mut c_void) -> bool {
 pub fn refuse_late(http: Http, status: ngx_int_t, held: *mut ngx_chain_t) {
     http.set_buffered(false);
     consume(held);
+    // The error page (or the include's end) passes through this filter untouched.
+    http.clear_ctx(module());
     if http.is_subrequest() {
         let _ = fail(http, status);
         let _ = Downstream::Next.special(http, true);
+        // Its handler goes on (its buffers were taken).
+        http.post();
         return;
     }
     let _ = http.filter_finalize(module(), status);

@@ -358,16 +358,18 @@ impl Http {
     /// The request as a pooled program gets it (see `http1::request_head`): the method, the
     /// URI as received (or, after an internal redirect or a rewrite, the current one escaped,
     /// with its arguments), the client's header lines, and the body's length if it has one.
-    pub fn pool_request_head(self, body: Option<u64>) -> Vec<u8> {
+    pub fn pool_request_head(self, body: Option<u64>) -> Option<Vec<u8>> {
         self.with_r(|r| {
             let method = r.method_name.as_bytes();
+            // (Arguments may hold anything after a rewrite or try_files from `$uri`: escaped
+            // like a raw URI, so nothing in them can end the request line.)
             let uri = if r.valid_unparsed_uri() != 0 && r.internal() == 0 {
-                r.unparsed_uri.as_bytes().to_vec()
+                crate::http1::escape_raw(r.unparsed_uri.as_bytes())
             } else {
                 let mut u = crate::http1::escape_uri(r.uri.as_bytes());
                 if r.args.len > 0 {
                     u.push(b'?');
-                    u.extend_from_slice(r.args.as_bytes());
+                    u.extend(crate::http1::escape_raw(r.args.as_bytes()));
                 }
                 u
             };
@@ -377,7 +379,7 @@ impl Http {
 
     /// The response as a pooled filter program gets it (see `http1::response_head`): its
     /// status, Content-Type and header lines as they stand (the body's own already removed).
-    pub fn pool_response_head(self) -> Vec<u8> {
+    pub fn pool_response_head(self) -> Option<Vec<u8>> {
         self.with_r(|r| {
             let ho = &r.headers_out;
             let status = u16::try_from(ho.status).unwrap_or(200);
@@ -542,6 +544,12 @@ impl Http {
         // SAFETY: ctx_index is this module's slot in the request's ctx array.
         self.with_r(|r| unsafe { *r.ctx.add(module.ctx_index) = tagged.cast() });
         true
+    }
+
+    /// Empties the module's slot.
+    pub fn clear_ctx(self, module: &ngx_module_t) {
+        // SAFETY: as in set_ctx.
+        self.with_r(|r| unsafe { *r.ctx.add(module.ctx_index) = ptr::null_mut() });
     }
 
     /// Whether the module's slot is empty (as after an internal redirect).
@@ -1016,6 +1024,8 @@ pub struct BodyCursor {
     chunked: bool,
     chunk: Option<u64>,
     terminated: bool,
+    /// Bytes written to the pipe so far (head, framing and body).
+    written: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -1058,9 +1068,15 @@ impl BodyCursor {
             chunked: false,
             chunk: None,
             terminated: false,
+            written: 0,
         };
         cursor.enter();
         cursor
+    }
+
+    /// Bytes written to the pipe so far.
+    pub fn written(&self) -> u64 {
+        self.written
     }
 
     /// The same, each buffer written as a chunk of HTTP/1.1's chunked coding, and the last
@@ -1120,6 +1136,7 @@ impl BodyCursor {
             chunked: false,
             chunk: None,
             terminated: false,
+            written: 0,
         }
     }
 
@@ -1251,7 +1268,9 @@ impl BodyCursor {
         let response = self.is_response();
         loop {
             while self.head_pos < self.head.len() {
-                self.head_pos += os::write(pipe, &self.head[self.head_pos..])?;
+                let n = os::write(pipe, &self.head[self.head_pos..])?;
+                self.head_pos += n;
+                self.written += n as u64;
             }
             if self.cl.is_null() {
                 if self.chunked && self.ended() && !self.terminated {
@@ -1281,6 +1300,7 @@ impl BodyCursor {
                 // SAFETY: an in-file buffer points at an open file.
                 let fd = unsafe { (*b.file).fd };
                 let n = os::splice_file_to_pipe(fd, &mut self.file_pos, pipe, len)?;
+                self.written += n as u64;
                 if response {
                     // SAFETY: the handler's buffer, handed to us: marked consumed so far.
                     unsafe { (*(*self.cl).buf).file_pos = self.file_pos };
@@ -1297,6 +1317,7 @@ impl BodyCursor {
                     core::slice::from_raw_parts(self.pos, b.last.offset_from(self.pos) as usize)
                 };
                 let n = os::write(pipe, data)?;
+                self.written += n as u64;
                 // SAFETY: n <= data.len().
                 self.pos = unsafe { self.pos.add(n) };
                 if self.kind != CursorKind::Whole {

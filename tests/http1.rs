@@ -143,16 +143,38 @@ fn the_request_head_drops_the_connections_own_headers_and_sets_the_length() {
         (b"X-Custom", b"a b"),
         (b"keep-alive", b"300"),
     ];
-    let head = http1::request_head(b"POST", b"/up?x=1", headers.into_iter(), Some(12));
+    let head = http1::request_head(b"POST", b"/up?x=1", headers.into_iter(), Some(12)).unwrap();
     assert_eq!(
         String::from_utf8(head).unwrap(),
         "POST /up?x=1 HTTP/1.1\r\nHost: example.com\r\nX-Custom: a b\r\nContent-Length: 12\r\n\r\n"
     );
-    let head = http1::request_head(b"GET", b"/", core::iter::empty(), None);
+    let head = http1::request_head(b"GET", b"/", core::iter::empty(), None).unwrap();
     assert_eq!(head, b"GET / HTTP/1.1\r\n\r\n");
+    // Nothing that would break the framing is passed on.
+    let bad: [(&[u8], &[u8], (&[u8], &[u8])); 5] = [
+        (b"GET", b"/a\r\nX: y", (b"A", b"b")),
+        (b"GET", b"/a b", (b"A", b"b")),
+        (b"GET", b"/", (b"A", b"b\r\nX-Injected: 1")),
+        (b"GET", b"/", (b"A\n", b"b")),
+        (b"GET\0", b"/", (b"A", b"b")),
+    ];
+    for (method, uri, header) in bad {
+        assert!(http1::request_head(method, uri, core::iter::once(header), None).is_none());
+    }
+    assert!(http1::response_head(
+        200,
+        b"OK",
+        b"text/html",
+        core::iter::once((&b"L"[..], &b"/a\r\nX: 1"[..]))
+    )
+    .is_none());
+    assert_eq!(
+        http1::escape_raw(b"q=/a b\r\n#x%41"),
+        b"q=/a%20b%0D%0A%23x%41"
+    );
     assert_eq!(
         http1::escape_uri(b"/a b/\xc3\xa9?#\"%"),
-        b"/a%20b/%C3%A9%3F%23%22%"
+        b"/a%20b/%C3%A9%3F%23%22%25"
     );
 }
 

@@ -871,8 +871,15 @@ fn a_program_dying_at_start_backs_off_instead_of_forking_in_a_loop() {
 /// replaced without backoff.
 #[test]
 fn a_completed_response_resets_the_backoff() {
+    // The program fails at start while the flag file exists (a shell that exits 3 before the
+    // helper runs, reading nothing).
+    let flag = temp_dir("pool-backoff-flag").join("fail");
+    std::fs::write(&flag, b"").unwrap();
     let nginx = start(
-        "transform_pool p {HELPER} pool-serve;",
+        &format!(
+            "transform_pool p /bin/sh -c \"test -e {} && exit 3; exec {{HELPER}} pool-serve\";",
+            flag.display()
+        ),
         "location / { transform_pass p; }",
     );
     let backoff = |nginx: &Nginx| -> Vec<(u64, u64)> {
@@ -889,11 +896,12 @@ fn a_completed_response_resets_the_backoff() {
     };
     // The spacing lets each backoff pass; its length is not what is tested.
     let pause = || std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(get(nginx.port, "/exit").status, 502);
+    assert_eq!(get(nginx.port, "/echo").status, 502);
     pause();
-    assert_eq!(get(nginx.port, "/exit").status, 502);
+    assert_eq!(get(nginx.port, "/echo").status, 502);
     pause();
     assert_eq!(backoff(&nginx), [(3, 100), (3, 200)]);
+    std::fs::remove_file(&flag).unwrap();
     let e = echo(nginx.port, "/echo");
     assert_eq!(e.n, 1);
     // This process has answered: its exit is no start failure.
@@ -902,10 +910,17 @@ fn a_completed_response_resets_the_backoff() {
     assert!(why.contains("exited with code 3"), "{why}");
     pause();
     assert_eq!(backoff(&nginx), [(3, 100), (3, 200)]);
-    // A fresh process failing its first request starts the backoff over.
-    assert_eq!(get(nginx.port, "/exit0").status, 502);
+    // A fresh process that dies of its first request (it read it) is no start failure either:
+    // a client must not be able to hold the pool back.
+    assert_eq!(get(nginx.port, "/exit").status, 502);
     pause();
-    assert_eq!(backoff(&nginx), [(3, 100), (3, 200), (0, 100)]);
+    assert_eq!(backoff(&nginx), [(3, 100), (3, 200)]);
+    // One failing at start again starts the backoff over (the answer reset it).
+    std::fs::write(&flag, b"").unwrap();
+    assert_eq!(get(nginx.port, "/echo").status, 502);
+    pause();
+    assert_eq!(backoff(&nginx), [(3, 100), (3, 200), (3, 100)]);
+    std::fs::remove_file(&flag).unwrap();
     assert_eq!(echo(nginx.port, "/echo").n, 1);
     nginx.stop();
 }

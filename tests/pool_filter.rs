@@ -1329,7 +1329,8 @@ fn a_full_queue_refuses_with_503_and_retry_after() {
 /// A process that exits before the commit gives a 502 (its error page in place); after the
 /// commit, a visibly broken response; one that writes garbage a 502, one too slow a 504. Each
 /// time the pool's `replaced` line says why, and the next response gets a new process. A process
-/// that dies before its first response delays the next start (the backoff line).
+/// that dies before it read anything of its first response delays the next start (the backoff
+/// line); one that dies of a response it read does not (a response must not hold the pool back).
 #[test]
 fn a_failing_process_is_replaced() {
     let data = Data::new("crash");
@@ -1350,7 +1351,8 @@ fn a_failing_process_is_replaced() {
                location /c/ {{ proxy_pass {{UP}}/; transform_filter_pass c;
                               transform_read_timeout 500ms; }}
                location /first/ {{ alias {{DATA}}/; transform_filter_pass first; }} }}",
-            program("crash")
+            // (A program that dies before it reads anything: a start failure.)
+            "/bin/sh -c \"exit 3\""
         ),
     );
     let want = xor(&page);

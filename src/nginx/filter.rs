@@ -246,6 +246,17 @@ impl Http {
             ] {
                 *h = ptr::null_mut();
             }
+            let mut part: *mut nginx_sys::ngx_list_part_t = &mut ho.trailers.part;
+            // SAFETY: the response's trailer list (possibly never initialized: no parts then).
+            unsafe {
+                while !part.is_null() && !(*part).elts.is_null() {
+                    let elts = (*part).elts.cast::<nginx_sys::ngx_table_elt_t>();
+                    for i in 0..(*part).nelts {
+                        (*elts.add(i)).hash = 0;
+                    }
+                    part = (*part).next;
+                }
+            }
             ho.content_type = nginx_sys::ngx_str_t::default();
             ho.content_type_len = 0;
             ho.content_type_lowcase = ptr::null_mut();

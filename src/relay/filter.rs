@@ -158,6 +158,12 @@ impl Transform {
     /// The body filter: takes the handler's buffers `chain` (null: the handler only asks for
     /// progress) and runs the machine. Returns what the handler gets from its output filter.
     pub fn filter_body(&mut self, chain: *mut ngx_chain_t) -> ngx_int_t {
+        self.filter_input(chain, true)
+    }
+
+    /// As the body filter, called by the handler (`in_call`) or not (a response that waited
+    /// for a pooled process: its held buffers).
+    pub fn filter_input(&mut self, chain: *mut ngx_chain_t, in_call: bool) -> ngx_int_t {
         let http = self.http;
         let Role::Filter(side) = &mut self.role else {
             return NGX_ERROR as ngx_int_t;
@@ -178,7 +184,7 @@ impl Transform {
         if !chain.is_null() && !self.program.push_response(chain) {
             return NGX_ERROR as ngx_int_t;
         }
-        side.in_call = true;
+        side.in_call = in_call;
         let rc = if !self.program.response_ended() && http.upstream_finished() {
             // The upstream failed after its header (it closed early, timed out, sent a broken
             // chunk): nginx ends the response with a flush, never its last buffer. What the

@@ -72,6 +72,8 @@ pub struct Program {
     loss: Option<Loss>,
     /// A pooled process: all of the request (head and body) was written.
     input_done: bool,
+    /// A pooled process had closed its stdin before a byte of the request was written.
+    closed_at_start: bool,
     /// A pooled process: when its response was complete.
     finished: Option<ngx_msec_t>,
     /// A pooled process: the requests it served with this one, and the wait for it.
@@ -104,6 +106,7 @@ impl Program {
             lease: None,
             loss: None,
             input_done: false,
+            closed_at_start: false,
             finished: None,
             requests: 0,
             waited: 0,
@@ -150,6 +153,21 @@ impl Program {
     /// Whether this is a pooled process.
     pub fn is_pooled(&self) -> bool {
         self.lease.is_some() || self.requests > 0
+    }
+
+    /// A pooled process that has not read anything of its request yet (all that was written
+    /// is still in its stdin pipe): output from it now is not an answer to this request.
+    pub fn read_nothing(&self) -> bool {
+        let written = self.body.written();
+        if self.closed_at_start {
+            return true;
+        }
+        self.is_pooled()
+            && written > 0
+            && self
+                .stdin
+                .as_ref()
+                .is_some_and(|fd| os::bytes_in_pipe(fd.fd()).is_ok_and(|n| n as u64 == written))
     }
 
     /// Why the pooled process is not given back, when its request ends.
@@ -220,6 +238,7 @@ impl Program {
         let loss = if close {
             Some(Loss::Close)
         } else if let Some(status) = self.exit() {
+            // (It answered: not a start-up failure.)
             Some(Loss::Exited(status))
         } else if extra + in_stdout as u64 > 0 {
             Some(Loss::NotReusable("it wrote past its response"))
@@ -257,14 +276,18 @@ impl Program {
         let output_ended = self
             .stdout()
             .is_none_or(|fd| os::pipe_state(fd).map_or(true, |(_, hung_up)| hung_up));
+        // Died before it read anything of its request: a start-up failure (the backoff's), not
+        // one a request caused.
+        let at_start = self.read_nothing();
         let loss = match (self.loss.take(), self.exit()) {
             (Some(l), _) => l,
+            (None, Some(status)) if at_start => Loss::StartFailed(status),
             (None, Some(status)) => Loss::Exited(status),
             (None, None) if output_ended => {
                 self.stdin = None;
                 self.stdout = None;
                 if let Some(child) = self.child.take() {
-                    lease.lose_dying(child);
+                    lease.lose_dying(child, at_start);
                     return;
                 }
                 Loss::Ended
@@ -603,6 +626,7 @@ impl Program {
                 }
                 Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
                     debug!(http.log(), "transform: the program closed its stdin");
+                    self.closed_at_start |= self.body.written() == 0;
                     self.close_stdin(http);
                     return Ok(());
                 }
@@ -682,6 +706,7 @@ impl Program {
             }
             Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
                 debug!(http.log(), "transform: the filter program closed its stdin");
+                self.closed_at_start |= self.body.written() == 0;
                 self.stdin = None;
                 self.body.skip();
                 Ok(())
