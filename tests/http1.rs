@@ -151,7 +151,8 @@ fn the_request_head_drops_the_connections_own_headers_and_sets_the_length() {
     let head = http1::request_head(b"GET", b"/", core::iter::empty(), None).unwrap();
     assert_eq!(head, b"GET / HTTP/1.1\r\n\r\n");
     // Nothing that would break the framing is passed on.
-    let bad: [(&[u8], &[u8], (&[u8], &[u8])); 5] = [
+    type Header<'a> = (&'a [u8], &'a [u8]);
+    let bad: [(&[u8], &[u8], Header); 5] = [
         (b"GET", b"/a\r\nX: y", (b"A", b"b")),
         (b"GET", b"/a b", (b"A", b"b")),
         (b"GET", b"/", (b"A", b"b\r\nX-Injected: 1")),
