@@ -577,6 +577,8 @@ fn spawn(pool: *mut Pool) -> Result<*mut Slot, ngx_int_t> {
     // SAFETY: just leaked, owned by the pool from here on.
     let s = unsafe { &mut *slot };
     s.pid = child.pid();
+    s.stderr_log = StderrLog::new(conf.stderr_level, now_msec())
+        .with_source(format!("pool \"{}\" process {}", p.conf.name, s.pid));
     // (Counted from here: every slot that had a child goes through remove().)
     PROCESSES.set(PROCESSES.get() + 1);
     let joined = (|| {

@@ -35,6 +35,9 @@ pub struct StderrLog {
     tokens: u64,
     refilled: ngx_msec_t,
     suppressed: u64,
+    /// Who wrote the lines, when the log's context does not say (a pool's process: its pool and
+    /// pid).
+    source: String,
 }
 
 impl StderrLog {
@@ -48,6 +51,22 @@ impl StderrLog {
             tokens: BURST,
             refilled: now,
             suppressed: 0,
+            source: String::new(),
+        }
+    }
+
+    /// The same, its lines naming `source` (`pool "x" process 123`).
+    pub fn with_source(mut self, source: String) -> StderrLog {
+        self.source = source;
+        self
+    }
+
+    /// `transform stderr` or `transform pool "x" process 123 stderr`.
+    fn what(&self) -> String {
+        if self.source.is_empty() {
+            "transform stderr".to_string()
+        } else {
+            format!("transform {} stderr", self.source)
         }
     }
 
@@ -134,7 +153,8 @@ impl StderrLog {
                 self.level,
                 log,
                 0,
-                "transform stderr: {}{more}",
+                "{}: {}{more}",
+                self.what(),
                 escape(&self.line)
             );
         } else {
@@ -157,7 +177,8 @@ impl StderrLog {
                 self.level,
                 log,
                 0,
-                "transform stderr: {} lines suppressed (rate limit)",
+                "{}: {} lines suppressed (rate limit)",
+                self.what(),
                 self.suppressed
             );
             self.suppressed = 0;
