@@ -146,14 +146,119 @@ pub fn parse(input: &[u8]) -> Parsed {
         Fields::Invalid(why) => return Parsed::Invalid(why),
         Fields::Done(fields, used) => (fields, used),
     };
+    match meaning(fields, None) {
+        Ok(head) => Parsed::Done(head, used),
+        Err(why) => Parsed::Invalid(why),
+    }
+}
+
+/// A pooled program's HTTP/1.x response head: the status line's code in `head.status`, the
+/// headers as a CGI block's, and the framing of its body.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Response {
+    pub head: Head,
+    /// `Transfer-Encoding: chunked`.
+    pub chunked: bool,
+    /// `Connection: close`: the program ends its service after this response.
+    pub close: bool,
+}
+
+/// The result of looking at a pooled program's response so far.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ParsedResponse {
+    Incomplete,
+    /// The head, and how many bytes it took (the body starts there).
+    Done(Response, usize),
+    Invalid(String),
+}
+
+/// Parses an HTTP/1.0 or HTTP/1.1 response head (status line, header block) at the start of
+/// `input`, as nginx's upstream takes a proxied one: the status 200..=599 (an interim 1xx is
+/// refused: the program answers once), Content-Length or `Transfer-Encoding: chunked` (not both),
+/// `Connection: close` noted; the other headers mean what they mean in a CGI block, and the
+/// connection's own (Keep-Alive, Upgrade...) are dropped.
+pub fn parse_response(input: &[u8]) -> ParsedResponse {
+    let Some(nl) = input.iter().position(|&b| b == b'\n') else {
+        let start = &input[..input.len().min(9)];
+        if !b"HTTP/1.1 ".starts_with(start) && !b"HTTP/1.0 ".starts_with(start) {
+            return ParsedResponse::Invalid(format!("invalid status line \"{}\"", show(input)));
+        }
+        return ParsedResponse::Incomplete;
+    };
+    let line = input[..nl].strip_suffix(b"\r").unwrap_or(&input[..nl]);
+    let Some(code) = status_line(line) else {
+        return ParsedResponse::Invalid(format!("invalid status line \"{}\"", show(line)));
+    };
+    if !(200..=599).contains(&code) {
+        return ParsedResponse::Invalid(format!("status {code} in \"{}\"", show(line)));
+    }
+    let (fields, used) = match fields(&input[nl + 1..]) {
+        Fields::Incomplete => return ParsedResponse::Incomplete,
+        Fields::Invalid(why) => return ParsedResponse::Invalid(why),
+        Fields::Done(fields, used) => (fields, used),
+    };
+    let mut response = Response::default();
+    match meaning(fields, Some(&mut response)) {
+        Ok(head) => response.head = head,
+        Err(why) => return ParsedResponse::Invalid(why),
+    }
+    if response.chunked && response.head.content_length.is_some() {
+        return ParsedResponse::Invalid("both Content-Length and Transfer-Encoding".to_string());
+    }
+    response.head.status = Some(code);
+    ParsedResponse::Done(response, nl + 1 + used)
+}
+
+/// `HTTP/1.x NNN[ reason]`: the code.
+fn status_line(line: &[u8]) -> Option<u16> {
+    let rest = line
+        .strip_prefix(b"HTTP/1.1 ")
+        .or_else(|| line.strip_prefix(b"HTTP/1.0 "))?;
+    let (code, reason) = rest.split_at_checked(3)?;
+    if !code.iter().all(u8::is_ascii_digit)
+        || !(reason.is_empty() || reason[0] == b' ')
+        || !reason.iter().all(|&b| is_value_byte(b))
+    {
+        return None;
+    }
+    Some(code.iter().fold(0u16, |n, d| n * 10 + u16::from(d - b'0')))
+}
+
+/// What the fields of a header block mean: a CGI block's (`http` None), or an HTTP response's,
+/// whose framing and connection headers go to `http`.
+fn meaning(fields: Vec<(&[u8], &[u8])>, mut http: Option<&mut Response>) -> Result<Head, String> {
     let mut head = Head::default();
     // The first line of each single-valued header: (lowercase name, name, value).
     let mut first: Vec<(Vec<u8>, &[u8], &[u8])> = Vec::new();
     for (name, value) in fields {
         let lower = name.to_ascii_lowercase();
         let lower = lower.as_slice();
+        if let Some(response) = http.as_deref_mut() {
+            match lower {
+                b"transfer-encoding" if response.chunked => {
+                    return Err("duplicate Transfer-Encoding".to_string());
+                }
+                b"transfer-encoding" if value.eq_ignore_ascii_case(b"chunked") => {
+                    response.chunked = true;
+                    continue;
+                }
+                b"transfer-encoding" => {
+                    return Err(format!("unsupported Transfer-Encoding \"{}\"", show(value)));
+                }
+                b"connection" => {
+                    response.close |= value
+                        .split(|&b| b == b',')
+                        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+                    continue;
+                }
+                // (A header of CGI's, not of HTTP.)
+                b"status" => continue,
+                _ if HOP_BY_HOP.contains(&lower) => continue,
+                _ => {}
+            }
+        }
         if HOP_BY_HOP.contains(&lower) {
-            return Parsed::Invalid(format!("hop-by-hop header \"{}\"", show(name)));
+            return Err(format!("hop-by-hop header \"{}\"", show(name)));
         }
         if HIDDEN.contains(&lower) {
             continue;
@@ -169,7 +274,7 @@ pub fn parse(input: &[u8]) -> Parsed {
                     show(v)
                 );
                 if decisive {
-                    return Parsed::Invalid(line);
+                    return Err(line);
                 }
                 head.warnings.push(format!("{line}, ignored"));
                 continue;
@@ -179,20 +284,18 @@ pub fn parse(input: &[u8]) -> Parsed {
         match lower {
             b"status" => match status(value) {
                 Some(code) => head.status = Some(code),
-                None => return Parsed::Invalid(format!("invalid Status \"{}\"", show(value))),
+                None => return Err(format!("invalid Status \"{}\"", show(value))),
             },
             b"content-length" => match content_length(value) {
                 Some(n) => head.content_length = Some(n),
-                None => {
-                    return Parsed::Invalid(format!("invalid Content-Length \"{}\"", show(value)))
-                }
+                None => return Err(format!("invalid Content-Length \"{}\"", show(value))),
             },
             b"content-type" => head.content_type = Some(value.to_vec()),
             b"location" => head.location = Some(value.to_vec()),
             _ => head.headers.push((name.to_vec(), value.to_vec())),
         }
     }
-    Parsed::Done(head, used)
+    Ok(head)
 }
 
 /// `Status: NNN[ reason]` with NNN in 200..=599 (the reason phrase is nginx's to write).

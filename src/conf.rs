@@ -14,13 +14,16 @@ use nginx_sys::{
     ngx_http_compile_complex_value_t, ngx_http_complex_value_t, ngx_http_html_default_types,
     ngx_http_merge_types, ngx_http_script_variables_count, ngx_http_set_complex_value_slot,
     ngx_http_types_slot, ngx_int_t, ngx_msec_t, ngx_parse_offset, ngx_parse_time, ngx_path_init_t,
-    ngx_path_t, ngx_pcalloc, ngx_shm_zone_t, ngx_str_t, ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_FLAG,
-    NGX_CONF_TAKE1, NGX_CONF_TAKE1234, NGX_CONF_TAKE2, NGX_CONF_TAKE3, NGX_HTTP_LIF_CONF,
-    NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_SRV_CONF,
-    NGX_LOG_DEBUG, NGX_LOG_EMERG, NGX_LOG_ERR, NGX_LOG_INFO, NGX_LOG_NOTICE, NGX_LOG_WARN, NGX_OK,
+    ngx_path_t, ngx_pcalloc, ngx_shm_zone_t, ngx_str_t, ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_2MORE,
+    NGX_CONF_FLAG, NGX_CONF_TAKE1, NGX_CONF_TAKE1234, NGX_CONF_TAKE2, NGX_CONF_TAKE3, NGX_ERROR,
+    NGX_HTTP_LIF_CONF, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF,
+    NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_SRV_CONF, NGX_LOG_DEBUG, NGX_LOG_EMERG, NGX_LOG_ERR,
+    NGX_LOG_INFO, NGX_LOG_NOTICE, NGX_LOG_WARN, NGX_OK,
 };
 use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
-use ngx::http::{HttpModuleLocationConf, Merge, MergeConfigError, NgxHttpCoreModule};
+use ngx::http::{
+    HttpModuleLocationConf, HttpModuleMainConf, Merge, MergeConfigError, NgxHttpCoreModule,
+};
 use ngx::ngx_string;
 
 use crate::os;
@@ -163,6 +166,10 @@ pub struct TransformConf {
     pub filter_type: *mut ngx_http_complex_value_t,
     /// `transform_filter_status`: the statuses filtered; `Some([])` for any.
     pub filter_status: Option<Vec<u16>>,
+    /// `transform_pass`: the pool's name and where the directive is (not inherited).
+    pub pass: Option<(Vec<u8>, String, usize)>,
+    /// The pool `transform_pass` names, resolved at the merge: its index in the main conf.
+    pub pool: Option<usize>,
 }
 
 /// `transform_store`.
@@ -219,6 +226,8 @@ impl Default for TransformConf {
             filter_types_keys: ptr::null_mut(),
             filter_type: ptr::null_mut(),
             filter_status: None,
+            pass: None,
+            pool: None,
         }
     }
 }
@@ -507,6 +516,26 @@ pub unsafe extern "C" fn merge_loc_conf(
         }
         crate::store::register_temp_path(conf.temp_path);
     }
+    if let Some((name, file, line)) = &conf.pass {
+        let main = <crate::Module as HttpModuleMainConf>::main_conf(&*cf).expect("main conf");
+        match main
+            .pools
+            .iter()
+            .position(|p| p.name.as_bytes() == name.as_slice())
+        {
+            Some(i) => conf.pool = Some(i),
+            None => {
+                log_error!(
+                    NGX_LOG_EMERG,
+                    cf.log,
+                    0,
+                    "\"transform_pass\" in {file}:{line} names no \"transform_pool\": \"{}\"",
+                    crate::log::escape(name)
+                );
+                return NGX_CONF_ERROR;
+            }
+        }
+    }
     if conf.lock != 0 && conf.exec.is_some() {
         let (file, line) = conf.lock_at.clone().unwrap_or_default();
         let missing = if conf.lock_zone.is_null() {
@@ -561,7 +590,7 @@ const fn command(
 }
 
 /// The directive table.
-pub static mut COMMANDS: [ngx_command_t; 31] = [
+pub static mut COMMANDS: [ngx_command_t; 33] = [
     command(
         ngx_string!("transform_exec"),
         NGX_HTTP_LOC_CONF | NGX_HTTP_LIF_CONF | NGX_CONF_1MORE,
@@ -772,6 +801,21 @@ pub static mut COMMANDS: [ngx_command_t; 31] = [
         0,
         ptr::null_mut(),
     ),
+    ngx_command_t {
+        name: ngx_string!("transform_pool"),
+        type_: (NGX_HTTP_MAIN_CONF | NGX_CONF_2MORE) as ngx_uint_t,
+        set: Some(set_pool),
+        conf: NGX_HTTP_MAIN_CONF_OFFSET,
+        offset: 0,
+        post: ptr::null_mut(),
+    },
+    command(
+        ngx_string!("transform_pass"),
+        NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
+        set_pass,
+        0,
+        ptr::null_mut(),
+    ),
     ngx_command_t::empty(),
 ];
 
@@ -910,6 +954,14 @@ extern "C" fn set_exec(
     let args: &mut [ngx_str_t] = unsafe { (*cf.args).as_slice_mut() };
     let words = &mut args[1..];
 
+    if conf.pass.is_some() {
+        conf_error(
+            cf,
+            0,
+            format_args!("\"transform_exec\" and \"transform_pass\" in one location"),
+        );
+        return NGX_CONF_ERROR;
+    }
     match compile_argv(cf, words) {
         Ok(argv) => conf.exec = Some(argv),
         Err(msg) => return msg,
@@ -1153,6 +1205,262 @@ fn conf_error(cf: &mut ngx_conf_t, err: i32, msg: core::fmt::Arguments<'_>) {
             text.as_ptr(),
         )
     };
+}
+
+/// `transform_exec` / `transform_pass`: the content handler, once per location.
+fn set_handler(cf: &mut ngx_conf_t) -> Result<(), *mut c_char> {
+    let clcf = NgxHttpCoreModule::location_conf_mut(cf).expect("core loc conf");
+    if clcf.handler.is_some() {
+        conf_error(
+            cf,
+            0,
+            format_args!("the location has a content handler already"),
+        );
+        return Err(NGX_CONF_ERROR);
+    }
+    clcf.handler = Some(crate::handler::transform_handler);
+    Ok(())
+}
+
+/// The module's http-level configuration: the pools.
+#[derive(Default)]
+pub struct MainConf {
+    pub pools: Vec<PoolConf>,
+}
+
+/// One `transform_pool`.
+pub struct PoolConf {
+    pub name: String,
+    pub argv: Vec<CString>,
+    pub processes: usize,
+    pub max_requests: u64,
+    pub idle_timeout: ngx_msec_t,
+    pub queue: usize,
+    /// The http level's location configuration: what the processes start with
+    /// (`transform_env`, `transform_rlimit`...), merged with the defaults at `init_main_conf`.
+    http: *mut TransformConf,
+    pub spawn: Option<Box<TransformConf>>,
+    /// Environment and working directory, from the http level (literal values).
+    pub env: Vec<CString>,
+    pub dir: Option<CString>,
+}
+
+// SAFETY: the module allocates MainConf in create_main_conf (see lib.rs).
+unsafe impl HttpModuleMainConf for crate::Module {
+    type MainConf = MainConf;
+}
+
+/// `transform_pool name program [argument ...] [processes=N] [max_requests=N]
+/// [idle_timeout=time] [queue=N]`.
+extern "C" fn set_pool(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx calls directive handlers with a valid cf and this module's main conf.
+    let (cf, main) = unsafe { (&mut *cf, &mut *conf.cast::<MainConf>()) };
+    // SAFETY: cf->args is an array of ngx_str_t.
+    let args: &mut [ngx_str_t] = unsafe { (*cf.args).as_slice_mut() };
+    let name = args[1].to_string();
+    if main.pools.iter().any(|p| p.name == name) {
+        conf_error(cf, 0, format_args!("duplicate pool \"{name}\""));
+        return NGX_CONF_ERROR;
+    }
+    let mut pool = PoolConf {
+        name,
+        argv: Vec::new(),
+        processes: 1,
+        max_requests: 0,
+        idle_timeout: 60_000,
+        queue: 64,
+        http: <crate::Module as HttpModuleLocationConf>::location_conf_mut(&*cf)
+            .map_or(ptr::null_mut(), |c| c as *mut TransformConf),
+        spawn: None,
+        env: Vec::new(),
+        dir: None,
+    };
+    for word in args[2..].iter() {
+        let bytes = word.as_bytes();
+        let param = |prefix: &[u8]| bytes.strip_prefix(prefix);
+        let number = |v: &[u8]| -> Option<u64> { std::str::from_utf8(v).ok()?.parse::<u64>().ok() };
+        let bad = |cf: &mut ngx_conf_t| {
+            conf_error(cf, 0, format_args!("invalid parameter \"{word}\""));
+            NGX_CONF_ERROR
+        };
+        if !pool.argv.is_empty() {
+            if let Some(v) = param(b"processes=") {
+                match number(v) {
+                    Some(n @ 1..=1024) => pool.processes = n as usize,
+                    _ => return bad(cf),
+                }
+                continue;
+            }
+            if let Some(v) = param(b"max_requests=") {
+                match number(v) {
+                    Some(n) => pool.max_requests = n,
+                    None => return bad(cf),
+                }
+                continue;
+            }
+            if let Some(v) = param(b"queue=") {
+                match number(v) {
+                    Some(n) if n <= 65536 => pool.queue = n as usize,
+                    _ => return bad(cf),
+                }
+                continue;
+            }
+            if let Some(v) = param(b"idle_timeout=") {
+                let mut s = ngx_str_t {
+                    len: v.len(),
+                    data: v.as_ptr().cast_mut(),
+                };
+                // SAFETY: s points into the configuration's word.
+                let ms = unsafe { ngx_parse_time(&mut s, 0) };
+                if ms == NGX_ERROR as ngx_int_t {
+                    return bad(cf);
+                }
+                pool.idle_timeout = ms as ngx_msec_t;
+                continue;
+            }
+        }
+        // SAFETY: word is a valid ngx_str_t of the configuration.
+        if unsafe { ngx_http_script_variables_count(&mut { *word }) } != 0 {
+            conf_error(
+                cf,
+                0,
+                format_args!(
+                    "\"{word}\": a pool's program and arguments cannot have variables (its \
+                     processes serve many requests)"
+                ),
+            );
+            return NGX_CONF_ERROR;
+        }
+        if pool.argv.is_empty() {
+            if let Err(e) = check_program(cf, *word) {
+                return e;
+            }
+        }
+        let Ok(arg) = CString::new(bytes) else {
+            conf_error(cf, 0, format_args!("\"{word}\" contains a NUL byte"));
+            return NGX_CONF_ERROR;
+        };
+        pool.argv.push(arg);
+    }
+    if pool.argv.is_empty() {
+        conf_error(cf, 0, format_args!("no program for pool \"{}\"", pool.name));
+        return NGX_CONF_ERROR;
+    }
+    main.pools.push(pool);
+    NGX_CONF_OK
+}
+
+/// `transform_pass name`: the pool is found at the merge (it may be declared later).
+extern "C" fn set_pass(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx calls directive handlers with a valid cf and this module's loc conf.
+    let (cf, conf) = unsafe { (&mut *cf, &mut *conf.cast::<TransformConf>()) };
+    if conf.pass.is_some() {
+        return c"is duplicate".as_ptr().cast_mut();
+    }
+    if conf.exec.is_some() {
+        conf_error(
+            cf,
+            0,
+            format_args!("\"transform_pass\" and \"transform_exec\" in one location"),
+        );
+        return NGX_CONF_ERROR;
+    }
+    // SAFETY: cf->args is an array of ngx_str_t; conf_file is the file being read.
+    let (name, file, line) = unsafe {
+        let args: &[ngx_str_t] = (*cf.args).as_slice();
+        let cfile = &*cf.conf_file;
+        (
+            args[1].as_bytes().to_vec(),
+            cfile.file.name.to_string(),
+            cfile.line,
+        )
+    };
+    conf.pass = Some((name, file, line));
+    if let Err(e) = set_handler(cf) {
+        return e;
+    }
+    NGX_CONF_OK
+}
+
+/// `init_main_conf`: each pool's processes start with the http level's settings, merged with
+/// the defaults; their environment and working directory must be literal there.
+///
+/// # Safety
+/// nginx calls it with the configuration and this module's main conf.
+pub unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) -> *mut c_char {
+    // SAFETY: nginx's contract.
+    let (cf, main) = unsafe { (&mut *cf, &mut *conf.cast::<MainConf>()) };
+    for pool in &mut main.pools {
+        let mut spawn = Box::new(TransformConf::default());
+        // SAFETY: the http level's loc conf, parsed and alive with the configuration.
+        if let Some(http) = unsafe { pool.http.as_ref() } {
+            if spawn.merge(http).is_err() {
+                return NGX_CONF_ERROR;
+            }
+        } else {
+            let empty = TransformConf::default();
+            if spawn.merge(&empty).is_err() {
+                return NGX_CONF_ERROR;
+            }
+        }
+        let literal = |cv: *mut ngx_http_complex_value_t| -> Option<Vec<u8>> {
+            // SAFETY: a compiled complex value: without length codes it is constant.
+            unsafe {
+                (*cv)
+                    .lengths
+                    .is_null()
+                    .then(|| (*cv).value.as_bytes().to_vec())
+            }
+        };
+        let mut has_path = false;
+        for var in spawn.env.iter().flatten() {
+            let Some(value) = literal(var.value) else {
+                log_error!(
+                    NGX_LOG_EMERG,
+                    cf.log,
+                    0,
+                    "transform_pool \"{}\": the http-level \"transform_env {}\" has variables; a \
+                     pool's processes serve many requests",
+                    pool.name,
+                    String::from_utf8_lossy(&var.prefix[..var.prefix.len() - 1])
+                );
+                return NGX_CONF_ERROR;
+            };
+            has_path |= var.prefix == b"PATH=";
+            let mut entry = var.prefix.clone();
+            entry.extend_from_slice(&value);
+            match CString::new(entry) {
+                Ok(c) => pool.env.push(c),
+                Err(_) => return NGX_CONF_ERROR,
+            }
+        }
+        if !has_path {
+            pool.env.push(crate::relay::DEFAULT_PATH.to_owned());
+        }
+        if !spawn.dir.is_null() {
+            let Some(dir) = literal(spawn.dir).and_then(|d| CString::new(d).ok()) else {
+                log_error!(
+                    NGX_LOG_EMERG,
+                    cf.log,
+                    0,
+                    "transform_pool \"{}\": the http-level \"transform_chdir\" has variables",
+                    pool.name
+                );
+                return NGX_CONF_ERROR;
+            };
+            pool.dir = Some(dir);
+        }
+        pool.spawn = Some(spawn);
+    }
+    NGX_CONF_OK
 }
 
 // SAFETY: the module allocates TransformConf in create_loc_conf (see lib.rs).

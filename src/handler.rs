@@ -29,6 +29,9 @@ pub unsafe extern "C" fn transform_handler(r: *mut ngx_http_request_t) -> ngx_in
 
 fn handle(http: Http) -> ngx_int_t {
     let conf: &'static TransformConf = http.loc_conf::<crate::Module>();
+    if conf.pool.is_some() {
+        return handle_pass(http);
+    }
     // A body the program does not take is still read (and dropped) as it arrives, as nginx's
     // upstream reads one it does not pass on: nginx's discarding would take over the client
     // connection's read events (with lingering_timeout cutting a long response, and a client
@@ -64,6 +67,51 @@ fn handle(http: Http) -> ngx_int_t {
         return rc;
     }
     run(http, conf)
+}
+
+/// `transform_pass`: the request body is read whole first (its length goes in the request
+/// head), then a process of the pool takes the request, now or when one is free.
+fn handle_pass(http: Http) -> ngx_int_t {
+    if http.has_body() {
+        if http.reading_body() {
+            log_error!(
+                NGX_LOG_ERR,
+                http.log(),
+                0,
+                "transform: the request body was partly read before an internal redirect; \
+                 it cannot be given to the pool"
+            );
+            return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+        }
+        let rc = nginx::read_body(http, pass_body_ready);
+        if rc >= NGX_HTTP_SPECIAL_RESPONSE as ngx_int_t {
+            return rc;
+        }
+        return NGX_DONE as ngx_int_t;
+    }
+    let rc = http.discard_body();
+    if rc != NGX_OK as ngx_int_t {
+        return rc;
+    }
+    pass(http)
+}
+
+unsafe extern "C" fn pass_body_ready(r: *mut ngx_http_request_t) {
+    // SAFETY: nginx calls the body handler with a live request.
+    let http = unsafe { Http::from_ptr(r) };
+    http.finalize(pass(http));
+}
+
+fn pass(http: Http) -> ngx_int_t {
+    let conf: &'static TransformConf = http.loc_conf::<crate::Module>();
+    let content_type = match evaluate_type(http, conf.content_type(), "transform_type") {
+        Ok(t) => t,
+        Err(rc) => return rc,
+    };
+    match conf.pool {
+        Some(index) => crate::pool::request(http, conf, index, content_type),
+        None => NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t,
+    }
 }
 
 /// The request body has been read, or has started to arrive: start the program, then drop the

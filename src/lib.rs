@@ -24,9 +24,11 @@ mod conf;
 mod filter;
 mod follow;
 mod handler;
+mod http1;
 mod lock;
 mod nginx;
 mod os;
+mod pool;
 mod relay;
 mod stderr;
 mod store;
@@ -80,8 +82,8 @@ impl HttpModule for Module {
 static NGX_HTTP_TRANSFORM_MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
     preconfiguration: Some(Module::preconfiguration),
     postconfiguration: Some(Module::postconfiguration),
-    create_main_conf: None,
-    init_main_conf: None,
+    create_main_conf: Some(Module::create_main_conf),
+    init_main_conf: Some(conf::init_main_conf),
     create_srv_conf: None,
     merge_srv_conf: None,
     create_loc_conf: Some(Module::create_loc_conf),
@@ -175,6 +177,7 @@ extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
 /// Worker exit: no program outlives its worker.
 extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
     background::stop_all();
+    pool::stop_all();
     child::kill_all();
     follow::shutdown();
 }

@@ -355,6 +355,29 @@ impl Http {
         unsafe { ngx_http_finalize_request(self.as_ptr(), rc) }
     }
 
+    /// The request as a pooled program gets it (see `http1::request_head`): the method, the
+    /// URI as received (or, after an internal redirect or a rewrite, the current one escaped,
+    /// with its arguments), the client's header lines, and the body's length if it has one.
+    pub fn pool_request_head(self, body: Option<u64>) -> Vec<u8> {
+        self.with_r(|r| {
+            let method = r.method_name.as_bytes();
+            let uri = if r.valid_unparsed_uri() != 0 && r.internal() == 0 {
+                r.unparsed_uri.as_bytes().to_vec()
+            } else {
+                let mut u = crate::http1::escape_uri(r.uri.as_bytes());
+                if r.args.len > 0 {
+                    u.push(b'?');
+                    u.extend_from_slice(r.args.as_bytes());
+                }
+                u
+            };
+            // SAFETY: the request's header list, alive with it; only read.
+            let headers = unsafe { ngx::http::list_iterator(&r.headers_in.headers) }
+                .map(|(k, v)| (k.as_bytes(), v.as_bytes()));
+            crate::http1::request_head(method, &uri, headers, body)
+        })
+    }
+
     /// Keeps the request alive after the content handler returns NGX_DONE.
     pub fn take_reference(self) {
         let main = self.with_r(|r| r.main);
@@ -823,6 +846,18 @@ impl EventFd {
         Ok(e)
     }
 
+    /// Marks the connection idle (nginx closes idle connections, calling the read handler, when
+    /// the worker shuts down gracefully) and its read timer as one that does not keep a shutting
+    /// down worker alive; or not.
+    pub fn set_idle(&self, idle: bool) {
+        // SAFETY: live connection and read event.
+        unsafe {
+            let c = &mut *self.0.as_ptr();
+            c.set_idle(u32::from(idle) as _);
+            (*c.read).set_cancelable(u32::from(idle) as _);
+        }
+    }
+
     /// Asks for the next writability (edge-triggered: call after a write would block).
     pub fn arm_write(&self) -> bool {
         // SAFETY: live connection.
@@ -927,6 +962,9 @@ pub struct BodyCursor {
     pool: *mut nginx_sys::ngx_pool_t,
     /// Buffers handed back so far.
     handed_back: u64,
+    /// Bytes written before the body (a pooled program's request head), and how many were.
+    head: Vec<u8>,
+    head_pos: usize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -964,9 +1002,37 @@ impl BodyCursor {
             },
             pool: http.pool(),
             handed_back: 0,
+            head: Vec::new(),
+            head_pos: 0,
         };
         cursor.enter();
         cursor
+    }
+
+    /// The same, written after `head`.
+    pub fn with_head(mut self, head: Vec<u8>) -> BodyCursor {
+        self.head = head;
+        self.head_pos = 0;
+        self
+    }
+
+    /// The bytes of a whole body left to write (its length, before any was written).
+    pub fn body_len(&self) -> u64 {
+        let mut n = 0;
+        let mut cl = self.cl;
+        while !cl.is_null() {
+            // SAFETY: the body's chain, alive with the request; only read.
+            unsafe {
+                let b = &*(*cl).buf;
+                n += if b.in_file() != 0 {
+                    (b.file_last - b.file_pos) as u64
+                } else {
+                    b.last.offset_from(b.pos) as u64
+                };
+                cl = (*cl).next;
+            }
+        }
+        n
     }
 
     /// A response to filter: empty until [`BodyCursor::push`] gives it buffers.
@@ -979,6 +1045,8 @@ impl BodyCursor {
             kind: CursorKind::Response { ended: false },
             pool: http.pool(),
             handed_back: 0,
+            head: Vec::new(),
+            head_pos: 0,
         }
     }
 
@@ -1004,7 +1072,7 @@ impl BodyCursor {
 
     /// Whether everything taken so far was written.
     pub fn is_empty(&self) -> bool {
-        self.cl.is_null()
+        self.cl.is_null() && self.head_pos == self.head.len()
     }
 
     /// A response: takes the buffers of `chain` (links of our own, in the request pool) after
@@ -1107,6 +1175,9 @@ impl BodyCursor {
     /// Writes as much as `pipe` takes, from memory with write(2) and from a file with
     /// splice(2). `Ok(())` when all of it was written; WouldBlock when the pipe is full.
     pub fn write_to(&mut self, pipe: BorrowedFd<'_>) -> io::Result<()> {
+        while self.head_pos < self.head.len() {
+            self.head_pos += os::write(pipe, &self.head[self.head_pos..])?;
+        }
         let response = self.is_response();
         while !self.cl.is_null() {
             // SAFETY: a link of the chain, alive with the request; only read.
@@ -1201,6 +1272,11 @@ pub struct Moved {
     pub excess: u64,
     /// Whether those were logged already.
     pub excess_logged: bool,
+    /// A pooled program's chunked body: its decoder (the output's end is the last chunk, and
+    /// `limit` is set there).
+    pub dechunk: Option<crate::http1::Dechunk>,
+    /// A pooled program asked to close after its response.
+    pub close: bool,
 }
 
 impl Default for Moved {
@@ -1213,6 +1289,8 @@ impl Default for Moved {
             end: u64::MAX,
             excess: 0,
             excess_logged: false,
+            dechunk: None,
+            close: false,
         }
     }
 }
@@ -1305,21 +1383,41 @@ impl BufRing {
                     self.put_back(cl);
                     return Ok(Pumped::Eof);
                 }
+                Ok(n) if moved.dechunk.is_some() => {
+                    let Some(d) = moved.dechunk.as_mut() else {
+                        unreachable!("checked");
+                    };
+                    let decoded = match d.decode(&mut space[..n]) {
+                        Ok(decoded) => decoded,
+                        Err(why) => {
+                            self.put_back(cl);
+                            return Err(io::Error::new(io::ErrorKind::InvalidData, why));
+                        }
+                    };
+                    if d.done() {
+                        // What came after the last chunk is not the response's.
+                        moved.excess += (n - decoded.used) as u64;
+                    }
+                    let done = d.done();
+                    if decoded.data == 0 {
+                        self.put_back(cl);
+                    } else {
+                        // SAFETY: decoded.data <= n, in the buffer's free space.
+                        b.last = unsafe { b.last.add(decoded.data) };
+                        b.set_flush(1);
+                        moved.bytes += decoded.data as u64;
+                        self.append(cl);
+                    }
+                    if done {
+                        moved.limit = moved.bytes;
+                    }
+                }
                 Ok(n) => {
                     // SAFETY: n <= space.len().
                     b.last = unsafe { b.last.add(n) };
                     b.set_flush(1);
                     moved.bytes += n as u64;
-                    // SAFETY: cl is ours; append it to out.
-                    unsafe { (*cl).next = ptr::null_mut() };
-                    if self.out.is_null() {
-                        self.out = cl;
-                    } else {
-                        // SAFETY: out_tail points at the last link's next field.
-                        unsafe { *self.out_tail = cl };
-                    }
-                    // SAFETY: cl is live.
-                    self.out_tail = unsafe { &mut (*cl).next };
+                    self.append(cl);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.put_back(cl);
@@ -1367,6 +1465,20 @@ impl BufRing {
         }
         self.allocated += 1;
         Ok(Some(cl))
+    }
+
+    /// Appends one of our links to what goes out next.
+    fn append(&mut self, cl: *mut ngx_chain_t) {
+        // SAFETY: cl is ours, in no other list.
+        unsafe { (*cl).next = ptr::null_mut() };
+        if self.out.is_null() {
+            self.out = cl;
+        } else {
+            // SAFETY: out_tail points at the last link's next field.
+            unsafe { *self.out_tail = cl };
+        }
+        // SAFETY: cl is live.
+        self.out_tail = unsafe { &mut (*cl).next };
     }
 
     fn put_back(&mut self, cl: *mut ngx_chain_t) {

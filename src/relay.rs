@@ -37,14 +37,15 @@ use ngx::http::HttpModule;
 use crate::background;
 use crate::conf::TransformConf;
 use crate::nginx::filter::Downstream;
-use crate::nginx::{pool_allocate, run_posted_requests, CtxKind, EventFd, Http, Moved};
+use crate::nginx::{pool_allocate, run_posted_requests, BodyCursor, CtxKind, EventFd, Http, Moved};
 use crate::os;
+use crate::pool::{Lease, Loss};
 use crate::store::Store;
 
-pub use program::{Launch, DEFAULT_PATH};
+pub use program::{Launch, Program, DEFAULT_PATH};
 
 use commit::Held;
-use program::{Program, StdinFailure};
+use program::StdinFailure;
 use sink::{Pumped, Sink};
 
 /// Starts the program and the relay; the content handler returns what this returns.
@@ -55,20 +56,14 @@ pub fn start(
     content_type: Option<&'static [u8]>,
     store: Option<Store>,
 ) -> ngx_int_t {
-    let ctx = pool_allocate(
-        http.pool(),
-        Transform::new(http, conf, &launch, content_type, store, Role::Handler),
-    );
-    if ctx.is_null() {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
-    }
-    if !http.add_cleanup(cleanup, ctx.cast()) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
-    }
-    if !http.set_ctx(crate::Module::module(), CtxKind::Transform, ctx.cast()) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
-    }
-
+    let program = Program::new(http, conf, &launch, false);
+    let ctx = match install(
+        http,
+        Transform::new(http, conf, program, content_type, store, Role::Handler),
+    ) {
+        Ok(ctx) => ctx,
+        Err(rc) => return rc,
+    };
     let data: *mut c_void = ctx.cast();
     // SAFETY: ctx was just allocated in the request pool and is not aliased.
     let launched = unsafe { (*ctx).program.launch(http, &launch, data) };
@@ -89,6 +84,47 @@ pub fn start(
     ngx::core::Status::NGX_DONE.into()
 }
 
+/// Starts the relay for `transform_pass` with a process of its pool.
+pub fn start_pooled(
+    http: Http,
+    conf: &'static TransformConf,
+    lease: Lease,
+    content_type: Option<&'static [u8]>,
+) -> ngx_int_t {
+    let body = http.has_body().then(|| BodyCursor::of(http).body_len());
+    let head = http.pool_request_head(body);
+    let program = Program::pooled(http, conf, lease, head);
+    let ctx = match install(
+        http,
+        Transform::new(http, conf, program, content_type, None, Role::Handler),
+    ) {
+        Ok(ctx) => ctx,
+        Err(rc) => return rc,
+    };
+    let data: *mut c_void = ctx.cast();
+    // SAFETY: ctx was just allocated in the request pool and is not aliased.
+    if let Err(rc) = unsafe { (*ctx).program.launch_pooled(http, data) } {
+        // SAFETY: as above.
+        unsafe { (*ctx).release() };
+        return rc;
+    }
+    http.set_event_handlers(Some(client_write_event), Some(client_body_event));
+    http.take_reference();
+    ngx::core::Status::NGX_DONE.into()
+}
+
+/// Puts the machine in the request pool, with its cleanup, as the module's context.
+fn install(http: Http, t: Transform) -> Result<*mut Transform, ngx_int_t> {
+    let ctx = pool_allocate(http.pool(), t);
+    if ctx.is_null()
+        || !http.add_cleanup(cleanup, ctx.cast())
+        || !http.set_ctx(crate::Module::module(), CtxKind::Transform, ctx.cast())
+    {
+        return Err(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
+    }
+    Ok(ctx)
+}
+
 /// The module's log variables.
 #[derive(Clone, Copy)]
 pub enum Variable {
@@ -96,6 +132,10 @@ pub enum Variable {
     ExitStatus,
     Time,
     Bytes,
+    /// A pooled process: the requests it served, this one included.
+    Requests,
+    /// A pooled process: how long the request waited for it.
+    QueueTime,
 }
 
 impl From<usize> for Variable {
@@ -104,7 +144,9 @@ impl From<usize> for Variable {
             0 => Variable::Pid,
             1 => Variable::ExitStatus,
             2 => Variable::Time,
-            _ => Variable::Bytes,
+            3 => Variable::Bytes,
+            4 => Variable::Requests,
+            _ => Variable::QueueTime,
         }
     }
 }
@@ -195,19 +237,18 @@ impl Transform {
     fn new(
         http: Http,
         conf: &'static TransformConf,
-        launch: &Launch,
+        program: Program,
         content_type: Option<&'static [u8]>,
         store: Option<Store>,
         role: Role,
     ) -> Transform {
-        let filter = matches!(role, Role::Filter(_));
         Transform {
             http,
             conf,
             content_type,
             store,
-            program: Program::new(http, conf, launch, filter),
-            phase: Phase::Holding(Held::new(conf)),
+            phase: Phase::Holding(Held::new(conf, program.is_pooled())),
+            program,
             moved: Moved::default(),
             shutting_down: false,
             role,
@@ -392,6 +433,20 @@ impl Transform {
                 }
                 self.at_end()
             }
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                // (Only a pooled program's chunked body is decoded.)
+                let why = e.to_string();
+                log_error!(
+                    NGX_LOG_ERR,
+                    self.http.log(),
+                    0,
+                    "transform pool process {} of \"{}\" sent {why}; response truncated",
+                    self.program.pid().unwrap_or(0),
+                    self.program.name()
+                );
+                self.program.set_loss(Loss::Broke(why));
+                Flow::Wait(self.fail(NGX_HTTP_BAD_GATEWAY))
+            }
             Err(e) => Flow::Wait(self.io_failed("sending the program's output", e)),
         }
     }
@@ -409,6 +464,20 @@ impl Transform {
     /// The program's output ended: all of it was passed on, unless it is shorter than the
     /// Content-Length it announced.
     fn output_ended(&mut self) -> Flow {
+        if self.program.is_pooled() {
+            // A pooled program's response ends with its framing, not with its output.
+            log_error!(
+                NGX_LOG_ERR,
+                self.http.log(),
+                0,
+                "transform pool process {} of \"{}\" ended its output after {} bytes, before \
+                 the end of its response",
+                self.program.pid().unwrap_or(0),
+                self.program.name(),
+                self.moved.bytes
+            );
+            return Flow::Wait(self.fail(NGX_HTTP_BAD_GATEWAY));
+        }
         if self.moved.limit != u64::MAX && self.moved.bytes < self.moved.limit {
             log_error!(
                 NGX_LOG_ERR,
@@ -441,6 +510,17 @@ impl Transform {
         self.moved.excess = extra;
         if self.moved.declared && extra > 0 {
             self.log_excess(extra);
+        }
+        if self.program.is_pooled() {
+            // Back to its pool (or replaced) before the end goes out: the next request may
+            // take it at once.
+            let close = self.moved.close;
+            self.program.end_lease(self.http, extra, close);
+            if self.out().special(self.http, true) == NGX_ERROR as ngx_int_t {
+                return Flow::Wait(self.io_failed("sending the end of the response", io_other()));
+            }
+            self.set_phase(Phase::Complete);
+            return Flow::Wait(Next::Finish(NGX_OK as ngx_int_t));
         }
         if self.out().special(self.http, true) == NGX_ERROR as ngx_int_t {
             return Flow::Wait(self.io_failed("sending the end of the response", io_other()));
@@ -542,7 +622,7 @@ impl Transform {
             self.transport(),
             self.moved.calls
         );
-        if !status.success() {
+        if !status.success() || self.program.is_pooled() {
             if self.committed() {
                 log_error!(
                     NGX_LOG_ERR,
@@ -614,6 +694,7 @@ impl Transform {
     }
 
     fn program_timed_out(&mut self) -> Next {
+        self.program.set_loss(Loss::TimedOut);
         let (limit, ms) = self.program.which_timeout();
         log_error!(
             NGX_LOG_ERR,

@@ -1,5 +1,5 @@
 //! Log variables: `$transform_pid`, `$transform_exit_status`, `$transform_time`,
-//! `$transform_bytes`. Empty (not found) in requests that ran no program.
+//! `$transform_bytes`, and for `transform_pass` `$transform_requests`, `$transform_queue_time`. Empty (not found) in requests that ran no program.
 
 use nginx_sys::{ngx_http_request_t, ngx_http_variable_t, ngx_int_t, ngx_variable_value_t};
 use ngx::core::Status;
@@ -12,11 +12,13 @@ use crate::relay::{Transform, Variable};
 const NGX_HTTP_VAR_NOCACHEABLE: usize = 2;
 
 /// The module's variables, added at preconfiguration.
-pub static mut VARIABLES: [ngx_http_variable_t; 4] = [
+pub static mut VARIABLES: [ngx_http_variable_t; 6] = [
     variable(ngx_string!("transform_pid"), Variable::Pid),
     variable(ngx_string!("transform_exit_status"), Variable::ExitStatus),
     variable(ngx_string!("transform_time"), Variable::Time),
     variable(ngx_string!("transform_bytes"), Variable::Bytes),
+    variable(ngx_string!("transform_requests"), Variable::Requests),
+    variable(ngx_string!("transform_queue_time"), Variable::QueueTime),
 ];
 
 const fn variable(name: nginx_sys::ngx_str_t, which: Variable) -> ngx_http_variable_t {

@@ -16,6 +16,7 @@ use crate::conf::TransformConf;
 use crate::log::escape;
 use crate::nginx::{headers, now_msec, ContentType, CtxKind};
 use crate::os;
+use crate::pool::Loss;
 
 /// Output held before the commit.
 pub struct Held {
@@ -25,6 +26,8 @@ pub struct Held {
     since: Option<ngx_msec_t>,
     /// `transform_commit_timeout` passed.
     expired: bool,
+    /// A pooled program's HTTP/1.x response head (not a CGI block) is read.
+    http: bool,
 }
 
 /// The CGI header block, for `transform_output cgi`.
@@ -33,21 +36,35 @@ enum Head {
     Raw,
     /// Not complete yet.
     Reading,
-    /// Parsed; the body starts at `body` in the held bytes.
-    Parsed { head: cgi::Head, body: usize },
+    /// Parsed; the body starts at `body` in the held bytes. A pooled program's response also
+    /// has its framing (`http`).
+    Parsed {
+        head: cgi::Head,
+        body: usize,
+        http: Option<Framing>,
+    },
+}
+
+/// How a pooled program's response body is framed.
+#[derive(Clone, Copy)]
+struct Framing {
+    chunked: bool,
+    close: bool,
 }
 
 impl Held {
-    pub fn new(conf: &TransformConf) -> Held {
+    /// For a program's output, or (`http`) a pooled program's response.
+    pub fn new(conf: &TransformConf, http: bool) -> Held {
         Held {
             buf: Vec::new(),
-            head: if conf.cgi_output != 0 {
+            head: if conf.cgi_output != 0 || http {
                 Head::Reading
             } else {
                 Head::Raw
             },
             since: None,
             expired: false,
+            http,
         }
     }
 
@@ -73,9 +90,30 @@ impl Held {
         if !matches!(self.head, Head::Reading) {
             return Ok(false);
         }
+        if self.http {
+            return match cgi::parse_response(&self.buf) {
+                cgi::ParsedResponse::Done(r, used) => {
+                    self.head = Head::Parsed {
+                        head: r.head,
+                        body: used,
+                        http: Some(Framing {
+                            chunked: r.chunked,
+                            close: r.close,
+                        }),
+                    };
+                    Ok(true)
+                }
+                cgi::ParsedResponse::Incomplete => Ok(false),
+                cgi::ParsedResponse::Invalid(why) => Err(why),
+            };
+        }
         match cgi::parse(&self.buf) {
             cgi::Parsed::Done(head, used) => {
-                self.head = Head::Parsed { head, body: used };
+                self.head = Head::Parsed {
+                    head,
+                    body: used,
+                    http: None,
+                };
                 Ok(true)
             }
             cgi::Parsed::Incomplete => Ok(false),
@@ -116,14 +154,26 @@ impl Transform {
                 }
             };
             if let Err(why) = held.parse_head() {
+                let what = if held.http {
+                    "response head"
+                } else {
+                    "header block"
+                };
                 log_error!(
                     NGX_LOG_ERR,
                     self.http.log(),
                     0,
-                    "transform program \"{}\" sent an invalid header block: {why}",
+                    "transform program \"{}\" sent an invalid {what}: {why}",
                     self.program.name()
                 );
+                self.program
+                    .set_loss(Loss::Broke(format!("an invalid {what}: {why}")));
                 return Flow::Wait(self.fail(NGX_HTTP_BAD_GATEWAY));
+            }
+            if matches!(held.head, Head::Parsed { http: Some(_), .. }) {
+                // A pooled program's head is its commitment, as a proxied server's: the
+                // response goes out at once (the process does not end to say it is complete).
+                return self.commit(None);
             }
         }
         let (in_pipe, hung_up) = match self.program.stdout() {
@@ -156,6 +206,9 @@ impl Transform {
                     self.program.name(),
                     self.conf.header_buffer_size
                 );
+                self.program.set_loss(Loss::Broke(
+                    "a head larger than transform_header_buffer_size".into(),
+                ));
                 return Flow::Wait(self.fail(NGX_HTTP_BAD_GATEWAY));
             }
             // (Only what was seen before the drain counts: a hang-up observed after it may
@@ -229,11 +282,70 @@ impl Transform {
         let Phase::Holding(held) = &mut self.phase else {
             unreachable!("commit() runs in the holding phase");
         };
-        let buf = core::mem::take(&mut held.buf);
+        let mut buf = core::mem::take(&mut held.buf);
         let mut unshareable = None;
+        // A pooled program's response: its body's length (None: chunked, decoded as it comes).
+        let mut pooled: Option<(Option<u64>, Framing)> = None;
+        if let Head::Parsed {
+            head,
+            body,
+            http: Some(framing),
+        } = &held.head
+        {
+            let no_body = self.http.is_head() || matches!(head.status, Some(204 | 304));
+            let expect = match (no_body, head.content_length, framing.chunked) {
+                (true, _, _) => Some(0),
+                (false, Some(n), _) => Some(n),
+                (false, None, true) => None,
+                (false, None, false) => {
+                    log_error!(
+                        NGX_LOG_ERR,
+                        self.http.log(),
+                        0,
+                        "transform program \"{}\" sent a response without Content-Length or \
+                         chunked Transfer-Encoding",
+                        self.program.name()
+                    );
+                    self.program
+                        .set_loss(Loss::Broke("a response without a length".into()));
+                    return Flow::Wait(self.fail(NGX_HTTP_BAD_GATEWAY));
+                }
+            };
+            if expect.is_none() {
+                // The body bytes held with the head are decoded now: a broken framing there is
+                // still a clean 502.
+                let mut d = crate::http1::Dechunk::default();
+                let start = *body;
+                match d.decode(&mut buf[start..]) {
+                    Ok(decoded) => {
+                        let total = buf.len() - start;
+                        if d.done() {
+                            self.moved.excess = (total - decoded.used) as u64;
+                        }
+                        buf.truncate(start + decoded.data);
+                    }
+                    Err(why) => {
+                        log_error!(
+                            NGX_LOG_ERR,
+                            self.http.log(),
+                            0,
+                            "transform program \"{}\" sent {why}",
+                            self.program.name()
+                        );
+                        self.program.set_loss(Loss::Broke(why.into()));
+                        return Flow::Wait(self.fail(NGX_HTTP_BAD_GATEWAY));
+                    }
+                }
+                self.moved.dechunk = Some(d);
+            }
+            pooled = Some((expect, *framing));
+        }
+        let Phase::Holding(held) = &mut self.phase else {
+            unreachable!("commit() runs in the holding phase");
+        };
         let (status, content_type, length, prefix, declared) =
             match core::mem::replace(&mut held.head, Head::Raw) {
-                Head::Parsed { head, body } => {
+                Head::Parsed { head, body, .. } => {
                     unshareable = head.unshareable();
                     let status = head.status.unwrap_or(if head.location.is_some() {
                         302
@@ -274,20 +386,43 @@ impl Transform {
                 }
             };
         self.program.set_hold_timer(None);
+        if let Some((expect, _)) = pooled {
+            if expect != Some(0) {
+                // The program judges conditional requests itself (it has their headers): its
+                // body is never left unread by nginx's 304.
+                self.http.disable_not_modified();
+            }
+        }
         let rc = self
             .http
             .send_status_header(self.out(), Some(status), content_type, length);
         if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || self.http.header_only() {
+            if let Some((Some(0), framing)) = pooled {
+                if rc != NGX_ERROR as ngx_int_t {
+                    self.program
+                        .end_lease(self.http, prefix.len() as u64, framing.close);
+                }
+            }
             return Flow::Wait(Next::Finish(rc));
         }
         if let Some(n) = length {
             self.moved.limit = n;
         }
         self.moved.declared = declared;
+        if let Some((expect, framing)) = pooled {
+            self.moved.close = framing.close;
+            match expect {
+                Some(n) => self.moved.limit = n,
+                None if self.moved.dechunk.as_ref().is_some_and(|d| d.done()) => {
+                    self.moved.limit = prefix.len() as u64;
+                }
+                None => self.moved.limit = u64::MAX,
+            }
+        }
         let fits = prefix.len().min(self.moved.room() as usize);
         // Logged once the response is complete, with what else comes; or now, when what was
         // held is the whole response (the client has it all with the prefix).
-        self.moved.excess = (prefix.len() - fits) as u64;
+        self.moved.excess += (prefix.len() - fits) as u64;
         if declared && self.moved.excess > 0 {
             self.log_excess(self.moved.excess);
         }
@@ -327,7 +462,9 @@ impl Transform {
             }
         }
         let sink = sink.unwrap_or_else(|| {
-            if !self.is_filter() && crate::filter::takes_output(self.http) {
+            if self.moved.dechunk.is_some() {
+                Sink::buffered(self.http, "the program's body is chunked")
+            } else if !self.is_filter() && crate::filter::takes_output(self.http) {
                 Sink::buffered(self.http, "a transform_filter takes the output")
             } else {
                 Sink::choose(self.http, self.conf)

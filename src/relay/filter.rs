@@ -31,7 +31,7 @@ use nginx_sys::{
 };
 
 use super::sink::Sink;
-use super::{Event, Next, Phase, Role, Transform};
+use super::{Event, Next, Phase, Program, Role, Transform};
 use crate::conf::TransformConf;
 use crate::nginx::filter::{consume, Downstream};
 use crate::nginx::{pool_allocate, Http, Timer};
@@ -91,7 +91,14 @@ pub fn start(
     let role = Role::Filter(Side::new(http.status()));
     let ctx = pool_allocate(
         http.pool(),
-        Transform::new(http, conf, &launch, content_type, None, role),
+        Transform::new(
+            http,
+            conf,
+            Program::new(http, conf, &launch, true),
+            content_type,
+            None,
+            role,
+        ),
     );
     if ctx.is_null() {
         return Err(internal);

@@ -18,6 +18,7 @@ use crate::conf::TransformConf;
 use crate::log::escape;
 use crate::nginx::{now_msec, BodyCursor, EventFd, Http};
 use crate::os;
+use crate::pool::{Lease, Loss, Proc};
 use crate::stderr::StderrLog;
 
 /// stderr read per event before yielding to other connections.
@@ -65,6 +66,17 @@ pub struct Program {
     read_timer: bool,
     /// The program exited while other processes still held its stdout open.
     left_writers: bool,
+    /// A pooled process (`transform_pass`): its lease, until given back or lost.
+    lease: Option<Lease>,
+    /// Why a pooled process is not given back (a timeout, broken framing), if known.
+    loss: Option<Loss>,
+    /// A pooled process: all of the request (head and body) was written.
+    input_done: bool,
+    /// A pooled process: when its response was complete.
+    finished: Option<ngx_msec_t>,
+    /// A pooled process: the requests it served with this one, and the wait for it.
+    requests: u64,
+    waited: ngx_msec_t,
 }
 
 impl Program {
@@ -89,7 +101,150 @@ impl Program {
             exit: None,
             read_timer: false,
             left_writers: false,
+            lease: None,
+            loss: None,
+            input_done: false,
+            finished: None,
+            requests: 0,
+            waited: 0,
         }
+    }
+
+    /// A pooled process, lent by `lease`, fed with `head` then the request body (whole).
+    pub fn pooled(
+        http: Http,
+        conf: &'static TransformConf,
+        lease: Lease,
+        head: Vec<u8>,
+    ) -> Program {
+        let mut program = Program::new(
+            http,
+            conf,
+            &Launch {
+                argv: vec![lease.program.to_owned()],
+                env: Vec::new(),
+                dir: None,
+            },
+            false,
+        );
+        program.body = BodyCursor::of(http).with_head(head);
+        program.requests = lease.requests;
+        program.waited = lease.waited;
+        program.lease = Some(lease);
+        program
+    }
+
+    /// Whether this is a pooled process.
+    pub fn is_pooled(&self) -> bool {
+        self.lease.is_some() || self.requests > 0
+    }
+
+    /// Why the pooled process is not given back, when its request ends.
+    pub fn set_loss(&mut self, loss: Loss) {
+        if self.lease.is_some() && self.loss.is_none() {
+            self.loss = Some(loss);
+        }
+    }
+
+    /// Takes the lent process: its pipes and pidfd now wake `data`, and the request is written.
+    pub fn launch_pooled(&mut self, http: Http, data: *mut c_void) -> Result<(), ngx_int_t> {
+        let Some(lease) = self.lease.as_mut() else {
+            return Err(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
+        };
+        let Some(Proc {
+            mut child,
+            mut stdin,
+            mut stdout,
+        }) = lease.proc.take()
+        else {
+            return Err(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
+        };
+        child.rebind(Handlers::CHILD, data);
+        stdin.rebind(Handlers::STDIN, data);
+        stdout.rebind(Handlers::STDOUT, data);
+        self.pid = Some(lease.pid);
+        self.started = now_msec();
+        self.pipe_capacity = os::pipe_size(stdout.fd()).unwrap_or(4096);
+        let watching = child.watch() && stdout.arm_read();
+        self.child = Some(child);
+        self.stdin = Some(stdin);
+        self.stdout = Some(stdout);
+        debug!(
+            http.log(),
+            "transform pool process {} takes request {}", lease.pid, lease.requests
+        );
+        if !watching {
+            return Err(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
+        }
+        if let Err(f) = self.feed_stdin(http) {
+            return Err(match f {
+                StdinFailure::Write => NGX_HTTP_BAD_GATEWAY as ngx_int_t,
+                StdinFailure::Body(rc) => self.body_failed(http, rc),
+            });
+        }
+        self.arm_timer(http, true, true, None);
+        Ok(())
+    }
+
+    /// A pooled process whose response is complete: back to its pool if it is in a known state
+    /// (`extra`: bytes it wrote past the response; `close`: it asked to), else killed.
+    pub fn end_lease(&mut self, http: Http, extra: u64, close: bool) {
+        if self.lease.is_none() {
+            return;
+        }
+        self.finished = Some(now_msec());
+        self.collect_status(http);
+        let in_stdout = self
+            .stdout()
+            .map_or(0, |fd| os::pipe_state(fd).map_or(1, |(n, _)| n));
+        let unread = self
+            .stdin
+            .as_ref()
+            .map_or(1, |fd| os::bytes_in_pipe(fd.fd()).unwrap_or(1));
+        let loss = if let Some(status) = self.exit() {
+            Some(Loss::Exited(status))
+        } else if close {
+            Some(Loss::Close)
+        } else if extra + in_stdout as u64 > 0 {
+            Some(Loss::NotReusable("it wrote past its response"))
+        } else if !self.input_done || unread > 0 {
+            Some(Loss::NotReusable("it did not read all of its request"))
+        } else {
+            None
+        };
+        if loss.is_none() {
+            if let (Some(child), Some(stdin), Some(stdout), Some(lease)) = (
+                self.child.take(),
+                self.stdin.take(),
+                self.stdout.take(),
+                self.lease.take(),
+            ) {
+                lease.give_back(Proc {
+                    child,
+                    stdin,
+                    stdout,
+                });
+                return;
+            }
+        }
+        self.loss = loss;
+        self.drop_lease();
+    }
+
+    /// A pooled process not given back: its pipes close, it is stopped, and its pool told why.
+    fn drop_lease(&mut self) {
+        let Some(lease) = self.lease.take() else {
+            return;
+        };
+        let loss = match (self.loss.take(), self.exit()) {
+            (Some(l), _) => l,
+            (None, Some(status)) => Loss::Exited(status),
+            (None, None) => Loss::Ended,
+        };
+        self.stdin = None;
+        self.stdout = None;
+        self.child = None;
+        lease.lose(&loss);
     }
 
     /// The program's path, escaped for log lines.
@@ -397,8 +552,11 @@ impl Program {
         if self.body.is_response() {
             return self.feed_response(http);
         }
-        if self.conf.stdin_body == 0 {
+        if self.conf.stdin_body == 0 && !self.is_pooled() {
             return self.drop_body(http);
+        }
+        if self.input_done {
+            return Ok(());
         }
         loop {
             let Some(fd) = &self.stdin else {
@@ -452,8 +610,13 @@ impl Program {
             }
             if !more {
                 if !reading {
-                    // All of the body is written.
-                    self.close_stdin(http);
+                    // All of the body is written (a pooled process keeps its stdin: the next
+                    // request goes there).
+                    if self.is_pooled() {
+                        self.input_done = true;
+                    } else {
+                        self.close_stdin(http);
+                    }
                 }
                 return Ok(());
             }
@@ -686,7 +849,7 @@ impl Program {
         Option<ngx_msec_t>,
     )> {
         self.collect_status(http);
-        if self.child.is_none() || self.stdin.is_some() {
+        if self.child.is_none() || self.stdin.is_some() || self.is_pooled() {
             return None;
         }
         self.drain_stderr(http);
@@ -713,6 +876,7 @@ impl Program {
             http.stop_reading_body();
         }
         self.collect_status(http);
+        self.drop_lease();
         self.stdout = None;
         self.stdin = None;
         self.stderr = None;
@@ -728,8 +892,16 @@ impl Program {
                 os::ExitStatus::Code(c) => c.to_string(),
                 os::ExitStatus::Signal(s) => os::signal_name(s),
             },
+            Variable::Requests if self.requests > 0 => self.requests.to_string(),
+            Variable::QueueTime if self.requests > 0 => {
+                format!("{}.{:03}", self.waited / 1000, self.waited % 1000)
+            }
+            Variable::Requests | Variable::QueueTime => return None,
             Variable::Time => {
-                let end = self.exit.map_or_else(now_msec, |(_, at)| at);
+                let end = self
+                    .finished
+                    .or(self.exit.map(|(_, at)| at))
+                    .unwrap_or_else(now_msec);
                 let ms = end.saturating_sub(self.started);
                 format!("{}.{:03}", ms / 1000, ms % 1000)
             }

@@ -1,0 +1,766 @@
+//! `transform_pool`: long-lived programs that answer one HTTP/1.1 request after another over
+//! their stdin and stdout (`transform_pass`).
+//!
+//! Each worker has its own processes, started lazily and spawned as every program of the module
+//! (`child`). A process is [`SlotState::Idle`] in the pool, its pipes and pidfd watched by the
+//! pool (anything it writes then, or its exit, ends it), or [`SlotState::Busy`]: its pipes and
+//! child are lent to one request's relay ([`Lease`]), which gives them back only when the
+//! response was complete, all of the request was read and nothing more was written; any other
+//! end kills the process (never reused in an unknown state). Requests that find no process wait
+//! in a bounded FIFO queue. A process that dies before its first response delays the next start
+//! (backoff); `max_requests` (with jitter) and `idle_timeout` retire processes; at a graceful
+//! shutdown idle processes are retired at once (their connections are marked idle, which nginx
+//! closes) and busy ones after their request.
+
+use core::cell::RefCell;
+use core::ffi::{c_void, CStr};
+use std::collections::VecDeque;
+use std::ffi::CString;
+use std::fmt;
+use std::os::fd::{AsFd, AsRawFd};
+
+use nginx_sys::{
+    ngx_event_t, ngx_http_request_t, ngx_int_t, ngx_log_t, ngx_msec_t, NGX_DONE,
+    NGX_HTTP_BAD_GATEWAY, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_SERVICE_UNAVAILABLE,
+    NGX_LOG_ERR, NGX_LOG_INFO, NGX_LOG_WARN,
+};
+use ngx::http::HttpModuleMainConf;
+
+use crate::child::Child;
+use crate::conf::{PoolConf, TransformConf};
+use crate::log::escape;
+use crate::nginx::{now_msec, pool_allocate, EventFd, Http, Timer};
+use crate::os;
+use crate::stderr::StderrLog;
+
+/// The first backoff delay, and the longest.
+const BACKOFF_FIRST: ngx_msec_t = 100;
+const BACKOFF_MAX: ngx_msec_t = 10_000;
+
+std::thread_local! {
+    /// This worker's pools, by their index in the configuration (null until first used).
+    static POOLS: RefCell<Vec<*mut Pool>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A process's pipes and child, lent to a request or held by the pool while idle.
+pub struct Proc {
+    pub child: Child,
+    pub stdin: EventFd,
+    pub stdout: EventFd,
+}
+
+/// What a request holds while its process serves it.
+pub struct Lease {
+    slot: *mut Slot,
+    /// The pipes and child, taken by the relay.
+    pub proc: Option<Proc>,
+    /// The process's pid, and this request's number among those it served.
+    pub pid: libc::pid_t,
+    pub requests: u64,
+    /// How long the request waited for the process.
+    pub waited: ngx_msec_t,
+    pub program: &'static CStr,
+}
+
+/// Why a process leaves the pool.
+pub enum Loss {
+    /// It exited (or was killed by a signal) on its own.
+    Exited(os::ExitStatus),
+    /// It broke the protocol.
+    Broke(String),
+    TimedOut,
+    /// Its request ended before the response was complete.
+    Ended,
+    /// The response was complete but the process is in an unknown state.
+    NotReusable(&'static str),
+    /// It asked to close (`Connection: close`).
+    Close,
+}
+
+impl fmt::Display for Loss {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Loss::Exited(s) => write!(f, "{s}"),
+            Loss::Broke(why) => write!(f, "broke the framing: {why}"),
+            Loss::TimedOut => write!(f, "timed out"),
+            Loss::Ended => write!(f, "its request ended mid-response"),
+            Loss::NotReusable(why) => write!(f, "{why}"),
+            Loss::Close => write!(f, "it asked to close (Connection: close)"),
+        }
+    }
+}
+
+struct Pool {
+    index: usize,
+    conf: &'static PoolConf,
+    spawn: &'static TransformConf,
+    slots: Vec<*mut Slot>,
+    queue: VecDeque<*mut Waiter>,
+    /// Consecutive processes that died before their first response, and the earliest next
+    /// start.
+    fails: u32,
+    not_before: ngx_msec_t,
+    timer: Option<Timer>,
+}
+
+struct Slot {
+    pool: *mut Pool,
+    pid: libc::pid_t,
+    state: SlotState,
+    /// Requests given to it so far, and after how many it retires (0: never).
+    served: u64,
+    limit: u64,
+    /// Whether it completed a response.
+    answered: bool,
+    stderr: Option<EventFd>,
+    stderr_log: StderrLog,
+    idle_since: ngx_msec_t,
+}
+
+enum SlotState {
+    Idle(Proc),
+    Busy,
+}
+
+/// A request waiting for a process (in the request pool).
+struct Waiter {
+    http: Http,
+    pool: *mut Pool,
+    loc: &'static TransformConf,
+    content_type: Option<&'static [u8]>,
+    since: ngx_msec_t,
+    queued: bool,
+}
+
+fn cycle_log() -> *mut ngx_log_t {
+    ngx::log::ngx_cycle_log().as_ptr()
+}
+
+/// `transform_pass`: serves the request with a process of pool `index`, now or when one is free.
+pub fn request(
+    http: Http,
+    loc: &'static TransformConf,
+    index: usize,
+    content_type: Option<&'static [u8]>,
+) -> ngx_int_t {
+    let Some(pool) = pool_of(http, index) else {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+    };
+    // SAFETY: this worker's pool, alive until exit_process.
+    let p = unsafe { &mut *pool };
+    if p.queue.is_empty() {
+        match take_process(pool, 0) {
+            Ok(Some(lease)) => return crate::relay::start_pooled(http, loc, lease, content_type),
+            Ok(None) => {}
+            Err(rc) => return rc,
+        }
+    }
+    if p.queue.len() >= p.conf.queue {
+        log_error!(
+            NGX_LOG_WARN,
+            http.log(),
+            0,
+            "transform pool \"{}\": {} processes busy and {} requests queued (queue={}), request \
+             refused",
+            p.conf.name,
+            p.slots.len(),
+            p.queue.len(),
+            p.conf.queue
+        );
+        if !http.add_header("Retry-After", "1") {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+        }
+        return NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t;
+    }
+    let waiter = pool_allocate(
+        http.pool(),
+        Waiter {
+            http,
+            pool,
+            loc,
+            content_type,
+            since: now_msec(),
+            queued: true,
+        },
+    );
+    if waiter.is_null() || !http.add_cleanup(waiter_cleanup, waiter.cast()) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+    }
+    p.queue.push_back(waiter);
+    debug!(
+        http.log(),
+        "transform pool \"{}\": request queued", p.conf.name
+    );
+    http.set_event_handlers(Some(waiting), None);
+    http.take_reference();
+    kick(pool);
+    NGX_DONE as ngx_int_t
+}
+
+/// The write handler of a waiting request: nothing to do.
+unsafe extern "C" fn waiting(_r: *mut ngx_http_request_t) {}
+
+/// A waiting request ends (its client closed): it leaves the queue.
+unsafe extern "C" fn waiter_cleanup(data: *mut c_void) {
+    let w = data.cast::<Waiter>();
+    // SAFETY: registered with the waiter, alive in the request pool; its pool lives on.
+    unsafe {
+        if (*w).queued {
+            (*w).queued = false;
+            (*(*w).pool).queue.retain(|&q| q != w);
+        }
+    }
+}
+
+/// This worker's pool `index`, created on first use.
+fn pool_of(http: Http, index: usize) -> Option<*mut Pool> {
+    if let Some(p) = POOLS.with_borrow(|v| v.get(index).copied().filter(|p| !p.is_null())) {
+        return Some(p);
+    }
+    let main = <crate::Module as HttpModuleMainConf>::main_conf(http_request(http))?;
+    let conf: &'static PoolConf = main.pools.get(index)?;
+    let spawn: &'static TransformConf = conf.spawn.as_deref()?;
+    let pool = Box::into_raw(Box::new(Pool {
+        index,
+        conf,
+        spawn,
+        slots: Vec::new(),
+        queue: VecDeque::new(),
+        fails: 0,
+        not_before: 0,
+        timer: None,
+    }));
+    POOLS.with_borrow_mut(|v| {
+        if v.len() <= index {
+            v.resize(index + 1, core::ptr::null_mut());
+        }
+        v[index] = pool;
+    });
+    Some(pool)
+}
+
+/// The request as ngx's type, for its configuration lookups.
+fn http_request(http: Http) -> &'static ngx::http::Request {
+    // SAFETY: a live request; only its configuration pointers are read.
+    unsafe { ngx::http::Request::from_ngx_http_request(http.as_ptr()) }
+}
+
+/// An idle process, or a new one if the pool has room and no backoff runs; None if the request
+/// must wait; Err for a start that failed (logged).
+fn take_process(pool: *mut Pool, waited: ngx_msec_t) -> Result<Option<Lease>, ngx_int_t> {
+    // SAFETY: this worker's pool.
+    let p = unsafe { &mut *pool };
+    let idle = p
+        .slots
+        .iter()
+        // SAFETY: the pool's slots are live.
+        .copied()
+        .filter(|&s| matches!(unsafe { &(*s).state }, SlotState::Idle(_)))
+        // The one idle the longest (its pipes are warm either way; this spreads the work, so
+        // that idle_timeout retires what is really not needed).
+        .min_by_key(|&s| unsafe { (*s).idle_since });
+    let slot = match idle {
+        Some(s) => s,
+        None if p.slots.len() < p.conf.processes && now_msec() >= p.not_before => spawn(pool)?,
+        None => return Ok(None),
+    };
+    // SAFETY: a live slot of the pool.
+    let s = unsafe { &mut *slot };
+    let SlotState::Idle(proc) = core::mem::replace(&mut s.state, SlotState::Busy) else {
+        unreachable!("only idle slots are taken");
+    };
+    proc.stdout.set_idle(false);
+    s.served += 1;
+    Ok(Some(Lease {
+        slot,
+        proc: Some(proc),
+        pid: s.pid,
+        requests: s.served,
+        waited,
+        program: p.conf.argv[0].as_c_str(),
+    }))
+}
+
+/// Starts a process (idle, in the pool).
+fn spawn(pool: *mut Pool) -> Result<*mut Slot, ngx_int_t> {
+    // SAFETY: this worker's pool.
+    let p = unsafe { &mut *pool };
+    let log = cycle_log();
+    let conf = p.spawn;
+    let failed = |what: &str, e: &std::io::Error| {
+        log_error!(
+            NGX_LOG_ERR,
+            log,
+            os::errno(e),
+            "transform pool \"{}\": {what} failed",
+            p.conf.name
+        );
+        match e.raw_os_error() {
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::EAGAIN) => {
+                NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t
+            }
+            _ => NGX_HTTP_BAD_GATEWAY as ngx_int_t,
+        }
+    };
+    let out = os::stdout_pipe().map_err(|e| failed("pipe2()", &e))?;
+    let err = os::stdout_pipe().map_err(|e| failed("pipe2()", &e))?;
+    let inp = os::stdin_pipe().map_err(|e| failed("pipe2()", &e))?;
+    for fd in [out.read.as_fd(), inp.write.as_fd()] {
+        if let Err(e) = os::set_pipe_size(fd, conf.pipe_size) {
+            debug!(log, "transform pool pipe size refused: {e}");
+        }
+    }
+    let argv: Vec<&CStr> = p.conf.argv.iter().map(CString::as_c_str).collect();
+    let env: Vec<&CStr> = p.conf.env.iter().map(CString::as_c_str).collect();
+    let cmd = os::Command {
+        stdin: Some(inp.read.as_raw_fd()),
+        argv: &argv,
+        env: &env,
+        dir: p.conf.dir.as_deref(),
+        stdout: out.write.as_raw_fd(),
+        stderr: err.write.as_raw_fd(),
+        rlimits: conf.rlimits.as_deref().unwrap_or(&[]),
+    };
+    let slot = Box::into_raw(Box::new(Slot {
+        pool,
+        pid: 0,
+        state: SlotState::Busy,
+        served: 0,
+        limit: 0,
+        answered: false,
+        stderr: None,
+        stderr_log: StderrLog::new(conf.stderr_level, now_msec()),
+        idle_since: now_msec(),
+    }));
+    let data = slot.cast::<c_void>();
+    let child = match Child::spawn(&cmd, conf.kill_timeout, log, idle_exit, data) {
+        Ok(c) => c,
+        Err(e) => {
+            // SAFETY: just leaked, not shared.
+            drop(unsafe { Box::from_raw(slot) });
+            let subject = match (e.step, &p.conf.dir) {
+                (os::SpawnStep::Chdir, Some(dir)) => escape(dir.as_bytes()),
+                _ => escape(p.conf.argv[0].as_bytes()),
+            };
+            log_error!(
+                NGX_LOG_ERR,
+                log,
+                os::errno(&e.err),
+                "transform pool \"{}\": {} \"{subject}\" failed",
+                p.conf.name,
+                e.step.call()
+            );
+            return Err(match e.err.raw_os_error() {
+                Some(libc::EAGAIN | libc::EMFILE | libc::ENFILE | libc::ENOMEM) => {
+                    NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t
+                }
+                _ => NGX_HTTP_BAD_GATEWAY as ngx_int_t,
+            });
+        }
+    };
+    drop((out.write, err.write, inp.read));
+    // SAFETY: just leaked, owned by the pool from here on.
+    let s = unsafe { &mut *slot };
+    s.pid = child.pid();
+    let joined = (|| {
+        let stdout = EventFd::new(out.read, log, idle_stdout, data).ok()?;
+        let stdin = EventFd::new_writer(inp.write, log, idle_stdin, data).ok()?;
+        let stderr = EventFd::new(err.read, log, stderr_event, data).ok()?;
+        Some((stdout, stdin, stderr))
+    })();
+    let Some((stdout, stdin, stderr)) = joined else {
+        log_error!(
+            NGX_LOG_ERR,
+            log,
+            0,
+            "transform pool \"{}\": no connection for a process's pipes",
+            p.conf.name
+        );
+        // SAFETY: as above; dropping the child stops it.
+        drop(unsafe { Box::from_raw(slot) });
+        drop(child);
+        return Err(NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t);
+    };
+    if !child.watch() || !stdout.arm_read() || !stderr.arm_read() {
+        // SAFETY: as above.
+        drop(unsafe { Box::from_raw(slot) });
+        return Err(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
+    }
+    s.stderr = Some(stderr);
+    let max = p.conf.max_requests;
+    // SAFETY: rand() has no preconditions (nginx seeds glibc's generator per worker).
+    let jitter = if max >= 10 {
+        (unsafe { libc::rand() } as u64) % (max / 10 + 1)
+    } else {
+        0
+    };
+    s.limit = if max == 0 { 0 } else { max + jitter };
+    s.state = SlotState::Idle(Proc {
+        child,
+        stdin,
+        stdout,
+    });
+    p.slots.push(slot);
+    log_error!(
+        NGX_LOG_INFO,
+        log,
+        0,
+        "transform pool \"{}\" started process {}",
+        p.conf.name,
+        s.pid
+    );
+    Ok(slot)
+}
+
+impl Lease {
+    /// The response was complete and the process is in a known state: back to the pool (or
+    /// retired: max_requests, shutdown), and the next waiting request gets it.
+    pub fn give_back(self, mut proc: Proc) {
+        let slot = self.slot;
+        // SAFETY: the lease's slot lives until it is given back or lost.
+        let s = unsafe { &mut *slot };
+        // SAFETY: its pool lives for the worker.
+        let p = unsafe { &mut *s.pool };
+        s.answered = true;
+        p.fails = 0;
+        let data = slot.cast::<c_void>();
+        proc.child.rebind(idle_exit, data);
+        proc.stdout.rebind(idle_stdout, data);
+        proc.stdin.rebind(idle_stdin, data);
+        if s.limit > 0 && s.served >= s.limit {
+            let why = format!(
+                "served {} requests (max_requests {})",
+                s.served, p.conf.max_requests
+            );
+            s.state = SlotState::Idle(proc);
+            retire(slot, &why);
+        } else if exiting() && p.queue.is_empty() {
+            s.state = SlotState::Idle(proc);
+            retire(slot, "the worker is shutting down");
+        } else if !proc.child.watch() || !proc.stdout.arm_read() {
+            drop(proc);
+            lose(slot, &Loss::NotReusable("its pipes could not be watched"));
+        } else {
+            if p.conf.idle_timeout > 0 {
+                proc.stdout.set_timer(p.conf.idle_timeout);
+            }
+            proc.stdout.set_idle(true);
+            s.idle_since = now_msec();
+            s.state = SlotState::Idle(proc);
+        }
+        kick(s_pool(slot));
+    }
+
+    /// The process is not given back (it is being killed by its request): the slot goes, the
+    /// reason is logged, and a waiting request gets a new process.
+    pub fn lose(self, loss: &Loss) {
+        if matches!(loss, Loss::Close) {
+            // SAFETY: the lease's slot.
+            unsafe { (*self.slot).answered = true };
+            // (Its pipes were closed by the request: the program sees the end of its stdin.)
+            let pool = s_pool(self.slot);
+            retire(self.slot, &loss.to_string());
+            kick(pool);
+            return;
+        }
+        let pool = s_pool(self.slot);
+        lose(self.slot, loss);
+        kick(pool);
+    }
+}
+
+fn s_pool(slot: *mut Slot) -> *mut Pool {
+    // SAFETY: a live slot.
+    unsafe { (*slot).pool }
+}
+
+/// Whether nginx is shutting this worker down gracefully.
+fn exiting() -> bool {
+    // SAFETY: nginx's globals, written by the worker's own thread.
+    unsafe {
+        nginx_sys::ngx_exiting != 0 || nginx_sys::ngx_quit != 0 || nginx_sys::ngx_terminate != 0
+    }
+}
+
+/// Removes a slot whose process is killed (its pipes and child are dropped by whoever holds
+/// them), logging why; a process that died before its first response starts the backoff.
+fn lose(slot: *mut Slot, loss: &Loss) {
+    // SAFETY: a live slot, removed and freed here.
+    let s = unsafe { &mut *slot };
+    // SAFETY: its pool.
+    let p = unsafe { &mut *s.pool };
+    let log = cycle_log();
+    if let (Loss::Exited(status), false) = (loss, s.answered) {
+        p.fails += 1;
+        let delay = (BACKOFF_FIRST << (p.fails - 1).min(16)).min(BACKOFF_MAX);
+        p.not_before = now_msec() + delay;
+        log_error!(
+            NGX_LOG_INFO,
+            log,
+            0,
+            "transform pool \"{}\" process {} {status} before its first response; next start \
+             in {delay}ms",
+            p.conf.name,
+            s.pid
+        );
+    } else {
+        log_error!(
+            NGX_LOG_INFO,
+            log,
+            0,
+            "transform pool \"{}\" process {} replaced: {loss}",
+            p.conf.name,
+            s.pid
+        );
+    }
+    remove(slot);
+}
+
+/// Retires a process: its stdin closes (the program sees the end of its input), it gets
+/// SIGTERM, then SIGKILL after transform_kill_timeout (the orphan reaper).
+fn retire(slot: *mut Slot, why: &str) {
+    // SAFETY: a live slot.
+    let s = unsafe { &mut *slot };
+    // SAFETY: its pool.
+    let p = unsafe { &*s.pool };
+    log_error!(
+        NGX_LOG_INFO,
+        cycle_log(),
+        0,
+        "transform pool \"{}\" process {} retired: {why}",
+        p.conf.name,
+        s.pid
+    );
+    remove(slot);
+}
+
+/// Takes a slot out of its pool and frees it: an idle process's pipes and child are dropped
+/// (closing stdin first), its stderr drained.
+fn remove(slot: *mut Slot) {
+    // SAFETY: a live slot; freed here, after it left the pool's list.
+    let mut s = unsafe { Box::from_raw(slot) };
+    // SAFETY: its pool.
+    let p = unsafe { &mut *s.pool };
+    p.slots.retain(|&x| x != slot);
+    if let SlotState::Idle(proc) = core::mem::replace(&mut s.state, SlotState::Busy) {
+        let Proc {
+            child,
+            stdin,
+            stdout,
+        } = proc;
+        drop(stdin);
+        drop(stdout);
+        drop(child);
+    }
+    drain_stderr(&mut s, true);
+}
+
+/// Reads what a process wrote to stderr and logs it; at the end (or `last`), what is left.
+fn drain_stderr(s: &mut Slot, last: bool) {
+    let log = cycle_log();
+    let Some(fd) = &s.stderr else {
+        return;
+    };
+    let mut buf = [0u8; 16 * 1024];
+    let mut taken = 0;
+    loop {
+        if taken >= 256 * 1024 && !last {
+            fd.post_read();
+            return;
+        }
+        match os::read(fd.fd(), &mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                taken += n;
+                s.stderr_log.feed(log, &buf[..n], now_msec());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if !last && fd.arm_read() {
+                    return;
+                }
+                break;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    s.stderr = None;
+    s.stderr_log.finish(log, now_msec());
+}
+
+/// Gives free processes to waiting requests, starting new ones where the pool has room; arms
+/// the backoff timer when the queue has to wait for it.
+fn dispatch(pool: *mut Pool) {
+    loop {
+        // SAFETY: this worker's pool.
+        let p = unsafe { &mut *pool };
+        let Some(&w) = p.queue.front() else {
+            return;
+        };
+        // SAFETY: queued waiters are alive (their cleanup removes them).
+        let since = unsafe { (*w).since };
+        let lease = match take_process(pool, now_msec().saturating_sub(since)) {
+            Ok(Some(lease)) => Ok(lease),
+            Ok(None) => {
+                schedule(pool);
+                return;
+            }
+            Err(rc) => Err(rc),
+        };
+        p.queue.pop_front();
+        // SAFETY: as above.
+        let (http, loc, content_type) = unsafe {
+            (*w).queued = false;
+            ((*w).http, (*w).loc, (*w).content_type)
+        };
+        let c = http.connection();
+        let rc = match lease {
+            Ok(lease) => crate::relay::start_pooled(http, loc, lease, content_type),
+            Err(rc) => rc,
+        };
+        // Drops the waiter's reference (or sends the error page).
+        http.finalize(rc);
+        // SAFETY: connections are never freed, only marked destroyed (checked by nginx).
+        unsafe { crate::nginx::run_posted_requests(c) };
+    }
+}
+
+/// Runs `dispatch` from nginx's posted events (never from inside another request's handling)
+/// if requests wait.
+fn kick(pool: *mut Pool) {
+    // SAFETY: this worker's pool.
+    let p = unsafe { &mut *pool };
+    if !p.queue.is_empty() {
+        if let Some(t) = p.timer() {
+            t.post();
+        }
+    }
+}
+
+/// Arms the backoff timer if waiting requests wait for it (rather than for a busy process).
+fn schedule(pool: *mut Pool) {
+    // SAFETY: this worker's pool.
+    let p = unsafe { &mut *pool };
+    if p.queue.is_empty() || p.slots.len() >= p.conf.processes {
+        return;
+    }
+    let now = now_msec();
+    if now >= p.not_before {
+        return;
+    }
+    let wait = p.not_before - now;
+    if let Some(t) = p.timer() {
+        if !t.is_set() {
+            t.set(wait);
+        }
+    }
+}
+
+impl Pool {
+    fn timer(&mut self) -> Option<&Timer> {
+        if self.timer.is_none() {
+            // SAFETY: the cycle (and its pool) outlives the worker's pools.
+            let cycle_pool = unsafe { (*nginx_sys::ngx_cycle).pool };
+            let me = (self as *mut Pool).cast::<c_void>();
+            self.timer = Timer::new(cycle_pool, cycle_log(), backoff_event, me);
+        }
+        self.timer.as_ref()
+    }
+}
+
+unsafe extern "C" fn backoff_event(ev: *mut ngx_event_t) {
+    // SAFETY: the timer's data is its pool.
+    let pool = unsafe { Timer::data_of(ev) }.cast::<Pool>();
+    dispatch(pool);
+}
+
+/// An idle process wrote, closed its stdout, or its idle time ended; or nginx closes idle
+/// connections (graceful shutdown).
+unsafe extern "C" fn idle_stdout(ev: *mut ngx_event_t) {
+    // SAFETY: installed on an idle slot's stdout, whose data is the slot.
+    let (slot, closing, timed_out) = unsafe {
+        (
+            EventFd::data_of(ev).cast::<Slot>(),
+            EventFd::closing(ev),
+            EventFd::take_timedout(ev),
+        )
+    };
+    // SAFETY: a live slot.
+    let s = unsafe { &mut *slot };
+    let SlotState::Idle(proc) = &s.state else {
+        return;
+    };
+    let pool = s.pool;
+    if closing || exiting() {
+        retire(slot, "the worker is shutting down");
+    } else if timed_out {
+        // SAFETY: its pool.
+        let ms = unsafe { (*pool).conf.idle_timeout };
+        retire(slot, &format!("idle for {ms}ms (idle_timeout)"));
+    } else {
+        match os::pipe_state(proc.stdout.fd()) {
+            Ok((0, false)) => {
+                proc.stdout.arm_read();
+                return;
+            }
+            Ok((0, true)) => lose(slot, &Loss::NotReusable("closed its stdout while idle")),
+            _ => lose(slot, &Loss::NotReusable("wrote while idle")),
+        }
+    }
+    kick(pool);
+}
+
+/// An idle process exited.
+unsafe extern "C" fn idle_exit(ev: *mut ngx_event_t) {
+    // SAFETY: installed on an idle slot's pidfd, whose data is the slot.
+    let (slot, closing) = unsafe { (EventFd::data_of(ev).cast::<Slot>(), EventFd::closing(ev)) };
+    // SAFETY: a live slot.
+    let s = unsafe { &mut *slot };
+    let SlotState::Idle(proc) = &mut s.state else {
+        return;
+    };
+    let pool = s.pool;
+    if closing {
+        retire(slot, "the worker is shutting down");
+    } else {
+        match proc.child.status() {
+            Some(status) => {
+                drain_stderr(s, true);
+                lose(slot, &Loss::Exited(status));
+            }
+            None => {
+                proc.child.watch();
+                return;
+            }
+        }
+    }
+    kick(pool);
+}
+
+/// An idle process's stdin: not watched.
+unsafe extern "C" fn idle_stdin(_ev: *mut ngx_event_t) {}
+
+/// A process wrote to stderr (idle or busy: its stderr stays with the pool).
+unsafe extern "C" fn stderr_event(ev: *mut ngx_event_t) {
+    // SAFETY: installed on a slot's stderr, whose data is the slot.
+    let (slot, closing) = unsafe { (EventFd::data_of(ev).cast::<Slot>(), EventFd::closing(ev)) };
+    // SAFETY: a live slot.
+    drain_stderr(unsafe { &mut *slot }, closing);
+}
+
+/// Worker exit: every process of every pool is killed (busy ones went with their requests).
+pub fn stop_all() {
+    for pool in POOLS.with_borrow_mut(core::mem::take) {
+        if pool.is_null() {
+            continue;
+        }
+        // SAFETY: leaked in pool_of, freed here.
+        let p = unsafe { Box::from_raw(pool) };
+        for &slot in &p.slots {
+            // SAFETY: the pool's slots.
+            let mut s = unsafe { Box::from_raw(slot) };
+            drain_stderr(&mut s, true);
+        }
+        let _ = p.index;
+    }
+}
