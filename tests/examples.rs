@@ -282,13 +282,18 @@ fn pool_configuration_keeps_the_python_and_node_transformers_alive() {
             );
             served += 1;
         }
-        // HEAD: the GET's status and type, no body; it counts as a request.
+        // HEAD: the GET's status and type, no body (the Python one says the GET's length, the
+        // Node one, which frames bodies in chunks, no length); it counts as a request.
         c.send(&format!(
             "HEAD {location}head HTTP/1.1\r\nHost: localhost\r\n\r\n"
         ));
         let r = c.read_response(true);
         assert_eq!(r.status, 200, "{runtime} HEAD: {r:?}");
         assert_eq!(r.header("Content-Type"), Some("application/json"));
+        if runtime == "python" {
+            let length: usize = r.header("Content-Length").unwrap_or("0").parse().unwrap();
+            assert!(length > 100, "{runtime} HEAD: Content-Length {length}");
+        }
         served += 1;
         // An unsupported method: the transformer's own 405.
         c.send(&format!(
@@ -317,7 +322,12 @@ fn pool_configuration_keeps_the_python_and_node_transformers_alive() {
             parent.starts_with("nginx: worker process"),
             "{runtime} process {pid}: its parent {ppid} is {parent:?}"
         );
-        let log = std::fs::read_to_string(s.prefix.join("logs/access.log")).unwrap();
+        // The log line of a request is written once its response went out: wait for the last.
+        let access = s.prefix.join("logs/access.log");
+        let read = || std::fs::read_to_string(&access).unwrap_or_default();
+        let count = |log: &str| log.lines().filter(|l| l.contains(location)).count() as u32;
+        wait_until(Duration::from_secs(5), || count(&read()) >= served);
+        let log = read();
         let mine: Vec<&str> = log.lines().filter(|l| l.contains(location)).collect();
         assert_eq!(mine.len() as u32, served, "{log}");
         for (k, line) in mine.iter().enumerate() {

@@ -26,8 +26,8 @@ The protocol, as this loop speaks it:
   for the head and exactly N bytes for the body, never further than the message (the next request
   is only written once this one is answered, and a read past the message would wait for ever).
 - Out: a status line, headers, `Content-Length`, an empty line, the body, then a flush (without it
-  the response sits in Python's buffer and the request times out). HEAD, 204 and 304 answers have
-  no body and no Content-Length. `Connection: close` asks nginx to retire the process after this
+  the response sits in Python's buffer and the request times out). A HEAD answer has the GET's
+  Content-Length and no body (nginx knows a HEAD's answer has none); 204 and 304 have neither. `Connection: close` asks nginx to retire the process after this
   response (used here when the process cannot go on).
 - stdout carries responses only: anything else written to it breaks the framing and nginx replaces
   the process (the request gets 502). So `print()` is redirected to stderr below; stderr lines go
@@ -165,7 +165,7 @@ def write_response(out, status, headers, body, head_only=False, close=False):
     for name, value in headers:
         lines.append(f"{name}: {value}")
     bodiless = head_only or status in (204, 304)
-    if not bodiless:
+    if status not in (204, 304):
         lines.append(f"Content-Length: {len(body)}")
     if close:
         lines.append("Connection: close")
