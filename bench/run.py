@@ -2295,7 +2295,8 @@ def w8(s, cg, sizes):
     request); and 16 bytes from a pooled program (C, and Python) against W2's 16-byte program
     spawned per request. Each contestant has an nginx of its own (in a cgroup of its own); each
     is checked (W8_CHECK_CONNS requests at once, every response verified) before alternating
-    timed rounds under wrk (the order reversed every other round; medians reported)."""
+    timed rounds under wrk (the order reversed every other round; medians reported), each load
+    preceded by the same check as a warm-up."""
     problems, cons, insts = {}, {}, {}
     setup = {}
     try:
@@ -2362,23 +2363,37 @@ def w8_run(s, sizes, problems, cons, insts):
     for rnd in range(rounds):
         for name in (timed if rnd % 2 == 0 else timed[::-1]):
             con, master = cons[name], insts[name]["master"]
+            # Warm-up, untimed, for every contestant alike: W8_CHECK_CONNS requests at once,
+            # checked. A pool starts its processes again here: wrk ends its run with requests in
+            # flight, and the module kills a pooled process whose client went away (and
+            # idle_timeout retires the idle ones between rounds).
+            warm_errors, warm_first, _ = w8_check(name, insts[name]["port"])
             before = pool_processes(master) if name in W8_POOLED else None
+            # The pool's processes a second before wrk stops (not after: see above).
+            late = []
+            snap = threading.Timer(max(t - 1.0, 0.5), lambda: late.append(pool_processes(master)))
             m = W8Measure(con, master)
+            if before is not None:
+                snap.start()
             try:
                 r = wrk(con.base + con.path, t, timeout_s=W8_WRK_TIMEOUT_S)
             finally:
+                snap.cancel()
                 r.update(m.finish())
+            if warm_errors:
+                r["errors"] += warm_errors
+                r["first_error"] = r["first_error"] or f"warm-up: {warm_first}"
             if before is not None:
                 # A worker may start processes it had not needed yet (up to processes=N), but
-                # nothing retires one here: a process gone is a process replaced.
-                after = pool_processes(master)
-                r["processes"] = len(after)
-                gone = sorted(set(before) - set(after))
+                # nothing retires one during the load: a process gone is a process replaced.
+                during = late[0] if late else pool_processes(master)
+                r["processes"] = len(during)
+                gone = sorted(set(before) - set(during))
                 if gone:
                     r["errors"] += 1
                     r["first_error"] = r["first_error"] or (
                         f"pool processes {gone} were replaced during the load ({before} -> "
-                        f"{after})")
+                        f"{during})")
             runs.setdefault(name, []).append(r)
             log(f"W8 {name}: {r['rps']:.0f} req/s, p99 {r['p99_ms']:.2f} ms, "
                 f"{fmt(per(r['total_cpu'], r['requests'], 1e6), 0)} CPU us/req, "
@@ -2718,7 +2733,10 @@ def report_w8(res, add, who, ratio):
         "per-request contestants may run up to wrk's 8 at once: every contestant can keep both "
         "cores busy, behind one nginx worker. Every contestant is first checked: "
         f"{W8_CHECK_CONNS} requests at once, each response a 200, `image/jpeg`, a whole JPEG of "
-        f"{W8_THUMB[0]}x{W8_THUMB[1]} (or exactly the 16 bytes). CPU per request: the "
+        f"{W8_THUMB[0]}x{W8_THUMB[1]} (or exactly the 16 bytes); the same again, untimed, "
+        "before each timed load (a warm-up for every contestant alike: wrk ends a run with "
+        "requests in flight, and the module kills a pooled process whose client went away, so "
+        "the pool starts its processes again there, not in the timing). CPU per request: the "
         "contestant's cgroups (nginx, the pool's processes or the programs it starts, uWSGI's "
         "processes, fcgiwrap and its CGIs), and of that nginx's master and workers; programs: "
         "the rest.\n")
