@@ -46,6 +46,7 @@ import os
 import platform
 import pwd
 import re
+import resource
 import selectors
 import shutil
 import signal
@@ -2268,13 +2269,18 @@ class W8Measure:
     """CPU over one W8 load: nginx's (the scheduler's run time of its master and workers), and
     with cgroups the contestant's whole (the growth of its cgroups' counters: nginx, the pool's
     processes or the programs it starts, uWSGI's processes, fcgiwrap and its CGIs); the programs'
-    is the difference."""
+    is the difference. Also what the rest of the machine took meanwhile (a shared machine: a
+    build elsewhere disturbs the figures): the busy CPU time of /proc/stat less the contestant's,
+    wrk's and this driver's, in percent of the machine's (with cgroups only)."""
 
     def __init__(self, con, master):
         self.con = con
         self.nginx = [master] + children(master)
         self.nginx0 = {p: own_cpu(p) for p in self.nginx}
         self.total0 = con.cpu_total()
+        self.stat0, self.wall0 = cpu_times(), time.monotonic()
+        self.ru0 = [resource.getrusage(w) for w in (resource.RUSAGE_CHILDREN,
+                                                     resource.RUSAGE_SELF)]
 
     def finish(self):
         nginx = 0.0
@@ -2284,8 +2290,16 @@ class W8Measure:
                 nginx += after - before
         total = self.con.cpu_total()
         total = None if total is None else total - self.total0
+        wall = time.monotonic() - self.wall0
+        d = [b - a for a, b in zip(self.stat0, cpu_times())]
+        busy = (sum(d) - d[3] - d[4]) / CLK_TCK  # all but idle and iowait (steal included)
+        ours = sum(b.ru_utime + b.ru_stime - a.ru_utime - a.ru_stime for a, b in
+                   zip(self.ru0, (resource.getrusage(w) for w in (resource.RUSAGE_CHILDREN,
+                                                                 resource.RUSAGE_SELF))))
+        others = None if total is None else max(busy - total - ours, 0.0)
         return {"nginx_cpu": nginx, "total_cpu": total,
-                "programs_cpu": None if total is None else max(total - nginx, 0.0)}
+                "programs_cpu": None if total is None else max(total - nginx, 0.0),
+                "others_cpu_pct": per(others, wall * (os.cpu_count() or 1), 100.0)}
 
 
 def w8(s, cg, sizes):
@@ -2397,12 +2411,13 @@ def w8_run(s, sizes, problems, cons, insts):
             runs.setdefault(name, []).append(r)
             log(f"W8 {name}: {r['rps']:.0f} req/s, p99 {r['p99_ms']:.2f} ms, "
                 f"{fmt(per(r['total_cpu'], r['requests'], 1e6), 0)} CPU us/req, "
-                f"{r['errors']} errors")
+                f"{r['errors']} errors; other processes took {fmt(r['others_cpu_pct'], 1)}% of "
+                "the machine")
     out = {}
     for name in W8_NAMES:
         row = {"rps": None, "p99_ms": None, "cpu_us_per_req": None, "nginx_us_per_req": None,
-               "programs_us_per_req": None, "processes": None, "body_bytes": None, "errors": 0,
-               "first_error": ""}
+               "programs_us_per_req": None, "processes": None, "body_bytes": None,
+               "others_cpu_pct": None, "errors": 0, "first_error": ""}
         if name not in cons:
             row.update(errors=1, first_error=f"did not run: {problems.get(name)}")
         else:
@@ -2417,7 +2432,10 @@ def w8_run(s, sizes, problems, cons, insts):
                     nginx_us_per_req=median(per(r["nginx_cpu"], r["requests"], 1e6) for r in rs),
                     programs_us_per_req=median(per(r["programs_cpu"], r["requests"], 1e6)
                                                for r in rs),
-                    processes=max(r["processes"] for r in rs) if name in W8_POOLED else None)
+                    processes=max(r["processes"] for r in rs) if name in W8_POOLED else None,
+                    # the worst round: a disturbed one shows
+                    others_cpu_pct=None if any(r["others_cpu_pct"] is None for r in rs) else
+                    max(r["others_cpu_pct"] for r in rs))
         out[name] = row
     return out, problems
 
@@ -2739,21 +2757,25 @@ def report_w8(res, add, who, ratio):
         "the pool starts its processes again there, not in the timing). CPU per request: the "
         "contestant's cgroups (nginx, the pool's processes or the programs it starts, uWSGI's "
         "processes, fcgiwrap and its CGIs), and of that nginx's master and workers; programs: "
-        "the rest.\n")
+        "the rest. Others' CPU: what the rest of the machine took during the load (the busy "
+        "time of /proc/stat less the contestant's, wrk's and the driver's), in percent of its "
+        f"{os.cpu_count()} cores; a round with more than a few percent was disturbed (a build "
+        "elsewhere).\n")
     for name, why in problems.items():
         add(f"**{name} COULD NOT RUN: {why}. Its figures are missing; it counts as an "
             "error.**\n")
 
     def table(names, ref, label):
         add(f"| contestant | requests/s | x {label} | p99 ms | CPU us/req (all) | nginx us/req | "
-            "programs us/req | errors |")
-        add("|---|---:|---:|---:|---:|---:|---:|---:|")
+            "programs us/req | others' CPU % (worst round) | errors |")
+        add("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for name in names:
             r = w8r[name]
             add(f"| {who(name, r)} | {fmt(r['rps'], 0)} | "
                 f"{fmt(nan_none(ratio(r['rps'], w8r[ref]['rps'])), 2)} | {fmt(r['p99_ms'], 1)} | "
                 f"{fmt(r['cpu_us_per_req'], 0)} | {fmt(r['nginx_us_per_req'], 0)} | "
-                f"{fmt(r['programs_us_per_req'], 0)} | {r['errors']} |")
+                f"{fmt(r['programs_us_per_req'], 0)} | {fmt(r.get('others_cpu_pct'), 1)} | "
+                f"{r['errors']} |")
         add("")
     table(W8_THUMBS, W8_POOL, "pool")
     add(f"#### W8: 16 bytes from a program kept alive against W2's program spawned per request "
