@@ -95,6 +95,13 @@ impl Child {
         self.log = ngx::log::ngx_cycle_log().as_ptr();
     }
 
+    /// Sends `sig` to the program (not to its group), while it is not reaped.
+    pub fn signal(&self, sig: Signal) {
+        if let (Some(fd), false) = (&self.pidfd, self.reaped) {
+            os::signal_child(self.pid, fd.fd(), sig);
+        }
+    }
+
     /// Asks for a call to the handler when the program exits.
     pub fn watch(&self) -> bool {
         self.pidfd.as_ref().is_none_or(|fd| fd.arm_read())
@@ -304,7 +311,8 @@ pub fn kill_all() {
 /// Whether this worker runs `transform_max_programs` programs already: the request is refused
 /// (logged here).
 pub fn over_limit(http: crate::nginx::Http, conf: &crate::conf::TransformConf) -> bool {
-    let running = running();
+    // (A pool's processes are bounded by its own processes=, not counted here.)
+    let running = running().saturating_sub(crate::pool::processes());
     if conf.max_programs <= 0 || running < conf.max_programs as usize {
         return false;
     }

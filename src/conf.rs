@@ -170,6 +170,10 @@ pub struct TransformConf {
     pub pass: Option<(Vec<u8>, String, usize)>,
     /// The pool `transform_pass` names, resolved at the merge: its index in the main conf.
     pub pool: Option<usize>,
+    /// `transform_filter_pass`: the pool's name and where (`Some(None)`: off).
+    pub filter_pass: Option<Option<(Vec<u8>, String, usize)>>,
+    /// Its pool, resolved at the merge.
+    pub filter_pool: Option<usize>,
 }
 
 /// `transform_store`.
@@ -228,6 +232,8 @@ impl Default for TransformConf {
             filter_status: None,
             pass: None,
             pool: None,
+            filter_pass: None,
+            filter_pool: None,
         }
     }
 }
@@ -302,8 +308,10 @@ impl Merge for TransformConf {
         if self.env.is_none() {
             self.env.clone_from(&prev.env);
         }
-        if self.filter.is_none() {
+        if self.filter.is_none() && self.filter_pass.is_none() {
+            // (The level that sets either decides.)
             self.filter.clone_from(&prev.filter);
+            self.filter_pass.clone_from(&prev.filter_pass);
         }
         if self.filter_status.is_none() {
             self.filter_status.clone_from(&prev.filter_status);
@@ -516,6 +524,27 @@ pub unsafe extern "C" fn merge_loc_conf(
         }
         crate::store::register_temp_path(conf.temp_path);
     }
+    if let Some(Some((name, file, line))) = &conf.filter_pass {
+        let main = <crate::Module as HttpModuleMainConf>::main_conf(&*cf).expect("main conf");
+        match main
+            .pools
+            .iter()
+            .position(|p| p.name.as_bytes() == name.as_slice())
+        {
+            Some(i) => conf.filter_pool = Some(i),
+            None => {
+                log_error!(
+                    NGX_LOG_EMERG,
+                    cf.log,
+                    0,
+                    "\"transform_filter_pass\" in {file}:{line} names no \"transform_pool\": \
+                     \"{}\"",
+                    crate::log::escape(name)
+                );
+                return NGX_CONF_ERROR;
+            }
+        }
+    }
     if let Some((name, file, line)) = &conf.pass {
         let main = <crate::Module as HttpModuleMainConf>::main_conf(&*cf).expect("main conf");
         match main
@@ -523,6 +552,16 @@ pub unsafe extern "C" fn merge_loc_conf(
             .iter()
             .position(|p| p.name.as_bytes() == name.as_slice())
         {
+            Some(_) if conf.store != Store::Off || conf.lock != 0 => {
+                log_error!(
+                    NGX_LOG_EMERG,
+                    cf.log,
+                    0,
+                    "\"transform_pass\" in {file}:{line} cannot store or share its responses: \
+                     set \"transform_store off\" and \"transform_lock off\" there"
+                );
+                return NGX_CONF_ERROR;
+            }
             Some(i) => conf.pool = Some(i),
             None => {
                 log_error!(
@@ -534,6 +573,18 @@ pub unsafe extern "C" fn merge_loc_conf(
                 );
                 return NGX_CONF_ERROR;
             }
+        }
+    }
+    if let (Some(a), Some(b), Some((_, file, line))) = (conf.pool, conf.filter_pool, &conf.pass) {
+        if a == b {
+            log_error!(
+                NGX_LOG_EMERG,
+                cf.log,
+                0,
+                "\"transform_pass\" in {file}:{line} and its \"transform_filter_pass\" use one \
+                 pool: a response would wait for a process its own request holds"
+            );
+            return NGX_CONF_ERROR;
         }
     }
     if conf.lock != 0 && conf.exec.is_some() {
@@ -590,7 +641,7 @@ const fn command(
 }
 
 /// The directive table.
-pub static mut COMMANDS: [ngx_command_t; 33] = [
+pub static mut COMMANDS: [ngx_command_t; 34] = [
     command(
         ngx_string!("transform_exec"),
         NGX_HTTP_LOC_CONF | NGX_HTTP_LIF_CONF | NGX_CONF_1MORE,
@@ -810,6 +861,13 @@ pub static mut COMMANDS: [ngx_command_t; 33] = [
         post: ptr::null_mut(),
     },
     command(
+        ngx_string!("transform_filter_pass"),
+        ANY | NGX_CONF_TAKE1,
+        set_filter_pass,
+        0,
+        ptr::null_mut(),
+    ),
+    command(
         ngx_string!("transform_pass"),
         NGX_HTTP_LOC_CONF | NGX_CONF_TAKE1,
         set_pass,
@@ -829,8 +887,10 @@ extern "C" fn set_filter(
 ) -> *mut c_char {
     // SAFETY: nginx calls directive handlers with a valid cf and this module's loc conf.
     let (cf, conf) = unsafe { (&mut *cf, &mut *conf.cast::<TransformConf>()) };
-    if conf.filter.is_some() {
-        return c"is duplicate".as_ptr().cast_mut();
+    if conf.filter.is_some() || conf.filter_pass.is_some() {
+        return c"is duplicate (with transform_filter or transform_filter_pass)"
+            .as_ptr()
+            .cast_mut();
     }
     // SAFETY: cf->args is an array of ngx_str_t with the name and at least one word.
     let args: &mut [ngx_str_t] = unsafe { (*cf.args).as_slice_mut() };
@@ -843,6 +903,33 @@ extern "C" fn set_filter(
         Ok(argv) => conf.filter = Some(argv),
         Err(msg) => return msg,
     }
+    NGX_CONF_OK
+}
+
+/// `transform_filter_pass name | off`: the pool is found at the merge.
+extern "C" fn set_filter_pass(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx calls directive handlers with a valid cf and this module's loc conf.
+    let (cf, conf) = unsafe { (&mut *cf, &mut *conf.cast::<TransformConf>()) };
+    if conf.filter.is_some() || conf.filter_pass.is_some() {
+        return c"is duplicate (with transform_filter or transform_filter_pass)"
+            .as_ptr()
+            .cast_mut();
+    }
+    // SAFETY: cf->args is an array of ngx_str_t; conf_file is the file being read.
+    let (name, file, line) = unsafe {
+        let args: &[ngx_str_t] = (*cf.args).as_slice();
+        let cfile = &*cf.conf_file;
+        (
+            args[1].as_bytes().to_vec(),
+            cfile.file.name.to_string(),
+            cfile.line,
+        )
+    };
+    conf.filter_pass = Some((name != b"off").then_some((name, file, line)));
     NGX_CONF_OK
 }
 

@@ -12,7 +12,8 @@ use core::ptr;
 
 use nginx_sys::{
     ngx_chain_t, ngx_conf_t, ngx_http_request_t, ngx_int_t, ngx_module_t, NGX_ERROR,
-    NGX_HTTP_BAD_GATEWAY, NGX_HTTP_SERVICE_UNAVAILABLE, NGX_LOG_ERR, NGX_OK,
+    NGX_HTTP_BAD_GATEWAY, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_SERVICE_UNAVAILABLE,
+    NGX_LOG_ERR, NGX_OK,
 };
 
 use crate::child;
@@ -52,7 +53,7 @@ pub fn set_ctx(http: Http, data: *mut c_void) -> bool {
 /// Whether a filter program takes this request's output (which then cannot bypass the
 /// chain).
 pub fn takes_output(http: Http) -> bool {
-    !relay(http).is_null()
+    !relay(http).is_null() || !waiting(http).is_null()
 }
 
 /// A log variable of the filter program (for a request that ran no `transform_exec`).
@@ -109,16 +110,17 @@ unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
     let conf: &'static TransformConf = http.loc_conf::<crate::Module>();
     // (A response already under way here is the error page in place of one that failed.)
     let filter_finalize = http.with_filter_finalize();
-    let Some(argv) = conf.filter_argv() else {
+    let argv = conf.filter_argv();
+    if argv.is_none() && conf.filter_pool.is_none() {
         return Downstream::Next.send_header(http);
-    };
+    }
     if filter_finalize
         && !http.ctx(module(), CtxKind::Refused).is_null()
         && !http.add_header("Retry-After", "1")
     {
         return NGX_ERROR as ngx_int_t;
     }
-    if filter_finalize || !relay(http).is_null() {
+    if filter_finalize || !relay(http).is_null() || !waiting(http).is_null() {
         return Downstream::Next.send_header(http);
     }
     match decide(http, conf) {
@@ -147,13 +149,33 @@ unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
         // The header of what a GET would get; the program does not run.
         return Downstream::Next.send_header(http);
     }
+    if let (Some(index), None) = (conf.filter_pool, &argv) {
+        let Some(head) = http.pool_response_head() else {
+            log_error!(
+                NGX_LOG_ERR,
+                http.log(),
+                0,
+                "transform_filter_pass cannot pass a response with a CR, LF or NUL in its \
+                 status line or headers"
+            );
+            return fail(http, NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
+        };
+        return match crate::pool::filter_request(http, conf, index, content_type, head) {
+            // The header goes out at the commit.
+            Ok(()) => NGX_OK as ngx_int_t,
+            Err(rc) => {
+                if rc == NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t {
+                    mark_refused(http);
+                }
+                fail(http, rc)
+            }
+        };
+    }
+    let Some(argv) = argv else {
+        return Downstream::Next.send_header(http);
+    };
     if child::over_limit(http, conf) {
-        // (Marks the request for its 503, which comes back through this filter.)
-        let _ = http.set_ctx(
-            module(),
-            CtxKind::Refused,
-            ptr::NonNull::<u8>::dangling().as_ptr().cast(),
-        );
+        mark_refused(http);
         return fail(http, NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t);
     }
     let launch = match handler::evaluate(http, conf, argv, "transform_filter") {
@@ -165,6 +187,44 @@ unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
         Ok(_) => NGX_OK as ngx_int_t,
         Err(rc) => fail(http, rc),
     }
+}
+
+/// Marks the request for its 503, which comes back through this filter (with Retry-After).
+fn mark_refused(http: Http) {
+    let _ = http.set_ctx(
+        module(),
+        CtxKind::Refused,
+        ptr::NonNull::<u8>::dangling().as_ptr().cast(),
+    );
+}
+
+/// The response waiting for a pooled process, or null.
+fn waiting(http: Http) -> *mut crate::pool::Waiter {
+    http.ctx(module(), CtxKind::Waiting).cast()
+}
+
+/// Ties a waiting response to the request.
+pub fn set_waiting(http: Http, data: *mut c_void) -> bool {
+    http.set_ctx(module(), CtxKind::Waiting, data)
+}
+
+/// A response that waited for a pooled process and cannot be filtered after all (its process
+/// could not start): as [`fail`], from outside the filters (the handler passed its buffers,
+/// `held`, which are dropped).
+pub fn refuse_late(http: Http, status: ngx_int_t, held: *mut ngx_chain_t) {
+    http.set_buffered(false);
+    consume(held);
+    // The error page (or the include's end) passes through this filter untouched.
+    http.clear_ctx(module());
+    if http.is_subrequest() {
+        let _ = fail(http, status);
+        let _ = Downstream::Next.special(http, true);
+        // Its handler goes on (its buffers were taken).
+        http.post();
+        return;
+    }
+    let _ = http.filter_finalize(module(), status);
+    http.finalize(NGX_ERROR as ngx_int_t);
 }
 
 /// A response that cannot be filtered (refused, or its program could not start): an error page
@@ -193,6 +253,11 @@ unsafe extern "C" fn body_filter(r: *mut ngx_http_request_t, chain: *mut ngx_cha
         } else {
             Downstream::Next.body(http, ptr::null_mut())
         };
+    }
+    let w = waiting(http);
+    if !w.is_null() {
+        // SAFETY: the request's waiter, in its pool.
+        return unsafe { crate::pool::hold(w, chain) };
     }
     let t = relay(http);
     if t.is_null() {

@@ -18,13 +18,19 @@ const NOT_PASSED: &[&[u8]] = &[
 ];
 
 /// The request head for a pooled program: `METHOD URI HTTP/1.1`, the client's header lines but
-/// the connection's own, `Content-Length` when there is a body, the blank line.
+/// the connection's own, `Content-Length` when there is a body, the blank line. None if a piece
+/// would break the framing (a CR, LF or NUL anywhere, a space in the method or URI): nginx's
+/// parsers let none through, and the module never passes one on.
 pub fn request_head<'a>(
     method: &[u8],
     uri: &[u8],
     headers: impl Iterator<Item = (&'a [u8], &'a [u8])>,
     body: Option<u64>,
-) -> Vec<u8> {
+) -> Option<Vec<u8>> {
+    let breaks = |v: &[u8]| v.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0);
+    if breaks(method) || breaks(uri) || method.contains(&b' ') || uri.contains(&b' ') {
+        return None;
+    }
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(method);
     out.push(b' ');
@@ -33,6 +39,9 @@ pub fn request_head<'a>(
     for (name, value) in headers {
         if NOT_PASSED.iter().any(|n| n.eq_ignore_ascii_case(name)) {
             continue;
+        }
+        if breaks(name) || breaks(value) || name.contains(&b':') || name.is_empty() {
+            return None;
         }
         out.extend_from_slice(name);
         out.extend_from_slice(b": ");
@@ -43,15 +52,108 @@ pub fn request_head<'a>(
         out.extend_from_slice(format!("Content-Length: {n}\r\n").as_bytes());
     }
     out.extend_from_slice(b"\r\n");
+    Some(out)
+}
+
+/// Raw bytes of a request line (a URI as received, arguments) with what cannot stand there
+/// percent-escaped: controls, space, DEL, non-ASCII and `#`; escapes already there stay.
+pub fn escape_raw(v: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(v.len());
+    for &b in v {
+        if b <= b' ' || b >= 0x7f || b == b'#' {
+            out.extend_from_slice(format!("%{b:02X}").as_bytes());
+        } else {
+            out.push(b);
+        }
+    }
     out
 }
 
-/// `uri` with what cannot stand in a request line percent-escaped (controls, space, non-ASCII,
-/// `%` is kept: nginx's decoded URI is escaped as ngx_escape_uri does for a proxied one).
+/// The response head for a pooled filter program (`transform_filter_pass`): the status line,
+/// the Content-Type, the response's header lines, `Transfer-Encoding: chunked` (the body follows
+/// chunked, each piece as the response's handler passes it). None if a piece would break the
+/// framing (a CR, LF or NUL: a header value made from a decoded `$uri`, say).
+pub fn response_head<'a>(
+    status: u16,
+    reason: &[u8],
+    content_type: &[u8],
+    headers: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+) -> Option<Vec<u8>> {
+    let breaks = |v: &[u8]| v.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0);
+    if breaks(reason) || breaks(content_type) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(format!("HTTP/1.1 {status} ").as_bytes());
+    out.extend_from_slice(reason);
+    out.extend_from_slice(b"\r\n");
+    if !content_type.is_empty() {
+        out.extend_from_slice(b"Content-Type: ");
+        out.extend_from_slice(content_type);
+        out.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in headers {
+        if NOT_PASSED.iter().any(|n| n.eq_ignore_ascii_case(name))
+            || name.eq_ignore_ascii_case(b"content-type")
+        {
+            continue;
+        }
+        if breaks(name) || breaks(value) || name.contains(&b':') || name.is_empty() {
+            return None;
+        }
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
+    Some(out)
+}
+
+/// The reason phrase of a status (RFC 9110), for a status line that has none of its own.
+pub fn reason(status: u16) -> &'static [u8] {
+    match status {
+        200 => b"OK",
+        201 => b"Created",
+        202 => b"Accepted",
+        203 => b"Non-Authoritative Information",
+        204 => b"No Content",
+        206 => b"Partial Content",
+        301 => b"Moved Permanently",
+        302 => b"Found",
+        303 => b"See Other",
+        304 => b"Not Modified",
+        307 => b"Temporary Redirect",
+        308 => b"Permanent Redirect",
+        400 => b"Bad Request",
+        401 => b"Unauthorized",
+        403 => b"Forbidden",
+        404 => b"Not Found",
+        405 => b"Method Not Allowed",
+        406 => b"Not Acceptable",
+        408 => b"Request Timeout",
+        409 => b"Conflict",
+        410 => b"Gone",
+        413 => b"Content Too Large",
+        415 => b"Unsupported Media Type",
+        416 => b"Range Not Satisfiable",
+        429 => b"Too Many Requests",
+        500 => b"Internal Server Error",
+        501 => b"Not Implemented",
+        502 => b"Bad Gateway",
+        503 => b"Service Unavailable",
+        504 => b"Gateway Timeout",
+        _ => b"",
+    }
+}
+
+/// `uri` (nginx's decoded one) with what cannot stand in a request line percent-escaped:
+/// controls, space, non-ASCII, `"`, `#`, `?` and `%` itself (a literal `%` of the decoded URI
+/// must not be decoded again by the program), as ngx_escape_uri does for a proxied URI.
 pub fn escape_uri(uri: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(uri.len());
     for &b in uri {
-        if b <= b' ' || b >= 0x7f || b == b'"' || b == b'#' || b == b'?' {
+        if b <= b' ' || b >= 0x7f || b == b'"' || b == b'#' || b == b'?' || b == b'%' {
             out.extend_from_slice(format!("%{b:02X}").as_bytes());
         } else {
             out.push(b);

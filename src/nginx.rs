@@ -358,23 +358,43 @@ impl Http {
     /// The request as a pooled program gets it (see `http1::request_head`): the method, the
     /// URI as received (or, after an internal redirect or a rewrite, the current one escaped,
     /// with its arguments), the client's header lines, and the body's length if it has one.
-    pub fn pool_request_head(self, body: Option<u64>) -> Vec<u8> {
+    pub fn pool_request_head(self, body: Option<u64>) -> Option<Vec<u8>> {
         self.with_r(|r| {
             let method = r.method_name.as_bytes();
+            // (Arguments may hold anything after a rewrite or try_files from `$uri`: escaped
+            // like a raw URI, so nothing in them can end the request line.)
             let uri = if r.valid_unparsed_uri() != 0 && r.internal() == 0 {
-                r.unparsed_uri.as_bytes().to_vec()
+                crate::http1::escape_raw(r.unparsed_uri.as_bytes())
             } else {
                 let mut u = crate::http1::escape_uri(r.uri.as_bytes());
                 if r.args.len > 0 {
                     u.push(b'?');
-                    u.extend_from_slice(r.args.as_bytes());
+                    u.extend(crate::http1::escape_raw(r.args.as_bytes()));
                 }
                 u
             };
-            // SAFETY: the request's header list, alive with it; only read.
-            let headers = unsafe { ngx::http::list_iterator(&r.headers_in.headers) }
-                .map(|(k, v)| (k.as_bytes(), v.as_bytes()));
-            crate::http1::request_head(method, &uri, headers, body)
+            crate::http1::request_head(method, &uri, header_lines(&r.headers_in.headers), body)
+        })
+    }
+
+    /// The response as a pooled filter program gets it (see `http1::response_head`): its
+    /// status, Content-Type and header lines as they stand (the body's own already removed).
+    pub fn pool_response_head(self) -> Option<Vec<u8>> {
+        self.with_r(|r| {
+            let ho = &r.headers_out;
+            let status = u16::try_from(ho.status).unwrap_or(200);
+            // "200 OK" from an upstream's status line: its reason.
+            let line = ho.status_line.as_bytes();
+            let reason = match line.get(4..) {
+                Some(r) if !r.is_empty() => r,
+                _ => crate::http1::reason(status),
+            };
+            let mut content_type = ho.content_type.as_bytes().to_vec();
+            if ho.charset.len > 0 && !content_type.is_empty() {
+                content_type.extend_from_slice(b"; charset=");
+                content_type.extend_from_slice(ho.charset.as_bytes());
+            }
+            crate::http1::response_head(status, reason, &content_type, header_lines(&ho.headers))
         })
     }
 
@@ -526,6 +546,12 @@ impl Http {
         true
     }
 
+    /// Empties the module's slot.
+    pub fn clear_ctx(self, module: &ngx_module_t) {
+        // SAFETY: as in set_ctx.
+        self.with_r(|r| unsafe { *r.ctx.add(module.ctx_index) = ptr::null_mut() });
+    }
+
     /// Whether the module's slot is empty (as after an internal redirect).
     pub fn ctx_is_empty(self, module: &ngx_module_t) -> bool {
         // SAFETY: as in set_ctx.
@@ -657,6 +683,8 @@ pub enum CtxKind {
     Refused,
     /// A subrequest's response that could not be filtered: left out of the page.
     Omitted,
+    /// A response to filter waiting for a pooled process (`pool::Waiter`).
+    Waiting,
 }
 
 /// The module's ctx slot: which state, and where.
@@ -760,6 +788,27 @@ pub fn pool_allocate<T>(pool: *mut nginx_sys::ngx_pool_t, value: T) -> *mut T {
     }
 }
 
+/// The lines of a header list (nginx's `ngx_list_t` of `ngx_table_elt_t`) that are not deleted
+/// (a zero hash).
+fn header_lines(list: &nginx_sys::ngx_list_t) -> impl Iterator<Item = (&[u8], &[u8])> {
+    let mut part: *const nginx_sys::ngx_list_part_t = &list.part;
+    let mut lines = Vec::new();
+    // SAFETY: a live request's header list: parts and elements allocated in its pool.
+    unsafe {
+        while !part.is_null() {
+            let elts = (*part).elts.cast::<nginx_sys::ngx_table_elt_t>();
+            for i in 0..(*part).nelts {
+                let h = &*elts.add(i);
+                if h.hash != 0 {
+                    lines.push((h.key.as_bytes(), h.value.as_bytes()));
+                }
+            }
+            part = (*part).next;
+        }
+    }
+    lines.into_iter()
+}
+
 /// Runs nginx's posted requests of a connection (after an event that was not the connection's own).
 ///
 /// # Safety
@@ -825,6 +874,10 @@ impl EventFd {
             c.data = data;
             c.log = log;
             (*c.read).handler = Some(handler);
+            if (*c.write).handler.is_some() {
+                // A writer's write events go to the new owner too (its data changed).
+                (*c.write).handler = Some(handler);
+            }
             (*c.read).log = log;
             (*c.write).log = log;
             if (*c.read).timer_set() != 0 {
@@ -962,9 +1015,17 @@ pub struct BodyCursor {
     pool: *mut nginx_sys::ngx_pool_t,
     /// Buffers handed back so far.
     handed_back: u64,
-    /// Bytes written before the body (a pooled program's request head), and how many were.
+    /// Bytes written before the body (a pooled program's request head) or between its
+    /// buffers (chunk framing), and how many were.
     head: Vec<u8>,
     head_pos: usize,
+    /// A response to a pooled program: chunked, each buffer a chunk; the current buffer's
+    /// chunk size (None before its size line), and whether the last chunk was written.
+    chunked: bool,
+    chunk: Option<u64>,
+    terminated: bool,
+    /// Bytes written to the pipe so far (head, framing and body).
+    written: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -1004,9 +1065,34 @@ impl BodyCursor {
             handed_back: 0,
             head: Vec::new(),
             head_pos: 0,
+            chunked: false,
+            chunk: None,
+            terminated: false,
+            written: 0,
         };
         cursor.enter();
         cursor
+    }
+
+    /// Bytes written to the pipe so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// The same, each buffer written as a chunk of HTTP/1.1's chunked coding, and the last
+    /// chunk after the last buffer.
+    pub fn chunked(mut self) -> BodyCursor {
+        self.chunked = true;
+        self
+    }
+
+    /// Queues framing bytes, written before what comes next.
+    fn queue(&mut self, bytes: &[u8]) {
+        if self.head_pos == self.head.len() {
+            self.head.clear();
+            self.head_pos = 0;
+        }
+        self.head.extend_from_slice(bytes);
     }
 
     /// The same, written after `head`.
@@ -1047,6 +1133,10 @@ impl BodyCursor {
             handed_back: 0,
             head: Vec::new(),
             head_pos: 0,
+            chunked: false,
+            chunk: None,
+            terminated: false,
+            written: 0,
         }
     }
 
@@ -1175,18 +1265,42 @@ impl BodyCursor {
     /// Writes as much as `pipe` takes, from memory with write(2) and from a file with
     /// splice(2). `Ok(())` when all of it was written; WouldBlock when the pipe is full.
     pub fn write_to(&mut self, pipe: BorrowedFd<'_>) -> io::Result<()> {
-        while self.head_pos < self.head.len() {
-            self.head_pos += os::write(pipe, &self.head[self.head_pos..])?;
-        }
         let response = self.is_response();
-        while !self.cl.is_null() {
+        loop {
+            while self.head_pos < self.head.len() {
+                let n = os::write(pipe, &self.head[self.head_pos..])?;
+                self.head_pos += n;
+                self.written += n as u64;
+            }
+            if self.cl.is_null() {
+                if self.chunked && self.ended() && !self.terminated {
+                    self.terminated = true;
+                    self.queue(b"0\r\n\r\n");
+                    continue;
+                }
+                return Ok(());
+            }
             // SAFETY: a link of the chain, alive with the request; only read.
             let b = unsafe { &*(*self.cl).buf };
+            if self.chunked && self.chunk.is_none() {
+                // SAFETY: pos and last point into the same buffer.
+                let n = if self.from_file {
+                    (b.file_last - self.file_pos).max(0) as u64
+                } else {
+                    (unsafe { b.last.offset_from(self.pos) }).max(0) as u64
+                };
+                self.chunk = Some(n);
+                if n > 0 {
+                    self.queue(format!("{n:x}\r\n").as_bytes());
+                    continue;
+                }
+            }
             if self.from_file && self.file_pos < b.file_last {
                 let len = (b.file_last - self.file_pos) as usize;
                 // SAFETY: an in-file buffer points at an open file.
                 let fd = unsafe { (*b.file).fd };
                 let n = os::splice_file_to_pipe(fd, &mut self.file_pos, pipe, len)?;
+                self.written += n as u64;
                 if response {
                     // SAFETY: the handler's buffer, handed to us: marked consumed so far.
                     unsafe { (*(*self.cl).buf).file_pos = self.file_pos };
@@ -1203,6 +1317,7 @@ impl BodyCursor {
                     core::slice::from_raw_parts(self.pos, b.last.offset_from(self.pos) as usize)
                 };
                 let n = os::write(pipe, data)?;
+                self.written += n as u64;
                 // SAFETY: n <= data.len().
                 self.pos = unsafe { self.pos.add(n) };
                 if self.kind != CursorKind::Whole {
@@ -1226,10 +1341,12 @@ impl BodyCursor {
                 }
                 self.hand_back();
             }
+            if self.chunk.take().is_some_and(|n| n > 0) {
+                self.queue(b"\r\n");
+            }
             self.cl = next;
             self.enter();
         }
-        Ok(())
     }
 }
 

@@ -20,9 +20,9 @@ use std::fmt;
 use std::os::fd::{AsFd, AsRawFd};
 
 use nginx_sys::{
-    ngx_event_t, ngx_http_request_t, ngx_int_t, ngx_log_t, ngx_msec_t, NGX_DONE,
-    NGX_HTTP_BAD_GATEWAY, NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_SERVICE_UNAVAILABLE,
-    NGX_LOG_ERR, NGX_LOG_INFO, NGX_LOG_WARN,
+    ngx_chain_t, ngx_event_t, ngx_http_event_handler_pt, ngx_http_request_t, ngx_int_t, ngx_log_t,
+    ngx_msec_t, NGX_DONE, NGX_HTTP_BAD_GATEWAY, NGX_HTTP_INTERNAL_SERVER_ERROR,
+    NGX_HTTP_SERVICE_UNAVAILABLE, NGX_LOG_ERR, NGX_LOG_INFO, NGX_LOG_WARN,
 };
 use ngx::http::HttpModuleMainConf;
 
@@ -40,6 +40,13 @@ const BACKOFF_MAX: ngx_msec_t = 10_000;
 std::thread_local! {
     /// This worker's pools, by their index in the configuration (null until first used).
     static POOLS: RefCell<Vec<*mut Pool>> = const { RefCell::new(Vec::new()) };
+    /// Processes of this worker's pools not yet reaped (idle, busy, dying).
+    static PROCESSES: core::cell::Cell<usize> = const { core::cell::Cell::new(0) };
+}
+
+/// Processes of this worker's pools (not counted by `transform_max_programs`).
+pub fn processes() -> usize {
+    PROCESSES.get()
 }
 
 /// A process's pipes and child, lent to a request or held by the pool while idle.
@@ -66,6 +73,10 @@ pub struct Lease {
 pub enum Loss {
     /// It exited (or was killed by a signal) on its own.
     Exited(os::ExitStatus),
+    /// It exited before it read anything of its first request: it cannot start (the next
+    /// start is delayed). One that dies of what a request made it do is `Exited`: a client
+    /// must not be able to hold the pool back.
+    StartFailed(os::ExitStatus),
     /// It broke the protocol.
     Broke(String),
     TimedOut,
@@ -80,7 +91,7 @@ pub enum Loss {
 impl fmt::Display for Loss {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Loss::Exited(s) => write!(f, "{s}"),
+            Loss::Exited(s) | Loss::StartFailed(s) => write!(f, "{s}"),
             Loss::Broke(why) => write!(f, "broke the framing: {why}"),
             Loss::TimedOut => write!(f, "timed out"),
             Loss::Ended => write!(f, "its request ended mid-response"),
@@ -112,6 +123,8 @@ struct Slot {
     limit: u64,
     /// Whether it completed a response.
     answered: bool,
+    /// Dying: it had read nothing of its request.
+    dying_at_start: bool,
     stderr: Option<EventFd>,
     stderr_log: StderrLog,
     idle_since: ngx_msec_t,
@@ -120,16 +133,103 @@ struct Slot {
 enum SlotState {
     Idle(Proc),
     Busy,
+    /// Lost mid-response with no reason known yet (its output ended: it is exiting, or it
+    /// closed its stdout): stopped, and its exit, when it comes, says why.
+    Dying(Child),
 }
 
 /// A request waiting for a process (in the request pool).
-struct Waiter {
+pub struct Waiter {
     http: Http,
     pool: *mut Pool,
     loc: &'static TransformConf,
     content_type: Option<&'static [u8]>,
     since: ngx_msec_t,
     queued: bool,
+    kind: WaitKind,
+}
+
+enum WaitKind {
+    /// `transform_pass`: the request starts when it gets a process.
+    Handler,
+    /// `transform_filter_pass`: the response's head, and the body buffers its handler passed
+    /// meanwhile (not consumed: the handler waits for them, as for a slow program).
+    Filter {
+        head: Vec<u8>,
+        chain: *mut ngx_chain_t,
+        /// nginx's writer arms send_timeout while the response is held, which would end a
+        /// response whose client waits for nothing (408): posted after each call of the
+        /// handler, it removes that timer and takes the client's write events first
+        /// (`wrapped`: whose they are), as the relay does while it waits for its program.
+        fix: Option<Timer>,
+        wrapped: Option<ngx_http_event_handler_pt>,
+    },
+}
+
+std::thread_local! {
+    /// Waiting responses whose client write events come to [`waiting_write`] first.
+    static WRAPPED: RefCell<Vec<(usize, *mut Waiter)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Posted after the handler of a waiting response ran: removes the send timer nginx's writer
+/// armed, and routes the client's write events to [`waiting_write`] first.
+unsafe extern "C" fn fix_send_timer(ev: *mut ngx_event_t) {
+    // SAFETY: the Timer's data is its live waiter (the Timer goes with it).
+    let w = unsafe { &mut *Timer::data_of(ev).cast::<Waiter>() };
+    if !w.queued {
+        return;
+    }
+    let http = w.http;
+    let me: *mut Waiter = w;
+    if let WaitKind::Filter { wrapped, .. } = &mut w.kind {
+        http.drop_idle_send_timer();
+        let ours = waiting_write as *const () as usize;
+        if wrapped.is_none() && http.write_handler().map(|f| f as usize) != Some(ours) {
+            *wrapped = Some(http.write_handler());
+            http.set_write_handler(Some(waiting_write));
+            WRAPPED.with_borrow_mut(|l| l.push((http.as_ptr() as usize, me)));
+        }
+    }
+}
+
+/// A waiting response's client write event: goes to its handler (nginx's writer, which arms
+/// send_timeout again: removed after its turn).
+unsafe extern "C" fn waiting_write(r: *mut ngx_http_request_t) {
+    let key = r as usize;
+    let Some(w) = WRAPPED.with_borrow(|l| l.iter().find(|&&(q, _)| q == key).map(|&(_, w)| w))
+    else {
+        return;
+    };
+    // SAFETY: listed waiters are alive (they unlist themselves when they go).
+    let handler = unsafe { unwrap_writes(w) };
+    // SAFETY: as above; the Timer lives in the request pool: a request freed by the handler
+    // takes the posted event with it.
+    if let WaitKind::Filter { fix: Some(fix), .. } = unsafe { &(*w).kind } {
+        fix.post();
+    }
+    if let Some(h) = handler {
+        // SAFETY: the handler nginx would have called, with its live request.
+        unsafe { h(r) };
+    }
+}
+
+/// Gives the client's write events back to the response's handler; returns it.
+///
+/// # Safety
+/// `w` is a live waiter.
+unsafe fn unwrap_writes(w: *mut Waiter) -> ngx_http_event_handler_pt {
+    // SAFETY: caller's contract.
+    let w = unsafe { &mut *w };
+    let key = w.http.as_ptr() as usize;
+    WRAPPED.with_borrow_mut(|l| l.retain(|&(q, _)| q != key));
+    let WaitKind::Filter { wrapped, .. } = &mut w.kind else {
+        return None;
+    };
+    let h = wrapped.take()?;
+    if w.http.write_handler().map(|f| f as usize) == Some(waiting_write as *const () as usize) {
+        w.http.set_write_handler(h);
+    }
+    h
 }
 
 fn cycle_log() -> *mut ngx_log_t {
@@ -181,6 +281,7 @@ pub fn request(
             content_type,
             since: now_msec(),
             queued: true,
+            kind: WaitKind::Handler,
         },
     );
     if waiter.is_null() || !http.add_cleanup(waiter_cleanup, waiter.cast()) {
@@ -197,6 +298,102 @@ pub fn request(
     NGX_DONE as ngx_int_t
 }
 
+/// `transform_filter_pass`: filters the response with a process of pool `index`, now or when
+/// one is free (the response's header and body are held meanwhile). `Err` is the status of the
+/// error page in its place (503 when the queue is full: logged here).
+pub fn filter_request(
+    http: Http,
+    loc: &'static TransformConf,
+    index: usize,
+    content_type: Option<&'static [u8]>,
+    head: Vec<u8>,
+) -> Result<(), ngx_int_t> {
+    let internal = NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+    let pool = pool_of(http, index).ok_or(internal)?;
+    // SAFETY: this worker's pool, alive until exit_process.
+    let p = unsafe { &mut *pool };
+    if p.queue.is_empty() {
+        if let Some(lease) = take_process(pool, 0)? {
+            return crate::relay::filter::start_pooled(http, loc, lease, content_type, head)
+                .map(|_| ());
+        }
+    }
+    if p.queue.len() >= p.conf.queue {
+        log_error!(
+            NGX_LOG_WARN,
+            http.log(),
+            0,
+            "transform pool \"{}\": {} processes busy and {} requests queued (queue={}), \
+             response to filter refused",
+            p.conf.name,
+            p.slots.len(),
+            p.queue.len(),
+            p.conf.queue
+        );
+        return Err(NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t);
+    }
+    let waiter = pool_allocate(
+        http.pool(),
+        Waiter {
+            http,
+            pool,
+            loc,
+            content_type,
+            since: now_msec(),
+            queued: true,
+            kind: WaitKind::Filter {
+                head,
+                chain: core::ptr::null_mut(),
+                fix: None,
+                wrapped: None,
+            },
+        },
+    );
+    if waiter.is_null()
+        || !http.add_cleanup(waiter_cleanup, waiter.cast())
+        || !crate::filter::set_waiting(http, waiter.cast())
+    {
+        return Err(internal);
+    }
+    let Some(fix) = Timer::new(http.pool(), http.log(), fix_send_timer, waiter.cast()) else {
+        return Err(internal);
+    };
+    fix.post();
+    // SAFETY: just allocated in the request pool.
+    if let WaitKind::Filter { fix: slot, .. } = unsafe { &mut (*waiter).kind } {
+        *slot = Some(fix);
+    }
+    p.queue.push_back(waiter);
+    // nginx must not end the request while it waits; a client that leaves meanwhile is seen.
+    http.set_buffered(true);
+    http.watch_close_if_blocked();
+    kick(pool);
+    Ok(())
+}
+
+/// The body filter of a response waiting for a process: its buffers are kept (not consumed)
+/// until the process takes them.
+///
+/// # Safety
+/// `waiter` is the request's waiter (its filter ctx).
+pub unsafe fn hold(waiter: *mut Waiter, chain: *mut ngx_chain_t) -> ngx_int_t {
+    // SAFETY: caller's contract.
+    let w = unsafe { &mut *waiter };
+    if let WaitKind::Filter { fix: Some(fix), .. } = &w.kind {
+        // (After the handler's turn: it may have armed send_timeout.)
+        fix.post();
+    }
+    if let WaitKind::Filter { chain: held, .. } = &mut w.kind {
+        // SAFETY: links of our own in the request pool, pointing at the handler's buffers.
+        if !chain.is_null()
+            && unsafe { nginx_sys::ngx_chain_add_copy(w.http.pool(), held, chain) } != 0
+        {
+            return nginx_sys::NGX_ERROR as ngx_int_t;
+        }
+    }
+    nginx_sys::NGX_AGAIN as ngx_int_t
+}
+
 /// The write handler of a waiting request: nothing to do.
 unsafe extern "C" fn waiting(_r: *mut ngx_http_request_t) {}
 
@@ -205,6 +402,7 @@ unsafe extern "C" fn waiter_cleanup(data: *mut c_void) {
     let w = data.cast::<Waiter>();
     // SAFETY: registered with the waiter, alive in the request pool; its pool lives on.
     unsafe {
+        unwrap_writes(w);
         if (*w).queued {
             (*w).queued = false;
             (*(*w).pool).queue.retain(|&q| q != w);
@@ -250,15 +448,31 @@ fn http_request(http: Http) -> &'static ngx::http::Request {
 fn take_process(pool: *mut Pool, waited: ngx_msec_t) -> Result<Option<Lease>, ngx_int_t> {
     // SAFETY: this worker's pool.
     let p = unsafe { &mut *pool };
-    let idle = p
-        .slots
-        .iter()
-        // SAFETY: the pool's slots are live.
-        .copied()
-        .filter(|&s| matches!(unsafe { &(*s).state }, SlotState::Idle(_)))
-        // The one idle the longest (its pipes are warm either way; this spreads the work, so
-        // that idle_timeout retires what is really not needed).
-        .min_by_key(|&s| unsafe { (*s).idle_since });
+    let idle = loop {
+        let idle = p
+            .slots
+            .iter()
+            // SAFETY: the pool's slots are live.
+            .copied()
+            .filter(|&s| matches!(unsafe { &(*s).state }, SlotState::Idle(_)))
+            // The one idle the longest (its pipes are warm either way; this spreads the work,
+            // so that idle_timeout retires what is really not needed).
+            .min_by_key(|&s| unsafe { (*s).idle_since });
+        let Some(s) = idle else {
+            break None;
+        };
+        // SAFETY: a live idle slot.
+        let SlotState::Idle(proc) = (unsafe { &(*s).state }) else {
+            unreachable!("filtered above");
+        };
+        // Output before its request (whose event is not handled yet) would pass for the answer
+        // to the next one: such a process is not lent.
+        match os::pipe_state(proc.stdout.fd()) {
+            Ok((0, false)) => break Some(s),
+            Ok((0, true)) => lose(s, &Loss::NotReusable("closed its stdout while idle")),
+            _ => lose(s, &Loss::NotReusable("wrote while idle")),
+        }
+    };
     let slot = match idle {
         Some(s) => s,
         None if p.slots.len() < p.conf.processes && now_msec() >= p.not_before => spawn(pool)?,
@@ -328,6 +542,7 @@ fn spawn(pool: *mut Pool) -> Result<*mut Slot, ngx_int_t> {
         served: 0,
         limit: 0,
         answered: false,
+        dying_at_start: false,
         stderr: None,
         stderr_log: StderrLog::new(conf.stderr_level, now_msec()),
         idle_since: now_msec(),
@@ -362,6 +577,8 @@ fn spawn(pool: *mut Pool) -> Result<*mut Slot, ngx_int_t> {
     // SAFETY: just leaked, owned by the pool from here on.
     let s = unsafe { &mut *slot };
     s.pid = child.pid();
+    // (Counted from here: every slot that had a child goes through remove().)
+    PROCESSES.set(PROCESSES.get() + 1);
     let joined = (|| {
         let stdout = EventFd::new(out.read, log, idle_stdout, data).ok()?;
         let stdin = EventFd::new_writer(inp.write, log, idle_stdin, data).ok()?;
@@ -379,11 +596,13 @@ fn spawn(pool: *mut Pool) -> Result<*mut Slot, ngx_int_t> {
         // SAFETY: as above; dropping the child stops it.
         drop(unsafe { Box::from_raw(slot) });
         drop(child);
+        PROCESSES.set(PROCESSES.get().saturating_sub(1));
         return Err(NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t);
     };
     if !child.watch() || !stdout.arm_read() || !stderr.arm_read() {
         // SAFETY: as above.
         drop(unsafe { Box::from_raw(slot) });
+        PROCESSES.set(PROCESSES.get().saturating_sub(1));
         return Err(NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t);
     }
     s.stderr = Some(stderr);
@@ -413,16 +632,35 @@ fn spawn(pool: *mut Pool) -> Result<*mut Slot, ngx_int_t> {
 }
 
 impl Lease {
-    /// The response was complete and the process is in a known state: back to the pool (or
+    /// Not used after all (nothing was written to the process): back to the pool as it was.
+    pub fn unused(mut self) {
+        if let Some(proc) = self.proc.take() {
+            // SAFETY: the lease's slot.
+            unsafe { (*self.slot).served -= 1 };
+            self.give_back(proc);
+        }
+    }
+
+    /// Its response is complete: the process answered (a later loss starts no backoff).
+    pub fn answered(&self) {
+        if !self.slot.is_null() {
+            // SAFETY: the lease's slot, and its pool.
+            unsafe {
+                (*self.slot).answered = true;
+                (*(*self.slot).pool).fails = 0;
+            }
+        }
+    }
+
+    /// The response was complete (see [`Lease::answered`]) and the process is in a known state,
+    /// or it was not used: back to the pool (or
     /// retired: max_requests, shutdown), and the next waiting request gets it.
-    pub fn give_back(self, mut proc: Proc) {
-        let slot = self.slot;
+    pub fn give_back(mut self, mut proc: Proc) {
+        let slot = core::mem::replace(&mut self.slot, core::ptr::null_mut());
         // SAFETY: the lease's slot lives until it is given back or lost.
         let s = unsafe { &mut *slot };
         // SAFETY: its pool lives for the worker.
         let p = unsafe { &mut *s.pool };
-        s.answered = true;
-        p.fails = 0;
         let data = slot.cast::<c_void>();
         proc.child.rebind(idle_exit, data);
         proc.stdout.rebind(idle_stdout, data);
@@ -453,19 +691,105 @@ impl Lease {
 
     /// The process is not given back (it is being killed by its request): the slot goes, the
     /// reason is logged, and a waiting request gets a new process.
-    pub fn lose(self, loss: &Loss) {
+    pub fn lose(mut self, loss: &Loss) {
+        let slot = core::mem::replace(&mut self.slot, core::ptr::null_mut());
+        let pool = s_pool(slot);
         if matches!(loss, Loss::Close) {
             // SAFETY: the lease's slot.
-            unsafe { (*self.slot).answered = true };
+            unsafe { (*slot).answered = true };
             // (Its pipes were closed by the request: the program sees the end of its stdin.)
-            let pool = s_pool(self.slot);
-            retire(self.slot, &loss.to_string());
-            kick(pool);
-            return;
+            retire(slot, &loss.to_string());
+        } else {
+            lose(slot, loss);
         }
-        let pool = s_pool(self.slot);
-        lose(self.slot, loss);
         kick(pool);
+    }
+}
+
+impl Lease {
+    /// The process ended its output before its response did: it gets SIGTERM (then SIGKILL after
+    /// transform_kill_timeout), and the pool logs the loss with its exit status, which tells
+    /// whether it had exited by itself (and starts the backoff if it never answered).
+    pub fn lose_dying(mut self, mut child: Child, at_start: bool) {
+        let slot = core::mem::replace(&mut self.slot, core::ptr::null_mut());
+        // SAFETY: the lease's slot, and its pool.
+        let (s, kill_timeout) = unsafe { (&mut *slot, (*(*slot).pool).spawn.kill_timeout) };
+        child.rebind(dying_exit, slot.cast());
+        s.dying_at_start = at_start;
+        if child.status().is_none() {
+            child.signal(rustix::process::Signal::TERM);
+            child.set_timer(kill_timeout.max(1));
+        }
+        let watching = child.watch();
+        s.state = SlotState::Dying(child);
+        if !watching {
+            let pool = s.pool;
+            lose(slot, &Loss::Ended);
+            kick(pool);
+        } else if let SlotState::Dying(child) = &mut s.state {
+            if child.status().is_some() {
+                // (Exited already: no event may come for it.)
+                dying(slot);
+            }
+        }
+    }
+}
+
+/// A lost process's exit (or its kill timer).
+unsafe extern "C" fn dying_exit(ev: *mut ngx_event_t) {
+    // SAFETY: installed on a dying slot's pidfd, whose data is the slot.
+    let (slot, timed_out) = unsafe {
+        (
+            EventFd::data_of(ev).cast::<Slot>(),
+            EventFd::take_timedout(ev),
+        )
+    };
+    // SAFETY: a live slot.
+    let s = unsafe { &mut *slot };
+    let SlotState::Dying(child) = &mut s.state else {
+        return;
+    };
+    if timed_out {
+        child.signal(rustix::process::Signal::KILL);
+    }
+    if child.status().is_none() {
+        child.watch();
+        return;
+    }
+    dying(slot);
+}
+
+/// A lost process exited: the loss is logged with its status.
+fn dying(slot: *mut Slot) {
+    // SAFETY: a live slot.
+    let s = unsafe { &mut *slot };
+    let SlotState::Dying(child) = &mut s.state else {
+        return;
+    };
+    let Some(status) = child.status() else {
+        return;
+    };
+    drain_stderr(s, true);
+    let pool = s.pool;
+    let loss = if s.dying_at_start {
+        Loss::StartFailed(status)
+    } else {
+        Loss::Exited(status)
+    };
+    lose(slot, &loss);
+    kick(pool);
+}
+
+impl Drop for Lease {
+    /// A lease dropped unused (its request could not start): the process is killed.
+    fn drop(&mut self) {
+        let slot = core::mem::replace(&mut self.slot, core::ptr::null_mut());
+        if !slot.is_null() {
+            drop(self.proc.take());
+            let pool = s_pool(slot);
+            lose(slot, &Loss::Ended);
+            kick(pool);
+        }
     }
 }
 
@@ -490,7 +814,7 @@ fn lose(slot: *mut Slot, loss: &Loss) {
     // SAFETY: its pool.
     let p = unsafe { &mut *s.pool };
     let log = cycle_log();
-    if let (Loss::Exited(status), false) = (loss, s.answered) {
+    if let (Loss::StartFailed(status), false) = (loss, s.answered) {
         p.fails += 1;
         let delay = (BACKOFF_FIRST << (p.fails - 1).min(16)).min(BACKOFF_MAX);
         p.not_before = now_msec() + delay;
@@ -542,15 +866,20 @@ fn remove(slot: *mut Slot) {
     // SAFETY: its pool.
     let p = unsafe { &mut *s.pool };
     p.slots.retain(|&x| x != slot);
-    if let SlotState::Idle(proc) = core::mem::replace(&mut s.state, SlotState::Busy) {
-        let Proc {
-            child,
-            stdin,
-            stdout,
-        } = proc;
-        drop(stdin);
-        drop(stdout);
-        drop(child);
+    PROCESSES.set(PROCESSES.get().saturating_sub(1));
+    match core::mem::replace(&mut s.state, SlotState::Busy) {
+        SlotState::Idle(proc) => {
+            let Proc {
+                child,
+                stdin,
+                stdout,
+            } = proc;
+            drop(stdin);
+            drop(stdout);
+            drop(child);
+        }
+        SlotState::Dying(child) => drop(child),
+        SlotState::Busy => {}
     }
     drain_stderr(&mut s, true);
 }
@@ -609,17 +938,42 @@ fn dispatch(pool: *mut Pool) {
         };
         p.queue.pop_front();
         // SAFETY: as above.
-        let (http, loc, content_type) = unsafe {
+        // SAFETY: as above: the response's handler gets its write events back.
+        unsafe { unwrap_writes(w) };
+        let (http, loc, content_type, kind) = unsafe {
             (*w).queued = false;
-            ((*w).http, (*w).loc, (*w).content_type)
+            (
+                (*w).http,
+                (*w).loc,
+                (*w).content_type,
+                core::mem::replace(&mut (*w).kind, WaitKind::Handler),
+            )
         };
         let c = http.connection();
-        let rc = match lease {
-            Ok(lease) => crate::relay::start_pooled(http, loc, lease, content_type),
-            Err(rc) => rc,
-        };
-        // Drops the waiter's reference (or sends the error page).
-        http.finalize(rc);
+        match kind {
+            WaitKind::Handler => {
+                let rc = match lease {
+                    Ok(lease) => crate::relay::start_pooled(http, loc, lease, content_type),
+                    Err(rc) => rc,
+                };
+                // Drops the waiter's reference (or sends the error page).
+                http.finalize(rc);
+            }
+            WaitKind::Filter { head, chain, .. } => {
+                let started = lease.and_then(|lease| {
+                    crate::relay::filter::start_pooled(http, loc, lease, content_type, head)
+                });
+                match started {
+                    // SAFETY: the relay just started, in the request pool. Not from the
+                    // handler's call: the relay posts the handler when it took its buffers,
+                    // and ends the request itself if it fails.
+                    Ok(t) => unsafe {
+                        (*t).filter_input(chain, false);
+                    },
+                    Err(rc) => crate::filter::refuse_late(http, rc, chain),
+                }
+            }
+        }
         // SAFETY: connections are never freed, only marked destroyed (checked by nginx).
         unsafe { crate::nginx::run_posted_requests(c) };
     }
@@ -726,7 +1080,13 @@ unsafe extern "C" fn idle_exit(ev: *mut ngx_event_t) {
         match proc.child.status() {
             Some(status) => {
                 drain_stderr(s, true);
-                lose(slot, &Loss::Exited(status));
+                // (Idle: it had no request to fail.)
+                let loss = if s.answered {
+                    Loss::Exited(status)
+                } else {
+                    Loss::StartFailed(status)
+                };
+                lose(slot, &loss);
             }
             None => {
                 proc.child.watch();

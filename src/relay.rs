@@ -92,7 +92,17 @@ pub fn start_pooled(
     content_type: Option<&'static [u8]>,
 ) -> ngx_int_t {
     let body = http.has_body().then(|| BodyCursor::of(http).body_len());
-    let head = http.pool_request_head(body);
+    let Some(head) = http.pool_request_head(body) else {
+        log_error!(
+            NGX_LOG_ERR,
+            http.log(),
+            0,
+            "transform_pass: the request has a CR, LF or NUL in its method, URI or headers; it \
+             is not passed to the pool"
+        );
+        lease.unused();
+        return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+    };
     let program = Program::pooled(http, conf, lease, head);
     let ctx = match install(
         http,
@@ -464,6 +474,13 @@ impl Transform {
     /// The program's output ended: all of it was passed on, unless it is shorter than the
     /// Content-Length it announced.
     fn output_ended(&mut self) -> Flow {
+        if self.program.is_pooled() && self.program.exit().is_none() {
+            // Its exit, which surely comes (within the program's timeouts), tells why: the
+            // response ends as the exit status decides (a pooled process never exits cleanly
+            // mid-response).
+            self.set_phase(Phase::Drained);
+            return Flow::Continue;
+        }
         if self.program.is_pooled() {
             // A pooled program's response ends with its framing, not with its output.
             log_error!(
@@ -516,7 +533,10 @@ impl Transform {
             // take it at once.
             let close = self.moved.close;
             self.program.end_lease(self.http, extra, close);
-            if self.out().special(self.http, true) == NGX_ERROR as ngx_int_t {
+            // (A request that gets the header only sends no body, nor its end.)
+            if !self.http.header_only()
+                && self.out().special(self.http, true) == NGX_ERROR as ngx_int_t
+            {
                 return Flow::Wait(self.io_failed("sending the end of the response", io_other()));
             }
             self.set_phase(Phase::Complete);

@@ -177,11 +177,131 @@ fn limit_directives_misuse() {
     );
 }
 
-/// Where a directive may appear: in a location (after a `transform_exec`), or in `http`.
+#[test]
+fn pool_directives_misuse() {
+    let pool = |p: &str| {
+        format!(
+            "{p} #BAD\nserver {{ listen 127.0.0.1:{{PORT}};\nlocation / {{ transform_pass p; }} }}"
+        )
+    };
+    let pass = |loc: &str| {
+        format!(
+            "transform_pool p {{HELPER}} pool-serve;\nserver {{ listen 127.0.0.1:{{PORT}};\nlocation / {{\n{loc} #BAD\n}} }}"
+        )
+    };
+    // transform_pass naming no pool: the pool's name and the transform_pass's line.
+    rejects(&pass("transform_pass nopool;"), "nopool");
+    rejects(
+        &pass("transform_pass;"),
+        "invalid number of arguments in \"transform_pass\"",
+    );
+    // Both in one location, in either order: refused at that line, naming both.
+    for both in [
+        "transform_pass p; transform_exec /bin/true;",
+        "transform_exec /bin/true; transform_pass p;",
+    ] {
+        rejects(&pass(both), "\"transform_pass\"");
+        rejects_anywhere(&pass(both), "\"transform_exec\"");
+    }
+    rejects(
+        "transform_pool p {HELPER} pool-serve;\ntransform_pass p; #BAD\n\
+         server { listen 127.0.0.1:{PORT}; location / { transform_pass p; } }",
+        "\"transform_pass\" directive is not allowed here",
+    );
+    // transform_filter_pass: a known pool or off; not with transform_filter at one level.
+    rejects(&pass("transform_filter_pass nopool;"), "nopool");
+    rejects(
+        &pass("transform_filter /bin/cat; transform_filter_pass p;"),
+        "is duplicate",
+    );
+    rejects(
+        &pass("transform_filter_pass p; transform_filter /bin/cat;"),
+        "is duplicate",
+    );
+    for ok in [
+        "transform_filter_pass off;",
+        "transform_filter_pass p; transform_filter_types text/plain;",
+    ] {
+        let (accepted, stderr, path) = nginx_test_config(&pass(ok).replace(" #BAD", ""));
+        std::fs::remove_dir_all(path.parent().expect("prefix")).ok();
+        assert!(accepted, "{ok}: {stderr}");
+    }
+    // The program: an absolute path to an executable, as for transform_exec.
+    rejects(
+        &pool("transform_pool p bin/echo;"),
+        "\"bin/echo\" is not an absolute path",
+    );
+    rejects(
+        &pool("transform_pool p /nonexistent/prog;"),
+        "/nonexistent/prog",
+    );
+    rejects(
+        &pool("transform_pool p;"),
+        "invalid number of arguments in \"transform_pool\"",
+    );
+    // Bad parameters name themselves.
+    rejects(
+        &pool("transform_pool p {HELPER} pool-serve processes=0;"),
+        "processes",
+    );
+    rejects(
+        &pool("transform_pool p {HELPER} pool-serve processes=two;"),
+        "processes",
+    );
+    rejects(
+        &pool("transform_pool p {HELPER} pool-serve max_requests=many;"),
+        "max_requests",
+    );
+    rejects(
+        &pool("transform_pool p {HELPER} pool-serve idle_timeout=soon;"),
+        "idle_timeout",
+    );
+    rejects(
+        &pool("transform_pool p {HELPER} pool-serve queue=-1;"),
+        "queue",
+    );
+    rejects(
+        "server { listen 127.0.0.1:{PORT};\ntransform_pool p /bin/true; #BAD\n\
+         location / { transform_exec /bin/true; } }",
+        "\"transform_pool\" directive is not allowed here",
+    );
+    // Variables in the http level's environment or directory: refused when a pool exists (its
+    // processes have no request to take them from), accepted otherwise.
+    for http in [
+        "transform_env POOL_VAR $hostname;",
+        "transform_chdir /tmp/$hostname;",
+    ] {
+        let with_pool = format!(
+            "{http}\ntransform_pool p {{HELPER}} pool-serve;\n\
+             server {{ listen 127.0.0.1:{{PORT}}; location / {{ transform_pass p; }} }}"
+        );
+        rejects_anywhere(&with_pool, "");
+        let (ok, stderr, path) = nginx_test_config(&format!(
+            "{http}\nserver {{ listen 127.0.0.1:{{PORT}}; location / {{ transform_exec /bin/true; }} }}"
+        ));
+        std::fs::remove_dir_all(path.parent().expect("prefix")).ok();
+        assert!(ok, "without a pool, {http} is fine: {stderr}");
+    }
+    // Parameters after the arguments; a pool used by several locations.
+    let (ok, stderr, path) = nginx_test_config(
+        "transform_pool p {HELPER} pool-serve slow-start 10 processes=3 max_requests=0 \
+         idle_timeout=0 queue=1;
+         transform_pool q {HELPER} pool-serve;
+         server { listen 127.0.0.1:{PORT};
+           location /a { transform_pass p; } location /b { transform_pass p; }
+           location /c { transform_pass q; } }",
+    );
+    std::fs::remove_dir_all(path.parent().expect("prefix")).ok();
+    assert!(ok, "{stderr}");
+}
+
+/// Where a directive may appear: in a location (after a `transform_exec`), or in `http`, or in a
+/// location of its own with a pool `p` defined (`transform_pass`).
 #[derive(Clone, Copy)]
 enum Level {
     Location,
     Http,
+    Pass,
 }
 
 /// Each directive with a bad value (and what nginx -t says of it) and a good one.
@@ -414,6 +534,27 @@ const DIRECTIVES: &[Row] = &[
         "transform_filter_status 200 404;",
     ),
     row(
+        "transform_pool",
+        Level::Http,
+        "transform_pool p bin/echo;",
+        "program \"bin/echo\" is not an absolute path",
+        "transform_pool p {HELPER} pool-serve processes=2 max_requests=100 idle_timeout=10s queue=8;",
+    ),
+    row(
+        "transform_pass",
+        Level::Pass,
+        "transform_pass nopool;",
+        "nopool",
+        "transform_pass p;",
+    ),
+    row(
+        "transform_filter_pass",
+        Level::Pass,
+        "transform_filter_pass nopool;",
+        "nopool",
+        "transform_filter_pass p;",
+    ),
+    row(
         "transform_lock_zone",
         Level::Http,
         "transform_lock_zone herd;",
@@ -433,6 +574,9 @@ fn placed(r: &Row, line: &str) -> String {
         }
         Level::Location => format!(
             "server {{ listen 127.0.0.1:{{PORT}};\nlocation / {{ transform_exec /bin/true;\n{line} #BAD\n}} }}"
+        ),
+        Level::Pass => format!(
+            "transform_pool p {{HELPER}} pool-serve;\nserver {{ listen 127.0.0.1:{{PORT}};\nlocation / {{\n{line} #BAD\n}} }}"
         ),
     }
 }

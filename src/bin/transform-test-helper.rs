@@ -29,12 +29,45 @@
 //!   pieces of at most 64 KiB (a streaming filter whose output differs from its input).
 //! - `slurp`: reads all of stdin first, then writes it to stdout (a filter that writes nothing
 //!   before its input ended).
+//! - `pool-serve [die-at-start CODE | slow-start MILLIS]`: a pooled program (`transform_pool`):
+//!   reads HTTP/1.1 requests from stdin one after another (request line, header lines, an empty
+//!   line, Content-Length bytes of body) and answers each on stdout by the last segment of its
+//!   path, the query being its argument; exits 0 at end of input before a request. `die-at-start
+//!   CODE` exits with CODE at once; `slow-start MILLIS` sleeps MILLIS before the first read.
+//!   A response message (a status line first: `transform_filter_pass`) is answered by its
+//!   Content-Type `application/x-pool-MODE`: `headers` (200 text/plain, lines `line=STATUS
+//!   LINE`, `h:NAME: VALUE` for each header line, `body=LENGTH`), `crash` (a head with a
+//!   Content-Length of 1000, 10 bytes, then SIGSEGV), `slow` (1 s, then `slow`), `replace` (201
+//!   with `X-Replaced: yes` and `replaced`); any other type: the same status and type, the body
+//!   XORed with 1, chunked as it comes. Each filter answer has `X-Filter: pid=PID n=N
+//!   status=STATUS` (the original's status).
+//!   Answers to requests (a HEAD request gets the head only):
+//!   - `echo`: 200 text/plain, lines `pid=PID`, `n=REQUESTS` (served by this process, this one
+//!     included), `method=M`, `uri=URI` (as received), `body=LENGTH`, then `h:NAME: VALUE` for
+//!     each header line received, in order;
+//!   - `gen?N`: N bytes of the `gen` stream with a Content-Length; `chunked?N`: the same bytes
+//!     chunked (chunks of 1, 7, 4096, 65536, 3 and 100000 bytes in turn);
+//!   - `echo-body`: a Content-Length of the request's, the head written first, then the body
+//!     copied from stdin as it comes, in pieces of at most 64 KiB;
+//!   - `sha-body`: reads the whole body, then answers `len=N sha256=HEX`;
+//!   - `crash?N`: a head with a Content-Length of 2N, N bytes of the stream, then SIGSEGV;
+//!   - `exit`: exits with code 3 without answering; `exit0`: exits 0 without answering;
+//!   - `garbage`: writes `this is not http` and an empty line, then waits for the next request;
+//!   - `excess`: a Content-Length of 5 and 10 bytes; `no-length`: `abc` with no framing;
+//!   - `hang`: sleeps for an hour; `slow?MILLIS`: sleeps MILLIS, then answers `slow`;
+//!   - `close`: answers `bye` with `Connection: close`, then exits 0;
+//!   - `status?CODE`: that status with a short body (none, and no framing, for 204 and 304);
+//!   - `stderr`: writes `pool stderr line` to stderr, then answers `ok`;
+//!   - `late`: answers `ok`, then 300 ms later writes `late` (outside any response);
+//!   - `head-check`: `hello` with a Content-Length of 5 (the head only for HEAD);
+//!   - `unread-body`: answers `ok` without reading the request's body, then sleeps for an hour
+//!     (it never reads again).
 //!
 //! Prefixes, followed by another mode and its arguments:
 //! - `count FILE MODE...`: first appends a line (its pid) to FILE: the tests count program runs.
 //! - `delay MILLIS MODE...`: first sleeps MILLIS, writing nothing.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::time::Duration;
 
 fn main() {
@@ -235,6 +268,7 @@ fn main() {
                 Err(_) => 1,
             }
         }
+        Some("pool-serve") => pool_serve(&args[1..], &mut out),
         Some("spin") => {
             let mut x: u64 = 1;
             loop {
@@ -275,4 +309,545 @@ fn gen(out: &mut impl Write, mut n: u64, size: usize) -> io::Result<()> {
         n -= take as u64;
     }
     out.flush()
+}
+
+/// A request read by `pool-serve`.
+struct PoolRequest {
+    /// The status line of a response to filter; None for a request.
+    status_line: Option<String>,
+    method: String,
+    uri: String,
+    headers: Vec<(String, String)>,
+    length: u64,
+}
+
+/// Reads a request's line and header lines; None at end of input before a request.
+fn read_pool_request(input: &mut impl Read) -> io::Result<Option<PoolRequest>> {
+    // One byte at a time: nothing past the head leaves the pipe (a body left unread stays).
+    let mut line = |first: bool| -> io::Result<Option<String>> {
+        let mut raw = Vec::new();
+        let mut byte = [0u8; 1];
+        loop {
+            match input.read(&mut byte) {
+                Ok(0) if first && raw.is_empty() => return Ok(None),
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "end of input in a head",
+                    ))
+                }
+                Ok(_) => {
+                    raw.push(byte[0]);
+                    if byte[0] == b'\n' {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        while matches!(raw.last(), Some(b'\n' | b'\r')) {
+            raw.pop();
+        }
+        String::from_utf8(raw)
+            .map(Some)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "a head line not UTF-8"))
+    };
+    let Some(request_line) = line(true)? else {
+        return Ok(None);
+    };
+    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
+    // A response to filter (transform_filter_pass) starts with its status line.
+    let status_line = request_line
+        .starts_with("HTTP/1.1 ")
+        .then(|| request_line.clone());
+    let mut parts = request_line.split(' ');
+    let (method, uri) = if status_line.is_some() {
+        ("", "")
+    } else {
+        let (Some(method), Some(uri), Some(version), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad(&format!("bad request line {request_line:?}")));
+        };
+        if version != "HTTP/1.1" || method.is_empty() || !uri.starts_with('/') {
+            return Err(bad(&format!("bad request line {request_line:?}")));
+        }
+        (method, uri)
+    };
+    let mut headers = Vec::new();
+    let mut length = 0;
+    loop {
+        let h = line(false)?.unwrap_or_default();
+        if h.is_empty() {
+            break;
+        }
+        let Some((name, value)) = h.split_once(':') else {
+            return Err(bad(&format!("bad header line {h:?}")));
+        };
+        let value = value.trim().to_string();
+        if name.eq_ignore_ascii_case("Content-Length") {
+            length = value
+                .parse()
+                .map_err(|_| bad(&format!("bad Content-Length {value:?}")))?;
+        }
+        headers.push((name.to_string(), value));
+    }
+    Ok(Some(PoolRequest {
+        status_line,
+        method: method.to_string(),
+        uri: uri.to_string(),
+        headers,
+        length,
+    }))
+}
+
+/// Reads and drops `n` bytes of a request's body.
+fn skip_body(input: &mut impl Read, n: u64) -> io::Result<()> {
+    let copied = io::copy(&mut input.take(n), &mut io::sink())?;
+    if copied < n {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "end of input in a body",
+        ));
+    }
+    Ok(())
+}
+
+/// Writes a whole response with a Content-Length (only its head for HEAD).
+fn pool_respond(
+    out: &mut impl Write,
+    head_only: bool,
+    status: &str,
+    extra: &str,
+    body: &[u8],
+) -> io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\n{extra}Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    out.write_all(head.as_bytes())?;
+    if !head_only {
+        out.write_all(body)?;
+    }
+    out.flush()
+}
+
+/// Mode `pool-serve`: answers requests on stdin until its end (see the header of this file).
+fn pool_serve(args: &[String], out: &mut impl Write) -> i32 {
+    match (args.first().map(String::as_str), args.get(1)) {
+        (Some("die-at-start"), Some(code)) => return code.parse().unwrap_or(1),
+        (Some("slow-start"), Some(ms)) => {
+            std::thread::sleep(Duration::from_millis(ms.parse().unwrap_or(0)))
+        }
+        _ => {}
+    }
+    // Unbuffered (Rust's stdin reads ahead): what the program did not read stays in the pipe.
+    use std::os::fd::FromRawFd;
+    // SAFETY: descriptor 0 is open for the life of the process; ManuallyDrop never closes it.
+    let mut input = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(0) });
+    let input = &mut *input;
+    let mut served = 0u64;
+    loop {
+        let req = match read_pool_request(input) {
+            Ok(Some(req)) => req,
+            Ok(None) => return 0,
+            Err(e) => {
+                eprintln!("transform-test-helper: pool-serve: {e}");
+                return 4;
+            }
+        };
+        served += 1;
+        let answered = match req.status_line {
+            Some(_) => pool_filter(&req, served, input, out),
+            None => pool_answer(&req, served, input, out),
+        };
+        match answered {
+            Ok(None) => {}
+            Ok(Some(code)) => return code,
+            Err(e) => {
+                eprintln!("transform-test-helper: pool-serve: {e}");
+                return 1;
+            }
+        }
+    }
+}
+
+/// Answers one request; Some(code) to exit with code after it.
+fn pool_answer(
+    req: &PoolRequest,
+    served: u64,
+    input: &mut impl Read,
+    out: &mut impl Write,
+) -> io::Result<Option<i32>> {
+    let (path, query) = req.uri.split_once('?').unwrap_or((&req.uri, ""));
+    let name = path.rsplit('/').next().unwrap_or_default();
+    let arg: u64 = query.parse().unwrap_or(0);
+    let head_only = req.method == "HEAD";
+    // Every answer but those that read it themselves first reads the body.
+    if !matches!(name, "echo-body" | "sha-body" | "unread-body") {
+        skip_body(input, req.length)?;
+    }
+    match name {
+        "echo" => {
+            let mut body = format!(
+                "pid={}\nn={served}\nmethod={}\nuri={}\nbody={}\n",
+                std::process::id(),
+                req.method,
+                req.uri,
+                req.length
+            );
+            for (k, v) in &req.headers {
+                body.push_str(&format!("h:{k}: {v}\n"));
+            }
+            pool_respond(out, head_only, "200 OK", "", body.as_bytes())?;
+        }
+        "gen" => {
+            out.write_all(
+                format!("HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {arg}\r\n\r\n")
+                    .as_bytes(),
+            )?;
+            if !head_only {
+                gen(out, arg, 64 * 1024)?;
+            }
+            out.flush()?;
+        }
+        "chunked" => {
+            out.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n",
+            )?;
+            if !head_only {
+                let mut all = Vec::new();
+                gen(&mut all, arg, 64 * 1024)?;
+                let sizes = [1usize, 7, 4096, 65536, 3, 100_000];
+                let mut at = 0;
+                for size in sizes.iter().cycle() {
+                    if at == all.len() {
+                        break;
+                    }
+                    let piece = &all[at..(at + size).min(all.len())];
+                    out.write_all(format!("{:x}\r\n", piece.len()).as_bytes())?;
+                    out.write_all(piece)?;
+                    out.write_all(b"\r\n")?;
+                    at += piece.len();
+                }
+                out.write_all(b"0\r\n\r\n")?;
+            }
+            out.flush()?;
+        }
+        "echo-body" => {
+            out.write_all(
+                format!("HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n", req.length)
+                    .as_bytes(),
+            )?;
+            out.flush()?;
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut left = req.length;
+            while left > 0 {
+                let want = buf.len().min(left as usize);
+                let n = input.read(&mut buf[..want])?;
+                if n == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "end of input in a body",
+                    ));
+                }
+                if !head_only {
+                    out.write_all(&buf[..n])?;
+                    out.flush()?;
+                }
+                left -= n as u64;
+            }
+        }
+        "sha-body" => {
+            use sha2::Digest;
+            let mut hasher = sha2::Sha256::new();
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut left = req.length;
+            while left > 0 {
+                let want = buf.len().min(left as usize);
+                let n = input.read(&mut buf[..want])?;
+                if n == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "end of input in a body",
+                    ));
+                }
+                hasher.update(&buf[..n]);
+                left -= n as u64;
+            }
+            let body = format!("len={} sha256={:x}\n", req.length, hasher.finalize());
+            pool_respond(out, head_only, "200 OK", "", body.as_bytes())?;
+        }
+        "crash" => {
+            out.write_all(
+                format!("HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n", 2 * arg)
+                    .as_bytes(),
+            )?;
+            gen(out, arg, 64 * 1024)?;
+            out.flush()?;
+            // As mode `crash-after`: the default action for SIGSEGV, and no core file.
+            // SAFETY: plain libc calls with valid arguments.
+            unsafe {
+                let no_core = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+                libc::signal(libc::SIGSEGV, libc::SIG_DFL);
+                libc::raise(libc::SIGSEGV);
+            }
+            return Ok(Some(1));
+        }
+        "exit" => return Ok(Some(3)),
+        "exit0" => return Ok(Some(0)),
+        "garbage" => {
+            out.write_all(b"this is not http\r\n\r\n")?;
+            out.flush()?;
+        }
+        "excess" => {
+            out.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\n0123456789",
+            )?;
+            out.flush()?;
+        }
+        "no-length" => {
+            out.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nabc")?;
+            out.flush()?;
+        }
+        "hang" => {
+            std::thread::sleep(Duration::from_secs(3600));
+            return Ok(Some(0));
+        }
+        "slow" => {
+            std::thread::sleep(Duration::from_millis(arg));
+            pool_respond(out, head_only, "200 OK", "", b"slow")?;
+        }
+        "close" => {
+            pool_respond(out, head_only, "200 OK", "Connection: close\r\n", b"bye")?;
+            return Ok(Some(0));
+        }
+        "status" => {
+            if arg == 204 || arg == 304 {
+                out.write_all(
+                    format!("HTTP/1.1 {arg} Helper\r\nX-Status: {arg}\r\n\r\n").as_bytes(),
+                )?;
+                out.flush()?;
+            } else {
+                let body = format!("status {arg}\n");
+                pool_respond(
+                    out,
+                    head_only,
+                    &format!("{arg} Helper"),
+                    "",
+                    body.as_bytes(),
+                )?;
+            }
+        }
+        "stderr" => {
+            eprintln!("pool stderr line");
+            pool_respond(out, head_only, "200 OK", "", b"ok")?;
+        }
+        "late" => {
+            pool_respond(out, head_only, "200 OK", "", b"ok")?;
+            std::thread::sleep(Duration::from_millis(300));
+            out.write_all(b"late")?;
+            out.flush()?;
+        }
+        "head-check" => pool_respond(out, head_only, "200 OK", "", b"hello")?,
+        "unread-body" => {
+            // Never reads again: a module that reused this process would wait forever.
+            pool_respond(out, head_only, "200 OK", "", b"ok")?;
+            std::thread::sleep(Duration::from_secs(3600));
+            return Ok(Some(0));
+        }
+        _ => pool_respond(
+            out,
+            head_only,
+            "404 Not Found",
+            "",
+            b"unknown pool-serve path\n",
+        )?,
+    }
+    Ok(None)
+}
+
+/// Reads a chunk-size line of a chunked body (extensions ignored).
+fn read_chunk_size(input: &mut impl Read) -> io::Result<u64> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while byte[0] != b'\n' {
+        if input.read(&mut byte)? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "end of input in a chunk size",
+            ));
+        }
+        line.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&line);
+    let size = text.trim_end().split(';').next().unwrap_or_default();
+    u64::from_str_radix(size.trim(), 16).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("bad chunk size {text:?}"),
+        )
+    })
+}
+
+/// Reads a chunked body, handing each piece to `piece`; reads the trailer to its empty line.
+fn read_chunked_body(
+    input: &mut impl Read,
+    piece: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+) -> io::Result<u64> {
+    let mut total = 0;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let size = read_chunk_size(input)?;
+        if size == 0 {
+            // The trailer: header lines up to an empty one.
+            loop {
+                let mut line = Vec::new();
+                let mut byte = [0u8; 1];
+                while byte[0] != b'\n' {
+                    if input.read(&mut byte)? == 0 {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "end of input in a trailer",
+                        ));
+                    }
+                    line.push(byte[0]);
+                }
+                if line == b"\r\n" || line == b"\n" {
+                    return Ok(total);
+                }
+            }
+        }
+        let mut left = size;
+        while left > 0 {
+            let want = buf.len().min(left as usize);
+            let n = input.read(&mut buf[..want])?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "end of input in a chunk",
+                ));
+            }
+            piece(&buf[..n])?;
+            left -= n as u64;
+            total += n as u64;
+        }
+        let mut crlf = [0u8; 2];
+        input.read_exact(&mut crlf)?;
+        if &crlf != b"\r\n" {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "chunk data not followed by CRLF",
+            ));
+        }
+    }
+}
+
+/// Answers a response to filter (transform_filter_pass), as its Content-Type says
+/// (`application/x-pool-MODE`; any other type: `xor`).
+fn pool_filter(
+    msg: &PoolRequest,
+    served: u64,
+    input: &mut impl Read,
+    out: &mut impl Write,
+) -> io::Result<Option<i32>> {
+    let status_line = msg.status_line.as_deref().unwrap_or_default();
+    let status = status_line.split(' ').nth(1).unwrap_or_default();
+    let header = |name: &str| {
+        msg.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    };
+    let ctype = header("Content-Type").unwrap_or_default().to_string();
+    let chunked = header("Transfer-Encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+    let mode = ctype.strip_prefix("application/x-pool-").unwrap_or("xor");
+    let tag = format!(
+        "X-Filter: pid={} n={served} status={status}\r\n",
+        std::process::id()
+    );
+    let body =
+        |input: &mut dyn Read, piece: &mut dyn FnMut(&[u8]) -> io::Result<()>| -> io::Result<u64> {
+            if chunked {
+                read_chunked_body(&mut &mut *input, piece)
+            } else {
+                let mut left = msg.length;
+                let mut buf = vec![0u8; 64 * 1024];
+                while left > 0 {
+                    let want = buf.len().min(left as usize);
+                    let n = input.read(&mut buf[..want])?;
+                    if n == 0 {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "end of input in a body",
+                        ));
+                    }
+                    piece(&buf[..n])?;
+                    left -= n as u64;
+                }
+                Ok(msg.length)
+            }
+        };
+    match mode {
+        "headers" => {
+            let length = body(input, &mut |_| Ok(()))?;
+            let mut text = format!("line={status_line}\n");
+            for (k, v) in &msg.headers {
+                text.push_str(&format!("h:{k}: {v}\n"));
+            }
+            text.push_str(&format!("body={length}\n"));
+            pool_respond(out, false, "200 OK", &tag, text.as_bytes())?;
+        }
+        "crash" => {
+            out.write_all(
+                format!("HTTP/1.1 200 OK\r\n{tag}Content-Length: 1000\r\n\r\n0123456789")
+                    .as_bytes(),
+            )?;
+            out.flush()?;
+            // SAFETY: plain libc calls with valid arguments (as mode `crash-after`).
+            unsafe {
+                let no_core = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+                libc::signal(libc::SIGSEGV, libc::SIG_DFL);
+                libc::raise(libc::SIGSEGV);
+            }
+            return Ok(Some(1));
+        }
+        "slow" => {
+            body(input, &mut |_| Ok(()))?;
+            std::thread::sleep(Duration::from_millis(1000));
+            pool_respond(out, false, "200 OK", &tag, b"slow")?;
+        }
+        "replace" => {
+            body(input, &mut |_| Ok(()))?;
+            let extra = format!("{tag}X-Replaced: yes\r\n");
+            pool_respond(out, false, "201 Created", &extra, b"replaced")?;
+        }
+        _ => {
+            // xor: the body XORed with 1, chunk by chunk as it comes.
+            out.write_all(
+                format!("HTTP/1.1 {status} Filtered\r\nContent-Type: {ctype}\r\n{tag}Transfer-Encoding: chunked\r\n\r\n")
+                    .as_bytes(),
+            )?;
+            out.flush()?;
+            body(input, &mut |piece| {
+                let flipped: Vec<u8> = piece.iter().map(|b| b ^ 1).collect();
+                out.write_all(format!("{:x}\r\n", flipped.len()).as_bytes())?;
+                out.write_all(&flipped)?;
+                out.write_all(b"\r\n")?;
+                out.flush()
+            })?;
+            out.write_all(b"0\r\n\r\n")?;
+            out.flush()?;
+        }
+    }
+    Ok(None)
 }

@@ -215,6 +215,58 @@ impl Http {
         });
     }
 
+    /// Removes every header of the response (a pooled filter program answers a whole response,
+    /// whose headers take their place); nginx's own (Server, Date) are made again as usual.
+    pub fn clear_response_headers(self) {
+        self.clear_body_headers();
+        self.with_r(|r| {
+            let ho = &mut r.headers_out;
+            let mut part: *mut nginx_sys::ngx_list_part_t = &mut ho.headers.part;
+            // SAFETY: the response's header list, in the request pool.
+            unsafe {
+                while !part.is_null() {
+                    let elts = (*part).elts.cast::<nginx_sys::ngx_table_elt_t>();
+                    for i in 0..(*part).nelts {
+                        (*elts.add(i)).hash = 0;
+                    }
+                    part = (*part).next;
+                }
+            }
+            for h in [
+                &mut ho.server,
+                &mut ho.date,
+                &mut ho.content_encoding,
+                &mut ho.location,
+                &mut ho.refresh,
+                &mut ho.content_range,
+                &mut ho.www_authenticate,
+                &mut ho.expires,
+                &mut ho.cache_control,
+                &mut ho.link,
+            ] {
+                *h = ptr::null_mut();
+            }
+            let mut part: *mut nginx_sys::ngx_list_part_t = &mut ho.trailers.part;
+            // SAFETY: the response's trailer list (possibly never initialized: no parts then).
+            unsafe {
+                while !part.is_null() && !(*part).elts.is_null() {
+                    let elts = (*part).elts.cast::<nginx_sys::ngx_table_elt_t>();
+                    for i in 0..(*part).nelts {
+                        (*elts.add(i)).hash = 0;
+                    }
+                    part = (*part).next;
+                }
+            }
+            ho.content_type = nginx_sys::ngx_str_t::default();
+            ho.content_type_len = 0;
+            ho.content_type_lowcase = ptr::null_mut();
+            ho.content_type_hash = 0;
+            ho.charset = nginx_sys::ngx_str_t::default();
+            ho.override_charset = ptr::null_mut();
+            ho.status_line = nginx_sys::ngx_str_t::default();
+        });
+    }
+
     /// Sets or clears the filter's bit of `r->buffered`: while set, nginx does not end the
     /// request (it waits in ngx_http_writer for the bit to clear).
     pub fn set_buffered(self, on: bool) {

@@ -28,6 +28,8 @@ pub struct Held {
     expired: bool,
     /// A pooled program's HTTP/1.x response head (not a CGI block) is read.
     http: bool,
+    /// A pooled program's first output was checked for being an answer to this request.
+    fresh: bool,
 }
 
 /// The CGI header block, for `transform_output cgi`.
@@ -65,6 +67,7 @@ impl Held {
             since: None,
             expired: false,
             http,
+            fresh: false,
         }
     }
 
@@ -153,6 +156,27 @@ impl Transform {
                     return Flow::Wait(self.io_failed("read() from the program's stdout", e));
                 }
             };
+            if held.http && !held.fresh && !held.buf.is_empty() {
+                held.fresh = true;
+                if self.program.read_nothing() {
+                    // Output before it read anything of this request: left from an earlier one
+                    // (written late), never this one's answer.
+                    log_error!(
+                        NGX_LOG_ERR,
+                        self.http.log(),
+                        0,
+                        "transform pool process {} of \"{}\" wrote before it read its request",
+                        self.program.pid().unwrap_or(0),
+                        self.program.name()
+                    );
+                    self.program
+                        .set_loss(Loss::Broke("output before its request was read".into()));
+                    return Flow::Wait(self.fail(NGX_HTTP_BAD_GATEWAY));
+                }
+            }
+            let Phase::Holding(held) = &mut self.phase else {
+                unreachable!("hold() runs in the holding phase");
+            };
             if let Err(why) = held.parse_head() {
                 let what = if held.http {
                     "response head"
@@ -187,8 +211,9 @@ impl Transform {
             unreachable!("hold() runs in the holding phase");
         };
         let status = self.program.exit();
-        if let Some(status) = status.filter(|s| !s.success()) {
-            // A program that fails before the commit is a clean 502.
+        if let Some(status) = status.filter(|s| !s.success() || self.program.is_pooled()) {
+            // A program that fails before the commit is a clean 502 (a pooled process that
+            // exits has failed, whatever its status).
             return Flow::Wait(self.finish(status));
         }
         // The output is over: end of file, or the program exited and only other processes
@@ -213,6 +238,11 @@ impl Transform {
             }
             // (Only what was seen before the drain counts: a hang-up observed after it may
             // follow bytes that arrived meanwhile.)
+            // A pooled process whose output ended: its exit says why (it comes, within the
+            // program's timeouts).
+            Head::Reading if eof && status.is_none() && self.program.is_pooled() => {
+                return Flow::Wait(Next::Program);
+            }
             Head::Reading if eof || status.is_some() => {
                 log_error!(
                     NGX_LOG_ERR,
@@ -361,6 +391,11 @@ impl Transform {
                             self.program.name()
                         );
                     }
+                    if pooled.is_some() && self.is_filter() {
+                        // A pooled filter program answers a whole response: its headers take
+                        // the place of the original's.
+                        self.http.clear_response_headers();
+                    }
                     if let Err(e) = headers::set_cgi_headers(self.http, &head) {
                         log_error!(NGX_LOG_ERR, self.http.log(), 0, "transform: {e}");
                         let rc = NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
@@ -397,11 +432,29 @@ impl Transform {
             .http
             .send_status_header(self.out(), Some(status), content_type, length);
         if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || self.http.header_only() {
-            if let Some((Some(0), framing)) = pooled {
-                if rc != NGX_ERROR as ngx_int_t {
+            match pooled {
+                Some((Some(0), framing)) if rc != NGX_ERROR as ngx_int_t => {
                     self.program
                         .end_lease(self.http, prefix.len() as u64, framing.close);
                 }
+                Some((expect, framing)) if rc == NGX_OK as ngx_int_t => {
+                    // A request that gets the header only (a mirror or auth_request
+                    // subrequest): the body is read and dropped, and the process goes back.
+                    self.moved.close = framing.close;
+                    self.moved.limit = match expect {
+                        Some(n) => n,
+                        None if self.moved.dechunk.as_ref().is_some_and(|d| d.done()) => {
+                            prefix.len() as u64
+                        }
+                        None => u64::MAX,
+                    };
+                    let fits = prefix.len().min(self.moved.room() as usize);
+                    self.moved.excess += (prefix.len() - fits) as u64;
+                    self.moved.bytes = fits as u64;
+                    self.set_phase(Phase::Streaming(Sink::Discard));
+                    return Flow::Continue;
+                }
+                _ => {}
             }
             return Flow::Wait(Next::Finish(rc));
         }

@@ -35,6 +35,7 @@ use super::{Event, Next, Phase, Program, Role, Transform};
 use crate::conf::TransformConf;
 use crate::nginx::filter::{consume, Downstream};
 use crate::nginx::{pool_allocate, Http, Timer};
+use crate::pool::Lease;
 
 pub use super::program::Launch;
 
@@ -87,18 +88,39 @@ pub fn start(
     launch: Launch,
     content_type: Option<&'static [u8]>,
 ) -> Result<*mut Transform, ngx_int_t> {
+    let program = Program::new(http, conf, &launch, true);
+    start_with(http, conf, program, content_type, |p, data| {
+        p.launch(http, &launch, data)
+    })
+}
+
+/// Starts the relay for `transform_filter_pass` with a process of its pool, fed with `head`
+/// (the response's status line and headers) then its body, chunked.
+pub fn start_pooled(
+    http: Http,
+    conf: &'static TransformConf,
+    lease: Lease,
+    content_type: Option<&'static [u8]>,
+    head: Vec<u8>,
+) -> Result<*mut Transform, ngx_int_t> {
+    let program = Program::pooled_filter(http, conf, lease, head);
+    start_with(http, conf, program, content_type, |p, data| {
+        p.launch_pooled(http, data)
+    })
+}
+
+fn start_with(
+    http: Http,
+    conf: &'static TransformConf,
+    program: Program,
+    content_type: Option<&'static [u8]>,
+    launch: impl FnOnce(&mut Program, *mut c_void) -> Result<(), ngx_int_t>,
+) -> Result<*mut Transform, ngx_int_t> {
     let internal = NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
     let role = Role::Filter(Side::new(http.status()));
     let ctx = pool_allocate(
         http.pool(),
-        Transform::new(
-            http,
-            conf,
-            Program::new(http, conf, &launch, true),
-            content_type,
-            None,
-            role,
-        ),
+        Transform::new(http, conf, program, content_type, None, role),
     );
     if ctx.is_null() {
         return Err(internal);
@@ -118,7 +140,7 @@ pub fn start(
     if !crate::filter::set_ctx(http, data) {
         return Err(internal);
     }
-    if let Err(rc) = t.program.launch(http, &launch, data) {
+    if let Err(rc) = launch(&mut t.program, data) {
         t.release();
         // The error page that takes the response's place passes through.
         if let Role::Filter(side) = &mut t.role {
@@ -136,6 +158,12 @@ impl Transform {
     /// The body filter: takes the handler's buffers `chain` (null: the handler only asks for
     /// progress) and runs the machine. Returns what the handler gets from its output filter.
     pub fn filter_body(&mut self, chain: *mut ngx_chain_t) -> ngx_int_t {
+        self.filter_input(chain, true)
+    }
+
+    /// As the body filter, called by the handler (`in_call`) or not (a response that waited
+    /// for a pooled process: its held buffers).
+    pub fn filter_input(&mut self, chain: *mut ngx_chain_t, in_call: bool) -> ngx_int_t {
         let http = self.http;
         let Role::Filter(side) = &mut self.role else {
             return NGX_ERROR as ngx_int_t;
@@ -156,7 +184,7 @@ impl Transform {
         if !chain.is_null() && !self.program.push_response(chain) {
             return NGX_ERROR as ngx_int_t;
         }
-        side.in_call = true;
+        side.in_call = in_call;
         let rc = if !self.program.response_ended() && http.upstream_finished() {
             // The upstream failed after its header (it closed early, timed out, sent a broken
             // chunk): nginx ends the response with a flush, never its last buffer. What the

@@ -72,6 +72,8 @@ pub struct Program {
     loss: Option<Loss>,
     /// A pooled process: all of the request (head and body) was written.
     input_done: bool,
+    /// A pooled process had closed its stdin before a byte of the request was written.
+    closed_at_start: bool,
     /// A pooled process: when its response was complete.
     finished: Option<ngx_msec_t>,
     /// A pooled process: the requests it served with this one, and the wait for it.
@@ -104,6 +106,7 @@ impl Program {
             lease: None,
             loss: None,
             input_done: false,
+            closed_at_start: false,
             finished: None,
             requests: 0,
             waited: 0,
@@ -134,9 +137,37 @@ impl Program {
         program
     }
 
+    /// A pooled filter process (`transform_filter_pass`), lent by `lease`, fed with `head` (the
+    /// response's status line and headers) then the response's body, chunked.
+    pub fn pooled_filter(
+        http: Http,
+        conf: &'static TransformConf,
+        lease: Lease,
+        head: Vec<u8>,
+    ) -> Program {
+        let mut program = Program::pooled(http, conf, lease, Vec::new());
+        program.body = BodyCursor::response(http).chunked().with_head(head);
+        program
+    }
+
     /// Whether this is a pooled process.
     pub fn is_pooled(&self) -> bool {
         self.lease.is_some() || self.requests > 0
+    }
+
+    /// A pooled process that has not read anything of its request yet (all that was written
+    /// is still in its stdin pipe): output from it now is not an answer to this request.
+    pub fn read_nothing(&self) -> bool {
+        let written = self.body.written();
+        if self.closed_at_start {
+            return true;
+        }
+        self.is_pooled()
+            && written > 0
+            && self
+                .stdin
+                .as_ref()
+                .is_some_and(|fd| os::bytes_in_pipe(fd.fd()).is_ok_and(|n| n as u64 == written))
     }
 
     /// Why the pooled process is not given back, when its request ends.
@@ -201,10 +232,14 @@ impl Program {
             .stdin
             .as_ref()
             .map_or(1, |fd| os::bytes_in_pipe(fd.fd()).unwrap_or(1));
-        let loss = if let Some(status) = self.exit() {
-            Some(Loss::Exited(status))
-        } else if close {
+        if let Some(lease) = &self.lease {
+            lease.answered();
+        }
+        let loss = if close {
             Some(Loss::Close)
+        } else if let Some(status) = self.exit() {
+            // (It answered: not a start-up failure.)
+            Some(Loss::Exited(status))
         } else if extra + in_stdout as u64 > 0 {
             Some(Loss::NotReusable("it wrote past its response"))
         } else if !self.input_done || unread > 0 {
@@ -236,9 +271,27 @@ impl Program {
         let Some(lease) = self.lease.take() else {
             return;
         };
+        // Its output ended (or it closed it) before its response did: it is exiting, most likely,
+        // and its exit status (not yet collected) is the reason.
+        let output_ended = self
+            .stdout()
+            .is_none_or(|fd| os::pipe_state(fd).map_or(true, |(_, hung_up)| hung_up));
+        // Died before it read anything of its request: a start-up failure (the backoff's), not
+        // one a request caused.
+        let at_start = self.read_nothing();
         let loss = match (self.loss.take(), self.exit()) {
             (Some(l), _) => l,
+            (None, Some(status)) if at_start => Loss::StartFailed(status),
             (None, Some(status)) => Loss::Exited(status),
+            (None, None) if output_ended => {
+                self.stdin = None;
+                self.stdout = None;
+                if let Some(child) = self.child.take() {
+                    lease.lose_dying(child, at_start);
+                    return;
+                }
+                Loss::Ended
+            }
             (None, None) => Loss::Ended,
         };
         self.stdin = None;
@@ -573,6 +626,7 @@ impl Program {
                 }
                 Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
                     debug!(http.log(), "transform: the program closed its stdin");
+                    self.closed_at_start |= self.body.written() == 0;
                     self.close_stdin(http);
                     return Ok(());
                 }
@@ -634,7 +688,12 @@ impl Program {
         match self.body.write_to(fd.fd()) {
             Ok(()) => {
                 if self.body.ended() {
-                    self.stdin = None;
+                    if self.is_pooled() {
+                        // (Its last chunk is written; stdin stays for the next request.)
+                        self.input_done = true;
+                    } else {
+                        self.stdin = None;
+                    }
                 }
                 Ok(())
             }
@@ -647,6 +706,7 @@ impl Program {
             }
             Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
                 debug!(http.log(), "transform: the filter program closed its stdin");
+                self.closed_at_start |= self.body.written() == 0;
                 self.stdin = None;
                 self.body.skip();
                 Ok(())

@@ -27,6 +27,10 @@ pub enum Sink {
     Chain(BufRing),
     /// Through the stored (or shared) file: see [`FileSink`].
     File(FileSink),
+    /// Nowhere: the body of a pooled program's response to a request that gets the header only
+    /// (a `mirror` or `auth_request` subrequest) is read and dropped, so the process can take
+    /// the next request.
+    Discard,
 }
 
 impl Sink {
@@ -55,6 +59,7 @@ impl Sink {
             Sink::Splice(_) => "splice",
             Sink::Chain(_) => "buffered",
             Sink::File(_) => "file",
+            Sink::Discard => "discard",
         }
     }
 
@@ -74,6 +79,40 @@ impl Sink {
             Sink::Chain(ring) => ring.pump(http, out, pipe, moved),
             // (The relay pumps the file sink with its store; without one it cannot go on.)
             Sink::File(_) => Err(io::Error::other("the file sink has no store")),
+            Sink::Discard => discard(pipe, moved),
+        }
+    }
+}
+
+/// Reads what the pipe holds and drops it, within the response's framing.
+fn discard(pipe: BorrowedFd<'_>, moved: &mut Moved) -> io::Result<Pumped> {
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let room = moved.room();
+        if room == 0 {
+            return Ok(Pumped::Eof);
+        }
+        let want = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        let n = match os::read(pipe, &mut buf[..want]) {
+            Ok(0) => return Ok(Pumped::Eof),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Pumped::ProgramIdle),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        moved.calls += 1;
+        match moved.dechunk.as_mut() {
+            None => moved.bytes += n as u64,
+            Some(d) => {
+                let decoded = d
+                    .decode(&mut buf[..n])
+                    .map_err(|why| io::Error::new(io::ErrorKind::InvalidData, why))?;
+                moved.bytes += decoded.data as u64;
+                if d.done() {
+                    moved.excess += (n - decoded.used) as u64;
+                    moved.limit = moved.bytes;
+                }
+            }
         }
     }
 }

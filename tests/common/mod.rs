@@ -198,7 +198,10 @@ impl Nginx {
     }
 
     pub fn error_log(&self) -> String {
-        std::fs::read_to_string(self.prefix.join("logs/error.log")).unwrap_or_default()
+        // (Lossy: a line cut or escaped oddly must not make the whole log read as empty.)
+        std::fs::read(self.prefix.join("logs/error.log"))
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
     }
 
     pub fn access_log(&self) -> String {
