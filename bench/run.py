@@ -2433,6 +2433,7 @@ def w8_run(s, sizes, problems, cons, insts):
                     programs_us_per_req=median(per(r["programs_cpu"], r["requests"], 1e6)
                                                for r in rs),
                     processes=max(r["processes"] for r in rs) if name in W8_POOLED else None,
+                    rounds_rps=[r["rps"] for r in rs],
                     # the worst round: a disturbed one shows
                     others_cpu_pct=None if any(r["others_cpu_pct"] is None for r in rs) else
                     max(r["others_cpu_pct"] for r in rs))
