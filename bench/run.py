@@ -20,8 +20,15 @@ statically, and W1 with and without transform_store; W7 a response filter: /bin/
 static file and over a proxied response, on the module's transform_filter, on Apache's
 mod_ext_filter (Apache run by the driver with a configuration of its own) and on the ceiling
 (transform_exec /bin/cat FILE): throughput, CPU per GiB with the cat's, and the worker's RSS under
-a slow client. Every load is bounded in time. Every workload counts errors; the run exits with
-status 1 when a contestant erred. `--only w7` (or any list of w1..w7) runs some workloads only.
+a slow client; W8 a program kept alive: a 200x150 thumbnail of a 1 MB JPEG with PIL (the same
+Python code everywhere, Debian's /usr/bin/python3 and python3-pil) under wrk, on the module's
+transform_pool (examples/pool/transformer.py's loop), transform_exec (python3 per request), uWSGI
+(a WSGI app) and fcgiwrap (a CGI per request), each behind an nginx of its own with one worker;
+and 16 bytes from a pooled program (C, bench/pool16.c; and Python) against W2's program spawned
+per request: requests/s, CPU per request, every contestant's responses checked first (a JPEG of
+200x150, or the exact 16 bytes). Every load is bounded in time. Every workload counts errors;
+the run exits with status 1 when a contestant erred. `--only w8` (or any list of w1..w8) runs
+some workloads only.
 
 CPU: every server runs in a cgroup of its own (cgroup v2, or v1 cpuacct), whose counter includes
 every process in it, also the children nobody reaps (fcgiwrap ignores SIGCHLD, so their time never
@@ -39,6 +46,7 @@ import os
 import platform
 import pwd
 import re
+import resource
 import selectors
 import shutil
 import signal
@@ -57,7 +65,7 @@ PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 GIB = 1 << 30
 MIB = 1 << 20
 # The workloads, for --only (w6 is W6a and W6b).
-WORKLOADS = ["w1", "w2", "w3", "w4", "w5", "w6", "w7"]
+WORKLOADS = ["w1", "w2", "w3", "w4", "w5", "w6", "w7", "w8"]
 # wrk's connections in W2 and W5, and the spawns in flight of the posix_spawn ceiling.
 WRK_CONNS = 8
 # The environment of the backends (fcgiwrap, uWSGI), as a service manager (systemd) gives them.
@@ -936,6 +944,167 @@ Alias /w7/filter/ {self.w7_www}/
         return {"port": port, "proc": p, "group": "apache-w7", "dir": d}
 
 
+    # ------------------------------------------------------------ W8: a program kept alive
+
+    def make_w8_files(self):
+        """W8's directory (read by nginx's workers, nobody when the run is root's): the picture
+        (made here, deterministically), the contestants' Python files (bench/w8_*.py, and
+        examples/pool/transformer.py whose loop the pooled one runs), compiled once so that a
+        Python started per request does not compile them each time, and the C 16-byte pooled
+        program. Returns {"dir", "image", "image_bytes", "pool16"} ("pool16" None and
+        "pool16_error" when gcc could not build it); raises RuntimeError when PIL is missing."""
+        d = os.path.join(self.dir, "w8")
+        os.makedirs(d)
+        os.chmod(d, 0o755)
+        probe = subprocess.run([W8_PYTHON, "-c", "import PIL.Image"], capture_output=True,
+                               text=True, timeout=60)
+        if probe.returncode != 0:
+            raise RuntimeError(f"{W8_PYTHON} has no PIL (python3-pil; ci/bench installs it with "
+                               "BENCH_PACKAGES of ci/lib.sh): "
+                               + (probe.stderr.strip().splitlines() or ["?"])[-1])
+        for src in ("bench/w8_thumb.py", "bench/w8_pool.py", "bench/w8_exec.py",
+                    "bench/w8_cgi.py", "bench/w8_wsgi.py", "examples/pool/transformer.py"):
+            dst = os.path.join(d, os.path.basename(src))
+            shutil.copyfile(os.path.join(ROOT, src), dst)
+            os.chmod(dst, 0o755)
+        subprocess.run([W8_PYTHON, "-m", "compileall", "-q", d], check=True, timeout=60)
+        image = os.path.join(d, "photo.jpg")
+        made = subprocess.run([W8_PYTHON, os.path.join(d, "w8_thumb.py"), "make", image],
+                              capture_output=True, text=True, timeout=120, check=True)
+        os.chmod(image, 0o644)
+        out = {"dir": d, "image": image, "image_bytes": os.path.getsize(image),
+               "image_made": made.stdout.strip(), "pool16": None, "pool16_error": ""}
+        pool16 = os.path.join(d, "pool16")
+        built = subprocess.run(["gcc", "-O2", "-o", pool16, os.path.join(ROOT, "bench", "pool16.c")],
+                               capture_output=True, text=True, timeout=60)
+        if built.returncode == 0:
+            out["pool16"] = pool16
+        else:
+            out["pool16_error"] = "gcc could not build bench/pool16.c: " + \
+                (built.stderr.strip().splitlines() or ["?"])[-1]
+        self.w8 = out
+        return out
+
+    def start_w8_backends(self):
+        """W8's uWSGI (the WSGI app, loaded once, in W8_PROCESSES processes of one thread: as many
+        as the pool's) and fcgiwrap (WRK_CONNS preforked processes, one CGI each), each in a
+        cgroup of its own. Returns {name: problem} for those that did not start."""
+        d = self.w8["dir"]
+        problems = {}
+        self.w8_uwsgi_sock = os.path.join(d, "uwsgi.sock")
+        self.w8_uwsgi = self.spawn(
+            "uwsgi-w8",
+            [tool("uwsgi"), "--plugin", "python3", "--socket", self.w8_uwsgi_sock,
+             "--wsgi-file", os.path.join(d, "w8_wsgi.py"), "--master",
+             "--processes", str(W8_PROCESSES), "--disable-logging", "--die-on-term",
+             "--listen", "1024", "--chmod-socket=666", "--env", f"W8_IMAGE={self.w8['image']}"],
+            env=SERVICE_ENV, stdout=subprocess.DEVNULL,
+            stderr=open(os.path.join(self.dir, "uwsgi-w8.log"), "w"))
+        self.w8_fcgi_sock = os.path.join(d, "fcgiwrap.sock")
+        self.w8_fcgiwrap = self.spawn(
+            "fcgiwrap-w8",
+            [tool("fcgiwrap"), "-c", str(WRK_CONNS), "-s", "unix:" + self.w8_fcgi_sock],
+            env=SERVICE_ENV, stderr=subprocess.DEVNULL)
+        for name, sock, proc in ((W8_UWSGI, self.w8_uwsgi_sock, self.w8_uwsgi),
+                                 (W8_FCGI, self.w8_fcgi_sock, self.w8_fcgiwrap)):
+            end = time.time() + 10
+            while not os.path.exists(sock):
+                if proc.poll() is not None or time.time() > end:
+                    problems[name] = (f"{'uWSGI' if proc is self.w8_uwsgi else 'fcgiwrap'} did "
+                                      f"not start (exit status {proc.poll()})")
+                    break
+                time.sleep(0.05)
+        if os.path.exists(self.w8_fcgi_sock):
+            os.chmod(self.w8_fcgi_sock, 0o666)
+        return problems
+
+    def w8_conf(self, name):
+        """(nginx workers, http-level lines, the /w8 location) of W8 contestant `name`."""
+        d, image, py = self.w8["dir"], self.w8["image"], W8_PYTHON
+        if name == W8_POOL:
+            return (1, f"transform_pool thumb {py} {d}/w8_pool.py {image} "
+                       f"processes={W8_PROCESSES};",
+                    "location = /w8 { transform_pass thumb; }")
+        if name == W8_EXEC:
+            return (1, "", f"location = /w8 {{ transform_exec {py} {d}/w8_exec.py {image}; "
+                           "transform_type image/jpeg; }")
+        if name == W8_UWSGI:
+            return (1, "", f"""location = /w8 {{
+            uwsgi_pass unix:{self.w8_uwsgi_sock};
+            uwsgi_param REQUEST_METHOD $request_method;
+            uwsgi_param REQUEST_URI $request_uri;
+            uwsgi_param PATH_INFO $uri;
+            uwsgi_param QUERY_STRING $query_string;
+            uwsgi_param SERVER_PROTOCOL $server_protocol;
+            uwsgi_param SERVER_NAME $server_name;
+            uwsgi_param SERVER_PORT $server_port;
+        }}""")
+        if name == W8_FCGI:
+            return (1, "", f"""location = /w8 {{
+            fastcgi_pass unix:{self.w8_fcgi_sock};
+            fastcgi_param SCRIPT_FILENAME {d}/w8_cgi.py;
+            fastcgi_param W8_IMAGE {image};
+            fastcgi_param QUERY_STRING $query_string;
+            fastcgi_param REQUEST_METHOD $request_method;
+            fastcgi_param SERVER_PROTOCOL $server_protocol;
+            fastcgi_param GATEWAY_INTERFACE CGI/1.1;
+        }}""")
+        if name == W8_P16:
+            if not self.w8["pool16"]:
+                raise RuntimeError(self.w8["pool16_error"])
+            return (self.workers, f"transform_pool p16 {self.w8['pool16']} "
+                                  f"processes={W8_PROCESSES};",
+                    "location = /w8 { transform_pass p16; }")
+        if name == W8_P16_PY:
+            return (self.workers, f"transform_pool p16py {py} {d}/w8_pool.py 16 "
+                                  f"processes={W8_PROCESSES};",
+                    "location = /w8 { transform_pass p16py; }")
+        if name == W8_W2:
+            return (self.workers, "", f"location = /w8 {{ transform_exec {BENCH} produce 16; }}")
+        raise ValueError(name)
+
+    def start_w8_nginx(self, name):
+        """The nginx of W8 contestant `name` (each its own, in a cgroup of its own). Returns the
+        instance, or raises RuntimeError with nginx's complaint (a directive this build does not
+        know: the contestant cannot run)."""
+        workers, http_extra, location = self.w8_conf(name)
+        tag = "w8-" + re.sub(r"[^a-z0-9]+", "-", W8_TAGS[name])
+        prefix = os.path.join(self.dir, tag)
+        os.makedirs(os.path.join(prefix, "logs"))
+        port = free_port()
+        conf = f"""
+load_module {MODULE};
+worker_processes {workers};
+error_log {prefix}/logs/error.log warn;
+pid {prefix}/nginx.pid;
+worker_rlimit_nofile 8192;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    {http_extra}
+    server {{
+        listen 127.0.0.1:{port} backlog=1024;
+        {location}
+    }}
+}}
+"""
+        path = os.path.join(prefix, "nginx.conf")
+        with open(path, "w") as f:
+            f.write(conf)
+        t = subprocess.run([self.nginx, "-t", "-q", "-p", prefix, "-c", path],
+                           capture_output=True, text=True, timeout=60)
+        if t.returncode != 0:
+            said = [line for line in t.stderr.splitlines() if "[emerg]" in line] or \
+                [line for line in t.stderr.splitlines() if line.strip()]
+            raise RuntimeError("nginx refused its configuration: "
+                               + (said[-1] if said else f"exit status {t.returncode}"))
+        try:
+            inst = self.launch_nginx(tag, prefix, conf, port)
+        except (subprocess.SubprocessError, OSError, RuntimeError) as e:
+            raise RuntimeError(f"nginx did not start: {nginx_complaint(prefix) or e}")
+        inst["workers"] = workers
+        return inst
+
 def nginx_workers(master):
     return children(master)
 
@@ -963,11 +1132,15 @@ def get(url, conns=1, rate=None, expect=None, timeout=600):
     return json.loads(out)
 
 
-def wrk(url, seconds, conns=WRK_CONNS):
+def wrk(url, seconds, conns=WRK_CONNS, timeout_s=None):
     """wrk's figures; errors are its socket errors (connect, read, write, timeout) and its
-    responses with a status other than 2xx or 3xx."""
-    out = subprocess.run(["wrk", "-t", "1", "-c", str(conns), "-d", f"{seconds}s", "--latency", url],
-                         capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
+    responses with a status other than 2xx or 3xx. `timeout_s`: wrk's --timeout (a response
+    slower than it counts as a timeout error; 2 s when None, wrk's default)."""
+    argv = ["wrk", "-t", "1", "-c", str(conns), "-d", f"{seconds}s", "--latency"]
+    if timeout_s:
+        argv += ["--timeout", f"{timeout_s}s"]
+    out = subprocess.run(argv + [url], capture_output=True, text=True,
+                         timeout=seconds + (timeout_s or 0) + 60, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     requests = int(re.search(r"(\d+) requests in ", out).group(1))
     m = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
@@ -1023,6 +1196,8 @@ def run(args, cg):
         # The slow client's runs: (contestant, source).
         "w7_slow": [(W7_FILTER, "static"), (W7_FILTER, "proxied"), (W7_APACHE, "static")] +
                    ([] if quick else [(W7_APACHE, "proxied"), (W7_EXEC, "static")]),
+        "w8_seconds": 3 if quick else 10,
+        "w8_rounds": 1 if quick else 3,
     }
     only = args.only
     s = Servers(cg, max(WRK_CONNS, sizes["w4_conns"]))
@@ -1040,6 +1215,20 @@ def run(args, cg):
             results["apache"] = apache_version()
             results["steal"]["w7"] = steal_since(before)
             log(f"W7: {results['steal']['w7']:.1f}% of the CPU time stolen by the host")
+        if "w8" in only:
+            before = cpu_times()
+            s.w8_alerts = []
+            try:
+                results["w8"], results["w8_problems"], results["w8_setup"] = w8(s, cg, sizes)
+            finally:
+                results["w8_alerts"] = s.w8_alerts
+            results["w8_sizing"] = {"nginx_workers_thumbnails": 1,
+                                    "nginx_workers_16_bytes": s.workers,
+                                    "pool_processes_per_worker": W8_PROCESSES,
+                                    "uwsgi_processes": W8_PROCESSES, "uwsgi_threads": 1,
+                                    "fcgiwrap_processes": WRK_CONNS}
+            results["steal"]["w8"] = steal_since(before)
+            log(f"W8: {results['steal']['w8']:.1f}% of the CPU time stolen by the host")
         results["method"] = method(cg)
     finally:
         s.stop_nginx()
@@ -1287,6 +1476,12 @@ W6A = [("module, transform_store + transform_lock", "/w6/store/", "store"),
 def parse_response(raw):
     """(status, body) of one whole HTTP/1.1 response (Content-Length, chunked, or delimited by
     the close); ValueError when it is cut or malformed."""
+    status, _, body = parse_response_full(raw)
+    return status, body
+
+
+def parse_response_full(raw):
+    """As parse_response: (status, {lower-case header name: value}, body)."""
     head_end = raw.find(b"\r\n\r\n")
     if head_end < 0:
         raise ValueError(f"no complete header in {len(raw)} bytes")
@@ -1308,7 +1503,7 @@ def parse_response(raw):
             if size == 0:
                 if bytes(raw[pos:pos + 2]) != b"\r\n":
                     raise ValueError("no CRLF after the last chunk")
-                return status, bytes(body)
+                return status, headers, bytes(body)
             if len(raw) < pos + size + 2 or bytes(raw[pos + size:pos + size + 2]) != b"\r\n":
                 raise ValueError(f"cut after {len(body)} body bytes (chunked)")
             body += raw[pos:pos + size]
@@ -1317,8 +1512,8 @@ def parse_response(raw):
         n = int(headers["content-length"])
         if len(raw) - pos < n:
             raise ValueError(f"cut: {len(raw) - pos} of {n} body bytes")
-        return status, bytes(raw[pos:pos + n])
-    return status, bytes(raw[pos:])
+        return status, headers, bytes(raw[pos:pos + n])
+    return status, headers, bytes(raw[pos:])
 
 
 def herd(port, path, n, expect, timeout=60):
@@ -1954,6 +2149,298 @@ def w7_run(s, cg, sizes, files, prefixes):
     return out, slow, problems
 
 
+# ---------------------------------------------------------------- W8: a program kept alive
+
+# Debian's Python, whose python3-pil W8 uses (not a python3 found first on PATH, e.g. pyenv's).
+W8_PYTHON = "/usr/bin/python3"
+# The Python processes of the pool (processes=N in the single worker of its nginx) and of uWSGI.
+W8_PROCESSES = 2
+W8_THUMB = (200, 150)
+W8_16 = b"x" * 16  # what transform-bench produce 16 writes, and the pooled 16-byte programs
+W8_POOL = "module transform_pool (Python + PIL, kept alive)"
+W8_EXEC = "module transform_exec (python3 per request)"
+W8_UWSGI = "uWSGI (the WSGI app in-process), uwsgi_pass"
+W8_FCGI = "fcgiwrap (a CGI per request), fastcgi_pass"
+W8_P16 = "module transform_pool, 16 bytes (C, kept alive)"
+W8_P16_PY = "module transform_pool, 16 bytes (Python, kept alive)"
+W8_W2 = "W2's program: transform_exec produce 16 (per request)"
+W8_THUMBS = [W8_POOL, W8_EXEC, W8_UWSGI, W8_FCGI]
+W8_SIXTEEN = [W8_P16, W8_P16_PY, W8_W2]
+W8_NAMES = W8_THUMBS + W8_SIXTEEN
+W8_POOLED = {W8_POOL, W8_P16, W8_P16_PY}
+# Short names: the nginx prefixes and cgroups (nginx-w8-...).
+W8_TAGS = {W8_POOL: "pool", W8_EXEC: "exec", W8_UWSGI: "uwsgi", W8_FCGI: "fcgiwrap",
+           W8_P16: "pool16", W8_P16_PY: "pool16-python", W8_W2: "w2"}
+# Requests at once in the check before the timed rounds (the pool starts its processes then).
+W8_CHECK_CONNS = 4
+# wrk's --timeout: a contestant that starts python3 per request answers 8 connections in
+# about a second on 2 cores, near wrk's default of 2 s; slow is measured, not an error.
+W8_WRK_TIMEOUT_S = 10
+
+
+def jpeg_size(data):
+    """(width, height) of a whole baseline or progressive JPEG; ValueError otherwise."""
+    if data[:2] != b"\xff\xd8":
+        raise ValueError(f"not a JPEG (starts {data[:4].hex()})")
+    if data[-2:] != b"\xff\xd9":
+        raise ValueError("a JPEG without its end marker (cut?)")
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            raise ValueError(f"no JPEG marker at byte {i}")
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE,
+                      0xCF):
+            h = int.from_bytes(data[i + 5:i + 7], "big")
+            w = int.from_bytes(data[i + 7:i + 9], "big")
+            return w, h
+        if marker == 0xDA:
+            break
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    raise ValueError("a JPEG without a frame header")
+
+
+def w8_fetch(port, path, timeout=30):
+    """One GET (Connection: close) read whole: (status, headers, body); ValueError/OSError."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+                     .encode())
+        raw = bytearray()
+        while True:
+            piece = sock.recv(65536)
+            if not piece:
+                break
+            raw += piece
+    return parse_response_full(raw)
+
+
+def w8_check_one(name, port):
+    """'' when one response of contestant `name` is right (a 200; a JPEG of W8_THUMB, typed
+    image/jpeg; or exactly W8_16), else what is wrong; and the body's length."""
+    try:
+        status, headers, body = w8_fetch(port, "/w8")
+    except (OSError, ValueError) as e:
+        return f"checked GET: {e}", 0
+    if status != 200:
+        return f"checked GET: status {status}", len(body)
+    if name in W8_SIXTEEN:
+        return ("" if body == W8_16 else f"checked GET: {len(body)} bytes, not the 16 x "
+                f"expected ({body[:32]!r})"), len(body)
+    if headers.get("content-type") != "image/jpeg":
+        return f"checked GET: Content-Type {headers.get('content-type')!r}", len(body)
+    try:
+        size = jpeg_size(body)
+    except ValueError as e:
+        return f"checked GET: {e}", len(body)
+    if size != W8_THUMB:
+        return f"checked GET: a {size[0]}x{size[1]} JPEG, not {W8_THUMB[0]}x{W8_THUMB[1]}", \
+            len(body)
+    return "", len(body)
+
+
+def w8_check(name, port):
+    """W8_CHECK_CONNS requests at once, each checked (w8_check_one): (errors, first error,
+    body bytes)."""
+    results = [None] * W8_CHECK_CONNS
+
+    def one(k):
+        results[k] = w8_check_one(name, port)
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(W8_CHECK_CONNS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    bad = [err for err, _ in results if err]
+    return len(bad), (bad[0] if bad else ""), max(n for _, n in results)
+
+
+def pool_processes(master):
+    """The pids of the processes the workers of nginx `master` run (the pool's, when idle)."""
+    return sorted(p for w in children(master) for p in children(w))
+
+
+class W8Measure:
+    """CPU over one W8 load: nginx's (the scheduler's run time of its master and workers), and
+    with cgroups the contestant's whole (the growth of its cgroups' counters: nginx, the pool's
+    processes or the programs it starts, uWSGI's processes, fcgiwrap and its CGIs); the programs'
+    is the difference. Also what the rest of the machine took meanwhile (a shared machine: a
+    build elsewhere disturbs the figures): the busy CPU time of /proc/stat less the contestant's,
+    wrk's and this driver's, in percent of the machine's (with cgroups only)."""
+
+    def __init__(self, con, master):
+        self.con = con
+        self.nginx = [master] + children(master)
+        self.nginx0 = {p: own_cpu(p) for p in self.nginx}
+        self.total0 = con.cpu_total()
+        self.stat0, self.wall0 = cpu_times(), time.monotonic()
+        self.ru0 = [resource.getrusage(w) for w in (resource.RUSAGE_CHILDREN,
+                                                     resource.RUSAGE_SELF)]
+
+    def finish(self):
+        nginx = 0.0
+        for p, before in self.nginx0.items():
+            after = own_cpu(p)
+            if after is not None and before is not None:
+                nginx += after - before
+        total = self.con.cpu_total()
+        total = None if total is None else total - self.total0
+        wall = time.monotonic() - self.wall0
+        d = [b - a for a, b in zip(self.stat0, cpu_times())]
+        busy = (sum(d) - d[3] - d[4]) / CLK_TCK  # all but idle and iowait (steal included)
+        ours = sum(b.ru_utime + b.ru_stime - a.ru_utime - a.ru_stime for a, b in
+                   zip(self.ru0, (resource.getrusage(w) for w in (resource.RUSAGE_CHILDREN,
+                                                                 resource.RUSAGE_SELF))))
+        others = None if total is None else max(busy - total - ours, 0.0)
+        return {"nginx_cpu": nginx, "total_cpu": total,
+                "programs_cpu": None if total is None else max(total - nginx, 0.0),
+                "others_cpu_pct": per(others, wall * (os.cpu_count() or 1), 100.0)}
+
+
+def w8(s, cg, sizes):
+    """W8: a program kept alive. A 200x150 thumbnail of a 1 MB JPEG with PIL, the same code in
+    every contestant (bench/w8_thumb.py): the module's pool (examples/pool/transformer.py's loop
+    around it), transform_exec (python3 per request), uWSGI (a WSGI app) and fcgiwrap (a CGI per
+    request); and 16 bytes from a pooled program (C, and Python) against W2's 16-byte program
+    spawned per request. Each contestant has an nginx of its own (in a cgroup of its own); each
+    is checked (W8_CHECK_CONNS requests at once, every response verified) before alternating
+    timed rounds under wrk (the order reversed every other round; medians reported), each load
+    preceded by the same check as a warm-up."""
+    problems, cons, insts = {}, {}, {}
+    setup = {}
+    try:
+        files = s.make_w8_files()
+        setup = {k: files[k] for k in ("image_bytes", "image_made")}
+        log(f"W8 picture: {files['image_made']}")
+        problems.update(s.start_w8_backends())
+    except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+        for name in W8_NAMES:
+            problems[name] = f"W8 could not be set up: {e}"
+        log(f"W8: COULD NOT RUN: {e}")
+    backend = {W8_UWSGI: ("uwsgi-w8", lambda: [s.w8_uwsgi.pid]),
+               W8_FCGI: ("fcgiwrap-w8", lambda: [s.w8_fcgiwrap.pid])}
+    for name in W8_NAMES:
+        if name in problems:
+            continue
+        try:
+            inst = s.start_w8_nginx(name)
+        except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+            problems[name] = str(e)
+            log(f"W8 {name}: COULD NOT RUN: {e}")
+            continue
+        insts[name] = inst
+        groups, roots = [inst["group"]], [lambda m=inst["master"]: [m]]
+        if name in backend:
+            groups.append(backend[name][0])
+            roots.append(backend[name][1])
+        cons[name] = Contestant(cg, name, f"http://127.0.0.1:{inst['port']}", "/w8", groups,
+                                lambda rs=tuple(roots): [p for r in rs for p in r()])
+    try:
+        return w8_run(s, sizes, problems, cons, insts) + (setup,)
+    finally:
+        stops = [threading.Thread(target=s.stop_nginx_at, args=(inst["prefix"],))
+                 for inst in insts.values() if inst["prefix"] in s.nginx_prefixes]
+        for t in stops:
+            t.start()
+        for t in stops:
+            t.join()
+        alerts = []
+        for inst in insts.values():
+            try:
+                with open(os.path.join(inst["prefix"], "logs", "error.log")) as f:
+                    alerts += [f"{os.path.basename(inst['prefix'])}: {line.rstrip()}" for line in f
+                               if any(x in line for x in ("[alert]", "[crit]", "[emerg]"))]
+            except OSError:
+                pass
+        for line in alerts:
+            log(f"W8 nginx: {line}")
+        s.w8_alerts = alerts
+
+
+def w8_run(s, sizes, problems, cons, insts):
+    t, rounds = sizes["w8_seconds"], sizes["w8_rounds"]
+    checked = {}
+    for name in W8_NAMES:
+        if name not in cons:
+            continue
+        errors, first, nbytes = w8_check(name, insts[name]["port"])
+        checked[name] = {"errors": errors, "first_error": first, "body_bytes": nbytes}
+        log(f"W8 {name}: checked {W8_CHECK_CONNS} GETs at once: "
+            + (f"{errors} wrong, first: {first}" if errors else f"right ({nbytes} bytes)"))
+    timed = [n for n in W8_NAMES if n in cons and not checked[n]["errors"]]
+    runs = {}
+    for rnd in range(rounds):
+        for name in (timed if rnd % 2 == 0 else timed[::-1]):
+            con, master = cons[name], insts[name]["master"]
+            # Warm-up, untimed, for every contestant alike: W8_CHECK_CONNS requests at once,
+            # checked. A pool starts its processes again here: wrk ends its run with requests in
+            # flight, and the module kills a pooled process whose client went away (and
+            # idle_timeout retires the idle ones between rounds).
+            warm_errors, warm_first, _ = w8_check(name, insts[name]["port"])
+            before = pool_processes(master) if name in W8_POOLED else None
+            # The pool's processes a second before wrk stops (not after: see above).
+            late = []
+            snap = threading.Timer(max(t - 1.0, 0.5), lambda: late.append(pool_processes(master)))
+            m = W8Measure(con, master)
+            if before is not None:
+                snap.start()
+            try:
+                r = wrk(con.base + con.path, t, timeout_s=W8_WRK_TIMEOUT_S)
+            finally:
+                snap.cancel()
+                r.update(m.finish())
+            if warm_errors:
+                r["errors"] += warm_errors
+                r["first_error"] = r["first_error"] or f"warm-up: {warm_first}"
+            if before is not None:
+                # A worker may start processes it had not needed yet (up to processes=N), but
+                # nothing retires one during the load: a process gone is a process replaced.
+                during = late[0] if late else pool_processes(master)
+                r["processes"] = len(during)
+                gone = sorted(set(before) - set(during))
+                if gone:
+                    r["errors"] += 1
+                    r["first_error"] = r["first_error"] or (
+                        f"pool processes {gone} were replaced during the load ({before} -> "
+                        f"{during})")
+            runs.setdefault(name, []).append(r)
+            log(f"W8 {name}: {r['rps']:.0f} req/s, p99 {r['p99_ms']:.2f} ms, "
+                f"{fmt(per(r['total_cpu'], r['requests'], 1e6), 0)} CPU us/req, "
+                f"{r['errors']} errors; other processes took {fmt(r['others_cpu_pct'], 1)}% of "
+                "the machine")
+    out = {}
+    for name in W8_NAMES:
+        row = {"rps": None, "p99_ms": None, "cpu_us_per_req": None, "nginx_us_per_req": None,
+               "programs_us_per_req": None, "processes": None, "body_bytes": None,
+               "others_cpu_pct": None, "errors": 0, "first_error": ""}
+        if name not in cons:
+            row.update(errors=1, first_error=f"did not run: {problems.get(name)}")
+        else:
+            rs = runs.get(name, [])
+            e = errors_of(rs + [checked[name]])
+            row.update(body_bytes=checked[name]["body_bytes"], **e)
+            if rs:
+                row.update(
+                    rps=statistics.median(r["rps"] for r in rs),
+                    p99_ms=statistics.median(r["p99_ms"] for r in rs),
+                    cpu_us_per_req=median(per(r["total_cpu"], r["requests"], 1e6) for r in rs),
+                    nginx_us_per_req=median(per(r["nginx_cpu"], r["requests"], 1e6) for r in rs),
+                    programs_us_per_req=median(per(r["programs_cpu"], r["requests"], 1e6)
+                                               for r in rs),
+                    processes=max(r["processes"] for r in rs) if name in W8_POOLED else None,
+                    rounds_rps=[r["rps"] for r in rs],
+                    # the worst round: a disturbed one shows
+                    others_cpu_pct=None if any(r["others_cpu_pct"] is None for r in rs) else
+                    max(r["others_cpu_pct"] for r in rs))
+        out[name] = row
+    return out, problems
+
+
 # ---------------------------------------------------------------- report
 
 def verdict(ok):
@@ -1967,12 +2454,12 @@ def fmt(value, digits):
 def erred(res):
     """(workload, contestant, errors, first error) of every contestant that erred."""
     out = []
-    for w in ("w1", "w2", "w3", "w4", "w5", "w6a", "w6b", "w7", "w7_slow"):
+    for w in ("w1", "w2", "w3", "w4", "w5", "w6a", "w6b", "w7", "w7_slow", "w8"):
         for name, r in res.get(w, {}).items():
             if r["errors"]:
                 out.append((w.upper().replace("_SLOW", " slow client"), name, r["errors"],
                             r["first_error"]))
-    for w in ("w6", "w7"):
+    for w in ("w6", "w7", "w8"):
         if res.get(f"{w}_alerts"):
             out.append((w.upper(), "nginx's error log ([alert], [crit], [emerg] lines)",
                         len(res[f"{w}_alerts"]), res[f"{w}_alerts"][0]))
@@ -2002,7 +2489,7 @@ def report(res):
         add(f"- RSS: {m['rss']}")
     add("- errors: failed or short responses (W1, W3, W4, W7: bytes and MB/s are those "
         "received; W7 also a body whose SHA-256 is not the file's); wrk's socket errors and "
-        "non-2xx/3xx responses (W2, W5)\n")
+        "non-2xx/3xx responses (W2, W5, W8; W8 also a wrong response in its check)\n")
     if res.get("only") and set(res["only"]) != set(WORKLOADS):
         add(f"Workloads of this run: {', '.join(w.upper() for w in res['only'])} (`--only`).\n")
     steal = ", ".join(f"{w.upper()} {v:.1f}%" for w, v in res["steal"].items())
@@ -2144,6 +2631,8 @@ def report(res):
         ]
     if "w7" in res:
         targets += report_w7(res, add, who, ratio)
+    if "w8" in res:
+        targets += report_w8(res, add, who, ratio)
     add("### Targets\n")
     add("| target | figure | verdict |")
     add("|---|---:|---|")
@@ -2239,6 +2728,85 @@ def report_w7(res, add, who, ratio):
     return targets
 
 
+def report_w8(res, add, who, ratio):
+    """W8's tables; returns its targets."""
+    s, w8r, problems = res["sizes"], res["w8"], res.get("w8_problems", {})
+    z, setup = res.get("w8_sizing", {}), res.get("w8_setup", {})
+    t, rounds = s["w8_seconds"], s["w8_rounds"]
+    mb = setup.get("image_bytes", 0) / 1e6
+    add(f"### W8: a program kept alive: a {W8_THUMB[0]}x{W8_THUMB[1]} thumbnail of a "
+        f"{mb:.2f} MB JPEG with PIL, under wrk ({WRK_CONNS} connections, {t} s, --timeout "
+        f"{W8_WRK_TIMEOUT_S} s, median of {rounds}, the order reversed every other round)\n")
+    add(f"The same Python code in every contestant (bench/w8_thumb.py: `Image.thumbnail`, which "
+        f"decodes at a reduced scale, then a quality-85 JPEG), run by {W8_PYTHON} with Debian's "
+        f"python3-pil, on a deterministic photo-like picture ({setup.get('image_made', '?')}). "
+        f"The pool: `transform_pool thumb {W8_PYTHON} w8_pool.py photo.jpg "
+        f"processes={z.get('pool_processes_per_worker')}` (examples/pool/transformer.py's loop "
+        "around the same function); transform_exec: `python3 w8_exec.py photo.jpg` per request "
+        "(the interpreter and PIL loaded each time); uWSGI: the same function as a WSGI app, "
+        f"loaded once, {z.get('uwsgi_processes')} processes of {z.get('uwsgi_threads')} thread, "
+        f"behind `uwsgi_pass`; fcgiwrap: a CGI per request ({z.get('fcgiwrap_processes')} "
+        "preforked processes), behind `fastcgi_pass`. Sizing (2 cores): each contestant has an "
+        f"nginx of its own with {z.get('nginx_workers_thumbnails')} worker, so that the pool "
+        "holds as many Python processes as uWSGI and as the machine has cores, and the "
+        "per-request contestants may run up to wrk's 8 at once: every contestant can keep both "
+        "cores busy, behind one nginx worker. Every contestant is first checked: "
+        f"{W8_CHECK_CONNS} requests at once, each response a 200, `image/jpeg`, a whole JPEG of "
+        f"{W8_THUMB[0]}x{W8_THUMB[1]} (or exactly the 16 bytes); the same again, untimed, "
+        "before each timed load (a warm-up for every contestant alike: wrk ends a run with "
+        "requests in flight, and the module kills a pooled process whose client went away, so "
+        "the pool starts its processes again there, not in the timing). CPU per request: the "
+        "contestant's cgroups (nginx, the pool's processes or the programs it starts, uWSGI's "
+        "processes, fcgiwrap and its CGIs), and of that nginx's master and workers; programs: "
+        "the rest. Others' CPU: what the rest of the machine took during the load (the busy "
+        "time of /proc/stat less the contestant's, wrk's and the driver's), in percent of its "
+        f"{os.cpu_count()} cores; a round with more than a few percent was disturbed (a build "
+        "elsewhere).\n")
+    for name, why in problems.items():
+        add(f"**{name} COULD NOT RUN: {why}. Its figures are missing; it counts as an "
+            "error.**\n")
+
+    def table(names, ref, label):
+        add(f"| contestant | requests/s | x {label} | p99 ms | CPU us/req (all) | nginx us/req | "
+            "programs us/req | others' CPU % (worst round) | errors |")
+        add("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for name in names:
+            r = w8r[name]
+            add(f"| {who(name, r)} | {fmt(r['rps'], 0)} | "
+                f"{fmt(nan_none(ratio(r['rps'], w8r[ref]['rps'])), 2)} | {fmt(r['p99_ms'], 1)} | "
+                f"{fmt(r['cpu_us_per_req'], 0)} | {fmt(r['nginx_us_per_req'], 0)} | "
+                f"{fmt(r['programs_us_per_req'], 0)} | {fmt(r.get('others_cpu_pct'), 1)} | "
+                f"{r['errors']} |")
+        add("")
+    table(W8_THUMBS, W8_POOL, "pool")
+    add(f"#### W8: 16 bytes from a program kept alive against W2's program spawned per request "
+        f"({z.get('nginx_workers_16_bytes')} nginx workers as in W2; each pool "
+        f"processes={z.get('pool_processes_per_worker')}, per worker; the same wrk)\n")
+    add("The C pooled program is bench/pool16.c (the module's cost with next to nothing "
+        "behind it); the Python one the thumbnail pool's loop answering 16 bytes. W2's program "
+        "(`transform-bench produce 16`, transform_exec) is measured here again, side by side.\n")
+    table(W8_SIXTEEN, W8_W2, "W2")
+    pool = w8r[W8_POOL]["rps"]
+    pairs = [("pool / uWSGI", pool, w8r[W8_UWSGI]["rps"]),
+             ("pool / transform_exec", pool, w8r[W8_EXEC]["rps"]),
+             ("pool / fcgiwrap", pool, w8r[W8_FCGI]["rps"]),
+             ("pooled 16 bytes (C) / W2", w8r[W8_P16]["rps"], w8r[W8_W2]["rps"]),
+             ("pooled 16 bytes (Python) / W2", w8r[W8_P16_PY]["rps"], w8r[W8_W2]["rps"])]
+    add("| requests/s ratio | figure |")
+    add("|---|---:|")
+    for label, a, b in pairs:
+        add(f"| {label} | {fmt(nan_none(ratio(a, b)), 2)} |")
+    add("")
+    return [
+        ("W8 pool >= 1.0x uWSGI (thumbnails, requests/s)",
+         ratio(pool, w8r[W8_UWSGI]["rps"]), 1.0, ">="),
+        ("W8 pool >= 3x transform_exec (thumbnails, requests/s)",
+         ratio(pool, w8r[W8_EXEC]["rps"]), 3.0, ">="),
+        ("W8 pooled 16-byte program (C) >= 5x W2's spawned per request",
+         ratio(w8r[W8_P16]["rps"], w8r[W8_W2]["rps"]), 5.0, ">="),
+    ]
+
+
 def nan_none(value):
     return None if value is None or math.isnan(value) else value
 
@@ -2266,6 +2834,8 @@ def machine():
         "uwsgi": first(["uwsgi", "--version"]),
         "wrk": first(["sh", "-c", "dpkg-query -W -f='${Version}' wrk"]),
         "apache2": apache_version(),
+        "python3-pil": first(["sh", "-c", "dpkg-query -W -f='${Version}' python3-pil"]) or
+        "not installed",
     }
 
 
@@ -2280,7 +2850,7 @@ def apache_version():
 
 
 def workloads(text):
-    """--only's argument: workloads separated by commas (w1..w7; w6 is W6a and W6b)."""
+    """--only's argument: workloads separated by commas (w1..w8; w6 is W6a and W6b)."""
     chosen = {w.strip().lower() for w in text.split(",") if w.strip()}
     unknown = chosen - set(WORKLOADS)
     if unknown or not chosen:
@@ -2295,8 +2865,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="a smoke run of about a minute")
     ap.add_argument("--no-cgroups", action="store_true",
                     help="measure as on a machine without a usable cgroup (no programs' CPU)")
-    ap.add_argument("--only", type=workloads, default=set(WORKLOADS), metavar="W1,W7",
-                    help="run these workloads only (e.g. --only w7); the results file is named "
+    ap.add_argument("--only", type=workloads, default=set(WORKLOADS), metavar="W1,W8",
+                    help="run these workloads only (e.g. --only w8); the results file is named "
                          "after them")
     args = ap.parse_args()
     # A terminated run still stops what it started (the finally blocks run).
@@ -2309,7 +2879,8 @@ def main():
         cg.cleanup()
     mode = "quick" if args.quick else "full"
     head = [f"## Benchmark ({mode} run), {info['date']}\n"]
-    for k in ("cpu", "memory", "kernel", "nginx", "fcgiwrap", "uwsgi", "wrk", "apache2"):
+    for k in ("cpu", "memory", "kernel", "nginx", "fcgiwrap", "uwsgi", "wrk", "apache2",
+              "python3-pil"):
         head.append(f"- {k}: {info[k]}")
     partial = args.only != set(WORKLOADS)
     only = ",".join(w for w in WORKLOADS if w in args.only)

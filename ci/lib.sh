@@ -1,12 +1,14 @@
 # Shared by ci/test, ci/demo and ci/bench: install what the project needs from Debian, idempotently.
 # shellcheck shell=bash
 
-# Debian packages: build (nginx's PCRE2, bindgen's libclang) and test tools.
+# Debian packages: build (nginx's PCRE2, bindgen's libclang) and test tools (nodejs: the Node
+# transformer of examples/pool/, served by tests/examples.rs).
 BUILD_PACKAGES=(libpcre2-dev libclang1-14 libclang-common-14-dev libssl-dev zlib1g-dev gcc make)
-TEST_PACKAGES=(curl openssl strace imagemagick procps ffmpeg libjpeg-turbo-progs python3)
+TEST_PACKAGES=(curl openssl strace imagemagick procps ffmpeg libjpeg-turbo-progs python3 nodejs)
 # Benchmark contestants and load tools (ci/bench); apache2-bin for W7 (the server and its modules,
-# mod_ext_filter and mod_proxy, without the apache2 package's system service).
-BENCH_PACKAGES=(python3 procps wrk fcgiwrap uwsgi-core uwsgi-plugin-python3 apache2-bin)
+# mod_ext_filter and mod_proxy, without the apache2 package's system service); python3-pil for W8
+# (PIL for Debian's /usr/bin/python3, which W8's Python contestants run).
+BENCH_PACKAGES=(python3 procps wrk fcgiwrap uwsgi-core uwsgi-plugin-python3 apache2-bin python3-pil)
 
 ensure_packages() {
     local missing=()
