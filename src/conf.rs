@@ -167,11 +167,11 @@ pub struct TransformConf {
     /// `transform_filter_status`: the statuses filtered; `Some([])` for any.
     pub filter_status: Option<Vec<u16>>,
     /// `transform_pass`: the pool's name and where the directive is (not inherited).
-    pub pass: Option<(Vec<u8>, String, usize)>,
+    pub pass: Option<PoolRef>,
     /// The pool `transform_pass` names, resolved at the merge: its index in the main conf.
     pub pool: Option<usize>,
     /// `transform_filter_pass`: the pool's name and where (`Some(None)`: off).
-    pub filter_pass: Option<Option<(Vec<u8>, String, usize)>>,
+    pub filter_pass: Option<Option<PoolRef>>,
     /// Its pool, resolved at the merge.
     pub filter_pool: Option<usize>,
 }
@@ -524,55 +524,27 @@ pub unsafe extern "C" fn merge_loc_conf(
         }
         crate::store::register_temp_path(conf.temp_path);
     }
-    if let Some(Some((name, file, line))) = &conf.filter_pass {
-        let main = <crate::Module as HttpModuleMainConf>::main_conf(&*cf).expect("main conf");
-        match main
-            .pools
-            .iter()
-            .position(|p| p.name.as_bytes() == name.as_slice())
-        {
+    if let Some(Some(at)) = &conf.filter_pass {
+        match find_pool(cf, "transform_filter_pass", at) {
             Some(i) => conf.filter_pool = Some(i),
-            None => {
-                log_error!(
-                    NGX_LOG_EMERG,
-                    cf.log,
-                    0,
-                    "\"transform_filter_pass\" in {file}:{line} names no \"transform_pool\": \
-                     \"{}\"",
-                    crate::log::escape(name)
-                );
-                return NGX_CONF_ERROR;
-            }
+            None => return NGX_CONF_ERROR,
         }
     }
-    if let Some((name, file, line)) = &conf.pass {
-        let main = <crate::Module as HttpModuleMainConf>::main_conf(&*cf).expect("main conf");
-        match main
-            .pools
-            .iter()
-            .position(|p| p.name.as_bytes() == name.as_slice())
-        {
-            Some(_) if conf.store != Store::Off || conf.lock != 0 => {
-                log_error!(
-                    NGX_LOG_EMERG,
-                    cf.log,
-                    0,
-                    "\"transform_pass\" in {file}:{line} cannot store or share its responses: \
-                     set \"transform_store off\" and \"transform_lock off\" there"
-                );
-                return NGX_CONF_ERROR;
-            }
+    if let Some(at) = &conf.pass {
+        let (_, file, line) = at;
+        if conf.store != Store::Off || conf.lock != 0 {
+            log_error!(
+                NGX_LOG_EMERG,
+                cf.log,
+                0,
+                "\"transform_pass\" in {file}:{line} cannot store or share its responses: set \
+                 \"transform_store off\" and \"transform_lock off\" there"
+            );
+            return NGX_CONF_ERROR;
+        }
+        match find_pool(cf, "transform_pass", at) {
             Some(i) => conf.pool = Some(i),
-            None => {
-                log_error!(
-                    NGX_LOG_EMERG,
-                    cf.log,
-                    0,
-                    "\"transform_pass\" in {file}:{line} names no \"transform_pool\": \"{}\"",
-                    crate::log::escape(name)
-                );
-                return NGX_CONF_ERROR;
-            }
+            None => return NGX_CONF_ERROR,
         }
     }
     if let (Some(a), Some(b), Some((_, file, line))) = (conf.pool, conf.filter_pool, &conf.pass) {
@@ -608,6 +580,47 @@ pub unsafe extern "C" fn merge_loc_conf(
     }
     NGX_CONF_OK
 }
+
+/// The pool a directive (`what`, at `file:line`) names, by its index in the main conf; an
+/// unknown one is logged.
+fn find_pool(cf: &ngx_conf_t, what: &str, (name, file, line): &PoolRef) -> Option<usize> {
+    let main = <crate::Module as HttpModuleMainConf>::main_conf(cf).expect("main conf");
+    let found = main
+        .pools
+        .iter()
+        .position(|p| p.name.as_bytes() == name.as_slice());
+    if found.is_none() {
+        log_error!(
+            NGX_LOG_EMERG,
+            cf.log,
+            0,
+            "\"{what}\" in {file}:{line} names no \"transform_pool\": \"{}\"",
+            crate::log::escape(name)
+        );
+    }
+    found
+}
+
+/// A pool's name as a directive gives it, and where (file, line): found at the merge.
+pub type PoolRef = (Vec<u8>, String, usize);
+
+/// The name a directive gives (its one argument) and where it stands.
+fn pool_ref(cf: &ngx_conf_t) -> PoolRef {
+    // SAFETY: cf->args is an array of ngx_str_t with the name and one word; conf_file is the
+    // file being read.
+    unsafe {
+        let args: &[ngx_str_t] = (*cf.args).as_slice();
+        let cfile = &*cf.conf_file;
+        (
+            args[1].as_bytes().to_vec(),
+            cfile.file.name.to_string(),
+            cfile.line,
+        )
+    }
+}
+
+/// What `transform_filter` and `transform_filter_pass` say when either is set at a level already.
+const FILTER_DUPLICATE: &CStr = c"is duplicate (with transform_filter or transform_filter_pass)";
 
 /// nginx's ngx_conf_merge_*_value: unset takes the enclosing level's value, else the default.
 fn merge<T: PartialEq + Copy>(conf: &mut T, prev: T, unset: T, default: T) {
@@ -888,9 +901,7 @@ extern "C" fn set_filter(
     // SAFETY: nginx calls directive handlers with a valid cf and this module's loc conf.
     let (cf, conf) = unsafe { (&mut *cf, &mut *conf.cast::<TransformConf>()) };
     if conf.filter.is_some() || conf.filter_pass.is_some() {
-        return c"is duplicate (with transform_filter or transform_filter_pass)"
-            .as_ptr()
-            .cast_mut();
+        return FILTER_DUPLICATE.as_ptr().cast_mut();
     }
     // SAFETY: cf->args is an array of ngx_str_t with the name and at least one word.
     let args: &mut [ngx_str_t] = unsafe { (*cf.args).as_slice_mut() };
@@ -915,21 +926,10 @@ extern "C" fn set_filter_pass(
     // SAFETY: nginx calls directive handlers with a valid cf and this module's loc conf.
     let (cf, conf) = unsafe { (&mut *cf, &mut *conf.cast::<TransformConf>()) };
     if conf.filter.is_some() || conf.filter_pass.is_some() {
-        return c"is duplicate (with transform_filter or transform_filter_pass)"
-            .as_ptr()
-            .cast_mut();
+        return FILTER_DUPLICATE.as_ptr().cast_mut();
     }
-    // SAFETY: cf->args is an array of ngx_str_t; conf_file is the file being read.
-    let (name, file, line) = unsafe {
-        let args: &[ngx_str_t] = (*cf.args).as_slice();
-        let cfile = &*cf.conf_file;
-        (
-            args[1].as_bytes().to_vec(),
-            cfile.file.name.to_string(),
-            cfile.line,
-        )
-    };
-    conf.filter_pass = Some((name != b"off").then_some((name, file, line)));
+    let at = pool_ref(cf);
+    conf.filter_pass = Some((at.0 != b"off").then_some(at));
     NGX_CONF_OK
 }
 
@@ -1460,17 +1460,7 @@ extern "C" fn set_pass(
         );
         return NGX_CONF_ERROR;
     }
-    // SAFETY: cf->args is an array of ngx_str_t; conf_file is the file being read.
-    let (name, file, line) = unsafe {
-        let args: &[ngx_str_t] = (*cf.args).as_slice();
-        let cfile = &*cf.conf_file;
-        (
-            args[1].as_bytes().to_vec(),
-            cfile.file.name.to_string(),
-            cfile.line,
-        )
-    };
-    conf.pass = Some((name, file, line));
+    conf.pass = Some(pool_ref(cf));
     if let Err(e) = set_handler(cf) {
         return e;
     }

@@ -255,39 +255,15 @@ pub fn request(
             Err(rc) => return rc,
         }
     }
-    if p.queue.len() >= p.conf.queue {
-        log_error!(
-            NGX_LOG_WARN,
-            http.log(),
-            0,
-            "transform pool \"{}\": {} processes busy and {} requests queued (queue={}), request \
-             refused",
-            p.conf.name,
-            p.slots.len(),
-            p.queue.len(),
-            p.conf.queue
-        );
+    if queue_full(http, p, "request") {
         if !http.add_header("Retry-After", "1") {
             return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
         }
         return NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t;
     }
-    let waiter = pool_allocate(
-        http.pool(),
-        Waiter {
-            http,
-            pool,
-            loc,
-            content_type,
-            since: now_msec(),
-            queued: true,
-            kind: WaitKind::Handler,
-        },
-    );
-    if waiter.is_null() || !http.add_cleanup(waiter_cleanup, waiter.cast()) {
+    if enqueue(http, pool, loc, content_type, WaitKind::Handler).is_none() {
         return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
     }
-    p.queue.push_back(waiter);
     debug!(
         http.log(),
         "transform pool \"{}\": request queued", p.conf.name
@@ -318,20 +294,64 @@ pub fn filter_request(
                 .map(|_| ());
         }
     }
-    if p.queue.len() >= p.conf.queue {
-        log_error!(
-            NGX_LOG_WARN,
-            http.log(),
-            0,
-            "transform pool \"{}\": {} processes busy and {} requests queued (queue={}), \
-             response to filter refused",
-            p.conf.name,
-            p.slots.len(),
-            p.queue.len(),
-            p.conf.queue
-        );
+    if queue_full(http, p, "response to filter") {
         return Err(NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t);
     }
+    let kind = WaitKind::Filter {
+        head,
+        chain: core::ptr::null_mut(),
+        fix: None,
+        wrapped: None,
+    };
+    let Some(waiter) = enqueue(http, pool, loc, content_type, kind) else {
+        return Err(internal);
+    };
+    let fix = Timer::new(http.pool(), http.log(), fix_send_timer, waiter.cast());
+    let Some(fix) = fix.filter(|_| crate::filter::set_waiting(http, waiter.cast())) else {
+        // (Out of memory: it leaves the queue, and its error page goes out.)
+        // SAFETY: just queued, in the request pool.
+        unsafe { waiter_cleanup(waiter.cast()) };
+        return Err(internal);
+    };
+    fix.post();
+    // SAFETY: just allocated in the request pool.
+    if let WaitKind::Filter { fix: slot, .. } = unsafe { &mut (*waiter).kind } {
+        *slot = Some(fix);
+    }
+    // nginx must not end the request while it waits; a client that leaves meanwhile is seen.
+    http.set_buffered(true);
+    http.watch_close_if_blocked();
+    kick(pool);
+    Ok(())
+}
+
+/// Whether the pool's queue is full: then `what` is refused (one warning).
+fn queue_full(http: Http, p: &Pool, what: &str) -> bool {
+    if p.queue.len() < p.conf.queue {
+        return false;
+    }
+    log_error!(
+        NGX_LOG_WARN,
+        http.log(),
+        0,
+        "transform pool \"{}\": {} processes busy and {} requests queued (queue={}), {what} \
+         refused",
+        p.conf.name,
+        p.slots.len(),
+        p.queue.len(),
+        p.conf.queue
+    );
+    true
+}
+
+/// A waiter for the request, in its pool with its cleanup, at the end of the queue.
+fn enqueue(
+    http: Http,
+    pool: *mut Pool,
+    loc: &'static TransformConf,
+    content_type: Option<&'static [u8]>,
+    kind: WaitKind,
+) -> Option<*mut Waiter> {
     let waiter = pool_allocate(
         http.pool(),
         Waiter {
@@ -341,34 +361,15 @@ pub fn filter_request(
             content_type,
             since: now_msec(),
             queued: true,
-            kind: WaitKind::Filter {
-                head,
-                chain: core::ptr::null_mut(),
-                fix: None,
-                wrapped: None,
-            },
+            kind,
         },
     );
-    if waiter.is_null()
-        || !http.add_cleanup(waiter_cleanup, waiter.cast())
-        || !crate::filter::set_waiting(http, waiter.cast())
-    {
-        return Err(internal);
+    if waiter.is_null() || !http.add_cleanup(waiter_cleanup, waiter.cast()) {
+        return None;
     }
-    let Some(fix) = Timer::new(http.pool(), http.log(), fix_send_timer, waiter.cast()) else {
-        return Err(internal);
-    };
-    fix.post();
-    // SAFETY: just allocated in the request pool.
-    if let WaitKind::Filter { fix: slot, .. } = unsafe { &mut (*waiter).kind } {
-        *slot = Some(fix);
-    }
-    p.queue.push_back(waiter);
-    // nginx must not end the request while it waits; a client that leaves meanwhile is seen.
-    http.set_buffered(true);
-    http.watch_close_if_blocked();
-    kick(pool);
-    Ok(())
+    // SAFETY: this worker's pool.
+    unsafe { (*pool).queue.push_back(waiter) };
+    Some(waiter)
 }
 
 /// The body filter of a response waiting for a process: its buffers are kept (not consumed)

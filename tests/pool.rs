@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+use common::pools::*;
 use common::*;
 
 /// nginx with `pools` at the http level (`{HELPER}` is the helper) and `locations` in a server
@@ -103,69 +104,9 @@ fn pool_lines(nginx: &Nginx, name: &str) -> Vec<String> {
         .collect()
 }
 
-/// The whole error-log line holding `text`, if any.
-fn log_line(nginx: &Nginx, text: &str) -> Option<String> {
-    nginx
-        .error_log()
-        .lines()
-        .find(|l| l.contains(text))
-        .map(String::from)
-}
-
-/// Waits (up to 5 s) for an error-log line holding `text`; returns it.
-#[track_caller]
-fn wait_line(nginx: &Nginx, text: &str) -> String {
-    let mut found = None;
-    wait_until(Duration::from_secs(5), || {
-        found = log_line(nginx, text);
-        found.is_some()
-    });
-    found.unwrap_or_else(|| {
-        panic!(
-            "no log line {text:?}; the pool's lines:\n{}",
-            all_pool_lines(nginx).join("\n")
-        )
-    })
-}
-
-fn all_pool_lines(nginx: &Nginx) -> Vec<String> {
-    nginx
-        .error_log()
-        .lines()
-        .filter(|l| l.contains("transform pool"))
-        .map(String::from)
-        .collect()
-}
-
-/// The number at the start of `s`.
-fn leading_number(s: &str) -> Option<u64> {
-    let digits: String = s.chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().ok()
-}
-
-/// The pids of pool `name`'s `started process PID` lines, in order.
-fn started(nginx: &Nginx, name: &str) -> Vec<u32> {
-    let tag = format!("transform pool \"{name}\" started process ");
-    nginx
-        .error_log()
-        .lines()
-        .filter_map(|l| l.split_once(&tag))
-        .filter_map(|(_, rest)| leading_number(rest))
-        .map(|p| p as u32)
-        .collect()
-}
-
 /// What follows `transform pool "NAME" process PID WHAT: ` (up to nginx's `, client: ...`).
 fn reason(nginx: &Nginx, name: &str, pid: u32, what: &str) -> Option<String> {
-    let tag = format!("transform pool \"{name}\" process {pid} {what}: ");
-    nginx.error_log().lines().find_map(|l| {
-        l.split_once(&tag).map(|(_, rest)| {
-            rest.split(", client: ")
-                .next()
-                .unwrap_or_default()
-                .to_string()
-        })
-    })
+    pool_reason(nginx, name, pid, &format!("{what}: "))
 }
 
 /// Waits (up to 5 s) for the line saying process `pid` of pool `name` was replaced; its reason.
@@ -436,7 +377,7 @@ fn many_requests_over_few_processes() {
         "{:?}",
         pool_lines(&nginx, "p")
     );
-    let started_line = log_line(&nginx, &format!("started process {}", first.pid)).unwrap();
+    let started_line = wait_line(&nginx, &format!("started process {}", first.pid));
     assert!(started_line.contains("[info]"), "{started_line}");
     nginx.stop();
     all_gone_after_stop(&starts);
@@ -960,7 +901,7 @@ fn max_requests_recycles_processes() {
         );
         gone(pid);
     }
-    let line = log_line(&nginx, &format!("process {} retired", pids[0])).unwrap();
+    let line = wait_line(&nginx, &format!("process {} retired", pids[0]));
     assert!(line.contains("[info]"), "{line}");
     assert_eq!(started(&nginx, "p"), pids);
 

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+use common::pools::*;
 use common::*;
 
 const KIB: u64 = 1024;
@@ -239,43 +240,12 @@ fn peak_rss<T>(pid: u32, f: impl FnOnce() -> T) -> (T, u64) {
 
 /// The error-log lines of the module's pools.
 fn pool_lines(nginx: &Nginx) -> Vec<String> {
-    nginx
-        .error_log()
-        .lines()
-        .filter(|l| l.contains("transform pool"))
-        .map(String::from)
-        .collect()
-}
-
-/// The number at the start of `s`.
-fn leading_number(s: &str) -> Option<u64> {
-    let digits: String = s.chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().ok()
-}
-
-/// The pids of pool `name`'s `started process PID` lines, in order.
-fn started(nginx: &Nginx, name: &str) -> Vec<u32> {
-    let tag = format!("transform pool \"{name}\" started process ");
-    nginx
-        .error_log()
-        .lines()
-        .filter_map(|l| l.split_once(&tag))
-        .filter_map(|(_, rest)| leading_number(rest))
-        .map(|p| p as u32)
-        .collect()
+    all_pool_lines(nginx)
 }
 
 /// What follows `transform pool "NAME" process PID WHAT` (up to nginx's `, client: ...`).
 fn reason(nginx: &Nginx, name: &str, pid: u32, what: &str) -> Option<String> {
-    let tag = format!("transform pool \"{name}\" process {pid} {what}");
-    nginx.error_log().lines().find_map(|l| {
-        l.split_once(&tag).map(|(_, rest)| {
-            rest.split(", client: ")
-                .next()
-                .unwrap_or_default()
-                .to_string()
-        })
-    })
+    pool_reason(nginx, name, pid, what)
 }
 
 /// Waits (up to 5 s) for the line `transform pool "NAME" process PID WHAT...`; what follows.
@@ -306,26 +276,6 @@ fn what_became(nginx: &Nginx, name: &str, pid: u32) -> String {
         found.is_some()
     });
     found.unwrap_or_else(|| "(no line)".to_string())
-}
-
-/// Waits (up to 5 s) for an error-log line holding `text`; returns it.
-#[track_caller]
-fn wait_line(nginx: &Nginx, text: &str) -> String {
-    let mut found = None;
-    wait_until(Duration::from_secs(5), || {
-        found = nginx
-            .error_log()
-            .lines()
-            .find(|l| l.contains(text))
-            .map(String::from);
-        found.is_some()
-    });
-    found.unwrap_or_else(|| {
-        panic!(
-            "no log line {text:?}; the pools' lines:\n{}",
-            pool_lines(nginx).join("\n")
-        )
-    })
 }
 
 /// One line of the front server's access log (`logs/pf.log`).
