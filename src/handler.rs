@@ -38,29 +38,11 @@ fn handle(http: Http) -> ngx_int_t {
     // gone unnoticed), which suits only a response that is done.
     let drop_body = conf.stdin_body == 0 && http.has_body();
     if (conf.stdin_body != 0 || drop_body) && !http.is_head() {
-        if conf.stdin_body != 0 && http.reading_body() {
-            // An earlier location (before an internal redirect or error_page) took part of a
-            // streamed body: what is left is not the body, and must not pass for it.
-            log_error!(
-                NGX_LOG_ERR,
-                http.log(),
-                0,
-                "transform: the request body was partly read before an internal redirect; \
-                 it cannot be given to the program"
-            );
-            return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
-        }
         // The program starts with the first part of the body, which then streams to its stdin
         // as it arrives; with transform_request_buffering on, once nginx has all of it (in
-        // memory or in a temporary file).
-        if conf.request_buffering == 0 {
-            http.stream_body();
-        }
-        let rc = nginx::read_body(http, body_ready);
-        if rc >= NGX_HTTP_SPECIAL_RESPONSE as ngx_int_t {
-            return rc;
-        }
-        return NGX_DONE as ngx_int_t;
+        // memory or in a temporary file). (A body only dropped may have been partly read.)
+        let stream = conf.request_buffering == 0;
+        return read_body_then(http, body_ready, conf.stdin_body != 0, stream);
     }
     let rc = http.discard_body();
     if rc != NGX_OK as ngx_int_t {
@@ -73,27 +55,43 @@ fn handle(http: Http) -> ngx_int_t {
 /// head), then a process of the pool takes the request, now or when one is free.
 fn handle_pass(http: Http) -> ngx_int_t {
     if http.has_body() {
-        if http.reading_body() {
-            log_error!(
-                NGX_LOG_ERR,
-                http.log(),
-                0,
-                "transform: the request body was partly read before an internal redirect; \
-                 it cannot be given to the pool"
-            );
-            return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
-        }
-        let rc = nginx::read_body(http, pass_body_ready);
-        if rc >= NGX_HTTP_SPECIAL_RESPONSE as ngx_int_t {
-            return rc;
-        }
-        return NGX_DONE as ngx_int_t;
+        return read_body_then(http, pass_body_ready, true, false);
     }
     let rc = http.discard_body();
     if rc != NGX_OK as ngx_int_t {
         return rc;
     }
     pass(http)
+}
+
+/// Reads the request body (whole, or handed over as it arrives: `stream`), then calls `ready`.
+/// A body partly read by an earlier location (before an internal redirect or error_page) cannot
+/// be given to a program (`whole`): what is left is not the body: 500.
+fn read_body_then(
+    http: Http,
+    ready: unsafe extern "C" fn(*mut ngx_http_request_t),
+    whole: bool,
+    stream: bool,
+) -> ngx_int_t {
+    if whole && http.reading_body() {
+        // What is left is not the body, and must not pass for it.
+        log_error!(
+            NGX_LOG_ERR,
+            http.log(),
+            0,
+            "transform: the request body was partly read before an internal redirect; \
+             it cannot be given to the program"
+        );
+        return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+    }
+    if stream {
+        http.stream_body();
+    }
+    let rc = nginx::read_body(http, ready);
+    if rc >= NGX_HTTP_SPECIAL_RESPONSE as ngx_int_t {
+        return rc;
+    }
+    NGX_DONE as ngx_int_t
 }
 
 unsafe extern "C" fn pass_body_ready(r: *mut ngx_http_request_t) {

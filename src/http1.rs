@@ -27,7 +27,6 @@ pub fn request_head<'a>(
     headers: impl Iterator<Item = (&'a [u8], &'a [u8])>,
     body: Option<u64>,
 ) -> Option<Vec<u8>> {
-    let breaks = |v: &[u8]| v.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0);
     if breaks(method) || breaks(uri) || method.contains(&b' ') || uri.contains(&b' ') {
         return None;
     }
@@ -36,8 +35,32 @@ pub fn request_head<'a>(
     out.push(b' ');
     out.extend_from_slice(uri);
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    write_headers(&mut out, headers, &[])?;
+    if let Some(n) = body {
+        out.extend_from_slice(format!("Content-Length: {n}\r\n").as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    Some(out)
+}
+
+/// Whether a piece of a head would break its framing.
+fn breaks(v: &[u8]) -> bool {
+    v.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0)
+}
+
+/// Writes header lines but the connection's own and `skip`; None if one would break the
+/// framing.
+fn write_headers<'a>(
+    out: &mut Vec<u8>,
+    headers: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+    skip: &[&[u8]],
+) -> Option<()> {
     for (name, value) in headers {
-        if NOT_PASSED.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+        if NOT_PASSED
+            .iter()
+            .chain(skip)
+            .any(|n| n.eq_ignore_ascii_case(name))
+        {
             continue;
         }
         if breaks(name) || breaks(value) || name.contains(&b':') || name.is_empty() {
@@ -48,11 +71,7 @@ pub fn request_head<'a>(
         out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
-    if let Some(n) = body {
-        out.extend_from_slice(format!("Content-Length: {n}\r\n").as_bytes());
-    }
-    out.extend_from_slice(b"\r\n");
-    Some(out)
+    Some(())
 }
 
 /// Raw bytes of a request line (a URI as received, arguments) with what cannot stand there
@@ -79,7 +98,6 @@ pub fn response_head<'a>(
     content_type: &[u8],
     headers: impl Iterator<Item = (&'a [u8], &'a [u8])>,
 ) -> Option<Vec<u8>> {
-    let breaks = |v: &[u8]| v.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0);
     if breaks(reason) || breaks(content_type) {
         return None;
     }
@@ -92,20 +110,7 @@ pub fn response_head<'a>(
         out.extend_from_slice(content_type);
         out.extend_from_slice(b"\r\n");
     }
-    for (name, value) in headers {
-        if NOT_PASSED.iter().any(|n| n.eq_ignore_ascii_case(name))
-            || name.eq_ignore_ascii_case(b"content-type")
-        {
-            continue;
-        }
-        if breaks(name) || breaks(value) || name.contains(&b':') || name.is_empty() {
-            return None;
-        }
-        out.extend_from_slice(name);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
-    }
+    write_headers(&mut out, headers, &[b"content-type"])?;
     out.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
     Some(out)
 }
