@@ -398,6 +398,38 @@ impl Http {
         })
     }
 
+    /// Whether the client of an HTTP/1.x request that waits (for a pooled process) is still
+    /// there: a byte peeked, or none yet. A client that closed (its close not handled yet) is
+    /// ended now as nginx's close check ends it (499; its cleanups run; it must not be used
+    /// afterwards). HTTP/2 and HTTP/3 requests are judged by their streams' events: true.
+    pub fn client_alive(self) -> bool {
+        let stream = self.with_r(|r| !r.stream.is_null());
+        let c = self.connection();
+        // SAFETY: a live request's connection.
+        let (fd, error) = unsafe { ((*c).fd, (*c).error() != 0) };
+        if stream || fd < 0 {
+            return !error;
+        }
+        if !error && !os::peer_closed(fd) {
+            return true;
+        }
+        // SAFETY: as above.
+        let log = unsafe {
+            (*c).set_error(1);
+            (*(*c).read).set_eof(1);
+            (*c).log
+        };
+        log_error!(
+            nginx_sys::NGX_LOG_INFO,
+            log,
+            0,
+            "client prematurely closed connection while waiting for a pooled process"
+        );
+        // nginx's own close path (ngx_http_test_reading's): 499, the request terminated.
+        self.finalize(nginx_sys::NGX_HTTP_CLIENT_CLOSED_REQUEST as ngx_int_t);
+        false
+    }
+
     /// Keeps the request alive after the content handler returns NGX_DONE.
     pub fn take_reference(self) {
         let main = self.with_r(|r| r.main);

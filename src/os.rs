@@ -28,6 +28,20 @@ pub struct Pipe {
     pub write: OwnedFd,
 }
 
+/// Whether the peer of a connected socket closed it (or it failed): a byte peeked is none, or an
+/// error other than "nothing yet". Nothing is consumed.
+pub fn peer_closed(sock: RawFd) -> bool {
+    let mut byte = [0u8; 1];
+    // SAFETY: recv into a one-byte buffer of ours; MSG_PEEK leaves the byte in the socket.
+    let n = unsafe { libc::recv(sock, byte.as_mut_ptr().cast(), 1, libc::MSG_PEEK) };
+    n == 0
+        || n < 0
+            && !matches!(
+                io::Error::last_os_error().raw_os_error(),
+                Some(libc::EAGAIN | libc::EINTR)
+            )
+}
+
 /// Creates the stdout pipe of a child.
 pub fn stdout_pipe() -> io::Result<Pipe> {
     let (read, write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?;

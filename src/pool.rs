@@ -930,7 +930,26 @@ fn dispatch(pool: *mut Pool) {
             return;
         };
         // SAFETY: queued waiters are alive (their cleanup removes them).
-        let since = unsafe { (*w).since };
+        let (since, http, handler) = unsafe {
+            (
+                (*w).since,
+                (*w).http,
+                matches!((*w).kind, WaitKind::Handler),
+            )
+        };
+        let c = http.connection();
+        if handler && !http.client_alive() {
+            // Its client left (its close not handled yet): the request ended, and its cleanup
+            // took the waiter out of the queue, before a process was given to nobody. (nginx
+            // closes it from the connection's posted requests.)
+            // SAFETY: connections are never freed, only marked destroyed (checked by nginx).
+            unsafe { crate::nginx::run_posted_requests(c) };
+            if p.queue.front() == Some(&w) {
+                // (Not ended after all: a later dispatch sees to it.)
+                return;
+            }
+            continue;
+        }
         let lease = match take_process(pool, now_msec().saturating_sub(since)) {
             Ok(Some(lease)) => Ok(lease),
             Ok(None) => {
@@ -952,7 +971,6 @@ fn dispatch(pool: *mut Pool) {
                 core::mem::replace(&mut (*w).kind, WaitKind::Handler),
             )
         };
-        let c = http.connection();
         match kind {
             WaitKind::Handler => {
                 let rc = match lease {
@@ -962,7 +980,11 @@ fn dispatch(pool: *mut Pool) {
                 // Drops the waiter's reference (or sends the error page).
                 http.finalize(rc);
             }
-            WaitKind::Filter { head, chain, .. } => {
+            WaitKind::Filter {
+                head, chain, fix, ..
+            } => {
+                // (Its event is in the request pool, which what follows may free.)
+                drop(fix);
                 let started = lease.and_then(|lease| {
                     crate::relay::filter::start_pooled(http, loc, lease, content_type, head)
                 });

@@ -304,3 +304,42 @@ fn output_written_late_never_answers_the_next_request() {
     nginx.stop();
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// Clients that leave while their requests wait for a process end as nginx ends them (499,
+/// logged), and cost no process: the one process serves the next request.
+#[test]
+fn waiting_clients_that_leave_cost_no_process() {
+    let nginx = Nginx::start(
+        "log_format q \"$request_uri $status\";
+         transform_pool p {HELPER} pool-serve processes=1;
+         server { listen 127.0.0.1:{PORT}; access_log {PREFIX}/logs/q.log q;
+           location / { transform_pass p; } }",
+    );
+    let port = nginx.port;
+    let busy = std::thread::spawn(move || Client::connect(port).get("/slow?1000"));
+    std::thread::sleep(Duration::from_millis(300));
+    for i in 0..3 {
+        let mut c = Client::connect(nginx.port);
+        c.send(&format!("GET /echo?{i} HTTP/1.1\r\nHost: x\r\n\r\n"));
+        drop(c);
+    }
+    assert_eq!(busy.join().unwrap().status, 200);
+    let r = Client::connect(nginx.port).get("/echo");
+    assert_eq!(
+        field(&r, "n"),
+        "2",
+        "the process served /slow, then this one"
+    );
+    let log = nginx.error_log();
+    assert_eq!(log.matches("started process").count(), 1, "{log}");
+    assert!(!log.contains("replaced"), "{log}");
+    let q = nginx.prefix.join("logs/q.log");
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            std::fs::read_to_string(&q).is_ok_and(|l| l.matches(" 499").count() == 3)
+        }),
+        "{:?}",
+        std::fs::read_to_string(&q)
+    );
+    nginx.stop();
+}
