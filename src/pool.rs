@@ -889,35 +889,11 @@ fn remove(slot: *mut Slot) {
 
 /// Reads what a process wrote to stderr and logs it; at the end (or `last`), what is left.
 fn drain_stderr(s: &mut Slot, last: bool) {
-    let log = cycle_log();
-    let Some(fd) = &s.stderr else {
-        return;
-    };
-    let mut buf = [0u8; 16 * 1024];
-    let mut taken = 0;
-    loop {
-        if taken >= 256 * 1024 && !last {
-            fd.post_read();
-            return;
-        }
-        match os::read(fd.fd(), &mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                taken += n;
-                s.stderr_log.feed(log, &buf[..n], now_msec());
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if !last && fd.arm_read() {
-                    return;
-                }
-                break;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => break,
+    if let Some(fd) = &s.stderr {
+        if s.stderr_log.drain(fd, cycle_log(), last) {
+            s.stderr = None;
         }
     }
-    s.stderr = None;
-    s.stderr_log.finish(log, now_msec());
 }
 
 /// Gives free processes to waiting requests, starting new ones where the pool has room; arms

@@ -10,6 +10,11 @@
 use nginx_sys::{ngx_log_t, ngx_msec_t, ngx_uint_t, NGX_LOG_ERR};
 
 use crate::log::escape;
+use crate::nginx::{now_msec, EventFd};
+use crate::os;
+
+/// stderr read per event before yielding to other connections.
+const PER_EVENT: usize = 256 * 1024;
 
 /// Longest line logged; the rest is cut.
 pub const MAX_LINE: usize = 1024;
@@ -68,6 +73,37 @@ impl StderrLog {
         } else {
             format!("transform {} stderr", self.source)
         }
+    }
+
+    /// Reads what the program wrote to `fd` and logs it, fairly: a bounded amount per call, then
+    /// again from nginx's posted events (all of it when `last`). True once stderr ended (end of
+    /// file, or an error: the lines are complete, and `fd` can go).
+    pub fn drain(&mut self, fd: &EventFd, log: *mut ngx_log_t, last: bool) -> bool {
+        let mut buf = [0u8; 16 * 1024];
+        let mut taken = 0;
+        loop {
+            if taken >= PER_EVENT && !last {
+                fd.post_read();
+                return false;
+            }
+            match os::read(fd.fd(), &mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    taken += n;
+                    self.feed(log, &buf[..n], now_msec());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if !last && fd.arm_read() {
+                        return false;
+                    }
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        self.finish(log, now_msec());
+        true
     }
 
     /// Takes what the program wrote; logs every complete line.

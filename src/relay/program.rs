@@ -21,9 +21,6 @@ use crate::os;
 use crate::pool::{Lease, Loss, Proc};
 use crate::stderr::StderrLog;
 
-/// stderr read per event before yielding to other connections.
-const STDERR_PER_EVENT: usize = 256 * 1024;
-
 /// The environment of every program unless configured otherwise: a search path, nothing else.
 pub const DEFAULT_PATH: &CStr = c"PATH=/usr/local/bin:/usr/bin:/bin";
 
@@ -824,36 +821,11 @@ impl Program {
     /// Reads what the program wrote to stderr (fairly: a bounded amount per call, then again
     /// from nginx's posted events) and logs it.
     pub fn drain_stderr(&mut self, http: Http) {
-        let log = http.log();
-        let Some(fd) = &self.stderr else {
-            return;
-        };
-        let mut buf = [0u8; 16 * 1024];
-        let mut taken = 0;
-        loop {
-            if taken >= STDERR_PER_EVENT {
-                fd.post_read();
-                return;
-            }
-            match os::read(fd.fd(), &mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    taken += n;
-                    self.stderr_log.feed(log, &buf[..n], now_msec());
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if fd.arm_read() {
-                        return;
-                    }
-                    break;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => break,
+        if let Some(fd) = &self.stderr {
+            if self.stderr_log.drain(fd, http.log(), false) {
+                self.stderr = None;
             }
         }
-        // End of file (or an error): the lines are complete.
-        self.stderr = None;
-        self.stderr_log.finish(log, now_msec());
     }
 
     /// For a program that failed: what is left of its stderr, then its last lines in one
