@@ -123,8 +123,6 @@ struct Slot {
     limit: u64,
     /// Whether it completed a response.
     answered: bool,
-    /// Dying: it had read nothing of its request.
-    dying_at_start: bool,
     stderr: Option<EventFd>,
     stderr_log: StderrLog,
     idle_since: ngx_msec_t,
@@ -134,8 +132,12 @@ enum SlotState {
     Idle(Proc),
     Busy,
     /// Lost mid-response with no reason known yet (its output ended: it is exiting, or it
-    /// closed its stdout): stopped, and its exit, when it comes, says why.
-    Dying(Child),
+    /// closed its stdout): stopped, and its exit, when it comes, says why; `at_start`: it had
+    /// read nothing of its request (a start failure).
+    Dying {
+        child: Child,
+        at_start: bool,
+    },
 }
 
 /// A request waiting for a process (in the request pool).
@@ -453,11 +455,12 @@ fn take_process(pool: *mut Pool, waited: ngx_msec_t) -> Result<Option<Lease>, ng
         let idle = p
             .slots
             .iter()
-            // SAFETY: the pool's slots are live.
             .copied()
+            // SAFETY: the pool's slots are live.
             .filter(|&s| matches!(unsafe { &(*s).state }, SlotState::Idle(_)))
             // The one idle the longest (its pipes are warm either way; this spreads the work,
             // so that idle_timeout retires what is really not needed).
+            // SAFETY: as above.
             .min_by_key(|&s| unsafe { (*s).idle_since });
         let Some(s) = idle else {
             break None;
@@ -543,7 +546,6 @@ fn spawn(pool: *mut Pool) -> Result<*mut Slot, ngx_int_t> {
         served: 0,
         limit: 0,
         answered: false,
-        dying_at_start: false,
         stderr: None,
         stderr_log: StderrLog::new(conf.stderr_level, now_msec()),
         idle_since: now_msec(),
@@ -718,18 +720,17 @@ impl Lease {
         // SAFETY: the lease's slot, and its pool.
         let (s, kill_timeout) = unsafe { (&mut *slot, (*(*slot).pool).spawn.kill_timeout) };
         child.rebind(dying_exit, slot.cast());
-        s.dying_at_start = at_start;
         if child.status().is_none() {
             child.signal(rustix::process::Signal::TERM);
             child.set_timer(kill_timeout.max(1));
         }
         let watching = child.watch();
-        s.state = SlotState::Dying(child);
+        s.state = SlotState::Dying { child, at_start };
         if !watching {
             let pool = s.pool;
             lose(slot, &Loss::Ended);
             kick(pool);
-        } else if let SlotState::Dying(child) = &mut s.state {
+        } else if let SlotState::Dying { child, .. } = &mut s.state {
             if child.status().is_some() {
                 // (Exited already: no event may come for it.)
                 dying(slot);
@@ -749,7 +750,7 @@ unsafe extern "C" fn dying_exit(ev: *mut ngx_event_t) {
     };
     // SAFETY: a live slot.
     let s = unsafe { &mut *slot };
-    let SlotState::Dying(child) = &mut s.state else {
+    let SlotState::Dying { child, .. } = &mut s.state else {
         return;
     };
     if timed_out {
@@ -766,15 +767,16 @@ unsafe extern "C" fn dying_exit(ev: *mut ngx_event_t) {
 fn dying(slot: *mut Slot) {
     // SAFETY: a live slot.
     let s = unsafe { &mut *slot };
-    let SlotState::Dying(child) = &mut s.state else {
+    let SlotState::Dying { child, at_start } = &mut s.state else {
         return;
     };
     let Some(status) = child.status() else {
         return;
     };
+    let at_start = *at_start;
     drain_stderr(s, true);
     let pool = s.pool;
-    let loss = if s.dying_at_start {
+    let loss = if at_start {
         Loss::StartFailed(status)
     } else {
         Loss::Exited(status)
@@ -881,7 +883,7 @@ fn remove(slot: *mut Slot) {
             drop(stdout);
             drop(child);
         }
-        SlotState::Dying(child) => drop(child),
+        SlotState::Dying { child, .. } => drop(child),
         SlotState::Busy => {}
     }
     drain_stderr(&mut s, true);

@@ -434,8 +434,8 @@ impl Transform {
         if rc == NGX_ERROR as ngx_int_t || rc > NGX_OK as ngx_int_t || self.http.header_only() {
             match pooled {
                 Some((Some(0), framing)) if rc != NGX_ERROR as ngx_int_t => {
-                    self.program
-                        .end_lease(self.http, prefix.len() as u64, framing.close);
+                    let extra = prefix.len() as u64 + self.program.output_waiting();
+                    self.program.end_lease(self.http, extra, framing.close);
                 }
                 Some((expect, framing)) if rc == NGX_OK as ngx_int_t => {
                     // A request that gets the header only (a mirror or auth_request

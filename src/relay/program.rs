@@ -214,17 +214,21 @@ impl Program {
         Ok(())
     }
 
+    /// Bytes waiting in the stdout pipe (an error counts as some: nothing is known).
+    pub fn output_waiting(&self) -> u64 {
+        self.stdout()
+            .map_or(0, |fd| os::pipe_state(fd).map_or(1, |(n, _)| n as u64))
+    }
+
     /// A pooled process whose response is complete: back to its pool if it is in a known state
-    /// (`extra`: bytes it wrote past the response; `close`: it asked to), else killed.
+    /// (`extra`: bytes it wrote past the response, its stdout pipe's included; `close`: it asked
+    /// to), else killed.
     pub fn end_lease(&mut self, http: Http, extra: u64, close: bool) {
         if self.lease.is_none() {
             return;
         }
         self.finished = Some(now_msec());
         self.collect_status(http);
-        let in_stdout = self
-            .stdout()
-            .map_or(0, |fd| os::pipe_state(fd).map_or(1, |(n, _)| n));
         let unread = self
             .stdin
             .as_ref()
@@ -237,7 +241,7 @@ impl Program {
         } else if let Some(status) = self.exit() {
             // (It answered: not a start-up failure.)
             Some(Loss::Exited(status))
-        } else if extra + in_stdout as u64 > 0 {
+        } else if extra > 0 {
             Some(Loss::NotReusable("it wrote past its response"))
         } else if !self.input_done || unread > 0 {
             Some(Loss::NotReusable("it did not read all of its request"))
