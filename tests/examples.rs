@@ -1,4 +1,5 @@
-//! Every configuration in nginx-conf/ is loaded by nginx (`nginx -t`), and the demo's is served
+//! Every configuration in nginx-conf/ is loaded by nginx (`nginx -t`; the hardened ImageMagick
+//! recipe with its absolute paths moved to a temporary site), and the demo's is served
 //! for real: thumbnails checked with ImageMagick's identify, streams byte-counted. So is the
 //! opening example of README.md, and pool.conf with the transformers of examples/pool/.
 
@@ -22,6 +23,30 @@ fn conf_files() -> Vec<PathBuf> {
     files
 }
 
+/// A configuration of nginx-conf/ as nginx can load it here, in `prefix`: the hardened
+/// ImageMagick recipe names absolute paths that must exist (its site under /srv/www, its policy
+/// installed under /usr/local/lib/nginx-transform/imagemagick); they become a site made in the
+/// prefix and examples/imagemagick (tests/imagemagick_sandbox.rs serves it so).
+fn loadable(conf: &Path, prefix: &Path) -> PathBuf {
+    const SITE: &str = "/srv/www";
+    const POLICY_DIR: &str = "/usr/local/lib/nginx-transform/imagemagick";
+    let text = std::fs::read_to_string(conf).unwrap();
+    if !text.contains(SITE) {
+        return conf.to_path_buf();
+    }
+    let site = prefix.join("site");
+    for dir in ["html/images", "html/cache", "magick-tmp"] {
+        std::fs::create_dir_all(site.join(dir)).unwrap();
+    }
+    let policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/imagemagick");
+    let text = text
+        .replace(SITE, site.to_str().unwrap())
+        .replace(POLICY_DIR, policy.to_str().unwrap());
+    let path = prefix.join(conf.file_name().unwrap());
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 #[test]
 fn every_example_configuration_loads() {
     let files = conf_files();
@@ -33,7 +58,7 @@ fn every_example_configuration_loads() {
             .arg("-p")
             .arg(&prefix)
             .arg("-c")
-            .arg(&conf)
+            .arg(loadable(&conf, &prefix))
             .output()
             .unwrap();
         assert!(
