@@ -9,8 +9,11 @@ splice and read/write relays, and the posix_spawn ceiling. Every one runs the sa
 (`transform-bench produce N`: vmsplice into its stdout pipe), one exec per request: fcgiwrap runs
 it as a CGI program (under a name ending in .cgi it writes its own CGI header).
 
-Workloads: W1 one 1 GiB stream; W2 small responses under wrk; W3 a slow client (20 MB/s); W4 200
-concurrent 16 MiB streams; W5 W2 with a worker inflated to 1 GiB; W6 process once, serve forever:
+Workloads: W1 one 1 GiB stream; W2 small responses under wrk, and beside it, in the same rounds,
+W2s: W2's program sandboxed (transform_sandbox_paths + transform_sandbox_syscalls default; with
+transform_cgroup too when nginx accepts it; and, in a full run, each namespace of
+transform_sandbox_namespaces); W3 a slow client (20 MB/s); W4 200 concurrent 16 MiB streams;
+W5 W2 with a worker inflated to 1 GiB; W6 process once, serve forever:
 (a) 100 identical cold requests at once for a program of ~100 ms writing 200 KiB (which counts its
 runs in a file), on the module with transform_store + transform_lock behind try_files, the module
 behind proxy_cache + proxy_cache_lock, and fcgiwrap behind fastcgi_cache + fastcgi_cache_lock,
@@ -563,6 +566,7 @@ http {{
         location ~ ^/module-write/(\\d+)$ {{ transform_exec {BENCH} produce $1 write; }}
         location ~ ^/buffered-write/(\\d+)$ {{
             transform_splice off; transform_exec {BENCH} produce $1 write; }}
+        {self.w2s_locations()}
         location /static/ {{ }}
         {self.fcgi_location("/fcgi/", "on")}
         {self.fcgi_location("/fcgi-off/", "off")}
@@ -587,6 +591,13 @@ http {{
         inst["temp"] = [os.path.join(prefix, t) for t in
                         ("fastcgi_temp", "uwsgi_temp", "proxy_temp", "client_body_temp")]
         return inst
+
+    def w2s_locations(self):
+        """W2s: W2's location once per sandbox row that nginx accepted (see w2s_rows)."""
+        return "\n        ".join(
+            f"location ~ ^{r['path']}(\\d+)$ {{ {r['directives']} "
+            f"transform_exec {BENCH} produce $1; }}"
+            for r in getattr(self, "w2s", []) if r["available"])
 
     def launch_nginx(self, name, prefix, conf, port, env=None):
         """Starts nginx with `conf` in `prefix`, in the cgroup nginx-`name`; returns once it
@@ -1184,6 +1195,7 @@ def run(args, cg):
         "w1": 256 * MIB if quick else GIB,
         "w1_rounds": 1 if quick else 3,
         "w2_seconds": 3 if quick else 10,
+        "quick": quick,
         "w3": 64 * MIB if quick else GIB,
         "w4_conns": 50 if quick else 200,
         "w4": 4 * MIB if quick else 16 * MIB,
@@ -1241,6 +1253,7 @@ def run_w1_to_w6(s, cg, sizes, only, results):
     s.build_inflate()
     s.start_backends()
     s.make_static({sizes["w1"], sizes["w4"]})
+    s.w2s = w2s_rows(s, sizes) if "w2" in only else []
     main = s.start_nginx("main")
     big = s.start_nginx("inflated", inflate_mb=1024)
     base = f"http://127.0.0.1:{main['port']}"
@@ -1271,13 +1284,16 @@ def run_w1_to_w6(s, cg, sizes, only, results):
             cg, "standalone read/write relay", f"http://127.0.0.1:{s.relay_ports['rw']}", "/",
             ["relay-rw"], lambda: [s.relay_rw.pid]),
     }
-    for w, fn in (("w1", lambda: w1(s, c, sizes)), ("w2", lambda: w2(cg, c, sizes)),
+    w2s_check(s, c, con, base, main)
+    for w, fn in (("w1", lambda: w1(s, c, sizes)), ("w2", lambda: w2(cg, c, sizes, s.w2s)),
                   ("w3", lambda: w3(c, sizes)), ("w4", lambda: w4(c, sizes)),
                   ("w5", lambda: w5(sizes, main, big))):
         if w not in only:
             continue
         before = cpu_times()
         results[w] = fn()
+        if w == "w2":
+            results["w2s"] = w2s_result(results["w2"], s.w2s)
         results["steal"][w] = steal_since(before)
         log(f"{w.upper()}: {results['steal'][w]:.1f}% of the CPU time stolen by the host")
     if "w6" in only:
@@ -1377,11 +1393,120 @@ def w1(s, c, sizes):
     return out
 
 
-def w2(cg, c, sizes):
+# W2s: W2's location (the plain module row of W2 is its reference) with the sandbox.
+W2S_PLAIN = "module (splice)"
+W2S_SANDBOX = "module + sandbox (Landlock + seccomp default)"
+W2S_CGROUP = "module + sandbox + cgroup (pids.max, memory.max)"
+# The cgroup's limits: far above what the 16-byte producer takes.
+W2S_CGROUP_LIMITS = "pids.max=64 memory.max=64m"
+# transform_sandbox_namespaces, full runs only: a worker that is not root (nobody, when nginx
+# starts as root) needs `user` with any other, so each is measured with `user`, and `user` alone.
+W2S_NAMESPACES = ["user", "user pid", "user ipc", "user uts", "user mount", "user net"]
+
+
+def sandbox_paths():
+    """transform_sandbox_paths for the producer, as narrow as the recipe's: its file, the
+    directories of the libraries and loader ldd names, the loader's cache."""
+    paths = {BENCH, "/etc/ld.so.cache"}
+    out = subprocess.run(["ldd", BENCH], capture_output=True, text=True, timeout=30).stdout
+    for m in re.finditer(r"(/\S+)", out):
+        if os.path.exists(m.group(1)):
+            paths.add(os.path.dirname(os.path.realpath(m.group(1))))
+    return sorted(p for p in paths if os.path.exists(p))
+
+
+def nginx_accepts(s, directives):
+    """Whether `nginx -t` accepts `directives` in a location (None), else its complaint."""
+    prefix = tempfile.mkdtemp(prefix="w2s-", dir=s.dir)
+    os.makedirs(os.path.join(prefix, "logs"))
+    conf = os.path.join(prefix, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(f"""load_module {MODULE};
+error_log {prefix}/logs/error.log warn;
+pid {prefix}/nginx.pid;
+events {{}}
+http {{ server {{ listen 127.0.0.1:{free_port()};
+    location / {{ {directives} transform_exec {BENCH} produce 16; }} }} }}
+""")
+    p = subprocess.run([s.nginx, "-t", "-p", prefix, "-c", conf], capture_output=True, text=True,
+                       timeout=60)
+    shutil.rmtree(prefix, ignore_errors=True)
+    if p.returncode == 0:
+        return None
+    said = [ln for ln in p.stderr.splitlines() if "[emerg]" in ln]
+    if not said:  # a handler that failed without a message
+        return (f"`nginx -t` fails without naming why ({directives.split()[-3]}...: "
+                f"{' '.join(p.stderr.split())[-120:]})").replace(prefix, "...")
+    return re.sub(r"^.*?\[emerg\] \d+#\d+: ", "", said[0]).replace(prefix, "...")
+
+
+def w2s_rows(s, sizes):
+    """W2s's rows (beside W2's plain module row): each a path on the main nginx and the
+    directives of its location, available once nginx accepted them."""
+    sandbox = (f"transform_sandbox_paths {' '.join(sandbox_paths())}; "
+               "transform_sandbox_syscalls default;")
+    rows = [{"name": W2S_SANDBOX, "path": "/w2s-sandbox/", "directives": sandbox},
+            {"name": W2S_CGROUP, "path": "/w2s-cgroup/",
+             "directives": f"{sandbox} transform_cgroup {W2S_CGROUP_LIMITS};"}]
+    if not sizes["quick"]:
+        for i, ns in enumerate(W2S_NAMESPACES):
+            rows.append({"name": f"module + namespaces {ns}", "path": f"/w2s-ns{i}/",
+                         "directives": f"transform_sandbox_namespaces {ns};", "namespaces": ns})
+    for r in rows:
+        why = nginx_accepts(s, r["directives"])
+        r["available"], r["why"] = why is None, why and f"nginx -t refuses it: {why}"
+        if why:
+            log(f"W2s {r['name']}: n/a, {r['why']}")
+    return rows
+
+
+def w2s_check(s, c, con, base, main):
+    """Each available W2s row answers the 16 bytes once before it is measured (a contestant of
+    the main nginx, as W2's module row); a row that does not is dropped with the reason (and the
+    error log's last line)."""
+    for r in s.w2s:
+        if not r["available"]:
+            continue
+        try:
+            got = get(f"{base}{r['path']}16", expect=16, timeout=30)
+            ok = got.get("errors", 1) == 0
+        except (subprocess.SubprocessError, ValueError) as e:
+            ok, got = False, str(e)
+        if ok:
+            c[r["name"]] = con(r["name"], r["path"])
+            continue
+        last = ""
+        try:
+            with open(os.path.join(main["prefix"], "logs/error.log")) as f:
+                last = f.read().strip().splitlines()[-1]
+        except (OSError, IndexError):
+            pass
+        r["available"] = False
+        r["why"] = f"its check request failed ({got}); error log: {last}"
+        log(f"W2s {r['name']}: n/a, {r['why']}")
+
+
+def w2s_result(w2r, rows):
+    """W2s's figures, taken out of W2's (they ran in its rounds): each row's, with the plain
+    module row as the reference, and why a row did not run."""
+    out = {"plain": W2S_PLAIN, "limits": W2S_CGROUP_LIMITS, "rows": {}, "not_run": {},
+           "directives": {}}
+    for r in rows:
+        out["directives"][r["name"]] = r["directives"]
+        if r["name"] in w2r:
+            out["rows"][r["name"]] = w2r.pop(r["name"])
+        else:
+            out["not_run"][r["name"]] = r["why"] or "not measured"
+    return out
+
+
+def w2(cg, c, sizes, w2s=()):
     t = sizes["w2_seconds"]
     runs = {}
+    sandboxed = [r["name"] for r in w2s if r["available"]]
     for _ in range(sizes["wrk_rounds"]):  # alternated rounds, medians reported
-        for name in ("module (splice)", "fcgiwrap (buffering on)", "uWSGI Python app"):
+        for name in ["module (splice)", "fcgiwrap (buffering on)", "uWSGI Python app",
+                     *sandboxed]:
             m = Measure(c[name], sample=False)
             try:
                 r = wrk(c[name].url(16), t)
@@ -2454,8 +2579,11 @@ def fmt(value, digits):
 def erred(res):
     """(workload, contestant, errors, first error) of every contestant that erred."""
     out = []
-    for w in ("w1", "w2", "w3", "w4", "w5", "w6a", "w6b", "w7", "w7_slow", "w8"):
-        for name, r in res.get(w, {}).items():
+    for w in ("w1", "w2", "w2s", "w3", "w4", "w5", "w6a", "w6b", "w7", "w7_slow", "w8"):
+        rows = res.get(w, {})
+        if w == "w2s":
+            rows = rows.get("rows", {})
+        for name, r in rows.items():
             if r["errors"]:
                 out.append((w.upper().replace("_SLOW", " slow client"), name, r["errors"],
                             r["first_error"]))
@@ -2537,6 +2665,8 @@ def report(res):
             ("W2 requests/s >= 0.8x posix_spawn ceiling",
              ratio(w2m, w2r["posix_spawn ceiling"]["rps"]), 0.8, ">="),
         ]
+        if "w2s" in res:
+            targets += report_w2s(res, add, who, ratio)
     if "w3" in res:
         w3r = res["w3"]
         add(f"### W3: a client reading {s['w3'] // MIB} MiB at 20 MB/s\n")
@@ -2636,7 +2766,10 @@ def report(res):
     add("### Targets\n")
     add("| target | figure | verdict |")
     add("|---|---:|---|")
-    for name, value, limit, how in targets:
+    for name, value, limit, how, *why in targets:
+        if value is None:  # not measured: why
+            add(f"| {name} | n/a | not run: {why[0] if why else '?'} |")
+            continue
         ok = {">=": value >= limit, "<=": value <= limit, "==": value == limit}[how]
         shown = str(value) if isinstance(value, int) else fmt(None if math.isnan(value) else
                                                               value, 2)
@@ -2649,6 +2782,68 @@ def report(res):
     for w, name, n, first in bad:
         add(f"- {w} {name}: {n} errors, first: {first or '?'}")
     return "\n".join(lines) + "\n"
+
+
+def cpu_us(r):
+    """CPU per request of a W2 row, server's and programs', in microseconds (None without the
+    programs' CPU: no usable cgroup)."""
+    if r["server_cpu_ms_per_req"] is None or r["programs_cpu_ms_per_req"] is None:
+        return None
+    return (r["server_cpu_ms_per_req"] + r["programs_cpu_ms_per_req"]) * 1000
+
+
+def report_w2s(res, add, who, ratio):
+    """W2s's table (W2's program sandboxed, measured in W2's rounds); returns its targets."""
+    s, w2s = res["sizes"], res["w2s"]
+    plain = res["w2"][w2s["plain"]]
+    add(f"### W2s: W2's program sandboxed ({WRK_CONNS} connections, {s['w2_seconds']} s, median "
+        f"of {s['wrk_rounds']}, in W2's rounds)\n")
+    add("Each row is W2's location with sandbox directives added (the directives are in the JSON "
+        "results): `transform_sandbox_paths` with the producer's file, the directories of its "
+        "libraries and `/etc/ld.so.cache`, and `transform_sandbox_syscalls default`; then also "
+        f"`transform_cgroup {w2s['limits']}`; and (full runs) "
+        "`transform_sandbox_namespaces`, each namespace with `user` (nginx's workers are not "
+        "root). Overhead per spawn: the row's CPU per request (nginx's and the programs') less "
+        "the plain row's, and the time per request of the whole machine (1/requests per second) "
+        "less the plain row's.\n")
+    add("| contestant | requests/s | x plain | p99 ms | CPU us/req (all) | overhead us/spawn "
+        "(CPU) | overhead us/req (1/rps) | errors |")
+    add("|---|---:|---:|---:|---:|---:|---:|---:|")
+    base_cpu = cpu_us(plain)
+
+    def row(name, r):
+        cpu = cpu_us(r)
+        over = None if cpu is None or base_cpu is None else cpu - base_cpu
+        wall = 1e6 / max(r["rps"], 1e-9) - 1e6 / max(plain["rps"], 1e-9)
+        add(f"| {who(name, r)} | {r['rps']:.0f} | "
+            f"{fmt(nan_none(ratio(r['rps'], plain['rps'])), 2)} | {r['p99_ms']:.2f} | "
+            f"{fmt(cpu, 0)} | {fmt(over, 0)} | {fmt(wall, 0)} | {r['errors']} |")
+    row(f"{w2s['plain']} (plain, W2's row)", plain)
+    for name, r in w2s["rows"].items():
+        row(name, r)
+    add("")
+    for name, why in w2s["not_run"].items():
+        add(f"- {name}: n/a, {why}")
+    user = w2s["rows"].get("module + namespaces user")
+    if user and cpu_us(user) is not None and base_cpu is not None:
+        each = []
+        for ns in W2S_NAMESPACES[1:]:
+            r = w2s["rows"].get(f"module + namespaces {ns}")
+            if r and cpu_us(r) is not None:
+                each.append(f"{ns.split()[-1]} {cpu_us(r) - cpu_us(user):.0f}")
+        add(f"- each namespace's own CPU per spawn (us, over `user` alone, which costs "
+            f"{cpu_us(user) - base_cpu:.0f} over plain): " + ", ".join(each))
+    if w2s["not_run"] or user:
+        add("")
+    targets = []
+    for name, limit in ((W2S_SANDBOX, 0.85), (W2S_CGROUP, 0.75)):
+        label = f"W2s {name.removeprefix('module + ')} >= {limit}x plain (requests/s)"
+        r = w2s["rows"].get(name)
+        if r:
+            targets.append((label, ratio(r["rps"], plain["rps"]), limit, ">="))
+        else:
+            targets.append((label, None, limit, ">=", w2s["not_run"].get(name, "not measured")))
+    return targets
 
 
 def report_w7(res, add, who, ratio):
