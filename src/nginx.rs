@@ -1694,6 +1694,13 @@ impl Timer {
         unsafe { (*self.0.as_ptr()).timer_set() != 0 }
     }
 
+    /// A timer that does not hold a worker's graceful shutdown (nginx's `ev->cancelable`).
+    pub fn cancelable(self) -> Timer {
+        // SAFETY: a live event of ours, not in the timer tree yet.
+        unsafe { (*self.0.as_ptr()).set_cancelable(1) };
+        self
+    }
+
     pub fn clear(&self) {
         // SAFETY: a live event of ours.
         unsafe {
@@ -1710,5 +1717,37 @@ impl Timer {
 impl Drop for Timer {
     fn drop(&mut self) {
         self.clear();
+    }
+}
+
+/// Whether this process only tests the configuration (`nginx -t`, `-T`).
+pub fn testing_config() -> bool {
+    // SAFETY: nginx's global, set from the command line before the configuration is read.
+    unsafe { nginx_sys::ngx_test_config != 0 }
+}
+
+/// Whether this process reads the configuration only to signal the master (`nginx -s`).
+pub fn signaller() -> bool {
+    // SAFETY: nginx's global, set from the command line before the configuration is read.
+    unsafe { nginx_sys::ngx_process == nginx_sys::NGX_PROCESS_SIGNALLER as ngx_uint_t }
+}
+
+/// The user and group the workers run as (nginx's `user` directive, or its default when the
+/// master runs as root), if known in `cycle` yet: None when unset (a master that is not root,
+/// or before the core module's configuration is complete and the `user` directive was not read).
+pub fn worker_user(cycle: *mut nginx_sys::ngx_cycle_t) -> Option<(u32, Option<u32>)> {
+    const UNSET: u32 = u32::MAX;
+    // SAFETY: a live cycle whose core module configuration was created (it is before the http
+    // block is read): conf_ctx[ngx_core_module.index] is its ngx_core_conf_t.
+    unsafe {
+        let ctx = (*cycle).conf_ctx;
+        if ctx.is_null() {
+            return None;
+        }
+        let index = (*ptr::addr_of!(nginx_sys::ngx_core_module)).index;
+        let ccf = (*ctx.add(index)).cast::<nginx_sys::ngx_core_conf_t>();
+        let ccf = ccf.as_ref()?;
+        let (user, group) = (ccf.user, ccf.group);
+        (user != UNSET).then_some((user, (group != UNSET).then_some(group)))
     }
 }
