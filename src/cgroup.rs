@@ -269,7 +269,7 @@ pub fn configure(cf: &ngx_conf_t) -> bool {
                 NGX_LOG_EMERG,
                 log,
                 os::errno(&f.err),
-                "\"transform_cgroup\" in {file}:{line} cannot work: {f}{}",
+                "\"transform_cgroup\" in {file}:{line} cannot work{}: {f}",
                 hint(&f, place)
             );
             return false;
@@ -324,11 +324,11 @@ fn missing(c: Controller, found: &files::Found, policy: Policy) -> String {
 fn hint(f: &Failure, place: &Place) -> &'static str {
     match f.err.raw_os_error() {
         Some(libc::EACCES | libc::EPERM | libc::EROFS) => {
-            "; the master must start as root (or in a cgroup delegated to its user)"
+            " (the master must start as root, or in a cgroup delegated to its user)"
         }
         Some(libc::EBUSY) if place.version == files::Version::V2 => {
-            "; other processes share nginx's cgroup: start nginx in a cgroup of its own \
-             (systemd: Delegate=yes)"
+            " (other processes share nginx's cgroup: start nginx in a cgroup of its own, \
+             e.g. systemd's Delegate=yes)"
         }
         _ => "",
     }
@@ -469,8 +469,7 @@ fn schedule_retry() {
             // SAFETY: the cycle (and its pool) outlives the worker's timers.
             let cycle_pool = unsafe { (*nginx_sys::ngx_cycle).pool };
             let log = ngx::log::ngx_cycle_log().as_ptr();
-            *t = Timer::new(cycle_pool, log, retry_event, core::ptr::null_mut())
-                .map(Timer::cancelable);
+            *t = Timer::worker(cycle_pool, log, retry_event).map(Timer::cancelable);
         }
         if let Some(t) = t.as_ref().filter(|t| !t.is_set()) {
             t.set(RETRY_DELAY.get());

@@ -1660,6 +1660,19 @@ impl Timer {
         }
     }
 
+    /// A timer of no connection nor request (a worker-wide chore), in `pool`: its handler
+    /// gets no `data`.
+    pub fn worker(
+        pool: *mut nginx_sys::ngx_pool_t,
+        log: *mut ngx_log_t,
+        handler: EventHandler,
+    ) -> Option<Timer> {
+        // nginx's debug lines read a timer's data as a connection (`ngx_event_ident`): it points
+        // at an empty one.
+        let data = ptr::addr_of!(NO_CONNECTION).cast_mut().cast::<c_void>();
+        Timer::new(pool, log, handler, data)
+    }
+
     /// The `data` given at creation.
     ///
     /// # Safety
@@ -1713,6 +1726,15 @@ impl Timer {
         }
     }
 }
+
+/// The connection a [`Timer::worker`] names: all zeroes, only read (its `fd`, in debug lines).
+struct NoConnection(#[allow(dead_code)] ngx_connection_t); // (read by nginx, through pointers)
+
+// SAFETY: never written; nginx reads it on the worker's thread only.
+unsafe impl Sync for NoConnection {}
+
+// SAFETY: an all-zero ngx_connection_t is nginx's initial state of one (ngx_get_connection zeroes).
+static NO_CONNECTION: NoConnection = NoConnection(unsafe { core::mem::zeroed() });
 
 impl Drop for Timer {
     fn drop(&mut self) {

@@ -358,6 +358,7 @@ fn mkdir(dir: &Path) -> Result<(), Failure> {
 fn write(path: &Path, value: &str) -> Result<(), Failure> {
     OpenOptions::new()
         .write(true)
+        .truncate(true)
         .open(path)
         .and_then(|mut f| f.write_all(value.as_bytes()))
         .map_err(|e| failure(format!("write(\"{value}\")"), path, e))
