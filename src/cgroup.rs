@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use nginx_sys::{
     ngx_command_t, ngx_conf_t, ngx_cycle_t, ngx_event_t, ngx_int_t, ngx_log_t, ngx_msec_t,
-    ngx_parse_offset, ngx_str_t, NGX_ERROR, NGX_LOG_ALERT, NGX_LOG_EMERG, NGX_LOG_NOTICE,
+    NGX_LOG_ALERT, NGX_LOG_EMERG, NGX_LOG_NOTICE,
 };
 use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 
@@ -93,52 +93,51 @@ pub extern "C" fn set_cgroup(
     if conf.cgroup.is_some() {
         return c"is duplicate".as_ptr().cast_mut();
     }
-    // NGX_CONF_1MORE: args holds the name and at least one word.
-    // SAFETY: cf->args is an array of ngx_str_t.
-    let args: &[ngx_str_t] = unsafe { (*cf.args).as_slice() };
-    let words = &args[1..];
+    // NGX_CONF_1MORE: the name and at least one word.
+    let words = &crate::nginx::conf_words(cf)[1..];
     if words.len() == 1 && words[0].as_bytes() == b"off" {
         conf.cgroup = Some(None);
         return NGX_CONF_OK;
     }
     let mut values = Values::default();
     for word in words {
-        let bytes = word.as_bytes();
-        let parsed = if let Some(v) = bytes.strip_prefix(b"memory.max=") {
-            values
-                .memory_max
-                .is_none()
-                .then(|| parse_size(v))
-                .flatten()
-                .map(|n| values.memory_max = Some(n))
-        } else if let Some(v) = bytes.strip_prefix(b"pids.max=") {
-            values
-                .pids_max
-                .is_none()
-                .then(|| parse_number(v).filter(|&n| n >= 1))
-                .flatten()
-                .map(|n| values.pids_max = Some(n))
-        } else if let Some(v) = bytes.strip_prefix(b"cpu.max=") {
-            values
-                .cpu_max
-                .is_none()
-                .then(|| v.strip_suffix(b"%").and_then(parse_number))
-                .flatten()
-                .filter(|n| (1..=100_000).contains(n))
-                .map(|n| values.cpu_max = Some(n as u32))
-        } else {
-            None
-        };
-        if parsed.is_none() {
-            conf_error(cf, &format!("invalid parameter \"{word}\""));
+        if !parameter(&mut values, word.as_bytes()) {
+            crate::nginx::conf_emerg(cf, &format!("invalid parameter \"{word}\""));
             return NGX_CONF_ERROR;
         }
     }
-    // SAFETY: conf_file is the file being read.
-    let (file, line) = unsafe { ((*cf.conf_file).file.name.to_string(), (*cf.conf_file).line) };
+    let (file, line) = crate::nginx::conf_at(cf);
     READ.with_borrow_mut(|r| r.push((values.controllers(), file.clone(), line)));
     conf.cgroup = Some(Some(Arc::new(Limits { values, file, line })));
     NGX_CONF_OK
+}
+
+/// One `name=value` of `transform_cgroup` into `values`; false if it is not one, or given twice.
+fn parameter(values: &mut Values, word: &[u8]) -> bool {
+    let number = |v: &[u8]| std::str::from_utf8(v).ok()?.parse::<u64>().ok();
+    let (slot, value) = if let Some(v) = word.strip_prefix(b"memory.max=") {
+        (&mut values.memory_max, crate::nginx::parse_size(v))
+    } else if let Some(v) = word.strip_prefix(b"pids.max=") {
+        (&mut values.pids_max, number(v))
+    } else if let Some(v) = word.strip_prefix(b"cpu.max=") {
+        let percent = v.strip_suffix(b"%").and_then(number);
+        match (values.cpu_max, percent) {
+            (None, Some(p @ 1..=100_000)) => {
+                values.cpu_max = Some(p as u32);
+                return true;
+            }
+            _ => return false,
+        }
+    } else {
+        return false;
+    };
+    match (&slot, value) {
+        (None, Some(n)) if n > 0 => {
+            *slot = Some(n);
+            true
+        }
+        _ => false,
+    }
 }
 
 /// `transform_cgroup_version auto | v2 | v1` (http level): which cgroup versions may hold the
@@ -153,50 +152,19 @@ pub extern "C" fn set_version(
     if POLICY.get().is_some() {
         return c"is duplicate".as_ptr().cast_mut();
     }
-    // NGX_CONF_TAKE1: args holds the name and one word.
-    // SAFETY: cf->args is an array of ngx_str_t.
-    let word = unsafe { (*cf.args).as_slice::<ngx_str_t>()[1] };
+    // NGX_CONF_TAKE1: the name and one word.
+    let word = crate::nginx::conf_words(cf)[1];
     let policy = match word.as_bytes() {
         b"auto" => Policy::Auto,
         b"v2" => Policy::V2,
         b"v1" => Policy::V1,
         _ => {
-            conf_error(cf, &format!("invalid value \"{word}\": auto, v2 or v1"));
+            crate::nginx::conf_emerg(cf, &format!("invalid value \"{word}\": auto, v2 or v1"));
             return NGX_CONF_ERROR;
         }
     };
     POLICY.set(Some(policy));
     NGX_CONF_OK
-}
-
-/// nginx's size syntax (`64m`), more than zero.
-fn parse_size(v: &[u8]) -> Option<u64> {
-    let mut s = ngx_str_t {
-        len: v.len(),
-        data: v.as_ptr().cast_mut(),
-    };
-    // SAFETY: s points into the configuration's word, which outlives the call.
-    let n = unsafe { ngx_parse_offset(&mut s) };
-    (n > 0 && n != NGX_ERROR as i64).then_some(n as u64)
-}
-
-fn parse_number(v: &[u8]) -> Option<u64> {
-    std::str::from_utf8(v).ok()?.parse().ok()
-}
-
-/// An `[emerg]` at the directive being read (nginx adds "in FILE:LINE").
-fn conf_error(cf: &mut ngx_conf_t, msg: &str) {
-    // SAFETY: cf is valid; the format takes a length and a pointer.
-    unsafe {
-        nginx_sys::ngx_conf_log_error(
-            NGX_LOG_EMERG as _,
-            cf,
-            0,
-            c"%*s".as_ptr(),
-            msg.len(),
-            msg.as_ptr(),
-        )
-    };
 }
 
 /// After the http block (postconfiguration, in the master): finds a hierarchy for every
@@ -359,11 +327,9 @@ pub fn commit(cycle: *mut ngx_cycle_t) {
         if let Some((uid, gid)) = crate::nginx::worker_user(cycle) {
             for place in found.iter() {
                 if let Err(f) = files::hand_over(place, uid, gid) {
-                    // SAFETY: nginx passes the live cycle.
-                    let log = unsafe { (*cycle).log };
                     log_error!(
                         NGX_LOG_ALERT,
-                        log,
+                        ngx::log::ngx_cycle_log().as_ptr(),
                         os::errno(&f.err),
                         "transform_cgroup: {f}; the workers cannot make their programs' cgroups"
                     );
@@ -466,10 +432,7 @@ impl Drop for Group {
 fn schedule_retry() {
     RETRY.with_borrow_mut(|t| {
         if t.is_none() {
-            // SAFETY: the cycle (and its pool) outlives the worker's timers.
-            let cycle_pool = unsafe { (*nginx_sys::ngx_cycle).pool };
-            let log = ngx::log::ngx_cycle_log().as_ptr();
-            *t = Timer::worker(cycle_pool, log, retry_event).map(Timer::cancelable);
+            *t = Timer::worker(retry_event).map(Timer::cancelable);
         }
         if let Some(t) = t.as_ref().filter(|t| !t.is_set()) {
             t.set(RETRY_DELAY.get());

@@ -1660,13 +1660,12 @@ impl Timer {
         }
     }
 
-    /// A timer of no connection nor request (a worker-wide chore), in `pool`: its handler
-    /// gets no `data`.
-    pub fn worker(
-        pool: *mut nginx_sys::ngx_pool_t,
-        log: *mut ngx_log_t,
-        handler: EventHandler,
-    ) -> Option<Timer> {
+    /// A timer of no connection nor request (a worker-wide chore), in the cycle's pool, logging
+    /// to the cycle's log: its handler gets no `data`.
+    pub fn worker(handler: EventHandler) -> Option<Timer> {
+        // SAFETY: the cycle (and its pool) outlives the worker's timers.
+        let pool = unsafe { (*nginx_sys::ngx_cycle).pool };
+        let log = ngx::log::ngx_cycle_log().as_ptr();
         // nginx's debug lines read a timer's data as a connection (`ngx_event_ident`): it points
         // at an empty one.
         let data = ptr::addr_of!(NO_CONNECTION).cast_mut().cast::<c_void>();
@@ -1772,4 +1771,42 @@ pub fn worker_user(cycle: *mut nginx_sys::ngx_cycle_t) -> Option<(u32, Option<u3
         let (user, group) = (ccf.user, ccf.group);
         (user != UNSET).then_some((user, (group != UNSET).then_some(group)))
     }
+}
+
+/// The words of the directive being read, its name first (`cf->args`).
+pub fn conf_words(cf: &nginx_sys::ngx_conf_t) -> &[ngx_str_t] {
+    // SAFETY: while a directive is read, cf->args is nginx's array of its words.
+    unsafe { (*cf.args).as_slice() }
+}
+
+/// The file and line of the directive being read.
+pub fn conf_at(cf: &nginx_sys::ngx_conf_t) -> (String, usize) {
+    // SAFETY: while a directive is read, cf->conf_file is the file being read.
+    unsafe { ((*cf.conf_file).file.name.to_string(), (*cf.conf_file).line) }
+}
+
+/// An `[emerg]` about the directive being read (nginx adds "in FILE:LINE").
+pub fn conf_emerg(cf: &mut nginx_sys::ngx_conf_t, msg: &str) {
+    // SAFETY: cf is the configuration being read; the format takes a length and a pointer.
+    unsafe {
+        nginx_sys::ngx_conf_log_error(
+            nginx_sys::NGX_LOG_EMERG as ngx_uint_t,
+            cf,
+            0,
+            c"%*s".as_ptr(),
+            msg.len(),
+            msg.as_ptr(),
+        )
+    };
+}
+
+/// A size in nginx's syntax (`64m`, `1g`, `4096`), as `ngx_parse_offset` reads it.
+pub fn parse_size(word: &[u8]) -> Option<u64> {
+    let mut s = ngx_str_t {
+        len: word.len(),
+        data: word.as_ptr().cast_mut(),
+    };
+    // SAFETY: s points into `word`, which outlives the call; nginx only reads it.
+    let n = unsafe { nginx_sys::ngx_parse_offset(&mut s) };
+    u64::try_from(n).ok()
 }
