@@ -412,11 +412,14 @@ impl Group {
 }
 
 impl Drop for Group {
-    /// Kills what is left in the cgroup(s) and removes them; busy ones are removed later.
+    /// Removes the cgroup(s); if processes are left (busy), kills them first, and removes what
+    /// is still busy later.
     fn drop(&mut self) {
         self.made.close_procs();
-        files::kill(&self.made.dirs, None);
-        if files::remove(&self.made.dirs) {
+        if files::remove(&self.made.dirs) || {
+            files::kill(&self.made.dirs, None);
+            files::remove(&self.made.dirs)
+        } {
             LIVE.with_borrow_mut(|l| l.retain(|g| g.name != self.name));
             return;
         }

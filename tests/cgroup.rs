@@ -420,6 +420,11 @@ fn off_makes_no_cgroup_and_levels_inherit() {
          location /off { transform_cgroup off; transform_exec /bin/cat /proc/self/cgroup; }
          location /memory {
              transform_cgroup memory.max=1g; transform_exec /bin/cat /proc/self/cgroup;
+         }
+         location /namespaces {
+             transform_sandbox_namespaces user pid;
+             transform_sandbox_syscalls default;
+             transform_exec /bin/cat /proc/self/cgroup;
          }",
     ));
     let worker = nginx.worker_pid();
@@ -443,6 +448,10 @@ fn off_makes_no_cgroup_and_levels_inherit() {
     let (_, memory) = body(&nginx, "/memory");
     assert!(line(&memory, "memory").contains(&ours), "{memory}");
     assert!(!line(&memory, "pids").contains(&ours), "replaced: {memory}");
+    // Joined from a user and pid namespace of its own too (the descriptor was opened outside).
+    let (status, namespaces) = body(&nginx, "/namespaces");
+    assert_eq!(status, 200, "{}", nginx.error_log());
+    assert!(line(&namespaces, "pids").contains(&ours), "{namespaces}");
     assert_no_program_cgroups(&places, worker);
     nginx.stop();
 }
