@@ -566,7 +566,7 @@ http {{
         location ~ ^/module-write/(\\d+)$ {{ transform_exec {BENCH} produce $1 write; }}
         location ~ ^/buffered-write/(\\d+)$ {{
             transform_splice off; transform_exec {BENCH} produce $1 write; }}
-        {self.w2s_locations()}
+        {self.w2s_locations() if name == "main" else ""}
         location /static/ {{ }}
         {self.fcgi_location("/fcgi/", "on")}
         {self.fcgi_location("/fcgi-off/", "off")}
@@ -593,7 +593,8 @@ http {{
         return inst
 
     def w2s_locations(self):
-        """W2s: W2's location once per sandbox row that nginx accepted (see w2s_rows)."""
+        """W2s: W2's location once per sandbox row that nginx accepted (see w2s_rows), on the
+        main nginx only (one nginx with transform_cgroup at a time)."""
         return "\n        ".join(
             f"location ~ ^{r['path']}(\\d+)$ {{ {r['directives']} "
             f"transform_exec {BENCH} produce $1; }}"
