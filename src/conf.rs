@@ -295,7 +295,14 @@ impl TransformConf {
     /// is made per program).
     pub fn confine(&self) -> os::Confine<'static> {
         os::Confine {
-            landlock: self.sandbox_paths.as_ref().and_then(|l| l.as_ref()?.fd()),
+            landlock: match &self.sandbox_paths {
+                Some(Some(paths)) => paths.fd(),
+                // (Built when the directive was read: it cannot fail here.)
+                _ if self.sandbox_syscalls == 1 => crate::sandbox::scope_only()
+                    .ok()
+                    .and_then(crate::sandbox::Landlock::fd),
+                _ => None,
+            },
             // (Built when the directive was read: it cannot fail here.)
             filter: (self.sandbox_syscalls == 1)
                 .then(crate::sandbox::default_filter)
@@ -994,11 +1001,15 @@ extern "C" fn set_sandbox_syscalls(
     }
     // SAFETY: conf is this module's loc conf.
     if unsafe { (*conf.cast::<TransformConf>()).sandbox_syscalls } == 1 {
-        if let Err(e) = crate::sandbox::default_filter() {
-            // SAFETY: nginx passes a valid cf to directive handlers.
-            conf_error(unsafe { &mut *cf }, 0, format_args!("{e}"));
+        // SAFETY: nginx passes a valid cf to directive handlers.
+        let cf = unsafe { &mut *cf };
+        if let Err(e) = crate::sandbox::default_filter().and(crate::sandbox::scope_only()) {
+            conf_error(cf, 0, format_args!("{e}"));
             return NGX_CONF_ERROR;
         }
+        // SAFETY: conf_file is the file being read.
+        let (file, line) = unsafe { ((*cf.conf_file).file.name.to_string(), (*cf.conf_file).line) };
+        crate::sandbox::note_syscalls(&file, line);
     }
     NGX_CONF_OK
 }
