@@ -5,6 +5,8 @@ use core::ffi::{c_char, c_int, c_void, CStr};
 use core::mem::offset_of;
 use core::ptr;
 use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
 
 use nginx_sys::{
     ngx_array_t, ngx_atoi, ngx_command_t, ngx_conf_enum_t, ngx_conf_merge_path_value,
@@ -174,6 +176,14 @@ pub struct TransformConf {
     pub filter_pass: Option<Option<PoolRef>>,
     /// Its pool, resolved at the merge.
     pub filter_pool: Option<usize>,
+    /// `transform_sandbox_paths`: the Landlock ruleset (`Some(None)`: off).
+    pub sandbox_paths: Option<Option<Arc<crate::sandbox::Landlock>>>,
+    /// `transform_sandbox_syscalls`: 1 for `default`, 0 for `none`.
+    pub sandbox_syscalls: ngx_uint_t,
+    /// `transform_sandbox_namespaces`: the CLONE_NEW* flags (`Some(0)`: off).
+    pub sandbox_namespaces: Option<c_int>,
+    /// `transform_cgroup`: the limits (`Some(None)`: off).
+    pub cgroup: Option<Option<Arc<crate::cgroup::Limits>>>,
 }
 
 /// `transform_store`.
@@ -234,6 +244,10 @@ impl Default for TransformConf {
             pool: None,
             filter_pass: None,
             filter_pool: None,
+            sandbox_paths: None,
+            sandbox_syscalls: NGX_CONF_UNSET_UINT,
+            sandbox_namespaces: None,
+            cgroup: None,
         }
     }
 }
@@ -277,6 +291,25 @@ impl TransformConf {
         unsafe { self.filter_type.as_ref() }
     }
 
+    /// The sandbox of this level's programs, as the child applies it (without the cgroup, which
+    /// is made per program).
+    pub fn confine(&self) -> os::Confine<'static> {
+        os::Confine {
+            landlock: self.sandbox_paths.as_ref().and_then(|l| l.as_ref()?.fd()),
+            // (Built when the directive was read: it cannot fail here.)
+            filter: (self.sandbox_syscalls == 1)
+                .then(crate::sandbox::default_filter)
+                .and_then(Result::ok),
+            namespaces: self.sandbox_namespaces.unwrap_or(0),
+            cgroup_procs: &[],
+        }
+    }
+
+    /// The limits of `transform_cgroup`, if on.
+    pub fn cgroup(&self) -> Option<&crate::cgroup::Limits> {
+        self.cgroup.as_ref()?.as_deref()
+    }
+
     /// Whether `transform_filter_status` names `status` itself (not through `any`).
     pub fn lists_status(&self, status: u16) -> bool {
         self.filter_status
@@ -316,6 +349,21 @@ impl Merge for TransformConf {
         if self.filter_status.is_none() {
             self.filter_status.clone_from(&prev.filter_status);
         }
+        if self.sandbox_paths.is_none() {
+            self.sandbox_paths.clone_from(&prev.sandbox_paths);
+        }
+        if self.sandbox_namespaces.is_none() {
+            self.sandbox_namespaces = prev.sandbox_namespaces;
+        }
+        if self.cgroup.is_none() {
+            self.cgroup.clone_from(&prev.cgroup);
+        }
+        merge(
+            &mut self.sandbox_syscalls,
+            prev.sandbox_syscalls,
+            NGX_CONF_UNSET_UINT,
+            0,
+        );
         merge(
             &mut self.filter_type,
             prev.filter_type,
@@ -654,7 +702,7 @@ const fn command(
 }
 
 /// The directive table.
-pub static mut COMMANDS: [ngx_command_t; 34] = [
+pub static mut COMMANDS: [ngx_command_t; 38] = [
     command(
         ngx_string!("transform_exec"),
         NGX_HTTP_LOC_CONF | NGX_HTTP_LIF_CONF | NGX_CONF_1MORE,
@@ -887,8 +935,175 @@ pub static mut COMMANDS: [ngx_command_t; 34] = [
         0,
         ptr::null_mut(),
     ),
+    command(
+        ngx_string!("transform_sandbox_paths"),
+        ANY | NGX_CONF_1MORE,
+        set_sandbox_paths,
+        0,
+        ptr::null_mut(),
+    ),
+    command(
+        ngx_string!("transform_sandbox_syscalls"),
+        ANY | NGX_CONF_TAKE1,
+        set_sandbox_syscalls,
+        offset_of!(TransformConf, sandbox_syscalls),
+        ptr::addr_of_mut!(SYSCALL_PROFILES).cast(),
+    ),
+    command(
+        ngx_string!("transform_sandbox_namespaces"),
+        ANY | NGX_CONF_1MORE,
+        set_sandbox_namespaces,
+        0,
+        ptr::null_mut(),
+    ),
+    command(
+        ngx_string!("transform_cgroup"),
+        ANY | NGX_CONF_1MORE,
+        crate::cgroup::set_cgroup,
+        0,
+        ptr::null_mut(),
+    ),
     ngx_command_t::empty(),
 ];
+
+/// Values of `transform_sandbox_syscalls`.
+static mut SYSCALL_PROFILES: [ngx_conf_enum_t; 3] = [
+    choice(ngx_string!("none"), 0),
+    choice(ngx_string!("default"), 1),
+    END,
+];
+
+/// `transform_sandbox_syscalls none | default`: nginx's enum slot; the `default` filter is
+/// compiled now (once per process), so a failure is an `nginx -t` error.
+extern "C" fn set_sandbox_syscalls(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: forwarded as nginx gave them.
+    let rv = unsafe { ngx_conf_set_enum_slot(cf, cmd, conf) };
+    if rv != NGX_CONF_OK {
+        return rv;
+    }
+    // SAFETY: conf is this module's loc conf.
+    if unsafe { (*conf.cast::<TransformConf>()).sandbox_syscalls } == 1 {
+        if let Err(e) = crate::sandbox::default_filter() {
+            // SAFETY: nginx passes a valid cf to directive handlers.
+            conf_error(unsafe { &mut *cf }, 0, format_args!("{e}"));
+            return NGX_CONF_ERROR;
+        }
+    }
+    NGX_CONF_OK
+}
+
+/// `transform_sandbox_paths off | path ...` (`rw=path` for a writable one): the Landlock ruleset
+/// is built now; the paths must be absolute and exist.
+extern "C" fn set_sandbox_paths(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx calls directive handlers with a valid cf and this module's loc conf.
+    let (cf, conf) = unsafe { (&mut *cf, &mut *conf.cast::<TransformConf>()) };
+    if conf.sandbox_paths.is_some() {
+        return c"is duplicate".as_ptr().cast_mut();
+    }
+    // SAFETY: cf->args is an array of ngx_str_t with the name and at least one word.
+    let args: &[ngx_str_t] = unsafe { (*cf.args).as_slice() };
+    let words = &args[1..];
+    if words.len() == 1 && words[0].as_bytes() == b"off" {
+        conf.sandbox_paths = Some(None);
+        return NGX_CONF_OK;
+    }
+    let mut paths = Vec::with_capacity(words.len());
+    for word in words {
+        let bytes = word.as_bytes();
+        let (write, path) = match bytes.strip_prefix(b"rw=") {
+            Some(p) => (true, p),
+            None => (false, bytes),
+        };
+        if !path.starts_with(b"/") || path.contains(&0) {
+            conf_error(
+                cf,
+                0,
+                format_args!(
+                    "invalid path \"{word}\": an absolute path, or rw= and an absolute path"
+                ),
+            );
+            return NGX_CONF_ERROR;
+        }
+        let path = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(path));
+        if let Err(e) = std::fs::metadata(&path) {
+            conf_error(
+                cf,
+                e.raw_os_error().unwrap_or(0),
+                format_args!("sandbox path \"{}\" cannot be used", path.display()),
+            );
+            return NGX_CONF_ERROR;
+        }
+        paths.push((path, write));
+    }
+    let rules: Vec<crate::sandbox::Rule<'_>> = paths
+        .iter()
+        .map(|(path, write)| crate::sandbox::Rule {
+            path,
+            write: *write,
+        })
+        .collect();
+    match crate::sandbox::landlock(&rules) {
+        Ok(ruleset) => {
+            // SAFETY: conf_file is the file being read.
+            let file = unsafe { (*cf.conf_file).file.name.to_string() };
+            // SAFETY: as above.
+            crate::sandbox::note_paths(&file, unsafe { (*cf.conf_file).line });
+            conf.sandbox_paths = Some(Some(Arc::new(ruleset)));
+            NGX_CONF_OK
+        }
+        Err(e) => {
+            conf_error(cf, 0, format_args!("{e}"));
+            NGX_CONF_ERROR
+        }
+    }
+}
+
+/// `transform_sandbox_namespaces off | user | pid | ipc | net | mount | uts ...`.
+extern "C" fn set_sandbox_namespaces(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx calls directive handlers with a valid cf and this module's loc conf.
+    let (cf, conf) = unsafe { (&mut *cf, &mut *conf.cast::<TransformConf>()) };
+    if conf.sandbox_namespaces.is_some() {
+        return c"is duplicate".as_ptr().cast_mut();
+    }
+    // SAFETY: cf->args is an array of ngx_str_t with the name and at least one word.
+    let args: &[ngx_str_t] = unsafe { (*cf.args).as_slice() };
+    let words = &args[1..];
+    if words.len() == 1 && words[0].as_bytes() == b"off" {
+        conf.sandbox_namespaces = Some(0);
+        return NGX_CONF_OK;
+    }
+    let mut flags = 0;
+    for word in words {
+        let found = crate::sandbox::NAMESPACES
+            .iter()
+            .find(|(name, _)| name.as_bytes() == word.as_bytes());
+        let Some(&(_, flag)) = found else {
+            conf_error(
+                cf,
+                0,
+                format_args!(
+                    "unknown namespace \"{word}\": user, pid, ipc, net, mount, uts, or off"
+                ),
+            );
+            return NGX_CONF_ERROR;
+        };
+        flags |= flag;
+    }
+    conf.sandbox_namespaces = Some(flags);
+    NGX_CONF_OK
+}
 
 /// `transform_filter program [argument ...] | off`: compiles each word as a complex value (one
 /// argv element each), as `transform_exec`; no content handler (a body filter runs the

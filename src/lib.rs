@@ -19,6 +19,7 @@ mod log;
 
 mod background;
 mod cgi;
+mod cgroup;
 mod child;
 mod conf;
 mod filter;
@@ -30,6 +31,7 @@ mod nginx;
 mod os;
 mod pool;
 mod relay;
+mod sandbox;
 mod stderr;
 mod store;
 mod variables;
@@ -45,6 +47,7 @@ impl HttpModule for Module {
 
     /// Adds the log variables.
     unsafe extern "C" fn preconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
+        sandbox::forget_paths();
         // SAFETY: nginx passes the live configuration; the table is only used here.
         match unsafe { nginx::add_variables(cf, &mut *ptr::addr_of_mut!(variables::VARIABLES)) } {
             true => Status::NGX_OK.into(),
@@ -58,6 +61,7 @@ impl HttpModule for Module {
     unsafe extern "C" fn postconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
         // SAFETY: nginx passes the live configuration.
         let log = unsafe { (*cf).log };
+        sandbox::log_report(log);
         match os::probe_kernel() {
             Ok(()) => return Status::NGX_OK.into(),
             Err(os::KernelError::Probe(e)) => {

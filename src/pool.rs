@@ -538,6 +538,7 @@ fn spawn(pool: *mut Pool) -> Result<*mut Slot, ngx_int_t> {
         stdout: out.write.as_raw_fd(),
         stderr: err.write.as_raw_fd(),
         rlimits: conf.rlimits.as_deref().unwrap_or(&[]),
+        confine: conf.confine(),
     };
     let slot = Box::into_raw(Box::new(Slot {
         pool,

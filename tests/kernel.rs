@@ -300,6 +300,7 @@ fn sh(script: &CStr, dir: Option<&CStr>) -> Result<(os::Spawned, os::Pipe), os::
         stdout: pipe.write.as_raw_fd(),
         stderr: pipe.write.as_raw_fd(),
         rlimits: &[],
+        confine: os::Confine::default(),
     };
     os::spawn(&cmd).map(|child| (child, pipe))
 }

@@ -356,6 +356,7 @@ impl Program {
             stdout: pipe.write.as_raw_fd(),
             stderr: err_pipe.write.as_raw_fd(),
             rlimits: self.conf.rlimits.as_deref().unwrap_or(&[]),
+            confine: self.conf.confine(),
         };
         let child = Child::spawn(&cmd, self.conf.kill_timeout, log, Handlers::CHILD, data)
             .map_err(|e| {
