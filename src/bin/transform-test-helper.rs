@@ -71,7 +71,8 @@
 //! response body tells what happened:
 //! - `read-file PATH`: opens PATH and reads it (`ok read N`).
 //! - `write-file PATH`: creates or truncates PATH and writes 3 bytes (`ok wrote 3`).
-//! - `exec PATH [ARG...]`: runs PATH with its output dropped and waits (`ok exit CODE`).
+//! - `exec PATH [ARG...]`: runs PATH with its output dropped and waits (`ok exit CODE`); it opens
+//!   no file (not even /dev/null) but PATH.
 //! - `socket-inet [HOST:PORT]`: socket(AF_INET, SOCK_STREAM) (`ok socket`), then connects to
 //!   HOST:PORT if given (`ok connected`).
 //! - `socket-unix`: socket(AF_UNIX, SOCK_STREAM) and an AF_UNIX socketpair (`ok unix`).
@@ -991,13 +992,13 @@ fn probe(mode: &str, args: &[String]) -> String {
             }
         }
         "exec" => {
+            // Its output captured through pipes (and stdin inherited): /dev/null may be out of
+            // the sandbox's reach.
             let status = std::process::Command::new(arg(0))
                 .args(args.iter().skip(1))
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status();
-            match status {
+                .stdin(std::process::Stdio::inherit())
+                .output();
+            match status.map(|o| o.status) {
                 Ok(s) => match s.code() {
                     Some(code) => format!("ok exit {code}"),
                     None => format!("ok killed {s}"),
