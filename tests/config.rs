@@ -183,17 +183,27 @@ fn sandbox_directives_misuse() {
         format!("server {{ listen 127.0.0.1:{{PORT}};\nlocation / {{ transform_exec /bin/true;\n{d} #BAD\n}} }}")
     };
     // Paths: absolute, existing when the configuration is read; `off` alone.
-    rejects(&s("transform_sandbox_paths usr;"), "\"usr\"");
-    rejects(&s("transform_sandbox_paths rw=tmp;"), "\"tmp\"");
     rejects(
-        &s("transform_sandbox_paths /usr /nonexistent/sandbox/dir;"),
-        "\"/nonexistent/sandbox/dir\"",
+        &s("transform_sandbox_paths usr;"),
+        "invalid path \"usr\": an absolute path, or rw= and an absolute path",
     );
     rejects(
-        &s("transform_sandbox_paths rw=/nonexistent/sandbox/dir;"),
-        "\"/nonexistent/sandbox/dir\"",
+        &s("transform_sandbox_paths rw=tmp;"),
+        "invalid path \"rw=tmp\"",
     );
-    rejects(&s("transform_sandbox_paths off /usr;"), "\"off\"");
+    for missing in [
+        "/usr /nonexistent/sandbox/dir",
+        "rw=/nonexistent/sandbox/dir",
+    ] {
+        rejects(
+            &s(&format!("transform_sandbox_paths {missing};")),
+            "sandbox path \"/nonexistent/sandbox/dir\" cannot be used (2: No such file or directory)",
+        );
+    }
+    rejects(
+        &s("transform_sandbox_paths off /usr;"),
+        "invalid path \"off\"",
+    );
     rejects(
         &s("transform_sandbox_paths;"),
         "invalid number of arguments in \"transform_sandbox_paths\"",
@@ -218,9 +228,12 @@ fn sandbox_directives_misuse() {
     // Namespaces: the six names, or off alone.
     rejects(
         &s("transform_sandbox_namespaces user cgroup;"),
-        "\"cgroup\"",
+        "unknown namespace \"cgroup\": user, pid, ipc, net, mount, uts, or off",
     );
-    rejects(&s("transform_sandbox_namespaces off user;"), "\"off\"");
+    rejects(
+        &s("transform_sandbox_namespaces off user;"),
+        "unknown namespace \"off\"",
+    );
     rejects(
         &s("transform_sandbox_namespaces;"),
         "invalid number of arguments in \"transform_sandbox_namespaces\"",
@@ -625,7 +638,7 @@ const DIRECTIVES: &[Row] = &[
         "transform_sandbox_paths",
         Level::Location,
         "transform_sandbox_paths /usr relative/dir;",
-        "\"relative/dir\"",
+        "invalid path \"relative/dir\"",
         "transform_sandbox_paths /usr /etc/ld.so.cache rw=/tmp;",
     ),
     row(
@@ -639,7 +652,7 @@ const DIRECTIVES: &[Row] = &[
         "transform_sandbox_namespaces",
         Level::Location,
         "transform_sandbox_namespaces user cgroup;",
-        "\"cgroup\"",
+        "unknown namespace \"cgroup\"",
         "transform_sandbox_namespaces user pid ipc net mount uts;",
     ),
     row(
