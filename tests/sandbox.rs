@@ -15,7 +15,59 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-const WRAP: &str = env!("CARGO_BIN_EXE_transform-seccomp-wrap");
+/// Makes `cmd` run with `landlock_create_ruleset` failing with ENOSYS, as on a kernel without
+/// Landlock (a seccomp filter installed between fork and exec, inherited by nginx's workers and
+/// programs). transform-seccomp-wrap, the tool of tests/kernel.rs, does not know that call.
+fn without_landlock(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    #[cfg(target_arch = "x86_64")]
+    const AUDIT_ARCH: u32 = 0xc000_003e;
+    #[cfg(target_arch = "aarch64")]
+    const AUDIT_ARCH: u32 = 0xc000_00b7;
+    let stmt = |code: u32, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let jeq = |k: u32, jt: u8, jf: u8| libc::sock_filter {
+        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+        jt,
+        jf,
+        k,
+    };
+    let load = |off: u32| stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, off);
+    let ret = |k: u32| stmt(libc::BPF_RET | libc::BPF_K, k);
+    // seccomp_data: nr at 0, arch at 4. Another architecture's calls pass untouched.
+    let prog = [
+        load(4),
+        jeq(AUDIT_ARCH, 0, 3),
+        load(0),
+        jeq(libc::SYS_landlock_create_ruleset as u32, 0, 1),
+        ret(libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32),
+        ret(libc::SECCOMP_RET_ALLOW),
+    ];
+    // SAFETY: prctl() is async-signal-safe; the filter lives in the parent's memory, copied into
+    // the child by fork, until the call copies it into the kernel.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fprog = libc::sock_fprog {
+                len: prog.len() as u16,
+                filter: prog.as_ptr().cast_mut(),
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == -1
+                || libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &fprog as *const libc::sock_fprog,
+                ) == -1
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
 
 /// What every sandboxed helper needs to start: its libraries and loader (under /usr: /lib and
 /// /lib64 are links into it on this system, and Landlock sees the resolved path), the loader's
@@ -42,10 +94,11 @@ fn landlock_abi() -> Option<i64> {
 
 /// A directory tree for the Landlock tests, open to the workers' user (`nobody` under root) so
 /// that only the sandbox can stop a probe:
-/// - `ro/inside.txt`: readable (the tests allow `ro` read-only); `ro` itself is writable by all;
+/// - `ro/inside.txt`: readable and writable by all (the tests allow `ro` read-only); `ro` itself
+///   is writable by all;
 /// - `rw/`: writable by all (allowed `rw=`);
-/// - `outside/secret.txt` and `outside/true` (a copy of /usr/bin/true): readable and executable
-///   by all, never allowed;
+/// - `outside/` (writable by all) with `secret.txt` and `true` (a copy of /usr/bin/true),
+///   readable and executable by all: never allowed;
 /// - `html/page.html`: a static page for the filter tests.
 struct Tree {
     dir: PathBuf,
@@ -67,10 +120,12 @@ impl Tree {
         mode(&dir, 0o755);
         mode(&dir.join("ro"), 0o777);
         mode(&dir.join("rw"), 0o777);
-        mode(&dir.join("outside"), 0o755);
+        mode(&dir.join("outside"), 0o777);
         mode(&dir.join("html"), 0o755);
         mode(&dir.join("outside/true"), 0o755);
-        for f in ["ro/inside.txt", "outside/secret.txt", "html/page.html"] {
+        // inside.txt writable by all: only the sandbox keeps a program from writing it.
+        mode(&dir.join("ro/inside.txt"), 0o666);
+        for f in ["outside/secret.txt", "html/page.html"] {
             mode(&dir.join(f), 0o644);
         }
         Tree { dir }
@@ -230,11 +285,10 @@ fn a_program_outside_the_allowed_paths_cannot_start() {
     let r = Client::connect(nginx.port).get("/nohelper");
     assert_eq!(r.status, 502);
     let errors = nginx.log_lines("error");
+    let want = format!("execve() \"{HELPER}\" failed (13: Permission denied)");
     assert!(
-        errors
-            .iter()
-            .any(|l| l.contains("execve() failed (13: Permission denied)")),
-        "{errors:?}"
+        errors.iter().any(|l| l.contains(&want)),
+        "{want}: {errors:?}"
     );
     // Its libraries out of reach: the loader fails (exit 127), before any output.
     let r = Client::connect(nginx.port).get("/nolibs");
@@ -436,34 +490,65 @@ fn a_pid_namespace_program_that_ignores_sigterm_is_killed_after_the_kill_timeout
     nginx.stop();
 }
 
+/// The lines that say what `transform_sandbox_paths` gets from the kernel.
+fn abi_lines(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.contains("transform_sandbox_paths: Landlock ABI"))
+        .map(String::from)
+        .collect()
+}
+
+/// `nginx -t` says once per configuration what Landlock enforces, as a `[notice]`: nginx writes
+/// a notice of the configuration's reading to the prefix's `logs/error.log` (its terminal only
+/// gets warnings and worse), and so does the start-up.
 #[test]
-fn nginx_t_names_the_landlock_abi_once() {
+fn nginx_t_and_the_start_up_name_the_landlock_abi_once() {
     let Some(abi) = landlock_abi() else {
         panic!("this kernel has no Landlock: this test needs it");
     };
     let tree = Tree::new();
-    let (ok, stderr, path) = nginx_test_config(&format!(
+    let body = format!(
         "server {{ listen 127.0.0.1:{{PORT}};
            location /a {{ {paths} transform_exec /bin/true; }}
            location /b {{ {paths} transform_exec /bin/true; }} }}",
         paths = tree.paths()
-    ));
-    std::fs::remove_dir_all(path.parent().expect("prefix")).ok();
+    );
+    let (ok, stderr, path) = nginx_test_config(&body);
+    let prefix = path.parent().expect("prefix").to_path_buf();
+    let log = std::fs::read_to_string(prefix.join("logs/error.log")).unwrap_or_default();
+    std::fs::remove_dir_all(prefix).ok();
     assert!(ok, "{stderr}");
-    let lines: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.contains("transform_sandbox_paths: Landlock ABI"))
-        .collect();
-    assert_eq!(lines.len(), 1, "{stderr}");
-    assert!(lines[0].contains("[notice]"), "{}", lines[0]);
+    let want = format!("Landlock ABI {abi} enforced by this kernel: ");
+    let lines = abi_lines(&log);
+    assert_eq!(lines.len(), 1, "nginx -t: {log}\n{stderr}");
     assert!(
-        lines[0].contains(&format!("Landlock ABI {abi} enforced by this kernel")),
+        lines[0].contains("[notice]") && lines[0].contains(&want),
         "{}",
         lines[0]
     );
+    eprintln!("nginx -t on its terminal:\n{stderr}");
+    let nginx = Nginx::start(&body);
+    let lines = abi_lines(&nginx.error_log());
+    assert_eq!(lines.len(), 1, "start-up: {lines:?}");
+    assert!(
+        lines[0].contains("[notice]") && lines[0].contains(&want),
+        "{}",
+        lines[0]
+    );
+    nginx.stop();
+    // Without transform_sandbox_paths, nothing is said.
+    let (ok, stderr, path) = nginx_test_config(&unsandboxed(
+        "checks the absence of the Landlock line",
+        "server { listen 127.0.0.1:{PORT}; location / { transform_exec /bin/true; } }",
+    ));
+    let prefix = path.parent().expect("prefix").to_path_buf();
+    let log = std::fs::read_to_string(prefix.join("logs/error.log")).unwrap_or_default();
+    std::fs::remove_dir_all(prefix).ok();
+    assert!(ok, "{stderr}");
+    assert!(abi_lines(&log).is_empty(), "{log}");
 }
 
-/// nginx started under transform-seccomp-wrap with `rules`.
+/// nginx started on a kernel without Landlock ([`without_landlock`]).
 struct Wrapped {
     prefix: PathBuf,
     port: u16,
@@ -471,15 +556,12 @@ struct Wrapped {
 }
 
 impl Wrapped {
-    fn start(rules: &[&str], http_body: &str) -> Wrapped {
+    fn start(http_body: &str) -> Wrapped {
         let prefix = temp_dir("sandbox-wrap");
         let port = free_port();
         let conf = prefix.join("nginx.conf");
         std::fs::write(&conf, config(&prefix, port, "", http_body)).expect("write conf");
-        let master = Command::new(WRAP)
-            .args(rules)
-            .arg("--")
-            .arg(nginx_binary())
+        let master = without_landlock(&mut Command::new(nginx_binary()))
             .arg("-p")
             .arg(&prefix)
             .arg("-c")
@@ -488,7 +570,7 @@ impl Wrapped {
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(prefix.join("logs/stderr.log")).expect("stderr"))
             .spawn()
-            .expect("start nginx under transform-seccomp-wrap");
+            .expect("start nginx without Landlock");
         let mut w = Wrapped {
             prefix,
             port,
@@ -534,16 +616,13 @@ impl Drop for Wrapped {
 fn without_landlock_nginx_starts_with_one_loud_warning_and_programs_run() {
     let tree = Tree::new();
     let secret = tree.path("outside/secret.txt");
-    let w = Wrapped::start(
-        &["landlock_create_ruleset=ENOSYS"],
-        &format!(
-            "server {{ listen 127.0.0.1:{{PORT}}; default_type text/plain;
+    let w = Wrapped::start(&format!(
+        "server {{ listen 127.0.0.1:{{PORT}}; default_type text/plain;
                location /a {{ {paths} transform_exec {{HELPER}} $arg_m $arg_a; }}
                location /b {{ {paths} transform_sandbox_syscalls default;
                              transform_exec {{HELPER}} $arg_m $arg_a; }} }}",
-            paths = tree.paths()
-        ),
-    );
+        paths = tree.paths()
+    ));
     // Not enforced: the program reads what the paths would have kept from it...
     assert_eq!(w.body(&format!("/a?m=read-file&a={secret}")), "ok read 7");
     // ...and the seccomp profile still applies.
@@ -579,9 +658,7 @@ fn without_landlock_nginx_starts_with_one_loud_warning_and_programs_run() {
         ),
     )
     .unwrap();
-    let out = Command::new(WRAP)
-        .args(["landlock_create_ruleset=ENOSYS", "--"])
-        .arg(nginx_binary())
+    let out = without_landlock(&mut Command::new(nginx_binary()))
         .arg("-t")
         .arg("-p")
         .arg(&prefix)
@@ -602,6 +679,21 @@ fn without_landlock_nginx_starts_with_one_loud_warning_and_programs_run() {
     std::fs::remove_dir_all(prefix).ok();
 }
 
+/// Reloads nginx (SIGHUP) and waits for the old worker to be gone and one new one to run.
+fn reload(nginx: &Nginx) {
+    let old = nginx.worker_pid();
+    // SAFETY: signalling our own nginx master.
+    unsafe { libc::kill(nginx.master_pid() as i32, libc::SIGHUP) };
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let w = nginx.worker_pids();
+            w.len() == 1 && w[0] != old && proc_state(old).is_none()
+        }),
+        "no new worker after the reload: {:?}",
+        nginx.worker_pids()
+    );
+}
+
 #[test]
 fn the_sandbox_survives_a_reload() {
     let tree = Tree::new();
@@ -616,26 +708,24 @@ fn the_sandbox_survives_a_reload() {
         allowed(nginx, "read-file", &tree.path("ro/inside.txt"));
     };
     check(&nginx);
-    let old = nginx.worker_pid();
-    for round in 0..2 {
-        // SAFETY: signalling our own nginx master.
-        unsafe { libc::kill(nginx.master_pid() as i32, libc::SIGHUP) };
-        assert!(
-            wait_until(Duration::from_secs(10), || {
-                let w = nginx.worker_pids();
-                w.len() == 1 && w[0] != old
-            }),
-            "reload {round}: no new worker"
-        );
-        check(&nginx);
+    let master = nginx.master_pid();
+    reload(&nginx);
+    check(&nginx);
+    // Each configuration has its own rulesets: the old one's are closed with it (the master's
+    // descriptors do not grow with reloads).
+    let after_one = fd_count(master);
+    for _ in 0..5 {
+        reload(&nginx);
     }
+    check(&nginx);
+    assert_eq!(
+        fd_count(master),
+        after_one,
+        "the master's descriptors after 5 more reloads"
+    );
     // Each configuration said once what Landlock enforces.
-    let notices = nginx
-        .error_log()
-        .lines()
-        .filter(|l| l.contains("transform_sandbox_paths: Landlock ABI"))
-        .count();
-    assert!(notices >= 2, "a notice per configuration: {notices}");
+    let notices = abi_lines(&nginx.error_log()).len();
+    assert_eq!(notices, 7, "a notice per configuration");
     nginx.stop();
 }
 
@@ -752,12 +842,24 @@ fn sandboxed_failures_leave_no_zombie_and_no_descriptor() {
         assert_eq!(body(&nginx, "/pid1"), "ok forked 10");
     }
     let errors = nginx.log_lines("error");
+    let want = format!("clone() \"{HELPER}\" failed (1: Operation not permitted)");
     assert!(
-        errors
-            .iter()
-            .any(|l| l.contains("clone() failed (1: Operation not permitted)")),
-        "{errors:?}"
+        errors.iter().any(|l| l.contains(&want)),
+        "{want}: {errors:?}"
     );
+    let want = format!("execve() \"{HELPER}\" failed (13: Permission denied)");
+    assert!(
+        errors.iter().any(|l| l.contains(&want)),
+        "{want}: {errors:?}"
+    );
+    if cfg!(target_arch = "x86_64") {
+        assert!(
+            errors
+                .iter()
+                .any(|l| l.contains("killed by signal 31 (SIGSYS)")),
+            "{errors:?}"
+        );
+    }
     assert!(
         wait_until(Duration::from_secs(3), || children_of(worker).is_empty()),
         "programs left: {:?}",
