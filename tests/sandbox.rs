@@ -411,6 +411,25 @@ fn landlock_scope_keeps_the_program_from_signalling_the_worker() {
     }
     // The seccomp profile alone does not stop kill().
     assert_eq!(body(&nginx, "/seccomp/?m=kill-parent"), "ok kill");
+    // Abstract UNIX sockets outside the sandbox are out of reach too (ABI 6); the seccomp
+    // profile allows AF_UNIX.
+    use std::os::linux::net::SocketAddrExt;
+    let name = format!("transform-test-sandbox-{}", std::process::id());
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(&name).unwrap();
+    let listener = std::os::unix::net::UnixListener::bind_addr(&addr).unwrap();
+    let (on, off) = on_off(&nginx, "connect-abstract", &name);
+    assert_eq!(off, "ok connected");
+    if abi >= 6 {
+        assert_eq!(
+            on, "EPERM",
+            "Landlock ABI {abi} scopes abstract UNIX sockets"
+        );
+    }
+    assert_eq!(
+        body(&nginx, &format!("/seccomp/?m=connect-abstract&a={name}")),
+        "ok connected"
+    );
+    drop(listener);
     // Landlock keeps a sandboxed program from tracing what is outside its domain (every ABI),
     // not its own child.
     assert_eq!(body(&nginx, "/on/?m=ptrace-parent"), "EPERM");
@@ -430,6 +449,8 @@ fn namespaces_net_pid_user_and_off_by_default() {
                              transform_exec /bin/cat /proc/self/uid_map; }
            location /default/ { transform_exec {HELPER} $arg_m $arg_a; }
            location /default-map/ { transform_exec /bin/cat /proc/self/uid_map; }
+           location /all/ { transform_sandbox_namespaces user pid ipc net mount uts;
+                            transform_exec {HELPER} $arg_m $arg_a; }
            location /off/ { transform_sandbox_namespaces off;
                             transform_exec {HELPER} $arg_m $arg_a; } }",
     );
@@ -446,6 +467,11 @@ fn namespaces_net_pid_user_and_off_by_default() {
     assert_eq!(body(&nginx, &format!("/off/{connect}")), "ok connected");
     // pid 1 of its own pid namespace.
     assert_eq!(body(&nginx, "/pid/?m=pid"), "ok pid 1");
+    // All six at once: the program runs, alone.
+    assert_eq!(body(&nginx, "/all/?m=pid"), "ok pid 1");
+    assert_eq!(body(&nginx, &format!("/all/{connect}")), "ENETUNREACH");
+    assert_eq!(body(&nginx, "/all/?m=thread"), "ok thread");
+    assert_eq!(body(&nginx, "/all/?m=fork-bomb&a=10"), "ok forked 10");
     for path in ["/default/?m=pid", "/off/?m=pid", "/net/?m=pid"] {
         let pid = body(&nginx, path);
         assert!(
@@ -501,6 +527,34 @@ fn abi_lines(log: &str) -> Vec<String> {
 /// `nginx -t` says once per configuration what Landlock enforces, as a `[notice]`: nginx writes
 /// a notice of the configuration's reading to the prefix's `logs/error.log` (its terminal only
 /// gets warnings and worse), and so does the start-up.
+#[test]
+fn a_pid_namespace_takes_the_program_s_descendants_with_it() {
+    // A grandchild holding stdout past its program's exit: in a pid namespace the kernel kills
+    // it when the program (pid 1) exits, and the response ends.
+    let nginx = Nginx::start(
+        "server { listen 127.0.0.1:{PORT};
+           location /gc { transform_sandbox_namespaces user pid;
+                          transform_exec {HELPER} grandchild 1000; } }",
+    );
+    let worker = nginx.worker_pid();
+    let start = Instant::now();
+    let r = Client::connect(nginx.port).get("/gc");
+    assert_eq!(r.status, 200);
+    assert!(r.complete);
+    assert_eq!(r.body, helper_output(&["gen", "1000"]));
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(
+        wait_until(Duration::from_secs(3), || children_of(worker).is_empty()),
+        "{:?}",
+        children_of(worker)
+    );
+    nginx.stop();
+}
+
 #[test]
 fn nginx_t_and_the_start_up_name_the_landlock_abi_once() {
     let Some(abi) = landlock_abi() else {

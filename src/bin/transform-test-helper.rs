@@ -76,6 +76,7 @@
 //! - `socket-inet [HOST:PORT]`: socket(AF_INET, SOCK_STREAM) (`ok socket`), then connects to
 //!   HOST:PORT if given (`ok connected`).
 //! - `socket-unix`: socket(AF_UNIX, SOCK_STREAM) and an AF_UNIX socketpair (`ok unix`).
+//! - `connect-abstract NAME`: connects to the abstract UNIX socket NAME (`ok connected`).
 //! - `kill-parent [SIGNAL]`: kill(getppid(), SIGNAL), 0 unless given (`ok kill`).
 //! - `ptrace-parent`: PTRACE_SEIZE of getppid() (which never stops it; exiting detaches).
 //! - `ptrace-child`: PTRACE_SEIZE of a child of its own (allowed without a sandbox: a parent with
@@ -906,6 +907,7 @@ const PROBES: &[&str] = &[
     "exec",
     "socket-inet",
     "socket-unix",
+    "connect-abstract",
     "kill-parent",
     "ptrace-parent",
     "ptrace-child",
@@ -1024,6 +1026,15 @@ fn probe(mode: &str, args: &[String]) -> String {
                 libc::close(pair[1]);
             }
             "ok unix".to_string()
+        }
+        "connect-abstract" => {
+            use std::os::linux::net::SocketAddrExt;
+            match std::os::unix::net::SocketAddr::from_abstract_name(arg(0))
+                .and_then(|a| std::os::unix::net::UnixStream::connect_addr(&a))
+            {
+                Ok(_) => "ok connected".to_string(),
+                Err(e) => io_errno(&e),
+            }
         }
         "kill-parent" => {
             // SAFETY: kill() with integer arguments (signal 0 only checks permission).
