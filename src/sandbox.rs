@@ -311,8 +311,8 @@ pub fn log_report(log: *mut nginx_sys::ngx_log_t) {
             log,
             crate::os::errno(&e),
             "\"transform_sandbox_paths\" in {file}:{line} and every other is NOT enforced: this \
-             kernel has no Landlock (landlock_create_ruleset() failed); the programs can read and \
-             write every file the worker can"
+             kernel has no Landlock, the programs can read and write every file the worker can; \
+             landlock_create_ruleset() failed"
         ),
     }
 }

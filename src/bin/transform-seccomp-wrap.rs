@@ -9,6 +9,7 @@
 //!
 //! - `close_range=ENOSYS`: a kernel before 5.9.
 //! - `waitid:3=EINVAL` (3 is P_PIDFD): a kernel before 5.4.
+//! - `landlock_create_ruleset=ENOSYS`: a kernel without Landlock.
 
 use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitCode};
@@ -21,6 +22,7 @@ const SYSCALLS: &[(&str, libc::c_long)] = &[
     ("pidfd_send_signal", libc::SYS_pidfd_send_signal),
     ("clone3", libc::SYS_clone3),
     ("getdents64", libc::SYS_getdents64),
+    ("landlock_create_ruleset", libc::SYS_landlock_create_ruleset),
 ];
 
 /// The errno names a rule may use.
