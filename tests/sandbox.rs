@@ -15,58 +15,15 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// Makes `cmd` run with `landlock_create_ruleset` failing with ENOSYS, as on a kernel without
-/// Landlock (a seccomp filter installed between fork and exec, inherited by nginx's workers and
-/// programs). transform-seccomp-wrap, the tool of tests/kernel.rs, does not know that call.
-fn without_landlock(cmd: &mut Command) -> &mut Command {
-    use std::os::unix::process::CommandExt;
-    #[cfg(target_arch = "x86_64")]
-    const AUDIT_ARCH: u32 = 0xc000_003e;
-    #[cfg(target_arch = "aarch64")]
-    const AUDIT_ARCH: u32 = 0xc000_00b7;
-    let stmt = |code: u32, k: u32| libc::sock_filter {
-        code: code as u16,
-        jt: 0,
-        jf: 0,
-        k,
-    };
-    let jeq = |k: u32, jt: u8, jf: u8| libc::sock_filter {
-        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
-        jt,
-        jf,
-        k,
-    };
-    let load = |off: u32| stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, off);
-    let ret = |k: u32| stmt(libc::BPF_RET | libc::BPF_K, k);
-    // seccomp_data: nr at 0, arch at 4. Another architecture's calls pass untouched.
-    let prog = [
-        load(4),
-        jeq(AUDIT_ARCH, 0, 3),
-        load(0),
-        jeq(libc::SYS_landlock_create_ruleset as u32, 0, 1),
-        ret(libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32),
-        ret(libc::SECCOMP_RET_ALLOW),
-    ];
-    // SAFETY: prctl() is async-signal-safe; the filter lives in the parent's memory, copied into
-    // the child by fork, until the call copies it into the kernel.
-    unsafe {
-        cmd.pre_exec(move || {
-            let fprog = libc::sock_fprog {
-                len: prog.len() as u16,
-                filter: prog.as_ptr().cast_mut(),
-            };
-            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == -1
-                || libc::prctl(
-                    libc::PR_SET_SECCOMP,
-                    libc::SECCOMP_MODE_FILTER,
-                    &fprog as *const libc::sock_fprog,
-                ) == -1
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        })
-    }
+const WRAP: &str = env!("CARGO_BIN_EXE_transform-seccomp-wrap");
+
+/// nginx as on a kernel without Landlock: under transform-seccomp-wrap, with
+/// `landlock_create_ruleset` failing with ENOSYS (in nginx, its workers and their programs).
+fn without_landlock() -> Command {
+    let mut cmd = Command::new(WRAP);
+    cmd.args(["landlock_create_ruleset=ENOSYS", "--"])
+        .arg(nginx_binary());
+    cmd
 }
 
 /// What every sandboxed helper needs to start: its libraries and loader (under /usr: /lib and
@@ -602,7 +559,7 @@ fn nginx_t_and_the_start_up_name_the_landlock_abi_once() {
     assert!(abi_lines(&log).is_empty(), "{log}");
 }
 
-/// nginx started on a kernel without Landlock ([`without_landlock`]).
+/// nginx started as on a kernel without Landlock ([`without_landlock`]).
 struct Wrapped {
     prefix: PathBuf,
     port: u16,
@@ -615,7 +572,7 @@ impl Wrapped {
         let port = free_port();
         let conf = prefix.join("nginx.conf");
         std::fs::write(&conf, config(&prefix, port, "", http_body)).expect("write conf");
-        let master = without_landlock(&mut Command::new(nginx_binary()))
+        let master = without_landlock()
             .arg("-p")
             .arg(&prefix)
             .arg("-c")
@@ -712,7 +669,7 @@ fn without_landlock_nginx_starts_with_one_loud_warning_and_programs_run() {
         ),
     )
     .unwrap();
-    let out = without_landlock(&mut Command::new(nginx_binary()))
+    let out = without_landlock()
         .arg("-t")
         .arg("-p")
         .arg(&prefix)
@@ -928,6 +885,37 @@ fn sandboxed_failures_leave_no_zombie_and_no_descriptor() {
         "descriptors of the worker"
     );
     assert!(body(&nginx, "/ok").starts_with("ok pid "));
+    nginx.stop();
+}
+
+/// Under `TRANSFORM_TEST_SANDBOX=1` a configuration without a sandbox of its own gets the global
+/// one (no network socket, writes only under /tmp, /dev and /proc); otherwise none.
+#[test]
+fn the_global_sandbox_applies_when_asked() {
+    let nginx = Nginx::start(
+        "server { listen 127.0.0.1:{PORT}; default_type text/plain;
+           location / { transform_exec {HELPER} $arg_m $arg_a; } }",
+    );
+    let sandboxed = global_sandbox();
+    let inet = body(&nginx, "/?m=socket-inet");
+    assert_eq!(inet, if sandboxed { "EPERM" } else { "ok socket" });
+    assert_eq!(
+        body(&nginx, "/?m=read-file&a=/etc/passwd")
+            .split(' ')
+            .next(),
+        Some("ok")
+    );
+    // /var/tmp is open to all, and out of the global sandbox's writable paths.
+    let file = format!("/var/tmp/transform-test-global-{}", std::process::id());
+    let wrote = body(&nginx, &format!("/?m=write-file&a={file}"));
+    std::fs::remove_file(&file).ok();
+    assert_eq!(wrote, if sandboxed { "EACCES" } else { "ok wrote 3" });
+    let tmp = format!("/tmp/transform-test-global-{}", std::process::id());
+    assert_eq!(
+        body(&nginx, &format!("/?m=write-file&a={tmp}")),
+        "ok wrote 3"
+    );
+    std::fs::remove_file(&tmp).ok();
     nginx.stop();
 }
 
