@@ -20,8 +20,15 @@ const WRAP: &str = env!("CARGO_BIN_EXE_transform-seccomp-wrap");
 /// nginx as on a kernel without Landlock: under transform-seccomp-wrap, with
 /// `landlock_create_ruleset` failing with ENOSYS (in nginx, its workers and their programs).
 fn without_landlock() -> Command {
+    without_landlock_errno("ENOSYS")
+}
+
+/// As [`without_landlock`], the call failing with `errno` (`95`, EOPNOTSUPP: Landlock built in
+/// but disabled at boot).
+fn without_landlock_errno(errno: &str) -> Command {
     let mut cmd = Command::new(WRAP);
-    cmd.args(["landlock_create_ruleset=ENOSYS", "--"])
+    cmd.arg(format!("landlock_create_ruleset={errno}"))
+        .arg("--")
         .arg(nginx_binary());
     cmd
 }
@@ -685,7 +692,13 @@ fn without_landlock_nginx_starts_with_one_loud_warning_and_programs_run() {
         .collect();
     assert!(bad.is_empty(), "{bad:?}");
     drop(w);
-    // nginx -t says it too, and succeeds.
+    // nginx -t says it too, and succeeds; so does a kernel with Landlock disabled (EOPNOTSUPP).
+    for errno in ["ENOSYS", "95"] {
+        nginx_t_without_landlock(&tree, errno);
+    }
+}
+
+fn nginx_t_without_landlock(tree: &Tree, errno: &str) {
     let prefix = temp_dir("sandbox-wrap-t");
     let conf = prefix.join("nginx.conf");
     std::fs::write(
@@ -702,7 +715,7 @@ fn without_landlock_nginx_starts_with_one_loud_warning_and_programs_run() {
         ),
     )
     .unwrap();
-    let out = without_landlock()
+    let out = without_landlock_errno(errno)
         .arg("-t")
         .arg("-p")
         .arg(&prefix)
@@ -718,7 +731,7 @@ fn without_landlock_nginx_starts_with_one_loud_warning_and_programs_run() {
             .filter(|l| l.contains("is NOT enforced: this kernel has no Landlock"))
             .count(),
         1,
-        "{stderr}"
+        "{errno}: {stderr}"
     );
     std::fs::remove_dir_all(prefix).ok();
 }
