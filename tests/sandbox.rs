@@ -487,6 +487,20 @@ fn namespaces_net_pid_user_and_off_by_default() {
 }
 
 #[test]
+fn namespaces_do_not_lift_the_process_limit() {
+    // RLIMIT_NPROC counts the worker's user's processes, also from a user namespace of its own.
+    let nginx = Nginx::start(
+        "server { listen 127.0.0.1:{PORT}; default_type text/plain; transform_rlimit nproc 64;
+           location /plain { transform_exec {HELPER} fork-bomb 200; }
+           location /ns { transform_sandbox_namespaces user pid;
+                          transform_exec {HELPER} fork-bomb 200; } }",
+    );
+    assert_eq!(body(&nginx, "/plain"), "EAGAIN");
+    assert_eq!(body(&nginx, "/ns"), "EAGAIN");
+    nginx.stop();
+}
+
+#[test]
 fn a_pid_namespace_program_that_ignores_sigterm_is_killed_after_the_kill_timeout() {
     // pid 1 ignores SIGTERM unless it handles it: stopping it takes transform_kill_timeout, then
     // SIGKILL; the response is a 504 and no process is left.
