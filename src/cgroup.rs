@@ -1,49 +1,521 @@
 //! `transform_cgroup`: one cgroup per program with its limits (memory.max, pids.max, cpu.max).
 //!
-//! STUB: the interface the rest of the module uses; built by the cgroup work of issue 13.
-#![allow(dead_code)]
+//! - While the configuration is read, each directive notes the controllers it needs; after the
+//!   http block (`postconfiguration`, in the master, root) one hierarchy is found for each
+//!   (cgroup v2 preferred, v1 as `transform_cgroup_version` allows), the module's subtree is made
+//!   under nginx's own cgroup (cgroup v2: the master moves into its leaf and the controllers are
+//!   enabled), or `nginx -t` and the start fail with one line naming the directive and what is
+//!   missing. `nginx -t` only checks (it moves nothing, makes nothing).
+//! - Once the configuration is committed (`init_module`), the places are kept for the workers and
+//!   what they write is handed over to the worker user.
+//! - In a worker, each program's cgroup is made before its spawn ([`Group::create`]); the child
+//!   joins it by writing "0" to the `cgroup.procs` descriptors it is given; the [`Group`] goes
+//!   with the `Child`, which kills it as a whole and, after the reaping, drops it: its processes
+//!   are killed and it is removed (if it is still busy, again later from a list, and at the
+//!   worker's exit). See `cgroup/files.rs` for the files.
 
+use core::cell::{Cell, RefCell};
 use core::ffi::{c_char, c_void};
 use std::io;
 use std::os::fd::RawFd;
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::Arc;
 
-use nginx_sys::{ngx_command_t, ngx_conf_t};
-use ngx::core::NGX_CONF_ERROR;
+use nginx_sys::{
+    ngx_command_t, ngx_conf_t, ngx_cycle_t, ngx_event_t, ngx_int_t, ngx_log_t, ngx_msec_t,
+    NGX_LOG_ALERT, NGX_LOG_EMERG, NGX_LOG_NOTICE,
+};
+use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
+
+use crate::nginx::Timer;
+use crate::os::{self, ExitStatus};
+
+mod files;
+
+pub use files::{Controller, Failure, Policy, Values};
+use files::{Made, Place};
 
 /// One `transform_cgroup` directive: the limits and where it was written.
 #[derive(Debug)]
 pub struct Limits {
-    pub memory_max: Option<u64>,
-    pub pids_max: Option<u64>,
-    /// Percent of one CPU (cpu.max quota over a 100 ms period).
-    pub cpu_max: Option<u32>,
+    pub values: Values,
     pub file: String,
     pub line: usize,
+}
+
+std::thread_local! {
+    /// The directives of the configuration being read: what each needs, and where it is.
+    static READ: RefCell<Vec<(Vec<Controller>, String, usize)>> = const { RefCell::new(Vec::new()) };
+    /// `transform_cgroup_version` of the configuration being read.
+    static POLICY: Cell<Option<Policy>> = const { Cell::new(None) };
+    /// The places found for the configuration being read, until it is committed.
+    static FOUND: RefCell<Option<Rc<Vec<Place>>>> = const { RefCell::new(None) };
+    /// The places of the running configuration (workers inherit them).
+    static PLACES: RefCell<Rc<Vec<Place>>> = RefCell::new(Rc::new(Vec::new()));
+    /// This worker's program cgroups not yet removed, and whether their removal is retried.
+    static LIVE: RefCell<Vec<Live>> = const { RefCell::new(Vec::new()) };
+    /// Programs' cgroups made by this worker (their names' second part).
+    static SEQ: Cell<u64> = const { Cell::new(0) };
+    /// The timer of the retried removals.
+    static RETRY: RefCell<Option<Timer>> = const { RefCell::new(None) };
+    static RETRY_DELAY: Cell<ngx_msec_t> = const { Cell::new(RETRY_FIRST) };
+}
+
+/// A program's cgroups until they are removed.
+struct Live {
+    name: String,
+    dirs: Vec<(files::Version, std::path::PathBuf)>,
+    /// Busy when dropped: removed again later.
+    retry: bool,
+}
+
+/// The first delay before a busy cgroup is removed again, and the longest.
+const RETRY_FIRST: ngx_msec_t = 50;
+const RETRY_MAX: ngx_msec_t = 5_000;
+
+/// Before a configuration is read.
+pub fn forget() {
+    READ.with_borrow_mut(Vec::clear);
+    POLICY.set(None);
+    FOUND.with_borrow_mut(|f| *f = None);
 }
 
 /// `transform_cgroup off | [memory.max=size] [pids.max=N] [cpu.max=P%]`: sets
 /// `TransformConf::cgroup` (`Some(None)` for off).
 pub extern "C" fn set_cgroup(
-    _cf: *mut ngx_conf_t,
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx calls directive handlers with a valid cf and this module's loc conf.
+    let (cf, conf) = unsafe { (&mut *cf, &mut *conf.cast::<crate::conf::TransformConf>()) };
+    if conf.cgroup.is_some() {
+        return c"is duplicate".as_ptr().cast_mut();
+    }
+    // NGX_CONF_1MORE: the name and at least one word.
+    let words = &crate::nginx::conf_words(cf)[1..];
+    if words.len() == 1 && words[0].as_bytes() == b"off" {
+        conf.cgroup = Some(None);
+        return NGX_CONF_OK;
+    }
+    let mut values = Values::default();
+    for word in words {
+        if !parameter(&mut values, word.as_bytes()) {
+            crate::nginx::conf_emerg(cf, &format!("invalid parameter \"{word}\""));
+            return NGX_CONF_ERROR;
+        }
+    }
+    let (file, line) = crate::nginx::conf_at(cf);
+    READ.with_borrow_mut(|r| r.push((values.controllers(), file.clone(), line)));
+    conf.cgroup = Some(Some(Arc::new(Limits { values, file, line })));
+    NGX_CONF_OK
+}
+
+/// One `name=value` of `transform_cgroup` into `values`; false if it is not one, or given twice.
+fn parameter(values: &mut Values, word: &[u8]) -> bool {
+    let number = |v: &[u8]| std::str::from_utf8(v).ok()?.parse::<u64>().ok();
+    let (slot, value) = if let Some(v) = word.strip_prefix(b"memory.max=") {
+        (&mut values.memory_max, crate::nginx::parse_size(v))
+    } else if let Some(v) = word.strip_prefix(b"pids.max=") {
+        (&mut values.pids_max, number(v))
+    } else if let Some(v) = word.strip_prefix(b"cpu.max=") {
+        let percent = v.strip_suffix(b"%").and_then(number);
+        match (values.cpu_max, percent) {
+            (None, Some(p @ 1..=100_000)) => {
+                values.cpu_max = Some(p as u32);
+                return true;
+            }
+            _ => return false,
+        }
+    } else {
+        return false;
+    };
+    match (&slot, value) {
+        (None, Some(n)) if n > 0 => {
+            *slot = Some(n);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// `transform_cgroup_version auto | v2 | v1` (http level): which cgroup versions may hold the
+/// controllers. `auto`: cgroup v2 where it has the controller, else a v1 hierarchy.
+pub extern "C" fn set_version(
+    cf: *mut ngx_conf_t,
     _cmd: *mut ngx_command_t,
     _conf: *mut c_void,
 ) -> *mut c_char {
-    NGX_CONF_ERROR
+    // SAFETY: nginx calls directive handlers with a valid cf.
+    let cf = unsafe { &mut *cf };
+    if POLICY.get().is_some() {
+        return c"is duplicate".as_ptr().cast_mut();
+    }
+    // NGX_CONF_TAKE1: the name and one word.
+    let word = crate::nginx::conf_words(cf)[1];
+    let policy = match word.as_bytes() {
+        b"auto" => Policy::Auto,
+        b"v2" => Policy::V2,
+        b"v1" => Policy::V1,
+        _ => {
+            crate::nginx::conf_emerg(cf, &format!("invalid value \"{word}\": auto, v2 or v1"));
+            return NGX_CONF_ERROR;
+        }
+    };
+    POLICY.set(Some(policy));
+    NGX_CONF_OK
 }
 
-/// A program's cgroup, from its creation before the spawn to its removal after the reaping.
+/// After the http block (postconfiguration, in the master): finds a hierarchy for every
+/// controller the directives need and, unless this is `nginx -t` (which only checks whether
+/// it could), prepares the subtrees. False (logged: one `[emerg]` naming the directive and what
+/// is missing) when the cgroups cannot work.
+pub fn configure(cf: &ngx_conf_t) -> bool {
+    let read = READ.with_borrow_mut(core::mem::take);
+    let policy = POLICY.get().unwrap_or(Policy::Auto);
+    let log = cf.log;
+    if read.is_empty() || crate::nginx::signaller() {
+        FOUND.with_borrow_mut(|f| *f = Some(Rc::new(Vec::new())));
+        return true;
+    }
+    let mut needed: Vec<Controller> = read.iter().flat_map(|(c, ..)| c.clone()).collect();
+    needed.sort();
+    needed.dedup();
+    let at = |c: &[Controller]| {
+        read.iter()
+            .find(|(n, ..)| n.iter().any(|x| c.contains(x)))
+            .map(|(_, f, l)| (f.clone(), *l))
+            .unwrap_or_default()
+    };
+    let proc = (
+        std::fs::read_to_string("/proc/self/mountinfo"),
+        std::fs::read_to_string("/proc/self/cgroup"),
+    );
+    let (mountinfo, own) = match proc {
+        (Ok(m), Ok(c)) => (m, c),
+        (Err(e), _) | (_, Err(e)) => {
+            let (file, line) = at(&needed);
+            log_error!(
+                NGX_LOG_EMERG,
+                log,
+                os::errno(&e),
+                "\"transform_cgroup\" in {file}:{line} cannot work: /proc/self/mountinfo or \
+                 /proc/self/cgroup cannot be read"
+            );
+            return false;
+        }
+    };
+    let found = files::locate(Path::new("/"), &mountinfo, &own, &needed, policy);
+    if let Some(&c) = found.missing.first() {
+        let (file, line) = at(&[c]);
+        log_error!(
+            NGX_LOG_EMERG,
+            log,
+            0,
+            "\"transform_cgroup\" in {file}:{line} cannot work: {}",
+            missing(c, &found, policy)
+        );
+        return false;
+    }
+    let testing = crate::nginx::testing_config();
+    // (The user is known here when the `user` directive came before the http block; it is
+    // handed over again once the configuration is complete, in `commit`.)
+    let user = crate::nginx::worker_user(cf.cycle);
+    for place in &found.places {
+        let done = if testing {
+            files::check(place)
+        } else {
+            files::prepare(place, std::process::id()).and_then(|()| match user {
+                Some((uid, gid)) => files::hand_over(place, uid, gid),
+                None => Ok(()),
+            })
+        };
+        if let Err(f) = done {
+            let (file, line) = at(&place.controllers);
+            log_error!(
+                NGX_LOG_EMERG,
+                log,
+                os::errno(&f.err),
+                "\"transform_cgroup\" in {file}:{line} cannot work{}: {f}",
+                hint(&f, place)
+            );
+            return false;
+        }
+        if !testing {
+            log_error!(
+                NGX_LOG_NOTICE,
+                log,
+                0,
+                "transform_cgroup: {} (cgroup {}) in {}",
+                names(&place.controllers),
+                version_name(place.version),
+                place.programs().display()
+            );
+        }
+    }
+    FOUND.with_borrow_mut(|f| *f = Some(Rc::new(found.places)));
+    true
+}
+
+/// Why controller `c` has no place, for the `[emerg]` line.
+fn missing(c: Controller, found: &files::Found, policy: Policy) -> String {
+    let name = c.name();
+    let v2 = match &found.v2 {
+        Some((base, offered)) if offered.is_empty() => format!(
+            "cgroup v2 offers no controller in {}",
+            base.join("cgroup.controllers").display()
+        ),
+        Some((base, offered)) => format!(
+            "cgroup v2 offers only {} in {}",
+            offered.join(" "),
+            base.join("cgroup.controllers").display()
+        ),
+        None => "no cgroup v2 is mounted".to_owned(),
+    };
+    match policy {
+        Policy::V2 => format!(
+            "the \"{name}\" controller is not available: {v2}, and \"transform_cgroup_version \
+             v2\" excludes cgroup v1"
+        ),
+        Policy::V1 => format!(
+            "the \"{name}\" controller is not available: no cgroup v1 hierarchy has it, and \
+             \"transform_cgroup_version v1\" excludes cgroup v2"
+        ),
+        Policy::Auto => format!(
+            "the \"{name}\" controller is not available: {v2}, and no cgroup v1 hierarchy has it"
+        ),
+    }
+}
+
+/// What to do about a refused write at start-up.
+fn hint(f: &Failure, place: &Place) -> &'static str {
+    match f.err.raw_os_error() {
+        Some(libc::EACCES | libc::EPERM | libc::EROFS) => {
+            " (the master must start as root, or in a cgroup delegated to its user)"
+        }
+        Some(libc::EBUSY) if place.version == files::Version::V2 => {
+            " (other processes share nginx's cgroup: start nginx in a cgroup of its own, \
+             e.g. systemd's Delegate=yes)"
+        }
+        _ => "",
+    }
+}
+
+fn names(controllers: &[Controller]) -> String {
+    controllers
+        .iter()
+        .map(|c| c.name())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn version_name(v: files::Version) -> &'static str {
+    match v {
+        files::Version::V1 => "v1",
+        files::Version::V2 => "v2",
+    }
+}
+
+/// The configuration is committed (`init_module`, in the master): its places are the ones the
+/// workers use, and what they write is theirs (the worker user is final now).
+pub fn commit(cycle: *mut ngx_cycle_t) {
+    let Some(found) = FOUND.with_borrow_mut(Option::take) else {
+        return;
+    };
+    if !crate::nginx::testing_config() {
+        if let Some((uid, gid)) = crate::nginx::worker_user(cycle) {
+            for place in found.iter() {
+                if let Err(f) = files::hand_over(place, uid, gid) {
+                    log_error!(
+                        NGX_LOG_ALERT,
+                        ngx::log::ngx_cycle_log().as_ptr(),
+                        os::errno(&f.err),
+                        "transform_cgroup: {f}; the workers cannot make their programs' cgroups"
+                    );
+                }
+            }
+        }
+    }
+    PLACES.with_borrow_mut(|p| *p = found);
+}
+
+/// A program's cgroup(s), from their creation before the spawn to their removal after the
+/// reaping (when this is dropped).
 pub struct Group {
-    procs: Vec<RawFd>,
+    name: String,
+    made: Made,
+    /// `memory.max`, when the memory controller limits it.
+    memory_max: Option<u64>,
 }
 
 impl Group {
-    /// Creates the cgroup(s) of one program with `limits`.
-    pub fn create(_limits: &Limits) -> io::Result<Group> {
-        Err(io::Error::from_raw_os_error(libc::ENOSYS))
+    /// Makes the cgroup(s) of one program with `limits`: `<worker pid>-<n>`.
+    pub fn create(limits: &Limits) -> Result<Group, Failure> {
+        let places = PLACES.with_borrow(Rc::clone);
+        let n = SEQ.get() + 1;
+        SEQ.set(n);
+        let name = format!("{}-{n}", std::process::id());
+        if places.is_empty() {
+            return Err(Failure {
+                call: "transform_cgroup".to_owned(),
+                path: name.into(),
+                err: io::Error::from_raw_os_error(libc::ENOENT),
+            });
+        }
+        let made = files::make(&places, &name, &limits.values)?;
+        LIVE.with_borrow_mut(|l| {
+            l.push(Live {
+                name: name.clone(),
+                dirs: made.dirs.clone(),
+                retry: false,
+            })
+        });
+        Ok(Group {
+            name,
+            made,
+            memory_max: limits.values.memory_max,
+        })
     }
 
     /// Descriptors of the `cgroup.procs` files the child writes "0" to before exec.
     pub fn procs(&self) -> &[RawFd] {
-        &self.procs
+        self.made.procs()
+    }
+
+    /// The child has joined (or failed): the `cgroup.procs` descriptors are closed.
+    pub fn joined(&mut self) {
+        self.made.close_procs();
+    }
+
+    /// SIGKILL to every process in the cgroup(s); whether any besides `except` was there.
+    pub fn kill(&self, except: Option<libc::pid_t>) -> bool {
+        files::kill(&self.made.dirs, except) > 0
+    }
+
+    /// A program's exit status, told as the memory limit's doing if the kernel's OOM killer
+    /// killed in its cgroup and it died of SIGKILL. Asked before the reaping (the cgroup is
+    /// there until then).
+    pub fn judge(&self, status: ExitStatus) -> ExitStatus {
+        match (status, self.memory_max, &self.made.memory) {
+            (ExitStatus::Signal(libc::SIGKILL), Some(max), Some((version, dir)))
+                if files::oom_kills(*version, dir) > 0 =>
+            {
+                ExitStatus::MemoryLimit {
+                    signal: libc::SIGKILL,
+                    max,
+                }
+            }
+            _ => status,
+        }
+    }
+}
+
+impl Drop for Group {
+    /// Removes the cgroup(s); if processes are left (busy), kills them first, and removes what
+    /// is still busy later.
+    fn drop(&mut self) {
+        self.made.close_procs();
+        if files::remove(&self.made.dirs) || {
+            files::kill(&self.made.dirs, None);
+            files::remove(&self.made.dirs)
+        } {
+            LIVE.with_borrow_mut(|l| l.retain(|g| g.name != self.name));
+            return;
+        }
+        LIVE.with_borrow_mut(|l| {
+            if let Some(g) = l.iter_mut().find(|g| g.name == self.name) {
+                g.retry = true;
+            }
+        });
+        schedule_retry();
+    }
+}
+
+fn schedule_retry() {
+    RETRY.with_borrow_mut(|t| {
+        if t.is_none() {
+            *t = Timer::worker(retry_event).map(Timer::cancelable);
+        }
+        if let Some(t) = t.as_ref().filter(|t| !t.is_set()) {
+            t.set(RETRY_DELAY.get());
+        }
+    });
+}
+
+/// Removes the busy cgroups again; the delay doubles while some stay.
+unsafe extern "C" fn retry_event(_ev: *mut ngx_event_t) {
+    if retry_removals() {
+        RETRY_DELAY.set(RETRY_FIRST);
+    } else {
+        RETRY_DELAY.set((RETRY_DELAY.get() * 2).min(RETRY_MAX));
+        schedule_retry();
+    }
+}
+
+/// One more try at the busy cgroups; whether none is left.
+fn retry_removals() -> bool {
+    LIVE.with_borrow_mut(|l| {
+        l.retain(|g| {
+            if !g.retry {
+                return true;
+            }
+            files::kill(&g.dirs, None);
+            !files::remove(&g.dirs)
+        });
+        l.iter().all(|g| !g.retry)
+    })
+}
+
+/// Worker start: the cgroups of programs whose worker is gone (killed before it removed them)
+/// are killed and removed.
+pub fn sweep(log: *mut ngx_log_t) {
+    let places = PLACES.with_borrow(Rc::clone);
+    let removed = files::sweep(&places, os::process_exists);
+    if removed > 0 {
+        log_error!(
+            NGX_LOG_NOTICE,
+            log,
+            0,
+            "transform_cgroup: removed {removed} cgroups left by a worker that is gone"
+        );
+    }
+}
+
+/// Worker exit (after every program was killed and reaped): every cgroup of this worker is
+/// killed and removed, waiting briefly for killed processes to be gone.
+pub fn exit_all() {
+    RETRY.with_borrow_mut(|t| *t = None);
+    let mut live = LIVE.with_borrow_mut(core::mem::take);
+    for round in 0..50 {
+        live.retain(|g| {
+            files::kill(&g.dirs, None);
+            !files::remove(&g.dirs)
+        });
+        if live.is_empty() || round == 49 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+/// The 503/502 of a program whose cgroup could not be made (logged).
+pub fn create_failed(log: *mut ngx_log_t, f: &Failure) -> ngx_int_t {
+    log_error!(
+        nginx_sys::NGX_LOG_ERR,
+        log,
+        os::errno(&f.err),
+        "transform_cgroup: {f}"
+    );
+    failure_status(f)
+}
+
+/// 503 for a lack of resources (the next request may succeed), else 502.
+pub fn failure_status(f: &Failure) -> ngx_int_t {
+    match f.err.raw_os_error() {
+        Some(libc::EAGAIN | libc::ENOMEM | libc::ENOSPC | libc::EMFILE | libc::ENFILE) => {
+            nginx_sys::NGX_HTTP_SERVICE_UNAVAILABLE as ngx_int_t
+        }
+        _ => nginx_sys::NGX_HTTP_BAD_GATEWAY as ngx_int_t,
     }
 }

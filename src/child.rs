@@ -12,6 +12,11 @@
 //!
 //! So no zombie and no descendant outlives a request. At worker exit every child still there is
 //! killed and reaped.
+//!
+//! A program with a cgroup (`transform_cgroup`) keeps its [`Group`]: every SIGKILL also goes to
+//! the whole cgroup (descendants that left the process group included), an exit by SIGKILL is
+//! told as the memory limit's when the cgroup's OOM killer acted, and the cgroup is removed
+//! once the program is reaped.
 
 use core::cell::RefCell;
 use core::ffi::c_void;
@@ -20,6 +25,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use nginx_sys::{ngx_event_t, ngx_log_t, ngx_msec_t, NGX_LOG_ALERT};
 use rustix::process::Signal;
 
+use crate::cgroup::Group;
 use crate::nginx::{EventFd, EventHandler};
 use crate::os::{self, ExitStatus};
 
@@ -44,18 +50,34 @@ pub struct Child {
     /// Let go after a complete response: not signalled, given the grace to end on its own,
     /// and its exit logged (with this name) if it is a failure.
     detached: Option<String>,
+    /// Its cgroup (`transform_cgroup`): removed when the child is dropped after the reaping.
+    group: Option<Group>,
 }
 
 impl Child {
-    /// Starts a program; `handler(data)` is called when it exits (after [`Child::watch`]).
+    /// Starts a program, in `group` if it has one (made for it: the child joins it before
+    /// exec); `handler(data)` is called when it exits (after [`Child::watch`]).
     pub fn spawn(
         cmd: &os::Command<'_>,
+        mut group: Option<Group>,
         kill_timeout: ngx_msec_t,
         log: *mut ngx_log_t,
         handler: EventHandler,
         data: *mut c_void,
     ) -> Result<Child, os::SpawnError> {
-        let spawned = os::spawn(cmd)?;
+        let cmd = os::Command {
+            confine: os::Confine {
+                cgroup_procs: group.as_ref().map_or(&[], Group::procs),
+                ..cmd.confine
+            },
+            ..*cmd
+        };
+        let spawned = os::spawn(&cmd);
+        if let Some(g) = &mut group {
+            g.joined();
+        }
+        // (A failed start drops the group: its cgroup is removed.)
+        let spawned = spawned?;
         let pid = spawned.pid;
         let raw = spawned.pidfd.as_raw_fd();
         LIVE.with_borrow_mut(|l| l.push((pid, raw)));
@@ -67,6 +89,7 @@ impl Child {
             detached: None,
             log,
             kill_timeout,
+            group,
         };
         match EventFd::new(spawned.pidfd, log, handler, data) {
             Ok(fd) => child.pidfd = Some(fd),
@@ -95,10 +118,16 @@ impl Child {
         self.log = ngx::log::ngx_cycle_log().as_ptr();
     }
 
-    /// Sends `sig` to the program (not to its group), while it is not reaped.
+    /// Sends `sig` to the program (not to its group), while it is not reaped; SIGKILL also goes
+    /// to everything in its cgroup.
     pub fn signal(&self, sig: Signal) {
         if let (Some(fd), false) = (&self.pidfd, self.reaped) {
             os::signal_child(self.pid, fd.fd(), sig);
+            if sig == Signal::KILL {
+                if let Some(g) = &self.group {
+                    g.kill(None);
+                }
+            }
         }
     }
 
@@ -128,7 +157,7 @@ impl Child {
             let fd = self.pidfd.as_ref()?;
             match os::peek_exit(fd.fd()) {
                 Ok(Some(s)) => {
-                    self.status = Some(s);
+                    self.status = Some(judge(s, self.group.as_ref()));
                     fd.clear_timer();
                 }
                 Ok(None) => {}
@@ -165,7 +194,9 @@ impl Child {
         let Some(fd) = &self.pidfd else {
             return false;
         };
-        let someone = os::kill_group_and_reap(self.pid, fd.fd());
+        // The cgroup holds also the descendants that left the process group.
+        let in_cgroup = self.group.as_ref().is_some_and(|g| g.kill(Some(self.pid)));
+        let someone = os::kill_group_and_reap(self.pid, fd.fd()) || in_cgroup;
         self.reaped = true;
         forget(self.pid);
         someone
@@ -185,9 +216,10 @@ impl Drop for Child {
             os::signal_child(self.pid, fd.fd(), Signal::TERM);
         }
         if let Ok(Some(status)) = os::peek_exit(fd.fd()) {
-            // Exited: nothing of its group may stay behind; then reap it.
+            // Exited: nothing of its group may stay behind; then reap it (its cgroup goes
+            // after, with the group field).
             if let Some(name) = &self.detached {
-                log_detached_exit(name, status);
+                log_detached_exit(name, judge(status, self.group.as_ref()));
             }
             os::signal_group(self.pid, Signal::KILL);
             let _ = os::try_reap(fd.fd());
@@ -199,6 +231,7 @@ impl Drop for Child {
             pid: self.pid,
             pidfd: fd,
             detached: self.detached.take(),
+            group: self.group.take(),
         }));
         // SAFETY: orphan is a fresh, leaked box; the handler (or kill_all) frees it.
         unsafe {
@@ -220,6 +253,23 @@ struct Orphan {
     pidfd: EventFd,
     /// The program's name when it was detached after a complete response.
     detached: Option<String>,
+    /// Its cgroup, removed when the orphan is freed (after the reaping).
+    group: Option<Group>,
+}
+
+impl Orphan {
+    /// SIGKILL to the program and its process group, and to its whole cgroup.
+    fn kill(&self) {
+        os::signal_child(self.pid, self.pidfd.fd(), Signal::KILL);
+        if let Some(g) = &self.group {
+            g.kill(None);
+        }
+    }
+}
+
+/// A program's exit status, with the cause its cgroup knows (the memory limit).
+fn judge(status: ExitStatus, group: Option<&Group>) -> ExitStatus {
+    group.map_or(status, |g| g.judge(status))
 }
 
 /// A detached program's failing exit, in the worker's log (its request is gone).
@@ -250,7 +300,7 @@ unsafe extern "C" fn orphan_event(ev: *mut ngx_event_t) {
         return;
     }
     if grace_over {
-        os::signal_child(o.pid, o.pidfd.fd(), Signal::KILL);
+        o.kill();
     }
     match os::peek_exit(o.pidfd.fd()) {
         Ok(None) => {
@@ -259,7 +309,7 @@ unsafe extern "C" fn orphan_event(ev: *mut ngx_event_t) {
         status => {
             // The program is gone: so is what is left of its group. Then reap it.
             if let (Some(name), Ok(Some(status))) = (&o.detached, status) {
-                log_detached_exit(name, status);
+                log_detached_exit(name, judge(status, o.group.as_ref()));
             }
             os::signal_group(o.pid, Signal::KILL);
             let _ = os::try_reap(o.pidfd.fd());
@@ -278,7 +328,7 @@ unsafe extern "C" fn orphan_event(ev: *mut ngx_event_t) {
 unsafe fn reap_orphan(orphan: *mut Orphan) {
     // SAFETY: caller's contract.
     let o = unsafe { Box::from_raw(orphan) };
-    os::signal_child(o.pid, o.pidfd.fd(), Signal::KILL);
+    o.kill();
     os::reap_blocking(o.pidfd.fd());
     forget(o.pid);
 }

@@ -702,7 +702,7 @@ const fn command(
 }
 
 /// The directive table.
-pub static mut COMMANDS: [ngx_command_t; 38] = [
+pub static mut COMMANDS: [ngx_command_t; 39] = [
     command(
         ngx_string!("transform_exec"),
         NGX_HTTP_LOC_CONF | NGX_HTTP_LIF_CONF | NGX_CONF_1MORE,
@@ -960,6 +960,13 @@ pub static mut COMMANDS: [ngx_command_t; 38] = [
         ngx_string!("transform_cgroup"),
         ANY | NGX_CONF_1MORE,
         crate::cgroup::set_cgroup,
+        0,
+        ptr::null_mut(),
+    ),
+    command(
+        ngx_string!("transform_cgroup_version"),
+        NGX_HTTP_MAIN_CONF | NGX_CONF_TAKE1,
+        crate::cgroup::set_version,
         0,
         ptr::null_mut(),
     ),

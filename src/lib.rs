@@ -48,6 +48,7 @@ impl HttpModule for Module {
     /// Adds the log variables.
     unsafe extern "C" fn preconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
         sandbox::forget_paths();
+        cgroup::forget();
         // SAFETY: nginx passes the live configuration; the table is only used here.
         match unsafe { nginx::add_variables(cf, &mut *ptr::addr_of_mut!(variables::VARIABLES)) } {
             true => Status::NGX_OK.into(),
@@ -62,6 +63,10 @@ impl HttpModule for Module {
         // SAFETY: nginx passes the live configuration.
         let log = unsafe { (*cf).log };
         sandbox::log_report(log);
+        // SAFETY: as above.
+        if !cgroup::configure(unsafe { &*cf }) {
+            return Status::NGX_ERROR.into();
+        }
         match os::probe_kernel() {
             Ok(()) => return Status::NGX_OK.into(),
             Err(os::KernelError::Probe(e)) => {
@@ -154,10 +159,17 @@ pub static mut ngx_http_transform_module: ngx_module_t = ngx_module_t {
     // SAFETY: only the address of the command table is taken.
     commands: unsafe { ptr::addr_of_mut!(conf::COMMANDS[0]) },
     type_: NGX_HTTP_MODULE as ngx_uint_t,
+    init_module: Some(init_module),
     init_process: Some(init_process),
     exit_process: Some(exit_process),
     ..ngx_module_t::default()
 };
+
+/// The configuration is committed (in the master; also under `nginx -t`).
+extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
+    cgroup::commit(cycle);
+    Status::NGX_OK.into()
+}
 
 /// Worker start: the module reaps its own children through pidfds, so nginx's SIGCHLD handler
 /// (which reaps any child and steals its status) must not run in workers.
@@ -175,6 +187,8 @@ extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     // SAFETY: nginx passes the live cycle.
     store::sweep(unsafe { (*cycle).log });
     lock::sweep_dead(cycle);
+    // SAFETY: nginx passes the live cycle.
+    cgroup::sweep(unsafe { (*cycle).log });
     Status::NGX_OK.into()
 }
 
@@ -183,5 +197,6 @@ extern "C" fn exit_process(_cycle: *mut ngx_cycle_t) {
     background::stop_all();
     pool::stop_all();
     child::kill_all();
+    cgroup::exit_all();
     follow::shutdown();
 }

@@ -1660,6 +1660,18 @@ impl Timer {
         }
     }
 
+    /// A timer of no connection nor request (a worker-wide chore), in the cycle's pool, logging
+    /// to the cycle's log: its handler gets no `data`.
+    pub fn worker(handler: EventHandler) -> Option<Timer> {
+        // SAFETY: the cycle (and its pool) outlives the worker's timers.
+        let pool = unsafe { (*nginx_sys::ngx_cycle).pool };
+        let log = ngx::log::ngx_cycle_log().as_ptr();
+        // nginx's debug lines read a timer's data as a connection (`ngx_event_ident`): it points
+        // at an empty one.
+        let data = ptr::addr_of!(NO_CONNECTION).cast_mut().cast::<c_void>();
+        Timer::new(pool, log, handler, data)
+    }
+
     /// The `data` given at creation.
     ///
     /// # Safety
@@ -1694,6 +1706,13 @@ impl Timer {
         unsafe { (*self.0.as_ptr()).timer_set() != 0 }
     }
 
+    /// A timer that does not hold a worker's graceful shutdown (nginx's `ev->cancelable`).
+    pub fn cancelable(self) -> Timer {
+        // SAFETY: a live event of ours, not in the timer tree yet.
+        unsafe { (*self.0.as_ptr()).set_cancelable(1) };
+        self
+    }
+
     pub fn clear(&self) {
         // SAFETY: a live event of ours.
         unsafe {
@@ -1707,8 +1726,87 @@ impl Timer {
     }
 }
 
+/// The connection a [`Timer::worker`] names: all zeroes, only read (its `fd`, in debug lines).
+struct NoConnection(#[allow(dead_code)] ngx_connection_t); // (read by nginx, through pointers)
+
+// SAFETY: never written; nginx reads it on the worker's thread only.
+unsafe impl Sync for NoConnection {}
+
+// SAFETY: an all-zero ngx_connection_t is nginx's initial state of one (ngx_get_connection zeroes).
+static NO_CONNECTION: NoConnection = NoConnection(unsafe { core::mem::zeroed() });
+
 impl Drop for Timer {
     fn drop(&mut self) {
         self.clear();
     }
+}
+
+/// Whether this process only tests the configuration (`nginx -t`, `-T`).
+pub fn testing_config() -> bool {
+    // SAFETY: nginx's global, set from the command line before the configuration is read.
+    unsafe { nginx_sys::ngx_test_config != 0 }
+}
+
+/// Whether this process reads the configuration only to signal the master (`nginx -s`).
+pub fn signaller() -> bool {
+    // SAFETY: nginx's global, set from the command line before the configuration is read.
+    unsafe { nginx_sys::ngx_process == nginx_sys::NGX_PROCESS_SIGNALLER as ngx_uint_t }
+}
+
+/// The user and group the workers run as (nginx's `user` directive, or its default when the
+/// master runs as root), if known in `cycle` yet: None when unset (a master that is not root,
+/// or before the core module's configuration is complete and the `user` directive was not read).
+pub fn worker_user(cycle: *mut nginx_sys::ngx_cycle_t) -> Option<(u32, Option<u32>)> {
+    const UNSET: u32 = u32::MAX;
+    // SAFETY: a live cycle whose core module configuration was created (it is before the http
+    // block is read): conf_ctx[ngx_core_module.index] is its ngx_core_conf_t.
+    unsafe {
+        let ctx = (*cycle).conf_ctx;
+        if ctx.is_null() {
+            return None;
+        }
+        let index = (*ptr::addr_of!(nginx_sys::ngx_core_module)).index;
+        let ccf = (*ctx.add(index)).cast::<nginx_sys::ngx_core_conf_t>();
+        let ccf = ccf.as_ref()?;
+        let (user, group) = (ccf.user, ccf.group);
+        (user != UNSET).then_some((user, (group != UNSET).then_some(group)))
+    }
+}
+
+/// The words of the directive being read, its name first (`cf->args`).
+pub fn conf_words(cf: &nginx_sys::ngx_conf_t) -> &[ngx_str_t] {
+    // SAFETY: while a directive is read, cf->args is nginx's array of its words.
+    unsafe { (*cf.args).as_slice() }
+}
+
+/// The file and line of the directive being read.
+pub fn conf_at(cf: &nginx_sys::ngx_conf_t) -> (String, usize) {
+    // SAFETY: while a directive is read, cf->conf_file is the file being read.
+    unsafe { ((*cf.conf_file).file.name.to_string(), (*cf.conf_file).line) }
+}
+
+/// An `[emerg]` about the directive being read (nginx adds "in FILE:LINE").
+pub fn conf_emerg(cf: &mut nginx_sys::ngx_conf_t, msg: &str) {
+    // SAFETY: cf is the configuration being read; the format takes a length and a pointer.
+    unsafe {
+        nginx_sys::ngx_conf_log_error(
+            nginx_sys::NGX_LOG_EMERG as ngx_uint_t,
+            cf,
+            0,
+            c"%*s".as_ptr(),
+            msg.len(),
+            msg.as_ptr(),
+        )
+    };
+}
+
+/// A size in nginx's syntax (`64m`, `1g`, `4096`), as `ngx_parse_offset` reads it.
+pub fn parse_size(word: &[u8]) -> Option<u64> {
+    let mut s = ngx_str_t {
+        len: word.len(),
+        data: word.as_ptr().cast_mut(),
+    };
+    // SAFETY: s points into `word`, which outlives the call; nginx only reads it.
+    let n = unsafe { nginx_sys::ngx_parse_offset(&mut s) };
+    u64::try_from(n).ok()
 }

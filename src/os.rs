@@ -204,6 +204,9 @@ pub enum ExitStatus {
     Code(i32),
     /// Killed by this signal.
     Signal(i32),
+    /// Killed by this signal for its cgroup's memory limit (`memory.max`, in bytes): the kernel's
+    /// OOM killer chose it (`transform_cgroup`).
+    MemoryLimit { signal: i32, max: u64 },
 }
 
 impl ExitStatus {
@@ -244,8 +247,24 @@ impl core::fmt::Display for ExitStatus {
         match *self {
             ExitStatus::Code(c) => write!(f, "exited with code {c}"),
             ExitStatus::Signal(s) => write!(f, "killed by signal {s} ({})", signal_name(s)),
+            ExitStatus::MemoryLimit { signal, max } => write!(
+                f,
+                "killed by signal {signal} ({}) by the cgroup memory limit (memory.max {})",
+                signal_name(signal),
+                size_text(max)
+            ),
         }
     }
+}
+
+/// A size as nginx's configuration writes it: `64m`, `1g`, `512k`, or bytes.
+pub fn size_text(bytes: u64) -> String {
+    for (unit, shift) in [("g", 30), ("m", 20), ("k", 10)] {
+        if bytes > 0 && bytes % (1 << shift) == 0 {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    bytes.to_string()
 }
 
 /// A started child: its pid and a pidfd that becomes readable when it exits.

@@ -540,6 +540,20 @@ fn spawn(pool: *mut Pool) -> Result<*mut Slot, ngx_int_t> {
         rlimits: conf.rlimits.as_deref().unwrap_or(&[]),
         confine: conf.confine(),
     };
+    let group = match conf.cgroup().map(crate::cgroup::Group::create) {
+        Some(Ok(g)) => Some(g),
+        Some(Err(f)) => {
+            log_error!(
+                NGX_LOG_ERR,
+                log,
+                os::errno(&f.err),
+                "transform pool \"{}\": transform_cgroup: {f}",
+                p.conf.name
+            );
+            return Err(crate::cgroup::failure_status(&f));
+        }
+        None => None,
+    };
     let slot = Box::into_raw(Box::new(Slot {
         pool,
         pid: 0,
@@ -552,7 +566,7 @@ fn spawn(pool: *mut Pool) -> Result<*mut Slot, ngx_int_t> {
         idle_since: now_msec(),
     }));
     let data = slot.cast::<c_void>();
-    let child = match Child::spawn(&cmd, conf.kill_timeout, log, idle_exit, data) {
+    let child = match Child::spawn(&cmd, group, conf.kill_timeout, log, idle_exit, data) {
         Ok(c) => c,
         Err(e) => {
             // SAFETY: just leaked, not shared.

@@ -662,6 +662,21 @@ const DIRECTIVES: &[Row] = &[
         "invalid zone \"herd\": name:size expected",
         "transform_lock_zone herd:1m;",
     ),
+    // (`off`: accepted on any machine; tests/cgroup.rs tests the limits.)
+    row(
+        "transform_cgroup",
+        Level::Location,
+        "transform_cgroup memory.max=lots;",
+        "invalid parameter \"memory.max=lots\"",
+        "transform_cgroup off;",
+    ),
+    row(
+        "transform_cgroup_version",
+        Level::Http,
+        "transform_cgroup_version v3;",
+        "invalid value \"v3\": auto, v2 or v1",
+        "transform_cgroup_version auto;",
+    ),
 ];
 
 /// A configuration with `line` where its directive belongs, marked `#BAD` for [`rejects`].

@@ -358,8 +358,16 @@ impl Program {
             rlimits: self.conf.rlimits.as_deref().unwrap_or(&[]),
             confine: self.conf.confine(),
         };
-        let child = Child::spawn(&cmd, self.conf.kill_timeout, log, Handlers::CHILD, data)
-            .map_err(|e| {
+        let group = match self.conf.cgroup() {
+            Some(limits) => Some(
+                crate::cgroup::Group::create(limits)
+                    .map_err(|f| crate::cgroup::create_failed(log, &f))?,
+            ),
+            None => None,
+        };
+        let kill_timeout = self.conf.kill_timeout;
+        let child =
+            Child::spawn(&cmd, group, kill_timeout, log, Handlers::CHILD, data).map_err(|e| {
                 let subject = match (e.step, &launch.dir) {
                     (os::SpawnStep::Chdir, Some(dir)) => escape(dir.as_bytes()),
                     _ => self.name.clone(),
@@ -928,6 +936,9 @@ impl Program {
             Variable::ExitStatus => match self.exit?.0 {
                 os::ExitStatus::Code(c) => c.to_string(),
                 os::ExitStatus::Signal(s) => os::signal_name(s),
+                os::ExitStatus::MemoryLimit { signal, .. } => {
+                    format!("{}(oom)", os::signal_name(signal))
+                }
             },
             Variable::Requests if self.requests > 0 => self.requests.to_string(),
             Variable::QueueTime if self.requests > 0 => {

@@ -1,0 +1,657 @@
+//! The cgroup files behind `transform_cgroup`: where each controller is, the module's subtree,
+//! and one cgroup per program (its limits, how it is joined, killed and removed, its OOM count).
+//!
+//! File work only, on paths under a root the caller gives (`/` in nginx; a directory laid out
+//! like a cgroup tree in tests/cgroup.rs, which includes this file): nothing here knows about
+//! nginx, and nothing needs `unsafe`.
+//!
+//! The layout, in each hierarchy used, under the cgroup nginx started in (its *base*):
+//!
+//! ```text
+//! <base>/nginx-transform/            the module's subtree
+//! <base>/nginx-transform/nginx/      cgroup v2 only: the master and its workers (a leaf)
+//! <base>/nginx-transform/programs/   made by the master, owned by the worker user
+//! <base>/nginx-transform/programs/<worker pid>-<n>/   one program, made by its worker
+//! ```
+//!
+//! cgroup v2 keeps processes in leaves only and enables controllers top-down, so the master
+//! moves itself into `nginx/` and enables the controllers in the base, the subtree and
+//! `programs/`; a worker may move its child into `programs/<pid>-<n>` because it can write the
+//! `cgroup.procs` of the common ancestor (the subtree's, handed over to the worker user).
+//! cgroup v1 has neither rule: the master stays where it is.
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+
+/// The module's subtree, under nginx's own cgroup.
+pub const SUBTREE: &str = "nginx-transform";
+/// cgroup v2: the leaf of the master and its workers.
+pub const MASTER: &str = "nginx";
+/// Where the programs' cgroups are.
+pub const PROGRAMS: &str = "programs";
+/// The CPU period of `cpu.max` (cgroup v2) and `cpu.cfs_period_us` (v1): 100 ms.
+pub const PERIOD_US: u64 = 100_000;
+/// How often the processes of a cgroup v1 (or a v2 without `cgroup.kill`) are listed and
+/// killed before giving up (a fork bomb forks while it is killed; pids.max bounds it).
+const KILL_ROUNDS: usize = 100;
+
+/// A cgroup hierarchy's version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Version {
+    V1,
+    V2,
+}
+
+/// The controllers `transform_cgroup` uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Controller {
+    Memory,
+    Pids,
+    Cpu,
+}
+
+impl Controller {
+    pub const ALL: [Controller; 3] = [Controller::Memory, Controller::Pids, Controller::Cpu];
+
+    /// Its name in `cgroup.controllers` and in a v1 hierarchy's mount options.
+    pub fn name(self) -> &'static str {
+        match self {
+            Controller::Memory => "memory",
+            Controller::Pids => "pids",
+            Controller::Cpu => "cpu",
+        }
+    }
+}
+
+/// Which versions may hold the controllers (`transform_cgroup_version`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    /// cgroup v2 where it has the controller, else a v1 hierarchy.
+    Auto,
+    V2,
+    V1,
+}
+
+/// The limits of one program.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Values {
+    /// Bytes.
+    pub memory_max: Option<u64>,
+    pub pids_max: Option<u64>,
+    /// Percent of one CPU.
+    pub cpu_max: Option<u32>,
+}
+
+impl Values {
+    /// The controllers these limits need.
+    pub fn controllers(&self) -> Vec<Controller> {
+        let mut out = Vec::new();
+        if self.memory_max.is_some() {
+            out.push(Controller::Memory);
+        }
+        if self.pids_max.is_some() {
+            out.push(Controller::Pids);
+        }
+        if self.cpu_max.is_some() {
+            out.push(Controller::Cpu);
+        }
+        out
+    }
+}
+
+/// A cgroup file system from /proc/self/mountinfo.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mount {
+    pub version: Version,
+    /// Where it is mounted.
+    pub point: PathBuf,
+    /// The cgroup at its root ("/" unless a subtree is mounted, as in some containers).
+    pub root: String,
+    /// cgroup v1: its super options (the controllers, "name=..."); empty for v2.
+    pub options: Vec<String>,
+}
+
+/// The cgroup file systems in a /proc/self/mountinfo text.
+pub fn mounts(mountinfo: &str) -> Vec<Mount> {
+    let mut out = Vec::new();
+    for line in mountinfo.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let left: Vec<&str> = left.split(' ').collect();
+        let right: Vec<&str> = right.split(' ').collect();
+        if left.len() < 5 || right.len() < 3 {
+            continue;
+        }
+        let version = match right[0] {
+            "cgroup2" => Version::V2,
+            "cgroup" => Version::V1,
+            _ => continue,
+        };
+        let options = match version {
+            Version::V2 => Vec::new(),
+            Version::V1 => right[2].split(',').map(str::to_owned).collect(),
+        };
+        out.push(Mount {
+            version,
+            point: PathBuf::from(unescape(left[4])),
+            root: unescape(left[3]),
+            options,
+        });
+    }
+    out
+}
+
+/// mountinfo's octal escapes (`\040` for a space).
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
+            let digit = |k: usize| u32::from(b[i + k] - b'0');
+            out.push((digit(1) * 64 + digit(2) * 8 + digit(3)) as u8);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// One line of /proc/self/cgroup: a hierarchy and this process's cgroup in it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Membership {
+    /// "0" for cgroup v2.
+    pub id: String,
+    /// A v1 hierarchy's controllers ("cpu,cpuacct"), "name=..." for a named one; empty for v2.
+    pub controllers: Vec<String>,
+    pub path: String,
+}
+
+/// The lines of a /proc/self/cgroup text.
+pub fn memberships(text: &str) -> Vec<Membership> {
+    text.lines()
+        .filter_map(|line| {
+            let mut parts = line.splitn(3, ':');
+            let id = parts.next()?.to_owned();
+            let controllers = parts
+                .next()?
+                .split(',')
+                .filter(|c| !c.is_empty())
+                .map(str::to_owned)
+                .collect();
+            let path = parts.next()?.to_owned();
+            Some(Membership {
+                id,
+                controllers,
+                path,
+            })
+        })
+        .collect()
+}
+
+/// The directory of this process's cgroup in `mount`, under `prefix` (the file system's root).
+pub fn own_dir(prefix: &Path, mount: &Mount, members: &[Membership]) -> Option<PathBuf> {
+    let member = members.iter().find(|m| match mount.version {
+        Version::V2 => m.id == "0" && m.controllers.is_empty(),
+        Version::V1 => {
+            !m.controllers.is_empty() && m.controllers.iter().all(|c| mount.options.contains(c))
+        }
+    })?;
+    // The path is the cgroup's from the hierarchy's root; the mount may show a subtree only.
+    let rel = if mount.root == "/" {
+        member.path.as_str()
+    } else {
+        let rest = member.path.strip_prefix(mount.root.as_str())?;
+        if !rest.is_empty() && !rest.starts_with('/') {
+            return None;
+        }
+        rest
+    };
+    let point = mount.point.strip_prefix("/").unwrap_or(&mount.point);
+    let mut dir = prefix.join(point);
+    for part in rel.split('/').filter(|p| !p.is_empty()) {
+        dir.push(part);
+    }
+    Some(dir)
+}
+
+/// The cgroup the subtree is made in: this process's own, or, for a master that moved into
+/// `nginx-transform/nginx` at an earlier start (a reload), the one it moved from.
+pub fn base_of(own: &Path) -> PathBuf {
+    if own.ends_with(Path::new(SUBTREE).join(MASTER)) {
+        if let Some(base) = own.parent().and_then(Path::parent) {
+            return base.to_path_buf();
+        }
+    }
+    own.to_path_buf()
+}
+
+/// A hierarchy the module uses and the controllers it takes there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Place {
+    pub version: Version,
+    /// The cgroup the subtree is made in.
+    pub base: PathBuf,
+    pub controllers: Vec<Controller>,
+}
+
+impl Place {
+    pub fn subtree(&self) -> PathBuf {
+        self.base.join(SUBTREE)
+    }
+
+    pub fn programs(&self) -> PathBuf {
+        self.subtree().join(PROGRAMS)
+    }
+
+    /// cgroup v2: the master's leaf.
+    pub fn leaf(&self) -> PathBuf {
+        self.subtree().join(MASTER)
+    }
+}
+
+/// Where the needed controllers are, and which none has.
+#[derive(Debug, Default)]
+pub struct Found {
+    pub places: Vec<Place>,
+    pub missing: Vec<Controller>,
+    /// The cgroup v2 base, if there is a v2 mount, and the controllers it offers.
+    pub v2: Option<(PathBuf, Vec<String>)>,
+}
+
+/// Finds a hierarchy for each controller in `needed`: cgroup v2 where nginx's cgroup offers it
+/// (its `cgroup.controllers`), else a v1 hierarchy mounted with it, as `policy` allows.
+pub fn locate(
+    prefix: &Path,
+    mountinfo: &str,
+    proc_cgroup: &str,
+    needed: &[Controller],
+    policy: Policy,
+) -> Found {
+    let all = mounts(mountinfo);
+    let members = memberships(proc_cgroup);
+    let mut found = Found::default();
+    let v2 = all
+        .iter()
+        .filter(|m| m.version == Version::V2)
+        .find_map(|m| own_dir(prefix, m, &members))
+        .map(|own| {
+            let base = base_of(&own);
+            let offered: Vec<String> = fs::read_to_string(base.join("cgroup.controllers"))
+                .map(|s| s.split_whitespace().map(str::to_owned).collect())
+                .unwrap_or_default();
+            (base, offered)
+        });
+    for &c in needed {
+        if let (Some((base, offered)), false) = (&v2, policy == Policy::V1) {
+            if offered.iter().any(|o| o == c.name()) {
+                add(&mut found.places, Version::V2, base, c);
+                continue;
+            }
+        }
+        if policy != Policy::V2 {
+            let v1 = all
+                .iter()
+                .filter(|m| m.version == Version::V1 && m.options.iter().any(|o| o == c.name()))
+                .find_map(|m| own_dir(prefix, m, &members));
+            if let Some(own) = v1 {
+                add(&mut found.places, Version::V1, &base_of(&own), c);
+                continue;
+            }
+        }
+        found.missing.push(c);
+    }
+    found.v2 = v2;
+    found
+}
+
+fn add(places: &mut Vec<Place>, version: Version, base: &Path, c: Controller) {
+    match places
+        .iter_mut()
+        .find(|p| p.version == version && p.base == base)
+    {
+        Some(p) => p.controllers.push(c),
+        None => places.push(Place {
+            version,
+            base: base.to_path_buf(),
+            controllers: vec![c],
+        }),
+    }
+}
+
+/// A file operation that failed: the call (as nginx names calls), the path and the error.
+#[derive(Debug)]
+pub struct Failure {
+    pub call: String,
+    pub path: PathBuf,
+    pub err: io::Error,
+}
+
+impl core::fmt::Display for Failure {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{} \"{}\" failed", self.call, self.path.display())
+    }
+}
+
+fn failure(call: impl Into<String>, path: &Path, err: io::Error) -> Failure {
+    Failure {
+        call: call.into(),
+        path: path.to_path_buf(),
+        err,
+    }
+}
+
+/// mkdir; one that exists is fine.
+fn mkdir(dir: &Path) -> Result<(), Failure> {
+    match fs::create_dir(dir) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(failure("mkdir()", dir, e)),
+        _ => Ok(()),
+    }
+}
+
+/// Writes `value` to an existing file (cgroup files exist or do not: nothing is created).
+fn write(path: &Path, value: &str) -> Result<(), Failure> {
+    OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(value.as_bytes()))
+        .map_err(|e| failure(format!("write(\"{value}\")"), path, e))
+}
+
+/// As [`write`], for a file that not every kernel has (memory.swap.max, memsw): none is fine.
+fn write_if_there(path: &Path, value: &str) -> Result<(), Failure> {
+    match write(path, value) {
+        Err(f) if f.err.kind() == io::ErrorKind::NotFound => Ok(()),
+        r => r,
+    }
+}
+
+/// At start-up (the master, as root): the subtree and its `programs/`; cgroup v2: the master
+/// moves into the leaf `nginx/` (`pid`; its workers are forked there), then the controllers are
+/// enabled in the base, the subtree and `programs/`.
+pub fn prepare(place: &Place, pid: u32) -> Result<(), Failure> {
+    let subtree = place.subtree();
+    mkdir(&subtree)?;
+    mkdir(&place.programs())?;
+    if place.version == Version::V1 {
+        return Ok(());
+    }
+    mkdir(&place.leaf())?;
+    write(&place.leaf().join("cgroup.procs"), &pid.to_string())?;
+    for dir in [place.base.clone(), subtree, place.programs()] {
+        enable(&dir, &place.controllers)?;
+    }
+    Ok(())
+}
+
+/// Enables `controllers` in `dir`'s `cgroup.subtree_control` (those not enabled yet).
+fn enable(dir: &Path, controllers: &[Controller]) -> Result<(), Failure> {
+    let file = dir.join("cgroup.subtree_control");
+    let on = fs::read_to_string(&file).map_err(|e| failure("open()", &file, e))?;
+    let missing: Vec<String> = controllers
+        .iter()
+        .filter(|c| !on.split_whitespace().any(|o| o == c.name()))
+        .map(|c| format!("+{}", c.name()))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    write(&file, &missing.join(" "))
+}
+
+/// For `nginx -t`, which changes nothing: whether start-up could write what it writes.
+pub fn check(place: &Place) -> Result<(), Failure> {
+    let writable = |path: &Path| {
+        rustix::fs::access(path, rustix::fs::Access::WRITE_OK)
+            .map_err(|e| failure("access()", path, e.into()))
+    };
+    let subtree = place.subtree();
+    if subtree.exists() {
+        writable(&subtree)?;
+    } else {
+        writable(&place.base)?;
+    }
+    if place.version == Version::V2 {
+        writable(&place.base.join("cgroup.subtree_control"))?;
+    }
+    Ok(())
+}
+
+/// At start-up, once the worker user is known: what the workers write becomes theirs: the
+/// `programs/` directory (they make and remove their programs' cgroups there) and, cgroup v2,
+/// the subtree's `cgroup.procs` (a process may move between two cgroups only by a writer of
+/// their common ancestor's).
+pub fn hand_over(place: &Place, uid: u32, gid: Option<u32>) -> Result<(), Failure> {
+    let mut paths = vec![place.programs()];
+    if place.version == Version::V2 {
+        paths.push(place.subtree().join("cgroup.procs"));
+    }
+    for path in paths {
+        std::os::unix::fs::chown(&path, Some(uid), gid)
+            .map_err(|e| failure(format!("chown({uid})"), &path, e))?;
+    }
+    Ok(())
+}
+
+/// A program's cgroups, one per place used.
+#[derive(Debug)]
+pub struct Made {
+    pub dirs: Vec<(Version, PathBuf)>,
+    /// Their `cgroup.procs`, open for the child to write "0" to (close-on-exec).
+    procs: Vec<OwnedFd>,
+    raw: Vec<RawFd>,
+    /// The cgroup with the memory controller.
+    pub memory: Option<(Version, PathBuf)>,
+}
+
+impl Made {
+    /// The `cgroup.procs` descriptors, while open.
+    pub fn procs(&self) -> &[RawFd] {
+        &self.raw
+    }
+
+    /// Closes the `cgroup.procs` descriptors (the child has joined).
+    pub fn close_procs(&mut self) {
+        self.raw.clear();
+        self.procs.clear();
+    }
+}
+
+/// Makes the cgroup `name` of a program in the places that hold a controller `values` limits,
+/// writes the limits there and opens each `cgroup.procs`. On failure nothing is left.
+pub fn make(places: &[Place], name: &str, values: &Values) -> Result<Made, Failure> {
+    let wanted = values.controllers();
+    let mut made = Made {
+        dirs: Vec::new(),
+        procs: Vec::new(),
+        raw: Vec::new(),
+        memory: None,
+    };
+    for place in places {
+        let here: Vec<Controller> = place
+            .controllers
+            .iter()
+            .copied()
+            .filter(|c| wanted.contains(c))
+            .collect();
+        if here.is_empty() {
+            continue;
+        }
+        let dir = place.programs().join(name);
+        let step = mkdir(&dir)
+            .map(|()| made.dirs.push((place.version, dir.clone())))
+            .and_then(|()| write_limits(place.version, &dir, &here, values))
+            .and_then(|()| {
+                let procs = dir.join("cgroup.procs");
+                OpenOptions::new()
+                    .write(true)
+                    .open(&procs)
+                    .map_err(|e| failure("open()", &procs, e))
+            });
+        match step {
+            Ok(file) => {
+                let fd = OwnedFd::from(file);
+                made.raw.push(fd.as_raw_fd());
+                made.procs.push(fd);
+                if here.contains(&Controller::Memory) {
+                    made.memory = Some((place.version, dir));
+                }
+            }
+            Err(f) => {
+                remove(&made.dirs);
+                return Err(f);
+            }
+        }
+    }
+    Ok(made)
+}
+
+/// The limit files of `controllers` in a program's cgroup.
+fn write_limits(
+    version: Version,
+    dir: &Path,
+    controllers: &[Controller],
+    v: &Values,
+) -> Result<(), Failure> {
+    for &c in controllers {
+        match c {
+            Controller::Memory => {
+                let Some(m) = v.memory_max else { continue };
+                let m = m.to_string();
+                if version == Version::V2 {
+                    write(&dir.join("memory.max"), &m)?;
+                    // No swapping around the limit (the file is there with swap accounting).
+                    write_if_there(&dir.join("memory.swap.max"), "0")?;
+                } else {
+                    write(&dir.join("memory.limit_in_bytes"), &m)?;
+                    // Memory plus swap: the same limit, so none of it is swap.
+                    write_if_there(&dir.join("memory.memsw.limit_in_bytes"), &m)?;
+                }
+            }
+            Controller::Pids => {
+                let Some(n) = v.pids_max else { continue };
+                write(&dir.join("pids.max"), &n.to_string())?;
+            }
+            Controller::Cpu => {
+                let Some(p) = v.cpu_max else { continue };
+                if version == Version::V2 {
+                    write(
+                        &dir.join("cpu.max"),
+                        &format!("{} {PERIOD_US}", quota_us(p)),
+                    )?;
+                } else {
+                    write(&dir.join("cpu.cfs_period_us"), &PERIOD_US.to_string())?;
+                    write(&dir.join("cpu.cfs_quota_us"), &quota_us(p).to_string())?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The CPU time per period for `percent` of one CPU.
+pub fn quota_us(percent: u32) -> u64 {
+    u64::from(percent) * PERIOD_US / 100
+}
+
+/// The processes in a cgroup (`cgroup.procs`; nothing if it cannot be read).
+pub fn pids(dir: &Path) -> Vec<i32> {
+    fs::read_to_string(dir.join("cgroup.procs"))
+        .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// SIGKILL to every process of the cgroups: `cgroup.kill` (cgroup v2, Linux 5.14) where it is
+/// there, else each process listed, again until none is left. Returns how many processes
+/// besides `except` were in them.
+pub fn kill(dirs: &[(Version, PathBuf)], except: Option<i32>) -> usize {
+    let mut seen: Vec<i32> = Vec::new();
+    for (version, dir) in dirs {
+        for p in pids(dir) {
+            if Some(p) != except && !seen.contains(&p) {
+                seen.push(p);
+            }
+        }
+        if *version == Version::V2 && write(&dir.join("cgroup.kill"), "1").is_ok() {
+            continue;
+        }
+        for _ in 0..KILL_ROUNDS {
+            let listed = pids(dir);
+            if listed.is_empty() {
+                break;
+            }
+            for p in listed {
+                if let Some(pid) = rustix::process::Pid::from_raw(p) {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                }
+            }
+        }
+    }
+    seen.len()
+}
+
+/// Removes the cgroups; false if one is still busy (its killed processes are not gone yet).
+pub fn remove(dirs: &[(Version, PathBuf)]) -> bool {
+    let mut gone = true;
+    for (_, dir) in dirs {
+        match fs::remove_dir(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(_) => gone = false,
+        }
+    }
+    gone
+}
+
+/// How many processes the memory limit killed in a program's cgroup: `oom_kill` in
+/// `memory.events` (cgroup v2) or `memory.oom_control` (v1).
+pub fn oom_kills(version: Version, dir: &Path) -> u64 {
+    let file = match version {
+        Version::V2 => "memory.events",
+        Version::V1 => "memory.oom_control",
+    };
+    fs::read_to_string(dir.join(file))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("oom_kill "))
+                .and_then(|n| n.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The cgroups of programs whose worker is gone (it was killed before it removed them): their
+/// processes are killed and they are removed. Returns how many were removed.
+pub fn sweep(places: &[Place], alive: impl Fn(i32) -> bool) -> usize {
+    let mut removed = 0;
+    for place in places {
+        let Ok(entries) = fs::read_dir(place.programs()) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let pid = name
+                .to_str()
+                .and_then(|n| n.split_once('-'))
+                .and_then(|(p, _)| p.parse::<i32>().ok());
+            let Some(pid) = pid else {
+                continue;
+            };
+            if alive(pid) || !entry.path().is_dir() {
+                continue;
+            }
+            let dirs = [(place.version, entry.path())];
+            kill(&dirs, None);
+            if remove(&dirs) {
+                removed += 1;
+            }
+        }
+    }
+    removed
+}

@@ -1,0 +1,1109 @@
+//! `transform_cgroup` and `transform_cgroup_version`: one cgroup per program.
+//!
+//! On a machine where nginx (root) finds every controller (cgroup v2, or v1 hierarchies as on
+//! the development machine, whose v2 tree has no controllers), the limits are tested for real:
+//! a memory hog against memory.max (502, the OOM named), a fork bomb against pids.max, a CPU
+//! spinner against cpu.max; no cgroup is left after normal ends, a client's abort or a timeout;
+//! `off` makes none; pooled processes get the http level's. Elsewhere those tests skip with a
+//! message.
+//!
+//! What cannot run here is tested by its refusal path (`transform_cgroup_version v2` where v2
+//! lacks the controllers, a master that is not root, bad parameters: one `[emerg]` line from
+//! `nginx -t`) and, for the cgroup v2 file work, by the `files` unit tests below, which run the
+//! module's own `src/cgroup/files.rs` against directories laid out like a cgroup2 (and v1) tree.
+
+mod common;
+
+#[path = "../src/cgroup/files.rs"]
+#[allow(dead_code)]
+mod files;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{RwLock, RwLockReadGuard};
+use std::time::Duration;
+
+use common::*;
+use files::{Controller, Policy, Values, Version};
+
+// ---------------------------------------------------------------------------------------------
+// The real cgroups of this machine.
+
+/// Tests holding nginx with cgroups running; the last one out removes the module's subtrees.
+static USERS: RwLock<()> = RwLock::new(());
+
+/// Where the module puts programs' cgroups for a process of this test (nginx inherits its
+/// cgroup), per controller; None when this machine cannot give every controller (the reason).
+fn places() -> Result<Vec<files::Place>, String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("not root: nginx cannot make cgroups".into());
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
+    let own = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| e.to_string())?;
+    let found = files::locate(
+        Path::new("/"),
+        &mountinfo,
+        &own,
+        &Controller::ALL,
+        Policy::Auto,
+    );
+    if !found.missing.is_empty() {
+        return Err(format!("no hierarchy has {:?}", found.missing));
+    }
+    if found.places.iter().any(|p| p.version == Version::V2) {
+        // (The master would move itself into nginx-transform/nginx: tests run several nginx
+        // instances from one cgroup, whose processes forbid enabling controllers below it.)
+        return Err(
+            "cgroup v2 holds controllers here: the tests need a cgroup of their own".into(),
+        );
+    }
+    Ok(found.places)
+}
+
+/// The places; where the machine cannot run the test, it fails saying why, unless
+/// `TRANSFORM_TEST_NO_CGROUP=1` says aloud that this run goes without cgroup limits (then None).
+fn usable(test: &str) -> Option<Vec<files::Place>> {
+    match places() {
+        Ok(p) => Some(p),
+        Err(why) => {
+            assert!(
+                std::env::var_os("TRANSFORM_TEST_NO_CGROUP").is_some(),
+                "{test} cannot run here: {why} (set TRANSFORM_TEST_NO_CGROUP=1 to run without \
+                 the cgroup limit tests)"
+            );
+            eprintln!("skipping {test}: {why} (TRANSFORM_TEST_NO_CGROUP is set)");
+            None
+        }
+    }
+}
+
+/// Holds off the subtrees' removal while a test's nginx runs.
+struct Using(Option<RwLockReadGuard<'static, ()>>);
+
+fn using() -> Using {
+    Using(Some(USERS.read().unwrap_or_else(|e| e.into_inner())))
+}
+
+impl Drop for Using {
+    /// The last test out removes what the module made under this process's cgroups (the
+    /// subtrees; every program's cgroup is gone already, or this fails and leaves them).
+    fn drop(&mut self) {
+        drop(self.0.take());
+        let Ok(_alone) = USERS.try_write() else {
+            return;
+        };
+        if let Ok(places) = places() {
+            for p in places {
+                let _ = std::fs::remove_dir(p.programs());
+                let _ = std::fs::remove_dir(p.subtree());
+            }
+        }
+    }
+}
+
+/// The cgroups of `worker`'s programs that exist now, in every hierarchy.
+fn program_dirs(places: &[files::Place], worker: u32) -> Vec<PathBuf> {
+    let prefix = format!("{worker}-");
+    let mut out = Vec::new();
+    for p in places {
+        if let Ok(entries) = std::fs::read_dir(p.programs()) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with(&prefix) {
+                    out.push(e.path());
+                }
+            }
+        }
+    }
+    out
+}
+
+#[track_caller]
+fn assert_no_program_cgroups(places: &[files::Place], worker: u32) {
+    let left = || program_dirs(places, worker);
+    assert!(
+        wait_until(Duration::from_secs(5), || left().is_empty()),
+        "cgroups left behind: {:?}",
+        left()
+    );
+}
+
+/// Processes whose command line holds `marker`.
+fn processes_with(marker: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+            if String::from_utf8_lossy(&cmd).contains(marker) && proc_state(pid) != Some('Z') {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+/// A python3 program (single quotes only, no `$`), as transform_exec arguments.
+fn python(code: &str) -> String {
+    format!(
+        "/usr/bin/python3 -c \"{}\"",
+        code.trim().replace('\n', "\\n")
+    )
+}
+
+fn server(locations: &str) -> String {
+    http("", locations)
+}
+
+/// `http_extra` at the http level, then a server with `locations`; the access log `cg` has
+/// the exit status and the time of each program.
+fn http(http_extra: &str, locations: &str) -> String {
+    format!(
+        "log_format cg '$uri $status $transform_exit_status $transform_time';
+         access_log {{PREFIX}}/logs/cg.log cg;
+         {http_extra}
+         server {{ listen 127.0.0.1:{{PORT}}; {locations} }}"
+    )
+}
+
+/// The (status, $transform_exit_status, $transform_time) of the last request to `uri`.
+fn logged(nginx: &Nginx, uri: &str) -> (String, String, f64) {
+    let read = || std::fs::read_to_string(nginx.prefix.join("logs/cg.log")).unwrap_or_default();
+    let find = |log: &str| {
+        log.lines()
+            .rev()
+            .find(|l| l.split(' ').next() == Some(uri))
+            .map(String::from)
+    };
+    // (The line is written after the response went out.)
+    wait_until(Duration::from_secs(5), || find(&read()).is_some());
+    let line = find(&read()).unwrap_or_else(|| panic!("no access-log line for {uri}:\n{}", read()));
+    let f: Vec<&str> = line.split(' ').collect();
+    (f[1].into(), f[2].into(), f[3].parse().unwrap_or(-1.0))
+}
+
+fn body(nginx: &Nginx, path: &str) -> (u16, String) {
+    let r = Client::connect(nginx.port).get(path);
+    (r.status, String::from_utf8_lossy(&r.body).into_owned())
+}
+
+const HOG: &str = "b = b'x' * (128 << 20)\nprint('survived', len(b))";
+
+#[test]
+fn memory_hog_is_killed_by_memory_max_and_named() {
+    let Some(places) = usable("memory_hog_is_killed_by_memory_max_and_named") else {
+        return;
+    };
+    let _using = using();
+    let nginx = Nginx::start(&server(&format!(
+        "location /hog {{ transform_cgroup memory.max=32m; transform_exec {hog}; }}
+         location /free {{ transform_exec {hog}; }}",
+        hog = python(HOG)
+    )));
+    let (status, text) = body(&nginx, "/free");
+    assert_eq!((status, text.trim()), (200, "survived 134217728"), "off");
+
+    let (status, _) = body(&nginx, "/hog");
+    assert_eq!(status, 502, "nothing was sent: a clean 502");
+    let line = "transform program \"/usr/bin/python3\" killed by signal 9 (SIGKILL) by the cgroup \
+                memory limit (memory.max 32m)";
+    assert!(
+        nginx.log_lines("error").iter().any(|l| l.contains(line)),
+        "{line}\n{}",
+        nginx.error_log()
+    );
+    let (status, exit, _) = logged(&nginx, "/hog");
+    assert_eq!((status.as_str(), exit.as_str()), ("502", "SIGKILL(oom)"));
+    assert_eq!(logged(&nginx, "/free").1, "0");
+    assert_no_program_cgroups(&places, nginx.worker_pid());
+    nginx.stop();
+}
+
+/// Forks up to N children (each closes its output and sleeps), prints how many it got and why
+/// it stopped.
+fn forker(n: u32) -> String {
+    python(&format!(
+        "
+import os, time, errno
+n = 0
+why = 'none'
+for i in range({n}):
+    try:
+        pid = os.fork()
+    except OSError as e:
+        why = errno.errorcode[e.errno]
+        break
+    if pid == 0:
+        os.close(1)
+        os.close(2)
+        time.sleep(3)
+        os._exit(0)
+    n += 1
+print(n, why, flush=True)
+os._exit(0)
+"
+    ))
+}
+
+#[test]
+fn fork_bomb_is_contained_by_pids_max() {
+    let Some(places) = usable("fork_bomb_is_contained_by_pids_max") else {
+        return;
+    };
+    let _using = using();
+    let marker = format!("bomb-{}", std::process::id());
+    let nginx = Nginx::start(&server(&format!(
+        "location /forks {{ transform_cgroup pids.max=16; transform_exec {forker}; }}
+         location /free {{ transform_exec {forker}; }}
+         location /bomb {{
+             transform_cgroup pids.max=32; transform_timeout 1500ms;
+             transform_exec /bin/sh -c \"b() {{ b | b & }}; b; sleep 30\" {marker};
+         }}
+         location /ok {{ transform_exec /bin/echo fine; }}",
+        forker = forker(40)
+    )));
+    let worker = nginx.worker_pid();
+    // Off: every fork succeeds.
+    assert_eq!(body(&nginx, "/free"), (200, "40 none\n".into()));
+    // On: fork fails with EAGAIN once the cgroup holds pids.max processes (the program is one).
+    let (status, text) = body(&nginx, "/forks");
+    assert_eq!(status, 200);
+    assert_eq!(
+        text.trim(),
+        "15 EAGAIN",
+        "pids.max=16 holds the program and 15 children"
+    );
+
+    // A real fork bomb: bounded while it runs, killed as a whole at the timeout.
+    let client = std::thread::spawn({
+        let port = nginx.port;
+        move || Client::connect(port).get("/bomb").status
+    });
+    let mut most = 0;
+    let mut saw_cgroup = false;
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(100));
+        for dir in program_dirs(&places, worker) {
+            if let Ok(n) = std::fs::read_to_string(dir.join("pids.current")) {
+                saw_cgroup = true;
+                most = most.max(n.trim().parse::<u32>().unwrap_or(0));
+            }
+        }
+        most = most.max(processes_with(&marker).len() as u32);
+    }
+    assert!(saw_cgroup, "the bomb ran in no cgroup");
+    assert!(
+        most > 1 && most <= 32,
+        "{most} processes: pids.max=32 bounds it"
+    );
+    assert_eq!(client.join().expect("client"), 504);
+    assert!(
+        wait_until(Duration::from_secs(5), || processes_with(&marker)
+            .is_empty()),
+        "bomb processes left: {:?}",
+        processes_with(&marker)
+    );
+    assert_eq!(
+        body(&nginx, "/ok"),
+        (200, "fine\n".into()),
+        "the worker is fine"
+    );
+    assert_eq!(nginx.worker_pid(), worker, "same worker");
+    assert_no_program_cgroups(&places, worker);
+    nginx.stop();
+}
+
+#[test]
+fn cpu_max_throttles_the_program() {
+    let Some(places) = usable("cpu_max_throttles_the_program") else {
+        return;
+    };
+    let _using = using();
+    // 300 ms of CPU time.
+    let spin = python(
+        "
+import time
+t = time.process_time()
+while time.process_time() - t < 0.3:
+    pass
+print('spun')
+",
+    );
+    let nginx = Nginx::start(&server(&format!(
+        "location /free {{ transform_exec {spin}; }}
+         location /slow {{ transform_cgroup cpu.max=10%; transform_exec {spin}; }}"
+    )));
+    assert_eq!(body(&nginx, "/free"), (200, "spun\n".into()));
+    let free = logged(&nginx, "/free").2;
+    assert_eq!(body(&nginx, "/slow"), (200, "spun\n".into()));
+    let slow = logged(&nginx, "/slow").2;
+    // 10% of a CPU: ~3 s for 300 ms of CPU; a loaded machine slows the free one too.
+    assert!(
+        slow >= 2.0 * free && slow >= 1.0,
+        "cpu.max=10%: {slow}s, without: {free}s"
+    );
+    assert_no_program_cgroups(&places, nginx.worker_pid());
+    nginx.stop();
+}
+
+#[test]
+fn no_cgroup_is_left_after_exit_abort_or_timeout() {
+    let Some(places) = usable("no_cgroup_is_left_after_exit_abort_or_timeout") else {
+        return;
+    };
+    let _using = using();
+    let marker = format!("escapee-{}", std::process::id());
+    // The program's child leaves its process group (setsid): only the cgroup still holds it.
+    let escapee = format!("setsid /bin/sh -c 'sleep 60; :' {marker} >/dev/null 2>&1 &");
+    let escape = format!("/bin/sh -c \"{escapee} sleep 60; :\" {marker}");
+    let nginx = Nginx::start(&server(&format!(
+        "transform_cgroup memory.max=64m pids.max=64 cpu.max=100%;
+         location /quick {{ transform_exec /bin/echo hi; }}
+         location /fail {{ transform_exec /bin/sh -c \"exit 3\"; }}
+         location /abort {{ transform_exec {escape}; }}
+         location /timeout {{ transform_timeout 300ms; transform_exec {escape}; }}
+         location /left {{ transform_exec /bin/sh -c \"{escapee} echo done\"; }}"
+    )));
+    let worker = nginx.worker_pid();
+    for _ in 0..5 {
+        assert_eq!(body(&nginx, "/quick"), (200, "hi\n".into()));
+    }
+    assert_eq!(body(&nginx, "/fail").0, 502);
+    assert_no_program_cgroups(&places, worker);
+
+    // The client goes away while the program runs.
+    {
+        let mut c = Client::connect(nginx.port);
+        c.send("GET /abort HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        assert!(
+            wait_until(Duration::from_secs(5), || processes_with(&marker).len()
+                >= 2),
+            "the program and its escaped child run"
+        );
+        assert!(!program_dirs(&places, worker).is_empty(), "in a cgroup");
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || processes_with(&marker)
+            .is_empty()),
+        "after the abort: {:?} left",
+        processes_with(&marker)
+    );
+    assert_no_program_cgroups(&places, worker);
+
+    // The program times out (504) and is killed with everything in its cgroup.
+    assert_eq!(body(&nginx, "/timeout").0, 504);
+    assert!(
+        wait_until(Duration::from_secs(10), || processes_with(&marker)
+            .is_empty()),
+        "after the timeout: {:?} left",
+        processes_with(&marker)
+    );
+    assert_no_program_cgroups(&places, worker);
+
+    // A complete response whose program left a process outside its group.
+    assert_eq!(body(&nginx, "/left"), (200, "done\n".into()));
+    assert!(
+        wait_until(Duration::from_secs(10), || processes_with(&marker)
+            .is_empty()),
+        "after a complete response: {:?} left",
+        processes_with(&marker)
+    );
+    assert_no_program_cgroups(&places, worker);
+    nginx.stop();
+}
+
+#[test]
+fn off_makes_no_cgroup_and_levels_inherit() {
+    let Some(places) = usable("off_makes_no_cgroup_and_levels_inherit") else {
+        return;
+    };
+    let _using = using();
+    let nginx = Nginx::start(&server(
+        "transform_cgroup pids.max=100;
+         location /inherited { transform_exec /bin/cat /proc/self/cgroup; }
+         location /off { transform_cgroup off; transform_exec /bin/cat /proc/self/cgroup; }
+         location /memory {
+             transform_cgroup memory.max=1g; transform_exec /bin/cat /proc/self/cgroup;
+         }
+         location /namespaces {
+             transform_sandbox_namespaces user pid;
+             transform_sandbox_syscalls default;
+             transform_exec /bin/cat /proc/self/cgroup;
+         }",
+    ));
+    let worker = nginx.worker_pid();
+    let line = |text: &str, controller: &str| -> String {
+        text.lines()
+            .find(|l| {
+                l.split(':')
+                    .nth(1)
+                    .is_some_and(|c| c.split(',').any(|x| x == controller))
+            })
+            .unwrap_or_default()
+            .to_string()
+    };
+    let ours = format!("/{}/{}/{worker}-", files::SUBTREE, files::PROGRAMS);
+    let (status, inherited) = body(&nginx, "/inherited");
+    assert_eq!(status, 200);
+    assert!(line(&inherited, "pids").contains(&ours), "{inherited}");
+    assert!(!line(&inherited, "memory").contains(&ours), "{inherited}");
+    let (_, off) = body(&nginx, "/off");
+    assert!(!off.contains(files::SUBTREE), "off: {off}");
+    let (_, memory) = body(&nginx, "/memory");
+    assert!(line(&memory, "memory").contains(&ours), "{memory}");
+    assert!(!line(&memory, "pids").contains(&ours), "replaced: {memory}");
+    // Joined from a user and pid namespace of its own too (the descriptor was opened outside).
+    let (status, namespaces) = body(&nginx, "/namespaces");
+    assert_eq!(status, 200, "{}", nginx.error_log());
+    assert!(line(&namespaces, "pids").contains(&ours), "{namespaces}");
+    assert_no_program_cgroups(&places, worker);
+    nginx.stop();
+}
+
+#[test]
+fn pool_processes_get_the_http_level_cgroup() {
+    let Some(places) = usable("pool_processes_get_the_http_level_cgroup") else {
+        return;
+    };
+    let _using = using();
+    let nginx = Nginx::start(&http(
+        "transform_cgroup pids.max=50 memory.max=256m;
+         transform_pool p {HELPER} pool-serve;",
+        "location /echo { transform_pass p; }",
+    ));
+    let worker = nginx.worker_pid();
+    let (status, text) = body(&nginx, "/echo");
+    assert_eq!(status, 200, "{text}");
+    let pid: u32 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("pid="))
+        .and_then(|p| p.parse().ok())
+        .expect("pid= line");
+    let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let ours = format!("/{}/{}/{worker}-", files::SUBTREE, files::PROGRAMS);
+    assert!(
+        cg.lines().filter(|l| l.contains(&ours)).count() == 2,
+        "pids and memory: {cg}"
+    );
+    assert_eq!(program_dirs(&places, worker).len(), 2);
+    nginx.stop();
+    // The worker's exit removed the pool process's cgroup.
+    assert_no_program_cgroups(&places, worker);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Refusals: `nginx -t` fails with one line naming the directive and what is missing.
+
+/// The `[emerg]` lines of an `nginx -t` output.
+fn emerg_lines(out: &str) -> Vec<&str> {
+    out.lines().filter(|l| l.contains("[emerg]")).collect()
+}
+
+/// The line of `needle` in the configuration file.
+fn line_of(conf: &Path, needle: &str) -> usize {
+    let text = std::fs::read_to_string(conf).unwrap();
+    text.lines()
+        .position(|l| l.contains(needle))
+        .expect("in conf")
+        + 1
+}
+
+#[test]
+fn cgroup_v2_only_is_refused_where_v2_lacks_the_controllers() {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let found = files::locate(
+        Path::new("/"),
+        &mountinfo,
+        &own,
+        &[Controller::Memory],
+        Policy::V2,
+    );
+    if found.missing.is_empty() {
+        eprintln!("skipping: cgroup v2 has the memory controller here");
+        return;
+    }
+    let (ok, out, conf) = nginx_test_config(
+        "transform_cgroup_version v2;
+         server { listen 127.0.0.1:1;
+           location /a { transform_exec /bin/true; }
+           location /b { transform_cgroup memory.max=64m; transform_exec /bin/true; }
+         }",
+    );
+    assert!(!ok, "nginx -t must fail:\n{out}");
+    let lines = emerg_lines(&out);
+    assert_eq!(lines.len(), 1, "one line:\n{out}");
+    let at = format!(
+        "\"transform_cgroup\" in {}:{} cannot work: the \"memory\" controller is not available: ",
+        conf.display(),
+        line_of(&conf, "memory.max=64m")
+    );
+    assert!(lines[0].contains(&at), "{at}\n{}", lines[0]);
+    assert!(
+        lines[0].contains("and \"transform_cgroup_version v2\" excludes cgroup v1"),
+        "{}",
+        lines[0]
+    );
+    // The same with auto works where v1 has it (here), and v1 alone too.
+    if places().is_ok() {
+        for version in ["auto", "v1"] {
+            let (ok, out, _) = nginx_test_config(&format!(
+                "transform_cgroup_version {version};
+                 server {{ listen 127.0.0.1:1;
+                   location /b {{ transform_cgroup memory.max=64m; transform_exec /bin/true; }}
+                 }}"
+            ));
+            assert!(ok, "{version}: {out}");
+        }
+    }
+}
+
+#[test]
+fn bad_parameters_are_refused() {
+    for (directive, want) in [
+        (
+            "transform_cgroup memory.max=lots;",
+            "invalid parameter \"memory.max=lots\"",
+        ),
+        (
+            "transform_cgroup memory.max=0;",
+            "invalid parameter \"memory.max=0\"",
+        ),
+        (
+            "transform_cgroup pids.max=0;",
+            "invalid parameter \"pids.max=0\"",
+        ),
+        (
+            "transform_cgroup cpu.max=50;",
+            "invalid parameter \"cpu.max=50\"",
+        ),
+        (
+            "transform_cgroup cpu.max=0%;",
+            "invalid parameter \"cpu.max=0%\"",
+        ),
+        (
+            "transform_cgroup swap.max=1m;",
+            "invalid parameter \"swap.max=1m\"",
+        ),
+        (
+            "transform_cgroup pids.max=5 pids.max=6;",
+            "invalid parameter \"pids.max=6\"",
+        ),
+        (
+            "transform_cgroup off; transform_cgroup pids.max=5;",
+            "\"transform_cgroup\" directive is duplicate",
+        ),
+        (
+            "transform_cgroup_version v3;",
+            "invalid value \"v3\": auto, v2 or v1",
+        ),
+    ] {
+        let (ok, out, conf) = nginx_test_config(&format!(
+            "{directive} server {{ listen 127.0.0.1:1; location / {{ transform_exec /bin/true; }} }}"
+        ));
+        assert!(!ok, "{directive}: nginx -t must fail");
+        let lines = emerg_lines(&out);
+        assert_eq!(lines.len(), 1, "{directive}:\n{out}");
+        assert!(
+            lines[0].contains(want) && lines[0].contains(&format!("{}:", conf.display())),
+            "{directive}: {want}\n{}",
+            lines[0]
+        );
+    }
+    // Inside a location, `transform_cgroup_version` is not allowed (http level only).
+    let (ok, out, _) = nginx_test_config(
+        "server { listen 127.0.0.1:1; location / { transform_cgroup_version v1; } }",
+    );
+    assert!(!ok && out.contains("is not allowed here"), "{out}");
+}
+
+#[test]
+fn a_master_that_is_not_root_is_refused() {
+    if usable("a_master_that_is_not_root_is_refused").is_none() {
+        return;
+    }
+    // nginx -t as nobody, in a prefix nobody owns.
+    let prefix = temp_dir("cgroup-nobody");
+    let conf = prefix.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        config(
+            &prefix,
+            free_port(),
+            "",
+            "server { listen 127.0.0.1:{PORT};
+               location / { transform_cgroup pids.max=10; transform_exec /bin/true; }
+             }",
+        ),
+    )
+    .unwrap();
+    let chown = Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(&prefix)
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(nginx_binary())
+        .arg("-t")
+        .arg("-p")
+        .arg(&prefix)
+        .arg("-c")
+        .arg(&conf)
+        .output()
+        .expect("setpriv");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    let lines = emerg_lines(&text);
+    assert_eq!(lines.len(), 1, "{text}");
+    let want = format!(
+        "\"transform_cgroup\" in {}:{} cannot work",
+        conf.display(),
+        line_of(&conf, "pids.max=10")
+    );
+    assert!(lines[0].contains(&want), "{want}\n{}", lines[0]);
+    assert!(
+        lines[0].contains("cannot work (the master must start as root, or in a cgroup delegated to its user): access() \"")
+            && lines[0].ends_with("failed (13: Permission denied)"),
+        "{}",
+        lines[0]
+    );
+    let _ = std::fs::remove_dir_all(&prefix);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The file work, against prepared directories (the module's own `src/cgroup/files.rs`).
+
+/// A hybrid machine like the development one: v2 without controllers, v1 memory/pids/cpu.
+const HYBRID_MOUNTINFO: &str = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+
+const HYBRID_CGROUP: &str = "\
+9:name=systemd:/
+8:pids:/
+4:memory:/process_api/abc
+2:cpu,cpuacct:/
+0::/
+";
+
+/// Debian 12: pure cgroup v2.
+const V2_MOUNTINFO: &str = "\
+29 23 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot
+";
+
+/// A directory laid out like a cgroup: its interface files with `contents`.
+fn cgroup_dir(dir: &Path, files_: &[(&str, &str)]) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (name, contents) in files_ {
+        std::fs::write(dir.join(name), contents).unwrap();
+    }
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn files_parse_mountinfo_and_proc_cgroup() {
+    let m = files::mounts(HYBRID_MOUNTINFO);
+    assert_eq!(m.len(), 5, "the tmpfs is not a cgroup");
+    assert_eq!(m[0].version, Version::V1);
+    assert_eq!(m[0].point, Path::new("/sys/fs/cgroup/cpu,cpuacct"));
+    assert_eq!(m[0].options, ["rw", "cpu", "cpuacct"]);
+    assert_eq!(m[4].version, Version::V2);
+    let escaped = files::mounts("1 2 0:1 /a\\040b /mnt/c\\040g rw - cgroup2 none rw\n");
+    assert_eq!(escaped[0].root, "/a b");
+    assert_eq!(escaped[0].point, Path::new("/mnt/c g"));
+
+    let members = files::memberships(HYBRID_CGROUP);
+    assert_eq!(members.len(), 5);
+    assert_eq!(members[3].controllers, ["cpu", "cpuacct"]);
+    assert_eq!(members[4].id, "0");
+    assert!(members[4].controllers.is_empty());
+
+    let root = Path::new("/r");
+    let own = |mount: usize| files::own_dir(root, &m[mount], &members);
+    assert_eq!(
+        own(1),
+        Some(PathBuf::from("/r/sys/fs/cgroup/memory/process_api/abc"))
+    );
+    assert_eq!(own(0), Some(PathBuf::from("/r/sys/fs/cgroup/cpu,cpuacct")));
+    assert_eq!(own(4), Some(PathBuf::from("/r/sys/fs/cgroup/unified")));
+    // A container that sees only its subtree mounted: the mount's root is cut off the path.
+    let sub = files::mounts(
+        "1 2 0:1 /process_api/abc /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n",
+    );
+    let members = files::memberships("4:memory:/process_api/abc/inner\n");
+    assert_eq!(
+        files::own_dir(root, &sub[0], &members),
+        Some(PathBuf::from("/r/sys/fs/cgroup/memory/inner"))
+    );
+    let elsewhere = files::memberships("4:memory:/process_api/abcd\n");
+    assert_eq!(files::own_dir(root, &sub[0], &elsewhere), None);
+}
+
+#[test]
+fn files_locate_prefers_v2_and_falls_back_to_v1() {
+    let t = temp_dir("cgroup-locate");
+    let v2 = t.join("sys/fs/cgroup/unified");
+    cgroup_dir(&v2, &[("cgroup.controllers", "hugetlb\n")]);
+    let all = Controller::ALL;
+    // Hybrid: v2 offers none of them; memory, pids and cpu come from v1.
+    let f = files::locate(&t, HYBRID_MOUNTINFO, HYBRID_CGROUP, &all, Policy::Auto);
+    assert!(f.missing.is_empty());
+    assert_eq!(f.places.len(), 3);
+    assert!(f.places.iter().all(|p| p.version == Version::V1));
+    assert_eq!(
+        f.places[0].base,
+        t.join("sys/fs/cgroup/memory/process_api/abc")
+    );
+    assert_eq!(f.v2, Some((v2.clone(), vec!["hugetlb".to_string()])));
+    // v2 only: none of them.
+    let f = files::locate(&t, HYBRID_MOUNTINFO, HYBRID_CGROUP, &all, Policy::V2);
+    assert_eq!(f.missing, all);
+    assert!(f.places.is_empty());
+    // Once v2 offers memory and pids, they go there; cpu stays on v1.
+    std::fs::write(
+        v2.join("cgroup.controllers"),
+        "cpuset io memory pids hugetlb\n",
+    )
+    .unwrap();
+    let f = files::locate(&t, HYBRID_MOUNTINFO, HYBRID_CGROUP, &all, Policy::Auto);
+    assert_eq!(f.places.len(), 2);
+    assert_eq!(f.places[0].version, Version::V2);
+    assert_eq!(
+        f.places[0].controllers,
+        [Controller::Memory, Controller::Pids]
+    );
+    assert_eq!(f.places[1].version, Version::V1);
+    assert_eq!(f.places[1].controllers, [Controller::Cpu]);
+    // v1 only: all on v1.
+    let f = files::locate(&t, HYBRID_MOUNTINFO, HYBRID_CGROUP, &all, Policy::V1);
+    assert!(f.places.iter().all(|p| p.version == Version::V1) && f.missing.is_empty());
+
+    // Pure v2 (Debian 12), nginx in its systemd service; after a start, the master is in
+    // nginx-transform/nginx, and the base is still the service's cgroup.
+    let t = temp_dir("cgroup-locate-v2");
+    let service = t.join("sys/fs/cgroup/system.slice/nginx.service");
+    cgroup_dir(&service, &[("cgroup.controllers", "cpu io memory pids\n")]);
+    for own in [
+        "0::/system.slice/nginx.service\n",
+        "0::/system.slice/nginx.service/nginx-transform/nginx\n",
+    ] {
+        let f = files::locate(&t, V2_MOUNTINFO, own, &all, Policy::Auto);
+        assert!(f.missing.is_empty(), "{own}");
+        assert_eq!(
+            f.places,
+            [files::Place {
+                version: Version::V2,
+                base: service.clone(),
+                controllers: all.to_vec(),
+            }],
+            "{own}"
+        );
+    }
+    // No cgroup v1 at all, v2 without cpu: cpu is missing, and says so.
+    std::fs::write(service.join("cgroup.controllers"), "memory pids\n").unwrap();
+    let f = files::locate(
+        &t,
+        V2_MOUNTINFO,
+        "0::/system.slice/nginx.service\n",
+        &all,
+        Policy::Auto,
+    );
+    assert_eq!(f.missing, [Controller::Cpu]);
+    let _ = std::fs::remove_dir_all(t);
+}
+
+/// A cgroup2 base with the subtree's directories as the kernel would show them after mkdir.
+fn v2_tree(t: &Path) -> files::Place {
+    let base = t.join("svc");
+    let controllers = [("cgroup.controllers", "cpu memory pids\n")];
+    cgroup_dir(
+        &base,
+        &[
+            controllers[0],
+            ("cgroup.subtree_control", ""),
+            ("cgroup.procs", "1234\n"),
+        ],
+    );
+    for dir in [
+        "nginx-transform",
+        "nginx-transform/nginx",
+        "nginx-transform/programs",
+    ] {
+        cgroup_dir(
+            &base.join(dir),
+            &[
+                controllers[0],
+                ("cgroup.subtree_control", ""),
+                ("cgroup.procs", ""),
+            ],
+        );
+    }
+    files::Place {
+        version: Version::V2,
+        base,
+        controllers: vec![Controller::Memory, Controller::Pids],
+    }
+}
+
+#[test]
+fn files_prepare_a_cgroup2_subtree() {
+    let t = temp_dir("cgroup-v2-prepare");
+    let place = v2_tree(&t);
+    files::check(&place).expect("root may write there");
+    files::prepare(&place, 4321).expect("prepare");
+    // The master moved into its leaf; the controllers enabled down to programs/.
+    assert_eq!(read(&place.leaf().join("cgroup.procs")), "4321");
+    for dir in [place.base.clone(), place.subtree(), place.programs()] {
+        assert_eq!(
+            read(&dir.join("cgroup.subtree_control")),
+            "+memory +pids",
+            "{}",
+            dir.display()
+        );
+    }
+    assert_eq!(
+        read(&place.leaf().join("cgroup.subtree_control")),
+        "",
+        "a leaf"
+    );
+    // Already enabled: nothing is written again (a reload).
+    std::fs::write(
+        place.base.join("cgroup.subtree_control"),
+        "cpu memory pids\n",
+    )
+    .unwrap();
+    files::prepare(&place, 4321).expect("again");
+    assert_eq!(
+        read(&place.base.join("cgroup.subtree_control")),
+        "cpu memory pids\n"
+    );
+    // What the workers write is theirs.
+    files::hand_over(&place, 65534, Some(65534)).expect("chown");
+    for path in [place.programs(), place.subtree().join("cgroup.procs")] {
+        let m = std::fs::metadata(&path).unwrap();
+        assert_eq!((m.uid(), m.gid()), (65534, 65534), "{}", path.display());
+    }
+    assert_eq!(
+        std::fs::metadata(place.subtree()).unwrap().uid(),
+        0,
+        "the subtree stays root's"
+    );
+    assert_eq!(std::fs::metadata(place.leaf()).unwrap().uid(), 0);
+    // A write the kernel refuses is the failure, naming the call and the file.
+    std::fs::remove_file(place.programs().join("cgroup.subtree_control")).unwrap();
+    let f = files::prepare(&place, 4321).unwrap_err();
+    assert_eq!(f.call, "open()");
+    assert_eq!(f.path, place.programs().join("cgroup.subtree_control"));
+    let _ = std::fs::remove_dir_all(t);
+}
+
+#[test]
+fn files_prepare_a_cgroup1_subtree() {
+    let t = temp_dir("cgroup-v1-prepare");
+    let base = t.join("memory/process_api/abc");
+    cgroup_dir(&base, &[("cgroup.procs", "1\n")]);
+    let place = files::Place {
+        version: Version::V1,
+        base: base.clone(),
+        controllers: vec![Controller::Memory],
+    };
+    files::prepare(&place, 4321).expect("prepare");
+    assert!(place.programs().is_dir());
+    assert!(
+        !place.leaf().exists(),
+        "cgroup v1: the master stays where it is"
+    );
+    files::hand_over(&place, 65534, None).expect("chown");
+    let m = std::fs::metadata(place.programs()).unwrap();
+    assert_eq!((m.uid(), m.gid()), (65534, 0));
+    let _ = std::fs::remove_dir_all(t);
+}
+
+#[test]
+fn files_make_a_program_cgroup_with_its_limits() {
+    let t = temp_dir("cgroup-make");
+    let v2 = v2_tree(&t);
+    let v2 = files::Place {
+        controllers: vec![Controller::Memory, Controller::Pids, Controller::Cpu],
+        ..v2
+    };
+    let v1 = files::Place {
+        version: Version::V1,
+        base: t.join("v1"),
+        controllers: vec![Controller::Memory, Controller::Cpu],
+    };
+    // As the kernel makes them on mkdir (here made beforehand: mkdir finds them).
+    let name = "777-1";
+    cgroup_dir(
+        &v2.programs().join(name),
+        &[
+            ("memory.max", "max\n"),
+            ("memory.swap.max", "max\n"),
+            ("pids.max", "max\n"),
+            ("cpu.max", "max 100000\n"),
+            ("cgroup.procs", ""),
+        ],
+    );
+    cgroup_dir(
+        &v1.programs().join(name),
+        &[
+            ("memory.limit_in_bytes", ""),
+            ("memory.memsw.limit_in_bytes", ""),
+            ("cpu.cfs_period_us", ""),
+            ("cpu.cfs_quota_us", ""),
+            ("cgroup.procs", ""),
+        ],
+    );
+    let values = Values {
+        memory_max: Some(64 << 20),
+        pids_max: Some(16),
+        cpu_max: Some(150),
+    };
+    // (Each controller is in one place: memory on v2 here, then on v1.)
+    let v2_pids = files::Place {
+        controllers: vec![Controller::Pids],
+        ..v2.clone()
+    };
+    let places = [v2.clone(), v1.clone()];
+    let made = files::make(&places[..1], name, &values).expect("make v2");
+    let made_v1 = files::make(&[v2_pids.clone(), v1.clone()], name, &values).expect("make v1");
+    let d2 = v2.programs().join(name);
+    let d1 = v1.programs().join(name);
+    assert_eq!(read(&d2.join("memory.max")), "67108864");
+    assert_eq!(read(&d2.join("memory.swap.max")), "0");
+    assert_eq!(read(&d2.join("pids.max")), "16");
+    assert_eq!(read(&d2.join("cpu.max")), "150000 100000");
+    assert_eq!(read(&d1.join("memory.limit_in_bytes")), "67108864");
+    assert_eq!(read(&d1.join("memory.memsw.limit_in_bytes")), "67108864");
+    assert_eq!(read(&d1.join("cpu.cfs_period_us")), "100000");
+    assert_eq!(read(&d1.join("cpu.cfs_quota_us")), "150000");
+    assert_eq!(made.procs().len(), 1);
+    assert_eq!(made.memory, Some((Version::V2, d2.clone())));
+    assert_eq!(made_v1.procs().len(), 2, "one cgroup.procs per hierarchy");
+    assert_eq!(made_v1.memory, Some((Version::V1, d1.clone())));
+    assert_eq!(
+        made_v1.dirs,
+        [(Version::V2, d2.clone()), (Version::V1, d1.clone())]
+    );
+    // What the child does with the descriptors: write "0".
+    for &fd in made.procs() {
+        // SAFETY: a descriptor `made` owns, open for writing.
+        assert_eq!(unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) }, 1);
+    }
+    assert_eq!(read(&d2.join("cgroup.procs")), "0");
+
+    // Only the hierarchies of the controllers a directive limits are joined.
+    let only_pids = Values {
+        pids_max: Some(5),
+        ..Values::default()
+    };
+    let made = files::make(&[v2_pids, v1.clone()], name, &only_pids).expect("make");
+    assert_eq!(made.dirs, [(Version::V2, d2.clone())]);
+    assert_eq!(made.memory, None);
+    assert_eq!(read(&d2.join("pids.max")), "5");
+
+    // Without swap accounting (no memory.swap.max, no memsw) it is fine.
+    std::fs::remove_file(d2.join("memory.swap.max")).unwrap();
+    std::fs::remove_file(d1.join("memory.memsw.limit_in_bytes")).unwrap();
+    files::make(&places[..1], name, &values).expect("no swap files");
+    files::make(&places[1..], name, &values).expect("no memsw files");
+
+    // A limit file that is not there fails, naming the write.
+    std::fs::remove_file(d2.join("pids.max")).unwrap();
+    let f = files::make(&places[..1], name, &values).unwrap_err();
+    assert_eq!(f.call, "write(\"16\")");
+    assert_eq!(f.path, d2.join("pids.max"));
+    assert_eq!(f.err.kind(), std::io::ErrorKind::NotFound);
+    assert_eq!(files::quota_us(10), 10_000);
+    let _ = std::fs::remove_dir_all(t);
+}
+
+#[test]
+fn files_read_the_oom_count() {
+    let t = temp_dir("cgroup-oom");
+    std::fs::write(
+        t.join("memory.events"),
+        "low 0\nhigh 0\nmax 12\noom 1\noom_kill 1\noom_group_kill 0\n",
+    )
+    .unwrap();
+    assert_eq!(files::oom_kills(Version::V2, &t), 1);
+    std::fs::write(
+        t.join("memory.oom_control"),
+        "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n",
+    )
+    .unwrap();
+    assert_eq!(files::oom_kills(Version::V1, &t), 3);
+    assert_eq!(files::oom_kills(Version::V2, &t.join("nowhere")), 0);
+    let _ = std::fs::remove_dir_all(t);
+}
+
+#[test]
+fn files_kill_remove_and_sweep() {
+    let t = temp_dir("cgroup-kill");
+    // cgroup v2 with cgroup.kill: one write, the listed processes counted (not signalled).
+    let v2 = t.join("v2");
+    cgroup_dir(
+        &v2,
+        &[
+            ("cgroup.procs", "2147483000\n2147483001\n"),
+            ("cgroup.kill", ""),
+        ],
+    );
+    let dirs = [(Version::V2, v2.clone())];
+    assert_eq!(files::kill(&dirs, Some(2147483001)), 1);
+    assert_eq!(read(&v2.join("cgroup.kill")), "1");
+    // cgroup v1: each listed process gets SIGKILL.
+    let mut sleeper = Command::new("/bin/sleep").arg("60").spawn().unwrap();
+    let v1 = t.join("v1");
+    cgroup_dir(&v1, &[("cgroup.procs", &format!("{}\n", sleeper.id()))]);
+    assert_eq!(files::kill(&[(Version::V1, v1.clone())], None), 1);
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(sleeper.wait().unwrap().signal(), Some(libc::SIGKILL));
+    // Removal: a cgroup with a process is busy (here: a directory with files); gone is fine.
+    assert!(!files::remove(&dirs));
+    let empty = t.join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    assert!(files::remove(&[
+        (Version::V2, empty.clone()),
+        (Version::V2, t.join("gone"))
+    ]));
+    assert!(!empty.exists());
+
+    // The cgroups of a worker that is gone are removed; a live one's and others stay.
+    let place = files::Place {
+        version: Version::V2,
+        base: t.join("base"),
+        controllers: vec![Controller::Pids],
+    };
+    let me = std::process::id();
+    for name in [
+        format!("{me}-1"),
+        "999999999-3".into(),
+        "999999999-4".into(),
+        "junk".into(),
+    ] {
+        std::fs::create_dir_all(place.programs().join(name)).unwrap();
+    }
+    let alive = |pid: i32| pid == me as i32;
+    assert_eq!(files::sweep(std::slice::from_ref(&place), alive), 2);
+    let mut left: Vec<String> = std::fs::read_dir(place.programs())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, [format!("{me}-1"), "junk".to_string()]);
+    let _ = std::fs::remove_dir_all(t);
+}
