@@ -9,7 +9,7 @@
 use core::ffi::c_int;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use landlock::{
@@ -30,6 +30,8 @@ const ABI_ASKED: ABI = ABI::V6;
 pub struct Landlock {
     /// None on a kernel without Landlock (nothing is enforced; the configuration said so).
     fd: Option<OwnedFd>,
+    /// The `rw=` paths, as written.
+    writable: Vec<PathBuf>,
 }
 
 impl Landlock {
@@ -37,6 +39,36 @@ impl Landlock {
     pub fn fd(&self) -> Option<RawFd> {
         self.fd.as_ref().map(AsRawFd::as_raw_fd)
     }
+
+    /// The paths the program may write beneath (`rw=`), as the directive gives them.
+    pub fn writable(&self) -> &[PathBuf] {
+        &self.writable
+    }
+}
+
+/// The Landlock domain of `transform_sandbox_syscalls default` where no `transform_sandbox_paths`
+/// applies: it restricts no file access (only making block and character devices, which needs a
+/// privilege anyway) but, as every Landlock domain, keeps the program from ptrace-like access to
+/// processes outside it (`/proc/<worker>/mem`, which a same-user program could otherwise write:
+/// nginx makes its workers dumpable), and with ABI 6 scopes its signals and abstract UNIX sockets.
+/// Built once per process.
+pub fn scope_only() -> Result<&'static Landlock, String> {
+    static SCOPE: OnceLock<Result<Landlock, String>> = OnceLock::new();
+    SCOPE
+        .get_or_init(|| {
+            let created = Ruleset::default()
+                .set_compatibility(CompatLevel::BestEffort)
+                .handle_access(AccessFs::MakeBlock | AccessFs::MakeChar)
+                .and_then(|r| r.scope(Scope::from_all(ABI_ASKED)))
+                .and_then(|r| r.create())
+                .map_err(|e| format!("Landlock: {e}"))?;
+            Ok(Landlock {
+                fd: Option::<OwnedFd>::from(created),
+                writable: Vec::new(),
+            })
+        })
+        .as_ref()
+        .map_err(Clone::clone)
 }
 
 /// A path of `transform_sandbox_paths` and whether the program may write beneath it.
@@ -74,6 +106,11 @@ pub fn landlock(rules: &[Rule<'_>]) -> Result<Landlock, String> {
     }
     Ok(Landlock {
         fd: Option::<OwnedFd>::from(created),
+        writable: rules
+            .iter()
+            .filter(|r| r.write)
+            .map(|r| r.path.to_path_buf())
+            .collect(),
     })
 }
 
@@ -268,38 +305,54 @@ pub const NAMESPACES: &[(&str, c_int)] = &[
     ("uts", libc::CLONE_NEWUTS),
 ];
 
+/// Where a directive is (file, line).
+type At = Option<(String, usize)>;
+
 std::thread_local! {
-    /// The first `transform_sandbox_paths` of the configuration being read (file, line).
-    static PATHS_AT: core::cell::RefCell<Option<(String, usize)>> =
-        const { core::cell::RefCell::new(None) };
+    /// The first `transform_sandbox_paths` and `transform_sandbox_syscalls default` of the
+    /// configuration being read.
+    static PATHS_AT: core::cell::RefCell<(At, At)> =
+        const { core::cell::RefCell::new((None, None)) };
 }
 
 /// A `transform_sandbox_paths` was read at `file:line` (for the line after the configuration).
 pub fn note_paths(file: &str, line: usize) {
-    PATHS_AT.with_borrow_mut(|at| {
+    PATHS_AT.with_borrow_mut(|(at, _)| {
+        at.get_or_insert_with(|| (file.to_owned(), line));
+    });
+}
+
+/// A `transform_sandbox_syscalls default` was read at `file:line`.
+pub fn note_syscalls(file: &str, line: usize) {
+    PATHS_AT.with_borrow_mut(|(_, at)| {
         at.get_or_insert_with(|| (file.to_owned(), line));
     });
 }
 
 /// Before a configuration is read.
 pub fn forget_paths() {
-    PATHS_AT.with_borrow_mut(|at| *at = None);
-}
-
-/// After the configuration: where the first `transform_sandbox_paths` is and what the kernel
-/// enforces of it (Err: nothing, with the reason), once per configuration; None if unused.
-pub fn paths_report() -> Option<(String, usize, Result<String, io::Error>)> {
-    let (file, line) = PATHS_AT.with_borrow_mut(Option::take)?;
-    Some((file, line, landlock_status()))
+    PATHS_AT.with_borrow_mut(|at| *at = (None, None));
 }
 
 /// Logs what `transform_sandbox_paths` gets from this kernel: a notice, or a warning that it
-/// enforces nothing (the programs then run without file restrictions).
+/// enforces nothing (the programs then run without file restrictions); and, without Landlock,
+/// that `transform_sandbox_syscalls default` cannot keep programs away from the worker.
 pub fn log_report(log: *mut nginx_sys::ngx_log_t) {
-    let Some((file, line, status)) = paths_report() else {
+    let (paths, syscalls) = PATHS_AT.with_borrow_mut(core::mem::take);
+    if let (Some((file, line)), Err(e)) = (&syscalls, crate::os::landlock_abi()) {
+        log_error!(
+            nginx_sys::NGX_LOG_WARN,
+            log,
+            crate::os::errno(&e),
+            "\"transform_sandbox_syscalls default\" in {file}:{line} and every other cannot keep \
+             the programs from the worker's memory and signals: this kernel has no Landlock; \
+             landlock_create_ruleset() failed"
+        );
+    }
+    let Some((file, line)) = paths else {
         return;
     };
-    match status {
+    match landlock_status() {
         Ok(what) => log_error!(
             nginx_sys::NGX_LOG_NOTICE,
             log,

@@ -178,6 +178,86 @@ fn limit_directives_misuse() {
 }
 
 #[test]
+fn sandbox_directives_misuse() {
+    let s = |d: &str| {
+        format!("server {{ listen 127.0.0.1:{{PORT}};\nlocation / {{ transform_exec /bin/true;\n{d} #BAD\n}} }}")
+    };
+    // Paths: absolute, existing when the configuration is read; `off` alone.
+    rejects(
+        &s("transform_sandbox_paths usr;"),
+        "invalid path \"usr\": an absolute path, or rw= and an absolute path",
+    );
+    rejects(
+        &s("transform_sandbox_paths rw=tmp;"),
+        "invalid path \"rw=tmp\"",
+    );
+    for missing in [
+        "/usr /nonexistent/sandbox/dir",
+        "rw=/nonexistent/sandbox/dir",
+    ] {
+        rejects(
+            &s(&format!("transform_sandbox_paths {missing};")),
+            "sandbox path \"/nonexistent/sandbox/dir\" cannot be used (2: No such file or directory)",
+        );
+    }
+    rejects(
+        &s("transform_sandbox_paths off /usr;"),
+        "invalid path \"off\"",
+    );
+    rejects(
+        &s("transform_sandbox_paths;"),
+        "invalid number of arguments in \"transform_sandbox_paths\"",
+    );
+    rejects(
+        &s("transform_sandbox_paths /usr; transform_sandbox_paths /tmp;"),
+        "\"transform_sandbox_paths\" directive is duplicate",
+    );
+    // Profiles: none or default.
+    rejects(
+        &s("transform_sandbox_syscalls strict;"),
+        "invalid value \"strict\"",
+    );
+    rejects(
+        &s("transform_sandbox_syscalls default none;"),
+        "invalid number of arguments in \"transform_sandbox_syscalls\"",
+    );
+    rejects(
+        &s("transform_sandbox_syscalls default; transform_sandbox_syscalls none;"),
+        "\"transform_sandbox_syscalls\" directive is duplicate",
+    );
+    // Namespaces: the six names, or off alone.
+    rejects(
+        &s("transform_sandbox_namespaces user cgroup;"),
+        "unknown namespace \"cgroup\": user, pid, ipc, net, mount, uts, or off",
+    );
+    rejects(
+        &s("transform_sandbox_namespaces off user;"),
+        "unknown namespace \"off\"",
+    );
+    rejects(
+        &s("transform_sandbox_namespaces;"),
+        "invalid number of arguments in \"transform_sandbox_namespaces\"",
+    );
+    rejects(
+        &s("transform_sandbox_namespaces user; transform_sandbox_namespaces pid;"),
+        "\"transform_sandbox_namespaces\" directive is duplicate",
+    );
+    // Every level takes them.
+    let (ok, stderr, path) = nginx_test_config(
+        "transform_sandbox_paths / rw=/tmp; transform_sandbox_syscalls default;
+         transform_sandbox_namespaces user;
+         server { listen 127.0.0.1:{PORT};
+           transform_sandbox_paths off; transform_sandbox_syscalls none;
+           transform_sandbox_namespaces off;
+           location / { transform_sandbox_paths /usr rw=/tmp; transform_sandbox_syscalls default;
+                        transform_sandbox_namespaces user pid net;
+                        transform_exec /bin/true; } }",
+    );
+    std::fs::remove_dir_all(path.parent().expect("prefix")).ok();
+    assert!(ok, "{stderr}");
+}
+
+#[test]
 fn pool_directives_misuse() {
     let pool = |p: &str| {
         format!(
@@ -208,6 +288,25 @@ fn pool_directives_misuse() {
          server { listen 127.0.0.1:{PORT}; location / { transform_pass p; } }",
         "\"transform_pass\" directive is not allowed here",
     );
+    // A transform_pass location cannot confine its pool's processes otherwise than the http
+    // level (they serve every location): refused at the transform_pass line, whatever the level
+    // of the differing directive below http.
+    for own in [
+        "transform_sandbox_syscalls default;",
+        "transform_sandbox_paths /usr;",
+        "transform_sandbox_namespaces user;",
+    ] {
+        rejects(
+            &pass(&format!("{own} transform_pass p;")),
+            "runs its pool's processes, which have the http level's sandbox and cgroup",
+        );
+        // Set at the http level, the location inherits it: accepted.
+        let (ok, out, _) = nginx_test_config(&format!(
+            "{own}\ntransform_pool p {{HELPER}} pool-serve;\n\
+             server {{ listen 127.0.0.1:{{PORT}}; location / {{ transform_pass p; }} }}"
+        ));
+        assert!(ok, "{own} at the http level: {out}");
+    }
     // transform_filter_pass: a known pool or off; not with transform_filter at one level.
     rejects(&pass("transform_filter_pass nopool;"), "nopool");
     rejects(
@@ -553,6 +652,27 @@ const DIRECTIVES: &[Row] = &[
         "transform_filter_pass nopool;",
         "nopool",
         "transform_filter_pass p;",
+    ),
+    row(
+        "transform_sandbox_paths",
+        Level::Location,
+        "transform_sandbox_paths /usr relative/dir;",
+        "invalid path \"relative/dir\"",
+        "transform_sandbox_paths /usr /etc/ld.so.cache rw=/tmp;",
+    ),
+    row(
+        "transform_sandbox_syscalls",
+        Level::Location,
+        "transform_sandbox_syscalls strict;",
+        "invalid value \"strict\"",
+        "transform_sandbox_syscalls default;",
+    ),
+    row(
+        "transform_sandbox_namespaces",
+        Level::Location,
+        "transform_sandbox_namespaces user cgroup;",
+        "unknown namespace \"cgroup\"",
+        "transform_sandbox_namespaces user pid ipc net mount uts;",
     ),
     row(
         "transform_lock_zone",

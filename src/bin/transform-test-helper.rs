@@ -63,6 +63,38 @@
 //!   - `unread-body`: answers `ok` without reading the request's body, then sleeps for an hour
 //!     (it never reads again).
 //!
+//!   - `probe?MODE:ARG`: runs the sandbox probe MODE (below) with its one argument ARG (or
+//!     none: `probe?MODE`) and answers its line.
+//!
+//! Sandbox probes (`transform_sandbox_*`, `transform_cgroup`): each prints one line to stdout,
+//! `ok ...` or the name of the errno that stopped it (`EACCES`, `EPERM`...), and exits 0, so the
+//! response body tells what happened:
+//! - `read-file PATH`: opens PATH and reads it (`ok read N`).
+//! - `write-file PATH`: creates or truncates PATH and writes 3 bytes (`ok wrote 3`).
+//! - `exec PATH [ARG...]`: runs PATH with its output dropped and waits (`ok exit CODE`); it opens
+//!   no file (not even /dev/null) but PATH.
+//! - `socket-inet [HOST:PORT]`: socket(AF_INET, SOCK_STREAM) (`ok socket`), then connects to
+//!   HOST:PORT if given (`ok connected`).
+//! - `socket-unix`: socket(AF_UNIX, SOCK_STREAM) and an AF_UNIX socketpair (`ok unix`).
+//! - `connect-abstract NAME`: connects to the abstract UNIX socket NAME (`ok connected`).
+//! - `kill-parent [SIGNAL]`: kill(getppid(), SIGNAL), 0 unless given (`ok kill`).
+//! - `ptrace-parent`: PTRACE_SEIZE of getppid() (which never stops it; exiting detaches).
+//! - `parent-mem`: opens /proc/PPID/mem for reading and writing (`ok mem`).
+//! - `ptrace-child`: PTRACE_SEIZE of a child of its own (allowed without a sandbox: a parent with
+//!   the same ids), then kills and reaps it.
+//! - `fork-bomb N`: forks N children that wait (stdio closed) until it ends them; stops at the
+//!   first failure (`ok forked N`, or the errno name; the count reached goes to stderr).
+//! - `alloc MB`: allocates MB MiB and touches every page (`ok alloc MB`, or `ENOMEM`).
+//! - `spin MS`: burns CPU for MS milliseconds of wall time (`ok spin MS cpu_ms=N`, the CPU time
+//!   it got); `spin` with no argument burns CPU until stopped.
+//! - `thread`: starts a thread (pthread_create: clone3, then clone on ENOSYS) and joins it
+//!   (`ok thread`).
+//! - `pid`: `ok pid N`, its own pid (1 in a new pid namespace).
+//! - `clone3`: the raw clone3 system call with no arguments, which always fails: the errno
+//!   name (`EINVAL` from the kernel, `ENOSYS` where a filter refuses the call).
+//! - `int80` (x86_64): the i386 getpid through `int 0x80` (`ok int80 PID`); a seccomp filter that
+//!   refuses foreign architectures kills the program with SIGSYS instead.
+//!
 //! Prefixes, followed by another mode and its arguments:
 //! - `count FILE MODE...`: first appends a line (its pid) to FILE: the tests count program runs.
 //! - `delay MILLIS MODE...`: first sleeps MILLIS, writing nothing.
@@ -269,6 +301,10 @@ fn main() {
             }
         }
         Some("pool-serve") => pool_serve(&args[1..], &mut out),
+        Some(mode) if PROBES.contains(&mode) && !(mode == "spin" && args.len() == 1) => {
+            let line = probe(mode, &args[1..]);
+            writeln!(out, "{line}").map_or(1, |_| 0)
+        }
         Some("spin") => {
             let mut x: u64 = 1;
             loop {
@@ -655,6 +691,19 @@ fn pool_answer(
             out.flush()?;
         }
         "head-check" => pool_respond(out, head_only, "200 OK", "", b"hello")?,
+        "probe" => {
+            let (mode, arg) = query.split_once(':').unwrap_or((query, ""));
+            let args: Vec<String> = (!arg.is_empty())
+                .then(|| arg.to_string())
+                .into_iter()
+                .collect();
+            let line = if PROBES.contains(&mode) {
+                probe(mode, &args)
+            } else {
+                format!("unknown probe {mode:?}")
+            };
+            pool_respond(out, head_only, "200 OK", "", format!("{line}\n").as_bytes())?;
+        }
         "unread-body" => {
             // Never reads again: a module that reused this process would wait forever.
             pool_respond(out, head_only, "200 OK", "", b"ok")?;
@@ -850,4 +899,365 @@ fn pool_filter(
         }
     }
     Ok(None)
+}
+
+/// The sandbox probes (see the header of this file).
+const PROBES: &[&str] = &[
+    "read-file",
+    "write-file",
+    "exec",
+    "socket-inet",
+    "socket-unix",
+    "connect-abstract",
+    "kill-parent",
+    "ptrace-parent",
+    "ptrace-child",
+    "parent-mem",
+    "fork-bomb",
+    "alloc",
+    "spin",
+    "thread",
+    "pid",
+    "clone3",
+    "int80",
+];
+
+/// The name of an errno value (`EACCES`), or `errno N` for one not in the table.
+fn errno_name(errno: i32) -> String {
+    const NAMES: &[(i32, &str)] = &[
+        (libc::EPERM, "EPERM"),
+        (libc::ENOENT, "ENOENT"),
+        (libc::ESRCH, "ESRCH"),
+        (libc::EINTR, "EINTR"),
+        (libc::EIO, "EIO"),
+        (libc::E2BIG, "E2BIG"),
+        (libc::ENOEXEC, "ENOEXEC"),
+        (libc::EBADF, "EBADF"),
+        (libc::ECHILD, "ECHILD"),
+        (libc::EAGAIN, "EAGAIN"),
+        (libc::ENOMEM, "ENOMEM"),
+        (libc::EACCES, "EACCES"),
+        (libc::EFAULT, "EFAULT"),
+        (libc::EBUSY, "EBUSY"),
+        (libc::EEXIST, "EEXIST"),
+        (libc::EXDEV, "EXDEV"),
+        (libc::ENOTDIR, "ENOTDIR"),
+        (libc::EISDIR, "EISDIR"),
+        (libc::EINVAL, "EINVAL"),
+        (libc::EMFILE, "EMFILE"),
+        (libc::ETXTBSY, "ETXTBSY"),
+        (libc::EFBIG, "EFBIG"),
+        (libc::ENOSPC, "ENOSPC"),
+        (libc::EROFS, "EROFS"),
+        (libc::ENOSYS, "ENOSYS"),
+        (libc::EPROTONOSUPPORT, "EPROTONOSUPPORT"),
+        (libc::EOPNOTSUPP, "EOPNOTSUPP"),
+        (libc::EAFNOSUPPORT, "EAFNOSUPPORT"),
+        (libc::EADDRNOTAVAIL, "EADDRNOTAVAIL"),
+        (libc::ENETDOWN, "ENETDOWN"),
+        (libc::ENETUNREACH, "ENETUNREACH"),
+        (libc::ECONNREFUSED, "ECONNREFUSED"),
+        (libc::ETIMEDOUT, "ETIMEDOUT"),
+        (libc::EHOSTUNREACH, "EHOSTUNREACH"),
+    ];
+    NAMES
+        .iter()
+        .find(|&&(e, _)| e == errno)
+        .map_or_else(|| format!("errno {errno}"), |&(_, n)| n.to_string())
+}
+
+/// The errno name of an I/O error (`EIO` for one without an errno).
+fn io_errno(e: &io::Error) -> String {
+    e.raw_os_error()
+        .map_or_else(|| "EIO".to_string(), errno_name)
+}
+
+/// The errno name of the last failed libc call.
+fn last_errno() -> String {
+    io_errno(&io::Error::last_os_error())
+}
+
+/// Runs sandbox probe `mode` with `args`; returns its line (`ok ...` or an errno name).
+fn probe(mode: &str, args: &[String]) -> String {
+    let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or_default();
+    let num = |i: usize| -> u64 { arg(i).parse().unwrap_or(0) };
+    match mode {
+        "read-file" => match std::fs::File::open(arg(0)).and_then(|mut f| {
+            let mut data = Vec::new();
+            f.read_to_end(&mut data).map(|_| data.len())
+        }) {
+            Ok(n) => format!("ok read {n}"),
+            Err(e) => io_errno(&e),
+        },
+        "write-file" => {
+            match std::fs::File::create(arg(0)).and_then(|mut f| f.write_all(b"ok\n")) {
+                Ok(()) => "ok wrote 3".to_string(),
+                Err(e) => io_errno(&e),
+            }
+        }
+        "exec" => {
+            // Its output captured through pipes (and stdin inherited): /dev/null may be out of
+            // the sandbox's reach.
+            let status = std::process::Command::new(arg(0))
+                .args(args.iter().skip(1))
+                .stdin(std::process::Stdio::inherit())
+                .output();
+            match status.map(|o| o.status) {
+                Ok(s) => match s.code() {
+                    Some(code) => format!("ok exit {code}"),
+                    None => format!("ok killed {s}"),
+                },
+                Err(e) => io_errno(&e),
+            }
+        }
+        "socket-inet" => probe_inet(arg(0)),
+        "socket-unix" => {
+            // SAFETY: socket() and socketpair() with constant arguments and a 2-int array; the
+            // descriptors made are closed right after.
+            unsafe {
+                let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+                if fd == -1 {
+                    return last_errno();
+                }
+                libc::close(fd);
+                let mut pair = [-1; 2];
+                if libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, pair.as_mut_ptr()) == -1 {
+                    return last_errno();
+                }
+                libc::close(pair[0]);
+                libc::close(pair[1]);
+            }
+            "ok unix".to_string()
+        }
+        "connect-abstract" => {
+            use std::os::linux::net::SocketAddrExt;
+            match std::os::unix::net::SocketAddr::from_abstract_name(arg(0))
+                .and_then(|a| std::os::unix::net::UnixStream::connect_addr(&a))
+            {
+                Ok(_) => "ok connected".to_string(),
+                Err(e) => io_errno(&e),
+            }
+        }
+        "kill-parent" => {
+            // SAFETY: kill() with integer arguments (signal 0 only checks permission).
+            match unsafe { libc::kill(libc::getppid(), num(0) as i32) } {
+                0 => "ok kill".to_string(),
+                _ => last_errno(),
+            }
+        }
+        "ptrace-parent" => {
+            // SAFETY: getppid() has no preconditions.
+            ptrace_seize(unsafe { libc::getppid() })
+        }
+        "parent-mem" => {
+            // Opening the worker's memory for writing: a way to run code in it that no system
+            // call filter sees (nginx makes its workers dumpable).
+            // SAFETY: getppid() has no preconditions.
+            let path = format!("/proc/{}/mem", unsafe { libc::getppid() });
+            match std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+            {
+                Ok(_) => "ok mem".to_string(),
+                Err(e) => io_errno(&e),
+            }
+        }
+        "ptrace-child" => {
+            // SAFETY: the child only sleeps and exits; it is killed and reaped below.
+            let pid = unsafe { libc::fork() };
+            if pid == -1 {
+                return last_errno();
+            }
+            if pid == 0 {
+                std::thread::sleep(Duration::from_secs(60));
+                // SAFETY: ends the child without running the parent's exit code.
+                unsafe { libc::_exit(0) };
+            }
+            let line = ptrace_seize(pid);
+            // SAFETY: killing and reaping our own child.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
+            line
+        }
+        "fork-bomb" => fork_bomb(num(0)),
+        "alloc" => {
+            let bytes = (num(0) as usize) << 20;
+            let mut block: Vec<u8> = Vec::new();
+            if block.try_reserve_exact(bytes).is_err() {
+                return "ENOMEM".to_string();
+            }
+            block.resize(bytes, 1);
+            let sum: u64 = block.iter().step_by(4096).map(|&b| u64::from(b)).sum();
+            std::hint::black_box(sum);
+            format!("ok alloc {}", num(0))
+        }
+        "spin" => {
+            let start = std::time::Instant::now();
+            let mut x: u64 = 1;
+            while start.elapsed() < Duration::from_millis(num(0)) {
+                for _ in 0..10_000 {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            }
+            let mut cpu = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: clock_gettime writes into the timespec it is given.
+            unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut cpu) };
+            let cpu_ms = cpu.tv_sec as u64 * 1000 + cpu.tv_nsec as u64 / 1_000_000;
+            format!("ok spin {} cpu_ms={cpu_ms}", num(0))
+        }
+        "thread" => match std::thread::Builder::new().spawn(|| 42) {
+            Ok(handle) => match handle.join() {
+                Ok(42) => "ok thread".to_string(),
+                _ => "thread failed".to_string(),
+            },
+            Err(e) => io_errno(&e),
+        },
+        "pid" => format!("ok pid {}", std::process::id()),
+        "clone3" => {
+            // SAFETY: clone3 with a null argument and size 0 fails before creating anything.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_clone3,
+                    std::ptr::null_mut::<libc::c_void>(),
+                    0usize,
+                )
+            };
+            match rc {
+                -1 => last_errno(),
+                _ => format!("clone3 returned {rc}"),
+            }
+        }
+        "int80" => int80(),
+        _ => format!("unknown probe {mode:?}"),
+    }
+}
+
+/// Probe `socket-inet`: an AF_INET stream socket, connected to `addr` when one is given.
+fn probe_inet(addr: &str) -> String {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    // SAFETY: socket() with constant arguments; the descriptor is owned on the next line.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd == -1 {
+        return last_errno();
+    }
+    // SAFETY: fd is a new descriptor that nothing else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    if addr.is_empty() {
+        return "ok socket".to_string();
+    }
+    let Ok(std::net::SocketAddr::V4(v4)) = addr.parse::<std::net::SocketAddr>() else {
+        return format!("bad address {addr:?}");
+    };
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: v4.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*v4.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    use std::os::fd::AsRawFd;
+    // SAFETY: connect() on our socket with a sockaddr_in and its size.
+    let rc = unsafe {
+        libc::connect(
+            sock.as_raw_fd(),
+            (&sin as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    match rc {
+        0 => "ok connected".to_string(),
+        _ => last_errno(),
+    }
+}
+
+/// PTRACE_SEIZE of `pid`: it never stops the tracee, and the tracer's exit detaches it.
+fn ptrace_seize(pid: libc::pid_t) -> String {
+    // SAFETY: ptrace() with integer arguments and null pointers.
+    let rc = unsafe {
+        libc::ptrace(
+            libc::PTRACE_SEIZE,
+            pid,
+            std::ptr::null_mut::<libc::c_void>(),
+            std::ptr::null_mut::<libc::c_void>(),
+        )
+    };
+    match rc {
+        0 => "ok ptrace".to_string(),
+        _ => last_errno(),
+    }
+}
+
+/// Probe `fork-bomb N` (see the header of this file).
+fn fork_bomb(n: u64) -> String {
+    let mut pipe = [-1; 2];
+    // SAFETY: pipe2() writes two descriptors into the array.
+    if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } == -1 {
+        return last_errno();
+    }
+    let mut children = Vec::new();
+    let mut failed = None;
+    for _ in 0..n {
+        // SAFETY: the child only closes descriptors, waits for the pipe's end and exits.
+        let pid = unsafe { libc::fork() };
+        if pid == -1 {
+            failed = Some(last_errno());
+            break;
+        }
+        if pid == 0 {
+            // SAFETY: async-signal-safe calls only; _exit never runs the parent's exit code.
+            unsafe {
+                libc::close(0);
+                libc::close(1);
+                libc::close(2);
+                libc::close(pipe[1]);
+                let mut byte = 0u8;
+                while libc::read(pipe[0], (&mut byte as *mut u8).cast(), 1) == -1 {}
+                libc::_exit(0);
+            }
+        }
+        children.push(pid);
+    }
+    // The end of the pipe ends the children; each is reaped.
+    // SAFETY: closing our own descriptors, reaping our own children.
+    unsafe {
+        libc::close(pipe[1]);
+        libc::close(pipe[0]);
+        for &pid in &children {
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+    }
+    eprintln!("fork-bomb: {} children of {n}", children.len());
+    failed.unwrap_or_else(|| format!("ok forked {n}"))
+}
+
+/// Probe `int80`: the i386 getpid (20) through the 32-bit system call gate.
+#[cfg(target_arch = "x86_64")]
+fn int80() -> String {
+    let mut rax: i64 = 20;
+    // SAFETY: getpid takes no arguments and touches no memory; `int 0x80` clobbers only rax
+    // (the return value) and, on the kernel's way back, r8 to r11, declared clobbered here.
+    unsafe {
+        std::arch::asm!(
+            "int 0x80",
+            inout("rax") rax,
+            out("r8") _, out("r9") _, out("r10") _, out("r11") _,
+            options(nostack),
+        );
+    }
+    match rax {
+        pid if pid > 0 => format!("ok int80 {pid}"),
+        err => errno_name(-err as i32),
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn int80() -> String {
+    "int80 is x86_64 only".to_string()
 }

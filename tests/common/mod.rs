@@ -58,8 +58,39 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// What `TRANSFORM_TEST_SANDBOX=1` adds at the http level of every configuration that does not
+/// mention `transform_sandbox` itself: every file readable and executable, writes only under
+/// /tmp, /dev and /proc, no network sockets.
+pub const GLOBAL_SANDBOX: &str = "transform_sandbox_syscalls default; \
+                                  transform_sandbox_paths / rw=/tmp rw=/dev rw=/proc;";
+
+/// Whether this run sandboxes every program (`TRANSFORM_TEST_SANDBOX=1`).
+pub fn global_sandbox() -> bool {
+    std::env::var("TRANSFORM_TEST_SANDBOX").is_ok_and(|v| v == "1")
+}
+
+/// The http-level lines of the global sandbox for a configuration (`http_body`, or a whole
+/// file), empty when the run is not sandboxed or the configuration sets a sandbox itself.
+fn global_sandbox_lines(conf: &str) -> &'static str {
+    if global_sandbox() && !conf.contains("transform_sandbox") {
+        GLOBAL_SANDBOX
+    } else {
+        ""
+    }
+}
+
+/// Keeps `http_body` out of the global sandbox run (`TRANSFORM_TEST_SANDBOX=1`), for a test that
+/// cannot run sandboxed; `reason` says why, in the configuration and on the test's output.
+pub fn unsandboxed(reason: &str, http_body: &str) -> String {
+    if global_sandbox() {
+        eprintln!("not sandboxed under TRANSFORM_TEST_SANDBOX=1: {reason}");
+    }
+    format!("# no transform_sandbox here: {reason}\n{http_body}")
+}
+
 /// Builds a full nginx.conf around `http_body` (the inside of `http {}`); `{PORT}`, `{PREFIX}`
-/// and `{HELPER}` are replaced.
+/// and `{HELPER}` are replaced. Under `TRANSFORM_TEST_SANDBOX=1`, [`GLOBAL_SANDBOX`] is added at
+/// the http level unless the body mentions `transform_sandbox`.
 pub fn config(prefix: &Path, port: u16, main_extra: &str, http_body: &str) -> String {
     config_at_level(prefix, port, main_extra, http_body, "debug")
 }
@@ -87,10 +118,12 @@ pub fn config_at_level(
            fastcgi_temp_path {prefix}/fastcgi;\n\
            uwsgi_temp_path {prefix}/uwsgi;\n\
            scgi_temp_path {prefix}/scgi;\n\
+           {sandbox}\n\
            {http_body}\n\
          }}\n",
         module = module_path().display(),
         prefix = prefix.display(),
+        sandbox = global_sandbox_lines(http_body),
     );
     conf.replace("{PORT}", &port.to_string())
         .replace("{PREFIX}", &prefix.display().to_string())
@@ -948,9 +981,17 @@ impl ExampleServer {
             src.contains("listen 127.0.0.1:8080;"),
             "{name} listens on 127.0.0.1:8080"
         );
-        let conf = src
+        let mut conf = src
             .replace("127.0.0.1:8080", &format!("127.0.0.1:{port}"))
             .replace("127.0.0.1:8081", &format!("127.0.0.1:{backend}"));
+        let sandbox = global_sandbox_lines(&conf);
+        if !sandbox.is_empty() {
+            let at = conf
+                .find("http {")
+                .map(|i| i + "http {".len())
+                .unwrap_or_else(|| panic!("{name} has no \"http {{\" block"));
+            conf.insert_str(at, &format!("\n    {sandbox}"));
+        }
         let conf_path = prefix.join(name);
         std::fs::write(&conf_path, conf).unwrap();
         let stderr = prefix.join("logs/stderr.log");
