@@ -1,11 +1,14 @@
 //! `transform_cgroup`: one cgroup per program with its limits (memory.max, pids.max, cpu.max).
 //!
-//! - While the configuration is read, each directive notes the controllers it needs; after the
-//!   http block (`postconfiguration`, in the master, root) one hierarchy is found for each
-//!   (cgroup v2 preferred, v1 as `transform_cgroup_version` allows), the module's subtree is made
-//!   under nginx's own cgroup (cgroup v2: the master moves into its leaf and the controllers are
-//!   enabled), or `nginx -t` and the start fail with one line naming the directive and what is
-//!   missing. `nginx -t` only checks (it moves nothing, makes nothing).
+//! - While the configuration is read, each directive notes the controllers it needs. Where its
+//!   programs run (a location's `transform_exec` or `transform_filter`, a pool) it needs a
+//!   `transform_sandbox_paths` that keeps the cgroup file system read-only ([`confined`]): the
+//!   program owns its cgroup's files (its worker made them) and could lift its own limits.
+//! - After the http block (`postconfiguration`, in the master, root) one hierarchy is found for
+//!   each controller (cgroup v2 preferred, v1 as `transform_cgroup_version` allows), the
+//!   module's subtree is made under nginx's own cgroup (cgroup v2: the master moves into its leaf
+//!   and the controllers are enabled), or `nginx -t` and the start fail with one line naming the
+//!   directive and what is missing. `nginx -t` only checks (it moves nothing, makes nothing).
 //! - Once the configuration is committed (`init_module`), the places are kept for the workers and
 //!   what they write is handed over to the worker user.
 //! - In a worker, each program's cgroup is made before its spawn ([`Group::create`]); the child
@@ -18,13 +21,13 @@ use core::cell::{Cell, RefCell};
 use core::ffi::{c_char, c_void};
 use std::io;
 use std::os::fd::RawFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
 
 use nginx_sys::{
     ngx_command_t, ngx_conf_t, ngx_cycle_t, ngx_event_t, ngx_int_t, ngx_log_t, ngx_msec_t,
-    NGX_LOG_ALERT, NGX_LOG_EMERG, NGX_LOG_NOTICE,
+    NGX_LOG_ALERT, NGX_LOG_EMERG, NGX_LOG_NOTICE, NGX_LOG_WARN,
 };
 use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 
@@ -53,6 +56,10 @@ std::thread_local! {
     static FOUND: RefCell<Option<Rc<Vec<Place>>>> = const { RefCell::new(None) };
     /// The places of the running configuration (workers inherit them).
     static PLACES: RefCell<Rc<Vec<Place>>> = RefCell::new(Rc::new(Vec::new()));
+    /// The cgroup file systems' mount points, for the configuration being read.
+    static MOUNTS: RefCell<Option<Vec<PathBuf>>> = const { RefCell::new(None) };
+    /// Whether the configuration being read said that Landlock is missing for the cgroups.
+    static WARNED: Cell<bool> = const { Cell::new(false) };
     /// This worker's program cgroups not yet removed, and whether their removal is retried.
     static LIVE: RefCell<Vec<Live>> = const { RefCell::new(Vec::new()) };
     /// Programs' cgroups made by this worker (their names' second part).
@@ -79,6 +86,75 @@ pub fn forget() {
     READ.with_borrow_mut(Vec::clear);
     POLICY.set(None);
     FOUND.with_borrow_mut(|f| *f = None);
+    MOUNTS.with_borrow_mut(|m| *m = None);
+    WARNED.set(false);
+}
+
+/// Where programs run with `transform_cgroup` (`limits`; checked at the merge of a location
+/// with `transform_exec` or `transform_filter`, and for the pools with the http level's):
+/// their `transform_sandbox_paths` (`paths`) must be on and must not make the cgroup file
+/// system writable, since a program owns its cgroup's files (its worker made them) and could
+/// lift its own limits. False (logged: one `[emerg]` with the directive's file and line) if
+/// not; a `[warn]` (once per configuration) when the kernel does not enforce Landlock.
+pub fn confined(
+    log: *mut ngx_log_t,
+    limits: &Limits,
+    paths: Option<&crate::sandbox::Landlock>,
+) -> bool {
+    let (file, line) = (&limits.file, limits.line);
+    let Some(paths) = paths else {
+        log_error!(
+            NGX_LOG_EMERG,
+            log,
+            0,
+            "\"transform_cgroup\" in {file}:{line} needs \"transform_sandbox_paths\" where its \
+             programs run: a program owns its cgroup's files and could lift its own limits: \
+             confine it with transform_sandbox_paths, which must not make the cgroup file \
+             system writable"
+        );
+        return false;
+    };
+    let mounts = MOUNTS.with_borrow_mut(|m| m.get_or_insert_with(cgroup_mounts).clone());
+    for rw in paths.writable() {
+        let real = std::fs::canonicalize(rw).unwrap_or_else(|_| rw.clone());
+        if let Some(m) = mounts
+            .iter()
+            .find(|m| real.starts_with(m) || m.starts_with(&real))
+        {
+            log_error!(
+                NGX_LOG_EMERG,
+                log,
+                0,
+                "\"transform_cgroup\" in {file}:{line} cannot be confined by a \
+                 \"transform_sandbox_paths\" with \"rw={}\": it makes the cgroup file system \
+                 {} writable, and a program owns its cgroup's files and could lift its own \
+                 limits",
+                rw.display(),
+                m.display()
+            );
+            return false;
+        }
+    }
+    if paths.fd().is_none() && !WARNED.replace(true) {
+        log_error!(
+            NGX_LOG_WARN,
+            log,
+            0,
+            "\"transform_cgroup\" in {file}:{line} is NOT enforced against the program itself: \
+             this kernel has no Landlock, so \"transform_sandbox_paths\" is not enforced and a \
+             program can write its own cgroup's limits"
+        );
+    }
+    true
+}
+
+/// The mount points of the cgroup file systems (v1 and v2), and `/sys/fs/cgroup` if
+/// /proc/self/mountinfo cannot be read.
+fn cgroup_mounts() -> Vec<PathBuf> {
+    match std::fs::read_to_string("/proc/self/mountinfo") {
+        Ok(text) => files::mounts(&text).into_iter().map(|m| m.point).collect(),
+        Err(_) => vec![PathBuf::from("/sys/fs/cgroup")],
+    }
 }
 
 /// `transform_cgroup off | [memory.max=size] [pids.max=N] [cpu.max=P%]`: sets

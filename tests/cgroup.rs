@@ -157,12 +157,17 @@ fn server(locations: &str) -> String {
     http("", locations)
 }
 
-/// `http_extra` at the http level, then a server with `locations`; the access log `cg` has
-/// the exit status and the time of each program.
+/// What `transform_cgroup` needs where programs run: every file readable (reading the cgroup
+/// file system is harmless), writes only under /tmp and /dev.
+const SANDBOX: &str = "transform_sandbox_paths / rw=/tmp rw=/dev;";
+
+/// `http_extra` at the http level (after [`SANDBOX`]), then a server with `locations`; the
+/// access log `cg` has the exit status and the time of each program.
 fn http(http_extra: &str, locations: &str) -> String {
     format!(
         "log_format cg '$uri $status $transform_exit_status $transform_time';
          access_log {{PREFIX}}/logs/cg.log cg;
+         {SANDBOX}
          {http_extra}
          server {{ listen 127.0.0.1:{{PORT}}; {locations} }}"
     )
@@ -493,6 +498,82 @@ fn pool_processes_get_the_http_level_cgroup() {
     assert_no_program_cgroups(&places, worker);
 }
 
+/// The cgroup directory of the program running this code: `argv[1]` (the `programs/`
+/// directory of a hierarchy) and its name from /proc/self/cgroup (python).
+const OWN_CGROUP: &str = "
+import sys, os, errno
+progs = sys.argv[1]
+name = [l for l in open('/proc/self/cgroup') if '/programs/' in l][0].strip().rsplit('/', 1)[1]
+own = progs + '/' + name
+";
+
+/// The `programs/` directory of the hierarchy holding `controller`.
+fn programs_of(places: &[files::Place], controller: Controller) -> PathBuf {
+    places
+        .iter()
+        .find(|p| p.controllers.contains(&controller))
+        .expect("a place for every controller")
+        .programs()
+}
+
+#[test]
+fn a_sandboxed_program_cannot_lift_its_own_limits() {
+    let Some(places) = usable("a_sandboxed_program_cannot_lift_its_own_limits") else {
+        return;
+    };
+    let _using = using();
+    // The program owns its cgroup's files (its worker made them): it tries to raise pids.max
+    // and memory.limit_in_bytes, then forks as many children as it can.
+    let lift = python(&format!(
+        "{OWN_CGROUP}
+out = []
+for f, v in (('pids.max', 'max'), ('memory.limit_in_bytes', '-1')):
+    d = own.replace(progs, sys.argv[2]) if f.startswith('memory') else own
+    try:
+        with open(d + '/' + f, 'w') as fh:
+            fh.write(v)
+        out.append('written')
+    except OSError as e:
+        out.append(errno.errorcode[e.errno])
+out.append(open(own + '/pids.max').read().strip())
+n = 0
+why = 'none'
+for i in range(40):
+    try:
+        pid = os.fork()
+    except OSError as e:
+        why = errno.errorcode[e.errno]
+        break
+    if pid == 0:
+        os.close(1)
+        os.close(2)
+        import time
+        time.sleep(2)
+        os._exit(0)
+    n += 1
+print(*out, n, why, flush=True)
+os._exit(0)
+"
+    ));
+    let nginx = Nginx::start(&server(&format!(
+        "location /lift {{
+             transform_cgroup pids.max=16 memory.max=64m;
+             transform_exec {lift} {pids} {memory};
+         }}",
+        pids = programs_of(&places, Controller::Pids).display(),
+        memory = programs_of(&places, Controller::Memory).display(),
+    )));
+    let (status, text) = body(&nginx, "/lift");
+    assert_eq!(status, 200, "{}", nginx.error_log());
+    assert_eq!(
+        text.trim(),
+        "EACCES EACCES 16 15 EAGAIN",
+        "Landlock keeps the limits: pids.max=16 holds the program and 15 children"
+    );
+    assert_no_program_cgroups(&places, nginx.worker_pid());
+    nginx.stop();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Refusals: `nginx -t` fails with one line naming the directive and what is missing.
 
@@ -526,7 +607,7 @@ fn cgroup_v2_only_is_refused_where_v2_lacks_the_controllers() {
         return;
     }
     let (ok, out, conf) = nginx_test_config(
-        "transform_cgroup_version v2;
+        "transform_cgroup_version v2; transform_sandbox_paths / rw=/tmp;
          server { listen 127.0.0.1:1;
            location /a { transform_exec /bin/true; }
            location /b { transform_cgroup memory.max=64m; transform_exec /bin/true; }
@@ -550,7 +631,7 @@ fn cgroup_v2_only_is_refused_where_v2_lacks_the_controllers() {
     if places().is_ok() {
         for version in ["auto", "v1"] {
             let (ok, out, _) = nginx_test_config(&format!(
-                "transform_cgroup_version {version};
+                "transform_cgroup_version {version}; {SANDBOX}
                  server {{ listen 127.0.0.1:1;
                    location /b {{ transform_cgroup memory.max=64m; transform_exec /bin/true; }}
                  }}"
@@ -558,6 +639,163 @@ fn cgroup_v2_only_is_refused_where_v2_lacks_the_controllers() {
             assert!(ok, "{version}: {out}");
         }
     }
+}
+
+#[test]
+fn cgroup_needs_a_sandbox_that_keeps_the_cgroup_files_read_only() {
+    let need = "needs \"transform_sandbox_paths\" where its programs run: a program owns its \
+                cgroup's files and could lift its own limits: confine it with \
+                transform_sandbox_paths, which must not make the cgroup file system writable";
+    let one_line = |body: &str, needle: &str, want: &str| {
+        let (ok, out, conf) = nginx_test_config(body);
+        assert!(!ok, "nginx -t must fail:\n{body}\n{out}");
+        let lines = emerg_lines(&out);
+        assert_eq!(lines.len(), 1, "one line:\n{out}");
+        let at = format!(
+            "\"transform_cgroup\" in {}:{} ",
+            conf.display(),
+            line_of(&conf, needle)
+        );
+        assert!(
+            lines[0].contains(&at) && lines[0].contains(want),
+            "{at}{want}\n{}",
+            lines[0]
+        );
+    };
+    // Without transform_sandbox_paths: a location's program, a filter, a pool.
+    one_line(
+        "server { listen 127.0.0.1:1;
+           location /a { transform_exec /bin/true; }
+           location /b {
+             transform_cgroup pids.max=10;
+             transform_exec /bin/true;
+           }
+         }",
+        "pids.max=10",
+        need,
+    );
+    one_line(
+        "transform_cgroup memory.max=64m;
+         server { listen 127.0.0.1:1; location / { transform_filter /bin/cat; } }",
+        "memory.max=64m",
+        need,
+    );
+    one_line(
+        "transform_cgroup pids.max=7;
+         transform_pool p {HELPER} pool-serve;
+         server { listen 127.0.0.1:1; location / { transform_pass p; } }",
+        "pids.max=7",
+        need,
+    );
+    // A sandbox of the http level where the location turns it off.
+    one_line(
+        "transform_sandbox_paths / rw=/tmp;
+         server { listen 127.0.0.1:1;
+           location / {
+             transform_sandbox_paths off; transform_cgroup cpu.max=50%; transform_exec /bin/true;
+           }
+         }",
+        "cpu.max=50%",
+        need,
+    );
+    // A sandbox that makes the cgroup file system writable: the mount, above, below.
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mount = files::mounts(&mountinfo)
+        .into_iter()
+        .map(|m| m.point)
+        .next();
+    let mut writable = vec![
+        "/".to_string(),
+        "/sys".to_string(),
+        "/sys/fs/cgroup".to_string(),
+    ];
+    if let Some(m) = mount {
+        writable.push(m.display().to_string());
+        writable.push(m.join("cgroup.procs").display().to_string());
+    }
+    for rw in writable {
+        if !Path::new(&rw).exists() {
+            continue;
+        }
+        one_line(
+            &format!(
+                "transform_sandbox_paths /usr rw=/tmp rw={rw};
+                 server {{ listen 127.0.0.1:1;
+                   location / {{ transform_cgroup pids.max=11; transform_exec /bin/true; }}
+                 }}"
+            ),
+            "pids.max=11",
+            &format!(
+                "cannot be confined by a \"transform_sandbox_paths\" with \"rw={rw}\": it \
+                 makes the cgroup file system "
+            ),
+        );
+    }
+    // Accepted (as far as the sandbox goes): confined programs, off, no program.
+    for body in [
+        "transform_sandbox_paths / rw=/tmp rw=/dev;
+         server { listen 127.0.0.1:1;
+           location / { transform_cgroup pids.max=12; transform_exec /bin/true; }
+         }",
+        "server { listen 127.0.0.1:1;
+           location / { transform_cgroup off; transform_exec /bin/true; }
+         }",
+        "transform_cgroup pids.max=13;
+         server { listen 127.0.0.1:1; location / { return 204; } }",
+    ] {
+        let (_, out, _) = nginx_test_config(body);
+        assert!(
+            emerg_lines(&out)
+                .iter()
+                .all(|l| !l.contains("transform_sandbox_paths")),
+            "{body}\n{out}"
+        );
+    }
+}
+
+#[test]
+fn without_landlock_the_cgroup_limits_are_said_to_be_unenforced() {
+    let prefix = temp_dir("cgroup-nolandlock");
+    let conf = prefix.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        config(
+            &prefix,
+            free_port(),
+            "",
+            "transform_sandbox_paths / rw=/tmp;
+             server { listen 127.0.0.1:{PORT};
+               location /a { transform_cgroup pids.max=10; transform_exec /bin/true; }
+               location /b { transform_cgroup pids.max=20; transform_exec /bin/true; }
+             }",
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_transform-seccomp-wrap"))
+        .args(["landlock_create_ruleset=ENOSYS", "--"])
+        .arg(nginx_binary())
+        .arg("-t")
+        .arg("-p")
+        .arg(&prefix)
+        .arg("-c")
+        .arg(&conf)
+        .output()
+        .expect("nginx -t under transform-seccomp-wrap");
+    let text = String::from_utf8_lossy(&out.stderr);
+    let want = format!(
+        "\"transform_cgroup\" in {}:{} is NOT enforced against the program itself: this kernel \
+         has no Landlock, so \"transform_sandbox_paths\" is not enforced and a program can \
+         write its own cgroup's limits",
+        conf.display(),
+        line_of(&conf, "pids.max=10")
+    );
+    let warned: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("[warn]") && l.contains("transform_cgroup"))
+        .collect();
+    assert_eq!(warned.len(), 1, "once per configuration:\n{text}");
+    assert!(warned[0].contains(&want), "{want}\n{}", warned[0]);
+    let _ = std::fs::remove_dir_all(&prefix);
 }
 
 #[test]
@@ -633,7 +871,8 @@ fn a_master_that_is_not_root_is_refused() {
             &prefix,
             free_port(),
             "",
-            "server { listen 127.0.0.1:{PORT};
+            "transform_sandbox_paths / rw=/tmp;
+             server { listen 127.0.0.1:{PORT};
                location / { transform_cgroup pids.max=10; transform_exec /bin/true; }
              }",
         ),
