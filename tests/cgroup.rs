@@ -264,7 +264,7 @@ fn fork_bomb_is_contained_by_pids_max() {
          location /free {{ transform_exec {forker}; }}
          location /bomb {{
              transform_cgroup pids.max=32; transform_timeout 1500ms;
-             transform_exec /bin/sh -c \"b() {{ b | b & }}; b; sleep 30\" {marker};
+             transform_exec /bin/sh -c \"b() {{ b | b & }}; b & exec sleep 30\" {marker};
          }}
          location /ok {{ transform_exec /bin/echo fine; }}",
         forker = forker(40)
@@ -281,7 +281,9 @@ fn fork_bomb_is_contained_by_pids_max() {
         "pids.max=16 holds the program and 15 children"
     );
 
-    // A real fork bomb: bounded while it runs, killed as a whole at the timeout.
+    // A real fork bomb: bounded while it runs, killed as a whole at the timeout. (Its shell
+    // forks once, before the bomb fills pids.max, and execs its sleep: a shell exits when it
+    // cannot fork.)
     let client = std::thread::spawn({
         let port = nginx.port;
         move || Client::connect(port).get("/bomb").status
