@@ -5,20 +5,23 @@
 //!   `transform_sandbox_paths` that keeps the cgroup file system read-only ([`confined`]): the
 //!   program owns its cgroup's files (its worker made them) and could lift its own limits.
 //! - After the http block (`postconfiguration`, in the master, root) one hierarchy is found for
-//!   each controller (cgroup v2 preferred, v1 as `transform_cgroup_version` allows), the
-//!   module's subtree is made under nginx's own cgroup (cgroup v2: the master moves into its leaf
-//!   and the controllers are enabled), or `nginx -t` and the start fail with one line naming the
-//!   directive and what is missing. `nginx -t` only checks (it moves nothing, makes nothing).
+//!   each controller (cgroup v2 preferred, v1 as `transform_cgroup_version` allows), the module's
+//!   subtree is made under nginx's own cgroup (cgroup v2: the master moves into its leaf, the
+//!   controllers are enabled, and the workers' leaf's `cgroup.procs` is opened for them to
+//!   join), or `nginx -t` and the start fail with one line naming the directive and what is
+//!   missing. `nginx -t` only checks (it moves nothing, makes nothing).
 //! - Once the configuration is committed (`init_module`), the places are kept for the workers and
-//!   what they write is handed over to the worker user.
-//! - In a worker, each program's cgroup is made before its spawn ([`Group::create`]); the child
-//!   joins it by writing "0" to the `cgroup.procs` descriptors it is given; the [`Group`] goes
-//!   with the `Child`, which kills it as a whole and, after the reaping, drops it: its processes
-//!   are killed and it is removed (if it is still busy, again later from a list, and at the
-//!   worker's exit). See `cgroup/files.rs` for the files.
+//!   what they write is made writable by the worker user's group (root keeps it).
+//! - A worker joins its leaf (cgroup v2) at its start ([`start_worker`]). Each program's cgroup
+//!   is made before its spawn ([`Group::create`]); the child joins it by writing "0" to the
+//!   `cgroup.procs` descriptors it is given; the [`Group`] goes with the `Child`, which kills it
+//!   as a whole and, after the reaping, drops it: its processes are killed and it is removed (if
+//!   it is still busy, again later from a list, and at the worker's exit). See `cgroup/files.rs`
+//!   for the files.
 
 use core::cell::{Cell, RefCell};
 use core::ffi::{c_char, c_void};
+use std::fs::File;
 use std::io;
 use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
@@ -54,8 +57,13 @@ std::thread_local! {
     static POLICY: Cell<Option<Policy>> = const { Cell::new(None) };
     /// The places found for the configuration being read, until it is committed.
     static FOUND: RefCell<Option<Rc<Vec<Place>>>> = const { RefCell::new(None) };
+    /// cgroup v2: the workers' leaf's `cgroup.procs` opened by the master for the
+    /// configuration being read, until it is committed.
+    static FOUND_JOIN: RefCell<Option<(PathBuf, File)>> = const { RefCell::new(None) };
     /// The places of the running configuration (workers inherit them).
     static PLACES: RefCell<Rc<Vec<Place>>> = RefCell::new(Rc::new(Vec::new()));
+    /// cgroup v2: the descriptor each worker joins its leaf through (closed once it did).
+    static JOIN: RefCell<Option<(PathBuf, File)>> = const { RefCell::new(None) };
     /// The cgroup file systems' mount points, for the configuration being read.
     static MOUNTS: RefCell<Option<Vec<PathBuf>>> = const { RefCell::new(None) };
     /// Whether the configuration being read said that Landlock is missing for the cgroups.
@@ -86,6 +94,7 @@ pub fn forget() {
     READ.with_borrow_mut(Vec::clear);
     POLICY.set(None);
     FOUND.with_borrow_mut(|f| *f = None);
+    FOUND_JOIN.with_borrow_mut(|f| *f = None);
     MOUNTS.with_borrow_mut(|m| *m = None);
     WARNED.set(false);
 }
@@ -294,18 +303,43 @@ pub fn configure(cf: &ngx_conf_t) -> bool {
         );
         return false;
     }
+    if let Some(place) = found
+        .places
+        .iter()
+        .find(|p| p.version == files::Version::V2)
+    {
+        let release = os::kernel_release();
+        if !files::release_at_least(&release, (5, 16)) {
+            let (file, line) = at(&place.controllers);
+            log_error!(
+                NGX_LOG_EMERG,
+                log,
+                0,
+                "\"transform_cgroup\" in {file}:{line} cannot work: cgroup v2 needs Linux 5.16 \
+                 or newer (the workers join their cgroup through a descriptor the master opens), \
+                 this is {release}"
+            );
+            return false;
+        }
+    }
     let testing = crate::nginx::testing_config();
     // (The user is known here when the `user` directive came before the http block; it is
     // handed over again once the configuration is complete, in `commit`.)
     let user = crate::nginx::worker_user(cf.cycle);
+    let mut join = None;
     for place in &found.places {
         let done = if testing {
             files::check(place)
         } else {
-            files::prepare(place, std::process::id()).and_then(|()| match user {
-                Some((uid, gid)) => files::hand_over(place, uid, gid),
-                None => Ok(()),
-            })
+            files::prepare(place, std::process::id())
+                .and_then(|()| hand_over(place, user))
+                .and_then(|()| {
+                    if place.version == files::Version::V2 {
+                        let file = files::open_join(place)?;
+                        join = Some((place.workers_leaf().join("cgroup.procs"), file));
+                    }
+                    Ok(())
+                })
         };
         if let Err(f) = done {
             let (file, line) = at(&place.controllers);
@@ -331,7 +365,17 @@ pub fn configure(cf: &ngx_conf_t) -> bool {
         }
     }
     FOUND.with_borrow_mut(|f| *f = Some(Rc::new(found.places)));
+    FOUND_JOIN.with_borrow_mut(|f| *f = join);
     true
+}
+
+/// What the workers write becomes writable by their group (`user`: the worker user, if known).
+fn hand_over(place: &Place, user: Option<(u32, Option<u32>)>) -> Result<(), Failure> {
+    match user {
+        // (nginx sets the group with the user; without one, nothing is the workers'.)
+        Some((_, gid)) => files::hand_over(place, gid.unwrap_or(0)),
+        None => Ok(()),
+    }
 }
 
 /// Why controller `c` has no place, for the `[emerg]` line.
@@ -400,9 +444,9 @@ pub fn commit(cycle: *mut ngx_cycle_t) {
         return;
     };
     if !crate::nginx::testing_config() {
-        if let Some((uid, gid)) = crate::nginx::worker_user(cycle) {
+        if let Some(user) = crate::nginx::worker_user(cycle) {
             for place in found.iter() {
-                if let Err(f) = files::hand_over(place, uid, gid) {
+                if let Err(f) = hand_over(place, Some(user)) {
                     log_error!(
                         NGX_LOG_ALERT,
                         ngx::log::ngx_cycle_log().as_ptr(),
@@ -414,6 +458,7 @@ pub fn commit(cycle: *mut ngx_cycle_t) {
         }
     }
     PLACES.with_borrow_mut(|p| *p = found);
+    JOIN.with_borrow_mut(|j| *j = FOUND_JOIN.with_borrow_mut(Option::take));
 }
 
 /// A program's cgroup(s), from their creation before the spawn to their removal after the
@@ -543,9 +588,24 @@ fn retry_removals() -> bool {
     })
 }
 
-/// Worker start: the cgroups of programs whose worker is gone (killed before it removed them)
-/// are killed and removed.
-pub fn sweep(log: *mut ngx_log_t) {
+/// Worker start: cgroup v2, the worker joins its leaf `workers/w` (unless it runs as root, which
+/// stays with the master: only root may move it); then the cgroups of programs whose worker is
+/// gone (killed before it removed them) are killed and removed.
+pub fn start_worker(log: *mut ngx_log_t) {
+    if let Some((path, file)) = JOIN.with_borrow_mut(Option::take) {
+        if !rustix::process::geteuid().is_root() {
+            if let Err(e) = files::join(&file) {
+                log_error!(
+                    NGX_LOG_ALERT,
+                    log,
+                    os::errno(&e),
+                    "transform_cgroup: write(\"0\") to \"{}\" failed; this worker's programs \
+                     cannot join their cgroups",
+                    path.display()
+                );
+            }
+        }
+    }
     let places = PLACES.with_borrow(Rc::clone);
     let removed = files::sweep(&places, os::process_exists);
     if removed > 0 {

@@ -18,7 +18,7 @@ mod common;
 #[allow(dead_code)]
 mod files;
 
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{RwLock, RwLockReadGuard};
@@ -1080,7 +1080,9 @@ fn v2_tree(t: &Path) -> files::Place {
     for dir in [
         "nginx-transform",
         "nginx-transform/nginx",
-        "nginx-transform/programs",
+        "nginx-transform/workers",
+        "nginx-transform/workers/w",
+        "nginx-transform/workers/programs",
     ] {
         cgroup_dir(
             &base.join(dir),
@@ -1098,15 +1100,44 @@ fn v2_tree(t: &Path) -> files::Place {
     }
 }
 
+/// (uid, gid, permission bits) of a path.
+fn owner_mode(path: &Path) -> (u32, u32, u32) {
+    let m = std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    (m.uid(), m.gid(), m.mode() & 0o7777)
+}
+
 #[test]
 fn files_prepare_a_cgroup2_subtree() {
     let t = temp_dir("cgroup-v2-prepare");
     let place = v2_tree(&t);
+    let subtree = place.subtree();
+    assert_eq!(place.leaf(), subtree.join("nginx"));
+    assert_eq!(place.workers(), subtree.join("workers"));
+    assert_eq!(place.workers_leaf(), subtree.join("workers/w"));
+    assert_eq!(place.programs(), subtree.join("workers/programs"));
     files::check(&place).expect("root may write there");
+    // (As the kernel shows a new cgroup: made, here beforehand, and found by mkdir.)
+    std::fs::remove_dir_all(place.workers()).unwrap();
+    assert!(
+        files::prepare(&place, 4321).is_err(),
+        "a plain mkdir makes no cgroup files"
+    );
+    for dir in [place.workers(), place.workers_leaf(), place.programs()] {
+        assert!(dir.is_dir(), "made: {}", dir.display());
+        cgroup_dir(
+            &dir,
+            &[("cgroup.subtree_control", ""), ("cgroup.procs", "")],
+        );
+    }
     files::prepare(&place, 4321).expect("prepare");
     // The master moved into its leaf; the controllers enabled down to programs/.
     assert_eq!(read(&place.leaf().join("cgroup.procs")), "4321");
-    for dir in [place.base.clone(), place.subtree(), place.programs()] {
+    for dir in [
+        place.base.clone(),
+        subtree.clone(),
+        place.workers(),
+        place.programs(),
+    ] {
         assert_eq!(
             read(&dir.join("cgroup.subtree_control")),
             "+memory +pids",
@@ -1114,10 +1145,13 @@ fn files_prepare_a_cgroup2_subtree() {
             dir.display()
         );
     }
+    for leaf in [place.leaf(), place.workers_leaf()] {
+        assert_eq!(read(&leaf.join("cgroup.subtree_control")), "", "a leaf");
+    }
     assert_eq!(
-        read(&place.leaf().join("cgroup.subtree_control")),
+        read(&place.workers_leaf().join("cgroup.procs")),
         "",
-        "a leaf"
+        "each worker joins its leaf itself"
     );
     // Already enabled: nothing is written again (a reload).
     std::fs::write(
@@ -1130,23 +1164,68 @@ fn files_prepare_a_cgroup2_subtree() {
         read(&place.base.join("cgroup.subtree_control")),
         "cpu memory pids\n"
     );
-    // What the workers write is theirs.
-    files::hand_over(&place, 65534, Some(65534)).expect("chown");
-    for path in [place.programs(), place.subtree().join("cgroup.procs")] {
-        let m = std::fs::metadata(&path).unwrap();
-        assert_eq!((m.uid(), m.gid()), (65534, 65534), "{}", path.display());
-    }
-    assert_eq!(
-        std::fs::metadata(place.subtree()).unwrap().uid(),
-        0,
-        "the subtree stays root's"
-    );
-    assert_eq!(std::fs::metadata(place.leaf()).unwrap().uid(), 0);
     // A write the kernel refuses is the failure, naming the call and the file.
     std::fs::remove_file(place.programs().join("cgroup.subtree_control")).unwrap();
     let f = files::prepare(&place, 4321).unwrap_err();
     assert_eq!(f.call, "open()");
     assert_eq!(f.path, place.programs().join("cgroup.subtree_control"));
+    let _ = std::fs::remove_dir_all(t);
+}
+
+#[test]
+fn files_hand_over_keeps_the_master_out_of_the_worker_users_reach() {
+    let t = temp_dir("cgroup-v2-hand-over");
+    let place = v2_tree(&t);
+    let subtree = place.subtree();
+    // As an older version left it: the subtree's cgroup.procs and programs/ the worker user's,
+    // and a program that took programs/' mode.
+    std::os::unix::fs::chown(subtree.join("cgroup.procs"), Some(65534), Some(65534)).unwrap();
+    std::os::unix::fs::chown(place.programs(), Some(65534), Some(65534)).unwrap();
+    std::fs::set_permissions(place.programs(), PermissionsExt::from_mode(0o000)).unwrap();
+    files::hand_over(&place, 65533).expect("hand over");
+    // The worker user's group may make cgroups in programs/ and move processes between
+    // workers/w and them (their common ancestor is workers/), but owns nothing: no chmod.
+    assert_eq!(owner_mode(&place.programs()), (0, 65533, 0o775));
+    assert_eq!(
+        owner_mode(&place.workers().join("cgroup.procs")),
+        (0, 65533, 0o664)
+    );
+    // The master's leaf and the common ancestor with it stay root's alone: moving the master
+    // takes writing nginx-transform/cgroup.procs.
+    assert_eq!(owner_mode(&subtree.join("cgroup.procs")), (0, 0, 0o644));
+    for path in [
+        subtree.clone(),
+        place.leaf(),
+        place.leaf().join("cgroup.procs"),
+        place.workers(),
+        place.workers().join("cgroup.subtree_control"),
+        place.workers_leaf(),
+        place.workers_leaf().join("cgroup.procs"),
+        place.programs().join("cgroup.subtree_control"),
+    ] {
+        let (uid, gid, _) = owner_mode(&path);
+        assert_eq!((uid, gid), (0, 0), "{}", path.display());
+    }
+    // Each start and reload sets the modes again.
+    std::fs::set_permissions(place.programs(), PermissionsExt::from_mode(0o700)).unwrap();
+    files::hand_over(&place, 65533).expect("again");
+    assert_eq!(owner_mode(&place.programs()), (0, 65533, 0o775));
+
+    // The workers join workers/w through the master's descriptor.
+    let join = files::open_join(&place).expect("open");
+    files::join(&join).expect("write");
+    assert_eq!(read(&place.workers_leaf().join("cgroup.procs")), "0");
+    std::fs::remove_file(place.workers_leaf().join("cgroup.procs")).unwrap();
+    let f = files::open_join(&place).unwrap_err();
+    assert_eq!(
+        (f.call.as_str(), f.path),
+        ("open()", place.workers_leaf().join("cgroup.procs"))
+    );
+    // (The opener's credentials decide from Linux 5.16.)
+    assert!(files::release_at_least("5.16.0", (5, 16)));
+    assert!(files::release_at_least("6.1.0-18-amd64", (5, 16)));
+    assert!(!files::release_at_least("5.15.153-generic", (5, 16)));
+    assert!(!files::release_at_least("4.19", (5, 16)));
     let _ = std::fs::remove_dir_all(t);
 }
 
@@ -1161,14 +1240,16 @@ fn files_prepare_a_cgroup1_subtree() {
         controllers: vec![Controller::Memory],
     };
     files::prepare(&place, 4321).expect("prepare");
+    assert_eq!(place.programs(), place.subtree().join("programs"));
     assert!(place.programs().is_dir());
     assert!(
-        !place.leaf().exists(),
-        "cgroup v1: the master stays where it is"
+        !place.leaf().exists() && !place.workers().exists(),
+        "cgroup v1: the master and the workers stay where they are"
     );
-    files::hand_over(&place, 65534, None).expect("chown");
-    let m = std::fs::metadata(place.programs()).unwrap();
-    assert_eq!((m.uid(), m.gid()), (65534, 0));
+    std::os::unix::fs::chown(place.programs(), Some(65534), Some(65534)).unwrap();
+    files::hand_over(&place, 65533).expect("hand over");
+    assert_eq!(owner_mode(&place.programs()), (0, 65533, 0o775));
+    assert_eq!(owner_mode(&place.subtree()).0, 0);
     let _ = std::fs::remove_dir_all(t);
 }
 

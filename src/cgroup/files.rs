@@ -8,28 +8,43 @@
 //! The layout, in each hierarchy used, under the cgroup nginx started in (its *base*):
 //!
 //! ```text
-//! <base>/nginx-transform/            the module's subtree
-//! <base>/nginx-transform/nginx/      cgroup v2 only: the master and its workers (a leaf)
-//! <base>/nginx-transform/programs/   made by the master, owned by the worker user
-//! <base>/nginx-transform/programs/<worker pid>-<n>/   one program, made by its worker
+//! cgroup v2:
+//! <base>/nginx-transform/                     root's
+//! <base>/nginx-transform/nginx/               the master (a leaf), root's
+//! <base>/nginx-transform/workers/             root's; cgroup.procs writable by the workers' group
+//! <base>/nginx-transform/workers/w/           the workers (a leaf), root's
+//! <base>/nginx-transform/workers/programs/    root's, writable by the workers' group (0775)
+//! <base>/nginx-transform/workers/programs/<worker pid>-<n>/   one program, made by its worker
+//! cgroup v1:
+//! <base>/nginx-transform/programs/            root's, writable by the workers' group (0775)
+//! <base>/nginx-transform/programs/<worker pid>-<n>/           one program, made by its worker
 //! ```
 //!
-//! cgroup v2 keeps processes in leaves only and enables controllers top-down, so the master
-//! moves itself into `nginx/` and enables the controllers in the base, the subtree and
-//! `programs/`; a worker may move its child into `programs/<pid>-<n>` because it can write the
-//! `cgroup.procs` of the common ancestor (the subtree's, handed over to the worker user).
-//! cgroup v1 has neither rule: the master stays where it is.
+//! cgroup v2 keeps processes in leaves only and enables controllers top-down; a process may be
+//! moved by whoever may write the `cgroup.procs` of the destination and of the common ancestor
+//! of source and destination. So the master moves itself into `nginx/`, whose common ancestor
+//! with anything the worker user can write is `nginx-transform/` (root's): no process of the
+//! worker user can move the master into a cgroup it could freeze or kill. Each worker joins
+//! `workers/w` through a `cgroup.procs` descriptor the master opened as root (since Linux 5.16
+//! a migration is checked with the opener's credentials); a worker moves its child from
+//! `workers/w` into `programs/<pid>-<n>` through `workers/cgroup.procs`, which its group may
+//! write. The directories the worker user writes in are root's: it cannot chmod them away.
+//! cgroup v1 has none of these rules: the master and its workers stay where they are.
 
-use std::fs::{self, OpenOptions};
+use std::fs::{self, File, OpenOptions, Permissions};
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// The module's subtree, under nginx's own cgroup.
 pub const SUBTREE: &str = "nginx-transform";
-/// cgroup v2: the leaf of the master and its workers.
+/// cgroup v2: the leaf of the master.
 pub const MASTER: &str = "nginx";
-/// Where the programs' cgroups are.
+/// cgroup v2: the workers' part of the subtree, and their leaf in it.
+pub const WORKERS: &str = "workers";
+pub const WORKERS_LEAF: &str = "w";
+/// Where the programs' cgroups are (cgroup v2: in `workers/`).
 pub const PROGRAMS: &str = "programs";
 /// The CPU period of `cpu.max` (cgroup v2) and `cpu.cfs_period_us` (v1): 100 ms.
 pub const PERIOD_US: u64 = 100_000;
@@ -246,12 +261,25 @@ impl Place {
     }
 
     pub fn programs(&self) -> PathBuf {
-        self.subtree().join(PROGRAMS)
+        match self.version {
+            Version::V2 => self.workers().join(PROGRAMS),
+            Version::V1 => self.subtree().join(PROGRAMS),
+        }
     }
 
     /// cgroup v2: the master's leaf.
     pub fn leaf(&self) -> PathBuf {
         self.subtree().join(MASTER)
+    }
+
+    /// cgroup v2: the workers' part of the subtree.
+    pub fn workers(&self) -> PathBuf {
+        self.subtree().join(WORKERS)
+    }
+
+    /// cgroup v2: the workers' leaf.
+    pub fn workers_leaf(&self) -> PathBuf {
+        self.workers().join(WORKERS_LEAF)
     }
 }
 
@@ -372,22 +400,49 @@ fn write_if_there(path: &Path, value: &str) -> Result<(), Failure> {
     }
 }
 
-/// At start-up (the master, as root): the subtree and its `programs/`; cgroup v2: the master
-/// moves into the leaf `nginx/` (`pid`; its workers are forked there), then the controllers are
-/// enabled in the base, the subtree and `programs/`.
+/// At start-up (the master, as root): the subtree and its `programs/`; cgroup v2: also the
+/// leaves `nginx/` and `workers/w`, the master moves into `nginx/` (`pid`), then the controllers
+/// are enabled in the base, the subtree, `workers/` and `programs/`.
 pub fn prepare(place: &Place, pid: u32) -> Result<(), Failure> {
     let subtree = place.subtree();
     mkdir(&subtree)?;
-    mkdir(&place.programs())?;
     if place.version == Version::V1 {
-        return Ok(());
+        return mkdir(&place.programs());
     }
-    mkdir(&place.leaf())?;
+    for dir in [
+        place.leaf(),
+        place.workers(),
+        place.workers_leaf(),
+        place.programs(),
+    ] {
+        mkdir(&dir)?;
+    }
     write(&place.leaf().join("cgroup.procs"), &pid.to_string())?;
-    for dir in [place.base.clone(), subtree, place.programs()] {
+    for dir in [
+        place.base.clone(),
+        subtree,
+        place.workers(),
+        place.programs(),
+    ] {
         enable(&dir, &place.controllers)?;
     }
     Ok(())
+}
+
+/// cgroup v2, at start-up (the master, as root): the workers' leaf's `cgroup.procs`, open for
+/// writing (close-on-exec) for the workers to join it with [`join`]: the move is checked with
+/// the credentials of the opener (Linux 5.16), so it needs no right of the worker user.
+pub fn open_join(place: &Place) -> Result<File, Failure> {
+    let path = place.workers_leaf().join("cgroup.procs");
+    OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .map_err(|e| failure("open()", &path, e))
+}
+
+/// A worker joins the workers' leaf through the descriptor of [`open_join`].
+pub fn join(mut procs: &File) -> io::Result<()> {
+    procs.write_all(b"0")
 }
 
 /// Enables `controllers` in `dir`'s `cgroup.subtree_control` (those not enabled yet).
@@ -423,18 +478,24 @@ pub fn check(place: &Place) -> Result<(), Failure> {
     Ok(())
 }
 
-/// At start-up, once the worker user is known: what the workers write becomes theirs: the
-/// `programs/` directory (they make and remove their programs' cgroups there) and, cgroup v2,
-/// the subtree's `cgroup.procs` (a process may move between two cgroups only by a writer of
-/// their common ancestor's).
-pub fn hand_over(place: &Place, uid: u32, gid: Option<u32>) -> Result<(), Failure> {
-    let mut paths = vec![place.programs()];
+/// At start-up, once the worker user is known (the master is root): what the workers write is
+/// writable by their group `gid` but stays root's, so that no process of the worker user (a
+/// worker, a program, another daemon of that user) can chmod it away: the `programs/`
+/// directory (they make and remove their programs' cgroups there; 0775) and, cgroup v2,
+/// `workers/cgroup.procs` (0664: the common ancestor of `workers/w` and a program's cgroup).
+/// The modes are set again at each start and reload; the subtree's own `cgroup.procs` (the
+/// common ancestor with the master) is root's alone (0644), as an older version left it too.
+pub fn hand_over(place: &Place, gid: u32) -> Result<(), Failure> {
+    let mut paths = vec![(place.programs(), 0o775, gid)];
     if place.version == Version::V2 {
-        paths.push(place.subtree().join("cgroup.procs"));
+        paths.push((place.subtree().join("cgroup.procs"), 0o644, 0));
+        paths.push((place.workers().join("cgroup.procs"), 0o664, gid));
     }
-    for path in paths {
-        std::os::unix::fs::chown(&path, Some(uid), gid)
-            .map_err(|e| failure(format!("chown({uid})"), &path, e))?;
+    for (path, mode, group) in paths {
+        std::os::unix::fs::chown(&path, Some(0), Some(group))
+            .map_err(|e| failure(format!("chown(0, {group})"), &path, e))?;
+        fs::set_permissions(&path, Permissions::from_mode(mode))
+            .map_err(|e| failure(format!("chmod({mode:o})"), &path, e))?;
     }
     Ok(())
 }
@@ -553,6 +614,14 @@ fn write_limits(
         }
     }
     Ok(())
+}
+
+/// Whether a kernel release ("6.1.0-18-amd64") is `at_least` (major, minor).
+pub fn release_at_least(release: &str, at_least: (u32, u32)) -> bool {
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= at_least
 }
 
 /// The CPU time per period for `percent` of one CPU.
