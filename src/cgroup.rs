@@ -39,8 +39,8 @@ use crate::os::{self, ExitStatus};
 
 mod files;
 
+use files::{Cgroup, Made, Place};
 pub use files::{Controller, Failure, Policy, Values};
-use files::{Made, Place};
 
 /// One `transform_cgroup` directive: the limits and where it was written.
 #[derive(Debug)]
@@ -80,7 +80,7 @@ std::thread_local! {
 /// A program's cgroups until they are removed.
 struct Live {
     name: String,
-    dirs: Vec<(files::Version, std::path::PathBuf)>,
+    cgroups: Rc<[Cgroup]>,
     /// Busy when dropped: removed again later.
     retry: bool,
 }
@@ -488,7 +488,7 @@ impl Group {
         LIVE.with_borrow_mut(|l| {
             l.push(Live {
                 name: name.clone(),
-                dirs: made.dirs.clone(),
+                cgroups: Rc::clone(&made.cgroups),
                 retry: false,
             })
         });
@@ -511,7 +511,7 @@ impl Group {
 
     /// SIGKILL to every process in the cgroup(s); whether any besides `except` was there.
     pub fn kill(&self, except: Option<libc::pid_t>) -> bool {
-        files::kill(&self.made.dirs, except) > 0
+        files::kill(&self.made.cgroups, except) > 0
     }
 
     /// A program's exit status, told as the memory limit's doing if the kernel's OOM killer
@@ -537,9 +537,9 @@ impl Drop for Group {
     /// is still busy later.
     fn drop(&mut self) {
         self.made.close_procs();
-        if files::remove(&self.made.dirs) || {
-            files::kill(&self.made.dirs, None);
-            files::remove(&self.made.dirs)
+        if files::remove(&self.made.cgroups) || {
+            files::kill(&self.made.cgroups, None);
+            files::remove(&self.made.cgroups)
         } {
             LIVE.with_borrow_mut(|l| l.retain(|g| g.name != self.name));
             return;
@@ -581,8 +581,8 @@ fn retry_removals() -> bool {
             if !g.retry {
                 return true;
             }
-            files::kill(&g.dirs, None);
-            !files::remove(&g.dirs)
+            files::kill(&g.cgroups, None);
+            !files::remove(&g.cgroups)
         });
         l.iter().all(|g| !g.retry)
     })
@@ -625,8 +625,8 @@ pub fn exit_all() {
     let mut live = LIVE.with_borrow_mut(core::mem::take);
     for round in 0..50 {
         live.retain(|g| {
-            files::kill(&g.dirs, None);
-            !files::remove(&g.dirs)
+            files::kill(&g.cgroups, None);
+            !files::remove(&g.cgroups)
         });
         if live.is_empty() || round == 49 {
             break;

@@ -32,10 +32,11 @@
 //! cgroup v1 has none of these rules: the master and its workers stay where they are.
 
 use std::fs::{self, File, OpenOptions, Permissions};
-use std::io::{self, Write};
+use std::io::{self, Read, Seek, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 /// The module's subtree, under nginx's own cgroup.
 pub const SUBTREE: &str = "nginx-transform";
@@ -500,10 +501,86 @@ pub fn hand_over(place: &Place, gid: u32) -> Result<(), Failure> {
     Ok(())
 }
 
+/// One program's cgroup in one hierarchy, with the descriptors its worker lists and kills it
+/// through: opened when it was made, so they work whatever the program does to the files it
+/// owns (a chmod of its `cgroup.procs`, `cgroup.kill` or directory to 0).
+#[derive(Debug)]
+pub struct Cgroup {
+    pub version: Version,
+    pub dir: PathBuf,
+    /// `cgroup.procs`, open for reading (None: read by its path).
+    procs: Option<File>,
+    /// cgroup v2: `cgroup.kill` (Linux 5.14), open for writing.
+    kill: Option<File>,
+}
+
+impl Cgroup {
+    /// A cgroup known by its path only (a dead worker's: the files are the worker user's, so
+    /// their modes are set back first).
+    pub fn at(version: Version, dir: PathBuf) -> Cgroup {
+        Cgroup {
+            version,
+            dir,
+            procs: None,
+            kill: None,
+        }
+    }
+
+    /// Opens the descriptors of a cgroup just made.
+    pub fn open(version: Version, dir: PathBuf) -> Result<Cgroup, Failure> {
+        let path = dir.join("cgroup.procs");
+        let procs = File::open(&path).map_err(|e| failure("open()", &path, e))?;
+        let kill = match version {
+            Version::V2 => match OpenOptions::new().write(true).open(dir.join("cgroup.kill")) {
+                Ok(f) => Some(f),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                Err(e) => return Err(failure("open()", &dir.join("cgroup.kill"), e)),
+            },
+            Version::V1 => None,
+        };
+        Ok(Cgroup {
+            version,
+            dir,
+            procs: Some(procs),
+            kill,
+        })
+    }
+
+    /// The processes in it (nothing if it cannot be read).
+    pub fn pids(&self) -> Vec<i32> {
+        let mut text = String::new();
+        let read = match self.procs.as_ref() {
+            Some(mut f) => f
+                .rewind()
+                .and_then(|()| f.read_to_string(&mut text))
+                .is_ok(),
+            None => File::open(self.dir.join("cgroup.procs"))
+                .and_then(|mut f| f.read_to_string(&mut text))
+                .is_ok(),
+        };
+        if !read {
+            return Vec::new();
+        }
+        text.lines().filter_map(|l| l.trim().parse().ok()).collect()
+    }
+
+    /// `cgroup.kill`: whether it was written.
+    fn kill_all(&self) -> bool {
+        if self.version != Version::V2 {
+            return false;
+        }
+        match self.kill.as_ref() {
+            Some(mut f) => f.write_all(b"1").is_ok(),
+            None => write(&self.dir.join("cgroup.kill"), "1").is_ok(),
+        }
+    }
+}
+
 /// A program's cgroups, one per place used.
 #[derive(Debug)]
 pub struct Made {
-    pub dirs: Vec<(Version, PathBuf)>,
+    /// Shared with the list of cgroups not removed yet (the removal may be retried later).
+    pub cgroups: Rc<[Cgroup]>,
     /// Their `cgroup.procs`, open for the child to write "0" to (close-on-exec).
     procs: Vec<OwnedFd>,
     raw: Vec<RawFd>,
@@ -525,15 +602,14 @@ impl Made {
 }
 
 /// Makes the cgroup `name` of a program in the places that hold a controller `values` limits,
-/// writes the limits there and opens each `cgroup.procs`. On failure nothing is left.
+/// writes the limits there, opens each `cgroup.procs` for the child to join and keeps the
+/// descriptors the worker lists and kills it through. On failure nothing is left.
 pub fn make(places: &[Place], name: &str, values: &Values) -> Result<Made, Failure> {
     let wanted = values.controllers();
-    let mut made = Made {
-        dirs: Vec::new(),
-        procs: Vec::new(),
-        raw: Vec::new(),
-        memory: None,
-    };
+    let mut cgroups: Vec<Cgroup> = Vec::new();
+    let mut procs = Vec::new();
+    let mut raw = Vec::new();
+    let mut memory = None;
     for place in places {
         let here: Vec<Controller> = place
             .controllers
@@ -546,31 +622,45 @@ pub fn make(places: &[Place], name: &str, values: &Values) -> Result<Made, Failu
         }
         let dir = place.programs().join(name);
         let step = mkdir(&dir)
-            .map(|()| made.dirs.push((place.version, dir.clone())))
+            .and_then(|()| match Cgroup::open(place.version, dir.clone()) {
+                Ok(c) => {
+                    cgroups.push(c);
+                    Ok(())
+                }
+                Err(f) => {
+                    cgroups.push(Cgroup::at(place.version, dir.clone()));
+                    Err(f)
+                }
+            })
             .and_then(|()| write_limits(place.version, &dir, &here, values))
             .and_then(|()| {
-                let procs = dir.join("cgroup.procs");
+                let path = dir.join("cgroup.procs");
                 OpenOptions::new()
                     .write(true)
-                    .open(&procs)
-                    .map_err(|e| failure("open()", &procs, e))
+                    .open(&path)
+                    .map_err(|e| failure("open()", &path, e))
             });
         match step {
             Ok(file) => {
                 let fd = OwnedFd::from(file);
-                made.raw.push(fd.as_raw_fd());
-                made.procs.push(fd);
+                raw.push(fd.as_raw_fd());
+                procs.push(fd);
                 if here.contains(&Controller::Memory) {
-                    made.memory = Some((place.version, dir));
+                    memory = Some((place.version, dir));
                 }
             }
             Err(f) => {
-                remove(&made.dirs);
+                remove(&cgroups);
                 return Err(f);
             }
         }
     }
-    Ok(made)
+    Ok(Made {
+        cgroups: cgroups.into(),
+        procs,
+        raw,
+        memory,
+    })
 }
 
 /// The limit files of `controllers` in a program's cgroup.
@@ -629,29 +719,22 @@ pub fn quota_us(percent: u32) -> u64 {
     u64::from(percent) * PERIOD_US / 100
 }
 
-/// The processes in a cgroup (`cgroup.procs`; nothing if it cannot be read).
-pub fn pids(dir: &Path) -> Vec<i32> {
-    fs::read_to_string(dir.join("cgroup.procs"))
-        .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())
-        .unwrap_or_default()
-}
-
 /// SIGKILL to every process of the cgroups: `cgroup.kill` (cgroup v2, Linux 5.14) where it is
 /// there, else each process listed, again until none is left. Returns how many processes
 /// besides `except` were in them.
-pub fn kill(dirs: &[(Version, PathBuf)], except: Option<i32>) -> usize {
+pub fn kill(cgroups: &[Cgroup], except: Option<i32>) -> usize {
     let mut seen: Vec<i32> = Vec::new();
-    for (version, dir) in dirs {
-        for p in pids(dir) {
+    for cgroup in cgroups {
+        for p in cgroup.pids() {
             if Some(p) != except && !seen.contains(&p) {
                 seen.push(p);
             }
         }
-        if *version == Version::V2 && write(&dir.join("cgroup.kill"), "1").is_ok() {
+        if cgroup.kill_all() {
             continue;
         }
         for _ in 0..KILL_ROUNDS {
-            let listed = pids(dir);
+            let listed = cgroup.pids();
             if listed.is_empty() {
                 break;
             }
@@ -666,10 +749,10 @@ pub fn kill(dirs: &[(Version, PathBuf)], except: Option<i32>) -> usize {
 }
 
 /// Removes the cgroups; false if one is still busy (its killed processes are not gone yet).
-pub fn remove(dirs: &[(Version, PathBuf)]) -> bool {
+pub fn remove(cgroups: &[Cgroup]) -> bool {
     let mut gone = true;
-    for (_, dir) in dirs {
-        match fs::remove_dir(dir) {
+    for cgroup in cgroups {
+        match fs::remove_dir(&cgroup.dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(_) => gone = false,
@@ -715,9 +798,15 @@ pub fn sweep(places: &[Place], alive: impl Fn(i32) -> bool) -> usize {
             if alive(pid) || !entry.path().is_dir() {
                 continue;
             }
-            let dirs = [(place.version, entry.path())];
-            kill(&dirs, None);
-            if remove(&dirs) {
+            // (Its program may have taken the modes away; the files are the worker user's.)
+            let dir = entry.path();
+            let _ = fs::set_permissions(&dir, Permissions::from_mode(0o755));
+            for (file, mode) in [("cgroup.procs", 0o644), ("cgroup.kill", 0o200)] {
+                let _ = fs::set_permissions(dir.join(file), Permissions::from_mode(mode));
+            }
+            let cgroups = [Cgroup::at(place.version, dir)];
+            kill(&cgroups, None);
+            if remove(&cgroups) {
                 removed += 1;
             }
         }
