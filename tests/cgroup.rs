@@ -1425,6 +1425,13 @@ fn files_read_the_oom_count() {
     )
     .unwrap();
     assert_eq!(files::oom_kills(Version::V2, &t), 1);
+    // Its own (Linux 5.7), not its descendants': preferred where it is there.
+    std::fs::write(
+        t.join("memory.events.local"),
+        "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\noom_group_kill 0\n",
+    )
+    .unwrap();
+    assert_eq!(files::oom_kills(Version::V2, &t), 0);
     std::fs::write(
         t.join("memory.oom_control"),
         "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n",

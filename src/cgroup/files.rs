@@ -762,14 +762,17 @@ pub fn remove(cgroups: &[Cgroup]) -> bool {
 }
 
 /// How many processes the memory limit killed in a program's cgroup: `oom_kill` in
-/// `memory.events` (cgroup v2) or `memory.oom_control` (v1).
+/// `memory.events.local` (cgroup v2, Linux 5.7: this cgroup's own, not its descendants'; a
+/// program's cgroup has none unless it makes them), else `memory.events`, or v1's
+/// `memory.oom_control`. The victims may be any process of the cgroup, not only the program.
 pub fn oom_kills(version: Version, dir: &Path) -> u64 {
-    let file = match version {
-        Version::V2 => "memory.events",
-        Version::V1 => "memory.oom_control",
+    let files: &[&str] = match version {
+        Version::V2 => &["memory.events.local", "memory.events"],
+        Version::V1 => &["memory.oom_control"],
     };
-    fs::read_to_string(dir.join(file))
-        .ok()
+    files
+        .iter()
+        .find_map(|file| fs::read_to_string(dir.join(file)).ok())
         .and_then(|s| {
             s.lines()
                 .find_map(|l| l.strip_prefix("oom_kill "))
