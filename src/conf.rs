@@ -312,6 +312,26 @@ impl TransformConf {
         }
     }
 
+    /// Whether this (merged) level confines its programs as `http`, the http level's (unmerged)
+    /// configuration, does.
+    pub fn same_confinement(&self, http: &TransformConf) -> bool {
+        fn same<T>(a: &Option<Option<Arc<T>>>, b: &Option<Option<Arc<T>>>) -> bool {
+            match (
+                a.as_ref().and_then(Option::as_ref),
+                b.as_ref().and_then(Option::as_ref),
+            ) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            }
+        }
+        let syscalls = |v: ngx_uint_t| if v == NGX_CONF_UNSET_UINT { 0 } else { v };
+        same(&self.sandbox_paths, &http.sandbox_paths)
+            && same(&self.cgroup, &http.cgroup)
+            && syscalls(self.sandbox_syscalls) == syscalls(http.sandbox_syscalls)
+            && self.sandbox_namespaces.unwrap_or(0) == http.sandbox_namespaces.unwrap_or(0)
+    }
+
     /// The limits of `transform_cgroup`, if on.
     pub fn cgroup(&self) -> Option<&crate::cgroup::Limits> {
         self.cgroup.as_ref()?.as_deref()
@@ -609,6 +629,19 @@ pub unsafe extern "C" fn merge_loc_conf(
         match find_pool(cf, "transform_pass", at) {
             Some(i) => conf.pool = Some(i),
             None => return NGX_CONF_ERROR,
+        }
+        let main = <crate::Module as HttpModuleMainConf>::main_conf(cf).expect("main conf");
+        let http = conf.pool.and_then(|i| main.pools[i].http_conf());
+        if http.is_some_and(|http| !conf.same_confinement(http)) {
+            log_error!(
+                NGX_LOG_EMERG,
+                cf.log,
+                0,
+                "\"transform_pass\" in {file}:{line} runs its pool's processes, which have the http \
+                 level's sandbox and cgroup: set transform_sandbox_* and transform_cgroup there, \
+                 not in this location or its server"
+            );
+            return NGX_CONF_ERROR;
         }
     }
     if let (Some(a), Some(b), Some((_, file, line))) = (conf.pool, conf.filter_pool, &conf.pass) {
@@ -1681,6 +1714,14 @@ extern "C" fn set_pool(
     }
     main.pools.push(pool);
     NGX_CONF_OK
+}
+
+impl PoolConf {
+    /// The http level's location configuration, as read (not merged).
+    pub fn http_conf(&self) -> Option<&TransformConf> {
+        // SAFETY: null or the http level's loc conf, alive with the configuration.
+        unsafe { self.http.as_ref() }
+    }
 }
 
 /// `transform_pass name`: the pool is found at the merge (it may be declared later).

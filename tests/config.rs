@@ -288,6 +288,25 @@ fn pool_directives_misuse() {
          server { listen 127.0.0.1:{PORT}; location / { transform_pass p; } }",
         "\"transform_pass\" directive is not allowed here",
     );
+    // A transform_pass location cannot confine its pool's processes otherwise than the http
+    // level (they serve every location): refused at the transform_pass line, whatever the level
+    // of the differing directive below http.
+    for own in [
+        "transform_sandbox_syscalls default;",
+        "transform_sandbox_paths /usr;",
+        "transform_sandbox_namespaces user;",
+    ] {
+        rejects(
+            &pass(&format!("{own} transform_pass p;")),
+            "runs its pool's processes, which have the http level's sandbox and cgroup",
+        );
+        // Set at the http level, the location inherits it: accepted.
+        let (ok, out, _) = nginx_test_config(&format!(
+            "{own}\ntransform_pool p {{HELPER}} pool-serve;\n\
+             server {{ listen 127.0.0.1:{{PORT}}; location / {{ transform_pass p; }} }}"
+        ));
+        assert!(ok, "{own} at the http level: {out}");
+    }
     // transform_filter_pass: a known pool or off; not with transform_filter at one level.
     rejects(&pass("transform_filter_pass nopool;"), "nopool");
     rejects(

@@ -79,6 +79,7 @@
 //! - `connect-abstract NAME`: connects to the abstract UNIX socket NAME (`ok connected`).
 //! - `kill-parent [SIGNAL]`: kill(getppid(), SIGNAL), 0 unless given (`ok kill`).
 //! - `ptrace-parent`: PTRACE_SEIZE of getppid() (which never stops it; exiting detaches).
+//! - `parent-mem`: opens /proc/PPID/mem for reading and writing (`ok mem`).
 //! - `ptrace-child`: PTRACE_SEIZE of a child of its own (allowed without a sandbox: a parent with
 //!   the same ids), then kills and reaps it.
 //! - `fork-bomb N`: forks N children that wait (stdio closed) until it ends them; stops at the
@@ -911,6 +912,7 @@ const PROBES: &[&str] = &[
     "kill-parent",
     "ptrace-parent",
     "ptrace-child",
+    "parent-mem",
     "fork-bomb",
     "alloc",
     "spin",
@@ -1046,6 +1048,20 @@ fn probe(mode: &str, args: &[String]) -> String {
         "ptrace-parent" => {
             // SAFETY: getppid() has no preconditions.
             ptrace_seize(unsafe { libc::getppid() })
+        }
+        "parent-mem" => {
+            // Opening the worker's memory for writing: a way to run code in it that no system
+            // call filter sees (nginx makes its workers dumpable).
+            // SAFETY: getppid() has no preconditions.
+            let path = format!("/proc/{}/mem", unsafe { libc::getppid() });
+            match std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+            {
+                Ok(_) => "ok mem".to_string(),
+                Err(e) => io_errno(&e),
+            }
         }
         "ptrace-child" => {
             // SAFETY: the child only sleeps and exits; it is killed and reaped below.
