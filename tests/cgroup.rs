@@ -720,27 +720,34 @@ fn cgroup_needs_a_sandbox_that_keeps_the_cgroup_files_read_only() {
         );
     };
     // Without transform_sandbox_paths: a location's program, a filter, a pool.
+    let bare = |body: &str| unsandboxed("what is refused is the absence of a sandbox", body);
     one_line(
-        "server { listen 127.0.0.1:1;
-           location /a { transform_exec /bin/true; }
-           location /b {
-             transform_cgroup pids.max=10;
-             transform_exec /bin/true;
-           }
-         }",
+        &bare(
+            "server { listen 127.0.0.1:1;
+               location /a { transform_exec /bin/true; }
+               location /b {
+                 transform_cgroup pids.max=10;
+                 transform_exec /bin/true;
+               }
+             }",
+        ),
         "pids.max=10",
         need,
     );
     one_line(
-        "transform_cgroup memory.max=64m;
-         server { listen 127.0.0.1:1; location / { transform_filter /bin/cat; } }",
+        &bare(
+            "transform_cgroup memory.max=64m;
+             server { listen 127.0.0.1:1; location / { transform_filter /bin/cat; } }",
+        ),
         "memory.max=64m",
         need,
     );
     one_line(
-        "transform_cgroup pids.max=7;
-         transform_pool p {HELPER} pool-serve;
-         server { listen 127.0.0.1:1; location / { transform_pass p; } }",
+        &bare(
+            "transform_cgroup pids.max=7;
+             transform_pool p {HELPER} pool-serve;
+             server { listen 127.0.0.1:1; location / { transform_pass p; } }",
+        ),
         "pids.max=7",
         need,
     );
