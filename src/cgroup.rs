@@ -1,30 +1,36 @@
 //! `transform_cgroup`: one cgroup per program with its limits (memory.max, pids.max, cpu.max).
 //!
-//! - While the configuration is read, each directive notes the controllers it needs; after the
-//!   http block (`postconfiguration`, in the master, root) one hierarchy is found for each
-//!   (cgroup v2 preferred, v1 as `transform_cgroup_version` allows), the module's subtree is made
-//!   under nginx's own cgroup (cgroup v2: the master moves into its leaf and the controllers are
-//!   enabled), or `nginx -t` and the start fail with one line naming the directive and what is
+//! - While the configuration is read, each directive notes the controllers it needs. Where its
+//!   programs run (a location's `transform_exec` or `transform_filter`, a pool) it needs a
+//!   `transform_sandbox_paths` that keeps the cgroup file system read-only ([`confined`]): the
+//!   program owns its cgroup's files (its worker made them) and could lift its own limits.
+//! - After the http block (`postconfiguration`, in the master, root) one hierarchy is found for
+//!   each controller (cgroup v2 preferred, v1 as `transform_cgroup_version` allows), the module's
+//!   subtree is made under nginx's own cgroup (cgroup v2: the master moves into its leaf, the
+//!   controllers are enabled, and the workers' leaf's `cgroup.procs` is opened for them to
+//!   join), or `nginx -t` and the start fail with one line naming the directive and what is
 //!   missing. `nginx -t` only checks (it moves nothing, makes nothing).
 //! - Once the configuration is committed (`init_module`), the places are kept for the workers and
-//!   what they write is handed over to the worker user.
-//! - In a worker, each program's cgroup is made before its spawn ([`Group::create`]); the child
-//!   joins it by writing "0" to the `cgroup.procs` descriptors it is given; the [`Group`] goes
-//!   with the `Child`, which kills it as a whole and, after the reaping, drops it: its processes
-//!   are killed and it is removed (if it is still busy, again later from a list, and at the
-//!   worker's exit). See `cgroup/files.rs` for the files.
+//!   what they write is made writable by the worker user's group (root keeps it).
+//! - A worker joins its leaf (cgroup v2) at its start ([`start_worker`]). Each program's cgroup
+//!   is made before its spawn ([`Group::create`]); the child joins it by writing "0" to the
+//!   `cgroup.procs` descriptors it is given; the [`Group`] goes with the `Child`, which kills it
+//!   as a whole and, after the reaping, drops it: its processes are killed and it is removed (if
+//!   it is still busy, again later from a list, and at the worker's exit). See `cgroup/files.rs`
+//!   for the files.
 
 use core::cell::{Cell, RefCell};
 use core::ffi::{c_char, c_void};
+use std::fs::File;
 use std::io;
 use std::os::fd::RawFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
 
 use nginx_sys::{
     ngx_command_t, ngx_conf_t, ngx_cycle_t, ngx_event_t, ngx_int_t, ngx_log_t, ngx_msec_t,
-    NGX_LOG_ALERT, NGX_LOG_EMERG, NGX_LOG_NOTICE,
+    NGX_LOG_ALERT, NGX_LOG_EMERG, NGX_LOG_NOTICE, NGX_LOG_WARN,
 };
 use ngx::core::{NGX_CONF_ERROR, NGX_CONF_OK};
 
@@ -33,8 +39,8 @@ use crate::os::{self, ExitStatus};
 
 mod files;
 
+use files::{Cgroup, Made, Place};
 pub use files::{Controller, Failure, Policy, Values};
-use files::{Made, Place};
 
 /// One `transform_cgroup` directive: the limits and where it was written.
 #[derive(Debug)]
@@ -51,8 +57,17 @@ std::thread_local! {
     static POLICY: Cell<Option<Policy>> = const { Cell::new(None) };
     /// The places found for the configuration being read, until it is committed.
     static FOUND: RefCell<Option<Rc<Vec<Place>>>> = const { RefCell::new(None) };
+    /// cgroup v2: the workers' leaf's `cgroup.procs` opened by the master for the
+    /// configuration being read, until it is committed.
+    static FOUND_JOIN: RefCell<Option<(PathBuf, File)>> = const { RefCell::new(None) };
     /// The places of the running configuration (workers inherit them).
     static PLACES: RefCell<Rc<Vec<Place>>> = RefCell::new(Rc::new(Vec::new()));
+    /// cgroup v2: the descriptor each worker joins its leaf through (closed once it did).
+    static JOIN: RefCell<Option<(PathBuf, File)>> = const { RefCell::new(None) };
+    /// The cgroup file systems' mount points, for the configuration being read.
+    static MOUNTS: RefCell<Option<Vec<PathBuf>>> = const { RefCell::new(None) };
+    /// Whether the configuration being read said that Landlock is missing for the cgroups.
+    static WARNED: Cell<bool> = const { Cell::new(false) };
     /// This worker's program cgroups not yet removed, and whether their removal is retried.
     static LIVE: RefCell<Vec<Live>> = const { RefCell::new(Vec::new()) };
     /// Programs' cgroups made by this worker (their names' second part).
@@ -65,7 +80,7 @@ std::thread_local! {
 /// A program's cgroups until they are removed.
 struct Live {
     name: String,
-    dirs: Vec<(files::Version, std::path::PathBuf)>,
+    cgroups: Rc<[Cgroup]>,
     /// Busy when dropped: removed again later.
     retry: bool,
 }
@@ -79,6 +94,76 @@ pub fn forget() {
     READ.with_borrow_mut(Vec::clear);
     POLICY.set(None);
     FOUND.with_borrow_mut(|f| *f = None);
+    FOUND_JOIN.with_borrow_mut(|f| *f = None);
+    MOUNTS.with_borrow_mut(|m| *m = None);
+    WARNED.set(false);
+}
+
+/// Where programs run with `transform_cgroup` (`limits`; checked at the merge of a location
+/// with `transform_exec` or `transform_filter`, and for the pools with the http level's):
+/// their `transform_sandbox_paths` (`paths`) must be on and must not make the cgroup file
+/// system writable, since a program owns its cgroup's files (its worker made them) and could
+/// lift its own limits. False (logged: one `[emerg]` with the directive's file and line) if
+/// not; a `[warn]` (once per configuration) when the kernel does not enforce Landlock.
+pub fn confined(
+    log: *mut ngx_log_t,
+    limits: &Limits,
+    paths: Option<&crate::sandbox::Landlock>,
+) -> bool {
+    let (file, line) = (&limits.file, limits.line);
+    let Some(paths) = paths else {
+        log_error!(
+            NGX_LOG_EMERG,
+            log,
+            0,
+            "\"transform_cgroup\" in {file}:{line} needs \"transform_sandbox_paths\" where its \
+             programs run: a program owns its cgroup's files and could lift its own limits: \
+             confine it with transform_sandbox_paths, which must not make the cgroup file \
+             system writable"
+        );
+        return false;
+    };
+    let mounts = MOUNTS.with_borrow_mut(|m| m.get_or_insert_with(cgroup_mounts).clone());
+    for rw in paths.writable() {
+        let real = std::fs::canonicalize(rw).unwrap_or_else(|_| rw.clone());
+        if let Some(m) = mounts
+            .iter()
+            .find(|m| real.starts_with(m) || m.starts_with(&real))
+        {
+            log_error!(
+                NGX_LOG_EMERG,
+                log,
+                0,
+                "\"transform_cgroup\" in {file}:{line} cannot be confined by a \
+                 \"transform_sandbox_paths\" with \"rw={}\": it makes the cgroup file system \
+                 {} writable, and a program owns its cgroup's files and could lift its own \
+                 limits",
+                rw.display(),
+                m.display()
+            );
+            return false;
+        }
+    }
+    if paths.fd().is_none() && !WARNED.replace(true) {
+        log_error!(
+            NGX_LOG_WARN,
+            log,
+            0,
+            "\"transform_cgroup\" in {file}:{line} is NOT enforced against the program itself: \
+             this kernel has no Landlock, so \"transform_sandbox_paths\" is not enforced and a \
+             program can write its own cgroup's limits"
+        );
+    }
+    true
+}
+
+/// The mount points of the cgroup file systems (v1 and v2), and `/sys/fs/cgroup` if
+/// /proc/self/mountinfo cannot be read.
+fn cgroup_mounts() -> Vec<PathBuf> {
+    match std::fs::read_to_string("/proc/self/mountinfo") {
+        Ok(text) => files::mounts(&text).into_iter().map(|m| m.point).collect(),
+        Err(_) => vec![PathBuf::from("/sys/fs/cgroup")],
+    }
 }
 
 /// `transform_cgroup off | [memory.max=size] [pids.max=N] [cpu.max=P%]`: sets
@@ -218,18 +303,43 @@ pub fn configure(cf: &ngx_conf_t) -> bool {
         );
         return false;
     }
+    if let Some(place) = found
+        .places
+        .iter()
+        .find(|p| p.version == files::Version::V2)
+    {
+        let release = os::kernel_release();
+        if !files::release_at_least(&release, (5, 16)) {
+            let (file, line) = at(&place.controllers);
+            log_error!(
+                NGX_LOG_EMERG,
+                log,
+                0,
+                "\"transform_cgroup\" in {file}:{line} cannot work: cgroup v2 needs Linux 5.16 \
+                 or newer (the workers join their cgroup through a descriptor the master opens), \
+                 this is {release}"
+            );
+            return false;
+        }
+    }
     let testing = crate::nginx::testing_config();
     // (The user is known here when the `user` directive came before the http block; it is
     // handed over again once the configuration is complete, in `commit`.)
     let user = crate::nginx::worker_user(cf.cycle);
+    let mut join = None;
     for place in &found.places {
         let done = if testing {
             files::check(place)
         } else {
-            files::prepare(place, std::process::id()).and_then(|()| match user {
-                Some((uid, gid)) => files::hand_over(place, uid, gid),
-                None => Ok(()),
-            })
+            files::prepare(place, std::process::id())
+                .and_then(|()| hand_over(place, user))
+                .and_then(|()| {
+                    if place.version == files::Version::V2 {
+                        let file = files::open_join(place)?;
+                        join = Some((place.workers_leaf().join("cgroup.procs"), file));
+                    }
+                    Ok(())
+                })
         };
         if let Err(f) = done {
             let (file, line) = at(&place.controllers);
@@ -255,7 +365,17 @@ pub fn configure(cf: &ngx_conf_t) -> bool {
         }
     }
     FOUND.with_borrow_mut(|f| *f = Some(Rc::new(found.places)));
+    FOUND_JOIN.with_borrow_mut(|f| *f = join);
     true
+}
+
+/// What the workers write becomes writable by their group (`user`: the worker user, if known).
+fn hand_over(place: &Place, user: Option<(u32, Option<u32>)>) -> Result<(), Failure> {
+    match user {
+        // (nginx sets the group with the user; without one, nothing is the workers'.)
+        Some((_, gid)) => files::hand_over(place, gid.unwrap_or(0)),
+        None => Ok(()),
+    }
 }
 
 /// Why controller `c` has no place, for the `[emerg]` line.
@@ -324,9 +444,9 @@ pub fn commit(cycle: *mut ngx_cycle_t) {
         return;
     };
     if !crate::nginx::testing_config() {
-        if let Some((uid, gid)) = crate::nginx::worker_user(cycle) {
+        if let Some(user) = crate::nginx::worker_user(cycle) {
             for place in found.iter() {
-                if let Err(f) = files::hand_over(place, uid, gid) {
+                if let Err(f) = hand_over(place, Some(user)) {
                     log_error!(
                         NGX_LOG_ALERT,
                         ngx::log::ngx_cycle_log().as_ptr(),
@@ -338,6 +458,7 @@ pub fn commit(cycle: *mut ngx_cycle_t) {
         }
     }
     PLACES.with_borrow_mut(|p| *p = found);
+    JOIN.with_borrow_mut(|j| *j = FOUND_JOIN.with_borrow_mut(Option::take));
 }
 
 /// A program's cgroup(s), from their creation before the spawn to their removal after the
@@ -367,7 +488,7 @@ impl Group {
         LIVE.with_borrow_mut(|l| {
             l.push(Live {
                 name: name.clone(),
-                dirs: made.dirs.clone(),
+                cgroups: Rc::clone(&made.cgroups),
                 retry: false,
             })
         });
@@ -390,7 +511,7 @@ impl Group {
 
     /// SIGKILL to every process in the cgroup(s); whether any besides `except` was there.
     pub fn kill(&self, except: Option<libc::pid_t>) -> bool {
-        files::kill(&self.made.dirs, except) > 0
+        files::kill(&self.made.cgroups, except) > 0
     }
 
     /// A program's exit status, told as the memory limit's doing if the kernel's OOM killer
@@ -416,9 +537,9 @@ impl Drop for Group {
     /// is still busy later.
     fn drop(&mut self) {
         self.made.close_procs();
-        if files::remove(&self.made.dirs) || {
-            files::kill(&self.made.dirs, None);
-            files::remove(&self.made.dirs)
+        if files::remove(&self.made.cgroups) || {
+            files::kill(&self.made.cgroups, None);
+            files::remove(&self.made.cgroups)
         } {
             LIVE.with_borrow_mut(|l| l.retain(|g| g.name != self.name));
             return;
@@ -460,16 +581,31 @@ fn retry_removals() -> bool {
             if !g.retry {
                 return true;
             }
-            files::kill(&g.dirs, None);
-            !files::remove(&g.dirs)
+            files::kill(&g.cgroups, None);
+            !files::remove(&g.cgroups)
         });
         l.iter().all(|g| !g.retry)
     })
 }
 
-/// Worker start: the cgroups of programs whose worker is gone (killed before it removed them)
-/// are killed and removed.
-pub fn sweep(log: *mut ngx_log_t) {
+/// Worker start: cgroup v2, the worker joins its leaf `workers/w` (unless it runs as root, which
+/// stays with the master: only root may move it); then the cgroups of programs whose worker is
+/// gone (killed before it removed them) are killed and removed.
+pub fn start_worker(log: *mut ngx_log_t) {
+    if let Some((path, file)) = JOIN.with_borrow_mut(Option::take) {
+        if !rustix::process::geteuid().is_root() {
+            if let Err(e) = files::join(&file) {
+                log_error!(
+                    NGX_LOG_ALERT,
+                    log,
+                    os::errno(&e),
+                    "transform_cgroup: write(\"0\") to \"{}\" failed; this worker's programs \
+                     cannot join their cgroups",
+                    path.display()
+                );
+            }
+        }
+    }
     let places = PLACES.with_borrow(Rc::clone);
     let removed = files::sweep(&places, os::process_exists);
     if removed > 0 {
@@ -489,8 +625,8 @@ pub fn exit_all() {
     let mut live = LIVE.with_borrow_mut(core::mem::take);
     for round in 0..50 {
         live.retain(|g| {
-            files::kill(&g.dirs, None);
-            !files::remove(&g.dirs)
+            files::kill(&g.cgroups, None);
+            !files::remove(&g.cgroups)
         });
         if live.is_empty() || round == 49 {
             break;

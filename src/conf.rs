@@ -599,6 +599,15 @@ pub unsafe extern "C" fn merge_loc_conf(
         }
         crate::store::register_temp_path(conf.temp_path);
     }
+    if let (Some(limits), true) = (
+        conf.cgroup(),
+        conf.exec.is_some() || conf.filter_argv().is_some(),
+    ) {
+        let paths = conf.sandbox_paths.as_ref().and_then(Option::as_deref);
+        if !crate::cgroup::confined(cf.log, limits, paths) {
+            return NGX_CONF_ERROR;
+        }
+    }
     if let Some(Some(at)) = &conf.filter_pass {
         match find_pool(cf, "transform_filter_pass", at) {
             Some(i) => conf.filter_pool = Some(i),
@@ -1808,6 +1817,12 @@ pub unsafe extern "C" fn init_main_conf(cf: *mut ngx_conf_t, conf: *mut c_void) 
                 return NGX_CONF_ERROR;
             };
             pool.dir = Some(dir);
+        }
+        if let Some(limits) = spawn.cgroup() {
+            let paths = spawn.sandbox_paths.as_ref().and_then(Option::as_deref);
+            if !crate::cgroup::confined(cf.log, limits, paths) {
+                return NGX_CONF_ERROR;
+            }
         }
         pool.spawn = Some(spawn);
     }

@@ -188,7 +188,7 @@ extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
     store::sweep(unsafe { (*cycle).log });
     lock::sweep_dead(cycle);
     // SAFETY: nginx passes the live cycle.
-    cgroup::sweep(unsafe { (*cycle).log });
+    cgroup::start_worker(unsafe { (*cycle).log });
     Status::NGX_OK.into()
 }
 

@@ -1810,3 +1810,9 @@ pub fn parse_size(word: &[u8]) -> Option<u64> {
     let n = unsafe { nginx_sys::ngx_parse_offset(&mut s) };
     u64::try_from(n).ok()
 }
+
+/// Writes `text` as one line on nginx's stderr (`nginx: text`), as nginx reports to the terminal.
+pub fn log_stderr(text: &str) {
+    // SAFETY: the format takes a length and a pointer to that many bytes.
+    unsafe { nginx_sys::ngx_log_stderr(0, c"%*s".as_ptr(), text.len(), text.as_ptr()) };
+}

@@ -339,6 +339,10 @@ pub fn forget_paths() {
 /// that `transform_sandbox_syscalls default` cannot keep programs away from the worker.
 pub fn log_report(log: *mut nginx_sys::ngx_log_t) {
     let (paths, syscalls) = PATHS_AT.with_borrow_mut(core::mem::take);
+    if crate::nginx::signaller() {
+        // (`nginx -s` reads the configuration only to find the master.)
+        return;
+    }
     if let (Some((file, line)), Err(e)) = (&syscalls, crate::os::landlock_abi()) {
         log_error!(
             nginx_sys::NGX_LOG_WARN,
@@ -353,12 +357,18 @@ pub fn log_report(log: *mut nginx_sys::ngx_log_t) {
         return;
     };
     match landlock_status() {
-        Ok(what) => log_error!(
-            nginx_sys::NGX_LOG_NOTICE,
-            log,
-            0,
-            "transform_sandbox_paths: {what}"
-        ),
+        Ok(what) => {
+            log_error!(
+                nginx_sys::NGX_LOG_NOTICE,
+                log,
+                0,
+                "transform_sandbox_paths: {what}"
+            );
+            // nginx -t shows only warnings and worse on the terminal: this line too.
+            if crate::nginx::testing_config() {
+                crate::nginx::log_stderr(&format!("[notice] transform_sandbox_paths: {what}"));
+            }
+        }
         Err(e) => log_error!(
             nginx_sys::NGX_LOG_WARN,
             log,

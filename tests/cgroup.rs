@@ -18,7 +18,7 @@ mod common;
 #[allow(dead_code)]
 mod files;
 
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{RwLock, RwLockReadGuard};
@@ -157,12 +157,17 @@ fn server(locations: &str) -> String {
     http("", locations)
 }
 
-/// `http_extra` at the http level, then a server with `locations`; the access log `cg` has
-/// the exit status and the time of each program.
+/// What `transform_cgroup` needs where programs run: every file readable (reading the cgroup
+/// file system is harmless), writes only under /tmp and /dev.
+const SANDBOX: &str = "transform_sandbox_paths / rw=/tmp rw=/dev;";
+
+/// `http_extra` at the http level (after [`SANDBOX`]), then a server with `locations`; the
+/// access log `cg` has the exit status and the time of each program.
 fn http(http_extra: &str, locations: &str) -> String {
     format!(
         "log_format cg '$uri $status $transform_exit_status $transform_time';
          access_log {{PREFIX}}/logs/cg.log cg;
+         {SANDBOX}
          {http_extra}
          server {{ listen 127.0.0.1:{{PORT}}; {locations} }}"
     )
@@ -259,7 +264,7 @@ fn fork_bomb_is_contained_by_pids_max() {
          location /free {{ transform_exec {forker}; }}
          location /bomb {{
              transform_cgroup pids.max=32; transform_timeout 1500ms;
-             transform_exec /bin/sh -c \"b() {{ b | b & }}; b; sleep 30\" {marker};
+             transform_exec /bin/sh -c \"b() {{ b | b & }}; b & exec sleep 30\" {marker};
          }}
          location /ok {{ transform_exec /bin/echo fine; }}",
         forker = forker(40)
@@ -276,7 +281,9 @@ fn fork_bomb_is_contained_by_pids_max() {
         "pids.max=16 holds the program and 15 children"
     );
 
-    // A real fork bomb: bounded while it runs, killed as a whole at the timeout.
+    // A real fork bomb: bounded while it runs, killed as a whole at the timeout. (Its shell
+    // forks once, before the bomb fills pids.max, and execs its sleep: a shell exits when it
+    // cannot fork.)
     let client = std::thread::spawn({
         let port = nginx.port;
         move || Client::connect(port).get("/bomb").status
@@ -493,6 +500,137 @@ fn pool_processes_get_the_http_level_cgroup() {
     assert_no_program_cgroups(&places, worker);
 }
 
+/// The cgroup directory of the program running this code: `argv[1]` (the `programs/`
+/// directory of a hierarchy) and its name from /proc/self/cgroup (python).
+const OWN_CGROUP: &str = "
+import sys, os, errno
+progs = sys.argv[1]
+name = [l for l in open('/proc/self/cgroup') if '/programs/' in l][0].strip().rsplit('/', 1)[1]
+own = progs + '/' + name
+";
+
+/// The `programs/` directory of the hierarchy holding `controller`.
+fn programs_of(places: &[files::Place], controller: Controller) -> PathBuf {
+    places
+        .iter()
+        .find(|p| p.controllers.contains(&controller))
+        .expect("a place for every controller")
+        .programs()
+}
+
+#[test]
+fn a_sandboxed_program_cannot_lift_its_own_limits() {
+    let Some(places) = usable("a_sandboxed_program_cannot_lift_its_own_limits") else {
+        return;
+    };
+    let _using = using();
+    // The program owns its cgroup's files (its worker made them): it tries to raise pids.max
+    // and memory.limit_in_bytes, then forks as many children as it can.
+    let lift = python(&format!(
+        "{OWN_CGROUP}
+out = []
+for f, v in (('pids.max', 'max'), ('memory.limit_in_bytes', '-1')):
+    d = own.replace(progs, sys.argv[2]) if f.startswith('memory') else own
+    try:
+        with open(d + '/' + f, 'w') as fh:
+            fh.write(v)
+        out.append('written')
+    except OSError as e:
+        out.append(errno.errorcode[e.errno])
+out.append(open(own + '/pids.max').read().strip())
+n = 0
+why = 'none'
+for i in range(40):
+    try:
+        pid = os.fork()
+    except OSError as e:
+        why = errno.errorcode[e.errno]
+        break
+    if pid == 0:
+        os.close(1)
+        os.close(2)
+        import time
+        time.sleep(2)
+        os._exit(0)
+    n += 1
+print(*out, n, why, flush=True)
+os._exit(0)
+"
+    ));
+    let nginx = Nginx::start(&server(&format!(
+        "location /lift {{
+             transform_cgroup pids.max=16 memory.max=64m;
+             transform_exec {lift} {pids} {memory};
+         }}",
+        pids = programs_of(&places, Controller::Pids).display(),
+        memory = programs_of(&places, Controller::Memory).display(),
+    )));
+    let (status, text) = body(&nginx, "/lift");
+    assert_eq!(status, 200, "{}", nginx.error_log());
+    assert_eq!(
+        text.trim(),
+        "EACCES EACCES 16 15 EAGAIN",
+        "Landlock keeps the limits: pids.max=16 holds the program and 15 children"
+    );
+    assert_no_program_cgroups(&places, nginx.worker_pid());
+    nginx.stop();
+}
+
+#[test]
+fn a_program_cannot_chmod_its_way_out_of_its_cgroup() {
+    let Some(places) = usable("a_program_cannot_chmod_its_way_out_of_its_cgroup") else {
+        return;
+    };
+    let _using = using();
+    let marker = format!("chmodder-{}", std::process::id());
+    let progs = programs_of(&places, Controller::Pids);
+    // Landlock does not cover chmod: the program leaves a sleeper in a session of its own,
+    // takes the modes of its cgroup's files and directory away (they are its user's), and
+    // tries the same on programs/.
+    let chmod = python(&format!(
+        "{OWN_CGROUP}
+import subprocess
+subprocess.Popen(['/bin/sh', '-c', 'sleep 60; :', sys.argv[2]], start_new_session=True,
+                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+for f in ('cgroup.procs', 'tasks'):
+    os.chmod(own + '/' + f, 0)
+os.chmod(own, 0)
+try:
+    os.chmod(progs, 0)
+    print('chmod', flush=True)
+except OSError as e:
+    print(errno.errorcode[e.errno], flush=True)
+"
+    ));
+    let nginx = Nginx::start(&server(&format!(
+        "location /chmod {{ transform_cgroup pids.max=16; transform_exec {chmod} {} {marker}; }}
+         location /ok {{ transform_cgroup pids.max=16; transform_exec /bin/echo fine; }}",
+        progs.display()
+    )));
+    let worker = nginx.worker_pid();
+    let (status, text) = body(&nginx, "/chmod");
+    if text.trim() == "chmod" {
+        // (The old hand-over: programs/ was the worker user's. Given back for other tests.)
+        let _ = Command::new("chmod").arg("0775").arg(&progs).status();
+    }
+    assert_eq!(
+        (status, text.trim()),
+        (200, "EPERM"),
+        "programs/ is root's: its mode cannot be taken"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || processes_with(&marker)
+            .is_empty()),
+        "the sleeper outlived its request: {:?}",
+        processes_with(&marker)
+    );
+    assert_no_program_cgroups(&places, worker);
+    // Later programs are placed as before.
+    assert_eq!(body(&nginx, "/ok"), (200, "fine\n".into()));
+    assert_no_program_cgroups(&places, worker);
+    nginx.stop();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Refusals: `nginx -t` fails with one line naming the directive and what is missing.
 
@@ -526,7 +664,7 @@ fn cgroup_v2_only_is_refused_where_v2_lacks_the_controllers() {
         return;
     }
     let (ok, out, conf) = nginx_test_config(
-        "transform_cgroup_version v2;
+        "transform_cgroup_version v2; transform_sandbox_paths / rw=/tmp;
          server { listen 127.0.0.1:1;
            location /a { transform_exec /bin/true; }
            location /b { transform_cgroup memory.max=64m; transform_exec /bin/true; }
@@ -550,7 +688,7 @@ fn cgroup_v2_only_is_refused_where_v2_lacks_the_controllers() {
     if places().is_ok() {
         for version in ["auto", "v1"] {
             let (ok, out, _) = nginx_test_config(&format!(
-                "transform_cgroup_version {version};
+                "transform_cgroup_version {version}; {SANDBOX}
                  server {{ listen 127.0.0.1:1;
                    location /b {{ transform_cgroup memory.max=64m; transform_exec /bin/true; }}
                  }}"
@@ -558,6 +696,170 @@ fn cgroup_v2_only_is_refused_where_v2_lacks_the_controllers() {
             assert!(ok, "{version}: {out}");
         }
     }
+}
+
+#[test]
+fn cgroup_needs_a_sandbox_that_keeps_the_cgroup_files_read_only() {
+    let need = "needs \"transform_sandbox_paths\" where its programs run: a program owns its \
+                cgroup's files and could lift its own limits: confine it with \
+                transform_sandbox_paths, which must not make the cgroup file system writable";
+    let one_line = |body: &str, needle: &str, want: &str| {
+        let (ok, out, conf) = nginx_test_config(body);
+        assert!(!ok, "nginx -t must fail:\n{body}\n{out}");
+        let lines = emerg_lines(&out);
+        assert_eq!(lines.len(), 1, "one line:\n{out}");
+        let at = format!(
+            "\"transform_cgroup\" in {}:{} ",
+            conf.display(),
+            line_of(&conf, needle)
+        );
+        assert!(
+            lines[0].contains(&at) && lines[0].contains(want),
+            "{at}{want}\n{}",
+            lines[0]
+        );
+    };
+    // Without transform_sandbox_paths: a location's program, a filter, a pool.
+    let bare = |body: &str| unsandboxed("what is refused is the absence of a sandbox", body);
+    one_line(
+        &bare(
+            "server { listen 127.0.0.1:1;
+               location /a { transform_exec /bin/true; }
+               location /b {
+                 transform_cgroup pids.max=10;
+                 transform_exec /bin/true;
+               }
+             }",
+        ),
+        "pids.max=10",
+        need,
+    );
+    one_line(
+        &bare(
+            "transform_cgroup memory.max=64m;
+             server { listen 127.0.0.1:1; location / { transform_filter /bin/cat; } }",
+        ),
+        "memory.max=64m",
+        need,
+    );
+    one_line(
+        &bare(
+            "transform_cgroup pids.max=7;
+             transform_pool p {HELPER} pool-serve;
+             server { listen 127.0.0.1:1; location / { transform_pass p; } }",
+        ),
+        "pids.max=7",
+        need,
+    );
+    // A sandbox of the http level where the location turns it off.
+    one_line(
+        "transform_sandbox_paths / rw=/tmp;
+         server { listen 127.0.0.1:1;
+           location / {
+             transform_sandbox_paths off; transform_cgroup cpu.max=50%; transform_exec /bin/true;
+           }
+         }",
+        "cpu.max=50%",
+        need,
+    );
+    // A sandbox that makes the cgroup file system writable: the mount, above, below.
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mount = files::mounts(&mountinfo)
+        .into_iter()
+        .map(|m| m.point)
+        .next();
+    let mut writable = vec![
+        "/".to_string(),
+        "/sys".to_string(),
+        "/sys/fs/cgroup".to_string(),
+    ];
+    if let Some(m) = mount {
+        writable.push(m.display().to_string());
+        writable.push(m.join("cgroup.procs").display().to_string());
+    }
+    for rw in writable {
+        if !Path::new(&rw).exists() {
+            continue;
+        }
+        one_line(
+            &format!(
+                "transform_sandbox_paths /usr rw=/tmp rw={rw};
+                 server {{ listen 127.0.0.1:1;
+                   location / {{ transform_cgroup pids.max=11; transform_exec /bin/true; }}
+                 }}"
+            ),
+            "pids.max=11",
+            &format!(
+                "cannot be confined by a \"transform_sandbox_paths\" with \"rw={rw}\": it \
+                 makes the cgroup file system "
+            ),
+        );
+    }
+    // Accepted (as far as the sandbox goes): confined programs, off, no program.
+    for body in [
+        "transform_sandbox_paths / rw=/tmp rw=/dev;
+         server { listen 127.0.0.1:1;
+           location / { transform_cgroup pids.max=12; transform_exec /bin/true; }
+         }",
+        "server { listen 127.0.0.1:1;
+           location / { transform_cgroup off; transform_exec /bin/true; }
+         }",
+        "transform_cgroup pids.max=13;
+         server { listen 127.0.0.1:1; location / { return 204; } }",
+    ] {
+        let (_, out, _) = nginx_test_config(body);
+        assert!(
+            emerg_lines(&out)
+                .iter()
+                .all(|l| !l.contains("transform_sandbox_paths")),
+            "{body}\n{out}"
+        );
+    }
+}
+
+#[test]
+fn without_landlock_the_cgroup_limits_are_said_to_be_unenforced() {
+    let prefix = temp_dir("cgroup-nolandlock");
+    let conf = prefix.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        config(
+            &prefix,
+            free_port(),
+            "",
+            "transform_sandbox_paths / rw=/tmp;
+             server { listen 127.0.0.1:{PORT};
+               location /a { transform_cgroup pids.max=10; transform_exec /bin/true; }
+               location /b { transform_cgroup pids.max=20; transform_exec /bin/true; }
+             }",
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_transform-seccomp-wrap"))
+        .args(["landlock_create_ruleset=ENOSYS", "--"])
+        .arg(nginx_binary())
+        .arg("-t")
+        .arg("-p")
+        .arg(&prefix)
+        .arg("-c")
+        .arg(&conf)
+        .output()
+        .expect("nginx -t under transform-seccomp-wrap");
+    let text = String::from_utf8_lossy(&out.stderr);
+    let want = format!(
+        "\"transform_cgroup\" in {}:{} is NOT enforced against the program itself: this kernel \
+         has no Landlock, so \"transform_sandbox_paths\" is not enforced and a program can \
+         write its own cgroup's limits",
+        conf.display(),
+        line_of(&conf, "pids.max=10")
+    );
+    let warned: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("[warn]") && l.contains("transform_cgroup"))
+        .collect();
+    assert_eq!(warned.len(), 1, "once per configuration:\n{text}");
+    assert!(warned[0].contains(&want), "{want}\n{}", warned[0]);
+    let _ = std::fs::remove_dir_all(&prefix);
 }
 
 #[test]
@@ -633,7 +935,8 @@ fn a_master_that_is_not_root_is_refused() {
             &prefix,
             free_port(),
             "",
-            "server { listen 127.0.0.1:{PORT};
+            "transform_sandbox_paths / rw=/tmp;
+             server { listen 127.0.0.1:{PORT};
                location / { transform_cgroup pids.max=10; transform_exec /bin/true; }
              }",
         ),
@@ -839,7 +1142,9 @@ fn v2_tree(t: &Path) -> files::Place {
     for dir in [
         "nginx-transform",
         "nginx-transform/nginx",
-        "nginx-transform/programs",
+        "nginx-transform/workers",
+        "nginx-transform/workers/w",
+        "nginx-transform/workers/programs",
     ] {
         cgroup_dir(
             &base.join(dir),
@@ -857,15 +1162,44 @@ fn v2_tree(t: &Path) -> files::Place {
     }
 }
 
+/// (uid, gid, permission bits) of a path.
+fn owner_mode(path: &Path) -> (u32, u32, u32) {
+    let m = std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    (m.uid(), m.gid(), m.mode() & 0o7777)
+}
+
 #[test]
 fn files_prepare_a_cgroup2_subtree() {
     let t = temp_dir("cgroup-v2-prepare");
     let place = v2_tree(&t);
+    let subtree = place.subtree();
+    assert_eq!(place.leaf(), subtree.join("nginx"));
+    assert_eq!(place.workers(), subtree.join("workers"));
+    assert_eq!(place.workers_leaf(), subtree.join("workers/w"));
+    assert_eq!(place.programs(), subtree.join("workers/programs"));
     files::check(&place).expect("root may write there");
+    // (As the kernel shows a new cgroup: made, here beforehand, and found by mkdir.)
+    std::fs::remove_dir_all(place.workers()).unwrap();
+    assert!(
+        files::prepare(&place, 4321).is_err(),
+        "a plain mkdir makes no cgroup files"
+    );
+    for dir in [place.workers(), place.workers_leaf(), place.programs()] {
+        assert!(dir.is_dir(), "made: {}", dir.display());
+        cgroup_dir(
+            &dir,
+            &[("cgroup.subtree_control", ""), ("cgroup.procs", "")],
+        );
+    }
     files::prepare(&place, 4321).expect("prepare");
     // The master moved into its leaf; the controllers enabled down to programs/.
     assert_eq!(read(&place.leaf().join("cgroup.procs")), "4321");
-    for dir in [place.base.clone(), place.subtree(), place.programs()] {
+    for dir in [
+        place.base.clone(),
+        subtree.clone(),
+        place.workers(),
+        place.programs(),
+    ] {
         assert_eq!(
             read(&dir.join("cgroup.subtree_control")),
             "+memory +pids",
@@ -873,10 +1207,13 @@ fn files_prepare_a_cgroup2_subtree() {
             dir.display()
         );
     }
+    for leaf in [place.leaf(), place.workers_leaf()] {
+        assert_eq!(read(&leaf.join("cgroup.subtree_control")), "", "a leaf");
+    }
     assert_eq!(
-        read(&place.leaf().join("cgroup.subtree_control")),
+        read(&place.workers_leaf().join("cgroup.procs")),
         "",
-        "a leaf"
+        "each worker joins its leaf itself"
     );
     // Already enabled: nothing is written again (a reload).
     std::fs::write(
@@ -889,23 +1226,68 @@ fn files_prepare_a_cgroup2_subtree() {
         read(&place.base.join("cgroup.subtree_control")),
         "cpu memory pids\n"
     );
-    // What the workers write is theirs.
-    files::hand_over(&place, 65534, Some(65534)).expect("chown");
-    for path in [place.programs(), place.subtree().join("cgroup.procs")] {
-        let m = std::fs::metadata(&path).unwrap();
-        assert_eq!((m.uid(), m.gid()), (65534, 65534), "{}", path.display());
-    }
-    assert_eq!(
-        std::fs::metadata(place.subtree()).unwrap().uid(),
-        0,
-        "the subtree stays root's"
-    );
-    assert_eq!(std::fs::metadata(place.leaf()).unwrap().uid(), 0);
     // A write the kernel refuses is the failure, naming the call and the file.
     std::fs::remove_file(place.programs().join("cgroup.subtree_control")).unwrap();
     let f = files::prepare(&place, 4321).unwrap_err();
     assert_eq!(f.call, "open()");
     assert_eq!(f.path, place.programs().join("cgroup.subtree_control"));
+    let _ = std::fs::remove_dir_all(t);
+}
+
+#[test]
+fn files_hand_over_keeps_the_master_out_of_the_worker_users_reach() {
+    let t = temp_dir("cgroup-v2-hand-over");
+    let place = v2_tree(&t);
+    let subtree = place.subtree();
+    // As an older version left it: the subtree's cgroup.procs and programs/ the worker user's,
+    // and a program that took programs/' mode.
+    std::os::unix::fs::chown(subtree.join("cgroup.procs"), Some(65534), Some(65534)).unwrap();
+    std::os::unix::fs::chown(place.programs(), Some(65534), Some(65534)).unwrap();
+    std::fs::set_permissions(place.programs(), PermissionsExt::from_mode(0o000)).unwrap();
+    files::hand_over(&place, 65533).expect("hand over");
+    // The worker user's group may make cgroups in programs/ and move processes between
+    // workers/w and them (their common ancestor is workers/), but owns nothing: no chmod.
+    assert_eq!(owner_mode(&place.programs()), (0, 65533, 0o775));
+    assert_eq!(
+        owner_mode(&place.workers().join("cgroup.procs")),
+        (0, 65533, 0o664)
+    );
+    // The master's leaf and the common ancestor with it stay root's alone: moving the master
+    // takes writing nginx-transform/cgroup.procs.
+    assert_eq!(owner_mode(&subtree.join("cgroup.procs")), (0, 0, 0o644));
+    for path in [
+        subtree.clone(),
+        place.leaf(),
+        place.leaf().join("cgroup.procs"),
+        place.workers(),
+        place.workers().join("cgroup.subtree_control"),
+        place.workers_leaf(),
+        place.workers_leaf().join("cgroup.procs"),
+        place.programs().join("cgroup.subtree_control"),
+    ] {
+        let (uid, gid, _) = owner_mode(&path);
+        assert_eq!((uid, gid), (0, 0), "{}", path.display());
+    }
+    // Each start and reload sets the modes again.
+    std::fs::set_permissions(place.programs(), PermissionsExt::from_mode(0o700)).unwrap();
+    files::hand_over(&place, 65533).expect("again");
+    assert_eq!(owner_mode(&place.programs()), (0, 65533, 0o775));
+
+    // The workers join workers/w through the master's descriptor.
+    let join = files::open_join(&place).expect("open");
+    files::join(&join).expect("write");
+    assert_eq!(read(&place.workers_leaf().join("cgroup.procs")), "0");
+    std::fs::remove_file(place.workers_leaf().join("cgroup.procs")).unwrap();
+    let f = files::open_join(&place).unwrap_err();
+    assert_eq!(
+        (f.call.as_str(), f.path),
+        ("open()", place.workers_leaf().join("cgroup.procs"))
+    );
+    // (The opener's credentials decide from Linux 5.16.)
+    assert!(files::release_at_least("5.16.0", (5, 16)));
+    assert!(files::release_at_least("6.1.0-18-amd64", (5, 16)));
+    assert!(!files::release_at_least("5.15.153-generic", (5, 16)));
+    assert!(!files::release_at_least("4.19", (5, 16)));
     let _ = std::fs::remove_dir_all(t);
 }
 
@@ -920,15 +1302,25 @@ fn files_prepare_a_cgroup1_subtree() {
         controllers: vec![Controller::Memory],
     };
     files::prepare(&place, 4321).expect("prepare");
+    assert_eq!(place.programs(), place.subtree().join("programs"));
     assert!(place.programs().is_dir());
     assert!(
-        !place.leaf().exists(),
-        "cgroup v1: the master stays where it is"
+        !place.leaf().exists() && !place.workers().exists(),
+        "cgroup v1: the master and the workers stay where they are"
     );
-    files::hand_over(&place, 65534, None).expect("chown");
-    let m = std::fs::metadata(place.programs()).unwrap();
-    assert_eq!((m.uid(), m.gid()), (65534, 0));
+    std::os::unix::fs::chown(place.programs(), Some(65534), Some(65534)).unwrap();
+    files::hand_over(&place, 65533).expect("hand over");
+    assert_eq!(owner_mode(&place.programs()), (0, 65533, 0o775));
+    assert_eq!(owner_mode(&place.subtree()).0, 0);
     let _ = std::fs::remove_dir_all(t);
+}
+
+/// The hierarchies and directories of a program's cgroups.
+fn dirs(made: &files::Made) -> Vec<(Version, PathBuf)> {
+    made.cgroups
+        .iter()
+        .map(|c| (c.version, c.dir.clone()))
+        .collect()
 }
 
 #[test]
@@ -954,6 +1346,7 @@ fn files_make_a_program_cgroup_with_its_limits() {
             ("pids.max", "max\n"),
             ("cpu.max", "max 100000\n"),
             ("cgroup.procs", ""),
+            ("cgroup.kill", ""),
         ],
     );
     cgroup_dir(
@@ -994,7 +1387,7 @@ fn files_make_a_program_cgroup_with_its_limits() {
     assert_eq!(made_v1.procs().len(), 2, "one cgroup.procs per hierarchy");
     assert_eq!(made_v1.memory, Some((Version::V1, d1.clone())));
     assert_eq!(
-        made_v1.dirs,
+        dirs(&made_v1),
         [(Version::V2, d2.clone()), (Version::V1, d1.clone())]
     );
     // What the child does with the descriptors: write "0".
@@ -1010,7 +1403,7 @@ fn files_make_a_program_cgroup_with_its_limits() {
         ..Values::default()
     };
     let made = files::make(&[v2_pids, v1.clone()], name, &only_pids).expect("make");
-    assert_eq!(made.dirs, [(Version::V2, d2.clone())]);
+    assert_eq!(dirs(&made), [(Version::V2, d2.clone())]);
     assert_eq!(made.memory, None);
     assert_eq!(read(&d2.join("pids.max")), "5");
 
@@ -1039,6 +1432,13 @@ fn files_read_the_oom_count() {
     )
     .unwrap();
     assert_eq!(files::oom_kills(Version::V2, &t), 1);
+    // Its own (Linux 5.7), not its descendants': preferred where it is there.
+    std::fs::write(
+        t.join("memory.events.local"),
+        "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\noom_group_kill 0\n",
+    )
+    .unwrap();
+    assert_eq!(files::oom_kills(Version::V2, &t), 0);
     std::fs::write(
         t.join("memory.oom_control"),
         "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n",
@@ -1061,23 +1461,24 @@ fn files_kill_remove_and_sweep() {
             ("cgroup.kill", ""),
         ],
     );
-    let dirs = [(Version::V2, v2.clone())];
-    assert_eq!(files::kill(&dirs, Some(2147483001)), 1);
+    let cgroups = [files::Cgroup::open(Version::V2, v2.clone()).expect("open")];
+    assert_eq!(files::kill(&cgroups, Some(2147483001)), 1);
     assert_eq!(read(&v2.join("cgroup.kill")), "1");
     // cgroup v1: each listed process gets SIGKILL.
     let mut sleeper = Command::new("/bin/sleep").arg("60").spawn().unwrap();
     let v1 = t.join("v1");
     cgroup_dir(&v1, &[("cgroup.procs", &format!("{}\n", sleeper.id()))]);
-    assert_eq!(files::kill(&[(Version::V1, v1.clone())], None), 1);
+    let by_path = [files::Cgroup::at(Version::V1, v1.clone())];
+    assert_eq!(files::kill(&by_path, None), 1);
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(sleeper.wait().unwrap().signal(), Some(libc::SIGKILL));
     // Removal: a cgroup with a process is busy (here: a directory with files); gone is fine.
-    assert!(!files::remove(&dirs));
+    assert!(!files::remove(&cgroups));
     let empty = t.join("empty");
     std::fs::create_dir(&empty).unwrap();
     assert!(files::remove(&[
-        (Version::V2, empty.clone()),
-        (Version::V2, t.join("gone"))
+        files::Cgroup::at(Version::V2, empty.clone()),
+        files::Cgroup::at(Version::V2, t.join("gone"))
     ]));
     assert!(!empty.exists());
 
@@ -1096,6 +1497,9 @@ fn files_kill_remove_and_sweep() {
     ] {
         std::fs::create_dir_all(place.programs().join(name)).unwrap();
     }
+    // (One whose program took its directory's mode: it is set back.)
+    let taken = place.programs().join("999999999-4");
+    std::fs::set_permissions(&taken, PermissionsExt::from_mode(0o000)).unwrap();
     let alive = |pid: i32| pid == me as i32;
     assert_eq!(files::sweep(std::slice::from_ref(&place), alive), 2);
     let mut left: Vec<String> = std::fs::read_dir(place.programs())
@@ -1105,5 +1509,66 @@ fn files_kill_remove_and_sweep() {
         .collect();
     left.sort();
     assert_eq!(left, [format!("{me}-1"), "junk".to_string()]);
+    let _ = std::fs::remove_dir_all(t);
+}
+
+/// A program owns its cgroup's files and may chmod them (Landlock does not cover chmod): its
+/// worker lists and kills it through descriptors opened when the cgroup was made, never by the
+/// paths again. (Root ignores modes, so the files are replaced here instead.)
+#[test]
+fn files_list_and_kill_through_the_descriptors_of_the_making() {
+    let t = temp_dir("cgroup-descriptors");
+    let mut v2 = v2_tree(&t);
+    v2.controllers = vec![Controller::Pids];
+    let v1 = files::Place {
+        version: Version::V1,
+        base: t.join("v1"),
+        controllers: vec![Controller::Memory],
+    };
+    let name = "778-1";
+    let d2 = v2.programs().join(name);
+    let d1 = v1.programs().join(name);
+    let mut sleeper = Command::new("/bin/sleep").arg("60").spawn().unwrap();
+    cgroup_dir(
+        &d2,
+        &[
+            ("pids.max", "max\n"),
+            ("cgroup.procs", "2147483002\n"),
+            ("cgroup.kill", ""),
+        ],
+    );
+    cgroup_dir(
+        &d1,
+        &[
+            ("memory.limit_in_bytes", ""),
+            ("cgroup.procs", &format!("{}\n", sleeper.id())),
+        ],
+    );
+    let values = Values {
+        memory_max: Some(1 << 20),
+        pids_max: Some(4),
+        cpu_max: None,
+    };
+    let made = files::make(&[v2, v1], name, &values).expect("make");
+    // The program replaces its files (as good as a chmod to 0 for a worker that is not root).
+    for (dir, file) in [
+        (&d2, "cgroup.procs"),
+        (&d2, "cgroup.kill"),
+        (&d1, "cgroup.procs"),
+    ] {
+        std::fs::rename(dir.join(file), dir.join(format!("{file}.taken"))).unwrap();
+        std::fs::write(dir.join(file), "").unwrap();
+    }
+    assert_eq!(made.cgroups[0].pids(), [2147483002]);
+    assert_eq!(
+        made.cgroups[1].pids(),
+        [sleeper.id() as i32],
+        "read again from the start"
+    );
+    assert_eq!(files::kill(&made.cgroups, None), 2);
+    assert_eq!(read(&d2.join("cgroup.kill.taken")), "1");
+    assert_eq!(read(&d2.join("cgroup.kill")), "", "not by the path");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(sleeper.wait().unwrap().signal(), Some(libc::SIGKILL));
     let _ = std::fs::remove_dir_all(t);
 }

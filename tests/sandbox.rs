@@ -861,10 +861,10 @@ fn pool_processes_use_the_http_level_sandbox() {
                location /loc/ {{ {location} transform_pass p; }} }}"
         )
     };
-    // The http level's sandbox: the pool's processes run in it, whatever a location says.
+    // The http level's sandbox: the pool's processes run in it, at every location.
     let nginx = Nginx::start(&pool_server(
         &format!("{} transform_sandbox_syscalls default;", tree.paths()),
-        "transform_sandbox_paths off; transform_sandbox_syscalls none;",
+        "",
     ));
     for at in ["/p/", "/loc/"] {
         assert_eq!(
@@ -879,10 +879,10 @@ fn pool_processes_use_the_http_level_sandbox() {
         assert_eq!(body(&nginx, &format!("{at}probe?socket-unix")), "ok unix");
     }
     nginx.stop();
-    // No sandbox at the http level: a location's does not reach the pool's processes.
+    // No sandbox at the http level: none for the pool's processes.
     let nginx = Nginx::start(&pool_server(
         "transform_sandbox_paths off; transform_sandbox_syscalls none;",
-        &format!("{} transform_sandbox_syscalls default;", tree.paths()),
+        "",
     ));
     for at in ["/p/", "/loc/"] {
         assert_eq!(
@@ -892,6 +892,13 @@ fn pool_processes_use_the_http_level_sandbox() {
         assert_eq!(body(&nginx, &format!("{at}probe?socket-inet")), "ok socket");
     }
     nginx.stop();
+    // A location that would confine them otherwise is refused (tests/config.rs has the lines):
+    // the pool's processes serve every location.
+    let (ok, out, _) = nginx_test_config(&pool_server(
+        "",
+        &format!("{} transform_sandbox_syscalls default;", tree.paths()),
+    ));
+    assert!(!ok && out.contains("runs its pool's processes"), "{out}");
 }
 
 #[test]

@@ -8,28 +8,44 @@
 //! The layout, in each hierarchy used, under the cgroup nginx started in (its *base*):
 //!
 //! ```text
-//! <base>/nginx-transform/            the module's subtree
-//! <base>/nginx-transform/nginx/      cgroup v2 only: the master and its workers (a leaf)
-//! <base>/nginx-transform/programs/   made by the master, owned by the worker user
-//! <base>/nginx-transform/programs/<worker pid>-<n>/   one program, made by its worker
+//! cgroup v2:
+//! <base>/nginx-transform/                     root's
+//! <base>/nginx-transform/nginx/               the master (a leaf), root's
+//! <base>/nginx-transform/workers/             root's; cgroup.procs writable by the workers' group
+//! <base>/nginx-transform/workers/w/           the workers (a leaf), root's
+//! <base>/nginx-transform/workers/programs/    root's, writable by the workers' group (0775)
+//! <base>/nginx-transform/workers/programs/<worker pid>-<n>/   one program, made by its worker
+//! cgroup v1:
+//! <base>/nginx-transform/programs/            root's, writable by the workers' group (0775)
+//! <base>/nginx-transform/programs/<worker pid>-<n>/           one program, made by its worker
 //! ```
 //!
-//! cgroup v2 keeps processes in leaves only and enables controllers top-down, so the master
-//! moves itself into `nginx/` and enables the controllers in the base, the subtree and
-//! `programs/`; a worker may move its child into `programs/<pid>-<n>` because it can write the
-//! `cgroup.procs` of the common ancestor (the subtree's, handed over to the worker user).
-//! cgroup v1 has neither rule: the master stays where it is.
+//! cgroup v2 keeps processes in leaves only and enables controllers top-down; a process may be
+//! moved by whoever may write the `cgroup.procs` of the destination and of the common ancestor
+//! of source and destination. So the master moves itself into `nginx/`, whose common ancestor
+//! with anything the worker user can write is `nginx-transform/` (root's): no process of the
+//! worker user can move the master into a cgroup it could freeze or kill. Each worker joins
+//! `workers/w` through a `cgroup.procs` descriptor the master opened as root (since Linux 5.16
+//! a migration is checked with the opener's credentials); a worker moves its child from
+//! `workers/w` into `programs/<pid>-<n>` through `workers/cgroup.procs`, which its group may
+//! write. The directories the worker user writes in are root's: it cannot chmod them away.
+//! cgroup v1 has none of these rules: the master and its workers stay where they are.
 
-use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
+use std::fs::{self, File, OpenOptions, Permissions};
+use std::io::{self, Read, Seek, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 /// The module's subtree, under nginx's own cgroup.
 pub const SUBTREE: &str = "nginx-transform";
-/// cgroup v2: the leaf of the master and its workers.
+/// cgroup v2: the leaf of the master.
 pub const MASTER: &str = "nginx";
-/// Where the programs' cgroups are.
+/// cgroup v2: the workers' part of the subtree, and their leaf in it.
+pub const WORKERS: &str = "workers";
+pub const WORKERS_LEAF: &str = "w";
+/// Where the programs' cgroups are (cgroup v2: in `workers/`).
 pub const PROGRAMS: &str = "programs";
 /// The CPU period of `cpu.max` (cgroup v2) and `cpu.cfs_period_us` (v1): 100 ms.
 pub const PERIOD_US: u64 = 100_000;
@@ -246,12 +262,25 @@ impl Place {
     }
 
     pub fn programs(&self) -> PathBuf {
-        self.subtree().join(PROGRAMS)
+        match self.version {
+            Version::V2 => self.workers().join(PROGRAMS),
+            Version::V1 => self.subtree().join(PROGRAMS),
+        }
     }
 
     /// cgroup v2: the master's leaf.
     pub fn leaf(&self) -> PathBuf {
         self.subtree().join(MASTER)
+    }
+
+    /// cgroup v2: the workers' part of the subtree.
+    pub fn workers(&self) -> PathBuf {
+        self.subtree().join(WORKERS)
+    }
+
+    /// cgroup v2: the workers' leaf.
+    pub fn workers_leaf(&self) -> PathBuf {
+        self.workers().join(WORKERS_LEAF)
     }
 }
 
@@ -372,22 +401,49 @@ fn write_if_there(path: &Path, value: &str) -> Result<(), Failure> {
     }
 }
 
-/// At start-up (the master, as root): the subtree and its `programs/`; cgroup v2: the master
-/// moves into the leaf `nginx/` (`pid`; its workers are forked there), then the controllers are
-/// enabled in the base, the subtree and `programs/`.
+/// At start-up (the master, as root): the subtree and its `programs/`; cgroup v2: also the
+/// leaves `nginx/` and `workers/w`, the master moves into `nginx/` (`pid`), then the controllers
+/// are enabled in the base, the subtree, `workers/` and `programs/`.
 pub fn prepare(place: &Place, pid: u32) -> Result<(), Failure> {
     let subtree = place.subtree();
     mkdir(&subtree)?;
-    mkdir(&place.programs())?;
     if place.version == Version::V1 {
-        return Ok(());
+        return mkdir(&place.programs());
     }
-    mkdir(&place.leaf())?;
+    for dir in [
+        place.leaf(),
+        place.workers(),
+        place.workers_leaf(),
+        place.programs(),
+    ] {
+        mkdir(&dir)?;
+    }
     write(&place.leaf().join("cgroup.procs"), &pid.to_string())?;
-    for dir in [place.base.clone(), subtree, place.programs()] {
+    for dir in [
+        place.base.clone(),
+        subtree,
+        place.workers(),
+        place.programs(),
+    ] {
         enable(&dir, &place.controllers)?;
     }
     Ok(())
+}
+
+/// cgroup v2, at start-up (the master, as root): the workers' leaf's `cgroup.procs`, open for
+/// writing (close-on-exec) for the workers to join it with [`join`]: the move is checked with
+/// the credentials of the opener (Linux 5.16), so it needs no right of the worker user.
+pub fn open_join(place: &Place) -> Result<File, Failure> {
+    let path = place.workers_leaf().join("cgroup.procs");
+    OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .map_err(|e| failure("open()", &path, e))
+}
+
+/// A worker joins the workers' leaf through the descriptor of [`open_join`].
+pub fn join(mut procs: &File) -> io::Result<()> {
+    procs.write_all(b"0")
 }
 
 /// Enables `controllers` in `dir`'s `cgroup.subtree_control` (those not enabled yet).
@@ -423,26 +479,108 @@ pub fn check(place: &Place) -> Result<(), Failure> {
     Ok(())
 }
 
-/// At start-up, once the worker user is known: what the workers write becomes theirs: the
-/// `programs/` directory (they make and remove their programs' cgroups there) and, cgroup v2,
-/// the subtree's `cgroup.procs` (a process may move between two cgroups only by a writer of
-/// their common ancestor's).
-pub fn hand_over(place: &Place, uid: u32, gid: Option<u32>) -> Result<(), Failure> {
-    let mut paths = vec![place.programs()];
+/// At start-up, once the worker user is known (the master is root): what the workers write is
+/// writable by their group `gid` but stays root's, so that no process of the worker user (a
+/// worker, a program, another daemon of that user) can chmod it away: the `programs/`
+/// directory (they make and remove their programs' cgroups there; 0775) and, cgroup v2,
+/// `workers/cgroup.procs` (0664: the common ancestor of `workers/w` and a program's cgroup).
+/// The modes are set again at each start and reload; the subtree's own `cgroup.procs` (the
+/// common ancestor with the master) is root's alone (0644), as an older version left it too.
+pub fn hand_over(place: &Place, gid: u32) -> Result<(), Failure> {
+    let mut paths = vec![(place.programs(), 0o775, gid)];
     if place.version == Version::V2 {
-        paths.push(place.subtree().join("cgroup.procs"));
+        paths.push((place.subtree().join("cgroup.procs"), 0o644, 0));
+        paths.push((place.workers().join("cgroup.procs"), 0o664, gid));
     }
-    for path in paths {
-        std::os::unix::fs::chown(&path, Some(uid), gid)
-            .map_err(|e| failure(format!("chown({uid})"), &path, e))?;
+    for (path, mode, group) in paths {
+        std::os::unix::fs::chown(&path, Some(0), Some(group))
+            .map_err(|e| failure(format!("chown(0, {group})"), &path, e))?;
+        fs::set_permissions(&path, Permissions::from_mode(mode))
+            .map_err(|e| failure(format!("chmod({mode:o})"), &path, e))?;
     }
     Ok(())
+}
+
+/// One program's cgroup in one hierarchy, with the descriptors its worker lists and kills it
+/// through: opened when it was made, so they work whatever the program does to the files it
+/// owns (a chmod of its `cgroup.procs`, `cgroup.kill` or directory to 0).
+#[derive(Debug)]
+pub struct Cgroup {
+    pub version: Version,
+    pub dir: PathBuf,
+    /// `cgroup.procs`, open for reading (None: read by its path).
+    procs: Option<File>,
+    /// cgroup v2: `cgroup.kill` (Linux 5.14), open for writing.
+    kill: Option<File>,
+}
+
+impl Cgroup {
+    /// A cgroup known by its path only (a dead worker's: the files are the worker user's, so
+    /// their modes are set back first).
+    pub fn at(version: Version, dir: PathBuf) -> Cgroup {
+        Cgroup {
+            version,
+            dir,
+            procs: None,
+            kill: None,
+        }
+    }
+
+    /// Opens the descriptors of a cgroup just made.
+    pub fn open(version: Version, dir: PathBuf) -> Result<Cgroup, Failure> {
+        let path = dir.join("cgroup.procs");
+        let procs = File::open(&path).map_err(|e| failure("open()", &path, e))?;
+        let kill = match version {
+            Version::V2 => match OpenOptions::new().write(true).open(dir.join("cgroup.kill")) {
+                Ok(f) => Some(f),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                Err(e) => return Err(failure("open()", &dir.join("cgroup.kill"), e)),
+            },
+            Version::V1 => None,
+        };
+        Ok(Cgroup {
+            version,
+            dir,
+            procs: Some(procs),
+            kill,
+        })
+    }
+
+    /// The processes in it (nothing if it cannot be read).
+    pub fn pids(&self) -> Vec<i32> {
+        let mut text = String::new();
+        let read = match self.procs.as_ref() {
+            Some(mut f) => f
+                .rewind()
+                .and_then(|()| f.read_to_string(&mut text))
+                .is_ok(),
+            None => File::open(self.dir.join("cgroup.procs"))
+                .and_then(|mut f| f.read_to_string(&mut text))
+                .is_ok(),
+        };
+        if !read {
+            return Vec::new();
+        }
+        text.lines().filter_map(|l| l.trim().parse().ok()).collect()
+    }
+
+    /// `cgroup.kill`: whether it was written.
+    fn kill_all(&self) -> bool {
+        if self.version != Version::V2 {
+            return false;
+        }
+        match self.kill.as_ref() {
+            Some(mut f) => f.write_all(b"1").is_ok(),
+            None => write(&self.dir.join("cgroup.kill"), "1").is_ok(),
+        }
+    }
 }
 
 /// A program's cgroups, one per place used.
 #[derive(Debug)]
 pub struct Made {
-    pub dirs: Vec<(Version, PathBuf)>,
+    /// Shared with the list of cgroups not removed yet (the removal may be retried later).
+    pub cgroups: Rc<[Cgroup]>,
     /// Their `cgroup.procs`, open for the child to write "0" to (close-on-exec).
     procs: Vec<OwnedFd>,
     raw: Vec<RawFd>,
@@ -464,15 +602,14 @@ impl Made {
 }
 
 /// Makes the cgroup `name` of a program in the places that hold a controller `values` limits,
-/// writes the limits there and opens each `cgroup.procs`. On failure nothing is left.
+/// writes the limits there, opens each `cgroup.procs` for the child to join and keeps the
+/// descriptors the worker lists and kills it through. On failure nothing is left.
 pub fn make(places: &[Place], name: &str, values: &Values) -> Result<Made, Failure> {
     let wanted = values.controllers();
-    let mut made = Made {
-        dirs: Vec::new(),
-        procs: Vec::new(),
-        raw: Vec::new(),
-        memory: None,
-    };
+    let mut cgroups: Vec<Cgroup> = Vec::new();
+    let mut procs = Vec::new();
+    let mut raw = Vec::new();
+    let mut memory = None;
     for place in places {
         let here: Vec<Controller> = place
             .controllers
@@ -485,31 +622,45 @@ pub fn make(places: &[Place], name: &str, values: &Values) -> Result<Made, Failu
         }
         let dir = place.programs().join(name);
         let step = mkdir(&dir)
-            .map(|()| made.dirs.push((place.version, dir.clone())))
+            .and_then(|()| match Cgroup::open(place.version, dir.clone()) {
+                Ok(c) => {
+                    cgroups.push(c);
+                    Ok(())
+                }
+                Err(f) => {
+                    cgroups.push(Cgroup::at(place.version, dir.clone()));
+                    Err(f)
+                }
+            })
             .and_then(|()| write_limits(place.version, &dir, &here, values))
             .and_then(|()| {
-                let procs = dir.join("cgroup.procs");
+                let path = dir.join("cgroup.procs");
                 OpenOptions::new()
                     .write(true)
-                    .open(&procs)
-                    .map_err(|e| failure("open()", &procs, e))
+                    .open(&path)
+                    .map_err(|e| failure("open()", &path, e))
             });
         match step {
             Ok(file) => {
                 let fd = OwnedFd::from(file);
-                made.raw.push(fd.as_raw_fd());
-                made.procs.push(fd);
+                raw.push(fd.as_raw_fd());
+                procs.push(fd);
                 if here.contains(&Controller::Memory) {
-                    made.memory = Some((place.version, dir));
+                    memory = Some((place.version, dir));
                 }
             }
             Err(f) => {
-                remove(&made.dirs);
+                remove(&cgroups);
                 return Err(f);
             }
         }
     }
-    Ok(made)
+    Ok(Made {
+        cgroups: cgroups.into(),
+        procs,
+        raw,
+        memory,
+    })
 }
 
 /// The limit files of `controllers` in a program's cgroup.
@@ -555,34 +706,35 @@ fn write_limits(
     Ok(())
 }
 
+/// Whether a kernel release ("6.1.0-18-amd64") is `at_least` (major, minor).
+pub fn release_at_least(release: &str, at_least: (u32, u32)) -> bool {
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= at_least
+}
+
 /// The CPU time per period for `percent` of one CPU.
 pub fn quota_us(percent: u32) -> u64 {
     u64::from(percent) * PERIOD_US / 100
 }
 
-/// The processes in a cgroup (`cgroup.procs`; nothing if it cannot be read).
-pub fn pids(dir: &Path) -> Vec<i32> {
-    fs::read_to_string(dir.join("cgroup.procs"))
-        .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())
-        .unwrap_or_default()
-}
-
 /// SIGKILL to every process of the cgroups: `cgroup.kill` (cgroup v2, Linux 5.14) where it is
 /// there, else each process listed, again until none is left. Returns how many processes
 /// besides `except` were in them.
-pub fn kill(dirs: &[(Version, PathBuf)], except: Option<i32>) -> usize {
+pub fn kill(cgroups: &[Cgroup], except: Option<i32>) -> usize {
     let mut seen: Vec<i32> = Vec::new();
-    for (version, dir) in dirs {
-        for p in pids(dir) {
+    for cgroup in cgroups {
+        for p in cgroup.pids() {
             if Some(p) != except && !seen.contains(&p) {
                 seen.push(p);
             }
         }
-        if *version == Version::V2 && write(&dir.join("cgroup.kill"), "1").is_ok() {
+        if cgroup.kill_all() {
             continue;
         }
         for _ in 0..KILL_ROUNDS {
-            let listed = pids(dir);
+            let listed = cgroup.pids();
             if listed.is_empty() {
                 break;
             }
@@ -597,10 +749,10 @@ pub fn kill(dirs: &[(Version, PathBuf)], except: Option<i32>) -> usize {
 }
 
 /// Removes the cgroups; false if one is still busy (its killed processes are not gone yet).
-pub fn remove(dirs: &[(Version, PathBuf)]) -> bool {
+pub fn remove(cgroups: &[Cgroup]) -> bool {
     let mut gone = true;
-    for (_, dir) in dirs {
-        match fs::remove_dir(dir) {
+    for cgroup in cgroups {
+        match fs::remove_dir(&cgroup.dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(_) => gone = false,
@@ -610,14 +762,17 @@ pub fn remove(dirs: &[(Version, PathBuf)]) -> bool {
 }
 
 /// How many processes the memory limit killed in a program's cgroup: `oom_kill` in
-/// `memory.events` (cgroup v2) or `memory.oom_control` (v1).
+/// `memory.events.local` (cgroup v2, Linux 5.7: this cgroup's own, not its descendants'; a
+/// program's cgroup has none unless it makes them), else `memory.events`, or v1's
+/// `memory.oom_control`. The victims may be any process of the cgroup, not only the program.
 pub fn oom_kills(version: Version, dir: &Path) -> u64 {
-    let file = match version {
-        Version::V2 => "memory.events",
-        Version::V1 => "memory.oom_control",
+    let files: &[&str] = match version {
+        Version::V2 => &["memory.events.local", "memory.events"],
+        Version::V1 => &["memory.oom_control"],
     };
-    fs::read_to_string(dir.join(file))
-        .ok()
+    files
+        .iter()
+        .find_map(|file| fs::read_to_string(dir.join(file)).ok())
         .and_then(|s| {
             s.lines()
                 .find_map(|l| l.strip_prefix("oom_kill "))
@@ -646,9 +801,15 @@ pub fn sweep(places: &[Place], alive: impl Fn(i32) -> bool) -> usize {
             if alive(pid) || !entry.path().is_dir() {
                 continue;
             }
-            let dirs = [(place.version, entry.path())];
-            kill(&dirs, None);
-            if remove(&dirs) {
+            // (Its program may have taken the modes away; the files are the worker user's.)
+            let dir = entry.path();
+            let _ = fs::set_permissions(&dir, Permissions::from_mode(0o755));
+            for (file, mode) in [("cgroup.procs", 0o644), ("cgroup.kill", 0o200)] {
+                let _ = fs::set_permissions(dir.join(file), Permissions::from_mode(mode));
+            }
+            let cgroups = [Cgroup::at(place.version, dir)];
+            kill(&cgroups, None);
+            if remove(&cgroups) {
                 removed += 1;
             }
         }
