@@ -369,13 +369,11 @@ pub fn configure(cf: &ngx_conf_t) -> bool {
     true
 }
 
-/// What the workers write becomes writable by their group (`user`: the worker user, if known).
+/// The subtree's modes; what the workers write becomes writable by their group (`user`: the
+/// worker user, if known).
 fn hand_over(place: &Place, user: Option<(u32, Option<u32>)>) -> Result<(), Failure> {
-    match user {
-        // (nginx sets the group with the user; without one, nothing is the workers'.)
-        Some((_, gid)) => files::hand_over(place, gid.unwrap_or(0)),
-        None => Ok(()),
-    }
+    // (nginx sets the group with the user; without one, nothing is the workers'.)
+    files::hand_over(place, user.map(|(_, gid)| gid.unwrap_or(0)))
 }
 
 /// Why controller `c` has no place, for the `[emerg]` line.

@@ -632,6 +632,302 @@ except OSError as e:
 }
 
 // ---------------------------------------------------------------------------------------------
+// nginx as a daemon (umask 0, as ngx_daemon sets it), in a cgroup of the test's own, so that
+// its subtree is its own too: made, reloaded and checked by one test alone.
+
+static PRIVATE_SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A cgroup of this test (`transform-test-<pid>-<n>`) under the base of the hierarchy that
+/// holds the pids controller; nginx started in it makes its subtree there.
+struct Private {
+    place: files::Place,
+}
+
+impl Private {
+    fn new(places: &[files::Place]) -> Private {
+        let pids = places
+            .iter()
+            .find(|p| p.controllers.contains(&Controller::Pids))
+            .expect("a place for pids");
+        let n = PRIVATE_SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let base = pids
+            .base
+            .join(format!("transform-test-{}-{n}", std::process::id()));
+        std::fs::create_dir(&base).unwrap_or_else(|e| panic!("{}: {e}", base.display()));
+        Private {
+            place: files::Place {
+                version: pids.version,
+                base,
+                controllers: vec![Controller::Pids],
+            },
+        }
+    }
+
+    /// The place nginx uses when started in this cgroup.
+    fn place(&self) -> &files::Place {
+        &self.place
+    }
+}
+
+impl Drop for Private {
+    /// Removes it and every cgroup made in it, the deepest first (nginx has stopped).
+    fn drop(&mut self) {
+        fn remove(dir: &Path) {
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                for e in entries.flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        remove(&e.path());
+                    }
+                }
+            }
+            if let Err(e) = std::fs::remove_dir(dir) {
+                eprintln!("cannot remove {}: {e}", dir.display());
+            }
+        }
+        remove(&self.place.base);
+    }
+}
+
+/// nginx started as a daemon (`daemon on`) in a [`Private`] cgroup; stopped when dropped.
+struct Daemon {
+    prefix: PathBuf,
+    port: u16,
+    master: u32,
+}
+
+impl Drop for Daemon {
+    /// A test that failed: the fast shutdown (the prefix stays, for its logs).
+    fn drop(&mut self) {
+        if self.master != 0 && self.running() {
+            // SAFETY: signalling the master this test started.
+            unsafe { libc::kill(self.master as i32, libc::SIGTERM) };
+            wait_until(Duration::from_secs(10), || !self.running());
+        }
+    }
+}
+
+impl Daemon {
+    fn start(http_body: &str, private: &Private) -> Daemon {
+        let prefix = temp_dir("cgroup-daemon");
+        let port = free_port();
+        let daemon = Daemon {
+            prefix,
+            port,
+            master: 0,
+        };
+        std::fs::write(daemon.conf(), daemon.config(http_body)).unwrap();
+        let procs = std::ffi::CString::new(
+            private
+                .place()
+                .base
+                .join("cgroup.procs")
+                .as_os_str()
+                .as_encoded_bytes(),
+        )
+        .unwrap();
+        let mut cmd = Command::new(nginx_binary());
+        cmd.arg("-p")
+            .arg(&daemon.prefix)
+            .arg("-c")
+            .arg(daemon.conf());
+        // SAFETY: the closure only makes async-signal-safe calls (open, write, close).
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(fd);
+                Ok(())
+            })
+        };
+        let out = cmd.output().expect("nginx");
+        assert!(
+            out.status.success(),
+            "nginx did not start: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            daemon.error_log()
+        );
+        let pid_file = daemon.prefix.join("nginx.pid");
+        assert!(
+            wait_until(Duration::from_secs(10), || std::fs::read_to_string(
+                &pid_file
+            )
+            .is_ok_and(|p| p.ends_with('\n'))),
+            "no pid file"
+        );
+        let master = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let daemon = Daemon {
+            master,
+            prefix: daemon.prefix.clone(),
+            port,
+        };
+        assert!(
+            wait_until(Duration::from_secs(10), || daemon.workers().len() == 1
+                && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()),
+            "no worker:\n{}",
+            daemon.error_log()
+        );
+        daemon
+    }
+
+    fn conf(&self) -> PathBuf {
+        self.prefix.join("nginx.conf")
+    }
+
+    fn config(&self, http_body: &str) -> String {
+        config(&self.prefix, self.port, "", http_body).replacen("daemon off;", "daemon on;", 1)
+    }
+
+    /// The workers that run as their user (a new one is root until it switched).
+    fn workers(&self) -> Vec<u32> {
+        children_of(self.master)
+            .into_iter()
+            .filter(|&p| ids_of(p).0 != 0)
+            .collect()
+    }
+
+    fn worker(&self) -> u32 {
+        let w = self.workers();
+        assert_eq!(w.len(), 1, "one worker: {w:?}");
+        w[0]
+    }
+
+    fn error_log(&self) -> String {
+        std::fs::read(self.prefix.join("logs/error.log"))
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Reloads with `conf` (a whole file) and waits until the reload is done: `done` is in the
+    /// error log (the line of its success or its failure).
+    fn reload(&self, conf: &str, done: &str) {
+        let before = self.error_log().matches(done).count();
+        std::fs::write(self.conf(), conf).unwrap();
+        // SAFETY: signalling the master this test started.
+        unsafe { libc::kill(self.master as i32, libc::SIGHUP) };
+        assert!(
+            wait_until(Duration::from_secs(10), || self
+                .error_log()
+                .matches(done)
+                .count()
+                > before),
+            "no \"{done}\" after the reload:\n{}",
+            self.error_log()
+        );
+    }
+
+    /// Whether the master runs (a zombie does not: it is not this test's child).
+    fn running(&self) -> bool {
+        matches!(proc_state(self.master), Some(s) if s != 'Z')
+    }
+
+    /// Stops nginx (graceful quit) and waits for the master to be gone; fails on `[alert]`,
+    /// `[crit]` and `[emerg]` lines not containing one of `allowed`.
+    fn stop(self, allowed: &[&str]) -> String {
+        // SAFETY: signalling the master this test started.
+        unsafe { libc::kill(self.master as i32, libc::SIGQUIT) };
+        assert!(
+            wait_until(Duration::from_secs(10), || !self.running()),
+            "nginx did not stop"
+        );
+        let log = self.error_log();
+        let bad: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("[alert]") || l.contains("[crit]") || l.contains("[emerg]"))
+            .filter(|l| !allowed.iter().any(|a| l.contains(a)))
+            .collect();
+        assert!(bad.is_empty(), "unexpected alerts:\n{}", bad.join("\n"));
+        let _ = std::fs::remove_dir_all(&self.prefix);
+        log
+    }
+}
+
+/// The cgroup of the first program of `worker` in `place`, once it is there.
+fn first_program(place: &files::Place, worker: u32) -> PathBuf {
+    let dir = place.programs().join(format!("{worker}-1"));
+    assert!(
+        wait_until(Duration::from_secs(5), || dir.is_dir()),
+        "no {}",
+        dir.display()
+    );
+    dir
+}
+
+/// Whether a user of its own (uid and gid 12345, no groups) may make directory `dir`.
+fn stranger_mkdir(dir: &Path) -> bool {
+    let ok = Command::new("setpriv")
+        .args(["--reuid=12345", "--regid=12345", "--clear-groups", "--"])
+        .arg("mkdir")
+        .arg(dir)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("setpriv")
+        .success();
+    if ok {
+        let _ = std::fs::remove_dir(dir);
+    }
+    ok
+}
+
+#[test]
+fn a_daemons_cgroups_are_not_writable_by_other_users() {
+    let Some(places) = usable("a_daemons_cgroups_are_not_writable_by_other_users") else {
+        return;
+    };
+    let private = Private::new(&places);
+    let place = private.place();
+    // Started without transform_cgroup: the subtree is made by the reload that turns it on,
+    // under the daemon's umask 0, as each program's cgroup by its worker.
+    let nginx = Daemon::start(&server("location / { return 204; }"), &private);
+    let old = nginx.worker();
+    let notice = format!(
+        "transform_cgroup: pids (cgroup v1) in {}",
+        place.programs().display()
+    );
+    nginx.reload(
+        &nginx.config(&server(
+            "location /hold { transform_cgroup pids.max=16; transform_exec /bin/sleep 2; }",
+        )),
+        &notice,
+    );
+    // (The new worker, once the old one is gone.)
+    assert!(wait_until(Duration::from_secs(10), || {
+        let w = nginx.workers();
+        w.len() == 1 && w[0] != old
+    }));
+    let worker = nginx.worker();
+    let client = std::thread::spawn({
+        let port = nginx.port;
+        move || Client::connect(port).get("/hold").status
+    });
+    let program = first_program(place, worker);
+    assert_eq!(owner_mode(&place.subtree()), (0, 0, 0o755));
+    assert_eq!(owner_mode(&place.programs()).2, files::PROGRAMS_MODE);
+    let (uid, _, mode) = owner_mode(&program);
+    assert_eq!((uid, mode), (ids_of(worker).0, 0o755), "the worker's, 0755");
+    // Another user can make no cgroup anywhere in the subtree.
+    for dir in [
+        place.subtree().join("squat"),
+        place.programs().join("squat"),
+        program.join("squat"),
+    ] {
+        assert!(!stranger_mkdir(&dir), "{} was made", dir.display());
+    }
+    assert_eq!(client.join().expect("client"), 200);
+    assert!(
+        wait_until(Duration::from_secs(5), || !program.exists()),
+        "left: {}",
+        program.display()
+    );
+    nginx.stop(&[]);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Refusals: `nginx -t` fails with one line naming the directive and what is missing.
 
 /// The `[emerg]` lines of an `nginx -t` output.
@@ -1244,7 +1540,24 @@ fn files_hand_over_keeps_the_master_out_of_the_worker_users_reach() {
     std::os::unix::fs::chown(subtree.join("cgroup.procs"), Some(65534), Some(65534)).unwrap();
     std::os::unix::fs::chown(place.programs(), Some(65534), Some(65534)).unwrap();
     std::fs::set_permissions(place.programs(), PermissionsExt::from_mode(0o000)).unwrap();
-    files::hand_over(&place, 65533).expect("hand over");
+    // And directories made under the umask 0 of a daemon: writable by anyone.
+    for dir in [
+        &subtree,
+        &place.leaf(),
+        &place.workers(),
+        &place.workers_leaf(),
+    ] {
+        std::fs::set_permissions(dir, PermissionsExt::from_mode(0o777)).unwrap();
+    }
+    files::hand_over(&place, Some(65533)).expect("hand over");
+    for dir in [
+        &subtree,
+        &place.leaf(),
+        &place.workers(),
+        &place.workers_leaf(),
+    ] {
+        assert_eq!(owner_mode(dir), (0, 0, 0o755), "{}", dir.display());
+    }
     // The worker user's group may make cgroups in programs/ and move processes between
     // workers/w and them (their common ancestor is workers/), but owns nothing: no chmod.
     assert_eq!(owner_mode(&place.programs()), (0, 65533, 0o775));
@@ -1270,8 +1583,16 @@ fn files_hand_over_keeps_the_master_out_of_the_worker_users_reach() {
     }
     // Each start and reload sets the modes again.
     std::fs::set_permissions(place.programs(), PermissionsExt::from_mode(0o700)).unwrap();
-    files::hand_over(&place, 65533).expect("again");
+    files::hand_over(&place, Some(65533)).expect("again");
     assert_eq!(owner_mode(&place.programs()), (0, 65533, 0o775));
+    // A master that is not root has no worker user: nothing is chowned, and nothing is
+    // writable by a group.
+    files::hand_over(&place, None).expect("no worker user");
+    assert_eq!(owner_mode(&place.programs()), (0, 65533, 0o755));
+    assert_eq!(
+        owner_mode(&place.workers().join("cgroup.procs")),
+        (0, 65533, 0o644)
+    );
 
     // The workers join workers/w through the master's descriptor.
     let join = files::open_join(&place).expect("open");
@@ -1309,7 +1630,7 @@ fn files_prepare_a_cgroup1_subtree() {
         "cgroup v1: the master and the workers stay where they are"
     );
     std::os::unix::fs::chown(place.programs(), Some(65534), Some(65534)).unwrap();
-    files::hand_over(&place, 65533).expect("hand over");
+    files::hand_over(&place, Some(65533)).expect("hand over");
     assert_eq!(owner_mode(&place.programs()), (0, 65533, 0o775));
     assert_eq!(owner_mode(&place.subtree()).0, 0);
     let _ = std::fs::remove_dir_all(t);
@@ -1321,6 +1642,29 @@ fn dirs(made: &files::Made) -> Vec<(Version, PathBuf)> {
         .iter()
         .map(|c| (c.version, c.dir.clone()))
         .collect()
+}
+
+/// A mkdir as the kernel's in a cgroup file system, for [`files::make_with`]: the directory
+/// (with the module's mode), then the interface files the kernel would show in it (`kernel`:
+/// per directory name's parent, the files and their contents).
+fn kernel_mkdir<'a>(
+    kernel: &'a [(&'a Path, &'a [(&'a str, &'a str)])],
+) -> impl Fn(&Path) -> std::io::Result<()> + 'a {
+    move |dir: &Path| {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(files::DIR_MODE)
+            .create(dir)?;
+        if let Some((_, made)) = kernel
+            .iter()
+            .find(|(parent, _)| dir.parent() == Some(parent))
+        {
+            for (name, contents) in made.iter() {
+                std::fs::write(dir.join(name), contents)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 #[test]
@@ -1336,29 +1680,25 @@ fn files_make_a_program_cgroup_with_its_limits() {
         base: t.join("v1"),
         controllers: vec![Controller::Memory, Controller::Cpu],
     };
-    // As the kernel makes them on mkdir (here made beforehand: mkdir finds them).
-    let name = "777-1";
-    cgroup_dir(
-        &v2.programs().join(name),
-        &[
-            ("memory.max", "max\n"),
-            ("memory.swap.max", "max\n"),
-            ("pids.max", "max\n"),
-            ("cpu.max", "max 100000\n"),
-            ("cgroup.procs", ""),
-            ("cgroup.kill", ""),
-        ],
-    );
-    cgroup_dir(
-        &v1.programs().join(name),
-        &[
-            ("memory.limit_in_bytes", ""),
-            ("memory.memsw.limit_in_bytes", ""),
-            ("cpu.cfs_period_us", ""),
-            ("cpu.cfs_quota_us", ""),
-            ("cgroup.procs", ""),
-        ],
-    );
+    std::fs::create_dir_all(v1.programs()).unwrap();
+    let v2_files: &[(&str, &str)] = &[
+        ("memory.max", "max\n"),
+        ("memory.swap.max", "max\n"),
+        ("pids.max", "max\n"),
+        ("cpu.max", "max 100000\n"),
+        ("cgroup.procs", ""),
+        ("cgroup.kill", ""),
+    ];
+    let v1_files: &[(&str, &str)] = &[
+        ("memory.limit_in_bytes", ""),
+        ("memory.memsw.limit_in_bytes", ""),
+        ("cpu.cfs_period_us", ""),
+        ("cpu.cfs_quota_us", ""),
+        ("cgroup.procs", ""),
+    ];
+    let (p2, p1) = (v2.programs(), v1.programs());
+    let kernel = [(p2.as_path(), v2_files), (p1.as_path(), v1_files)];
+    let mkdir = kernel_mkdir(&kernel);
     let values = Values {
         memory_max: Some(64 << 20),
         pids_max: Some(16),
@@ -1370,14 +1710,16 @@ fn files_make_a_program_cgroup_with_its_limits() {
         ..v2.clone()
     };
     let places = [v2.clone(), v1.clone()];
-    let made = files::make(&places[..1], name, &values).expect("make v2");
-    let made_v1 = files::make(&[v2_pids.clone(), v1.clone()], name, &values).expect("make v1");
-    let d2 = v2.programs().join(name);
-    let d1 = v1.programs().join(name);
+    let made = files::make_with(&places[..1], "777-1", &values, &mkdir).expect("make v2");
+    let made_v1 = files::make_with(&[v2_pids.clone(), v1.clone()], "777-2", &values, &mkdir)
+        .expect("make v1");
+    let d2 = p2.join("777-1");
     assert_eq!(read(&d2.join("memory.max")), "67108864");
     assert_eq!(read(&d2.join("memory.swap.max")), "0");
     assert_eq!(read(&d2.join("pids.max")), "16");
     assert_eq!(read(&d2.join("cpu.max")), "150000 100000");
+    let (d2b, d1) = (p2.join("777-2"), p1.join("777-2"));
+    assert_eq!(read(&d2b.join("pids.max")), "16");
     assert_eq!(read(&d1.join("memory.limit_in_bytes")), "67108864");
     assert_eq!(read(&d1.join("memory.memsw.limit_in_bytes")), "67108864");
     assert_eq!(read(&d1.join("cpu.cfs_period_us")), "100000");
@@ -1388,7 +1730,7 @@ fn files_make_a_program_cgroup_with_its_limits() {
     assert_eq!(made_v1.memory, Some((Version::V1, d1.clone())));
     assert_eq!(
         dirs(&made_v1),
-        [(Version::V2, d2.clone()), (Version::V1, d1.clone())]
+        [(Version::V2, d2b.clone()), (Version::V1, d1.clone())]
     );
     // What the child does with the descriptors: write "0".
     for &fd in made.procs() {
@@ -1396,28 +1738,60 @@ fn files_make_a_program_cgroup_with_its_limits() {
         assert_eq!(unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) }, 1);
     }
     assert_eq!(read(&d2.join("cgroup.procs")), "0");
+    // The directories are the worker's, writable by it alone (whatever the umask).
+    assert_eq!(owner_mode(&d2).2, 0o755);
+
+    // A cgroup of that name that exists already is not taken over: EEXIST, and what was made
+    // in the other hierarchy for it is removed.
+    let f = files::make_with(&places[..1], "777-1", &values, &mkdir).unwrap_err();
+    assert_eq!((f.call.as_str(), &f.path), ("mkdir()", &d2));
+    assert_eq!(f.err.raw_os_error(), Some(libc::EEXIST));
+    std::fs::create_dir(p1.join("777-3")).unwrap();
+    let f = files::make_with(&[v2_pids.clone(), v1.clone()], "777-3", &values, &mkdir).unwrap_err();
+    assert_eq!((f.call.as_str(), &f.path), ("mkdir()", &p1.join("777-3")));
+    assert!(
+        p2.join("777-3").exists(),
+        "(a fake cgroup with files is not removed by rmdir: the attempt is what counts)"
+    );
 
     // Only the hierarchies of the controllers a directive limits are joined.
     let only_pids = Values {
         pids_max: Some(5),
         ..Values::default()
     };
-    let made = files::make(&[v2_pids, v1.clone()], name, &only_pids).expect("make");
-    assert_eq!(dirs(&made), [(Version::V2, d2.clone())]);
+    let made = files::make_with(&[v2_pids, v1.clone()], "777-4", &only_pids, &mkdir).expect("make");
+    let d = p2.join("777-4");
+    assert_eq!(dirs(&made), [(Version::V2, d.clone())]);
     assert_eq!(made.memory, None);
-    assert_eq!(read(&d2.join("pids.max")), "5");
+    assert_eq!(read(&d.join("pids.max")), "5");
+    assert!(!p1.join("777-4").exists());
 
     // Without swap accounting (no memory.swap.max, no memsw) it is fine.
-    std::fs::remove_file(d2.join("memory.swap.max")).unwrap();
-    std::fs::remove_file(d1.join("memory.memsw.limit_in_bytes")).unwrap();
-    files::make(&places[..1], name, &values).expect("no swap files");
-    files::make(&places[1..], name, &values).expect("no memsw files");
+    let v2_bare: Vec<(&str, &str)> = v2_files
+        .iter()
+        .copied()
+        .filter(|(n, _)| *n != "memory.swap.max")
+        .collect();
+    let v1_bare: Vec<(&str, &str)> = v1_files
+        .iter()
+        .copied()
+        .filter(|(n, _)| !n.starts_with("memory.memsw"))
+        .collect();
+    let bare = [(p2.as_path(), &v2_bare[..]), (p1.as_path(), &v1_bare[..])];
+    let bare_mkdir = kernel_mkdir(&bare);
+    files::make_with(&places[..1], "777-5", &values, &bare_mkdir).expect("no swap files");
+    files::make_with(&places[1..], "777-5", &values, &bare_mkdir).expect("no memsw files");
 
-    // A limit file that is not there fails, naming the write.
-    std::fs::remove_file(d2.join("pids.max")).unwrap();
-    let f = files::make(&places[..1], name, &values).unwrap_err();
+    // A limit file that is not there fails, naming the write, and the cgroup is removed.
+    let no_pids: Vec<(&str, &str)> = v2_files
+        .iter()
+        .copied()
+        .filter(|(n, _)| *n != "pids.max")
+        .collect();
+    let broken = [(p2.as_path(), &no_pids[..])];
+    let f = files::make_with(&places[..1], "777-6", &values, &kernel_mkdir(&broken)).unwrap_err();
     assert_eq!(f.call, "write(\"16\")");
-    assert_eq!(f.path, d2.join("pids.max"));
+    assert_eq!(f.path, p2.join("777-6/pids.max"));
     assert_eq!(f.err.kind(), std::io::ErrorKind::NotFound);
     assert_eq!(files::quota_us(10), 10_000);
     let _ = std::fs::remove_dir_all(t);
@@ -1529,27 +1903,25 @@ fn files_list_and_kill_through_the_descriptors_of_the_making() {
     let d2 = v2.programs().join(name);
     let d1 = v1.programs().join(name);
     let mut sleeper = Command::new("/bin/sleep").arg("60").spawn().unwrap();
-    cgroup_dir(
-        &d2,
-        &[
-            ("pids.max", "max\n"),
-            ("cgroup.procs", "2147483002\n"),
-            ("cgroup.kill", ""),
-        ],
-    );
-    cgroup_dir(
-        &d1,
-        &[
-            ("memory.limit_in_bytes", ""),
-            ("cgroup.procs", &format!("{}\n", sleeper.id())),
-        ],
-    );
+    std::fs::create_dir_all(v1.programs()).unwrap();
+    let sleeper_line = format!("{}\n", sleeper.id());
+    let v2_files: &[(&str, &str)] = &[
+        ("pids.max", "max\n"),
+        ("cgroup.procs", "2147483002\n"),
+        ("cgroup.kill", ""),
+    ];
+    let v1_files: &[(&str, &str)] = &[
+        ("memory.limit_in_bytes", ""),
+        ("cgroup.procs", &sleeper_line),
+    ];
+    let (p2, p1) = (v2.programs(), v1.programs());
+    let kernel = [(p2.as_path(), v2_files), (p1.as_path(), v1_files)];
     let values = Values {
         memory_max: Some(1 << 20),
         pids_max: Some(4),
         cpu_max: None,
     };
-    let made = files::make(&[v2, v1], name, &values).expect("make");
+    let made = files::make_with(&[v2, v1], name, &values, &kernel_mkdir(&kernel)).expect("make");
     // The program replaces its files (as good as a chmod to 0 for a worker that is not root).
     for (dir, file) in [
         (&d2, "cgroup.procs"),

@@ -9,16 +9,23 @@
 //!
 //! ```text
 //! cgroup v2:
-//! <base>/nginx-transform/                     root's
-//! <base>/nginx-transform/nginx/               the master (a leaf), root's
-//! <base>/nginx-transform/workers/             root's; cgroup.procs writable by the workers' group
-//! <base>/nginx-transform/workers/w/           the workers (a leaf), root's
+//! <base>/nginx-transform/                     root's (0755)
+//! <base>/nginx-transform/nginx/               the master (a leaf), root's (0755)
+//! <base>/nginx-transform/workers/             root's (0755); cgroup.procs: the workers' group
+//! <base>/nginx-transform/workers/w/           the workers (a leaf), root's (0755)
 //! <base>/nginx-transform/workers/programs/    root's, writable by the workers' group (0775)
-//! <base>/nginx-transform/workers/programs/<worker pid>-<n>/   one program, made by its worker
+//! <base>/nginx-transform/workers/programs/<worker pid>-<n>/   one program, its worker's (0755)
 //! cgroup v1:
+//! <base>/nginx-transform/                     root's (0755)
 //! <base>/nginx-transform/programs/            root's, writable by the workers' group (0775)
-//! <base>/nginx-transform/programs/<worker pid>-<n>/           one program, made by its worker
+//! <base>/nginx-transform/programs/<worker pid>-<n>/           one program, its worker's (0755)
 //! ```
+//!
+//! Every directory is made with its mode, never 0777 less the umask: `ngx_daemon` sets the
+//! umask to 0, so a directory made during a reload, or by a worker, would be writable by anyone,
+//! who could make a cgroup in it: one its worker then cannot remove, and on cgroup v1 a place in
+//! nginx's subtree for the maker's own processes. The subtree's directories get their modes
+//! again at each start and reload ([`hand_over`]).
 //!
 //! cgroup v2 keeps processes in leaves only and enables controllers top-down; a process may be
 //! moved by whoever may write the `cgroup.procs` of the destination and of the common ancestor
@@ -31,10 +38,10 @@
 //! write. The directories the worker user writes in are root's: it cannot chmod them away.
 //! cgroup v1 has none of these rules: the master and its workers stay where they are.
 
-use std::fs::{self, File, OpenOptions, Permissions};
+use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
 use std::io::{self, Read, Seek, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -52,6 +59,11 @@ pub const PERIOD_US: u64 = 100_000;
 /// How often the processes of a cgroup v1 (or a v2 without `cgroup.kill`) are listed and
 /// killed before giving up (a fork bomb forks while it is killed; pids.max bounds it).
 const KILL_ROUNDS: usize = 100;
+/// The mode of the subtree's directories (root's) and of a program's cgroup (its worker's):
+/// nobody else may make a cgroup in them.
+pub const DIR_MODE: u32 = 0o755;
+/// The mode of `programs/` (root's), where the workers' group makes its programs' cgroups.
+pub const PROGRAMS_MODE: u32 = 0o775;
 
 /// A cgroup hierarchy's version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -375,9 +387,14 @@ fn failure(call: impl Into<String>, path: &Path, err: io::Error) -> Failure {
     }
 }
 
-/// mkdir; one that exists is fine.
-fn mkdir(dir: &Path) -> Result<(), Failure> {
-    match fs::create_dir(dir) {
+/// mkdir with [`DIR_MODE`] (the umask may take bits away, never add them).
+fn mkdir(dir: &Path) -> io::Result<()> {
+    DirBuilder::new().mode(DIR_MODE).create(dir)
+}
+
+/// [`mkdir`] of a directory of the subtree: one that exists is fine (an earlier start made it).
+fn mkdir_subtree(dir: &Path) -> Result<(), Failure> {
+    match mkdir(dir) {
         Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(failure("mkdir()", dir, e)),
         _ => Ok(()),
     }
@@ -406,9 +423,9 @@ fn write_if_there(path: &Path, value: &str) -> Result<(), Failure> {
 /// are enabled in the base, the subtree, `workers/` and `programs/`.
 pub fn prepare(place: &Place, pid: u32) -> Result<(), Failure> {
     let subtree = place.subtree();
-    mkdir(&subtree)?;
+    mkdir_subtree(&subtree)?;
     if place.version == Version::V1 {
-        return mkdir(&place.programs());
+        return mkdir_subtree(&place.programs());
     }
     for dir in [
         place.leaf(),
@@ -416,7 +433,7 @@ pub fn prepare(place: &Place, pid: u32) -> Result<(), Failure> {
         place.workers_leaf(),
         place.programs(),
     ] {
-        mkdir(&dir)?;
+        mkdir_subtree(&dir)?;
     }
     write(&place.leaf().join("cgroup.procs"), &pid.to_string())?;
     for dir in [
@@ -479,22 +496,37 @@ pub fn check(place: &Place) -> Result<(), Failure> {
     Ok(())
 }
 
-/// At start-up, once the worker user is known (the master is root): what the workers write is
-/// writable by their group `gid` but stays root's, so that no process of the worker user (a
-/// worker, a program, another daemon of that user) can chmod it away: the `programs/`
-/// directory (they make and remove their programs' cgroups there; 0775) and, cgroup v2,
-/// `workers/cgroup.procs` (0664: the common ancestor of `workers/w` and a program's cgroup).
-/// The modes are set again at each start and reload; the subtree's own `cgroup.procs` (the
-/// common ancestor with the master) is root's alone (0644), as an older version left it too.
-pub fn hand_over(place: &Place, gid: u32) -> Result<(), Failure> {
-    let mut paths = vec![(place.programs(), 0o775, gid)];
+/// After [`prepare`], once the worker user is known: the owners and modes of the subtree, set
+/// again at each start and reload (whatever an older version or the umask left). Its
+/// directories are [`DIR_MODE`]. With the workers' group `gid` (a master that is root), what
+/// the workers write is writable by that group but stays root's, so that no process of the
+/// worker user (a worker, a program, another daemon of that user) can chmod it away: the
+/// `programs/` directory (they make and remove their programs' cgroups there;
+/// [`PROGRAMS_MODE`]) and, cgroup v2, `workers/cgroup.procs` (0664: the common ancestor of
+/// `workers/w` and a program's cgroup); the subtree's own `cgroup.procs` (the common ancestor
+/// with the master) is root's alone (0644), as an older version left it too. Without one (a
+/// master that is not root: its workers are its user) they stay the master user's, writable
+/// by that user only.
+pub fn hand_over(place: &Place, gid: Option<u32>) -> Result<(), Failure> {
+    let group_writes = |mode: u32| if gid.is_some() { mode } else { mode & 0o755 };
+    let mut paths = vec![(place.subtree(), DIR_MODE, None)];
     if place.version == Version::V2 {
-        paths.push((place.subtree().join("cgroup.procs"), 0o644, 0));
-        paths.push((place.workers().join("cgroup.procs"), 0o664, gid));
+        for dir in [place.leaf(), place.workers(), place.workers_leaf()] {
+            paths.push((dir, DIR_MODE, None));
+        }
+        paths.push((place.subtree().join("cgroup.procs"), 0o644, gid.map(|_| 0)));
+        paths.push((
+            place.workers().join("cgroup.procs"),
+            group_writes(0o664),
+            gid,
+        ));
     }
+    paths.push((place.programs(), group_writes(PROGRAMS_MODE), gid));
     for (path, mode, group) in paths {
-        std::os::unix::fs::chown(&path, Some(0), Some(group))
-            .map_err(|e| failure(format!("chown(0, {group})"), &path, e))?;
+        if let Some(group) = group {
+            std::os::unix::fs::chown(&path, Some(0), Some(group))
+                .map_err(|e| failure(format!("chown(0, {group})"), &path, e))?;
+        }
         fs::set_permissions(&path, Permissions::from_mode(mode))
             .map_err(|e| failure(format!("chmod({mode:o})"), &path, e))?;
     }
@@ -601,10 +633,23 @@ impl Made {
     }
 }
 
-/// Makes the cgroup `name` of a program in the places that hold a controller `values` limits,
-/// writes the limits there, opens each `cgroup.procs` for the child to join and keeps the
-/// descriptors the worker lists and kills it through. On failure nothing is left.
+/// Makes the cgroup `name` of a program ([`DIR_MODE`]) in the places that hold a controller
+/// `values` limits, writes the limits there, opens each `cgroup.procs` for the child to join
+/// and keeps the descriptors the worker lists and kills it through. One that exists already is
+/// a failure (EEXIST): it is not this program's, and may hold someone else's processes or
+/// limits. On failure nothing it made is left.
 pub fn make(places: &[Place], name: &str, values: &Values) -> Result<Made, Failure> {
+    make_with(places, name, values, &mkdir)
+}
+
+/// [`make`], with the directory made by `mkdir` (tests: one that also makes the files the
+/// kernel makes in a new cgroup).
+pub fn make_with(
+    places: &[Place],
+    name: &str,
+    values: &Values,
+    mkdir: &dyn Fn(&Path) -> io::Result<()>,
+) -> Result<Made, Failure> {
     let wanted = values.controllers();
     let mut cgroups: Vec<Cgroup> = Vec::new();
     let mut procs = Vec::new();
@@ -622,6 +667,7 @@ pub fn make(places: &[Place], name: &str, values: &Values) -> Result<Made, Failu
         }
         let dir = place.programs().join(name);
         let step = mkdir(&dir)
+            .map_err(|e| failure("mkdir()", &dir, e))
             .and_then(|()| match Cgroup::open(place.version, dir.clone()) {
                 Ok(c) => {
                     cgroups.push(c);
