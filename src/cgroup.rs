@@ -5,13 +5,19 @@
 //!   `transform_sandbox_paths` that keeps the cgroup file system read-only ([`confined`]): the
 //!   program owns its cgroup's files (its worker made them) and could lift its own limits.
 //! - After the http block (`postconfiguration`, in the master, root) one hierarchy is found for
-//!   each controller (cgroup v2 preferred, v1 as `transform_cgroup_version` allows), the module's
-//!   subtree is made under nginx's own cgroup (cgroup v2: the master moves into its leaf, the
-//!   controllers are enabled, and the workers' leaf's `cgroup.procs` is opened for them to
-//!   join), or `nginx -t` and the start fail with one line naming the directive and what is
-//!   missing. `nginx -t` only checks (it moves nothing, makes nothing).
-//! - Once the configuration is committed (`init_module`), the places are kept for the workers and
-//!   what they write is made writable by the worker user's group (root keeps it).
+//!   each controller (cgroup v2 preferred, v1 as `transform_cgroup_version` allows) and checked:
+//!   what the start or reload will write there must be possible ([`configure`]), or `nginx -t`,
+//!   the start and the reload fail with one line naming the directive and what is missing.
+//!   Nothing is made or moved yet: a later step of reading the configuration may still fail,
+//!   and the running configuration must then find the system as it was. `nginx -t` checks the
+//!   running master's cgroup (the pid file's), else its own, and says which.
+//! - Once the configuration is committed (`init_module`, after every step that may fail), the
+//!   module's subtree is made under nginx's own cgroup with its modes (cgroup v2: the master
+//!   moves into its leaf, the controllers are enabled, and the workers' leaf's `cgroup.procs`
+//!   is opened for them to join), what the workers write is made writable by the worker user's
+//!   group (root keeps it), and the places are kept for the workers ([`commit`]). A failure
+//!   there cannot fail the reload (nginx exits when `init_module` fails): an `[alert]`, and the
+//!   programs with `transform_cgroup` fail until a reload prepares the cgroups.
 //! - A worker joins its leaf (cgroup v2) at its start ([`start_worker`]). Each program's cgroup
 //!   is made before its spawn ([`Group::create`]); the child joins it by writing "0" to the
 //!   `cgroup.procs` descriptors it is given; the [`Group`] goes with the `Child`, which kills it
@@ -55,13 +61,13 @@ std::thread_local! {
     static READ: RefCell<Vec<(Vec<Controller>, String, usize)>> = const { RefCell::new(Vec::new()) };
     /// `transform_cgroup_version` of the configuration being read.
     static POLICY: Cell<Option<Policy>> = const { Cell::new(None) };
-    /// The places found for the configuration being read, until it is committed.
-    static FOUND: RefCell<Option<Rc<Vec<Place>>>> = const { RefCell::new(None) };
-    /// cgroup v2: the workers' leaf's `cgroup.procs` opened by the master for the
-    /// configuration being read, until it is committed.
-    static FOUND_JOIN: RefCell<Option<(PathBuf, File)>> = const { RefCell::new(None) };
+    /// The places checked for the configuration being read (its cycle's), until it is
+    /// committed.
+    static FOUND: RefCell<Option<(usize, Vec<Planned>)>> = const { RefCell::new(None) };
     /// The places of the running configuration (workers inherit them).
     static PLACES: RefCell<Rc<Vec<Place>>> = RefCell::new(Rc::new(Vec::new()));
+    /// Whether the running configuration's cgroups could not be prepared (its `[alert]`).
+    static UNPREPARED: Cell<bool> = const { Cell::new(false) };
     /// cgroup v2: the descriptor each worker joins its leaf through (closed once it did).
     static JOIN: RefCell<Option<(PathBuf, File)>> = const { RefCell::new(None) };
     /// The cgroup file systems' mount points, for the configuration being read.
@@ -75,6 +81,13 @@ std::thread_local! {
     /// The timer of the retried removals.
     static RETRY: RefCell<Option<Timer>> = const { RefCell::new(None) };
     static RETRY_DELAY: Cell<ngx_msec_t> = const { Cell::new(RETRY_FIRST) };
+}
+
+/// A place checked by [`configure`], with the directive that needs it, for [`commit`].
+struct Planned {
+    place: Place,
+    file: String,
+    line: usize,
 }
 
 /// A program's cgroups until they are removed.
@@ -94,7 +107,6 @@ pub fn forget() {
     READ.with_borrow_mut(Vec::clear);
     POLICY.set(None);
     FOUND.with_borrow_mut(|f| *f = None);
-    FOUND_JOIN.with_borrow_mut(|f| *f = None);
     MOUNTS.with_borrow_mut(|m| *m = None);
     WARNED.set(false);
 }
@@ -252,16 +264,22 @@ pub extern "C" fn set_version(
     NGX_CONF_OK
 }
 
-/// After the http block (postconfiguration, in the master): finds a hierarchy for every
-/// controller the directives need and, unless this is `nginx -t` (which only checks whether
-/// it could), prepares the subtrees. False (logged: one `[emerg]` naming the directive and what
-/// is missing) when the cgroups cannot work.
+/// After the http block (postconfiguration, in the master, or `nginx -t`): finds a hierarchy
+/// for every controller the directives need and checks that the subtrees can be prepared there
+/// ([`files::check`]), changing nothing: what a later step of reading the configuration may
+/// still refuse (a directive after the http block, a `listen`, a shared memory zone) must
+/// leave the system as it was. [`commit`] makes the subtrees. False (logged: one `[emerg]`
+/// naming the directive and what is missing) when the cgroups cannot work.
+///
+/// `nginx -t` checks the cgroup of the running master (the pid file's), where a reload would
+/// make them, else its own (where a start from here would), and says which on the terminal.
 pub fn configure(cf: &ngx_conf_t) -> bool {
     let read = READ.with_borrow_mut(core::mem::take);
     let policy = POLICY.get().unwrap_or(Policy::Auto);
     let log = cf.log;
+    let cycle = cf.cycle as usize;
     if read.is_empty() || crate::nginx::signaller() {
-        FOUND.with_borrow_mut(|f| *f = Some(Rc::new(Vec::new())));
+        FOUND.with_borrow_mut(|f| *f = Some((cycle, Vec::new())));
         return true;
     }
     let mut needed: Vec<Controller> = read.iter().flat_map(|(c, ..)| c.clone()).collect();
@@ -273,9 +291,13 @@ pub fn configure(cf: &ngx_conf_t) -> bool {
             .map(|(_, f, l)| (f.clone(), *l))
             .unwrap_or_default()
     };
+    let testing = crate::nginx::testing_config();
+    let pid_file = crate::nginx::pid_path(cf.cycle);
+    let master = testing.then(|| running_master(&pid_file)).flatten();
+    let pid = master.unwrap_or_else(std::process::id);
     let proc = (
-        std::fs::read_to_string("/proc/self/mountinfo"),
-        std::fs::read_to_string("/proc/self/cgroup"),
+        std::fs::read_to_string(format!("/proc/{pid}/mountinfo")),
+        std::fs::read_to_string(format!("/proc/{pid}/cgroup")),
     );
     let (mountinfo, own) = match proc {
         (Ok(m), Ok(c)) => (m, c),
@@ -285,8 +307,8 @@ pub fn configure(cf: &ngx_conf_t) -> bool {
                 NGX_LOG_EMERG,
                 log,
                 os::errno(&e),
-                "\"transform_cgroup\" in {file}:{line} cannot work: /proc/self/mountinfo or \
-                 /proc/self/cgroup cannot be read"
+                "\"transform_cgroup\" in {file}:{line} cannot work: /proc/{pid}/mountinfo or \
+                 /proc/{pid}/cgroup cannot be read"
             );
             return false;
         }
@@ -322,58 +344,54 @@ pub fn configure(cf: &ngx_conf_t) -> bool {
             return false;
         }
     }
-    let testing = crate::nginx::testing_config();
-    // (The user is known here when the `user` directive came before the http block; it is
-    // handed over again once the configuration is complete, in `commit`.)
-    let user = crate::nginx::worker_user(cf.cycle);
-    let mut join = None;
-    for place in &found.places {
-        let done = if testing {
-            files::check(place)
-        } else {
-            files::prepare(place, std::process::id())
-                .and_then(|()| hand_over(place, user))
-                .and_then(|()| {
-                    if place.version == files::Version::V2 {
-                        let file = files::open_join(place)?;
-                        join = Some((place.workers_leaf().join("cgroup.procs"), file));
-                    }
-                    Ok(())
-                })
-        };
-        if let Err(f) = done {
-            let (file, line) = at(&place.controllers);
+    let mut planned = Vec::new();
+    for place in found.places {
+        let (file, line) = at(&place.controllers);
+        if let Err(f) = files::check(&place, pid) {
             log_error!(
                 NGX_LOG_EMERG,
                 log,
                 os::errno(&f.err),
-                "\"transform_cgroup\" in {file}:{line} cannot work{}: {f}",
-                hint(&f, place)
+                "\"transform_cgroup\" in {file}:{line} cannot work{}: {f}{}",
+                hint(&f, &place),
+                sharing(&f, &place, pid)
             );
             return false;
         }
-        if !testing {
-            log_error!(
-                NGX_LOG_NOTICE,
-                log,
-                0,
-                "transform_cgroup: {} (cgroup {}) in {}",
+        if testing {
+            let whose = match master {
+                Some(m) => format!(
+                    "the cgroup of the running master (pid {m} in {})",
+                    pid_file.display()
+                ),
+                None => format!(
+                    "this process's cgroup, as no master runs (none in {})",
+                    pid_file.display()
+                ),
+            };
+            // (nginx -t shows only warnings and worse on the terminal: this line too.)
+            crate::nginx::log_stderr(&format!(
+                "[notice] transform_cgroup: {} (cgroup {}) in {}: checked in {whose}",
                 names(&place.controllers),
                 version_name(place.version),
-                place.programs().display()
-            );
+                place.programs().display(),
+            ));
         }
+        planned.push(Planned { place, file, line });
     }
-    FOUND.with_borrow_mut(|f| *f = Some(Rc::new(found.places)));
-    FOUND_JOIN.with_borrow_mut(|f| *f = join);
+    FOUND.with_borrow_mut(|f| *f = Some((cycle, planned)));
     true
 }
 
-/// The subtree's modes; what the workers write becomes writable by their group (`user`: the
-/// worker user, if known).
-fn hand_over(place: &Place, user: Option<(u32, Option<u32>)>) -> Result<(), Failure> {
-    // (nginx sets the group with the user; without one, nothing is the workers'.)
-    files::hand_over(place, user.map(|(_, gid)| gid.unwrap_or(0)))
+/// The pid of the master the pid file names, if it runs (its process title says so).
+fn running_master(pid_file: &Path) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(pid_file)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let title = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    title.starts_with(b"nginx: master process").then_some(pid)
 }
 
 /// Why controller `c` has no place, for the `[emerg]` line.
@@ -406,7 +424,7 @@ fn missing(c: Controller, found: &files::Found, policy: Policy) -> String {
     }
 }
 
-/// What to do about a refused write at start-up.
+/// What to do about a refused write.
 fn hint(f: &Failure, place: &Place) -> &'static str {
     match f.err.raw_os_error() {
         Some(libc::EACCES | libc::EPERM | libc::EROFS) => {
@@ -418,6 +436,24 @@ fn hint(f: &Failure, place: &Place) -> &'static str {
         }
         _ => "",
     }
+}
+
+/// cgroup v2, for an EBUSY: the processes that share nginx's cgroup (`pid`: the master's).
+fn sharing(f: &Failure, place: &Place, pid: u32) -> String {
+    if f.err.raw_os_error() != Some(libc::EBUSY) {
+        return String::new();
+    }
+    let others = files::sharing(place, pid);
+    if others.is_empty() {
+        return String::new();
+    }
+    let list: Vec<String> = others.iter().take(8).map(i32::to_string).collect();
+    format!(
+        "; {} lists {}{} besides nginx's master {pid}",
+        place.base.join("cgroup.procs").display(),
+        list.join(" "),
+        if others.len() > 8 { " ..." } else { "" }
+    )
 }
 
 fn names(controllers: &[Controller]) -> String {
@@ -435,28 +471,69 @@ fn version_name(v: files::Version) -> &'static str {
     }
 }
 
-/// The configuration is committed (`init_module`, in the master): its places are the ones the
-/// workers use, and what they write is theirs (the worker user is final now).
+/// The configuration is committed (`init_module`, in the master, after the last step of
+/// reading it that may fail): the subtrees [`configure`] checked are made ([`files::prepare`]),
+/// their owners and modes set for the worker user (final now), and their places become the
+/// workers'; one `[notice]` per hierarchy once it is done. `nginx -t` makes nothing.
+///
+/// A failure here was not foreseeable by the checks (no memory, `cgroup.max.descendants`, a
+/// change since them): nginx exits when `init_module` fails, even a running master on reload,
+/// so it is an `[alert]` instead, and the programs with `transform_cgroup` fail (502, each
+/// with a line) until a reload prepares the cgroups.
 pub fn commit(cycle: *mut ngx_cycle_t) {
-    let Some(found) = FOUND.with_borrow_mut(Option::take) else {
+    // (Only what was checked for this configuration: not a failed one's.)
+    let Some((_, planned)) = FOUND
+        .with_borrow_mut(Option::take)
+        .filter(|(c, _)| *c == cycle as usize)
+    else {
         return;
     };
-    if !crate::nginx::testing_config() {
-        if let Some(user) = crate::nginx::worker_user(cycle) {
-            for place in found.iter() {
-                if let Err(f) = hand_over(place, Some(user)) {
-                    log_error!(
-                        NGX_LOG_ALERT,
-                        ngx::log::ngx_cycle_log().as_ptr(),
-                        os::errno(&f.err),
-                        "transform_cgroup: {f}; the workers cannot make their programs' cgroups"
-                    );
-                }
-            }
-        }
+    if crate::nginx::testing_config() {
+        return;
     }
-    PLACES.with_borrow_mut(|p| *p = found);
-    JOIN.with_borrow_mut(|j| *j = FOUND_JOIN.with_borrow_mut(Option::take));
+    let log = ngx::log::ngx_cycle_log().as_ptr();
+    // (Without a worker user, a master that is not root: everything stays its user's.)
+    let gid = crate::nginx::worker_user(cycle).map(|(_, gid)| gid.unwrap_or(0));
+    let mut places = Vec::new();
+    let mut join = None;
+    for Planned { place, file, line } in planned {
+        let done = files::prepare(&place, std::process::id())
+            .and_then(|()| files::hand_over(&place, gid))
+            .and_then(|()| {
+                if place.version == files::Version::V2 {
+                    let file = files::open_join(&place)?;
+                    join = Some((place.workers_leaf().join("cgroup.procs"), file));
+                }
+                Ok(())
+            });
+        if let Err(f) = done {
+            log_error!(
+                NGX_LOG_ALERT,
+                log,
+                os::errno(&f.err),
+                "\"transform_cgroup\" in {file}:{line} cannot work{}: {f}; its programs fail \
+                 until a reload prepares the cgroups",
+                hint(&f, &place)
+            );
+            PLACES.with_borrow_mut(|p| *p = Rc::new(Vec::new()));
+            JOIN.with_borrow_mut(|j| *j = None);
+            UNPREPARED.set(true);
+            return;
+        }
+        log_error!(
+            NGX_LOG_NOTICE,
+            log,
+            0,
+            "transform_cgroup: {} (cgroup {}) in {}",
+            names(&place.controllers),
+            version_name(place.version),
+            place.programs().display()
+        );
+        places.push(place);
+    }
+    PLACES.with_borrow_mut(|p| *p = Rc::new(places));
+    JOIN.with_borrow_mut(|j| *j = join);
+    UNPREPARED.set(false);
 }
 
 /// A program's cgroup(s), from their creation before the spawn to their removal after the
@@ -476,8 +553,13 @@ impl Group {
         SEQ.set(n);
         let name = format!("{}-{n}", std::process::id());
         if places.is_empty() {
+            let call = if UNPREPARED.get() {
+                "cgroups not prepared (the [alert] of the start or last reload says why); cgroup"
+            } else {
+                "cgroups not prepared; cgroup"
+            };
             return Err(Failure {
-                call: "transform_cgroup".to_owned(),
+                call: call.to_owned(),
                 path: name.into(),
                 err: io::Error::from_raw_os_error(libc::ENOENT),
             });

@@ -821,6 +821,11 @@ impl Daemon {
         );
     }
 
+    fn get(&self, path: &str) -> (u16, String) {
+        let r = Client::connect(self.port).get(path);
+        (r.status, String::from_utf8_lossy(&r.body).into_owned())
+    }
+
     /// Whether the master runs (a zombie does not: it is not this test's child).
     fn running(&self) -> bool {
         matches!(proc_state(self.master), Some(s) if s != 'Z')
@@ -925,6 +930,115 @@ fn a_daemons_cgroups_are_not_writable_by_other_users() {
         program.display()
     );
     nginx.stop(&[]);
+}
+
+#[test]
+fn a_reload_that_fails_changes_no_cgroup() {
+    let Some(places) = usable("a_reload_that_fails_changes_no_cgroup") else {
+        return;
+    };
+    let private = Private::new(&places);
+    let place = private.place();
+    let nginx = Daemon::start(&server("location / { return 204; }"), &private);
+    let worker = nginx.worker();
+    // transform_cgroup turned on by a configuration that fails after the http block: the
+    // running one stays, and so does the system.
+    let with = server(
+        "location /pids { transform_cgroup pids.max=16; transform_exec /bin/cat /proc/self/cgroup; }",
+    );
+    let failing = format!(
+        "{}transform_no_such_directive_after_http;\n",
+        nginx.config(&with)
+    );
+    nginx.reload(
+        &failing,
+        "unknown directive \"transform_no_such_directive_after_http\"",
+    );
+    let notice = format!(
+        "transform_cgroup: pids (cgroup v1) in {}",
+        place.programs().display()
+    );
+    assert!(
+        !place.subtree().exists(),
+        "{} made by a reload that failed",
+        place.subtree().display()
+    );
+    assert!(
+        !nginx.error_log().contains(&notice),
+        "{}",
+        nginx.error_log()
+    );
+    assert_eq!(nginx.worker(), worker, "the running configuration stays");
+    // The same without the error: made, and said once it is.
+    nginx.reload(&nginx.config(&with), &notice);
+    assert!(place.programs().is_dir());
+    assert!(wait_until(Duration::from_secs(10), || nginx
+        .workers()
+        .len()
+        == 1
+        && nginx.worker() != worker));
+    let (status, text) = nginx.get("/pids");
+    assert_eq!(status, 200, "{}", nginx.error_log());
+    assert!(
+        text.contains(&format!("/nginx-transform/programs/{}-1", nginx.worker())),
+        "{text}"
+    );
+    nginx.stop(&["transform_no_such_directive_after_http"]);
+}
+
+#[test]
+fn nginx_t_checks_the_cgroup_of_the_running_master() {
+    let Some(places) = usable("nginx_t_checks_the_cgroup_of_the_running_master") else {
+        return;
+    };
+    let private = Private::new(&places);
+    let nginx = Daemon::start(
+        &server("location / { transform_cgroup pids.max=16; transform_exec /bin/true; }"),
+        &private,
+    );
+    let test = |prefix: &Path, conf: &Path| {
+        let out = Command::new(nginx_binary())
+            .arg("-t")
+            .arg("-p")
+            .arg(prefix)
+            .arg("-c")
+            .arg(conf)
+            .output()
+            .expect("nginx -t");
+        let text = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{text}");
+        text
+    };
+    // Run from the test's cgroup, it checks the master's (where a reload makes them).
+    let pid_file = nginx.prefix.join("nginx.pid");
+    let text = test(&nginx.prefix, &nginx.conf());
+    let want = format!(
+        "[notice] transform_cgroup: pids (cgroup v1) in {}: checked in the cgroup of the \
+         running master (pid {} in {})",
+        private.place().programs().display(),
+        nginx.master,
+        pid_file.display()
+    );
+    assert!(text.contains(&want), "{want}\n{text}");
+    let (prefix, conf) = (nginx.prefix.clone(), nginx.conf());
+    let kept = std::fs::read_to_string(&conf).unwrap();
+    nginx.stop(&[]);
+    // No master runs: its own cgroup, where a start from here would make them.
+    std::fs::create_dir_all(prefix.join("logs")).unwrap();
+    std::fs::write(&conf, kept).unwrap();
+    let own = places
+        .iter()
+        .find(|p| p.controllers.contains(&Controller::Pids))
+        .unwrap();
+    let text = test(&prefix, &conf);
+    let want = format!(
+        "[notice] transform_cgroup: pids (cgroup v1) in {}: checked in this process's cgroup, \
+         as no master runs (none in {})",
+        own.programs().display(),
+        pid_file.display()
+    );
+    assert!(text.contains(&want), "{want}\n{text}");
+    let _ = std::fs::remove_dir_all(prefix);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1473,7 +1587,24 @@ fn files_prepare_a_cgroup2_subtree() {
     assert_eq!(place.workers(), subtree.join("workers"));
     assert_eq!(place.workers_leaf(), subtree.join("workers/w"));
     assert_eq!(place.programs(), subtree.join("workers/programs"));
-    files::check(&place).expect("root may write there");
+    files::check(&place, 1234).expect("root may write there");
+    // The base holds a process besides the master (1234 in its cgroup.procs): enabling the
+    // controllers there would fail (EBUSY), which the check says before anything is made...
+    std::fs::write(place.base.join("cgroup.type"), "domain\n").unwrap();
+    let f = files::check(&place, 4321).unwrap_err();
+    assert_eq!(
+        (f.call.as_str(), &f.path),
+        (
+            "write(\"+memory +pids\")",
+            &place.base.join("cgroup.subtree_control")
+        )
+    );
+    assert_eq!(f.err.raw_os_error(), Some(libc::EBUSY));
+    assert_eq!(files::sharing(&place, 4321), [1234]);
+    // ... unless it is the root cgroup (no cgroup.type), exempt from that rule.
+    std::fs::remove_file(place.base.join("cgroup.type")).unwrap();
+    files::check(&place, 4321).expect("the root cgroup");
+    assert!(files::sharing(&place, 4321).is_empty());
     // (As the kernel shows a new cgroup: made, here beforehand, and found by mkdir.)
     std::fs::remove_dir_all(place.workers()).unwrap();
     assert!(
@@ -1522,6 +1653,9 @@ fn files_prepare_a_cgroup2_subtree() {
         read(&place.base.join("cgroup.subtree_control")),
         "cpu memory pids\n"
     );
+    // ... and then processes in the base do not matter.
+    std::fs::write(place.base.join("cgroup.type"), "domain\n").unwrap();
+    files::check(&place, 4321).expect("enabled already");
     // A write the kernel refuses is the failure, naming the call and the file.
     std::fs::remove_file(place.programs().join("cgroup.subtree_control")).unwrap();
     let f = files::prepare(&place, 4321).unwrap_err();

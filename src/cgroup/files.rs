@@ -418,9 +418,10 @@ fn write_if_there(path: &Path, value: &str) -> Result<(), Failure> {
     }
 }
 
-/// At start-up (the master, as root): the subtree and its `programs/`; cgroup v2: also the
-/// leaves `nginx/` and `workers/w`, the master moves into `nginx/` (`pid`), then the controllers
-/// are enabled in the base, the subtree, `workers/` and `programs/`.
+/// Once the configuration is committed (the master, as root): the subtree and its `programs/`;
+/// cgroup v2: also the leaves `nginx/` and `workers/w`, the master moves into `nginx/` (`pid`),
+/// then the controllers are enabled in the base, the subtree, `workers/` and `programs/`.
+/// [`check`] said beforehand whether this can work.
 pub fn prepare(place: &Place, pid: u32) -> Result<(), Failure> {
     let subtree = place.subtree();
     mkdir_subtree(&subtree)?;
@@ -463,8 +464,9 @@ pub fn join(mut procs: &File) -> io::Result<()> {
     procs.write_all(b"0")
 }
 
-/// Enables `controllers` in `dir`'s `cgroup.subtree_control` (those not enabled yet).
-fn enable(dir: &Path, controllers: &[Controller]) -> Result<(), Failure> {
+/// What [`enable`] writes to `dir`'s `cgroup.subtree_control`: the `controllers` not enabled
+/// there yet ("+memory +pids"; empty if none).
+fn to_enable(dir: &Path, controllers: &[Controller]) -> Result<String, Failure> {
     let file = dir.join("cgroup.subtree_control");
     let on = fs::read_to_string(&file).map_err(|e| failure("open()", &file, e))?;
     let missing: Vec<String> = controllers
@@ -472,14 +474,24 @@ fn enable(dir: &Path, controllers: &[Controller]) -> Result<(), Failure> {
         .filter(|c| !on.split_whitespace().any(|o| o == c.name()))
         .map(|c| format!("+{}", c.name()))
         .collect();
+    Ok(missing.join(" "))
+}
+
+/// Enables `controllers` in `dir`'s `cgroup.subtree_control` (those not enabled yet).
+fn enable(dir: &Path, controllers: &[Controller]) -> Result<(), Failure> {
+    let missing = to_enable(dir, controllers)?;
     if missing.is_empty() {
         return Ok(());
     }
-    write(&file, &missing.join(" "))
+    write(&dir.join("cgroup.subtree_control"), &missing)
 }
 
-/// For `nginx -t`, which changes nothing: whether start-up could write what it writes.
-pub fn check(place: &Place) -> Result<(), Failure> {
+/// Before anything is made (postconfiguration, and `nginx -t`, which changes nothing): whether
+/// [`prepare`] can work for a master `pid`. The directories it writes in must be writable; and,
+/// cgroup v2, the controllers it still has to enable in the base must not be refused for other
+/// processes there (the kernel refuses with EBUSY while a cgroup other than the root holds
+/// processes: reported as the failure of that write, before anything is made).
+pub fn check(place: &Place, pid: u32) -> Result<(), Failure> {
     let writable = |path: &Path| {
         rustix::fs::access(path, rustix::fs::Access::WRITE_OK)
             .map_err(|e| failure("access()", path, e.into()))
@@ -491,9 +503,31 @@ pub fn check(place: &Place) -> Result<(), Failure> {
         writable(&place.base)?;
     }
     if place.version == Version::V2 {
-        writable(&place.base.join("cgroup.subtree_control"))?;
+        let control = place.base.join("cgroup.subtree_control");
+        writable(&control)?;
+        let missing = to_enable(&place.base, &place.controllers)?;
+        if !missing.is_empty() && !sharing(place, pid).is_empty() {
+            return Err(failure(
+                format!("write(\"{missing}\")"),
+                &control,
+                io::Error::from_raw_os_error(libc::EBUSY),
+            ));
+        }
     }
     Ok(())
+}
+
+/// cgroup v2: the processes in the base besides `pid` (none in the root cgroup, which has no
+/// `cgroup.type` and may hold processes while its controllers are enabled).
+pub fn sharing(place: &Place, pid: u32) -> Vec<i32> {
+    if place.version != Version::V2 || !place.base.join("cgroup.type").exists() {
+        return Vec::new();
+    }
+    Cgroup::at(Version::V2, place.base.clone())
+        .pids()
+        .into_iter()
+        .filter(|&p| i64::from(p) != i64::from(pid))
+        .collect()
 }
 
 /// After [`prepare`], once the worker user is known: the owners and modes of the subtree, set
