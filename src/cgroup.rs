@@ -22,8 +22,8 @@
 //!   is made before its spawn ([`Group::create`]); the child joins it by writing "0" to the
 //!   `cgroup.procs` descriptors it is given; the [`Group`] goes with the `Child`, which kills it
 //!   as a whole and, after the reaping, drops it: its processes are killed and it is removed (if
-//!   it is still busy, again later from a list, and at the worker's exit). See `cgroup/files.rs`
-//!   for the files.
+//!   it is still busy, again later from a list, and at the worker's exit; one that stays is
+//!   logged). See `cgroup/files.rs` for the files.
 
 use core::cell::{Cell, RefCell};
 use core::ffi::{c_char, c_void};
@@ -33,6 +33,7 @@ use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use nginx_sys::{
     ngx_command_t, ngx_conf_t, ngx_cycle_t, ngx_event_t, ngx_int_t, ngx_log_t, ngx_msec_t,
@@ -94,13 +95,19 @@ struct Planned {
 struct Live {
     name: String,
     cgroups: Rc<[Cgroup]>,
-    /// Busy when dropped: removed again later.
-    retry: bool,
+    /// Busy when dropped (since then): removed again later.
+    busy: Option<Instant>,
+    /// Whether its [`BUSY_WARN`] line was logged.
+    warned: bool,
 }
 
 /// The first delay before a busy cgroup is removed again, and the longest.
 const RETRY_FIRST: ngx_msec_t = 50;
 const RETRY_MAX: ngx_msec_t = 5_000;
+/// How long a cgroup may stay busy before a `[warn]` says so (killed processes are gone in
+/// milliseconds, even a fork bomb's: one that stays has processes that do not die, in
+/// uninterruptible sleep, or a cgroup made in it).
+const BUSY_WARN: Duration = Duration::from_secs(3);
 
 /// Before a configuration is read.
 pub fn forget() {
@@ -569,7 +576,8 @@ impl Group {
             l.push(Live {
                 name: name.clone(),
                 cgroups: Rc::clone(&made.cgroups),
-                retry: false,
+                busy: None,
+                warned: false,
             })
         });
         Ok(Group {
@@ -613,20 +621,21 @@ impl Group {
 }
 
 impl Drop for Group {
-    /// Removes the cgroup(s); if processes are left (busy), kills them first, and removes what
-    /// is still busy later.
+    /// Removes the cgroup(s); if processes are left (busy), kills them first (one pass), and
+    /// removes what is still busy later.
     fn drop(&mut self) {
         self.made.close_procs();
-        if files::remove(&self.made.cgroups) || {
-            files::kill(&self.made.cgroups, None);
-            files::remove(&self.made.cgroups)
+        let cgroups = &self.made.cgroups;
+        if files::remove(cgroups).is_ok() || {
+            files::kill(cgroups, None);
+            files::remove(cgroups).is_ok()
         } {
             LIVE.with_borrow_mut(|l| l.retain(|g| g.name != self.name));
             return;
         }
         LIVE.with_borrow_mut(|l| {
             if let Some(g) = l.iter_mut().find(|g| g.name == self.name) {
-                g.retry = true;
+                g.busy = Some(Instant::now());
             }
         });
         schedule_retry();
@@ -654,23 +663,70 @@ unsafe extern "C" fn retry_event(_ev: *mut ngx_event_t) {
     }
 }
 
-/// One more try at the busy cgroups; whether none is left.
+/// One more try at the busy cgroups (each killed again: one pass); whether none is left. One
+/// still busy after [`BUSY_WARN`] is logged (once), and so is its removal after that.
 fn retry_removals() -> bool {
+    let log = ngx::log::ngx_cycle_log().as_ptr();
     LIVE.with_borrow_mut(|l| {
-        l.retain(|g| {
-            if !g.retry {
+        l.retain_mut(|g| {
+            let Some(since) = g.busy else {
                 return true;
-            }
+            };
             files::kill(&g.cgroups, None);
-            !files::remove(&g.cgroups)
+            match files::remove(&g.cgroups) {
+                Ok(()) => {
+                    if g.warned {
+                        log_error!(
+                            NGX_LOG_NOTICE,
+                            log,
+                            0,
+                            "transform_cgroup: cgroup \"{}\" removed after {} s",
+                            g.cgroups[0].dir.display(),
+                            since.elapsed().as_secs()
+                        );
+                    }
+                    false
+                }
+                Err(f) => {
+                    if !g.warned && since.elapsed() >= BUSY_WARN {
+                        g.warned = true;
+                        log_error!(
+                            NGX_LOG_WARN,
+                            log,
+                            os::errno(&f.err),
+                            "transform_cgroup: a program's cgroup is still there {} s after its \
+                             end ({}); tried again every {} s: {f}",
+                            since.elapsed().as_secs(),
+                            busy_why(&g.cgroups),
+                            RETRY_MAX / 1000
+                        );
+                    }
+                    true
+                }
+            }
         });
-        l.iter().all(|g| !g.retry)
+        l.iter().all(|g| g.busy.is_none())
     })
+}
+
+/// Why a cgroup stays busy, for its `[warn]`: what is still in it.
+fn busy_why(cgroups: &[Cgroup]) -> String {
+    let pids: Vec<i32> = cgroups.iter().flat_map(Cgroup::pids).collect();
+    if pids.is_empty() {
+        return "no process is left in it: a cgroup was made in it".to_owned();
+    }
+    let list: Vec<String> = pids.iter().take(8).map(i32::to_string).collect();
+    format!(
+        "processes {}{} do not die after SIGKILL (uninterruptible sleep?)",
+        list.join(" "),
+        if pids.len() > 8 { " ..." } else { "" }
+    )
 }
 
 /// Worker start: cgroup v2, the worker joins its leaf `workers/w` (unless it runs as root, which
 /// stays with the master: only root may move it); then the cgroups of programs whose worker is
-/// gone (killed before it removed them) are killed and removed.
+/// gone (killed before it removed them), and any named after this worker's pid (an earlier
+/// worker's), are killed and removed; what cannot be is logged.
 pub fn start_worker(log: *mut ngx_log_t) {
     if let Some((path, file)) = JOIN.with_borrow_mut(Option::take) {
         if !rustix::process::geteuid().is_root() {
@@ -687,31 +743,68 @@ pub fn start_worker(log: *mut ngx_log_t) {
         }
     }
     let places = PLACES.with_borrow(Rc::clone);
-    let removed = files::sweep(&places, os::process_exists);
-    if removed > 0 {
+    let swept = files::sweep(&places, os::getpid(), os::process_exists);
+    if swept.removed > 0 {
         log_error!(
             NGX_LOG_NOTICE,
             log,
             0,
-            "transform_cgroup: removed {removed} cgroups left by a worker that is gone"
+            "transform_cgroup: removed {} cgroups left by a worker that is gone",
+            swept.removed
+        );
+    }
+    for f in &swept.busy {
+        log_error!(
+            NGX_LOG_WARN,
+            log,
+            os::errno(&f.err),
+            "transform_cgroup: a cgroup left by a worker that is gone stays ({}): {f}",
+            busy_why(&[Cgroup::at(files::Version::V1, f.path.clone())])
+        );
+    }
+    for dir in &swept.strange {
+        log_error!(
+            NGX_LOG_WARN,
+            log,
+            0,
+            "transform_cgroup: \"{}\" is no program's cgroup (made by another process of the \
+             worker user, or by hand): left alone",
+            dir.display()
         );
     }
 }
 
 /// Worker exit (after every program was killed and reaped): every cgroup of this worker is
-/// killed and removed, waiting briefly for killed processes to be gone.
+/// killed and removed, waiting briefly (up to ~100 ms) for killed processes to be gone; what
+/// is left is logged (the start of a later worker removes it).
 pub fn exit_all() {
     RETRY.with_borrow_mut(|t| *t = None);
     let mut live = LIVE.with_borrow_mut(core::mem::take);
-    for round in 0..50 {
-        live.retain(|g| {
-            files::kill(&g.cgroups, None);
-            !files::remove(&g.cgroups)
+    let mut last = None;
+    for round in 0..=files::WAIT_ROUNDS {
+        live.retain(|g| match files::remove(&g.cgroups) {
+            Ok(()) => false,
+            Err(f) => {
+                files::kill(&g.cgroups, None);
+                last = Some(f);
+                true
+            }
         });
-        if live.is_empty() || round == 49 {
+        if live.is_empty() || round == files::WAIT_ROUNDS {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    if let (Some(f), false) = (last, live.is_empty()) {
+        log_error!(
+            NGX_LOG_WARN,
+            ngx::log::ngx_cycle_log().as_ptr(),
+            os::errno(&f.err),
+            "transform_cgroup: {} of this worker's cgroups stay at its exit ({}); the next \
+             worker's start removes them: {f}",
+            live.len(),
+            busy_why(&live[0].cgroups)
+        );
     }
 }
 

@@ -56,9 +56,6 @@ pub const WORKERS_LEAF: &str = "w";
 pub const PROGRAMS: &str = "programs";
 /// The CPU period of `cpu.max` (cgroup v2) and `cpu.cfs_period_us` (v1): 100 ms.
 pub const PERIOD_US: u64 = 100_000;
-/// How often the processes of a cgroup v1 (or a v2 without `cgroup.kill`) are listed and
-/// killed before giving up (a fork bomb forks while it is killed; pids.max bounds it).
-const KILL_ROUNDS: usize = 100;
 /// The mode of the subtree's directories (root's) and of a program's cgroup (its worker's):
 /// nobody else may make a cgroup in them.
 pub const DIR_MODE: u32 = 0o755;
@@ -730,7 +727,7 @@ pub fn make_with(
                 }
             }
             Err(f) => {
-                remove(&cgroups);
+                let _ = remove(&cgroups);
                 return Err(f);
             }
         }
@@ -800,12 +797,16 @@ pub fn quota_us(percent: u32) -> u64 {
 }
 
 /// SIGKILL to every process of the cgroups: `cgroup.kill` (cgroup v2, Linux 5.14) where it is
-/// there, else each process listed, again until none is left. Returns how many processes
-/// besides `except` were in them.
+/// there, else each process listed (cgroup v1), in one pass: one listing and at most pids.max
+/// kill() calls per hierarchy, however fast the processes fork. A process forked meanwhile (a
+/// fork bomb's) is caught by the next call: a busy cgroup's removal is retried later, and
+/// kills again. Returns how many processes besides `except` were in them.
 pub fn kill(cgroups: &[Cgroup], except: Option<i32>) -> usize {
     let mut seen: Vec<i32> = Vec::new();
+    let mut killed: Vec<i32> = Vec::new();
     for cgroup in cgroups {
-        for p in cgroup.pids() {
+        let listed = cgroup.pids();
+        for &p in &listed {
             if Some(p) != except && !seen.contains(&p) {
                 seen.push(p);
             }
@@ -813,32 +814,34 @@ pub fn kill(cgroups: &[Cgroup], except: Option<i32>) -> usize {
         if cgroup.kill_all() {
             continue;
         }
-        for _ in 0..KILL_ROUNDS {
-            let listed = cgroup.pids();
-            if listed.is_empty() {
-                break;
+        // (A program's processes are in each of its v1 hierarchies: each gets one SIGKILL.)
+        for p in listed {
+            if killed.contains(&p) {
+                continue;
             }
-            for p in listed {
-                if let Some(pid) = rustix::process::Pid::from_raw(p) {
-                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-                }
+            killed.push(p);
+            if let Some(pid) = rustix::process::Pid::from_raw(p) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
             }
         }
     }
     seen.len()
 }
 
-/// Removes the cgroups; false if one is still busy (its killed processes are not gone yet).
-pub fn remove(cgroups: &[Cgroup]) -> bool {
-    let mut gone = true;
+/// Removes the cgroups; the first failure if one is still there (busy: its killed processes are
+/// not gone yet, or a cgroup was made in it).
+pub fn remove(cgroups: &[Cgroup]) -> Result<(), Failure> {
+    let mut first = None;
     for cgroup in cgroups {
         match fs::remove_dir(&cgroup.dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(_) => gone = false,
+            Err(e) => {
+                first.get_or_insert_with(|| failure("rmdir()", &cgroup.dir, e));
+            }
         }
     }
-    gone
+    first.map_or(Ok(()), Err)
 }
 
 /// How many processes the memory limit killed in a program's cgroup: `oom_kill` in
@@ -861,10 +864,20 @@ pub fn oom_kills(version: Version, dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// The cgroups of programs whose worker is gone (it was killed before it removed them): their
-/// processes are killed and they are removed. Returns how many were removed.
-pub fn sweep(places: &[Place], alive: impl Fn(i32) -> bool) -> usize {
-    let mut removed = 0;
+/// What [`sweep`] did: how many cgroups it removed, those it could not (busy), and the
+/// directories in `programs/` that are no program's cgroup (left alone).
+#[derive(Debug, Default)]
+pub struct Swept {
+    pub removed: usize,
+    pub busy: Vec<Failure>,
+    pub strange: Vec<PathBuf>,
+}
+
+/// At a worker's start (`own`: its pid; it has made no cgroup yet): the cgroups of programs
+/// whose worker is gone (killed before it removed them), and those named after `own` (left by
+/// an earlier worker with the same pid): their processes are killed and they are removed.
+pub fn sweep(places: &[Place], own: i32, alive: impl Fn(i32) -> bool) -> Swept {
+    let mut swept = Swept::default();
     for place in places {
         let Ok(entries) = fs::read_dir(place.programs()) else {
             continue;
@@ -874,11 +887,16 @@ pub fn sweep(places: &[Place], alive: impl Fn(i32) -> bool) -> usize {
             let pid = name
                 .to_str()
                 .and_then(|n| n.split_once('-'))
+                .filter(|(_, n)| n.parse::<u64>().is_ok())
                 .and_then(|(p, _)| p.parse::<i32>().ok());
+            if !entry.path().is_dir() {
+                continue;
+            }
             let Some(pid) = pid else {
+                swept.strange.push(entry.path());
                 continue;
             };
-            if alive(pid) || !entry.path().is_dir() {
+            if pid != own && alive(pid) {
                 continue;
             }
             // (Its program may have taken the modes away; the files are the worker user's.)
@@ -887,12 +905,30 @@ pub fn sweep(places: &[Place], alive: impl Fn(i32) -> bool) -> usize {
             for (file, mode) in [("cgroup.procs", 0o644), ("cgroup.kill", 0o200)] {
                 let _ = fs::set_permissions(dir.join(file), Permissions::from_mode(mode));
             }
-            let cgroups = [Cgroup::at(place.version, dir)];
-            kill(&cgroups, None);
-            if remove(&cgroups) {
-                removed += 1;
+            match kill_and_remove(&[Cgroup::at(place.version, dir)]) {
+                Ok(()) => swept.removed += 1,
+                Err(f) => swept.busy.push(f),
             }
         }
     }
-    removed
+    swept
+}
+
+/// How long [`kill_and_remove`] waits for killed processes to be gone: rounds of 2 ms.
+pub const WAIT_ROUNDS: usize = 50;
+
+/// Removes the cgroups, killing what is in them and waiting up to [`WAIT_ROUNDS`] × 2 ms for
+/// it to be gone (at a worker's start or exit, which serve no request meanwhile).
+pub fn kill_and_remove(cgroups: &[Cgroup]) -> Result<(), Failure> {
+    let mut round = 0;
+    loop {
+        match remove(cgroups) {
+            Err(_) if round < WAIT_ROUNDS => {
+                kill(cgroups, None);
+                std::thread::sleep(std::time::Duration::from_millis(2));
+                round += 1;
+            }
+            done => return done,
+        }
+    }
 }
