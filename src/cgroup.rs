@@ -5,19 +5,25 @@
 //!   `transform_sandbox_paths` that keeps the cgroup file system read-only ([`confined`]): the
 //!   program owns its cgroup's files (its worker made them) and could lift its own limits.
 //! - After the http block (`postconfiguration`, in the master, root) one hierarchy is found for
-//!   each controller (cgroup v2 preferred, v1 as `transform_cgroup_version` allows), the module's
-//!   subtree is made under nginx's own cgroup (cgroup v2: the master moves into its leaf, the
-//!   controllers are enabled, and the workers' leaf's `cgroup.procs` is opened for them to
-//!   join), or `nginx -t` and the start fail with one line naming the directive and what is
-//!   missing. `nginx -t` only checks (it moves nothing, makes nothing).
-//! - Once the configuration is committed (`init_module`), the places are kept for the workers and
-//!   what they write is made writable by the worker user's group (root keeps it).
+//!   each controller (cgroup v2 preferred, v1 as `transform_cgroup_version` allows) and checked:
+//!   what the start or reload will write there must be possible ([`configure`]), or `nginx -t`,
+//!   the start and the reload fail with one line naming the directive and what is missing.
+//!   Nothing is made or moved yet: a later step of reading the configuration may still fail,
+//!   and the running configuration must then find the system as it was. `nginx -t` checks the
+//!   running master's cgroup (the pid file's), else its own, and says which.
+//! - Once the configuration is committed (`init_module`, after every step that may fail), the
+//!   module's subtree is made under nginx's own cgroup with its modes (cgroup v2: the master
+//!   moves into its leaf, the controllers are enabled, and the workers' leaf's `cgroup.procs`
+//!   is opened for them to join), what the workers write is made writable by the worker user's
+//!   group (root keeps it), and the places are kept for the workers ([`commit`]). A failure
+//!   there cannot fail the reload (nginx exits when `init_module` fails): an `[alert]`, and the
+//!   programs with `transform_cgroup` fail until a reload prepares the cgroups.
 //! - A worker joins its leaf (cgroup v2) at its start ([`start_worker`]). Each program's cgroup
 //!   is made before its spawn ([`Group::create`]); the child joins it by writing "0" to the
 //!   `cgroup.procs` descriptors it is given; the [`Group`] goes with the `Child`, which kills it
 //!   as a whole and, after the reaping, drops it: its processes are killed and it is removed (if
-//!   it is still busy, again later from a list, and at the worker's exit). See `cgroup/files.rs`
-//!   for the files.
+//!   it is still busy, again later from a list, and at the worker's exit; one that stays is
+//!   logged). See `cgroup/files.rs` for the files.
 
 use core::cell::{Cell, RefCell};
 use core::ffi::{c_char, c_void};
@@ -27,6 +33,7 @@ use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use nginx_sys::{
     ngx_command_t, ngx_conf_t, ngx_cycle_t, ngx_event_t, ngx_int_t, ngx_log_t, ngx_msec_t,
@@ -55,13 +62,13 @@ std::thread_local! {
     static READ: RefCell<Vec<(Vec<Controller>, String, usize)>> = const { RefCell::new(Vec::new()) };
     /// `transform_cgroup_version` of the configuration being read.
     static POLICY: Cell<Option<Policy>> = const { Cell::new(None) };
-    /// The places found for the configuration being read, until it is committed.
-    static FOUND: RefCell<Option<Rc<Vec<Place>>>> = const { RefCell::new(None) };
-    /// cgroup v2: the workers' leaf's `cgroup.procs` opened by the master for the
-    /// configuration being read, until it is committed.
-    static FOUND_JOIN: RefCell<Option<(PathBuf, File)>> = const { RefCell::new(None) };
+    /// The places checked for the configuration being read (its cycle's), until it is
+    /// committed.
+    static FOUND: RefCell<Option<(usize, Vec<Planned>)>> = const { RefCell::new(None) };
     /// The places of the running configuration (workers inherit them).
     static PLACES: RefCell<Rc<Vec<Place>>> = RefCell::new(Rc::new(Vec::new()));
+    /// Whether the running configuration's cgroups could not be prepared (its `[alert]`).
+    static UNPREPARED: Cell<bool> = const { Cell::new(false) };
     /// cgroup v2: the descriptor each worker joins its leaf through (closed once it did).
     static JOIN: RefCell<Option<(PathBuf, File)>> = const { RefCell::new(None) };
     /// The cgroup file systems' mount points, for the configuration being read.
@@ -77,24 +84,36 @@ std::thread_local! {
     static RETRY_DELAY: Cell<ngx_msec_t> = const { Cell::new(RETRY_FIRST) };
 }
 
+/// A place checked by [`configure`], with the directive that needs it, for [`commit`].
+struct Planned {
+    place: Place,
+    file: String,
+    line: usize,
+}
+
 /// A program's cgroups until they are removed.
 struct Live {
     name: String,
     cgroups: Rc<[Cgroup]>,
-    /// Busy when dropped: removed again later.
-    retry: bool,
+    /// Busy when dropped (since then): removed again later.
+    busy: Option<Instant>,
+    /// Whether its [`BUSY_WARN`] line was logged.
+    warned: bool,
 }
 
 /// The first delay before a busy cgroup is removed again, and the longest.
 const RETRY_FIRST: ngx_msec_t = 50;
 const RETRY_MAX: ngx_msec_t = 5_000;
+/// How long a cgroup may stay busy before a `[warn]` says so (killed processes are gone in
+/// milliseconds, even a fork bomb's: one that stays has processes that do not die, in
+/// uninterruptible sleep, or a cgroup made in it).
+const BUSY_WARN: Duration = Duration::from_secs(3);
 
 /// Before a configuration is read.
 pub fn forget() {
     READ.with_borrow_mut(Vec::clear);
     POLICY.set(None);
     FOUND.with_borrow_mut(|f| *f = None);
-    FOUND_JOIN.with_borrow_mut(|f| *f = None);
     MOUNTS.with_borrow_mut(|m| *m = None);
     WARNED.set(false);
 }
@@ -252,16 +271,22 @@ pub extern "C" fn set_version(
     NGX_CONF_OK
 }
 
-/// After the http block (postconfiguration, in the master): finds a hierarchy for every
-/// controller the directives need and, unless this is `nginx -t` (which only checks whether
-/// it could), prepares the subtrees. False (logged: one `[emerg]` naming the directive and what
-/// is missing) when the cgroups cannot work.
+/// After the http block (postconfiguration, in the master, or `nginx -t`): finds a hierarchy
+/// for every controller the directives need and checks that the subtrees can be prepared there
+/// ([`files::check`]), changing nothing: what a later step of reading the configuration may
+/// still refuse (a directive after the http block, a `listen`, a shared memory zone) must
+/// leave the system as it was. [`commit`] makes the subtrees. False (logged: one `[emerg]`
+/// naming the directive and what is missing) when the cgroups cannot work.
+///
+/// `nginx -t` checks the cgroup of the running master (the pid file's), where a reload would
+/// make them, else its own (where a start from here would), and says which on the terminal.
 pub fn configure(cf: &ngx_conf_t) -> bool {
     let read = READ.with_borrow_mut(core::mem::take);
     let policy = POLICY.get().unwrap_or(Policy::Auto);
     let log = cf.log;
+    let cycle = cf.cycle as usize;
     if read.is_empty() || crate::nginx::signaller() {
-        FOUND.with_borrow_mut(|f| *f = Some(Rc::new(Vec::new())));
+        FOUND.with_borrow_mut(|f| *f = Some((cycle, Vec::new())));
         return true;
     }
     let mut needed: Vec<Controller> = read.iter().flat_map(|(c, ..)| c.clone()).collect();
@@ -273,9 +298,13 @@ pub fn configure(cf: &ngx_conf_t) -> bool {
             .map(|(_, f, l)| (f.clone(), *l))
             .unwrap_or_default()
     };
+    let testing = crate::nginx::testing_config();
+    let pid_file = crate::nginx::pid_path(cf.cycle);
+    let master = testing.then(|| running_master(&pid_file)).flatten();
+    let pid = master.unwrap_or_else(std::process::id);
     let proc = (
-        std::fs::read_to_string("/proc/self/mountinfo"),
-        std::fs::read_to_string("/proc/self/cgroup"),
+        std::fs::read_to_string(format!("/proc/{pid}/mountinfo")),
+        std::fs::read_to_string(format!("/proc/{pid}/cgroup")),
     );
     let (mountinfo, own) = match proc {
         (Ok(m), Ok(c)) => (m, c),
@@ -285,8 +314,8 @@ pub fn configure(cf: &ngx_conf_t) -> bool {
                 NGX_LOG_EMERG,
                 log,
                 os::errno(&e),
-                "\"transform_cgroup\" in {file}:{line} cannot work: /proc/self/mountinfo or \
-                 /proc/self/cgroup cannot be read"
+                "\"transform_cgroup\" in {file}:{line} cannot work: /proc/{pid}/mountinfo or \
+                 /proc/{pid}/cgroup cannot be read"
             );
             return false;
         }
@@ -322,60 +351,54 @@ pub fn configure(cf: &ngx_conf_t) -> bool {
             return false;
         }
     }
-    let testing = crate::nginx::testing_config();
-    // (The user is known here when the `user` directive came before the http block; it is
-    // handed over again once the configuration is complete, in `commit`.)
-    let user = crate::nginx::worker_user(cf.cycle);
-    let mut join = None;
-    for place in &found.places {
-        let done = if testing {
-            files::check(place)
-        } else {
-            files::prepare(place, std::process::id())
-                .and_then(|()| hand_over(place, user))
-                .and_then(|()| {
-                    if place.version == files::Version::V2 {
-                        let file = files::open_join(place)?;
-                        join = Some((place.workers_leaf().join("cgroup.procs"), file));
-                    }
-                    Ok(())
-                })
-        };
-        if let Err(f) = done {
-            let (file, line) = at(&place.controllers);
+    let mut planned = Vec::new();
+    for place in found.places {
+        let (file, line) = at(&place.controllers);
+        if let Err(f) = files::check(&place, pid) {
             log_error!(
                 NGX_LOG_EMERG,
                 log,
                 os::errno(&f.err),
-                "\"transform_cgroup\" in {file}:{line} cannot work{}: {f}",
-                hint(&f, place)
+                "\"transform_cgroup\" in {file}:{line} cannot work{}: {f}{}",
+                hint(&f, &place),
+                sharing(&f, &place, pid)
             );
             return false;
         }
-        if !testing {
-            log_error!(
-                NGX_LOG_NOTICE,
-                log,
-                0,
-                "transform_cgroup: {} (cgroup {}) in {}",
+        if testing {
+            let whose = match master {
+                Some(m) => format!(
+                    "the cgroup of the running master (pid {m} in {})",
+                    pid_file.display()
+                ),
+                None => format!(
+                    "this process's cgroup, as no master runs (none in {})",
+                    pid_file.display()
+                ),
+            };
+            // (nginx -t shows only warnings and worse on the terminal: this line too.)
+            crate::nginx::log_stderr(&format!(
+                "[notice] transform_cgroup: {} (cgroup {}) in {}: checked in {whose}",
                 names(&place.controllers),
                 version_name(place.version),
-                place.programs().display()
-            );
+                place.programs().display(),
+            ));
         }
+        planned.push(Planned { place, file, line });
     }
-    FOUND.with_borrow_mut(|f| *f = Some(Rc::new(found.places)));
-    FOUND_JOIN.with_borrow_mut(|f| *f = join);
+    FOUND.with_borrow_mut(|f| *f = Some((cycle, planned)));
     true
 }
 
-/// What the workers write becomes writable by their group (`user`: the worker user, if known).
-fn hand_over(place: &Place, user: Option<(u32, Option<u32>)>) -> Result<(), Failure> {
-    match user {
-        // (nginx sets the group with the user; without one, nothing is the workers'.)
-        Some((_, gid)) => files::hand_over(place, gid.unwrap_or(0)),
-        None => Ok(()),
-    }
+/// The pid of the master the pid file names, if it runs (its process title says so).
+fn running_master(pid_file: &Path) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(pid_file)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let title = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    title.starts_with(b"nginx: master process").then_some(pid)
 }
 
 /// Why controller `c` has no place, for the `[emerg]` line.
@@ -408,7 +431,7 @@ fn missing(c: Controller, found: &files::Found, policy: Policy) -> String {
     }
 }
 
-/// What to do about a refused write at start-up.
+/// What to do about a refused write.
 fn hint(f: &Failure, place: &Place) -> &'static str {
     match f.err.raw_os_error() {
         Some(libc::EACCES | libc::EPERM | libc::EROFS) => {
@@ -420,6 +443,24 @@ fn hint(f: &Failure, place: &Place) -> &'static str {
         }
         _ => "",
     }
+}
+
+/// cgroup v2, for an EBUSY: the processes that share nginx's cgroup (`pid`: the master's).
+fn sharing(f: &Failure, place: &Place, pid: u32) -> String {
+    if f.err.raw_os_error() != Some(libc::EBUSY) {
+        return String::new();
+    }
+    let others = files::sharing(place, pid);
+    if others.is_empty() {
+        return String::new();
+    }
+    let list: Vec<String> = others.iter().take(8).map(i32::to_string).collect();
+    format!(
+        "; {} lists {}{} besides nginx's master {pid}",
+        place.base.join("cgroup.procs").display(),
+        list.join(" "),
+        if others.len() > 8 { " ..." } else { "" }
+    )
 }
 
 fn names(controllers: &[Controller]) -> String {
@@ -437,28 +478,69 @@ fn version_name(v: files::Version) -> &'static str {
     }
 }
 
-/// The configuration is committed (`init_module`, in the master): its places are the ones the
-/// workers use, and what they write is theirs (the worker user is final now).
+/// The configuration is committed (`init_module`, in the master, after the last step of
+/// reading it that may fail): the subtrees [`configure`] checked are made ([`files::prepare`]),
+/// their owners and modes set for the worker user (final now), and their places become the
+/// workers'; one `[notice]` per hierarchy once it is done. `nginx -t` makes nothing.
+///
+/// A failure here was not foreseeable by the checks (no memory, `cgroup.max.descendants`, a
+/// change since them): nginx exits when `init_module` fails, even a running master on reload,
+/// so it is an `[alert]` instead, and the programs with `transform_cgroup` fail (502, each
+/// with a line) until a reload prepares the cgroups.
 pub fn commit(cycle: *mut ngx_cycle_t) {
-    let Some(found) = FOUND.with_borrow_mut(Option::take) else {
+    // (Only what was checked for this configuration: not a failed one's.)
+    let Some((_, planned)) = FOUND
+        .with_borrow_mut(Option::take)
+        .filter(|(c, _)| *c == cycle as usize)
+    else {
         return;
     };
-    if !crate::nginx::testing_config() {
-        if let Some(user) = crate::nginx::worker_user(cycle) {
-            for place in found.iter() {
-                if let Err(f) = hand_over(place, Some(user)) {
-                    log_error!(
-                        NGX_LOG_ALERT,
-                        ngx::log::ngx_cycle_log().as_ptr(),
-                        os::errno(&f.err),
-                        "transform_cgroup: {f}; the workers cannot make their programs' cgroups"
-                    );
-                }
-            }
-        }
+    if crate::nginx::testing_config() {
+        return;
     }
-    PLACES.with_borrow_mut(|p| *p = found);
-    JOIN.with_borrow_mut(|j| *j = FOUND_JOIN.with_borrow_mut(Option::take));
+    let log = ngx::log::ngx_cycle_log().as_ptr();
+    // (Without a worker user, a master that is not root: everything stays its user's.)
+    let gid = crate::nginx::worker_user(cycle).map(|(_, gid)| gid.unwrap_or(0));
+    let mut places = Vec::new();
+    let mut join = None;
+    for Planned { place, file, line } in planned {
+        let done = files::prepare(&place, std::process::id())
+            .and_then(|()| files::hand_over(&place, gid))
+            .and_then(|()| {
+                if place.version == files::Version::V2 {
+                    let file = files::open_join(&place)?;
+                    join = Some((place.workers_leaf().join("cgroup.procs"), file));
+                }
+                Ok(())
+            });
+        if let Err(f) = done {
+            log_error!(
+                NGX_LOG_ALERT,
+                log,
+                os::errno(&f.err),
+                "\"transform_cgroup\" in {file}:{line} cannot work{}: {f}; its programs fail \
+                 until a reload prepares the cgroups",
+                hint(&f, &place)
+            );
+            PLACES.with_borrow_mut(|p| *p = Rc::new(Vec::new()));
+            JOIN.with_borrow_mut(|j| *j = None);
+            UNPREPARED.set(true);
+            return;
+        }
+        log_error!(
+            NGX_LOG_NOTICE,
+            log,
+            0,
+            "transform_cgroup: {} (cgroup {}) in {}",
+            names(&place.controllers),
+            version_name(place.version),
+            place.programs().display()
+        );
+        places.push(place);
+    }
+    PLACES.with_borrow_mut(|p| *p = Rc::new(places));
+    JOIN.with_borrow_mut(|j| *j = join);
+    UNPREPARED.set(false);
 }
 
 /// A program's cgroup(s), from their creation before the spawn to their removal after the
@@ -478,8 +560,13 @@ impl Group {
         SEQ.set(n);
         let name = format!("{}-{n}", std::process::id());
         if places.is_empty() {
+            let call = if UNPREPARED.get() {
+                "cgroups not prepared (the [alert] of the start or last reload says why); cgroup"
+            } else {
+                "cgroups not prepared; cgroup"
+            };
             return Err(Failure {
-                call: "transform_cgroup".to_owned(),
+                call: call.to_owned(),
                 path: name.into(),
                 err: io::Error::from_raw_os_error(libc::ENOENT),
             });
@@ -489,7 +576,8 @@ impl Group {
             l.push(Live {
                 name: name.clone(),
                 cgroups: Rc::clone(&made.cgroups),
-                retry: false,
+                busy: None,
+                warned: false,
             })
         });
         Ok(Group {
@@ -533,20 +621,21 @@ impl Group {
 }
 
 impl Drop for Group {
-    /// Removes the cgroup(s); if processes are left (busy), kills them first, and removes what
-    /// is still busy later.
+    /// Removes the cgroup(s); if processes are left (busy), kills them first (one pass), and
+    /// removes what is still busy later.
     fn drop(&mut self) {
         self.made.close_procs();
-        if files::remove(&self.made.cgroups) || {
-            files::kill(&self.made.cgroups, None);
-            files::remove(&self.made.cgroups)
+        let cgroups = &self.made.cgroups;
+        if files::remove(cgroups).is_ok() || {
+            files::kill(cgroups, None);
+            files::remove(cgroups).is_ok()
         } {
             LIVE.with_borrow_mut(|l| l.retain(|g| g.name != self.name));
             return;
         }
         LIVE.with_borrow_mut(|l| {
             if let Some(g) = l.iter_mut().find(|g| g.name == self.name) {
-                g.retry = true;
+                g.busy = Some(Instant::now());
             }
         });
         schedule_retry();
@@ -574,23 +663,70 @@ unsafe extern "C" fn retry_event(_ev: *mut ngx_event_t) {
     }
 }
 
-/// One more try at the busy cgroups; whether none is left.
+/// One more try at the busy cgroups (each killed again: one pass); whether none is left. One
+/// still busy after [`BUSY_WARN`] is logged (once), and so is its removal after that.
 fn retry_removals() -> bool {
+    let log = ngx::log::ngx_cycle_log().as_ptr();
     LIVE.with_borrow_mut(|l| {
-        l.retain(|g| {
-            if !g.retry {
+        l.retain_mut(|g| {
+            let Some(since) = g.busy else {
                 return true;
-            }
+            };
             files::kill(&g.cgroups, None);
-            !files::remove(&g.cgroups)
+            match files::remove(&g.cgroups) {
+                Ok(()) => {
+                    if g.warned {
+                        log_error!(
+                            NGX_LOG_NOTICE,
+                            log,
+                            0,
+                            "transform_cgroup: cgroup \"{}\" removed after {} s",
+                            g.cgroups[0].dir.display(),
+                            since.elapsed().as_secs()
+                        );
+                    }
+                    false
+                }
+                Err(f) => {
+                    if !g.warned && since.elapsed() >= BUSY_WARN {
+                        g.warned = true;
+                        log_error!(
+                            NGX_LOG_WARN,
+                            log,
+                            os::errno(&f.err),
+                            "transform_cgroup: a program's cgroup is still there {} s after its \
+                             end ({}); tried again every {} s: {f}",
+                            since.elapsed().as_secs(),
+                            busy_why(&g.cgroups),
+                            RETRY_MAX / 1000
+                        );
+                    }
+                    true
+                }
+            }
         });
-        l.iter().all(|g| !g.retry)
+        l.iter().all(|g| g.busy.is_none())
     })
+}
+
+/// Why a cgroup stays busy, for its `[warn]`: what is still in it.
+fn busy_why(cgroups: &[Cgroup]) -> String {
+    let pids: Vec<i32> = cgroups.iter().flat_map(Cgroup::pids).collect();
+    if pids.is_empty() {
+        return "no process is left in it: a cgroup was made in it".to_owned();
+    }
+    let list: Vec<String> = pids.iter().take(8).map(i32::to_string).collect();
+    format!(
+        "processes {}{} do not die after SIGKILL (uninterruptible sleep?)",
+        list.join(" "),
+        if pids.len() > 8 { " ..." } else { "" }
+    )
 }
 
 /// Worker start: cgroup v2, the worker joins its leaf `workers/w` (unless it runs as root, which
 /// stays with the master: only root may move it); then the cgroups of programs whose worker is
-/// gone (killed before it removed them) are killed and removed.
+/// gone (killed before it removed them), and any named after this worker's pid (an earlier
+/// worker's), are killed and removed; what cannot be is logged.
 pub fn start_worker(log: *mut ngx_log_t) {
     if let Some((path, file)) = JOIN.with_borrow_mut(Option::take) {
         if !rustix::process::geteuid().is_root() {
@@ -607,31 +743,68 @@ pub fn start_worker(log: *mut ngx_log_t) {
         }
     }
     let places = PLACES.with_borrow(Rc::clone);
-    let removed = files::sweep(&places, os::process_exists);
-    if removed > 0 {
+    let swept = files::sweep(&places, os::getpid(), os::process_exists);
+    if swept.removed > 0 {
         log_error!(
             NGX_LOG_NOTICE,
             log,
             0,
-            "transform_cgroup: removed {removed} cgroups left by a worker that is gone"
+            "transform_cgroup: removed {} cgroups left by a worker that is gone",
+            swept.removed
+        );
+    }
+    for f in &swept.busy {
+        log_error!(
+            NGX_LOG_WARN,
+            log,
+            os::errno(&f.err),
+            "transform_cgroup: a cgroup left by a worker that is gone stays ({}): {f}",
+            busy_why(&[Cgroup::at(files::Version::V1, f.path.clone())])
+        );
+    }
+    for dir in &swept.strange {
+        log_error!(
+            NGX_LOG_WARN,
+            log,
+            0,
+            "transform_cgroup: \"{}\" is no program's cgroup (made by another process of the \
+             worker user, or by hand): left alone",
+            dir.display()
         );
     }
 }
 
 /// Worker exit (after every program was killed and reaped): every cgroup of this worker is
-/// killed and removed, waiting briefly for killed processes to be gone.
+/// killed and removed, waiting briefly (up to ~100 ms) for killed processes to be gone; what
+/// is left is logged (the start of a later worker removes it).
 pub fn exit_all() {
     RETRY.with_borrow_mut(|t| *t = None);
     let mut live = LIVE.with_borrow_mut(core::mem::take);
-    for round in 0..50 {
-        live.retain(|g| {
-            files::kill(&g.cgroups, None);
-            !files::remove(&g.cgroups)
+    let mut last = None;
+    for round in 0..=files::WAIT_ROUNDS {
+        live.retain(|g| match files::remove(&g.cgroups) {
+            Ok(()) => false,
+            Err(f) => {
+                files::kill(&g.cgroups, None);
+                last = Some(f);
+                true
+            }
         });
-        if live.is_empty() || round == 49 {
+        if live.is_empty() || round == files::WAIT_ROUNDS {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    if let (Some(f), false) = (last, live.is_empty()) {
+        log_error!(
+            NGX_LOG_WARN,
+            ngx::log::ngx_cycle_log().as_ptr(),
+            os::errno(&f.err),
+            "transform_cgroup: {} of this worker's cgroups stay at its exit ({}); the next \
+             worker's start removes them: {f}",
+            live.len(),
+            busy_why(&live[0].cgroups)
+        );
     }
 }
 

@@ -1773,6 +1773,27 @@ pub fn worker_user(cycle: *mut nginx_sys::ngx_cycle_t) -> Option<(u32, Option<u3
     }
 }
 
+/// The pid file of the configuration being read (nginx's `pid` directive if it was read yet,
+/// else its default), relative paths from the prefix as nginx makes them full.
+pub fn pid_path(cycle: *mut nginx_sys::ngx_cycle_t) -> std::path::PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: a live cycle whose core module configuration was created (it is before the http
+    // block is read): conf_ctx[ngx_core_module.index] is its ngx_core_conf_t.
+    let (set, prefix) = unsafe {
+        let ctx = (*cycle).conf_ctx;
+        let index = (*ptr::addr_of!(nginx_sys::ngx_core_module)).index;
+        let ccf = (*ctx.add(index)).cast::<nginx_sys::ngx_core_conf_t>();
+        let set = ccf
+            .as_ref()
+            .filter(|c| c.pid.len > 0 && !c.pid.data.is_null())
+            .map(|c| c.pid.as_bytes().to_vec());
+        (set, (*cycle).prefix.as_bytes().to_vec())
+    };
+    let name = set.unwrap_or_else(|| nginx_sys::NGX_PID_PATH.to_bytes().to_vec());
+    let name = std::path::Path::new(std::ffi::OsStr::from_bytes(&name));
+    std::path::Path::new(std::ffi::OsStr::from_bytes(&prefix)).join(name)
+}
+
 /// The words of the directive being read, its name first (`cf->args`).
 pub fn conf_words(cf: &nginx_sys::ngx_conf_t) -> &[ngx_str_t] {
     // SAFETY: while a directive is read, cf->args is nginx's array of its words.

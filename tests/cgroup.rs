@@ -632,6 +632,484 @@ except OSError as e:
 }
 
 // ---------------------------------------------------------------------------------------------
+// nginx as a daemon (umask 0, as ngx_daemon sets it), in a cgroup of the test's own, so that
+// its subtree is its own too: made, reloaded and checked by one test alone.
+
+static PRIVATE_SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A cgroup of this test (`transform-test-<pid>-<n>`) under the base of the hierarchy that
+/// holds the pids controller; nginx started in it makes its subtree there.
+struct Private {
+    place: files::Place,
+}
+
+impl Private {
+    fn new(places: &[files::Place]) -> Private {
+        let pids = places
+            .iter()
+            .find(|p| p.controllers.contains(&Controller::Pids))
+            .expect("a place for pids");
+        let n = PRIVATE_SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let base = pids
+            .base
+            .join(format!("transform-test-{}-{n}", std::process::id()));
+        std::fs::create_dir(&base).unwrap_or_else(|e| panic!("{}: {e}", base.display()));
+        Private {
+            place: files::Place {
+                version: pids.version,
+                base,
+                controllers: vec![Controller::Pids],
+            },
+        }
+    }
+
+    /// The place nginx uses when started in this cgroup.
+    fn place(&self) -> &files::Place {
+        &self.place
+    }
+}
+
+impl Drop for Private {
+    /// Removes it and every cgroup made in it, the deepest first (nginx has stopped).
+    fn drop(&mut self) {
+        fn remove(dir: &Path) {
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                for e in entries.flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        remove(&e.path());
+                    }
+                }
+            }
+            if let Err(e) = std::fs::remove_dir(dir) {
+                eprintln!("cannot remove {}: {e}", dir.display());
+            }
+        }
+        remove(&self.place.base);
+    }
+}
+
+/// nginx started as a daemon (`daemon on`) in a [`Private`] cgroup; stopped when dropped.
+struct Daemon {
+    prefix: PathBuf,
+    port: u16,
+    master: u32,
+}
+
+impl Drop for Daemon {
+    /// A test that failed: the fast shutdown (the prefix stays, for its logs).
+    fn drop(&mut self) {
+        if self.master != 0 && self.running() {
+            // SAFETY: signalling the master this test started.
+            unsafe { libc::kill(self.master as i32, libc::SIGTERM) };
+            wait_until(Duration::from_secs(10), || !self.running());
+        }
+    }
+}
+
+impl Daemon {
+    fn start(http_body: &str, private: &Private) -> Daemon {
+        let prefix = temp_dir("cgroup-daemon");
+        let port = free_port();
+        let daemon = Daemon {
+            prefix,
+            port,
+            master: 0,
+        };
+        std::fs::write(daemon.conf(), daemon.config(http_body)).unwrap();
+        let procs = std::ffi::CString::new(
+            private
+                .place()
+                .base
+                .join("cgroup.procs")
+                .as_os_str()
+                .as_encoded_bytes(),
+        )
+        .unwrap();
+        let mut cmd = Command::new(nginx_binary());
+        cmd.arg("-p")
+            .arg(&daemon.prefix)
+            .arg("-c")
+            .arg(daemon.conf());
+        // SAFETY: the closure only makes async-signal-safe calls (open, write, close).
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(fd);
+                Ok(())
+            })
+        };
+        let out = cmd.output().expect("nginx");
+        assert!(
+            out.status.success(),
+            "nginx did not start: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            daemon.error_log()
+        );
+        let pid_file = daemon.prefix.join("nginx.pid");
+        assert!(
+            wait_until(Duration::from_secs(10), || std::fs::read_to_string(
+                &pid_file
+            )
+            .is_ok_and(|p| p.ends_with('\n'))),
+            "no pid file"
+        );
+        let master = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let daemon = Daemon {
+            master,
+            prefix: daemon.prefix.clone(),
+            port,
+        };
+        assert!(
+            wait_until(Duration::from_secs(10), || daemon.workers().len() == 1
+                && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()),
+            "no worker:\n{}",
+            daemon.error_log()
+        );
+        daemon
+    }
+
+    fn conf(&self) -> PathBuf {
+        self.prefix.join("nginx.conf")
+    }
+
+    fn config(&self, http_body: &str) -> String {
+        config(&self.prefix, self.port, "", http_body).replacen("daemon off;", "daemon on;", 1)
+    }
+
+    /// The workers that run as their user (a new one is root until it switched).
+    fn workers(&self) -> Vec<u32> {
+        children_of(self.master)
+            .into_iter()
+            .filter(|&p| ids_of(p).0 != 0)
+            .collect()
+    }
+
+    fn worker(&self) -> u32 {
+        let w = self.workers();
+        assert_eq!(w.len(), 1, "one worker: {w:?}");
+        w[0]
+    }
+
+    fn error_log(&self) -> String {
+        std::fs::read(self.prefix.join("logs/error.log"))
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Reloads with `conf` (a whole file) and waits until the reload is done: `done` is in the
+    /// error log (the line of its success or its failure).
+    fn reload(&self, conf: &str, done: &str) {
+        let before = self.error_log().matches(done).count();
+        std::fs::write(self.conf(), conf).unwrap();
+        // SAFETY: signalling the master this test started.
+        unsafe { libc::kill(self.master as i32, libc::SIGHUP) };
+        assert!(
+            wait_until(Duration::from_secs(10), || self
+                .error_log()
+                .matches(done)
+                .count()
+                > before),
+            "no \"{done}\" after the reload:\n{}",
+            self.error_log()
+        );
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        let r = Client::connect(self.port).get(path);
+        (r.status, String::from_utf8_lossy(&r.body).into_owned())
+    }
+
+    /// Whether the master runs (a zombie does not: it is not this test's child).
+    fn running(&self) -> bool {
+        matches!(proc_state(self.master), Some(s) if s != 'Z')
+    }
+
+    /// Stops nginx (graceful quit) and waits for the master to be gone; fails on `[alert]`,
+    /// `[crit]` and `[emerg]` lines not containing one of `allowed`.
+    fn stop(self, allowed: &[&str]) -> String {
+        // SAFETY: signalling the master this test started.
+        unsafe { libc::kill(self.master as i32, libc::SIGQUIT) };
+        assert!(
+            wait_until(Duration::from_secs(10), || !self.running()),
+            "nginx did not stop"
+        );
+        let log = self.error_log();
+        let bad: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("[alert]") || l.contains("[crit]") || l.contains("[emerg]"))
+            .filter(|l| !allowed.iter().any(|a| l.contains(a)))
+            .collect();
+        assert!(bad.is_empty(), "unexpected alerts:\n{}", bad.join("\n"));
+        let _ = std::fs::remove_dir_all(&self.prefix);
+        log
+    }
+}
+
+/// The cgroup of the first program of `worker` in `place`, once it is there.
+fn first_program(place: &files::Place, worker: u32) -> PathBuf {
+    let dir = place.programs().join(format!("{worker}-1"));
+    assert!(
+        wait_until(Duration::from_secs(5), || dir.is_dir()),
+        "no {}",
+        dir.display()
+    );
+    dir
+}
+
+/// Whether a user of its own (uid and gid 12345, no groups) may make directory `dir`.
+fn stranger_mkdir(dir: &Path) -> bool {
+    let ok = Command::new("setpriv")
+        .args(["--reuid=12345", "--regid=12345", "--clear-groups", "--"])
+        .arg("mkdir")
+        .arg(dir)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("setpriv")
+        .success();
+    if ok {
+        let _ = std::fs::remove_dir(dir);
+    }
+    ok
+}
+
+#[test]
+fn a_daemons_cgroups_are_not_writable_by_other_users() {
+    let Some(places) = usable("a_daemons_cgroups_are_not_writable_by_other_users") else {
+        return;
+    };
+    let private = Private::new(&places);
+    let place = private.place();
+    // Started without transform_cgroup: the subtree is made by the reload that turns it on,
+    // under the daemon's umask 0, as each program's cgroup by its worker.
+    let nginx = Daemon::start(&server("location / { return 204; }"), &private);
+    let old = nginx.worker();
+    let notice = format!(
+        "transform_cgroup: pids (cgroup v1) in {}",
+        place.programs().display()
+    );
+    nginx.reload(
+        &nginx.config(&server(
+            "location /hold { transform_cgroup pids.max=16; transform_exec /bin/sleep 2; }",
+        )),
+        &notice,
+    );
+    // (The new worker, once the old one is gone.)
+    assert!(wait_until(Duration::from_secs(10), || {
+        let w = nginx.workers();
+        w.len() == 1 && w[0] != old
+    }));
+    let worker = nginx.worker();
+    let client = std::thread::spawn({
+        let port = nginx.port;
+        move || Client::connect(port).get("/hold").status
+    });
+    let program = first_program(place, worker);
+    assert_eq!(owner_mode(&place.subtree()), (0, 0, 0o755));
+    assert_eq!(owner_mode(&place.programs()).2, files::PROGRAMS_MODE);
+    let (uid, _, mode) = owner_mode(&program);
+    assert_eq!((uid, mode), (ids_of(worker).0, 0o755), "the worker's, 0755");
+    // Another user can make no cgroup anywhere in the subtree.
+    for dir in [
+        place.subtree().join("squat"),
+        place.programs().join("squat"),
+        program.join("squat"),
+    ] {
+        assert!(!stranger_mkdir(&dir), "{} was made", dir.display());
+    }
+    assert_eq!(client.join().expect("client"), 200);
+    assert!(
+        wait_until(Duration::from_secs(5), || !program.exists()),
+        "left: {}",
+        program.display()
+    );
+    nginx.stop(&[]);
+}
+
+#[test]
+fn a_reload_that_fails_changes_no_cgroup() {
+    let Some(places) = usable("a_reload_that_fails_changes_no_cgroup") else {
+        return;
+    };
+    let private = Private::new(&places);
+    let place = private.place();
+    let nginx = Daemon::start(&server("location / { return 204; }"), &private);
+    let worker = nginx.worker();
+    // transform_cgroup turned on by a configuration that fails after the http block: the
+    // running one stays, and so does the system.
+    let with = server(
+        "location /pids { transform_cgroup pids.max=16; transform_exec /bin/cat /proc/self/cgroup; }",
+    );
+    let failing = format!(
+        "{}transform_no_such_directive_after_http;\n",
+        nginx.config(&with)
+    );
+    nginx.reload(
+        &failing,
+        "unknown directive \"transform_no_such_directive_after_http\"",
+    );
+    let notice = format!(
+        "transform_cgroup: pids (cgroup v1) in {}",
+        place.programs().display()
+    );
+    assert!(
+        !place.subtree().exists(),
+        "{} made by a reload that failed",
+        place.subtree().display()
+    );
+    assert!(
+        !nginx.error_log().contains(&notice),
+        "{}",
+        nginx.error_log()
+    );
+    assert_eq!(nginx.worker(), worker, "the running configuration stays");
+    // The same without the error: made, and said once it is.
+    nginx.reload(&nginx.config(&with), &notice);
+    assert!(place.programs().is_dir());
+    assert!(wait_until(Duration::from_secs(10), || nginx
+        .workers()
+        .len()
+        == 1
+        && nginx.worker() != worker));
+    let (status, text) = nginx.get("/pids");
+    assert_eq!(status, 200, "{}", nginx.error_log());
+    assert!(
+        text.contains(&format!("/nginx-transform/programs/{}-1", nginx.worker())),
+        "{text}"
+    );
+    nginx.stop(&["transform_no_such_directive_after_http"]);
+}
+
+#[test]
+fn nginx_t_checks_the_cgroup_of_the_running_master() {
+    let Some(places) = usable("nginx_t_checks_the_cgroup_of_the_running_master") else {
+        return;
+    };
+    let private = Private::new(&places);
+    let nginx = Daemon::start(
+        &server("location / { transform_cgroup pids.max=16; transform_exec /bin/true; }"),
+        &private,
+    );
+    let test = |prefix: &Path, conf: &Path| {
+        let out = Command::new(nginx_binary())
+            .arg("-t")
+            .arg("-p")
+            .arg(prefix)
+            .arg("-c")
+            .arg(conf)
+            .output()
+            .expect("nginx -t");
+        let text = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{text}");
+        text
+    };
+    // Run from the test's cgroup, it checks the master's (where a reload makes them).
+    let pid_file = nginx.prefix.join("nginx.pid");
+    let text = test(&nginx.prefix, &nginx.conf());
+    let want = format!(
+        "[notice] transform_cgroup: pids (cgroup v1) in {}: checked in the cgroup of the \
+         running master (pid {} in {})",
+        private.place().programs().display(),
+        nginx.master,
+        pid_file.display()
+    );
+    assert!(text.contains(&want), "{want}\n{text}");
+    let (prefix, conf) = (nginx.prefix.clone(), nginx.conf());
+    let kept = std::fs::read_to_string(&conf).unwrap();
+    nginx.stop(&[]);
+    // No master runs: its own cgroup, where a start from here would make them.
+    std::fs::create_dir_all(prefix.join("logs")).unwrap();
+    std::fs::write(&conf, kept).unwrap();
+    let own = places
+        .iter()
+        .find(|p| p.controllers.contains(&Controller::Pids))
+        .unwrap();
+    let text = test(&prefix, &conf);
+    let want = format!(
+        "[notice] transform_cgroup: pids (cgroup v1) in {}: checked in this process's cgroup, \
+         as no master runs (none in {})",
+        own.programs().display(),
+        pid_file.display()
+    );
+    assert!(text.contains(&want), "{want}\n{text}");
+    let _ = std::fs::remove_dir_all(prefix);
+}
+
+#[test]
+fn a_cgroup_that_stays_busy_is_logged() {
+    let Some(places) = usable("a_cgroup_that_stays_busy_is_logged") else {
+        return;
+    };
+    let private = Private::new(&places);
+    let place = private.place();
+    let nginx = Daemon::start(
+        &server("location /hold { transform_cgroup pids.max=16; transform_exec /bin/sleep 1; }"),
+        &private,
+    );
+    let worker = nginx.worker();
+    // A cgroup made in a program's keeps it from being removed (here by root: the sandbox
+    // keeps the program from it).
+    let squat = |n: u32| {
+        let client = std::thread::spawn({
+            let port = nginx.port;
+            move || Client::connect(port).get("/hold").status
+        });
+        let dir = place.programs().join(format!("{worker}-{n}"));
+        assert!(wait_until(Duration::from_secs(5), || dir.is_dir()));
+        std::fs::create_dir(dir.join("squat")).unwrap();
+        assert_eq!(client.join().expect("client"), 200);
+        dir
+    };
+    let dir = squat(1);
+    let warn = format!(
+        "transform_cgroup: a program's cgroup is still there 3 s after its end (no process is \
+         left in it: a cgroup was made in it); tried again every 5 s: rmdir() \"{}\" failed \
+         (16: Device or resource busy)",
+        dir.display()
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || nginx
+            .error_log()
+            .contains(&warn)),
+        "{warn}\n{}",
+        nginx.error_log()
+    );
+    std::fs::remove_dir(dir.join("squat")).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || !dir.exists()),
+        "still there: {}",
+        dir.display()
+    );
+    let removed = format!(
+        "transform_cgroup: cgroup \"{}\" removed after ",
+        dir.display()
+    );
+    assert!(
+        nginx.error_log().contains(&removed),
+        "{}",
+        nginx.error_log()
+    );
+    // At the worker's exit: said too.
+    let dir = squat(2);
+    let log = nginx.stop(&[]);
+    let warn = format!(
+        "transform_cgroup: 1 of this worker's cgroups stay at its exit (no process is left in \
+         it: a cgroup was made in it); the next worker's start removes them: rmdir() \"{}\" \
+         failed (16: Device or resource busy)",
+        dir.display()
+    );
+    assert!(log.contains(&warn), "{warn}\n{log}");
+    std::fs::remove_dir(dir.join("squat")).unwrap();
+    std::fs::remove_dir(&dir).unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
 // Refusals: `nginx -t` fails with one line naming the directive and what is missing.
 
 /// The `[emerg]` lines of an `nginx -t` output.
@@ -1177,7 +1655,24 @@ fn files_prepare_a_cgroup2_subtree() {
     assert_eq!(place.workers(), subtree.join("workers"));
     assert_eq!(place.workers_leaf(), subtree.join("workers/w"));
     assert_eq!(place.programs(), subtree.join("workers/programs"));
-    files::check(&place).expect("root may write there");
+    files::check(&place, 1234).expect("root may write there");
+    // The base holds a process besides the master (1234 in its cgroup.procs): enabling the
+    // controllers there would fail (EBUSY), which the check says before anything is made...
+    std::fs::write(place.base.join("cgroup.type"), "domain\n").unwrap();
+    let f = files::check(&place, 4321).unwrap_err();
+    assert_eq!(
+        (f.call.as_str(), &f.path),
+        (
+            "write(\"+memory +pids\")",
+            &place.base.join("cgroup.subtree_control")
+        )
+    );
+    assert_eq!(f.err.raw_os_error(), Some(libc::EBUSY));
+    assert_eq!(files::sharing(&place, 4321), [1234]);
+    // ... unless it is the root cgroup (no cgroup.type), exempt from that rule.
+    std::fs::remove_file(place.base.join("cgroup.type")).unwrap();
+    files::check(&place, 4321).expect("the root cgroup");
+    assert!(files::sharing(&place, 4321).is_empty());
     // (As the kernel shows a new cgroup: made, here beforehand, and found by mkdir.)
     std::fs::remove_dir_all(place.workers()).unwrap();
     assert!(
@@ -1226,6 +1721,9 @@ fn files_prepare_a_cgroup2_subtree() {
         read(&place.base.join("cgroup.subtree_control")),
         "cpu memory pids\n"
     );
+    // ... and then processes in the base do not matter.
+    std::fs::write(place.base.join("cgroup.type"), "domain\n").unwrap();
+    files::check(&place, 4321).expect("enabled already");
     // A write the kernel refuses is the failure, naming the call and the file.
     std::fs::remove_file(place.programs().join("cgroup.subtree_control")).unwrap();
     let f = files::prepare(&place, 4321).unwrap_err();
@@ -1244,7 +1742,24 @@ fn files_hand_over_keeps_the_master_out_of_the_worker_users_reach() {
     std::os::unix::fs::chown(subtree.join("cgroup.procs"), Some(65534), Some(65534)).unwrap();
     std::os::unix::fs::chown(place.programs(), Some(65534), Some(65534)).unwrap();
     std::fs::set_permissions(place.programs(), PermissionsExt::from_mode(0o000)).unwrap();
-    files::hand_over(&place, 65533).expect("hand over");
+    // And directories made under the umask 0 of a daemon: writable by anyone.
+    for dir in [
+        &subtree,
+        &place.leaf(),
+        &place.workers(),
+        &place.workers_leaf(),
+    ] {
+        std::fs::set_permissions(dir, PermissionsExt::from_mode(0o777)).unwrap();
+    }
+    files::hand_over(&place, Some(65533)).expect("hand over");
+    for dir in [
+        &subtree,
+        &place.leaf(),
+        &place.workers(),
+        &place.workers_leaf(),
+    ] {
+        assert_eq!(owner_mode(dir), (0, 0, 0o755), "{}", dir.display());
+    }
     // The worker user's group may make cgroups in programs/ and move processes between
     // workers/w and them (their common ancestor is workers/), but owns nothing: no chmod.
     assert_eq!(owner_mode(&place.programs()), (0, 65533, 0o775));
@@ -1270,8 +1785,16 @@ fn files_hand_over_keeps_the_master_out_of_the_worker_users_reach() {
     }
     // Each start and reload sets the modes again.
     std::fs::set_permissions(place.programs(), PermissionsExt::from_mode(0o700)).unwrap();
-    files::hand_over(&place, 65533).expect("again");
+    files::hand_over(&place, Some(65533)).expect("again");
     assert_eq!(owner_mode(&place.programs()), (0, 65533, 0o775));
+    // A master that is not root has no worker user: nothing is chowned, and nothing is
+    // writable by a group.
+    files::hand_over(&place, None).expect("no worker user");
+    assert_eq!(owner_mode(&place.programs()), (0, 65533, 0o755));
+    assert_eq!(
+        owner_mode(&place.workers().join("cgroup.procs")),
+        (0, 65533, 0o644)
+    );
 
     // The workers join workers/w through the master's descriptor.
     let join = files::open_join(&place).expect("open");
@@ -1309,7 +1832,7 @@ fn files_prepare_a_cgroup1_subtree() {
         "cgroup v1: the master and the workers stay where they are"
     );
     std::os::unix::fs::chown(place.programs(), Some(65534), Some(65534)).unwrap();
-    files::hand_over(&place, 65533).expect("hand over");
+    files::hand_over(&place, Some(65533)).expect("hand over");
     assert_eq!(owner_mode(&place.programs()), (0, 65533, 0o775));
     assert_eq!(owner_mode(&place.subtree()).0, 0);
     let _ = std::fs::remove_dir_all(t);
@@ -1321,6 +1844,29 @@ fn dirs(made: &files::Made) -> Vec<(Version, PathBuf)> {
         .iter()
         .map(|c| (c.version, c.dir.clone()))
         .collect()
+}
+
+/// A mkdir as the kernel's in a cgroup file system, for [`files::make_with`]: the directory
+/// (with the module's mode), then the interface files the kernel would show in it (`kernel`:
+/// per directory name's parent, the files and their contents).
+fn kernel_mkdir<'a>(
+    kernel: &'a [(&'a Path, &'a [(&'a str, &'a str)])],
+) -> impl Fn(&Path) -> std::io::Result<()> + 'a {
+    move |dir: &Path| {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(files::DIR_MODE)
+            .create(dir)?;
+        if let Some((_, made)) = kernel
+            .iter()
+            .find(|(parent, _)| dir.parent() == Some(parent))
+        {
+            for (name, contents) in made.iter() {
+                std::fs::write(dir.join(name), contents)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 #[test]
@@ -1336,29 +1882,25 @@ fn files_make_a_program_cgroup_with_its_limits() {
         base: t.join("v1"),
         controllers: vec![Controller::Memory, Controller::Cpu],
     };
-    // As the kernel makes them on mkdir (here made beforehand: mkdir finds them).
-    let name = "777-1";
-    cgroup_dir(
-        &v2.programs().join(name),
-        &[
-            ("memory.max", "max\n"),
-            ("memory.swap.max", "max\n"),
-            ("pids.max", "max\n"),
-            ("cpu.max", "max 100000\n"),
-            ("cgroup.procs", ""),
-            ("cgroup.kill", ""),
-        ],
-    );
-    cgroup_dir(
-        &v1.programs().join(name),
-        &[
-            ("memory.limit_in_bytes", ""),
-            ("memory.memsw.limit_in_bytes", ""),
-            ("cpu.cfs_period_us", ""),
-            ("cpu.cfs_quota_us", ""),
-            ("cgroup.procs", ""),
-        ],
-    );
+    std::fs::create_dir_all(v1.programs()).unwrap();
+    let v2_files: &[(&str, &str)] = &[
+        ("memory.max", "max\n"),
+        ("memory.swap.max", "max\n"),
+        ("pids.max", "max\n"),
+        ("cpu.max", "max 100000\n"),
+        ("cgroup.procs", ""),
+        ("cgroup.kill", ""),
+    ];
+    let v1_files: &[(&str, &str)] = &[
+        ("memory.limit_in_bytes", ""),
+        ("memory.memsw.limit_in_bytes", ""),
+        ("cpu.cfs_period_us", ""),
+        ("cpu.cfs_quota_us", ""),
+        ("cgroup.procs", ""),
+    ];
+    let (p2, p1) = (v2.programs(), v1.programs());
+    let kernel = [(p2.as_path(), v2_files), (p1.as_path(), v1_files)];
+    let mkdir = kernel_mkdir(&kernel);
     let values = Values {
         memory_max: Some(64 << 20),
         pids_max: Some(16),
@@ -1370,14 +1912,16 @@ fn files_make_a_program_cgroup_with_its_limits() {
         ..v2.clone()
     };
     let places = [v2.clone(), v1.clone()];
-    let made = files::make(&places[..1], name, &values).expect("make v2");
-    let made_v1 = files::make(&[v2_pids.clone(), v1.clone()], name, &values).expect("make v1");
-    let d2 = v2.programs().join(name);
-    let d1 = v1.programs().join(name);
+    let made = files::make_with(&places[..1], "777-1", &values, &mkdir).expect("make v2");
+    let made_v1 = files::make_with(&[v2_pids.clone(), v1.clone()], "777-2", &values, &mkdir)
+        .expect("make v1");
+    let d2 = p2.join("777-1");
     assert_eq!(read(&d2.join("memory.max")), "67108864");
     assert_eq!(read(&d2.join("memory.swap.max")), "0");
     assert_eq!(read(&d2.join("pids.max")), "16");
     assert_eq!(read(&d2.join("cpu.max")), "150000 100000");
+    let (d2b, d1) = (p2.join("777-2"), p1.join("777-2"));
+    assert_eq!(read(&d2b.join("pids.max")), "16");
     assert_eq!(read(&d1.join("memory.limit_in_bytes")), "67108864");
     assert_eq!(read(&d1.join("memory.memsw.limit_in_bytes")), "67108864");
     assert_eq!(read(&d1.join("cpu.cfs_period_us")), "100000");
@@ -1388,7 +1932,7 @@ fn files_make_a_program_cgroup_with_its_limits() {
     assert_eq!(made_v1.memory, Some((Version::V1, d1.clone())));
     assert_eq!(
         dirs(&made_v1),
-        [(Version::V2, d2.clone()), (Version::V1, d1.clone())]
+        [(Version::V2, d2b.clone()), (Version::V1, d1.clone())]
     );
     // What the child does with the descriptors: write "0".
     for &fd in made.procs() {
@@ -1396,28 +1940,60 @@ fn files_make_a_program_cgroup_with_its_limits() {
         assert_eq!(unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) }, 1);
     }
     assert_eq!(read(&d2.join("cgroup.procs")), "0");
+    // The directories are the worker's, writable by it alone (whatever the umask).
+    assert_eq!(owner_mode(&d2).2, 0o755);
+
+    // A cgroup of that name that exists already is not taken over: EEXIST, and what was made
+    // in the other hierarchy for it is removed.
+    let f = files::make_with(&places[..1], "777-1", &values, &mkdir).unwrap_err();
+    assert_eq!((f.call.as_str(), &f.path), ("mkdir()", &d2));
+    assert_eq!(f.err.raw_os_error(), Some(libc::EEXIST));
+    std::fs::create_dir(p1.join("777-3")).unwrap();
+    let f = files::make_with(&[v2_pids.clone(), v1.clone()], "777-3", &values, &mkdir).unwrap_err();
+    assert_eq!((f.call.as_str(), &f.path), ("mkdir()", &p1.join("777-3")));
+    assert!(
+        p2.join("777-3").exists(),
+        "(a fake cgroup with files is not removed by rmdir: the attempt is what counts)"
+    );
 
     // Only the hierarchies of the controllers a directive limits are joined.
     let only_pids = Values {
         pids_max: Some(5),
         ..Values::default()
     };
-    let made = files::make(&[v2_pids, v1.clone()], name, &only_pids).expect("make");
-    assert_eq!(dirs(&made), [(Version::V2, d2.clone())]);
+    let made = files::make_with(&[v2_pids, v1.clone()], "777-4", &only_pids, &mkdir).expect("make");
+    let d = p2.join("777-4");
+    assert_eq!(dirs(&made), [(Version::V2, d.clone())]);
     assert_eq!(made.memory, None);
-    assert_eq!(read(&d2.join("pids.max")), "5");
+    assert_eq!(read(&d.join("pids.max")), "5");
+    assert!(!p1.join("777-4").exists());
 
     // Without swap accounting (no memory.swap.max, no memsw) it is fine.
-    std::fs::remove_file(d2.join("memory.swap.max")).unwrap();
-    std::fs::remove_file(d1.join("memory.memsw.limit_in_bytes")).unwrap();
-    files::make(&places[..1], name, &values).expect("no swap files");
-    files::make(&places[1..], name, &values).expect("no memsw files");
+    let v2_bare: Vec<(&str, &str)> = v2_files
+        .iter()
+        .copied()
+        .filter(|(n, _)| *n != "memory.swap.max")
+        .collect();
+    let v1_bare: Vec<(&str, &str)> = v1_files
+        .iter()
+        .copied()
+        .filter(|(n, _)| !n.starts_with("memory.memsw"))
+        .collect();
+    let bare = [(p2.as_path(), &v2_bare[..]), (p1.as_path(), &v1_bare[..])];
+    let bare_mkdir = kernel_mkdir(&bare);
+    files::make_with(&places[..1], "777-5", &values, &bare_mkdir).expect("no swap files");
+    files::make_with(&places[1..], "777-5", &values, &bare_mkdir).expect("no memsw files");
 
-    // A limit file that is not there fails, naming the write.
-    std::fs::remove_file(d2.join("pids.max")).unwrap();
-    let f = files::make(&places[..1], name, &values).unwrap_err();
+    // A limit file that is not there fails, naming the write, and the cgroup is removed.
+    let no_pids: Vec<(&str, &str)> = v2_files
+        .iter()
+        .copied()
+        .filter(|(n, _)| *n != "pids.max")
+        .collect();
+    let broken = [(p2.as_path(), &no_pids[..])];
+    let f = files::make_with(&places[..1], "777-6", &values, &kernel_mkdir(&broken)).unwrap_err();
     assert_eq!(f.call, "write(\"16\")");
-    assert_eq!(f.path, d2.join("pids.max"));
+    assert_eq!(f.path, p2.join("777-6/pids.max"));
     assert_eq!(f.err.kind(), std::io::ErrorKind::NotFound);
     assert_eq!(files::quota_us(10), 10_000);
     let _ = std::fs::remove_dir_all(t);
@@ -1473,42 +2049,74 @@ fn files_kill_remove_and_sweep() {
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(sleeper.wait().unwrap().signal(), Some(libc::SIGKILL));
     // Removal: a cgroup with a process is busy (here: a directory with files); gone is fine.
-    assert!(!files::remove(&cgroups));
+    assert!(files::remove(&cgroups).is_err());
     let empty = t.join("empty");
     std::fs::create_dir(&empty).unwrap();
     assert!(files::remove(&[
         files::Cgroup::at(Version::V2, empty.clone()),
         files::Cgroup::at(Version::V2, t.join("gone"))
-    ]));
+    ])
+    .is_ok());
     assert!(!empty.exists());
 
-    // The cgroups of a worker that is gone are removed; a live one's and others stay.
+    // At a worker's start: the cgroups of a worker that is gone are removed, and those named
+    // after the starting worker's pid (an earlier worker's with the same pid); a live worker's
+    // stay, and so do directories that are no program's cgroup (reported).
     let place = files::Place {
         version: Version::V2,
         base: t.join("base"),
         controllers: vec![Controller::Pids],
     };
     let me = std::process::id();
+    let own = 4242;
     for name in [
         format!("{me}-1"),
         "999999999-3".into(),
         "999999999-4".into(),
+        "999999999-5".into(),
+        format!("{own}-7"),
         "junk".into(),
+        "1-squat".into(),
     ] {
         std::fs::create_dir_all(place.programs().join(name)).unwrap();
     }
     // (One whose program took its directory's mode: it is set back.)
     let taken = place.programs().join("999999999-4");
     std::fs::set_permissions(&taken, PermissionsExt::from_mode(0o000)).unwrap();
-    let alive = |pid: i32| pid == me as i32;
-    assert_eq!(files::sweep(std::slice::from_ref(&place), alive), 2);
+    // (One that stays busy: here a directory that is not empty.)
+    let busy = place.programs().join("999999999-5");
+    std::fs::write(busy.join("cgroup.procs"), "").unwrap();
+    let alive = |pid: i32| pid == me as i32 || pid == own;
+    let swept = files::sweep(std::slice::from_ref(&place), own, alive);
+    assert_eq!(swept.removed, 3);
+    assert_eq!(swept.busy.len(), 1);
+    assert_eq!(
+        (swept.busy[0].call.as_str(), &swept.busy[0].path),
+        ("rmdir()", &busy)
+    );
+    let mut strange = swept.strange.clone();
+    strange.sort();
+    assert_eq!(
+        strange,
+        [
+            place.programs().join("1-squat"),
+            place.programs().join("junk")
+        ]
+    );
     let mut left: Vec<String> = std::fs::read_dir(place.programs())
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     left.sort();
-    assert_eq!(left, [format!("{me}-1"), "junk".to_string()]);
+    let mut want = [
+        format!("{me}-1"),
+        "1-squat".to_string(),
+        "999999999-5".to_string(),
+        "junk".to_string(),
+    ];
+    want.sort();
+    assert_eq!(left, want);
     let _ = std::fs::remove_dir_all(t);
 }
 
@@ -1529,27 +2137,25 @@ fn files_list_and_kill_through_the_descriptors_of_the_making() {
     let d2 = v2.programs().join(name);
     let d1 = v1.programs().join(name);
     let mut sleeper = Command::new("/bin/sleep").arg("60").spawn().unwrap();
-    cgroup_dir(
-        &d2,
-        &[
-            ("pids.max", "max\n"),
-            ("cgroup.procs", "2147483002\n"),
-            ("cgroup.kill", ""),
-        ],
-    );
-    cgroup_dir(
-        &d1,
-        &[
-            ("memory.limit_in_bytes", ""),
-            ("cgroup.procs", &format!("{}\n", sleeper.id())),
-        ],
-    );
+    std::fs::create_dir_all(v1.programs()).unwrap();
+    let sleeper_line = format!("{}\n", sleeper.id());
+    let v2_files: &[(&str, &str)] = &[
+        ("pids.max", "max\n"),
+        ("cgroup.procs", "2147483002\n"),
+        ("cgroup.kill", ""),
+    ];
+    let v1_files: &[(&str, &str)] = &[
+        ("memory.limit_in_bytes", ""),
+        ("cgroup.procs", &sleeper_line),
+    ];
+    let (p2, p1) = (v2.programs(), v1.programs());
+    let kernel = [(p2.as_path(), v2_files), (p1.as_path(), v1_files)];
     let values = Values {
         memory_max: Some(1 << 20),
         pids_max: Some(4),
         cpu_max: None,
     };
-    let made = files::make(&[v2, v1], name, &values).expect("make");
+    let made = files::make_with(&[v2, v1], name, &values, &kernel_mkdir(&kernel)).expect("make");
     // The program replaces its files (as good as a chmod to 0 for a worker that is not root).
     for (dir, file) in [
         (&d2, "cgroup.procs"),
@@ -1570,5 +2176,59 @@ fn files_list_and_kill_through_the_descriptors_of_the_making() {
     assert_eq!(read(&d2.join("cgroup.kill")), "", "not by the path");
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(sleeper.wait().unwrap().signal(), Some(libc::SIGKILL));
+    let _ = std::fs::remove_dir_all(t);
+}
+
+/// cgroup v1 has no cgroup.kill: each call lists the processes once and kills them, however
+/// fast they fork (a fork bomb under pids.max): the worker is blocked for one listing and at
+/// most pids.max kill() calls, and what was forked meanwhile is left to the next call (the
+/// retried removal). Here the listings are counted by inotify (each opens cgroup.procs), which
+/// lists the same process each time, as the kernel's does until a killed process is gone.
+#[test]
+fn files_kill_lists_a_cgroup_v1_once_per_call() {
+    let t = temp_dir("cgroup-kill-once");
+    let dir = t.join("v1");
+    let mut sleeper = Command::new("/bin/sleep").arg("60").spawn().unwrap();
+    cgroup_dir(&dir, &[("cgroup.procs", &format!("{}\n", sleeper.id()))]);
+    let path =
+        std::ffi::CString::new(dir.join("cgroup.procs").as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: plain system calls on a descriptor this test owns, with a valid C string.
+    let inotify = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+    assert!(inotify >= 0);
+    // (Opens and closes alternate: inotify merges only repeated events.)
+    let mask = libc::IN_OPEN | libc::IN_CLOSE_NOWRITE;
+    // SAFETY: as above.
+    assert!(unsafe { libc::inotify_add_watch(inotify, path.as_ptr(), mask) } >= 0);
+    let opens = || {
+        let mut n = 0;
+        let mut buf = [0u8; 4096];
+        loop {
+            // SAFETY: reads into a buffer of this size.
+            let got = unsafe { libc::read(inotify, buf.as_mut_ptr().cast(), buf.len()) };
+            if got <= 0 {
+                return n;
+            }
+            // struct inotify_event: wd, mask, cookie, len, then len bytes of name.
+            let mut at = 0;
+            while at + 16 <= got as usize {
+                let word =
+                    |i: usize| u32::from_ne_bytes(buf[at + i..at + i + 4].try_into().unwrap());
+                if word(4) & libc::IN_OPEN != 0 {
+                    n += 1;
+                }
+                at += 16 + word(12) as usize;
+            }
+        }
+    };
+    let cgroups = [files::Cgroup::at(Version::V1, dir.clone())];
+    assert_eq!(files::kill(&cgroups, None), 1);
+    assert_eq!(opens(), 1, "one listing per call");
+    // (The sleeper is not reaped yet: its pid is no one else's.)
+    assert_eq!(files::kill(&cgroups, None), 1);
+    assert_eq!(opens(), 1);
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(sleeper.wait().unwrap().signal(), Some(libc::SIGKILL));
+    // SAFETY: the descriptor is this test's.
+    unsafe { libc::close(inotify) };
     let _ = std::fs::remove_dir_all(t);
 }

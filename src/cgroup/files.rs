@@ -9,16 +9,23 @@
 //!
 //! ```text
 //! cgroup v2:
-//! <base>/nginx-transform/                     root's
-//! <base>/nginx-transform/nginx/               the master (a leaf), root's
-//! <base>/nginx-transform/workers/             root's; cgroup.procs writable by the workers' group
-//! <base>/nginx-transform/workers/w/           the workers (a leaf), root's
+//! <base>/nginx-transform/                     root's (0755)
+//! <base>/nginx-transform/nginx/               the master (a leaf), root's (0755)
+//! <base>/nginx-transform/workers/             root's (0755); cgroup.procs: the workers' group
+//! <base>/nginx-transform/workers/w/           the workers (a leaf), root's (0755)
 //! <base>/nginx-transform/workers/programs/    root's, writable by the workers' group (0775)
-//! <base>/nginx-transform/workers/programs/<worker pid>-<n>/   one program, made by its worker
+//! <base>/nginx-transform/workers/programs/<worker pid>-<n>/   one program, its worker's (0755)
 //! cgroup v1:
+//! <base>/nginx-transform/                     root's (0755)
 //! <base>/nginx-transform/programs/            root's, writable by the workers' group (0775)
-//! <base>/nginx-transform/programs/<worker pid>-<n>/           one program, made by its worker
+//! <base>/nginx-transform/programs/<worker pid>-<n>/           one program, its worker's (0755)
 //! ```
+//!
+//! Every directory is made with its mode, never 0777 less the umask: `ngx_daemon` sets the
+//! umask to 0, so a directory made during a reload, or by a worker, would be writable by anyone,
+//! who could make a cgroup in it: one its worker then cannot remove, and on cgroup v1 a place in
+//! nginx's subtree for the maker's own processes. The subtree's directories get their modes
+//! again at each start and reload ([`hand_over`]).
 //!
 //! cgroup v2 keeps processes in leaves only and enables controllers top-down; a process may be
 //! moved by whoever may write the `cgroup.procs` of the destination and of the common ancestor
@@ -31,10 +38,10 @@
 //! write. The directories the worker user writes in are root's: it cannot chmod them away.
 //! cgroup v1 has none of these rules: the master and its workers stay where they are.
 
-use std::fs::{self, File, OpenOptions, Permissions};
+use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
 use std::io::{self, Read, Seek, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -49,9 +56,11 @@ pub const WORKERS_LEAF: &str = "w";
 pub const PROGRAMS: &str = "programs";
 /// The CPU period of `cpu.max` (cgroup v2) and `cpu.cfs_period_us` (v1): 100 ms.
 pub const PERIOD_US: u64 = 100_000;
-/// How often the processes of a cgroup v1 (or a v2 without `cgroup.kill`) are listed and
-/// killed before giving up (a fork bomb forks while it is killed; pids.max bounds it).
-const KILL_ROUNDS: usize = 100;
+/// The mode of the subtree's directories (root's) and of a program's cgroup (its worker's):
+/// nobody else may make a cgroup in them.
+pub const DIR_MODE: u32 = 0o755;
+/// The mode of `programs/` (root's), where the workers' group makes its programs' cgroups.
+pub const PROGRAMS_MODE: u32 = 0o775;
 
 /// A cgroup hierarchy's version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -375,9 +384,14 @@ fn failure(call: impl Into<String>, path: &Path, err: io::Error) -> Failure {
     }
 }
 
-/// mkdir; one that exists is fine.
-fn mkdir(dir: &Path) -> Result<(), Failure> {
-    match fs::create_dir(dir) {
+/// mkdir with [`DIR_MODE`] (the umask may take bits away, never add them).
+fn mkdir(dir: &Path) -> io::Result<()> {
+    DirBuilder::new().mode(DIR_MODE).create(dir)
+}
+
+/// [`mkdir`] of a directory of the subtree: one that exists is fine (an earlier start made it).
+fn mkdir_subtree(dir: &Path) -> Result<(), Failure> {
+    match mkdir(dir) {
         Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(failure("mkdir()", dir, e)),
         _ => Ok(()),
     }
@@ -401,14 +415,15 @@ fn write_if_there(path: &Path, value: &str) -> Result<(), Failure> {
     }
 }
 
-/// At start-up (the master, as root): the subtree and its `programs/`; cgroup v2: also the
-/// leaves `nginx/` and `workers/w`, the master moves into `nginx/` (`pid`), then the controllers
-/// are enabled in the base, the subtree, `workers/` and `programs/`.
+/// Once the configuration is committed (the master, as root): the subtree and its `programs/`;
+/// cgroup v2: also the leaves `nginx/` and `workers/w`, the master moves into `nginx/` (`pid`),
+/// then the controllers are enabled in the base, the subtree, `workers/` and `programs/`.
+/// [`check`] said beforehand whether this can work.
 pub fn prepare(place: &Place, pid: u32) -> Result<(), Failure> {
     let subtree = place.subtree();
-    mkdir(&subtree)?;
+    mkdir_subtree(&subtree)?;
     if place.version == Version::V1 {
-        return mkdir(&place.programs());
+        return mkdir_subtree(&place.programs());
     }
     for dir in [
         place.leaf(),
@@ -416,7 +431,7 @@ pub fn prepare(place: &Place, pid: u32) -> Result<(), Failure> {
         place.workers_leaf(),
         place.programs(),
     ] {
-        mkdir(&dir)?;
+        mkdir_subtree(&dir)?;
     }
     write(&place.leaf().join("cgroup.procs"), &pid.to_string())?;
     for dir in [
@@ -446,8 +461,9 @@ pub fn join(mut procs: &File) -> io::Result<()> {
     procs.write_all(b"0")
 }
 
-/// Enables `controllers` in `dir`'s `cgroup.subtree_control` (those not enabled yet).
-fn enable(dir: &Path, controllers: &[Controller]) -> Result<(), Failure> {
+/// What [`enable`] writes to `dir`'s `cgroup.subtree_control`: the `controllers` not enabled
+/// there yet ("+memory +pids"; empty if none).
+fn to_enable(dir: &Path, controllers: &[Controller]) -> Result<String, Failure> {
     let file = dir.join("cgroup.subtree_control");
     let on = fs::read_to_string(&file).map_err(|e| failure("open()", &file, e))?;
     let missing: Vec<String> = controllers
@@ -455,14 +471,24 @@ fn enable(dir: &Path, controllers: &[Controller]) -> Result<(), Failure> {
         .filter(|c| !on.split_whitespace().any(|o| o == c.name()))
         .map(|c| format!("+{}", c.name()))
         .collect();
+    Ok(missing.join(" "))
+}
+
+/// Enables `controllers` in `dir`'s `cgroup.subtree_control` (those not enabled yet).
+fn enable(dir: &Path, controllers: &[Controller]) -> Result<(), Failure> {
+    let missing = to_enable(dir, controllers)?;
     if missing.is_empty() {
         return Ok(());
     }
-    write(&file, &missing.join(" "))
+    write(&dir.join("cgroup.subtree_control"), &missing)
 }
 
-/// For `nginx -t`, which changes nothing: whether start-up could write what it writes.
-pub fn check(place: &Place) -> Result<(), Failure> {
+/// Before anything is made (postconfiguration, and `nginx -t`, which changes nothing): whether
+/// [`prepare`] can work for a master `pid`. The directories it writes in must be writable; and,
+/// cgroup v2, the controllers it still has to enable in the base must not be refused for other
+/// processes there (the kernel refuses with EBUSY while a cgroup other than the root holds
+/// processes: reported as the failure of that write, before anything is made).
+pub fn check(place: &Place, pid: u32) -> Result<(), Failure> {
     let writable = |path: &Path| {
         rustix::fs::access(path, rustix::fs::Access::WRITE_OK)
             .map_err(|e| failure("access()", path, e.into()))
@@ -474,27 +500,64 @@ pub fn check(place: &Place) -> Result<(), Failure> {
         writable(&place.base)?;
     }
     if place.version == Version::V2 {
-        writable(&place.base.join("cgroup.subtree_control"))?;
+        let control = place.base.join("cgroup.subtree_control");
+        writable(&control)?;
+        let missing = to_enable(&place.base, &place.controllers)?;
+        if !missing.is_empty() && !sharing(place, pid).is_empty() {
+            return Err(failure(
+                format!("write(\"{missing}\")"),
+                &control,
+                io::Error::from_raw_os_error(libc::EBUSY),
+            ));
+        }
     }
     Ok(())
 }
 
-/// At start-up, once the worker user is known (the master is root): what the workers write is
-/// writable by their group `gid` but stays root's, so that no process of the worker user (a
-/// worker, a program, another daemon of that user) can chmod it away: the `programs/`
-/// directory (they make and remove their programs' cgroups there; 0775) and, cgroup v2,
-/// `workers/cgroup.procs` (0664: the common ancestor of `workers/w` and a program's cgroup).
-/// The modes are set again at each start and reload; the subtree's own `cgroup.procs` (the
-/// common ancestor with the master) is root's alone (0644), as an older version left it too.
-pub fn hand_over(place: &Place, gid: u32) -> Result<(), Failure> {
-    let mut paths = vec![(place.programs(), 0o775, gid)];
-    if place.version == Version::V2 {
-        paths.push((place.subtree().join("cgroup.procs"), 0o644, 0));
-        paths.push((place.workers().join("cgroup.procs"), 0o664, gid));
+/// cgroup v2: the processes in the base besides `pid` (none in the root cgroup, which has no
+/// `cgroup.type` and may hold processes while its controllers are enabled).
+pub fn sharing(place: &Place, pid: u32) -> Vec<i32> {
+    if place.version != Version::V2 || !place.base.join("cgroup.type").exists() {
+        return Vec::new();
     }
+    Cgroup::at(Version::V2, place.base.clone())
+        .pids()
+        .into_iter()
+        .filter(|&p| i64::from(p) != i64::from(pid))
+        .collect()
+}
+
+/// After [`prepare`], once the worker user is known: the owners and modes of the subtree, set
+/// again at each start and reload (whatever an older version or the umask left). Its
+/// directories are [`DIR_MODE`]. With the workers' group `gid` (a master that is root), what
+/// the workers write is writable by that group but stays root's, so that no process of the
+/// worker user (a worker, a program, another daemon of that user) can chmod it away: the
+/// `programs/` directory (they make and remove their programs' cgroups there;
+/// [`PROGRAMS_MODE`]) and, cgroup v2, `workers/cgroup.procs` (0664: the common ancestor of
+/// `workers/w` and a program's cgroup); the subtree's own `cgroup.procs` (the common ancestor
+/// with the master) is root's alone (0644), as an older version left it too. Without one (a
+/// master that is not root: its workers are its user) they stay the master user's, writable
+/// by that user only.
+pub fn hand_over(place: &Place, gid: Option<u32>) -> Result<(), Failure> {
+    let group_writes = |mode: u32| if gid.is_some() { mode } else { mode & 0o755 };
+    let mut paths = vec![(place.subtree(), DIR_MODE, None)];
+    if place.version == Version::V2 {
+        for dir in [place.leaf(), place.workers(), place.workers_leaf()] {
+            paths.push((dir, DIR_MODE, None));
+        }
+        paths.push((place.subtree().join("cgroup.procs"), 0o644, gid.map(|_| 0)));
+        paths.push((
+            place.workers().join("cgroup.procs"),
+            group_writes(0o664),
+            gid,
+        ));
+    }
+    paths.push((place.programs(), group_writes(PROGRAMS_MODE), gid));
     for (path, mode, group) in paths {
-        std::os::unix::fs::chown(&path, Some(0), Some(group))
-            .map_err(|e| failure(format!("chown(0, {group})"), &path, e))?;
+        if let Some(group) = group {
+            std::os::unix::fs::chown(&path, Some(0), Some(group))
+                .map_err(|e| failure(format!("chown(0, {group})"), &path, e))?;
+        }
         fs::set_permissions(&path, Permissions::from_mode(mode))
             .map_err(|e| failure(format!("chmod({mode:o})"), &path, e))?;
     }
@@ -601,10 +664,23 @@ impl Made {
     }
 }
 
-/// Makes the cgroup `name` of a program in the places that hold a controller `values` limits,
-/// writes the limits there, opens each `cgroup.procs` for the child to join and keeps the
-/// descriptors the worker lists and kills it through. On failure nothing is left.
+/// Makes the cgroup `name` of a program ([`DIR_MODE`]) in the places that hold a controller
+/// `values` limits, writes the limits there, opens each `cgroup.procs` for the child to join
+/// and keeps the descriptors the worker lists and kills it through. One that exists already is
+/// a failure (EEXIST): it is not this program's, and may hold someone else's processes or
+/// limits. On failure nothing it made is left.
 pub fn make(places: &[Place], name: &str, values: &Values) -> Result<Made, Failure> {
+    make_with(places, name, values, &mkdir)
+}
+
+/// [`make`], with the directory made by `mkdir` (tests: one that also makes the files the
+/// kernel makes in a new cgroup).
+pub fn make_with(
+    places: &[Place],
+    name: &str,
+    values: &Values,
+    mkdir: &dyn Fn(&Path) -> io::Result<()>,
+) -> Result<Made, Failure> {
     let wanted = values.controllers();
     let mut cgroups: Vec<Cgroup> = Vec::new();
     let mut procs = Vec::new();
@@ -622,6 +698,7 @@ pub fn make(places: &[Place], name: &str, values: &Values) -> Result<Made, Failu
         }
         let dir = place.programs().join(name);
         let step = mkdir(&dir)
+            .map_err(|e| failure("mkdir()", &dir, e))
             .and_then(|()| match Cgroup::open(place.version, dir.clone()) {
                 Ok(c) => {
                     cgroups.push(c);
@@ -650,7 +727,7 @@ pub fn make(places: &[Place], name: &str, values: &Values) -> Result<Made, Failu
                 }
             }
             Err(f) => {
-                remove(&cgroups);
+                let _ = remove(&cgroups);
                 return Err(f);
             }
         }
@@ -720,12 +797,16 @@ pub fn quota_us(percent: u32) -> u64 {
 }
 
 /// SIGKILL to every process of the cgroups: `cgroup.kill` (cgroup v2, Linux 5.14) where it is
-/// there, else each process listed, again until none is left. Returns how many processes
-/// besides `except` were in them.
+/// there, else each process listed (cgroup v1), in one pass: one listing and at most pids.max
+/// kill() calls per hierarchy, however fast the processes fork. A process forked meanwhile (a
+/// fork bomb's) is caught by the next call: a busy cgroup's removal is retried later, and
+/// kills again. Returns how many processes besides `except` were in them.
 pub fn kill(cgroups: &[Cgroup], except: Option<i32>) -> usize {
     let mut seen: Vec<i32> = Vec::new();
+    let mut killed: Vec<i32> = Vec::new();
     for cgroup in cgroups {
-        for p in cgroup.pids() {
+        let listed = cgroup.pids();
+        for &p in &listed {
             if Some(p) != except && !seen.contains(&p) {
                 seen.push(p);
             }
@@ -733,32 +814,34 @@ pub fn kill(cgroups: &[Cgroup], except: Option<i32>) -> usize {
         if cgroup.kill_all() {
             continue;
         }
-        for _ in 0..KILL_ROUNDS {
-            let listed = cgroup.pids();
-            if listed.is_empty() {
-                break;
+        // (A program's processes are in each of its v1 hierarchies: each gets one SIGKILL.)
+        for p in listed {
+            if killed.contains(&p) {
+                continue;
             }
-            for p in listed {
-                if let Some(pid) = rustix::process::Pid::from_raw(p) {
-                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-                }
+            killed.push(p);
+            if let Some(pid) = rustix::process::Pid::from_raw(p) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
             }
         }
     }
     seen.len()
 }
 
-/// Removes the cgroups; false if one is still busy (its killed processes are not gone yet).
-pub fn remove(cgroups: &[Cgroup]) -> bool {
-    let mut gone = true;
+/// Removes the cgroups; the first failure if one is still there (busy: its killed processes are
+/// not gone yet, or a cgroup was made in it).
+pub fn remove(cgroups: &[Cgroup]) -> Result<(), Failure> {
+    let mut first = None;
     for cgroup in cgroups {
         match fs::remove_dir(&cgroup.dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(_) => gone = false,
+            Err(e) => {
+                first.get_or_insert_with(|| failure("rmdir()", &cgroup.dir, e));
+            }
         }
     }
-    gone
+    first.map_or(Ok(()), Err)
 }
 
 /// How many processes the memory limit killed in a program's cgroup: `oom_kill` in
@@ -781,10 +864,20 @@ pub fn oom_kills(version: Version, dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// The cgroups of programs whose worker is gone (it was killed before it removed them): their
-/// processes are killed and they are removed. Returns how many were removed.
-pub fn sweep(places: &[Place], alive: impl Fn(i32) -> bool) -> usize {
-    let mut removed = 0;
+/// What [`sweep`] did: how many cgroups it removed, those it could not (busy), and the
+/// directories in `programs/` that are no program's cgroup (left alone).
+#[derive(Debug, Default)]
+pub struct Swept {
+    pub removed: usize,
+    pub busy: Vec<Failure>,
+    pub strange: Vec<PathBuf>,
+}
+
+/// At a worker's start (`own`: its pid; it has made no cgroup yet): the cgroups of programs
+/// whose worker is gone (killed before it removed them), and those named after `own` (left by
+/// an earlier worker with the same pid): their processes are killed and they are removed.
+pub fn sweep(places: &[Place], own: i32, alive: impl Fn(i32) -> bool) -> Swept {
+    let mut swept = Swept::default();
     for place in places {
         let Ok(entries) = fs::read_dir(place.programs()) else {
             continue;
@@ -794,11 +887,16 @@ pub fn sweep(places: &[Place], alive: impl Fn(i32) -> bool) -> usize {
             let pid = name
                 .to_str()
                 .and_then(|n| n.split_once('-'))
+                .filter(|(_, n)| n.parse::<u64>().is_ok())
                 .and_then(|(p, _)| p.parse::<i32>().ok());
+            if !entry.path().is_dir() {
+                continue;
+            }
             let Some(pid) = pid else {
+                swept.strange.push(entry.path());
                 continue;
             };
-            if alive(pid) || !entry.path().is_dir() {
+            if pid != own && alive(pid) {
                 continue;
             }
             // (Its program may have taken the modes away; the files are the worker user's.)
@@ -807,12 +905,30 @@ pub fn sweep(places: &[Place], alive: impl Fn(i32) -> bool) -> usize {
             for (file, mode) in [("cgroup.procs", 0o644), ("cgroup.kill", 0o200)] {
                 let _ = fs::set_permissions(dir.join(file), Permissions::from_mode(mode));
             }
-            let cgroups = [Cgroup::at(place.version, dir)];
-            kill(&cgroups, None);
-            if remove(&cgroups) {
-                removed += 1;
+            match kill_and_remove(&[Cgroup::at(place.version, dir)]) {
+                Ok(()) => swept.removed += 1,
+                Err(f) => swept.busy.push(f),
             }
         }
     }
-    removed
+    swept
+}
+
+/// How long [`kill_and_remove`] waits for killed processes to be gone: rounds of 2 ms.
+pub const WAIT_ROUNDS: usize = 50;
+
+/// Removes the cgroups, killing what is in them and waiting up to [`WAIT_ROUNDS`] × 2 ms for
+/// it to be gone (at a worker's start or exit, which serve no request meanwhile).
+pub fn kill_and_remove(cgroups: &[Cgroup]) -> Result<(), Failure> {
+    let mut round = 0;
+    loop {
+        match remove(cgroups) {
+            Err(_) if round < WAIT_ROUNDS => {
+                kill(cgroups, None);
+                std::thread::sleep(std::time::Duration::from_millis(2));
+                round += 1;
+            }
+            done => return done,
+        }
+    }
 }
