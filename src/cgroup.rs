@@ -350,6 +350,26 @@ pub fn configure(cf: &ngx_conf_t) -> bool {
             );
             return false;
         }
+        // Between its setuid and init_process a new worker holds that root-opened descriptor
+        // while dumpable: without Yama, any process of the worker user could take it
+        // (pidfd_getfd) and move the master out of reach. Yama's ptrace_scope 1 or more keeps
+        // it to the worker's ancestors.
+        let scope = std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok());
+        if scope.unwrap_or(0) < 1 {
+            let (file, line) = at(&place.controllers);
+            log_error!(
+                NGX_LOG_EMERG,
+                log,
+                0,
+                "\"transform_cgroup\" in {file}:{line} cannot work: on cgroup v2 it needs Yama's \
+                 kernel.yama.ptrace_scope at 1 or more ({}), or a process of the worker user \
+                 could take the descriptor a new worker joins its cgroup with",
+                scope.map_or("no Yama".to_string(), |v| format!("it is {v}"))
+            );
+            return false;
+        }
     }
     let mut planned = Vec::new();
     for place in found.places {

@@ -543,6 +543,8 @@ pub unsafe extern "C" fn merge_loc_conf(
             &mut *conf.cast::<TransformConf>(),
         )
     };
+    // (Written at this level, not inherited.)
+    let own_filter_pass = conf.filter_pass.is_some();
     if conf.merge(prev).is_err() {
         return NGX_CONF_ERROR;
     }
@@ -612,6 +614,25 @@ pub unsafe extern "C" fn merge_loc_conf(
         match find_pool(cf, "transform_filter_pass", at) {
             Some(i) => conf.filter_pool = Some(i),
             None => return NGX_CONF_ERROR,
+        }
+        // Where this level names the pool and runs no program of its own, a sandbox or cgroup
+        // that differs from the http level's could only be meant for the pool's processes: it
+        // would be ignored, so refuse.
+        let main = <crate::Module as HttpModuleMainConf>::main_conf(cf).expect("main conf");
+        let http = conf.filter_pool.and_then(|i| main.pools[i].http_conf());
+        let own_programs = conf.exec.is_some() || conf.pass.is_some();
+        if own_filter_pass && !own_programs && http.is_some_and(|http| !conf.same_confinement(http))
+        {
+            let (_, file, line) = at;
+            log_error!(
+                NGX_LOG_EMERG,
+                cf.log,
+                0,
+                "\"transform_filter_pass\" in {file}:{line} runs its pool's processes, which have \
+                 the http level's sandbox and cgroup: set transform_sandbox_* and transform_cgroup \
+                 there, not in this location or its server"
+            );
+            return NGX_CONF_ERROR;
         }
     }
     if let Some(at) = &conf.pass {

@@ -245,6 +245,27 @@ fn build_default_filter() -> Result<BpfProgram, String> {
         clone.push(SeccompRule::new(vec![cond]).map_err(|e| fail(&e))?);
     }
     rules.insert(libc::SYS_clone, clone);
+    // Calls that act on another process by pid with no ptrace-like check (same user is enough),
+    // which a Landlock domain does not restrict either: only on the caller itself (pid 0).
+    let arg_ne = |arg: u8, v: u64| -> Result<SeccompRule, String> {
+        let cond = SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, v)
+            .map_err(|e| fail(&e))?;
+        SeccompRule::new(vec![cond]).map_err(|e| fail(&e))
+    };
+    for nr in [
+        libc::SYS_prlimit64,
+        libc::SYS_sched_setaffinity,
+        libc::SYS_sched_setscheduler,
+        libc::SYS_sched_setparam,
+        libc::SYS_sched_setattr,
+    ] {
+        rules.insert(nr, vec![arg_ne(0, 0)?]);
+    }
+    // setpriority(which, who): PRIO_PROCESS (0) of itself (0) only; PRIO_USER 0 is the whole
+    // user, the worker included.
+    rules.insert(libc::SYS_setpriority, vec![arg_ne(0, 0)?, arg_ne(1, 0)?]);
+    // ioprio_set(which, who): IOPRIO_WHO_PROCESS (1) of itself (0) only.
+    rules.insert(libc::SYS_ioprio_set, vec![arg_ne(0, 1)?, arg_ne(1, 0)?]);
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::Allow,
@@ -342,6 +363,16 @@ pub fn log_report(log: *mut nginx_sys::ngx_log_t) {
     if crate::nginx::signaller() {
         // (`nginx -s` reads the configuration only to find the master.)
         return;
+    }
+    if let (Some((file, line)), Ok(abi @ ..=5)) = (&syscalls, crate::os::landlock_abi()) {
+        log_error!(
+            nginx_sys::NGX_LOG_WARN,
+            log,
+            0,
+            "\"transform_sandbox_syscalls default\" in {file}:{line} and every other cannot keep \
+             the programs from signalling the worker: this kernel's Landlock ABI {abi} does not \
+             scope signals and abstract UNIX sockets (ABI 6, Linux 6.12)"
+        );
     }
     if let (Some((file, line)), Err(e)) = (&syscalls, crate::os::landlock_abi()) {
         log_error!(

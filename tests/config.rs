@@ -307,6 +307,20 @@ fn pool_directives_misuse() {
         ));
         assert!(ok, "{own} at the http level: {out}");
     }
+    // The same for transform_filter_pass written in a location that runs no program of its own.
+    rejects(
+        &pass("transform_sandbox_syscalls default; transform_filter_pass p;"),
+        "runs its pool's processes, which have the http level's sandbox and cgroup",
+    );
+    let (ok, out, _) = nginx_test_config(
+        "transform_pool p {HELPER} pool-serve;\ntransform_filter_pass p;\n\
+         server { listen 127.0.0.1:{PORT}; transform_sandbox_syscalls default;\n\
+         location / { } location /x { transform_exec /bin/true; } }",
+    );
+    assert!(
+        ok,
+        "an inherited transform_filter_pass is not refused: {out}"
+    );
     // transform_filter_pass: a known pool or off; not with transform_filter at one level.
     rejects(&pass("transform_filter_pass nopool;"), "nopool");
     rejects(

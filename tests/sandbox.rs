@@ -419,6 +419,17 @@ fn landlock_scope_keeps_the_program_from_signalling_the_worker() {
     );
     assert_eq!(on, "EACCES");
     assert_eq!(body(&nginx, "/seccomp/?m=parent-mem"), "EACCES");
+    // Nor change its limits or its priority (same-user calls no Landlock hook sees): the
+    // profile refuses them for any process but the caller.
+    for (mode, ok) in [("prlimit-parent", "ok prlimit"), ("nice-parent", "ok nice")] {
+        let (_, off) = on_off(&nginx, mode, "");
+        assert_eq!(off, ok, "{mode} without a sandbox");
+        assert_eq!(
+            body(&nginx, &format!("/seccomp/?m={mode}")),
+            "EPERM",
+            "{mode}"
+        );
+    }
     // Abstract UNIX sockets outside the sandbox are out of reach too (ABI 6); the seccomp
     // profile allows AF_UNIX.
     use std::os::linux::net::SocketAddrExt;

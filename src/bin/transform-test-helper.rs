@@ -79,6 +79,8 @@
 //! - `connect-abstract NAME`: connects to the abstract UNIX socket NAME (`ok connected`).
 //! - `kill-parent [SIGNAL]`: kill(getppid(), SIGNAL), 0 unless given (`ok kill`).
 //! - `ptrace-parent`: PTRACE_SEIZE of getppid() (which never stops it; exiting detaches).
+//! - `prlimit-parent`: reads the worker's RLIMIT_CORE with prlimit (`ok prlimit`).
+//! - `nice-parent`: setpriority(PRIO_PROCESS, worker, 0) (`ok nice`).
 //! - `parent-mem`: opens /proc/PPID/mem for reading and writing (`ok mem`).
 //! - `ptrace-child`: PTRACE_SEIZE of a child of its own (allowed without a sandbox: a parent with
 //!   the same ids), then kills and reaps it.
@@ -913,6 +915,8 @@ const PROBES: &[&str] = &[
     "ptrace-parent",
     "ptrace-child",
     "parent-mem",
+    "prlimit-parent",
+    "nice-parent",
     "fork-bomb",
     "alloc",
     "spin",
@@ -1048,6 +1052,33 @@ fn probe(mode: &str, args: &[String]) -> String {
         "ptrace-parent" => {
             // SAFETY: getppid() has no preconditions.
             ptrace_seize(unsafe { libc::getppid() })
+        }
+        "prlimit-parent" => {
+            // Reads the worker's core limit (no change): the call that could also set it.
+            let mut old = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: prlimit with no new limit and a valid output struct.
+            match unsafe {
+                libc::prlimit(
+                    libc::getppid(),
+                    libc::RLIMIT_CORE,
+                    std::ptr::null(),
+                    &mut old,
+                )
+            } {
+                0 => "ok prlimit".to_string(),
+                _ => last_errno(),
+            }
+        }
+        "nice-parent" => {
+            // Sets the worker's nice value to what it is (0): the call that could lower it.
+            // SAFETY: setpriority with integer arguments.
+            match unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::getppid() as u32, 0) } {
+                0 => "ok nice".to_string(),
+                _ => last_errno(),
+            }
         }
         "parent-mem" => {
             // Opening the worker's memory for writing: a way to run code in it that no system
