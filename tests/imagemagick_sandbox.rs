@@ -776,3 +776,68 @@ fn the_recipe_sandbox_confines_a_program_that_was_taken_over() {
     eprintln!("A taken-over program under the recipe's sandbox:\n{out}");
     std::fs::remove_dir_all(&site).ok();
 }
+
+/// The recipe with its commented `transform_cgroup` line on (root and cgroups needed: a machine
+/// without them fails this test with `nginx -t`'s reason, unless TRANSFORM_TEST_NO_CGROUP=1 says
+/// so aloud): nginx accepts it beside the sandbox, thumbnails still work, a crafted picture still
+/// fails, and the start-up names the hierarchies it uses.
+#[test]
+fn the_recipe_with_its_cgroup_line_makes_thumbnails() {
+    let site = make_site();
+    let line = "# transform_cgroup ";
+    let text = recipe(&site);
+    assert!(
+        text.contains(line),
+        "the recipe's commented transform_cgroup line"
+    );
+    let text = text.replacen(line, "transform_cgroup ", 1);
+    let prefix = example_prefix();
+    let conf = prefix.join("imagemagick-sandbox.conf");
+    std::fs::write(&conf, &text).unwrap();
+    let out = Command::new(nginx_binary())
+        .arg("-t")
+        .arg("-p")
+        .arg(&prefix)
+        .arg("-c")
+        .arg(&conf)
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&prefix).ok();
+    if !out.status.success() {
+        let why = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            std::env::var_os("TRANSFORM_TEST_NO_CGROUP").is_some(),
+            "the recipe's transform_cgroup cannot run here: {why} (set \
+             TRANSFORM_TEST_NO_CGROUP=1 to run without it)"
+        );
+        eprintln!("skipping: {why} (TRANSFORM_TEST_NO_CGROUP is set)");
+        std::fs::remove_dir_all(&site).ok();
+        return;
+    }
+    let images = site.join("html/images");
+    std::fs::write(
+        images.join("crafted.jpg"),
+        "push graphic-context\nviewbox 0 0 64 64\nimage over 0,0 64,64 'text:/etc/passwd'\n\
+         pop graphic-context\n",
+    )
+    .unwrap();
+    let s = ExampleServer::start_text("imagemagick-sandbox.conf", &text);
+    let (code, jpg) = request(&s.url("/thumb/120x80/rose.jpg"), None);
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&jpg));
+    assert_thumbnail(&jpg, 120, 80, "with transform_cgroup");
+    let (code, jpg) = request(&s.url("/resize?size=64x64"), Some(&images.join("rose.jpg")));
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&jpg));
+    assert_thumbnail(&jpg, 64, 64, "an upload with transform_cgroup");
+    let (code, body) = request(&s.url("/thumb/64x64/crafted.jpg"), None);
+    assert_eq!(code, 502);
+    assert_no_passwd(&body, "crafted.jpg");
+    let errors = std::fs::read_to_string(s.prefix.join("logs/error.log")).unwrap();
+    for controller in ["memory", "pids", "cpu"] {
+        assert!(
+            errors.contains(&format!("transform_cgroup: {controller} (cgroup v")),
+            "the {controller} hierarchy's notice: {errors}"
+        );
+    }
+    s.stop();
+    std::fs::remove_dir_all(&site).ok();
+}
