@@ -785,9 +785,20 @@ impl Daemon {
 
     /// The workers that run as their user (a new one is root until it switched).
     fn workers(&self) -> Vec<u32> {
+        // (A child may exit between the listing and the read of its ids: the old worker after a
+        // reload. It is no worker then.)
+        let uid = |p: u32| -> Option<u32> {
+            let s = std::fs::read_to_string(format!("/proc/{p}/status")).ok()?;
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        };
         children_of(self.master)
             .into_iter()
-            .filter(|&p| ids_of(p).0 != 0)
+            .filter(|&p| uid(p).is_some_and(|u| u != 0))
             .collect()
     }
 
