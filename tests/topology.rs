@@ -311,6 +311,8 @@ fn thumbnails_conf_stores_once_serves_the_file_and_remakes_it_once_deleted() {
     assert_eq!(r.status, 200);
     assert!(r.body == stored, "the remade thumbnail differs");
     assert!(published(&file) == stored);
+    // (The access log line is written after the last byte is sent: it may trail the body.)
+    wait_until(Duration::from_secs(3), || program_runs(&s.prefix, uri) >= 2);
     assert_eq!(program_runs(&s.prefix, uri), 2, "deleted, made again once");
 
     // Only validated URIs reach the program.
