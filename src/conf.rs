@@ -618,20 +618,11 @@ pub unsafe extern "C" fn merge_loc_conf(
         // Where this level names the pool and runs no program of its own, a sandbox or cgroup
         // that differs from the http level's could only be meant for the pool's processes: it
         // would be ignored, so refuse.
-        let main = <crate::Module as HttpModuleMainConf>::main_conf(cf).expect("main conf");
-        let http = conf.filter_pool.and_then(|i| main.pools[i].http_conf());
         let own_programs = conf.exec.is_some() || conf.pass.is_some();
-        if own_filter_pass && !own_programs && http.is_some_and(|http| !conf.same_confinement(http))
+        if own_filter_pass
+            && !own_programs
+            && !same_confinement_as_pool(cf, conf, conf.filter_pool, "transform_filter_pass", at)
         {
-            let (_, file, line) = at;
-            log_error!(
-                NGX_LOG_EMERG,
-                cf.log,
-                0,
-                "\"transform_filter_pass\" in {file}:{line} runs its pool's processes, which have \
-                 the http level's sandbox and cgroup: set transform_sandbox_* and transform_cgroup \
-                 there, not in this location or its server"
-            );
             return NGX_CONF_ERROR;
         }
     }
@@ -651,17 +642,7 @@ pub unsafe extern "C" fn merge_loc_conf(
             Some(i) => conf.pool = Some(i),
             None => return NGX_CONF_ERROR,
         }
-        let main = <crate::Module as HttpModuleMainConf>::main_conf(cf).expect("main conf");
-        let http = conf.pool.and_then(|i| main.pools[i].http_conf());
-        if http.is_some_and(|http| !conf.same_confinement(http)) {
-            log_error!(
-                NGX_LOG_EMERG,
-                cf.log,
-                0,
-                "\"transform_pass\" in {file}:{line} runs its pool's processes, which have the http \
-                 level's sandbox and cgroup: set transform_sandbox_* and transform_cgroup there, \
-                 not in this location or its server"
-            );
+        if !same_confinement_as_pool(cf, conf, conf.pool, "transform_pass", at) {
             return NGX_CONF_ERROR;
         }
     }
@@ -697,6 +678,32 @@ pub unsafe extern "C" fn merge_loc_conf(
         }
     }
     NGX_CONF_OK
+}
+
+/// Whether `conf` confines programs as its pool's processes are (the http level's); if not, the
+/// directive `what` at `at` is refused with a line: a sandbox or cgroup set below http would not
+/// reach the pool's processes, which serve every location.
+fn same_confinement_as_pool(
+    cf: &ngx_conf_t,
+    conf: &TransformConf,
+    pool: Option<usize>,
+    what: &str,
+    (_, file, line): &PoolRef,
+) -> bool {
+    let main = <crate::Module as HttpModuleMainConf>::main_conf(cf).expect("main conf");
+    let http = pool.and_then(|i| main.pools[i].http_conf());
+    if http.is_none_or(|http| conf.same_confinement(http)) {
+        return true;
+    }
+    log_error!(
+        NGX_LOG_EMERG,
+        cf.log,
+        0,
+        "\"{what}\" in {file}:{line} runs its pool's processes, which have the http level's \
+         sandbox and cgroup: set transform_sandbox_* and transform_cgroup there, not in this \
+         location or its server"
+    );
+    false
 }
 
 /// The pool a directive (`what`, at `file:line`) names, by its index in the main conf; an
