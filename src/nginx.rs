@@ -334,8 +334,25 @@ impl Http {
 
     /// Output nginx holds for this request that has not reached the socket yet.
     pub fn pending_output(self) -> bool {
-        let out = self.with_r(|r| !r.out.is_null());
-        out || self.with_c(|c| c.buffered() != 0)
+        self.output_queued() || self.with_c(|c| c.buffered() != 0)
+    }
+
+    /// Whether nginx's write filter holds output it could not send yet (not counting what a
+    /// lower layer, TLS, keeps back until it is flushed).
+    pub fn output_queued(self) -> bool {
+        self.with_r(|r| !r.out.is_null())
+    }
+
+    /// Whether the client takes no more for now: output is pending and the connection's write
+    /// event is not ready (a write met EAGAIN, or an HTTP/2 stream waits for its window or its
+    /// connection) or is delayed (limit_rate, sendfile_max_chunk). Its write event comes back.
+    pub fn client_blocked(self) -> bool {
+        if !self.pending_output() {
+            return false;
+        }
+        let wev = self.with_c(|c| c.write);
+        // SAFETY: a live connection has live events.
+        unsafe { (*wev).ready() == 0 || (*wev).delayed() != 0 }
     }
 
     pub fn output_filter(self, chain: *mut ngx_chain_t) -> ngx_int_t {
@@ -1391,7 +1408,15 @@ pub fn read_body(http: Http, ready: unsafe extern "C" fn(*mut ngx_http_request_t
 }
 
 /// A bounded set of reused buffers carrying a program's output through nginx's output chain
-/// (nginx's non-buffered upstream pattern: output_filter, then ngx_chain_update_chains).
+/// (nginx's non-buffered upstream pattern: output_filter, then ngx_chain_update_chains), paced by
+/// the client:
+///
+/// - it reads from the pipe only while the client takes what it is given: once a write would
+///   block, the rest waits in the pipe (which holds it anyway), not in memory here; buffers left
+///   free then are given back, so a slow client holds about one buffer;
+/// - its buffers are not flushed one by one: a flush goes down when the pipe runs dry (or
+///   ends), so TLS makes whole records of the output and the chunked framing, not one small
+///   record for the framing after every read.
 pub struct BufRing {
     free: *mut ngx_chain_t,
     busy: *mut ngx_chain_t,
@@ -1401,7 +1426,15 @@ pub struct BufRing {
     max: usize,
     size: usize,
     tag: nginx_sys::ngx_buf_tag_t,
+    /// Output passed on since the last flush.
+    unflushed: bool,
+    /// The flush buffer, made once and passed again each time (it holds no data).
+    flush: *mut ngx_buf_t,
 }
+
+/// The tag of the flush buffer: not the ring's, so ngx_chain_update_chains never takes it for
+/// a data buffer.
+static FLUSH_TAG: u8 = 0;
 
 /// Counters of what a transport moved, and the most it may move.
 pub struct Moved {
@@ -1481,11 +1514,13 @@ impl BufRing {
             max,
             size,
             tag: tag.cast_mut().cast(),
+            unflushed: false,
+            flush: ptr::null_mut(),
         }
     }
 
-    /// Reads from `pipe` and passes what it gets to nginx, until the pipe runs dry, the buffers
-    /// are all in flight, or the pipe ends.
+    /// Reads from `pipe` and passes what it gets to nginx, until the pipe runs dry, the client
+    /// takes no more, the buffers are all in flight, or the pipe ends.
     pub fn pump(
         &mut self,
         http: Http,
@@ -1494,34 +1529,31 @@ impl BufRing {
         moved: &mut Moved,
     ) -> io::Result<Pumped> {
         loop {
-            // Busy buffers too (a filter after us may hold them, waiting for something else
-            // than the client): they are only found free again after a call.
-            if !self.out.is_null() || !self.busy.is_null() || http.pending_output() {
-                if to.body(http, self.out) == NGX_ERROR as ngx_int_t {
-                    return Err(io::Error::other("output filter failed"));
-                }
-                // SAFETY: the chains are ours and the request pool's; tag marks our buffers.
-                unsafe {
-                    ngx_chain_update_chains(
-                        http.pool(),
-                        &mut self.free,
-                        &mut self.busy,
-                        &mut self.out,
-                        self.tag,
-                    )
-                };
-                self.out = ptr::null_mut();
-                self.out_tail = ptr::null_mut();
+            // What waits goes on: our buffers (busy ones too: a filter after us may hold them,
+            // waiting for something else than the client, and they are only found free again
+            // after a call), what nginx holds for the client; not a partial TLS record kept
+            // back on purpose (a call without buffers flushes it).
+            if !self.out.is_null()
+                || !self.busy.is_null()
+                || http.output_queued()
+                || (!self.unflushed && http.pending_output())
+            {
+                self.pass(http, to)?;
             }
             if moved.room() == 0 {
+                self.flush_owed(http, to)?;
                 return Ok(Pumped::Eof);
+            }
+            if http.client_blocked() {
+                // The rest stays in the pipe, and the program waits there.
+                self.release_free(http);
+                return Ok(Pumped::ClientBusy);
             }
             let Some(cl) = self.take_free(http)? else {
                 return Ok(Pumped::ClientBusy);
             };
             // SAFETY: cl is a chain link holding one of our temp buffers, empty (pos == last).
             let b: &mut ngx_buf_t = unsafe { &mut *(*cl).buf };
-            // SAFETY: [last, end) is the buffer's free space.
             // SAFETY: last and end point into the same buffer, last <= end.
             let free = (unsafe { b.end.offset_from(b.last) } as u64).min(moved.room());
             // SAFETY: [last, last + free) lies in the buffer's free space.
@@ -1530,6 +1562,7 @@ impl BufRing {
             match os::read(pipe, space) {
                 Ok(0) => {
                     self.put_back(cl);
+                    self.flush_owed(http, to)?;
                     return Ok(Pumped::Eof);
                 }
                 Ok(n) if moved.dechunk.is_some() => {
@@ -1553,7 +1586,6 @@ impl BufRing {
                     } else {
                         // SAFETY: decoded.data <= n, in the buffer's free space.
                         b.last = unsafe { b.last.add(decoded.data) };
-                        b.set_flush(1);
                         moved.bytes += decoded.data as u64;
                         self.append(cl);
                     }
@@ -1564,13 +1596,15 @@ impl BufRing {
                 Ok(n) => {
                     // SAFETY: n <= space.len().
                     b.last = unsafe { b.last.add(n) };
-                    b.set_flush(1);
                     moved.bytes += n as u64;
                     self.append(cl);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.put_back(cl);
-                    return Ok(if http.pending_output() {
+                    // The program has nothing more for now: what was passed goes out.
+                    self.flush_owed(http, to)?;
+                    return Ok(if http.client_blocked() {
+                        self.release_free(http);
                         Pumped::ClientBusy
                     } else {
                         Pumped::ProgramIdle
@@ -1585,11 +1619,114 @@ impl BufRing {
         }
     }
 
+    /// Passes `out` (maybe nothing) down and takes back the buffers nginx is done with.
+    fn pass(&mut self, http: Http, to: filter::Downstream) -> io::Result<()> {
+        if !self.out.is_null() {
+            self.unflushed = true;
+        }
+        if to.body(http, self.out) == NGX_ERROR as ngx_int_t {
+            return Err(io::Error::other("output filter failed"));
+        }
+        // SAFETY: the chains are ours and the request pool's; tag marks our buffers.
+        unsafe {
+            ngx_chain_update_chains(
+                http.pool(),
+                &mut self.free,
+                &mut self.busy,
+                &mut self.out,
+                self.tag,
+            )
+        };
+        self.out = ptr::null_mut();
+        self.out_tail = ptr::null_mut();
+        Ok(())
+    }
+
+    /// Sends a flush after what was passed since the last one.
+    fn flush_owed(&mut self, http: Http, to: filter::Downstream) -> io::Result<()> {
+        if !self.unflushed {
+            return Ok(());
+        }
+        if self.flush.is_null() {
+            // SAFETY: the request pool is live; an all-zero buffer is ngx_calloc_buf's.
+            let b = unsafe {
+                nginx_sys::ngx_pcalloc(http.pool(), size_of::<ngx_buf_t>()).cast::<ngx_buf_t>()
+            };
+            if b.is_null() {
+                return Err(io::Error::from(io::ErrorKind::OutOfMemory));
+            }
+            // SAFETY: fresh buffer.
+            unsafe {
+                (*b).set_flush(1);
+                (*b).tag = ptr::addr_of!(FLUSH_TAG).cast_mut().cast();
+            }
+            self.flush = b;
+        }
+        // SAFETY: the request pool is live.
+        let cl = unsafe { ngx_alloc_chain_link(http.pool()) };
+        if cl.is_null() {
+            return Err(io::Error::from(io::ErrorKind::OutOfMemory));
+        }
+        // SAFETY: a fresh link (ngx_chain_update_chains gives it back to the pool's list).
+        unsafe { (*cl).buf = self.flush };
+        self.append(cl);
+        debug!(http.log(), "transform buffered: flush");
+        self.pass(http, to)?;
+        self.unflushed = false;
+        Ok(())
+    }
+
+    /// Gives back the memory of the free buffers (while the client is blocked nothing is read
+    /// into them); they get it again when taken.
+    fn release_free(&mut self, http: Http) {
+        let mut in_memory = self.allocated;
+        let mut cl = self.free;
+        while !cl.is_null() {
+            // SAFETY: free is a list of our links and buffers; a buffer's memory is a large
+            // allocation of the request pool (it is bigger than a pool page), which ngx_pfree
+            // frees.
+            unsafe {
+                let b = (*cl).buf;
+                if !(*b).start.is_null() {
+                    nginx_sys::ngx_pfree(http.pool(), (*b).start.cast());
+                    (*b).start = ptr::null_mut();
+                    (*b).pos = ptr::null_mut();
+                    (*b).last = ptr::null_mut();
+                    (*b).end = ptr::null_mut();
+                }
+                if (*b).start.is_null() {
+                    in_memory -= 1;
+                }
+                cl = (*cl).next;
+            }
+        }
+        debug!(
+            http.log(),
+            "transform buffered: client blocked, {in_memory} of {} buffers in memory",
+            self.allocated
+        );
+    }
+
     fn take_free(&mut self, http: Http) -> io::Result<Option<*mut ngx_chain_t>> {
         if !self.free.is_null() {
             let cl = self.free;
             // SAFETY: free is a list of our links.
-            self.free = unsafe { (*cl).next };
+            unsafe {
+                self.free = (*cl).next;
+                let b = (*cl).buf;
+                if (*b).start.is_null() {
+                    // Given back while the client was blocked: its memory again.
+                    let p = nginx_sys::ngx_palloc(http.pool(), self.size).cast::<u8>();
+                    if p.is_null() {
+                        self.put_back(cl);
+                        return Err(io::Error::from(io::ErrorKind::OutOfMemory));
+                    }
+                    (*b).start = p;
+                    (*b).pos = p;
+                    (*b).last = p;
+                    (*b).end = p.add(self.size);
+                }
+            }
             return Ok(Some(cl));
         }
         if self.allocated == self.max {
@@ -1616,7 +1753,7 @@ impl BufRing {
         Ok(Some(cl))
     }
 
-    /// Appends one of our links to what goes out next.
+    /// Appends a link to what goes out next.
     fn append(&mut self, cl: *mut ngx_chain_t) {
         // SAFETY: cl is ours, in no other list.
         unsafe { (*cl).next = ptr::null_mut() };
@@ -1770,6 +1907,23 @@ pub fn worker_user(cycle: *mut nginx_sys::ngx_cycle_t) -> Option<(u32, Option<u3
         let ccf = ccf.as_ref()?;
         let (user, group) = (ccf.user, ccf.group);
         (user != UNSET).then_some((user, (group != UNSET).then_some(group)))
+    }
+}
+
+/// The number of worker processes of the running configuration (`worker_processes`).
+pub fn worker_processes() -> usize {
+    // SAFETY: a worker's cycle is live and its core module configuration complete.
+    unsafe {
+        let cycle = nginx_sys::ngx_cycle;
+        let ctx = (*cycle).conf_ctx;
+        if ctx.is_null() {
+            return 1;
+        }
+        let index = (*ptr::addr_of!(nginx_sys::ngx_core_module)).index;
+        let ccf = (*ctx.add(index)).cast::<nginx_sys::ngx_core_conf_t>();
+        ccf.as_ref().map_or(1, |c| {
+            usize::try_from(c.worker_processes).unwrap_or(1).max(1)
+        })
     }
 }
 

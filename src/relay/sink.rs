@@ -18,7 +18,8 @@ use crate::os;
 
 pub use crate::nginx::Pumped;
 
-/// Buffers of the buffered sink, and their size: at most 512 KiB in flight per request.
+/// Buffers of the buffered sink, and their size: at most 512 KiB in flight, while filters after
+/// ours hold buffers; a client that does not keep up holds about one (see [`BufRing`]).
 const BUFFERS: usize = 8;
 const BUFFER_SIZE: usize = 64 * 1024;
 
