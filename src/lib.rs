@@ -29,6 +29,7 @@ mod http1;
 mod lock;
 mod nginx;
 mod os;
+mod pipes;
 mod pool;
 mod relay;
 mod sandbox;

@@ -160,6 +160,11 @@ pub fn pipe_state(fd: BorrowedFd<'_>) -> io::Result<(usize, bool)> {
     Ok((bytes_in_pipe(fd)?, hup))
 }
 
+/// Whether this process runs as root (whom no per-user limit binds).
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
 /// The capacity of a pipe.
 pub fn pipe_size(fd: BorrowedFd<'_>) -> io::Result<usize> {
     Ok(rustix::pipe::fcntl_getpipe_size(fd)?)

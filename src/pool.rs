@@ -528,6 +528,7 @@ fn spawn(pool: *mut Pool) -> Result<*mut Slot, ngx_int_t> {
             debug!(log, "transform pool pipe size refused: {e}");
         }
     }
+    crate::pipes::size_stderr(err.read.as_fd());
     let argv: Vec<&CStr> = p.conf.argv.iter().map(CString::as_c_str).collect();
     let env: Vec<&CStr> = p.conf.env.iter().map(CString::as_c_str).collect();
     let cmd = os::Command {

@@ -332,18 +332,10 @@ impl Program {
         };
         if let (true, Some(p)) = (filter, &in_pipe) {
             // A filtered response is as big as any output: the same room on the way in.
-            if let Err(e) = os::set_pipe_size(p.write.as_fd(), self.conf.pipe_size) {
-                debug!(log, "transform stdin pipe size refused: {e}");
-            }
+            crate::pipes::size_stdout(p.write.as_fd(), self.conf.pipe_size, log);
         }
-        if let Err(e) = os::set_pipe_size(pipe.read.as_fd(), self.conf.pipe_size) {
-            // EPERM past fs/pipe-user-pages-soft: a size hint refused, not an error.
-            debug!(
-                log,
-                "transform pipe size {} refused: {e}", self.conf.pipe_size
-            );
-        }
-        self.pipe_capacity = os::pipe_size(pipe.read.as_fd()).unwrap_or(4096);
+        self.pipe_capacity = crate::pipes::size_stdout(pipe.read.as_fd(), self.conf.pipe_size, log);
+        crate::pipes::size_stderr(err_pipe.read.as_fd());
         debug!(log, "transform pipe size {}", self.pipe_capacity);
 
         let args: Vec<&CStr> = launch.argv.iter().map(CString::as_c_str).collect();

@@ -1,0 +1,94 @@
+//! Pipe sizes within the per-user pipe budget.
+//!
+//! Linux gives an unprivileged user `fs.pipe-user-pages-soft` pages of pipe buffers (16384: 64
+//! MiB), shared by all the user's processes: every worker of nginx, every pipe. Past it, a new
+//! pipe gets 2 pages (8 KiB) and growing one fails with EPERM: a program writing into 8 KiB
+//! wakes the worker every 8 KiB. So a worker sizes each program's stdout pipe from its share
+//! of the budget (the budget over `worker_processes`) and the programs it runs: with a few,
+//! each gets `transform_pipe_size`; with thousands, each gets an equal part (a power of two pages,
+//! as the kernel rounds it, at least 2), so that they all stay within the budget rather than a
+//! few having 1 MiB and the rest 8 KiB. A stderr pipe gets one page: its lines are read as they come. When the
+//! budget is spent all the same (other processes of the user, other workers), the worker says
+//! so once.
+
+use std::cell::Cell;
+use std::os::fd::BorrowedFd;
+
+use nginx_sys::{ngx_log_t, NGX_LOG_WARN};
+
+use crate::os;
+
+mod fair;
+
+use fair::{fair_size, PAGE, PAST_LIMIT};
+
+std::thread_local! {
+    /// This worker's share of the budget in pages (None: not read yet; Some(0): no limit).
+    static SHARE: Cell<Option<usize>> = const { Cell::new(None) };
+    /// The budget ran out (said once per worker).
+    static SAID: Cell<bool> = const { Cell::new(false) };
+}
+
+/// This worker's share of the user's pipe pages; 0 when unlimited (root, or no soft limit).
+fn share() -> usize {
+    SHARE.with(|s| {
+        if let Some(v) = s.get() {
+            return v;
+        }
+        let soft = std::fs::read_to_string("/proc/sys/fs/pipe-user-pages-soft")
+            .ok()
+            .and_then(|t| t.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+        let v = if soft == 0 || os::is_root() {
+            0
+        } else {
+            soft / crate::nginx::worker_processes()
+        };
+        s.set(Some(v));
+        v
+    })
+}
+
+/// The size to ask for a program's stdout pipe, `wanted` being `transform_pipe_size`, with
+/// `running` programs (pooled processes too) already running in this worker.
+pub fn stdout_size(wanted: usize, running: usize) -> usize {
+    fair_size(wanted, share(), running)
+}
+
+/// Sizes a program's stdout pipe (`fd`, either end); returns its capacity.
+pub fn size_stdout(fd: BorrowedFd<'_>, wanted: usize, log: *mut ngx_log_t) -> usize {
+    let ask = stdout_size(wanted, crate::child::running());
+    if let Err(e) = os::set_pipe_size(fd, ask) {
+        // EPERM past fs/pipe-user-pages-soft: a size hint refused, not an error.
+        debug!(log, "transform pipe size {ask} refused: {e}");
+    }
+    let got = os::pipe_size(fd).unwrap_or(PAGE);
+    if got <= PAST_LIMIT && ask > PAST_LIMIT {
+        spent(log, got);
+    }
+    got
+}
+
+/// Shrinks a stderr pipe to one page.
+pub fn size_stderr(fd: BorrowedFd<'_>) {
+    // (Shrinking is never refused; if it were, the pipe would just stay bigger.)
+    let _ = os::set_pipe_size(fd, PAGE);
+}
+
+/// Says once per worker that the pipe budget is spent.
+fn spent(log: *mut ngx_log_t, got: usize) {
+    if SAID.with(|s| s.replace(true)) {
+        return;
+    }
+    let soft = std::fs::read_to_string("/proc/sys/fs/pipe-user-pages-soft").unwrap_or_default();
+    log_error!(
+        NGX_LOG_WARN,
+        log,
+        0,
+        "transform: the pipe budget of the workers' user is spent (fs.pipe-user-pages-soft {} \
+         pages, shared by all its processes): new pipes get {got} bytes, so programs' output \
+         moves in small pieces with more wake-ups per byte; raise fs.pipe-user-pages-soft, or \
+         lower transform_pipe_size or transform_max_programs (said once per worker)",
+        soft.trim()
+    );
+}
