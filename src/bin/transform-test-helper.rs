@@ -20,6 +20,9 @@
 //! - `grandchild BYTES`: starts a child that sleeps for an hour holding stdout, writes BYTES of
 //!   the stream, prints the grandchild's pid to stderr, and exits 0.
 //! - `drip COUNT MILLIS`: writes COUNT lines, one every MILLIS milliseconds.
+//! - `pipe-sizes`: `stdout N stderr M`, the capacities of the pipes on its fds 1 and 2.
+//! - `hold-pipes`: takes the user's pipe budget (pipes grown to 1 MiB until the kernel refuses),
+//!   prints `held N` and keeps them until its stdin ends.
 //! - `pause BYTES AT MILLIS`: writes the first AT bytes of the BYTES-byte stream, sleeps MILLIS,
 //!   then writes the rest (the whole equals `gen BYTES`).
 //! - `pause-fail AT MILLIS CODE`: writes AT bytes of the stream, sleeps MILLIS, exits with CODE.
@@ -313,6 +316,12 @@ fn main() {
                 x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
             }
         }
+        Some("pipe-sizes") => {
+            // SAFETY: fcntl on the process's own standard descriptors.
+            let size = |fd| unsafe { libc::fcntl(fd, libc::F_GETPIPE_SZ) };
+            writeln!(out, "stdout {} stderr {}", size(1), size(2)).map_or(1, |_| 0)
+        }
+        Some("hold-pipes") => hold_pipes(&mut out),
         Some("drip") => {
             for i in 0..num(1) {
                 if writeln!(out, "line {i}").and_then(|_| out.flush()).is_err() {
@@ -329,6 +338,33 @@ fn main() {
     };
     out.flush().ok();
     std::process::exit(code);
+}
+
+/// Takes the user's pipe budget: makes pipes of 1 MiB until the kernel refuses to grow one,
+/// prints `held N` (the pipes it holds), then holds them until stdin ends.
+fn hold_pipes(out: &mut impl Write) -> i32 {
+    let mut held = Vec::new();
+    loop {
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 fills the array; the descriptors are this process's to keep.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            break;
+        }
+        held.push(fds);
+        // SAFETY: a pipe of ours.
+        if unsafe { libc::fcntl(fds[0], libc::F_SETPIPE_SZ, 1 << 20) } < 0 || held.len() > 4096 {
+            break;
+        }
+    }
+    if writeln!(out, "held {}", held.len())
+        .and_then(|_| out.flush())
+        .is_err()
+    {
+        return 1;
+    }
+    let mut rest = Vec::new();
+    io::stdin().read_to_end(&mut rest).ok();
+    0
 }
 
 /// Writes `n` bytes of a xorshift64 stream in pieces of `size` bytes.

@@ -1,0 +1,227 @@
+//! The buffered transport paced by the client, and pipes sized within the user's pipe budget:
+//! TLS records stay whole (one flush when the program's output runs dry, not one per read), a
+//! client that takes nothing holds the program back without the worker holding its output in
+//! memory, stderr pipes are one page, and a spent pipe budget is said once and costs nothing but
+//! speed.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use common::*;
+
+#[path = "../src/pipes/fair.rs"]
+mod fair;
+
+/// Held by the tests that look at pipe sizes or take the pipe budget (they would see each other).
+static BUDGET: Mutex<()> = Mutex::new(());
+
+#[test]
+fn a_fair_share_of_the_pipe_budget() {
+    use fair::{fair_size, PAGE, PAST_LIMIT};
+    const MIB: usize = 1 << 20;
+    // No limit (root, or no soft limit): what was asked.
+    assert_eq!(fair_size(MIB, 0, 5000), MIB);
+    // A few programs in a share of 8192 pages: the whole size.
+    assert_eq!(fair_size(MIB, 8192, 0), MIB);
+    assert_eq!(fair_size(MIB, 8192, 30), MIB);
+    // 100 programs: 81 pages each, less stderr's page, rounded down to a power of two: 64.
+    assert_eq!(fair_size(MIB, 8192, 99), 64 * PAGE);
+    // 1000: 8 pages each, less stderr's: 4.
+    assert_eq!(fair_size(MIB, 8192, 999), 4 * PAGE);
+    // 10000: never below what the kernel gives past the limit anyway.
+    assert_eq!(fair_size(MIB, 8192, 9999), PAST_LIMIT);
+    // Never above what was asked.
+    assert_eq!(fair_size(PAGE, 8192, 0), PAGE);
+    assert_eq!(fair_size(256 * 1024, 8192, 0), 256 * 1024);
+}
+
+/// The sizes of nginx's TLS writes (`SSL to write: N` debug lines) from the line that starts
+/// `after` on.
+fn ssl_writes(log: &str, after: usize) -> Vec<usize> {
+    log[after..]
+        .lines()
+        .filter_map(|l| l.split_once("SSL to write: "))
+        .filter_map(|(_, n)| n.trim().parse().ok())
+        .collect()
+}
+
+#[test]
+fn tls_records_are_whole_with_chunked_framing() {
+    let dir = temp_dir("pacing-tls");
+    let (crt, key) = make_cert(&dir);
+    let nginx = Nginx::start(&format!(
+        "server {{ listen 127.0.0.1:{{PORT}} ssl; ssl_protocols TLSv1.3;
+                  ssl_certificate {crt}; ssl_certificate_key {key};
+                  location /gen {{ transform_exec {{HELPER}} gen $arg_n; }} }}",
+        crt = crt.display(),
+        key = key.display()
+    ));
+    let n = 8 * 1024 * 1024;
+    let want = sha256(&helper_output(&["gen", &n.to_string()]));
+    let url = format!("https://127.0.0.1:{}/gen?n={n}", nginx.port);
+    let before = nginx.error_log().len();
+    let (ok, body) = curl(&["-sk", "--http1.1", &url]);
+    assert!(ok);
+    assert_eq!(sha256(&body), want, "TLS HTTP/1.1 body");
+    let log = nginx.error_log();
+    let t = transports(&nginx);
+    assert!(t.last().is_some_and(|t| t.starts_with("buffered")), "{t:?}");
+    assert!(
+        log[before..].contains("http chunk:"),
+        "the response was not chunked"
+    );
+    let writes = ssl_writes(&log, before);
+    let flushes = log[before..].matches("transform buffered: flush").count();
+    let reads = writes.iter().sum::<usize>() / (64 * 1024);
+    let small = writes.iter().filter(|&&w| w < 16384).count();
+    // Every read of 64 KiB used to end in a flush, and the chunk framing after it in a record
+    // of its own: now the small records are the header's, the last one, and one per time the
+    // program's output ran dry (each flushed: the client gets what there is at once).
+    assert!(
+        small <= flushes + 3,
+        "{small} TLS records under 16 KiB for {flushes} flushes and ~{reads} reads: {:?}",
+        writes
+            .iter()
+            .filter(|&&w| w < 16384)
+            .take(20)
+            .collect::<Vec<_>>()
+    );
+    nginx.stop();
+}
+
+#[test]
+fn a_client_that_reads_nothing_leaves_the_output_in_the_pipe() {
+    let nginx = Nginx::start(
+        "server { listen 127.0.0.1:{PORT};
+           location /buffered { transform_splice off; transform_exec {HELPER} gen $arg_n; } }",
+    );
+    let n: u64 = 64 * 1024 * 1024;
+    let worker = nginx.worker_pid();
+    // Warm the worker up (its pools, the first buffers).
+    let mut warm = Client::connect(nginx.port);
+    let r = warm.get("/buffered?n=100000");
+    assert_eq!(r.body.len(), 100000);
+    let rss_before = rss_kib(worker);
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        let mut c = Client::connect(nginx.port);
+        c.set_recv_buffer(64 * 1024);
+        c.send(&format!(
+            "GET /buffered?n={n} HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        ));
+        clients.push(c);
+    }
+    // Every client is blocked: its socket and the program's pipe are full.
+    let log_blocked = || nginx.error_log().matches("client blocked,").count();
+    assert!(
+        wait_until(Duration::from_secs(20), || log_blocked() >= 20),
+        "not every client was blocked: {}",
+        log_blocked()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let rss_blocked = rss_kib(worker);
+    let log = nginx.error_log();
+    let most_in_memory = log
+        .lines()
+        .filter_map(|l| l.split_once("client blocked, "))
+        .filter_map(|(_, rest)| rest.split(' ').next()?.parse::<usize>().ok())
+        .max()
+        .unwrap_or(usize::MAX);
+    // The transport may hold 8 buffers of 64 KiB; a blocked client keeps at most the one it is
+    // being sent (and the one read with it), not all eight.
+    assert!(
+        most_in_memory <= 2,
+        "{most_in_memory} buffers held for a blocked client"
+    );
+    // 20 blocked clients at 8 x 64 KiB each would be 10 MiB.
+    let grown = rss_blocked.saturating_sub(rss_before);
+    assert!(
+        grown < 20 * 192,
+        "the worker grew by {grown} KiB for 20 blocked clients"
+    );
+    // And each gets all of its bytes, in order, once it reads.
+    let want = sha256(&helper_output(&["gen", &n.to_string()]));
+    for mut c in clients {
+        let r = c.read_response(false);
+        assert_eq!(r.status, 200);
+        assert_eq!(sha256(&r.body), want);
+    }
+    nginx.stop();
+}
+
+#[test]
+fn a_stderr_pipe_is_one_page_and_stdout_gets_its_size() {
+    let _budget = BUDGET.lock().unwrap_or_else(|e| e.into_inner());
+    let nginx = Nginx::start(
+        "server { listen 127.0.0.1:{PORT};
+           location /sizes { transform_exec {HELPER} pipe-sizes; }
+           location /small { transform_pipe_size 256k; transform_exec {HELPER} pipe-sizes; } }",
+    );
+    let mut c = Client::connect(nginx.port);
+    let r = c.get("/sizes");
+    assert_eq!(
+        String::from_utf8_lossy(&r.body).trim(),
+        "stdout 1048576 stderr 4096"
+    );
+    let r = c.get("/small");
+    assert_eq!(
+        String::from_utf8_lossy(&r.body).trim(),
+        "stdout 262144 stderr 4096"
+    );
+    nginx.stop();
+}
+
+#[test]
+fn a_spent_pipe_budget_is_said_once_and_loses_no_byte() {
+    let _budget = BUDGET.lock().unwrap_or_else(|e| e.into_inner());
+    let nginx = Nginx::start(
+        "server { listen 127.0.0.1:{PORT};
+           location /gen { transform_exec {HELPER} gen $arg_n; }
+           location /buffered { transform_splice off; transform_exec {HELPER} gen $arg_n; } }",
+    );
+    let (uid, gid) = ids_of(nginx.worker_pid());
+    assert_ne!(uid, 0, "the workers run as root: no pipe budget binds them");
+    // Another process of the workers' user takes the whole budget.
+    let mut holder = {
+        use std::os::unix::process::CommandExt;
+        Command::new(HELPER)
+            .arg("hold-pipes")
+            .uid(uid)
+            .gid(gid)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the pipe holder")
+    };
+    let mut line = String::new();
+    BufReader::new(holder.stdout.take().unwrap())
+        .read_line(&mut line)
+        .expect("holder's line");
+    assert!(line.starts_with("held "), "{line:?}");
+    let n = 3 * 1024 * 1024;
+    let want = sha256(&helper_output(&["gen", &n.to_string()]));
+    let mut c = Client::connect(nginx.port);
+    for path in ["/gen", "/buffered", "/gen"] {
+        let r = c.get(&format!("{path}?n={n}"));
+        assert_eq!(r.status, 200);
+        assert_eq!(sha256(&r.body), want, "{path}");
+    }
+    let said = nginx
+        .log_lines("warn")
+        .into_iter()
+        .filter(|l| l.contains("the pipe budget of the workers' user is spent"))
+        .collect::<Vec<_>>();
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert!(
+        said[0].contains("fs.pipe-user-pages-soft") && said[0].contains("new pipes get 8192 bytes"),
+        "{}",
+        said[0]
+    );
+    holder.stdin.take().unwrap().write_all(b"").ok();
+    holder.wait().expect("holder exits");
+    nginx.stop();
+}
