@@ -17,10 +17,12 @@
 //! - `spawn SECONDS THREADS PROGRAM ARGS...`: in each of THREADS threads, posix_spawn of PROGRAM
 //!   with stdout on a pipe, read to end of file, waitpid, as many times as it can in SECONDS;
 //!   prints `spawns_per_s N p99_ms T requests R self_cpu_s C` (C: this process's own CPU time).
-//! - `get URL [--conns N] [--rate BYTES_PER_S] [--expect BYTES] [--for SECONDS]`: N concurrent GETs
+//! - `get URL [--conns N] [--rate B_PER_S] [--expect B] [--for SECONDS] [--rcvbuf B]`: N concurrent GETs
 //!   (each on its own connection, rate-limited if asked), bodies counted and dropped (chunked,
 //!   Content-Length or close-delimited); with `--for`, each connection reads for SECONDS at most,
 //!   then closes (a connection still healthy then counts as ok, with the body bytes it read);
+//!   `--rcvbuf BYTES` sets each socket's SO_RCVBUF before it connects (a small window, as a
+//!   distant slow client's, rather than loopback's buffers of megabytes);
 //!   prints one JSON line: ok, errors, bytes, seconds, cut (connections closed by `--for`).
 
 use std::ffi::CString;
@@ -478,14 +480,55 @@ impl BodyReader {
     }
 }
 
+/// A connection to `addr` (IPv4) whose receive buffer is set to `size` before it connects (the
+/// window it offers stays small: the kernel does not grow it).
+fn connect_with_rcvbuf(addr: &str, size: i32) -> io::Result<TcpStream> {
+    let sa: std::net::SocketAddrV4 = addr
+        .parse()
+        .map_err(|_| io::Error::other("--rcvbuf needs an IPv4 address:port"))?;
+    // SAFETY: plain socket calls on a descriptor we own from here on; the sockaddr and the int
+    // outlive the calls that read them.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let conn = TcpStream::from_raw_fd(fd);
+        let len = std::mem::size_of::<i32>() as libc::socklen_t;
+        if libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const i32).cast(),
+            len,
+        ) < 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        let mut sin: libc::sockaddr_in = std::mem::zeroed();
+        sin.sin_family = libc::AF_INET as libc::sa_family_t;
+        sin.sin_port = sa.port().to_be();
+        sin.sin_addr.s_addr = u32::from(*sa.ip()).to_be();
+        let slen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        if libc::connect(fd, (&sin as *const libc::sockaddr_in).cast(), slen) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(conn)
+    }
+}
+
 /// One GET: the body's length and whether `deadline` cut it, or an error.
 fn fetch(
     addr: &str,
     path: &str,
     rate: Option<f64>,
     deadline: Option<Instant>,
+    rcvbuf: Option<i32>,
 ) -> io::Result<(u64, bool)> {
-    let mut conn = TcpStream::connect(addr)?;
+    let mut conn = match rcvbuf {
+        Some(size) => connect_with_rcvbuf(addr, size)?,
+        None => TcpStream::connect(addr)?,
+    };
     conn.set_read_timeout(Some(Duration::from_secs(120)))?;
     write!(
         conn,
@@ -566,7 +609,7 @@ fn get(args: &[String]) {
     let url = args[0].strip_prefix("http://").expect("http:// URL");
     let (addr, path) = url.split_at(url.find('/').unwrap_or(url.len()));
     let path = if path.is_empty() { "/" } else { path };
-    let (mut conns, mut rate, mut expect, mut for_s) = (1usize, None, None, None);
+    let (mut conns, mut rate, mut expect, mut for_s, mut rcvbuf) = (1usize, None, None, None, None);
     let mut i = 1;
     while i + 1 < args.len() {
         match args[i].as_str() {
@@ -574,6 +617,7 @@ fn get(args: &[String]) {
             "--rate" => rate = Some(args[i + 1].parse::<f64>().expect("rate")),
             "--expect" => expect = Some(args[i + 1].parse::<u64>().expect("expect")),
             "--for" => for_s = Some(args[i + 1].parse::<f64>().expect("for")),
+            "--rcvbuf" => rcvbuf = Some(args[i + 1].parse::<i32>().expect("rcvbuf")),
             other => panic!("unknown option {other}"),
         }
         i += 2;
@@ -585,7 +629,7 @@ fn get(args: &[String]) {
             .map(|_| {
                 std::thread::Builder::new()
                     .stack_size(256 * 1024)
-                    .spawn_scoped(s, || fetch(addr, path, rate, deadline))
+                    .spawn_scoped(s, || fetch(addr, path, rate, deadline, rcvbuf))
                     .expect("thread")
             })
             .collect();
