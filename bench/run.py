@@ -3090,7 +3090,8 @@ def report(res):
             "utime+stime from /proc/PID/stat over the stream, programs' CPU its cutime+cstime")
     if "w9" in res:
         add(f"- W9: nginx {cfg['nginx_workers']} workers, worker_connections 16384, "
-            "worker_rlimit_nofile 65536, transform_max_programs 4096, backlog 4096; every "
+            "worker_rlimit_nofile 65536 (or the hard limit, when lower), transform_max_programs "
+            "4096, backlog 4096; every "
             "contestant first serves 4 streams checked for their exact size; W9a errors are "
             "wrk's (socket errors, non-2xx) and the small request's (failed, not 200, not 16 "
             "bytes); MB/s is wrk's bytes read over its seconds; server and programs CPU from "
@@ -3309,8 +3310,8 @@ def report_w9(res, add, who, ratio):
         f"({W9_SMALL}, sequential, {SmallProbe.PAUSE * 1000:.0f} ms apart) on the module "
         "meanwhile)\n")
     add("| connections | contestant | MB/s | x relay | errors | server CPU s/GiB | programs CPU "
-        "s/GiB | small request p99 ms | max ms |")
-    add("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+        "s/GiB | small requests | small request p99 ms | max ms |")
+    add("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     worst = {W9_SPLICE: math.inf, W9_BUFFERED: math.inf}
     small_p99 = []
     for conns in s["w9_points"]:
@@ -3326,8 +3327,8 @@ def report_w9(res, add, who, ratio):
                 small_p99.append(r["p99_ms"])
             add(f"| {conns} | {who(name, r)} | {r['mb_s']:.0f} | {fmt(nan_none(x), 2)} | "
                 f"{r['errors']} | {fmt(r['server_cpu_per_gib'], 3)} | "
-                f"{fmt(r['programs_cpu_per_gib'], 3)} | {fmt(r['p99_ms'], 1)} | "
-                f"{fmt(r['max_ms'], 1)} |")
+                f"{fmt(r['programs_cpu_per_gib'], 3)} | {r['small_requests']} | "
+                f"{fmt(r['p99_ms'], 1)} | {fmt(r['max_ms'], 1)} |")
     add("")
     add(f"### W9b: {s['w9_slow_conns']} slow clients, each reading a {W9_BYTES // MIB} MiB stream "
         f"at {W9_SLOW_RATE // 1024} KiB/s for {s['w9_slow_seconds']} s (figures: median of "
