@@ -30,8 +30,14 @@ transform_pool (examples/pool/transformer.py's loop), transform_exec (python3 pe
 and 16 bytes from a pooled program (C, bench/pool16.c; and Python) against W2's program spawned
 per request: requests/s, CPU per request, every contestant's responses checked first (a JPEG of
 200x150, or the exact 16 bytes). Every load is bounded in time. Every workload counts errors;
-the run exits with status 1 when a contestant erred. `--only w8` (or any list of w1..w8) runs
-some workloads only.
+the run exits with status 1 when a contestant erred. W1t: W1 over TLS 1.3, HTTP/1.1 and HTTP/2
+(curl; one nginx with one worker, the module against a static file of the same size on the same
+server: MB/s and the worker's CPU). W9: thousands of streams: (a) wrk's keep-alive connections
+(50..2000) fetching 4 MiB streams on the module's two transports, nginx static and the standalone
+relay-mt (a thread per connection, a program per request: the limit of spawning per request);
+(b) slow clients (64 KiB/s) on the module's two transports and nginx proxy_pass to a static
+nginx: worker RSS and kernel pipe memory per stream; a small request's p99 meanwhile in both.
+`--only w8` (or any list of w1, w1t, w2..w9) runs some workloads only.
 
 CPU: every server runs in a cgroup of its own (cgroup v2, or v1 cpuacct), whose counter includes
 every process in it, also the children nobody reaps (fcgiwrap ignores SIGCHLD, so their time never
@@ -68,7 +74,7 @@ PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 GIB = 1 << 30
 MIB = 1 << 20
 # The workloads, for --only (w6 is W6a and W6b).
-WORKLOADS = ["w1", "w2", "w3", "w4", "w5", "w6", "w7", "w8"]
+WORKLOADS = ["w1", "w1t", "w2", "w3", "w4", "w5", "w6", "w7", "w8", "w9"]
 # wrk's connections in W2 and W5, and the spawns in flight of the posix_spawn ceiling.
 WRK_CONNS = 8
 # The environment of the backends (fcgiwrap, uWSGI), as a service manager (systemd) gives them.
@@ -1211,6 +1217,13 @@ def run(args, cg):
                    ([] if quick else [(W7_APACHE, "proxied"), (W7_EXEC, "static")]),
         "w8_seconds": 3 if quick else 10,
         "w8_rounds": 1 if quick else 3,
+        "w1t": 256 * MIB if quick else GIB,
+        "w1t_rounds": 1 if quick else 3,
+        "w9_points": [50, 200] if quick else [50, 200, 500, 1000, 2000],
+        "w9_seconds": 4 if quick else 10,
+        "w9_warmup": 1 if quick else 2,
+        "w9_slow_conns": 200 if quick else 2000,
+        "w9_slow_seconds": 6 if quick else 15,
     }
     only = args.only
     s = Servers(cg, max(WRK_CONNS, sizes["w4_conns"]))
@@ -1242,6 +1255,20 @@ def run(args, cg):
                                     "fcgiwrap_processes": WRK_CONNS}
             results["steal"]["w8"] = steal_since(before)
             log(f"W8: {results['steal']['w8']:.1f}% of the CPU time stolen by the host")
+        if "w1t" in only:
+            before = cpu_times()
+            results["w1t"], results["w1t_alerts"] = w1t(s, sizes)
+            results["steal"]["w1t"] = steal_since(before)
+            log(f"W1t: {results['steal']['w1t']:.1f}% of the CPU time stolen by the host")
+        if "w9" in only:
+            before = cpu_times()
+            s.w9_alerts = []
+            try:
+                results["w9"], results["w9_slow"], _ = w9(s, cg, sizes)
+            finally:
+                results["w9_alerts"] = s.w9_alerts
+            results["steal"]["w9"] = steal_since(before)
+            log(f"W9: {results['steal']['w9']:.1f}% of the CPU time stolen by the host")
         results["method"] = method(cg)
     finally:
         s.stop_nginx()
@@ -2568,6 +2595,443 @@ def w8_run(s, sizes, problems, cons, insts):
 
 
 # ---------------------------------------------------------------- report
+# ---------------------------------------------------------------- W1t: W1 over TLS and HTTP/2
+
+W1T_PROTOCOLS = [("HTTP/1.1 + TLS 1.3", "--http1.1", "1.1"), ("HTTP/2 + TLS 1.3", "--http2", "2")]
+W1T_MODULE = "module (transform_exec)"
+W1T_STATIC = "nginx static file"
+
+
+def make_cert(d):
+    """A self-signed P-256 certificate and key in `d`: (certificate, key)."""
+    crt, key = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
+    subprocess.run([tool("openssl"), "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-nodes", "-keyout", key, "-out", crt, "-days", "2",
+                    "-subj", "/CN=localhost"], check=True, timeout=60, capture_output=True)
+    return crt, key
+
+
+def proc_cpu(pid):
+    """(own utime + stime, reaped children's cutime + cstime) of `pid`, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = [int(x) for x in fields[11:15]]
+    return (ticks[0] + ticks[1]) / CLK_TCK, (ticks[2] + ticks[3]) / CLK_TCK
+
+
+def curl_get(url, flag, version, n):
+    """One GET with curl (-k, the protocol of `flag`), body dropped: bytes, seconds, errors (a
+    failed transfer, a status other than 200, a size other than `n`, another protocol than
+    `version`)."""
+    limit = max(60, n / 20e6)
+    argv = ["curl", "-sk", flag, "-o", "/dev/null", "--max-time", f"{limit:.0f}", "-w",
+            "%{size_download} %{time_total} %{http_code} %{http_version}", url]
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=limit + 30)
+    try:
+        size, secs, code, got = p.stdout.split()
+        size, secs = int(size), float(secs)
+    except ValueError:
+        size, secs, code, got = 0, 0.0, "?", "?"
+    bad = ""
+    if p.returncode != 0:
+        bad = f"curl exit status {p.returncode}"
+    elif code != "200":
+        bad = f"status {code}"
+    elif size != n:
+        bad = f"{size} bytes, not {n}"
+    elif got != version:
+        bad = f"HTTP/{got}, not HTTP/{version}"
+    return {"bytes": size, "seconds": secs, "errors": 1 if bad else 0, "first_error": bad}
+
+
+def w1t(s, sizes):
+    """W1t: one stream of W1's size over TLS 1.3 (HTTP/1.1, and HTTP/2), the module against nginx
+    serving a file of the same size from the same server (one nginx, one worker: its CPU is the
+    figure), client curl; rounds alternate the contestants."""
+    n = sizes["w1t"]
+    s.make_static({n})
+    prefix = os.path.join(s.dir, "w1t")
+    os.makedirs(os.path.join(prefix, "logs"))
+    crt, key = make_cert(prefix)
+    port = free_port()
+    conf = f"""
+load_module {MODULE};
+worker_processes 1;
+error_log {prefix}/logs/error.log warn;
+pid {prefix}/nginx.pid;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    root {s.dir}/static;
+    server {{
+        listen 127.0.0.1:{port} ssl backlog=1024;
+        http2 on;
+        ssl_certificate {crt};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.3;
+        location ~ ^/module/(\\d+)$ {{ transform_exec {BENCH} produce $1; }}
+        location /static/ {{ }}
+    }}
+}}
+"""
+    inst = s.launch_nginx("w1t", prefix, conf, port)
+    out, alerts = {}, []
+    try:
+        worker = nginx_workers(inst["master"])[0]
+        base = f"https://127.0.0.1:{port}"
+        paths = {W1T_MODULE: f"/module/{n}", W1T_STATIC: f"/static/{n}"}
+        for proto, flag, version in W1T_PROTOCOLS:
+            runs = {name: [] for name in paths}
+            for _ in range(sizes["w1t_rounds"]):
+                for name, path in paths.items():  # A B A B
+                    own0, kids0 = proc_cpu(worker)
+                    r = curl_get(base + path, flag, version, n)
+                    time.sleep(0.2)  # the program exits, the worker reaps it
+                    own1, kids1 = proc_cpu(worker)
+                    r.update(worker_cpu=own1 - own0, programs_cpu=kids1 - kids0)
+                    runs[name].append(r)
+                    log(f"W1t {name}, {proto}: {r['bytes'] / max(r['seconds'], 1e-9) / 1e6:.0f} "
+                        f"MB/s, worker CPU {r['worker_cpu']:.2f} s, {r['errors']} errors")
+            for name, rs in runs.items():
+                out[f"{name}, {proto}"] = {
+                    "contestant": name, "protocol": proto,
+                    "mb_s": statistics.median(r["bytes"] / max(r["seconds"], 1e-9) / 1e6
+                                              for r in rs),
+                    "worker_cpu_per_gib": median(per(r["worker_cpu"], r["bytes"], GIB)
+                                                 for r in rs),
+                    "programs_cpu_per_gib": median(per(r["programs_cpu"], r["bytes"], GIB)
+                                                   for r in rs),
+                    **errors_of(rs)}
+    finally:
+        s.stop_nginx_at(prefix)
+        alerts = nginx_alerts(prefix, "w1t")
+    return out, alerts
+
+
+def nginx_alerts(prefix, tag):
+    """The [alert], [crit] and [emerg] lines of the error log in `prefix`."""
+    try:
+        with open(os.path.join(prefix, "logs", "error.log")) as f:
+            return [f"{tag}: {line.rstrip()}" for line in f
+                    if any(x in line for x in ("[alert]", "[crit]", "[emerg]"))]
+    except OSError:
+        return []
+
+
+# ---------------------------------------------------------------- W9: thousands of streams
+
+W9_BYTES = 4 * MIB
+W9_SMALL = "/module/16"
+W9_SLOW_RATE = 64 * 1024
+W9_SPLICE, W9_BUFFERED = "module (splice)", "module (buffered)"
+W9_STATIC, W9_RELAY = "nginx static file", "standalone relay (relay-mt), vmsplicing producer"
+W9_PROXY = "nginx proxy_pass to a static nginx"
+F_GETPIPE_SZ = 1032
+
+
+def tcp_mem_kib():
+    """The kernel's memory in TCP buffers, every socket of the machine (/proc/net/sockstat)."""
+    with open("/proc/net/sockstat") as f:
+        m = re.search(r"^TCP:.* mem (\d+)", f.read(), re.M)
+    return int(m.group(1)) * PAGE_KIB if m else 0
+
+
+def w9_conf(s, prefix, port, body):
+    # 65536 descriptors asked, as the hard limit allows (setrlimit above it fails).
+    nofile = min(65536, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+    return f"""
+{"" if "transform_exec" not in body else f"load_module {MODULE};"}
+worker_processes {s.workers};
+error_log {prefix}/logs/error.log warn;
+pid {prefix}/nginx.pid;
+worker_rlimit_nofile {nofile};
+events {{ worker_connections 16384; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    root {s.dir}/static;
+    {"transform_max_programs 4096;" if "transform_exec" in body else ""}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        {body}
+    }}
+}}
+"""
+
+
+def start_w9_nginx(s, kind, origin=None):
+    """W9's nginx servers, each in a cgroup of its own: `main` (the module's two transports and
+    the static file), `origin` (a static nginx) and `proxy` (proxy_pass to `origin`, nginx's
+    default proxy buffers; /module/16 for the small request)."""
+    prefix = os.path.join(s.dir, f"w9-{kind}")
+    os.makedirs(os.path.join(prefix, "logs"))
+    port = free_port()
+    small = f"location = {W9_SMALL} {{ transform_exec {BENCH} produce 16; }}"
+    body = {
+        "main": f"""location ~ ^/module/(\\d+)$ {{ transform_exec {BENCH} produce $1; }}
+        location ~ ^/buffered/(\\d+)$ {{ transform_splice off; transform_exec {BENCH} produce $1; }}
+        location /static/ {{ }}""",
+        "origin": "location /static/ { }",
+        "proxy": f"""location /static/ {{ proxy_pass http://127.0.0.1:{origin}; }}
+        {small}""",
+    }[kind]
+    inst = s.launch_nginx(f"w9-{kind}", prefix, w9_conf(s, prefix, port, body), port)
+    inst["temp"] = [os.path.join(prefix, "proxy_temp")]
+    return inst
+
+
+class SmallProbe:
+    """A client doing sequential GETs of 16 bytes from the module (keep-alive, 20 ms apart)
+    while a load runs: latency p99 and max, errors (failed, not 200, not 16 bytes)."""
+
+    PAUSE = 0.02
+
+    def __init__(self, port):
+        self.port = port
+        self.times, self.errors, self.first_error = [], 0, ""
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        import http.client
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), -20)
+        except OSError:
+            pass
+        conn = None
+        while not self.stop.is_set():
+            t = time.perf_counter()
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+                conn.request("GET", W9_SMALL)
+                resp = conn.getresponse()
+                body = resp.read()
+                self.times.append((time.perf_counter() - t) * 1000)
+                if resp.status != 200 or len(body) != 16:
+                    raise OSError(f"status {resp.status}, {len(body)} bytes")
+            except (OSError, http.client.HTTPException) as e:
+                self.errors += 1
+                self.first_error = self.first_error or f"small request: {e}"
+                if conn is not None:
+                    conn.close()
+                conn = None
+            self.stop.wait(self.PAUSE)
+        if conn is not None:
+            conn.close()
+
+    def finish(self):
+        self.stop.set()
+        self.thread.join()
+        t = sorted(self.times)
+        return {"p99_ms": percentile(t, 0.99) if t else None, "max_ms": t[-1] if t else None,
+                "small_requests": len(t), "small_errors": self.errors,
+                "small_first_error": self.first_error}
+
+
+WRK_UNITS = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}
+
+
+def wrk_stream(url, seconds, conns):
+    """wrk over `conns` keep-alive connections for `seconds` (--timeout 30 s): bytes read,
+    seconds, requests, errors (socket errors, non-2xx/3xx)."""
+    threads = min(2, conns)
+    argv = ["wrk", "-t", str(threads), "-c", str(conns), "-d", f"{seconds}s", "--timeout", "30s",
+            url]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 120,
+                         check=True).stdout
+    m = re.search(r"(\d+) requests in ([\d.]+)(ms|s|m), ([\d.]+)(B|KB|MB|GB|TB) read", out)
+    secs = float(m.group(2)) * {"ms": 0.001, "s": 1.0, "m": 60.0}[m.group(3)]
+    read = float(m.group(4)) * WRK_UNITS[m.group(5)]
+    errors, first_error = 0, ""
+    m2 = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m2:
+        errors += sum(int(g) for g in m2.groups())
+        first_error = m2.group(0)
+    m2 = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if m2:
+        errors += int(m2.group(1))
+        first_error = (first_error + "; " if first_error else "") + m2.group(0)
+    return {"bytes": read, "seconds": secs, "requests": int(m.group(1)), "errors": errors,
+            "first_error": first_error}
+
+
+def pipe_stats(pids):
+    """For each process of `pids` whose stdout is a pipe: (bytes held, capacity), read through
+    /proc/PID/fd/1 opened for reading (as root: the same pipe)."""
+    import fcntl
+    import termios
+    out = []
+    for pid in pids:
+        try:
+            fd = os.open(f"/proc/{pid}/fd/1", os.O_RDONLY | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            if not (os.fstat(fd).st_mode & 0o170000 == 0o010000):  # S_ISFIFO
+                continue
+            buf = bytearray(4)
+            fcntl.ioctl(fd, termios.FIONREAD, buf)
+            out.append((int.from_bytes(buf, sys.byteorder), fcntl.fcntl(fd, F_GETPIPE_SZ)))
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return out
+
+
+def w9(s, cg, sizes):
+    """W9: (a) the concurrency curve: wrk's keep-alive connections fetching 4 MiB streams, on the
+    module's two transports, nginx static and the standalone relay; (b) slow clients reading
+    4 MiB streams at 64 KiB/s, on the module's two transports and nginx proxy_pass; a small
+    request's latency meanwhile."""
+    s.make_static({W9_BYTES})
+    prefixes = []
+    try:
+        main = start_w9_nginx(s, "main")
+        prefixes.append(main["prefix"])
+        origin = start_w9_nginx(s, "origin")
+        prefixes.append(origin["prefix"])
+        proxy = start_w9_nginx(s, "proxy", origin=origin["port"])
+        prefixes.append(proxy["prefix"])
+        relay_port = free_port()
+        relay = s.spawn("relay-mt", [BENCH, "relay-mt", str(relay_port), "splice", BENCH,
+                                     "produce", "{}"])
+        wait_port(relay_port)
+        base = f"http://127.0.0.1:{main['port']}"
+        mroots = lambda: [main["master"]]  # noqa: E731
+        cons = {
+            W9_SPLICE: Contestant(cg, W9_SPLICE, base, "/module/", [main["group"]], mroots),
+            W9_BUFFERED: Contestant(cg, W9_BUFFERED, base, "/buffered/", [main["group"]],
+                                    mroots),
+            W9_STATIC: Contestant(cg, W9_STATIC, base, "/static/", [main["group"]], mroots),
+            W9_RELAY: Contestant(cg, W9_RELAY, f"http://127.0.0.1:{relay_port}", "/relay/",
+                                 ["relay-mt"], lambda: [relay.pid]),
+            W9_PROXY: Contestant(cg, W9_PROXY, f"http://127.0.0.1:{proxy['port']}", "/static/",
+                                 [proxy["group"]], lambda: [proxy["master"]],
+                                 temp=proxy["temp"]),
+        }
+        # Every contestant's bytes checked first: 4 streams of exactly 4 MiB each.
+        checks = {}
+        for name, con in cons.items():
+            r = get(con.url(W9_BYTES), conns=4, expect=W9_BYTES, timeout=120)
+            checks[name] = r
+            if r["errors"]:
+                log(f"W9 check {name}: {r['errors']} errors, first: {r['first_error']}")
+        curve = w9_curve(s, sizes, cons, main, checks)
+        slow = w9_slow(s, sizes, cons, {W9_SPLICE: main, W9_BUFFERED: main, W9_PROXY: proxy},
+                       checks)
+        return curve, slow, []
+    finally:
+        for prefix in prefixes:
+            if prefix in s.nginx_prefixes:
+                s.stop_nginx_at(prefix)
+        s.w9_alerts = [a for p in prefixes for a in nginx_alerts(p, os.path.basename(p))]
+        for line in s.w9_alerts:
+            log(f"W9 nginx: {line}")
+
+
+def w9_curve(s, sizes, cons, main, checks):
+    out = {}
+    for name in (W9_SPLICE, W9_BUFFERED, W9_STATIC, W9_RELAY):
+        c = checks[name]
+        out[name] = {"points": {}, "errors": c["errors"],
+                     "first_error": c["first_error"] and f"check: {c['first_error']}"}
+    t = sizes["w9_seconds"]
+    for conns in sizes["w9_points"]:
+        for name in (W9_SPLICE, W9_BUFFERED, W9_STATIC, W9_RELAY):
+            con = cons[name]
+            url = con.url(W9_BYTES)
+            wrk_stream(url, sizes["w9_warmup"], conns)  # connections made, programs warm
+            time.sleep(0.5)  # the warm-up's cut streams end
+            m = Measure(con, sample=False)
+            probe = SmallProbe(main["port"])
+            try:
+                r = wrk_stream(url, t, conns)
+            finally:
+                lat = probe.finish()
+                cpu = m.finish()
+            time.sleep(0.5)
+            row = {"mb_s": r["bytes"] / max(r["seconds"], 1e-9) / 1e6, "requests": r["requests"],
+                   "wrk_errors": r["errors"],
+                   "server_cpu_per_gib": per(cpu["server_cpu"], r["bytes"], GIB),
+                   "programs_cpu_per_gib": per(cpu["programs_cpu"], r["bytes"], GIB), **lat,
+                   "errors": r["errors"] + lat["small_errors"],
+                   "first_error": r["first_error"] or lat["small_first_error"]}
+            out[name]["points"][str(conns)] = row
+            out[name]["errors"] += row["errors"]
+            out[name]["first_error"] = out[name]["first_error"] or row["first_error"]
+            log(f"W9 {conns} connections, {name}: {row['mb_s']:.0f} MB/s, small request p99 "
+                f"{fmt(row['p99_ms'], 1)} ms, {row['errors']} errors")
+    return out
+
+
+def w9_slow(s, sizes, cons, insts, checks):
+    n, secs = sizes["w9_slow_conns"], sizes["w9_slow_seconds"]
+    out = {}
+    for name in (W9_SPLICE, W9_BUFFERED, W9_PROXY):
+        con, inst = cons[name], insts[name]
+        workers = nginx_workers(inst["master"])
+        server = {inst["master"], *workers}
+        before = sum(rss_kib(p) for p in workers)
+        tcp0 = tcp_mem_kib()
+        argv = [BENCH, "get", con.url(W9_BYTES), "--conns", str(n), "--rate", str(W9_SLOW_RATE),
+                "--expect", str(W9_BYTES), "--for", str(secs)]
+        probe = SmallProbe(insts[W9_SPLICE]["port"] if name != W9_PROXY else inst["port"])
+        start = time.time()
+        client = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        rss, pipes, temp, programs, tcp = [], [], 0, [], []
+        try:
+            # The plateau: the last third, every connection made and its buffers full.
+            while time.time() < start + secs * 2 / 3:
+                time.sleep(0.1)
+            while time.time() < start + secs - 0.5:
+                rss.append(sum(rss_kib(p) for p in workers))
+                tcp.append(tcp_mem_kib())
+                others = [p for p in con.pids() if p not in server]
+                programs.append(len(others))
+                if name != W9_PROXY:
+                    pipes = pipe_stats(others)  # the last sample's
+                else:
+                    temp = max(temp, temp_bytes(workers, con.temp))
+                time.sleep(0.5)
+            got, _ = client.communicate(timeout=secs + 120)
+            r = json.loads(got)
+        finally:
+            if client.poll() is None:
+                client.kill()
+                client.wait()
+            lat = probe.finish()
+        held = [h for h, _ in pipes]
+        caps = {}
+        for _, c in pipes:
+            caps[c] = caps.get(c, 0) + 1
+        plateau = statistics.median(rss) if rss else before
+        c = checks[name]
+        row = {"streams": n, "ok": r["ok"], "cut": r.get("cut", 0), "bytes": r["bytes"],
+               "worker_rss_kib_per_stream": (plateau - before) / n,
+               "tcp_kib_per_stream": ((statistics.median(tcp) if tcp else tcp0) - tcp0) / n,
+               "worker_rss_before_mib": before / 1024, "worker_rss_plateau_mib": plateau / 1024,
+               "programs": statistics.median(programs) if programs else 0,
+               "pipes": len(pipes),
+               "pipe_held_kib": statistics.mean(held) / 1024 if held else None,
+               "pipe_capacity_kib": statistics.mean(c for _, c in pipes) / 1024 if pipes else None,
+               "pipe_capacities": {str(k): v for k, v in sorted(caps.items())},
+               "temp_bytes": temp, **lat,
+               "errors": r["errors"] + lat["small_errors"] + c["errors"],
+               "first_error": (r["first_error"] or lat["small_first_error"] or
+                               (c["first_error"] and f"check: {c['first_error']}"))}
+        out[name] = row
+        log(f"W9 slow, {name}: {r['ok']}/{n} ok, worker RSS {row['worker_rss_kib_per_stream']:.1f} "
+            f"KiB/stream, pipes {caps}, temp {temp} B, small p99 {fmt(row['p99_ms'], 1)} ms, "
+            f"{row['errors']} errors")
+        time.sleep(1.0)  # the cut streams end, their programs exit
+    return out
+
 
 def verdict(ok):
     return "met" if ok else "**missed**"
@@ -2580,7 +3044,8 @@ def fmt(value, digits):
 def erred(res):
     """(workload, contestant, errors, first error) of every contestant that erred."""
     out = []
-    for w in ("w1", "w2", "w2s", "w3", "w4", "w5", "w6a", "w6b", "w7", "w7_slow", "w8"):
+    for w in ("w1", "w1t", "w2", "w2s", "w3", "w4", "w5", "w6a", "w6b", "w7", "w7_slow", "w8",
+              "w9", "w9_slow"):
         rows = res.get(w, {})
         if w == "w2s":
             rows = rows.get("rows", {})
@@ -2588,7 +3053,7 @@ def erred(res):
             if r["errors"]:
                 out.append((w.upper().replace("_SLOW", " slow client"), name, r["errors"],
                             r["first_error"]))
-    for w in ("w6", "w7", "w8"):
+    for w in ("w1t", "w6", "w7", "w8", "w9"):
         if res.get(f"{w}_alerts"):
             out.append((w.upper(), "nginx's error log ([alert], [crit], [emerg] lines)",
                         len(res[f"{w}_alerts"]), res[f"{w}_alerts"][0]))
@@ -2618,7 +3083,30 @@ def report(res):
         add(f"- RSS: {m['rss']}")
     add("- errors: failed or short responses (W1, W3, W4, W7: bytes and MB/s are those "
         "received; W7 also a body whose SHA-256 is not the file's); wrk's socket errors and "
-        "non-2xx/3xx responses (W2, W5, W8; W8 also a wrong response in its check)\n")
+        "non-2xx/3xx responses (W2, W5, W8; W8 also a wrong response in its check)")
+    if "w1t" in res:
+        add("- W1t: curl -sk --http1.1|--http2 (a failed transfer, a status other than 200, a "
+            "size other than asked or another protocol is an error); the worker's CPU is its "
+            "utime+stime from /proc/PID/stat over the stream, programs' CPU its cutime+cstime")
+    if "w9" in res:
+        add(f"- W9: nginx {cfg['nginx_workers']} workers, worker_connections 16384, "
+            "worker_rlimit_nofile 65536 (or the hard limit, when lower), transform_max_programs "
+            "4096, backlog 4096; every "
+            "contestant first serves 4 streams checked for their exact size; W9a errors are "
+            "wrk's (socket errors, non-2xx) and the small request's (failed, not 200, not 16 "
+            "bytes); MB/s is wrk's bytes read over its seconds; server and programs CPU from "
+            "the cgroups as above (the static file shares the module's nginx: the small "
+            "request's CPU is in its figure). W9b: `transform-bench get --rate 65536 --for S` "
+            "(a connection still healthy at S counts as ok); worker RSS: the sum of the "
+            "contestant nginx's workers' RSS, median of samples every 0.5 s over the last "
+            "third, less the sum before, over the streams; pipes: each program's stdout pipe "
+            "opened through /proc/PID/fd/1 (FIONREAD held, F_GETPIPE_SZ capacity), last "
+            "sample (none when the programs have ended: on loopback a 4 MiB stream fits in the "
+            "sockets' buffers, net.ipv4.tcp_wmem's 4 MiB and the client's window, so the "
+            "programs end at once); kernel TCP buffers: /proc/net/sockstat's TCP mem (every "
+            "socket, both ends) over the plateau less before, over the streams; the relay runs "
+            "as root, whose pipes pipe-user-pages-soft does not limit")
+    add("")
     if res.get("only") and set(res["only"]) != set(WORKLOADS):
         add(f"Workloads of this run: {', '.join(w.upper() for w in res['only'])} (`--only`).\n")
     steal = ", ".join(f"{w.upper()} {v:.1f}%" for w, v in res["steal"].items())
@@ -2764,6 +3252,10 @@ def report(res):
         targets += report_w7(res, add, who, ratio)
     if "w8" in res:
         targets += report_w8(res, add, who, ratio)
+    if "w1t" in res:
+        targets += report_w1t(res, add, who, ratio)
+    if "w9" in res:
+        targets += report_w9(res, add, who, ratio)
     add("### Targets\n")
     add("| target | figure | verdict |")
     add("|---|---:|---|")
@@ -2783,6 +3275,99 @@ def report(res):
     for w, name, n, first in bad:
         add(f"- {w} {name}: {n} errors, first: {first or '?'}")
     return "\n".join(lines) + "\n"
+
+def report_w1t(res, add, who, ratio):
+    """W1t's table; returns its targets."""
+    s, rows = res["sizes"], res["w1t"]
+    add(f"### W1t: one stream of {s['w1t'] // MIB} MiB over TLS 1.3, HTTP/1.1 and HTTP/2 (curl, "
+        f"one nginx worker, median of {s['w1t_rounds']}, contestants alternated)\n")
+    add("| protocol | contestant | MB/s | x nginx static | worker CPU s/GiB | programs CPU s/GiB "
+        "| errors |")
+    add("|---|---|---:|---:|---:|---:|---:|")
+    targets = []
+    for proto, _, _ in W1T_PROTOCOLS:
+        static = rows.get(f"{W1T_STATIC}, {proto}")
+        for name in (W1T_MODULE, W1T_STATIC):
+            r = rows.get(f"{name}, {proto}")
+            if r is None:
+                continue
+            add(f"| {proto} | {who(name, r)} | {r['mb_s']:.0f} | "
+                f"{fmt(nan_none(ratio(r['mb_s'], static and static['mb_s'])), 2)} | "
+                f"{fmt(r['worker_cpu_per_gib'], 3)} | {fmt(r['programs_cpu_per_gib'], 3)} | "
+                f"{r['errors']} |")
+        mod = rows.get(f"{W1T_MODULE}, {proto}")
+        targets.append((f"W1t {proto}: module >= 0.95x nginx static file",
+                        ratio(mod and mod["mb_s"], static and static["mb_s"]), 0.95, ">="))
+    add("")
+    return targets
+
+
+def report_w9(res, add, who, ratio):
+    """W9's tables; returns its targets."""
+    s, curve, slow = res["sizes"], res["w9"], res["w9_slow"]
+    add(f"### W9a: keep-alive connections fetching {W9_BYTES // MIB} MiB streams (wrk, "
+        f"{s['w9_seconds']} s after {s['w9_warmup']} s of warm-up, one run; a small request "
+        f"({W9_SMALL}, sequential, {SmallProbe.PAUSE * 1000:.0f} ms apart) on the module "
+        "meanwhile)\n")
+    add("| connections | contestant | MB/s | x relay | errors | server CPU s/GiB | programs CPU "
+        "s/GiB | small requests | small request p99 ms | max ms |")
+    add("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    worst = {W9_SPLICE: math.inf, W9_BUFFERED: math.inf}
+    small_p99 = []
+    for conns in s["w9_points"]:
+        relay = curve[W9_RELAY]["points"].get(str(conns))
+        for name, rs in curve.items():
+            r = rs["points"].get(str(conns))
+            if r is None:
+                continue
+            x = ratio(r["mb_s"], relay and relay["mb_s"])
+            if name in worst:
+                worst[name] = min(worst[name], x)
+            if r["p99_ms"] is not None:
+                small_p99.append(r["p99_ms"])
+            add(f"| {conns} | {who(name, r)} | {r['mb_s']:.0f} | {fmt(nan_none(x), 2)} | "
+                f"{r['errors']} | {fmt(r['server_cpu_per_gib'], 3)} | "
+                f"{fmt(r['programs_cpu_per_gib'], 3)} | {r['small_requests']} | "
+                f"{fmt(r['p99_ms'], 1)} | {fmt(r['max_ms'], 1)} |")
+    add("")
+    add(f"### W9b: {s['w9_slow_conns']} slow clients, each reading a {W9_BYTES // MIB} MiB stream "
+        f"at {W9_SLOW_RATE // 1024} KiB/s for {s['w9_slow_seconds']} s (figures: median of "
+        "samples over the last third)\n")
+    add("| contestant | streams ok | errors | worker RSS growth KiB/stream | kernel TCP buffers "
+        "KiB/stream | programs alive | pipe bytes held KiB/stream | pipe capacity KiB/stream | "
+        "pipes by capacity (bytes: pipes) | proxy temp MiB | small request p99 ms | max ms |")
+    add("|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|")
+    for name, r in slow.items():
+        caps = ", ".join(f"{k}: {v}" for k, v in r["pipe_capacities"].items()) or "n/a"
+        if r["p99_ms"] is not None:
+            small_p99.append(r["p99_ms"])
+        add(f"| {who(name, r)} | {r['ok']}/{r['streams']} | {r['errors']} | "
+            f"{r['worker_rss_kib_per_stream']:.1f} | {r['tcp_kib_per_stream']:.0f} | "
+            f"{r['programs']:.0f} | {fmt(r['pipe_held_kib'], 1)} | "
+            f"{fmt(r['pipe_capacity_kib'], 1)} | {caps} | "
+            f"{fmt(r['temp_bytes'] / MIB, 1) if name == W9_PROXY else 'n/a'} | "
+            f"{fmt(r['p99_ms'], 1)} | {fmt(r['max_ms'], 1)} |")
+    add("")
+    proxy = slow.get(W9_PROXY, {}).get("worker_rss_kib_per_stream")
+    # Growth per stream near zero (or below) for the proxy: the ratio is against 1 KiB at least.
+    floor = None if proxy is None else max(proxy, 1.0)
+    targets = [
+        ("W9 zero errors (module, both transports, curve and slow clients)",
+         sum(curve[n]["errors"] + slow.get(n, {}).get("errors", 0)
+             for n in (W9_SPLICE, W9_BUFFERED)), 0, "<="),
+        ("W9a module (splice) >= 1.0x standalone relay (the worst point)",
+         nan_none(worst[W9_SPLICE]), 1.0, ">="),
+        ("W9a module (buffered) >= 1.0x standalone relay (the worst point)",
+         nan_none(worst[W9_BUFFERED]), 1.0, ">="),
+        ("W9 small request p99 < 100 ms (the worst point, curve and slow clients)",
+         max(small_p99) if small_p99 else None, 100.0, "<="),
+    ]
+    for name in (W9_SPLICE, W9_BUFFERED):
+        mine = slow.get(name, {}).get("worker_rss_kib_per_stream")
+        targets.append((f"W9b {name} worker RSS per stream <= 2x nginx proxy's",
+                        None if mine is None or floor is None else mine / floor, 2.0, "<=",
+                        "no figure"))
+    return targets
 
 
 def cpu_us(r):
@@ -3046,7 +3631,8 @@ def apache_version():
 
 
 def workloads(text):
-    """--only's argument: workloads separated by commas (w1..w8; w6 is W6a and W6b)."""
+    """--only's argument: workloads separated by commas (w1, w1t, w2..w9; w6 is W6a and W6b,
+    w9 is W9a and W9b)."""
     chosen = {w.strip().lower() for w in text.split(",") if w.strip()}
     unknown = chosen - set(WORKLOADS)
     if unknown or not chosen:

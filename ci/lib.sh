@@ -8,7 +8,9 @@ TEST_PACKAGES=(curl openssl strace imagemagick procps ffmpeg libjpeg-turbo-progs
 # Benchmark contestants and load tools (ci/bench); apache2-bin for W7 (the server and its modules,
 # mod_ext_filter and mod_proxy, without the apache2 package's system service); python3-pil for W8
 # (PIL for Debian's /usr/bin/python3, which W8's Python contestants run).
-BENCH_PACKAGES=(python3 procps wrk fcgiwrap uwsgi-core uwsgi-plugin-python3 apache2-bin python3-pil)
+# curl and openssl: W1t (the TLS and HTTP/2 client, the self-signed certificate).
+BENCH_PACKAGES=(python3 procps wrk curl openssl fcgiwrap uwsgi-core uwsgi-plugin-python3 apache2-bin
+    python3-pil)
 
 ensure_packages() {
     local missing=()

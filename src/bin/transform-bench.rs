@@ -10,12 +10,20 @@
 //! - `relay PORT splice|rw PROGRAM ARGS...`: a minimal HTTP server, one connection at a time: for
 //!   each request it runs PROGRAM with stdout on a pipe and relays that pipe to the socket, with
 //!   splice(2) or with read(2)/write(2) of 64 KiB (close-delimited response).
+//! - `relay-mt PORT splice PROGRAM ARGS...`: the limit of "a program per request" under many
+//!   connections: a thread per connection, keep-alive, and for each request PROGRAM run with
+//!   stdout on a pipe (1 MiB asked), an argument `{}` replaced by the last number of the request's
+//!   path (the response's Content-Length), the pipe spliced to the socket (blocking).
 //! - `spawn SECONDS THREADS PROGRAM ARGS...`: in each of THREADS threads, posix_spawn of PROGRAM
 //!   with stdout on a pipe, read to end of file, waitpid, as many times as it can in SECONDS;
 //!   prints `spawns_per_s N p99_ms T requests R self_cpu_s C` (C: this process's own CPU time).
-//! - `get URL [--conns N] [--rate BYTES_PER_S] [--expect BYTES]`: N concurrent GETs (each on its own
-//!   connection, rate-limited if asked), bodies counted and dropped (chunked, Content-Length or
-//!   close-delimited); prints one JSON line: ok, errors, bytes, seconds.
+//! - `get URL [--conns N] [--rate B_PER_S] [--expect B] [--for SECONDS] [--rcvbuf B]`: N concurrent GETs
+//!   (each on its own connection, rate-limited if asked), bodies counted and dropped (chunked,
+//!   Content-Length or close-delimited); with `--for`, each connection reads for SECONDS at most,
+//!   then closes (a connection still healthy then counts as ok, with the body bytes it read);
+//!   `--rcvbuf BYTES` sets each socket's SO_RCVBUF before it connects (a small window, as a
+//!   distant slow client's, rather than loopback's buffers of megabytes);
+//!   prints one JSON line: ok, errors, bytes, seconds, cut (connections closed by `--for`).
 
 use std::ffi::CString;
 use std::io::{self, Read, Write};
@@ -44,10 +52,13 @@ fn main() {
             args.get(2).map(String::as_str) != Some("write"),
         ),
         Some("relay") => relay(&rest()),
+        Some("relay-mt") => relay_mt(&rest()),
         Some("spawn") => spawn_loop(&rest()),
         Some("get") => get(&rest()),
         _ => {
-            eprintln!("usage: transform-bench produce|relay|spawn|get ... (see the source)");
+            eprintln!(
+                "usage: transform-bench produce|relay|relay-mt|spawn|get ... (see the source)"
+            );
             std::process::exit(2);
         }
     }
@@ -217,6 +228,98 @@ fn serve(mut conn: TcpStream, splice: bool, argv: &[CString]) -> io::Result<()> 
     result
 }
 
+fn relay_mt(args: &[String]) {
+    let port: u16 = args[0].parse().expect("port");
+    assert_eq!(args[1], "splice", "relay-mt relays with splice only");
+    let argv: Vec<String> = args[2..].to_vec();
+    let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind");
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        let argv = argv.clone();
+        // Small stacks: thousands of connections, each a thread that only splices.
+        let _ = std::thread::Builder::new()
+            .stack_size(128 * 1024)
+            .spawn(move || {
+                let _ = serve_keepalive(conn, &argv);
+            });
+    }
+}
+
+/// Serves requests on `conn` until the client closes it (or a response fails): each one runs
+/// `argv` with `{}` replaced by the last number of the request's path.
+fn serve_keepalive(mut conn: TcpStream, argv: &[String]) -> io::Result<()> {
+    conn.set_nodelay(true)?;
+    let mut pending = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let end = loop {
+            if let Some(i) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let n = conn.read(&mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            pending.extend_from_slice(&buf[..n]);
+        };
+        let head = String::from_utf8_lossy(&pending[..end]).into_owned();
+        pending.drain(..end);
+        let path = head.split_whitespace().nth(1).unwrap_or("/");
+        let digits: String = path
+            .chars()
+            .rev()
+            .skip_while(|c| !c.is_ascii_digit())
+            .take_while(char::is_ascii_digit)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        let n: u64 = digits.parse().unwrap_or(0);
+        let run: Vec<String> = argv
+            .iter()
+            .map(|a| if a == "{}" { n.to_string() } else { a.clone() })
+            .collect();
+        write!(conn, "HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n")?;
+        let (r, w) = pipe();
+        // SAFETY: a pipe descriptor we own; the size is a hint.
+        unsafe { libc::fcntl(r.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
+        let pid = spawn(&cstrings(&run), w.as_raw_fd());
+        drop(w);
+        let mut sent = 0u64;
+        let result = loop {
+            // SAFETY: both descriptors are open; no offsets.
+            let k = unsafe {
+                libc::splice(
+                    r.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    conn.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    1 << 20,
+                    libc::SPLICE_F_MOVE,
+                )
+            };
+            if k == 0 {
+                break Ok(());
+            }
+            if k < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    break Err(e);
+                }
+                continue;
+            }
+            sent += k as u64;
+        };
+        drop(r);
+        wait(pid);
+        result?;
+        if sent != n {
+            // The body is not what the header announced: the connection cannot go on.
+            return Err(io::Error::other("short body"));
+        }
+    }
+}
+
 fn spawn_loop(args: &[String]) {
     let seconds: f64 = args[0].parse().expect("seconds");
     let threads: usize = args[1].parse().expect("threads");
@@ -275,6 +378,24 @@ struct BodyReader {
     rate: Option<f64>,
     start: Instant,
     taken: u64,
+    /// `--for`: when reading stops (the connection is then closed, healthy).
+    deadline: Option<Instant>,
+}
+
+/// The error of a read that `--for`'s deadline stopped.
+#[derive(Debug)]
+struct Stopped;
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stopped at the deadline")
+    }
+}
+
+impl std::error::Error for Stopped {}
+
+fn stopped(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|x| x.is::<Stopped>())
 }
 
 impl BodyReader {
@@ -284,16 +405,36 @@ impl BodyReader {
         }
         if let Some(rate) = self.rate {
             let due = Duration::from_secs_f64(self.taken as f64 / rate);
-            if let Some(wait) = due.checked_sub(self.start.elapsed()) {
+            if let Some(mut wait) = due.checked_sub(self.start.elapsed()) {
+                if let Some(d) = self.deadline {
+                    wait = wait.min(d.saturating_duration_since(Instant::now()));
+                }
                 std::thread::sleep(wait);
             }
+        }
+        if let Some(d) = self.deadline {
+            let left = d.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::other(Stopped));
+            }
+            self.conn.set_read_timeout(Some(left))?;
         }
         let cap = if self.rate.is_some() {
             64 * 1024
         } else {
             self.buf.len()
         };
-        let n = self.conn.read(&mut self.buf[..cap])?;
+        let n = match self.conn.read(&mut self.buf[..cap]) {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) && self.deadline.is_some_and(|d| Instant::now() >= d) =>
+            {
+                return Err(io::Error::other(Stopped));
+            }
+            r => r?,
+        };
         self.taken += n as u64;
         self.pos = 0;
         self.len = n;
@@ -339,9 +480,55 @@ impl BodyReader {
     }
 }
 
-/// One GET: the body's length, or an error.
-fn fetch(addr: &str, path: &str, rate: Option<f64>) -> io::Result<u64> {
-    let mut conn = TcpStream::connect(addr)?;
+/// A connection to `addr` (IPv4) whose receive buffer is set to `size` before it connects (the
+/// window it offers stays small: the kernel does not grow it).
+fn connect_with_rcvbuf(addr: &str, size: i32) -> io::Result<TcpStream> {
+    let sa: std::net::SocketAddrV4 = addr
+        .parse()
+        .map_err(|_| io::Error::other("--rcvbuf needs an IPv4 address:port"))?;
+    // SAFETY: plain socket calls on a descriptor we own from here on; the sockaddr and the int
+    // outlive the calls that read them.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let conn = TcpStream::from_raw_fd(fd);
+        let len = std::mem::size_of::<i32>() as libc::socklen_t;
+        if libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const i32).cast(),
+            len,
+        ) < 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        let mut sin: libc::sockaddr_in = std::mem::zeroed();
+        sin.sin_family = libc::AF_INET as libc::sa_family_t;
+        sin.sin_port = sa.port().to_be();
+        sin.sin_addr.s_addr = u32::from(*sa.ip()).to_be();
+        let slen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        if libc::connect(fd, (&sin as *const libc::sockaddr_in).cast(), slen) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(conn)
+    }
+}
+
+/// One GET: the body's length and whether `deadline` cut it, or an error.
+fn fetch(
+    addr: &str,
+    path: &str,
+    rate: Option<f64>,
+    deadline: Option<Instant>,
+    rcvbuf: Option<i32>,
+) -> io::Result<(u64, bool)> {
+    let mut conn = match rcvbuf {
+        Some(size) => connect_with_rcvbuf(addr, size)?,
+        None => TcpStream::connect(addr)?,
+    };
     conn.set_read_timeout(Some(Duration::from_secs(120)))?;
     write!(
         conn,
@@ -355,7 +542,21 @@ fn fetch(addr: &str, path: &str, rate: Option<f64>) -> io::Result<u64> {
         rate,
         start: Instant::now(),
         taken: 0,
+        deadline,
     };
+    let mut body0 = None;
+    match read_response(&mut r, &mut body0) {
+        Ok(n) => Ok((n, false)),
+        Err(e) if stopped(&e) => match body0 {
+            Some(b) => Ok((r.taken - b, true)),
+            None => Err(io::Error::other("no response head before the deadline")),
+        },
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads a response's head and body from `r`; `body0` is set to `r.taken` where the body starts.
+fn read_response(r: &mut BodyReader, body0: &mut Option<u64>) -> io::Result<u64> {
     let status = r.line()?;
     if !status.starts_with(b"HTTP/1.1 200") {
         return Err(io::Error::other(
@@ -366,6 +567,7 @@ fn fetch(addr: &str, path: &str, rate: Option<f64>) -> io::Result<u64> {
     loop {
         let h = String::from_utf8_lossy(&r.line()?).to_ascii_lowercase();
         if h.is_empty() {
+            *body0 = Some(r.taken - (r.len - r.pos) as u64);
             break;
         }
         if let Some(v) = h.strip_prefix("content-length:") {
@@ -407,34 +609,47 @@ fn get(args: &[String]) {
     let url = args[0].strip_prefix("http://").expect("http:// URL");
     let (addr, path) = url.split_at(url.find('/').unwrap_or(url.len()));
     let path = if path.is_empty() { "/" } else { path };
-    let (mut conns, mut rate, mut expect) = (1usize, None, None);
+    let (mut conns, mut rate, mut expect, mut for_s, mut rcvbuf) = (1usize, None, None, None, None);
     let mut i = 1;
     while i + 1 < args.len() {
         match args[i].as_str() {
             "--conns" => conns = args[i + 1].parse().expect("conns"),
             "--rate" => rate = Some(args[i + 1].parse::<f64>().expect("rate")),
             "--expect" => expect = Some(args[i + 1].parse::<u64>().expect("expect")),
+            "--for" => for_s = Some(args[i + 1].parse::<f64>().expect("for")),
+            "--rcvbuf" => rcvbuf = Some(args[i + 1].parse::<i32>().expect("rcvbuf")),
             other => panic!("unknown option {other}"),
         }
         i += 2;
     }
     let start = Instant::now();
-    let results: Vec<io::Result<u64>> = std::thread::scope(|s| {
+    let deadline = for_s.map(|f| start + Duration::from_secs_f64(f));
+    let results: Vec<io::Result<(u64, bool)>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..conns)
-            .map(|_| s.spawn(|| fetch(addr, path, rate)))
+            .map(|_| {
+                std::thread::Builder::new()
+                    .stack_size(256 * 1024)
+                    .spawn_scoped(s, || fetch(addr, path, rate, deadline, rcvbuf))
+                    .expect("thread")
+            })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let seconds = start.elapsed().as_secs_f64();
-    let (mut ok, mut errors, mut bytes) = (0, 0, 0u64);
+    let (mut ok, mut errors, mut bytes, mut cut) = (0, 0, 0u64, 0);
     let mut first_error = String::new();
     for r in results {
         match r {
-            Ok(n) if expect.is_none_or(|e| e == n) => {
+            Ok((n, true)) => {
+                ok += 1;
+                cut += 1;
+                bytes += n;
+            }
+            Ok((n, false)) if expect.is_none_or(|e| e == n) => {
                 ok += 1;
                 bytes += n;
             }
-            Ok(n) => {
+            Ok((n, false)) => {
                 errors += 1;
                 bytes += n;
                 if first_error.is_empty() {
@@ -451,6 +666,6 @@ fn get(args: &[String]) {
     }
     println!(
         "{{\"ok\": {ok}, \"errors\": {errors}, \"bytes\": {bytes}, \"seconds\": {seconds:.4}, \
-         \"first_error\": {first_error:?}}}"
+         \"cut\": {cut}, \"first_error\": {first_error:?}}}"
     );
 }
