@@ -1520,14 +1520,19 @@ impl BufRing {
     }
 
     /// Reads from `pipe` and passes what it gets to nginx, until the pipe runs dry, the client
-    /// takes no more, the buffers are all in flight, or the pipe ends.
+    /// takes no more, the buffers are all in flight, the pipe ends, or about `max_chunk` bytes
+    /// went (nginx's sendfile_max_chunk; 0 for no limit): then the other connections go first,
+    /// as the splice transport and nginx's write filter do, so one fast stream (a program that
+    /// refills its pipe as fast as it is read, a client that takes all) cannot hold the worker.
     pub fn pump(
         &mut self,
         http: Http,
         to: filter::Downstream,
         pipe: BorrowedFd<'_>,
         moved: &mut Moved,
+        max_chunk: usize,
     ) -> io::Result<Pumped> {
+        let start = moved.bytes;
         loop {
             // What waits goes on: our buffers (busy ones too: a filter after us may hold them,
             // waiting for something else than the client, and they are only found free again
@@ -1547,6 +1552,18 @@ impl BufRing {
             if http.client_blocked() {
                 // The rest stays in the pipe, and the program waits there.
                 self.release_free(http);
+                return Ok(Pumped::ClientBusy);
+            }
+            if max_chunk > 0 && moved.bytes - start >= max_chunk as u64 {
+                debug!(
+                    http.log(),
+                    "transform buffered: sendfile_max_chunk {max_chunk} reached, yielding"
+                );
+                if to == filter::Downstream::Next {
+                    // (A filter yields on the program's side: see Pumped::Yield.)
+                    return Ok(Pumped::Yield);
+                }
+                http.delay_write(1);
                 return Ok(Pumped::ClientBusy);
             }
             let Some(cl) = self.take_free(http)? else {

@@ -27,6 +27,17 @@ std::thread_local! {
     static SHARE: Cell<Option<usize>> = const { Cell::new(None) };
     /// The budget ran out (said once per worker).
     static SAID: Cell<bool> = const { Cell::new(false) };
+    /// Pages of the live pipes this worker sized (stdout and stderr).
+    static USED: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The pages of a program's pipes, counted in this worker's use of its share until dropped.
+pub struct Held(usize);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        USED.with(|u| u.set(u.get().saturating_sub(self.0)));
+    }
 }
 
 /// This worker's share of the user's pipe pages; 0 when unlimited (root, or no soft limit).
@@ -52,20 +63,56 @@ fn share() -> usize {
 /// The size to ask for a program's stdout pipe, `wanted` being `transform_pipe_size`, with
 /// `running` programs (pooled processes too) already running in this worker.
 pub fn stdout_size(wanted: usize, running: usize) -> usize {
-    fair_size(wanted, share(), running)
+    fair_size(wanted, share(), running, USED.with(Cell::get))
 }
 
-/// Sizes a program's stdout pipe (`fd`, either end); returns its capacity.
-pub fn size_stdout(fd: BorrowedFd<'_>, wanted: usize, log: *mut ngx_log_t) -> usize {
-    let ask = stdout_size(wanted, crate::child::running());
+/// Sizes a program's stdout pipe (`fd`, either end) and counts it, with its stderr page, until
+/// the returned [`Held`] is dropped; returns its capacity too.
+pub fn size_stdout(fd: BorrowedFd<'_>, wanted: usize, log: *mut ngx_log_t) -> (usize, Held) {
+    let running = crate::child::running();
+    let ask = stdout_size(wanted, running);
     if let Err(e) = os::set_pipe_size(fd, ask) {
         // EPERM past fs/pipe-user-pages-soft: a size hint refused, not an error.
         debug!(log, "transform pipe size {ask} refused: {e}");
     }
     let got = os::pipe_size(fd).unwrap_or(PAGE);
+    debug!(
+        log,
+        "transform pipe size {got} (asked {ask} of {wanted}, {running} programs running, {} of a \
+         share of {} pages used)",
+        USED.with(Cell::get),
+        share()
+    );
     if got <= PAST_LIMIT && ask > PAST_LIMIT {
         spent(log, got);
     }
+    let pages = got.div_ceil(PAGE) + 1;
+    USED.with(|u| u.set(u.get() + pages));
+    (got, Held(pages))
+}
+
+/// Doubles a stdout pipe of `capacity` bytes (`held` its pages) that a program filled while the
+/// worker was busy elsewhere, as far as `wanted` and the fair share allow now; returns its
+/// capacity. A burst of programs starts with small pipes (the share divided among them); those
+/// whose output the worker cannot keep up with grow as the share frees.
+pub fn grow_stdout(fd: BorrowedFd<'_>, capacity: usize, wanted: usize, held: &mut Held) -> usize {
+    if capacity >= wanted || share() == 0 {
+        return capacity;
+    }
+    let running = crate::child::running().saturating_sub(1);
+    // What a new pipe would get now, with this one's pages counted as free.
+    let used = USED.with(Cell::get).saturating_sub(held.0);
+    let target = (capacity * 2).min(fair_size(wanted, share(), running, used));
+    if target <= capacity {
+        return capacity;
+    }
+    if os::set_pipe_size(fd, target).is_err() {
+        return capacity;
+    }
+    let got = os::pipe_size(fd).unwrap_or(capacity);
+    let pages = got.div_ceil(PAGE) + 1;
+    USED.with(|u| u.set(u.get() - held.0 + pages));
+    held.0 = pages;
     got
 }
 

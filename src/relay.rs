@@ -411,6 +411,7 @@ impl Transform {
             unreachable!("stream() runs in the streaming phase");
         };
         let max_chunk = self.http.sendfile_max_chunk();
+        let before = self.moved.bytes;
         let pumped = match (sink, self.store.as_mut()) {
             (Sink::File(f), Some(store)) => match f.pump(self.http, stdout, &mut self.moved, store)
             {
@@ -431,7 +432,13 @@ impl Transform {
                 self.program.end_output(true);
                 self.output_ended()
             }
-            Ok(Pumped::ProgramIdle) => Flow::Wait(Next::Program),
+            Ok(Pumped::ProgramIdle) => {
+                // The pipe was full: the program waited for the worker.
+                if self.moved.bytes - before >= self.program.pipe_capacity() as u64 {
+                    self.program.grow_pipe(self.http.log());
+                }
+                Flow::Wait(Next::Program)
+            }
             Ok(Pumped::ClientBusy) => Flow::Wait(Next::Client),
             Ok(Pumped::Yield) => {
                 self.program.post_output();

@@ -24,19 +24,36 @@ fn a_fair_share_of_the_pipe_budget() {
     use fair::{fair_size, PAGE, PAST_LIMIT};
     const MIB: usize = 1 << 20;
     // No limit (root, or no soft limit): what was asked.
-    assert_eq!(fair_size(MIB, 0, 5000), MIB);
+    assert_eq!(fair_size(MIB, 0, 5000, 0), MIB);
     // A few programs in a share of 8192 pages: the whole size.
-    assert_eq!(fair_size(MIB, 8192, 0), MIB);
-    assert_eq!(fair_size(MIB, 8192, 30), MIB);
+    assert_eq!(fair_size(MIB, 8192, 0, 0), MIB);
+    assert_eq!(fair_size(MIB, 8192, 30, 0), MIB);
+    // ... unless they hold most of it already: half of what is left, 241 pages, rounded down.
+    assert_eq!(fair_size(MIB, 8192, 30, 30 * 257), 128 * PAGE);
     // 100 programs: 81 pages each, less stderr's page, rounded down to a power of two: 64.
-    assert_eq!(fair_size(MIB, 8192, 99), 64 * PAGE);
+    assert_eq!(fair_size(MIB, 8192, 99, 0), 64 * PAGE);
     // 1000: 8 pages each, less stderr's: 4.
-    assert_eq!(fair_size(MIB, 8192, 999), 4 * PAGE);
+    assert_eq!(fair_size(MIB, 8192, 999, 0), 4 * PAGE);
     // 10000: never below what the kernel gives past the limit anyway.
-    assert_eq!(fair_size(MIB, 8192, 9999), PAST_LIMIT);
+    assert_eq!(fair_size(MIB, 8192, 9999, 0), PAST_LIMIT);
     // Never above what was asked.
-    assert_eq!(fair_size(PAGE, 8192, 0), PAGE);
-    assert_eq!(fair_size(256 * 1024, 8192, 0), 256 * 1024);
+    assert_eq!(fair_size(PAGE, 8192, 0, 0), PAGE);
+    assert_eq!(fair_size(256 * 1024, 8192, 0, 0), 256 * 1024);
+    // A burst: however few programs run yet, no pipe takes more than half of what is left.
+    assert_eq!(fair_size(MIB, 8192, 4, 7800), 128 * PAGE);
+    assert_eq!(fair_size(MIB, 8192, 10, 8000), 64 * PAGE);
+    // Nothing left: the least.
+    assert_eq!(fair_size(MIB, 8192, 10, 9000), PAST_LIMIT);
+    // A burst of 1000 programs from nothing: what they take above the least (2 pages and the
+    // stderr page) stays within the share.
+    let (mut used, mut above) = (0, 0);
+    for running in 0..1000 {
+        let size = fair_size(MIB, 8192, running, used);
+        assert!(size >= PAST_LIMIT);
+        used += size / PAGE + 1;
+        above += size / PAGE - 2;
+    }
+    assert!(above <= 8192, "{above} pages above the least");
 }
 
 /// The sizes of nginx's TLS writes (`SSL to write: N` debug lines) from the line that starts

@@ -6,13 +6,18 @@ pub const PAGE: usize = 4096;
 pub const PAST_LIMIT: usize = 2 * PAGE;
 
 /// The size to ask for a stdout pipe: each of `running + 1` programs gets an equal part of
-/// `share` pages (less its stderr page), rounded down to a power of two pages, within
-/// [`PAST_LIMIT`, `wanted`]; without a share, `wanted`.
-pub fn fair_size(wanted: usize, share: usize, running: usize) -> usize {
+/// `share` pages (less its stderr page), and no pipe more than half of what the pipes of this
+/// worker leave of the share (`used` pages), so that a burst of new programs does not give the
+/// first ones the whole share and the rest the kernel's 2 pages past the limit; rounded down to
+/// a power of two pages (the kernel rounds up), within [`PAST_LIMIT`, `wanted`]. Without a
+/// share, `wanted`.
+pub fn fair_size(wanted: usize, share: usize, running: usize, used: usize) -> usize {
     if share == 0 {
         return wanted;
     }
-    let pages = (share / (running + 1)).saturating_sub(1).max(1);
+    let equal = (share / (running + 1)).saturating_sub(1);
+    let left = share.saturating_sub(used) / 2;
+    let pages = equal.min(left).max(1);
     let fair = (1usize << (usize::BITS - 1 - pages.leading_zeros())) * PAGE;
     fair.clamp(PAST_LIMIT.min(wanted), wanted)
 }

@@ -55,6 +55,9 @@ pub struct Program {
     child: Option<Child>,
     /// What the stdout pipe holds at most.
     pipe_capacity: usize,
+    /// Its pages (and the stdin pipe's of a filter), counted in the worker's share of the pipe
+    /// budget while they live.
+    pipe_pages: Vec<crate::pipes::Held>,
     pid: Option<libc::pid_t>,
     /// When the program started, and how and when it ended.
     started: ngx_msec_t,
@@ -95,6 +98,7 @@ impl Program {
             stderr_log: StderrLog::new(conf.stderr_level, now_msec()),
             child: None,
             pipe_capacity: 0,
+            pipe_pages: Vec::new(),
             pid: None,
             started: now_msec(),
             exit: None,
@@ -332,11 +336,14 @@ impl Program {
         };
         if let (true, Some(p)) = (filter, &in_pipe) {
             // A filtered response is as big as any output: the same room on the way in.
-            crate::pipes::size_stdout(p.write.as_fd(), self.conf.pipe_size, log);
+            let (_, held) = crate::pipes::size_stdout(p.write.as_fd(), self.conf.pipe_size, log);
+            self.pipe_pages.push(held);
         }
-        self.pipe_capacity = crate::pipes::size_stdout(pipe.read.as_fd(), self.conf.pipe_size, log);
+        let (capacity, held) =
+            crate::pipes::size_stdout(pipe.read.as_fd(), self.conf.pipe_size, log);
+        self.pipe_capacity = capacity;
+        self.pipe_pages.push(held);
         crate::pipes::size_stderr(err_pipe.read.as_fd());
-        debug!(log, "transform pipe size {}", self.pipe_capacity);
 
         let args: Vec<&CStr> = launch.argv.iter().map(CString::as_c_str).collect();
         let env: Vec<&CStr> = launch.env.iter().map(CString::as_c_str).collect();
@@ -461,6 +468,23 @@ impl Program {
         self.stdout = None;
         if let Some(child) = self.child.take() {
             child.detach(&self.name);
+        }
+    }
+
+    /// The program filled its stdout pipe while the worker was away: a bigger one, if the pipe
+    /// budget allows (see `pipes::grow_stdout`).
+    pub fn grow_pipe(&mut self, log: *mut nginx_sys::ngx_log_t) {
+        let (Some(stdout), Some(held)) = (&self.stdout, self.pipe_pages.last_mut()) else {
+            return;
+        };
+        let before = self.pipe_capacity;
+        self.pipe_capacity =
+            crate::pipes::grow_stdout(stdout.fd(), before, self.conf.pipe_size, held);
+        if self.pipe_capacity != before {
+            debug!(
+                log,
+                "transform pipe size {before} grown to {}", self.pipe_capacity
+            );
         }
     }
 

@@ -77,7 +77,7 @@ impl Sink {
     ) -> io::Result<Pumped> {
         match self {
             Sink::Splice(s) => s.pump(http, out, pipe, moved, max_chunk),
-            Sink::Chain(ring) => ring.pump(http, out, pipe, moved),
+            Sink::Chain(ring) => ring.pump(http, out, pipe, moved, max_chunk),
             // (The relay pumps the file sink with its store; without one it cannot go on.)
             Sink::File(_) => Err(io::Error::other("the file sink has no store")),
             Sink::Discard => discard(pipe, moved),
