@@ -2725,8 +2725,20 @@ def nginx_alerts(prefix, tag):
 W9_BYTES = 4 * MIB
 W9_SMALL = "/module/16"
 W9_SLOW_RATE = 64 * 1024
+# W9b's streams: longer than the clients read (they close after w9_slow_seconds), so the
+# programs are still writing when the memory is sampled. On loopback a 4 MiB stream fits in the
+# sockets' buffers and its program ends at once.
+W9_SLOW_BYTES = 256 * MIB
+# W9b's sockets: the servers' send buffer (nginx `listen ... sndbuf=`, on a port of its own) and
+# the clients' receive buffer, fixed so that 2000 connections stay within the kernel's tcp_mem
+# (autotuned, both ends grow to MiBs and the kernel resets connections: "TCP: out of memory").
+W9_SLOW_SNDBUF = 128 * 1024
+W9_SLOW_RCVBUF = 64 * 1024
 W9_SPLICE, W9_BUFFERED = "module (splice)", "module (buffered)"
 W9_STATIC, W9_RELAY = "nginx static file", "standalone relay (relay-mt), vmsplicing producer"
+# The same relay run as root, whose pipes no per-user budget limits (for reference: nginx's
+# workers do not run as root).
+W9_RELAY_ROOT = "standalone relay as root (no pipe budget)"
 W9_PROXY = "nginx proxy_pass to a static nginx"
 F_GETPIPE_SZ = 1032
 
@@ -2738,7 +2750,7 @@ def tcp_mem_kib():
     return int(m.group(1)) * PAGE_KIB if m else 0
 
 
-def w9_conf(s, prefix, port, body):
+def w9_conf(s, prefix, port, body, slow_port):
     # 65536 descriptors asked, as the hard limit allows (setrlimit above it fails).
     nofile = min(65536, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
     return f"""
@@ -2756,6 +2768,7 @@ http {{
     {"transform_max_programs 4096;" if "transform_exec" in body else ""}
     server {{
         listen 127.0.0.1:{port} backlog=4096;
+        listen 127.0.0.1:{slow_port} backlog=4096 sndbuf={W9_SLOW_SNDBUF};
         {body}
     }}
 }}
@@ -2768,17 +2781,22 @@ def start_w9_nginx(s, kind, origin=None):
     default proxy buffers; /module/16 for the small request)."""
     prefix = os.path.join(s.dir, f"w9-{kind}")
     os.makedirs(os.path.join(prefix, "logs"))
-    port = free_port()
+    port, slow_port = free_port(), free_port()
     small = f"location = {W9_SMALL} {{ transform_exec {BENCH} produce 16; }}"
     body = {
         "main": f"""location ~ ^/module/(\\d+)$ {{ transform_exec {BENCH} produce $1; }}
         location ~ ^/buffered/(\\d+)$ {{ transform_splice off; transform_exec {BENCH} produce $1; }}
         location /static/ {{ }}""",
         "origin": "location /static/ { }",
-        "proxy": f"""location /static/ {{ proxy_pass http://127.0.0.1:{origin}; }}
+        # (No temporary files: 2000 slow clients would have it spool 2000 streams to disk; its
+        # memory is its proxy_buffers either way, and the rest waits in the origin's socket as
+        # the module's waits in the pipe.)
+        "proxy": f"""location /static/ {{ proxy_pass http://127.0.0.1:{origin};
+                                          proxy_max_temp_file_size 0; }}
         {small}""",
     }[kind]
-    inst = s.launch_nginx(f"w9-{kind}", prefix, w9_conf(s, prefix, port, body), port)
+    inst = s.launch_nginx(f"w9-{kind}", prefix, w9_conf(s, prefix, port, body, slow_port), port)
+    inst["slow_port"] = slow_port
     inst["temp"] = [os.path.join(prefix, "proxy_temp")]
     return inst
 
@@ -2884,12 +2902,22 @@ def pipe_stats(pids):
     return out
 
 
+def as_workers_user():
+    """The prefix that runs a command as nginx's workers run when the bench is root (`nobody`):
+    the relay's pipes then share the per-user pipe budget (fs.pipe-user-pages-soft) as the
+    workers' do; root's pipes are not limited."""
+    if os.geteuid() != 0:
+        return []
+    pw = pwd.getpwnam("nobody")
+    return [tool("setpriv"), f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--clear-groups"]
+
+
 def w9(s, cg, sizes):
     """W9: (a) the concurrency curve: wrk's keep-alive connections fetching 4 MiB streams, on the
     module's two transports, nginx static and the standalone relay; (b) slow clients reading
-    4 MiB streams at 64 KiB/s, on the module's two transports and nginx proxy_pass; a small
+    long streams at 64 KiB/s, on the module's two transports and nginx proxy_pass; a small
     request's latency meanwhile."""
-    s.make_static({W9_BYTES})
+    s.make_static({W9_BYTES, W9_SLOW_BYTES})
     prefixes = []
     try:
         main = start_w9_nginx(s, "main")
@@ -2899,9 +2927,13 @@ def w9(s, cg, sizes):
         proxy = start_w9_nginx(s, "proxy", origin=origin["port"])
         prefixes.append(proxy["prefix"])
         relay_port = free_port()
-        relay = s.spawn("relay-mt", [BENCH, "relay-mt", str(relay_port), "splice", BENCH,
-                                     "produce", "{}"])
+        relay = s.spawn("relay-mt", as_workers_user() + [BENCH, "relay-mt", str(relay_port),
+                                                         "splice", BENCH, "produce", "{}"])
         wait_port(relay_port)
+        root_port = free_port()
+        relay_root = s.spawn("relay-mt-root", [BENCH, "relay-mt", str(root_port), "splice",
+                                               BENCH, "produce", "{}"])
+        wait_port(root_port)
         base = f"http://127.0.0.1:{main['port']}"
         mroots = lambda: [main["master"]]  # noqa: E731
         cons = {
@@ -2911,6 +2943,8 @@ def w9(s, cg, sizes):
             W9_STATIC: Contestant(cg, W9_STATIC, base, "/static/", [main["group"]], mroots),
             W9_RELAY: Contestant(cg, W9_RELAY, f"http://127.0.0.1:{relay_port}", "/relay/",
                                  ["relay-mt"], lambda: [relay.pid]),
+            W9_RELAY_ROOT: Contestant(cg, W9_RELAY_ROOT, f"http://127.0.0.1:{root_port}",
+                                      "/relay/", ["relay-mt-root"], lambda: [relay_root.pid]),
             W9_PROXY: Contestant(cg, W9_PROXY, f"http://127.0.0.1:{proxy['port']}", "/static/",
                                  [proxy["group"]], lambda: [proxy["master"]],
                                  temp=proxy["temp"]),
@@ -2937,13 +2971,13 @@ def w9(s, cg, sizes):
 
 def w9_curve(s, sizes, cons, main, checks):
     out = {}
-    for name in (W9_SPLICE, W9_BUFFERED, W9_STATIC, W9_RELAY):
+    for name in (W9_SPLICE, W9_BUFFERED, W9_STATIC, W9_RELAY, W9_RELAY_ROOT):
         c = checks[name]
         out[name] = {"points": {}, "errors": c["errors"],
                      "first_error": c["first_error"] and f"check: {c['first_error']}"}
     t = sizes["w9_seconds"]
     for conns in sizes["w9_points"]:
-        for name in (W9_SPLICE, W9_BUFFERED, W9_STATIC, W9_RELAY):
+        for name in (W9_SPLICE, W9_BUFFERED, W9_STATIC, W9_RELAY, W9_RELAY_ROOT):
             con = cons[name]
             url = con.url(W9_BYTES)
             wrk_stream(url, sizes["w9_warmup"], conns)  # connections made, programs warm
@@ -2979,8 +3013,10 @@ def w9_slow(s, sizes, cons, insts, checks):
         server = {inst["master"], *workers}
         before = sum(rss_kib(p) for p in workers)
         tcp0 = tcp_mem_kib()
-        argv = [BENCH, "get", con.url(W9_BYTES), "--conns", str(n), "--rate", str(W9_SLOW_RATE),
-                "--expect", str(W9_BYTES), "--for", str(secs)]
+        url = f"http://127.0.0.1:{inst['slow_port']}{con.path}{W9_SLOW_BYTES}"
+        argv = [BENCH, "get", url, "--conns", str(n), "--rate", str(W9_SLOW_RATE),
+                "--expect", str(W9_SLOW_BYTES), "--for", str(secs), "--rcvbuf",
+                str(W9_SLOW_RCVBUF)]
         probe = SmallProbe(insts[W9_SPLICE]["port"] if name != W9_PROXY else inst["port"])
         start = time.time()
         client = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
@@ -3096,16 +3132,20 @@ def report(res):
             "wrk's (socket errors, non-2xx) and the small request's (failed, not 200, not 16 "
             "bytes); MB/s is wrk's bytes read over its seconds; server and programs CPU from "
             "the cgroups as above (the static file shares the module's nginx: the small "
-            "request's CPU is in its figure). W9b: `transform-bench get --rate 65536 --for S` "
-            "(a connection still healthy at S counts as ok); worker RSS: the sum of the "
+            "request's CPU is in its figure). W9b: `transform-bench get --rate 65536 --for S "
+            f"--rcvbuf {W9_SLOW_RCVBUF // 1024}k` of {W9_SLOW_BYTES // MIB} MiB streams (longer "
+            "than the run: the programs are still writing when sampled; a connection still "
+            "healthy at S counts as ok) to a listen socket of their own with sndbuf="
+            f"{W9_SLOW_SNDBUF // 1024}k (autotuned, both ends of 2000 connections outgrow the "
+            "kernel's tcp_mem and it resets some), the proxy without temporary files "
+            "(proxy_max_temp_file_size 0: its memory is its proxy_buffers either way); worker RSS: the sum of the "
             "contestant nginx's workers' RSS, median of samples every 0.5 s over the last "
             "third, less the sum before, over the streams; pipes: each program's stdout pipe "
             "opened through /proc/PID/fd/1 (FIONREAD held, F_GETPIPE_SZ capacity), last "
-            "sample (none when the programs have ended: on loopback a 4 MiB stream fits in the "
-            "sockets' buffers, net.ipv4.tcp_wmem's 4 MiB and the client's window, so the "
-            "programs end at once); kernel TCP buffers: /proc/net/sockstat's TCP mem (every "
+            "sample; kernel TCP buffers: /proc/net/sockstat's TCP mem (every "
             "socket, both ends) over the plateau less before, over the streams; the relay runs "
-            "as root, whose pipes pipe-user-pages-soft does not limit")
+            "as nginx's workers do (nobody, when the bench runs as root), so that its pipes "
+            "share the per-user pipe budget (fs.pipe-user-pages-soft) as theirs do")
     add("")
     if res.get("only") and set(res["only"]) != set(WORKLOADS):
         add(f"Workloads of this run: {', '.join(w.upper() for w in res['only'])} (`--only`).\n")
@@ -3330,7 +3370,7 @@ def report_w9(res, add, who, ratio):
                 f"{fmt(r['programs_cpu_per_gib'], 3)} | {r['small_requests']} | "
                 f"{fmt(r['p99_ms'], 1)} | {fmt(r['max_ms'], 1)} |")
     add("")
-    add(f"### W9b: {s['w9_slow_conns']} slow clients, each reading a {W9_BYTES // MIB} MiB stream "
+    add(f"### W9b: {s['w9_slow_conns']} slow clients, each reading a {W9_SLOW_BYTES // MIB} MiB stream "
         f"at {W9_SLOW_RATE // 1024} KiB/s for {s['w9_slow_seconds']} s (figures: median of "
         "samples over the last third)\n")
     add("| contestant | streams ok | errors | worker RSS growth KiB/stream | kernel TCP buffers "
