@@ -1218,7 +1218,7 @@ def run(args, cg):
         "w8_seconds": 3 if quick else 10,
         "w8_rounds": 1 if quick else 3,
         "w1t": 256 * MIB if quick else GIB,
-        "w1t_rounds": 1 if quick else 3,
+        "w1t_rounds": 1 if quick else 5,
         "w9_points": [50, 200] if quick else [50, 200, 500, 1000, 2000],
         "w9_seconds": 4 if quick else 10,
         "w9_warmup": 1 if quick else 2,

@@ -47,6 +47,10 @@ pub struct Handover {
     pub read_timeout: ngx_msec_t,
     /// When `transform_timeout` ends it, if set.
     pub deadline: Option<ngx_msec_t>,
+    /// Its pipes' pages, counted in the worker's share of the pipe budget while they live
+    /// (held for their `Drop`).
+    #[allow(dead_code)]
+    pub pipe_pages: Vec<crate::pipes::Held>,
 }
 
 struct Background {

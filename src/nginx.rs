@@ -303,7 +303,13 @@ impl Http {
         if !splice_on {
             return Some("transform_splice is off");
         }
-        let tls = self.with_c(|c| !c.ssl.is_null());
+        // (With kTLS, nginx's OpenSSL encrypts in the kernel and nginx sendfiles into the
+        // socket, `c->ssl->sendfile`; a pipe spliced into such a socket would be encrypted by
+        // the kernel too, once OpenSSL flushed what it holds. Not proven byte-exact on a kernel
+        // with kTLS here (this machine has none), so such a connection takes the buffered
+        // transport as any TLS one.)
+        // SAFETY: a TLS connection's ssl is live for as long as the connection.
+        let tls = self.with_c(|c| unsafe { c.ssl.as_ref() }.map(|ssl| ssl.sendfile() != 0));
         self.with_r(|r| {
             if !ptr::eq(r.main, r) {
                 return Some("subrequest");
@@ -311,8 +317,10 @@ impl Http {
             if r.http_version >= NGX_HTTP_VERSION_20 as usize {
                 return Some("HTTP/2 or HTTP/3 framing");
             }
-            if tls {
-                return Some("TLS connection");
+            match tls {
+                Some(false) => return Some("TLS connection"),
+                Some(true) => return Some("TLS connection with kTLS (splice into it not enabled)"),
+                None => {}
             }
             if r.filter_need_in_memory() != 0 || r.main_filter_need_in_memory() != 0 {
                 return Some("a body filter needs the data (gzip, sub_filter, ssi)");
@@ -1492,9 +1500,10 @@ pub enum Pumped {
     ClientBusy,
     /// The program closed its output.
     Eof,
-    /// `sendfile_max_chunk` was moved in one go: the other connections go first, then the
-    /// program's output is read again (a filter's way; `transform_exec`'s pauses the client's
-    /// write event instead, which a filter's handler may cancel).
+    /// `sendfile_max_chunk` (or a stream's part of the worker's turn) was moved in one go: the
+    /// other connections, and requests that arrived meanwhile, go first; then the program's
+    /// output is read again in the next turn of the event loop (nginx's posted-next events,
+    /// which it runs after an epoll_wait that does not block).
     Yield,
 }
 
@@ -1550,21 +1559,21 @@ impl BufRing {
                 return Ok(Pumped::Eof);
             }
             if http.client_blocked() {
-                // The rest stays in the pipe, and the program waits there.
-                self.release_free(http);
+                // The rest stays in the pipe, and the program waits there. A client that did
+                // not even take what was pending (nothing was read this time) is a slow one:
+                // the free buffers give their memory back. (A fast one that blocks after each
+                // burst keeps them, and the allocator is not asked each time.)
+                if moved.bytes == start {
+                    self.release_free(http);
+                }
                 return Ok(Pumped::ClientBusy);
             }
             if max_chunk > 0 && moved.bytes - start >= max_chunk as u64 {
                 debug!(
                     http.log(),
-                    "transform buffered: sendfile_max_chunk {max_chunk} reached, yielding"
+                    "transform: sendfile_max_chunk {max_chunk} reached, yielding"
                 );
-                if to == filter::Downstream::Next {
-                    // (A filter yields on the program's side: see Pumped::Yield.)
-                    return Ok(Pumped::Yield);
-                }
-                http.delay_write(1);
-                return Ok(Pumped::ClientBusy);
+                return Ok(Pumped::Yield);
             }
             let Some(cl) = self.take_free(http)? else {
                 return Ok(Pumped::ClientBusy);
@@ -1621,7 +1630,6 @@ impl BufRing {
                     // The program has nothing more for now: what was passed goes out.
                     self.flush_owed(http, to)?;
                     return Ok(if http.client_blocked() {
-                        self.release_free(http);
                         Pumped::ClientBusy
                     } else {
                         Pumped::ProgramIdle
@@ -1699,13 +1707,15 @@ impl BufRing {
         let mut in_memory = self.allocated;
         let mut cl = self.free;
         while !cl.is_null() {
-            // SAFETY: free is a list of our links and buffers; a buffer's memory is a large
-            // allocation of the request pool (it is bigger than a pool page), which ngx_pfree
-            // frees.
+            // SAFETY: free is a list of our links and buffers, which nothing downstream points
+            // into any more (ngx_chain_update_chains found them all sent); a buffer's memory is
+            // a large allocation of the request pool (bigger than NGX_MAX_ALLOC_FROM_POOL), which
+            // ngx_pfree frees (it declines anything else, and then the buffer keeps it).
             unsafe {
                 let b = (*cl).buf;
-                if !(*b).start.is_null() {
-                    nginx_sys::ngx_pfree(http.pool(), (*b).start.cast());
+                if !(*b).start.is_null()
+                    && nginx_sys::ngx_pfree(http.pool(), (*b).start.cast()) == NGX_OK as ngx_int_t
+                {
                     (*b).start = ptr::null_mut();
                     (*b).pos = ptr::null_mut();
                     (*b).last = ptr::null_mut();

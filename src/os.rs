@@ -160,9 +160,19 @@ pub fn pipe_state(fd: BorrowedFd<'_>) -> io::Result<(usize, bool)> {
     Ok((bytes_in_pipe(fd)?, hup))
 }
 
-/// Whether this process runs as root (whom no per-user limit binds).
-pub fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
+/// Whether the per-user pipe budget does not bind this process: the kernel exempts one with
+/// CAP_SYS_RESOURCE or CAP_SYS_ADMIN in its effective set (fs/pipe.c,
+/// `pipe_is_unprivileged_user`), not root as such.
+pub fn pipe_budget_exempt() -> bool {
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_SYS_RESOURCE: u32 = 24;
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    eff & (1 << CAP_SYS_ADMIN | 1 << CAP_SYS_RESOURCE) != 0
 }
 
 /// The capacity of a pipe.

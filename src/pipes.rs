@@ -4,8 +4,9 @@
 //! MiB), shared by all the user's processes: every worker of nginx, every pipe. Past it, a new
 //! pipe gets 2 pages (8 KiB) and growing one fails with EPERM: a program writing into 8 KiB
 //! wakes the worker every 8 KiB. So a worker sizes each program's stdout pipe from its share
-//! of the budget (the budget over `worker_processes`) and the programs it runs: with a few,
-//! each gets `transform_pipe_size`; with thousands, each gets an equal part (a power of two pages,
+//! of the budget (the budget over `worker_processes`) and the programs it runs: a pipe starts
+//! at the kernel's default 64 KiB and grows (up to `transform_pipe_size`) when its program fills
+//! it; with thousands of programs, each gets an equal part (a power of two pages,
 //! as the kernel rounds it, at least 2), so that they all stay within the budget rather than a
 //! few having 1 MiB and the rest 8 KiB. A stderr pipe gets one page: its lines are read as they come. When the
 //! budget is spent all the same (other processes of the user, other workers), the worker says
@@ -20,7 +21,7 @@ use crate::os;
 
 mod fair;
 
-use fair::{fair_size, PAGE, PAST_LIMIT};
+use fair::{fair_size, start_size, PAGE, PAST_LIMIT};
 
 std::thread_local! {
     /// This worker's share of the budget in pages (None: not read yet; Some(0): no limit).
@@ -50,10 +51,12 @@ fn share() -> usize {
             .ok()
             .and_then(|t| t.trim().parse::<usize>().ok())
             .unwrap_or(0);
-        let v = if soft == 0 || os::is_root() {
+        // (The kernel exempts a process with CAP_SYS_RESOURCE or CAP_SYS_ADMIN, not root as
+        // such: root in a container may have neither.)
+        let v = if soft == 0 || os::pipe_budget_exempt() {
             0
         } else {
-            soft / crate::nginx::worker_processes()
+            (soft / crate::nginx::worker_processes()).max(1)
         };
         s.set(Some(v));
         v
@@ -63,12 +66,18 @@ fn share() -> usize {
 /// The size to ask for a program's stdout pipe, `wanted` being `transform_pipe_size`, with
 /// `running` programs (pooled processes too) already running in this worker.
 pub fn stdout_size(wanted: usize, running: usize) -> usize {
-    fair_size(wanted, share(), running, USED.with(Cell::get))
+    start_size(wanted, share(), running, USED.with(Cell::get))
 }
 
 /// Sizes a program's stdout pipe (`fd`, either end) and counts it, with its stderr page, until
-/// the returned [`Held`] is dropped; returns its capacity too.
-pub fn size_stdout(fd: BorrowedFd<'_>, wanted: usize, log: *mut ngx_log_t) -> (usize, Held) {
+/// the returned [`Held`] is dropped; returns its capacity too. A filter's stdin pipe is sized
+/// the same way (`with_stderr` false: it comes with no stderr pipe of its own).
+pub fn size_stdout(
+    fd: BorrowedFd<'_>,
+    wanted: usize,
+    with_stderr: bool,
+    log: *mut ngx_log_t,
+) -> (usize, Held) {
     let running = crate::child::running();
     let ask = stdout_size(wanted, running);
     if let Err(e) = os::set_pipe_size(fd, ask) {
@@ -86,7 +95,7 @@ pub fn size_stdout(fd: BorrowedFd<'_>, wanted: usize, log: *mut ngx_log_t) -> (u
     if got <= PAST_LIMIT && ask > PAST_LIMIT {
         spent(log, got);
     }
-    let pages = got.div_ceil(PAGE) + 1;
+    let pages = got.div_ceil(PAGE) + usize::from(with_stderr);
     USED.with(|u| u.set(u.get() + pages));
     (got, Held(pages))
 }
@@ -111,9 +120,17 @@ pub fn grow_stdout(fd: BorrowedFd<'_>, capacity: usize, wanted: usize, held: &mu
     }
     let got = os::pipe_size(fd).unwrap_or(capacity);
     let pages = got.div_ceil(PAGE) + 1;
-    USED.with(|u| u.set(u.get() - held.0 + pages));
+    USED.with(|u| u.set(u.get().saturating_sub(held.0) + pages));
     held.0 = pages;
     got
+}
+
+/// Counts a pipe sized elsewhere (a pool's), with a stderr page if `with_stderr`, until the
+/// returned [`Held`] is dropped.
+pub fn count(fd: BorrowedFd<'_>, with_stderr: bool) -> Held {
+    let pages = os::pipe_size(fd).unwrap_or(PAGE).div_ceil(PAGE) + usize::from(with_stderr);
+    USED.with(|u| u.set(u.get() + pages));
+    Held(pages)
 }
 
 /// Shrinks a stderr pipe to one page.

@@ -126,6 +126,10 @@ struct Slot {
     stderr: Option<EventFd>,
     stderr_log: StderrLog,
     idle_since: ngx_msec_t,
+    /// Its pipes' pages, counted in the worker's share of the pipe budget while it lives (held
+    /// for their `Drop`).
+    #[allow(dead_code)]
+    pipe_pages: Vec<crate::pipes::Held>,
 }
 
 enum SlotState {
@@ -523,10 +527,14 @@ fn spawn(pool: *mut Pool) -> Result<*mut Slot, ngx_int_t> {
     let out = os::stdout_pipe().map_err(|e| failed("pipe2()", &e))?;
     let err = os::stdout_pipe().map_err(|e| failed("pipe2()", &e))?;
     let inp = os::stdin_pipe().map_err(|e| failed("pipe2()", &e))?;
-    for fd in [out.read.as_fd(), inp.write.as_fd()] {
+    // (A pool's few processes live long: their pipes get transform_pipe_size, counted in the
+    // worker's share of the pipe budget.)
+    let mut pipe_pages = Vec::with_capacity(2);
+    for (fd, stderr) in [(out.read.as_fd(), true), (inp.write.as_fd(), false)] {
         if let Err(e) = os::set_pipe_size(fd, conf.pipe_size) {
             debug!(log, "transform pool pipe size refused: {e}");
         }
+        pipe_pages.push(crate::pipes::count(fd, stderr));
     }
     crate::pipes::size_stderr(err.read.as_fd());
     let argv: Vec<&CStr> = p.conf.argv.iter().map(CString::as_c_str).collect();
@@ -565,6 +573,7 @@ fn spawn(pool: *mut Pool) -> Result<*mut Slot, ngx_int_t> {
         stderr: None,
         stderr_log: StderrLog::new(conf.stderr_level, now_msec()),
         idle_since: now_msec(),
+        pipe_pages,
     }));
     let data = slot.cast::<c_void>();
     let child = match Child::spawn(&cmd, group, conf.kill_timeout, log, idle_exit, data) {

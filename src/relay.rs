@@ -410,7 +410,7 @@ impl Transform {
         let Phase::Streaming(sink) = &mut self.phase else {
             unreachable!("stream() runs in the streaming phase");
         };
-        let max_chunk = self.http.sendfile_max_chunk();
+        let max_chunk = sink::fair_chunk(self.http.sendfile_max_chunk(), crate::child::running());
         let before = self.moved.bytes;
         let pumped = match (sink, self.store.as_mut()) {
             (Sink::File(f), Some(store)) => match f.pump(self.http, stdout, &mut self.moved, store)
@@ -789,7 +789,8 @@ impl Transform {
         if self.shutting_down || !committed || !store.can_hand_over() {
             return;
         }
-        let Some((name, stdout, stderr, child, deadline)) = self.program.take_running(self.http)
+        let Some((name, stdout, stderr, child, deadline, pipe_pages)) =
+            self.program.take_running(self.http)
         else {
             return;
         };
@@ -813,6 +814,7 @@ impl Transform {
             touch,
             read_timeout: self.conf.read_timeout,
             deadline,
+            pipe_pages,
         });
     }
 

@@ -16,12 +16,13 @@ use common::*;
 #[path = "../src/pipes/fair.rs"]
 mod fair;
 
-/// Held by the tests that look at pipe sizes or take the pipe budget (they would see each other).
+/// Held by each test that runs programs: one takes the workers' user's pipe budget, which the
+/// others would feel.
 static BUDGET: Mutex<()> = Mutex::new(());
 
 #[test]
 fn a_fair_share_of_the_pipe_budget() {
-    use fair::{fair_size, PAGE, PAST_LIMIT};
+    use fair::{fair_size, start_size, PAGE, PAST_LIMIT, START};
     const MIB: usize = 1 << 20;
     // No limit (root, or no soft limit): what was asked.
     assert_eq!(fair_size(MIB, 0, 5000, 0), MIB);
@@ -54,6 +55,12 @@ fn a_fair_share_of_the_pipe_budget() {
         above += size / PAGE - 2;
     }
     assert!(above <= 8192, "{above} pages above the least");
+    // A new pipe starts at the kernel's default when a budget applies (it grows from there),
+    // at what was asked when none does, and below the default when that is what was asked.
+    assert_eq!(start_size(MIB, 8192, 0, 0), START);
+    assert_eq!(start_size(MIB, 0, 0, 0), MIB);
+    assert_eq!(start_size(32 * 1024, 8192, 0, 0), 32 * 1024);
+    assert_eq!(start_size(MIB, 8192, 999, 0), 4 * PAGE);
 }
 
 /// The sizes of nginx's TLS writes (`SSL to write: N` debug lines) from the line that starts
@@ -68,6 +75,7 @@ fn ssl_writes(log: &str, after: usize) -> Vec<usize> {
 
 #[test]
 fn tls_records_are_whole_with_chunked_framing() {
+    let _budget = BUDGET.lock().unwrap_or_else(|e| e.into_inner());
     let dir = temp_dir("pacing-tls");
     let (crt, key) = make_cert(&dir);
     let nginx = Nginx::start(&format!(
@@ -112,9 +120,15 @@ fn tls_records_are_whole_with_chunked_framing() {
 
 #[test]
 fn a_client_that_reads_nothing_leaves_the_output_in_the_pipe() {
+    let _budget = BUDGET.lock().unwrap_or_else(|e| e.into_inner());
+    // (/sub: sub_filter passes on shadows of the transport's buffers, which hold them until
+    // sent: the buffers given back meanwhile must be the free ones only.)
     let nginx = Nginx::start(
         "server { listen 127.0.0.1:{PORT};
-           location /buffered { transform_splice off; transform_exec {HELPER} gen $arg_n; } }",
+           location /buffered { transform_splice off; transform_exec {HELPER} gen $arg_n; }
+           location /sub { sub_filter_types *; sub_filter_once off;
+                           sub_filter 'no-such-text-in-the-stream' 'x';
+                           transform_exec {HELPER} gen $arg_n; } }",
     );
     let n: u64 = 64 * 1024 * 1024;
     let worker = nginx.worker_pid();
@@ -124,18 +138,34 @@ fn a_client_that_reads_nothing_leaves_the_output_in_the_pipe() {
     assert_eq!(r.body.len(), 100000);
     let rss_before = rss_kib(worker);
     let mut clients = Vec::new();
-    for _ in 0..20 {
+    for i in 0..24 {
         let mut c = Client::connect(nginx.port);
         c.set_recv_buffer(64 * 1024);
+        let path = if i < 20 { "/buffered" } else { "/sub" };
         c.send(&format!(
-            "GET /buffered?n={n} HTTP/1.1\r\nHost: localhost\r\n\r\n"
+            "GET {path}?n={n} HTTP/1.1\r\nHost: localhost\r\n\r\n"
         ));
         clients.push(c);
     }
-    // Every client is blocked: its socket and the program's pipe are full.
-    let log_blocked = || nginx.error_log().matches("client blocked,").count();
+    // Every client is blocked: its socket and the program's pipe are full (each connection's
+    // debug lines carry its number, `*N`).
+    let log_blocked = || {
+        let log = nginx.error_log();
+        let mut conns: Vec<String> = log
+            .lines()
+            .filter(|l| l.contains("client blocked,"))
+            .filter_map(|l| {
+                l.split_whitespace()
+                    .find(|w| w.starts_with('*'))
+                    .map(String::from)
+            })
+            .collect();
+        conns.sort();
+        conns.dedup();
+        conns.len()
+    };
     assert!(
-        wait_until(Duration::from_secs(20), || log_blocked() >= 20),
+        wait_until(Duration::from_secs(20), || log_blocked() >= 24),
         "not every client was blocked: {}",
         log_blocked()
     );
@@ -154,11 +184,11 @@ fn a_client_that_reads_nothing_leaves_the_output_in_the_pipe() {
         most_in_memory <= 2,
         "{most_in_memory} buffers held for a blocked client"
     );
-    // 20 blocked clients at 8 x 64 KiB each would be 10 MiB.
+    // 24 blocked clients at 8 x 64 KiB each would be 12 MiB.
     let grown = rss_blocked.saturating_sub(rss_before);
     assert!(
-        grown < 20 * 192,
-        "the worker grew by {grown} KiB for 20 blocked clients"
+        grown < 24 * 192,
+        "the worker grew by {grown} KiB for 24 blocked clients"
     );
     // And each gets all of its bytes, in order, once it reads.
     let want = sha256(&helper_output(&["gen", &n.to_string()]));
@@ -171,24 +201,47 @@ fn a_client_that_reads_nothing_leaves_the_output_in_the_pipe() {
 }
 
 #[test]
-fn a_stderr_pipe_is_one_page_and_stdout_gets_its_size() {
+fn a_stderr_pipe_is_one_page_and_stdout_grows_from_the_default() {
     let _budget = BUDGET.lock().unwrap_or_else(|e| e.into_inner());
     let nginx = Nginx::start(
         "server { listen 127.0.0.1:{PORT};
            location /sizes { transform_exec {HELPER} pipe-sizes; }
-           location /small { transform_pipe_size 256k; transform_exec {HELPER} pipe-sizes; } }",
+           location /small { transform_pipe_size 32k; transform_exec {HELPER} pipe-sizes; }
+           location /burst { transform_exec {HELPER} gen $arg_n 1048576; } }",
     );
+    let (uid, _) = ids_of(nginx.worker_pid());
+    // Workers that are not root share their user's pipe budget: a pipe starts at the kernel's
+    // default size and grows when its program fills it; root's are not limited.
+    let start = if uid == 0 { 1048576 } else { 65536 };
     let mut c = Client::connect(nginx.port);
     let r = c.get("/sizes");
     assert_eq!(
         String::from_utf8_lossy(&r.body).trim(),
-        "stdout 1048576 stderr 4096"
+        format!("stdout {start} stderr 4096")
     );
     let r = c.get("/small");
     assert_eq!(
         String::from_utf8_lossy(&r.body).trim(),
-        "stdout 262144 stderr 4096"
+        "stdout 32768 stderr 4096"
     );
+    if uid != 0 {
+        // A program writing 1 MiB at a time fills its pipe before the worker reads it: the pipe
+        // doubles up to transform_pipe_size (1m), and not beyond.
+        let n = 32 * 1024 * 1024;
+        let r = c.get(&format!("/burst?n={n}"));
+        assert_eq!(
+            sha256(&r.body),
+            sha256(&helper_output(&["gen", &n.to_string()]))
+        );
+        let log = nginx.error_log();
+        let grown: Vec<usize> = log
+            .lines()
+            .filter_map(|l| l.split_once(" grown to "))
+            .filter_map(|(_, n)| n.trim().parse().ok())
+            .collect();
+        assert!(grown.contains(&131072), "{grown:?}");
+        assert!(grown.iter().all(|&g| g <= 1048576), "{grown:?}");
+    }
     nginx.stop();
 }
 
@@ -240,5 +293,74 @@ fn a_spent_pipe_budget_is_said_once_and_loses_no_byte() {
     );
     holder.stdin.take().unwrap().write_all(b"").ok();
     holder.wait().expect("holder exits");
+    nginx.stop();
+}
+
+/// Whether the kernel lets a TCP socket take the `tls` upper-layer protocol (kTLS): setsockopt
+/// TCP_ULP "tls" on a connected socket, as OpenSSL does.
+fn kernel_ktls() -> std::io::Result<()> {
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsRawFd;
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let s = TcpStream::connect(listener.local_addr()?)?;
+    let _peer = listener.accept()?;
+    const TCP_ULP: libc::c_int = 31;
+    // SAFETY: setsockopt on our own socket with a pointer to 4 bytes and their length.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            TCP_ULP,
+            c"tls".as_ptr().cast(),
+            4,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// kTLS: with `ssl_conf_command Options KTLS` nginx's OpenSSL encrypts in the kernel where the
+/// kernel can. The module does not splice into such a socket (not proven byte-exact: the
+/// machines it was built on have no kTLS); the test finds out whether this kernel has it, says
+/// so, and checks that a connection set up for kTLS is served byte-exact by the buffered
+/// transport, naming why.
+#[test]
+fn ktls_is_looked_for_and_a_ktls_connection_takes_the_buffered_transport() {
+    let _budget = BUDGET.lock().unwrap_or_else(|e| e.into_inner());
+    let ktls = kernel_ktls();
+    match &ktls {
+        Ok(()) => eprintln!("pacing: this kernel has kTLS (TCP_ULP \"tls\" accepted)"),
+        Err(e) => eprintln!(
+            "pacing: THIS KERNEL HAS NO kTLS (setsockopt TCP_ULP \"tls\": {e}): the refusal \
+             path is tested, not a kTLS socket"
+        ),
+    }
+    let dir = temp_dir("pacing-ktls");
+    let (crt, key) = make_cert(&dir);
+    let nginx = Nginx::start(&format!(
+        "server {{ listen 127.0.0.1:{{PORT}} ssl; ssl_protocols TLSv1.3;
+                  ssl_conf_command Options KTLS;
+                  ssl_certificate {crt}; ssl_certificate_key {key};
+                  location /gen {{ transform_exec {{HELPER}} gen $arg_n; }} }}",
+        crt = crt.display(),
+        key = key.display()
+    ));
+    let n = 8 * 1024 * 1024;
+    let want = sha256(&helper_output(&["gen", &n.to_string()]));
+    let url = format!("https://127.0.0.1:{}/gen?n={n}", nginx.port);
+    let (ok, body) = curl(&["-sk", "--http1.1", &url]);
+    assert!(ok);
+    assert_eq!(sha256(&body), want);
+    let t = transports(&nginx);
+    let last = t.last().expect("a transport line");
+    if ktls.is_ok() {
+        // OpenSSL may or may not have turned kTLS on for the connection: either way, buffered.
+        assert!(last.starts_with("buffered (TLS connection"), "{last}");
+    } else {
+        assert_eq!(last, "buffered (TLS connection)");
+    }
     nginx.stop();
 }

@@ -336,11 +336,12 @@ impl Program {
         };
         if let (true, Some(p)) = (filter, &in_pipe) {
             // A filtered response is as big as any output: the same room on the way in.
-            let (_, held) = crate::pipes::size_stdout(p.write.as_fd(), self.conf.pipe_size, log);
+            let (_, held) =
+                crate::pipes::size_stdout(p.write.as_fd(), self.conf.pipe_size, false, log);
             self.pipe_pages.push(held);
         }
         let (capacity, held) =
-            crate::pipes::size_stdout(pipe.read.as_fd(), self.conf.pipe_size, log);
+            crate::pipes::size_stdout(pipe.read.as_fd(), self.conf.pipe_size, true, log);
         self.pipe_capacity = capacity;
         self.pipe_pages.push(held);
         crate::pipes::size_stderr(err_pipe.read.as_fd());
@@ -908,6 +909,7 @@ impl Program {
         Option<EventFd>,
         Child,
         Option<ngx_msec_t>,
+        Vec<crate::pipes::Held>,
     )> {
         self.collect_status(http);
         if self.child.is_none() || self.stdin.is_some() || self.is_pooled() {
@@ -923,6 +925,7 @@ impl Program {
             self.stderr.take(),
             child,
             deadline,
+            core::mem::take(&mut self.pipe_pages),
         ))
     }
 

@@ -23,6 +23,24 @@ pub use crate::nginx::Pumped;
 const BUFFERS: usize = 8;
 const BUFFER_SIZE: usize = 64 * 1024;
 
+/// About what the worker moves for all its streams in one turn of its event loop: with many
+/// programs running, each stream moves at most its part of it (never less than
+/// [`LEAST_CHUNK`]) before the others, and a request that arrives meanwhile, have their turn. A
+/// new request waits a few turns; with a thousand streams each moving `sendfile_max_chunk` (2 MiB)
+/// per turn, a turn would last a second.
+const TURN: usize = 16 * 1024 * 1024;
+/// The least a stream moves before it yields.
+const LEAST_CHUNK: usize = 128 * 1024;
+
+/// The most a stream moves in one go: nginx's `sendfile_max_chunk` (0: no limit), less when
+/// `running` programs share the worker.
+pub fn fair_chunk(max_chunk: usize, running: usize) -> usize {
+    if max_chunk == 0 {
+        return 0;
+    }
+    max_chunk.min((TURN / running.max(1)).max(LEAST_CHUNK))
+}
+
 pub enum Sink {
     Splice(Splice),
     Chain(BufRing),
@@ -300,19 +318,12 @@ impl Splice {
             }
             if self.left > 0 {
                 if max_chunk > 0 && this_call >= max_chunk {
-                    // As nginx's write filter does at sendfile_max_chunk: let the other
-                    // connections run, and come back in a millisecond.
+                    // The other connections go first (see Pumped::Yield).
                     debug!(
                         http.log(),
                         "transform: sendfile_max_chunk {max_chunk} reached, yielding"
                     );
-                    if out == Downstream::Next {
-                        // (nginx's non-buffered upstream deletes a write timer it did not
-                        // set: a filter yields on the program's side.)
-                        return Ok(Pumped::Yield);
-                    }
-                    http.delay_write(1);
-                    return Ok(Pumped::ClientBusy);
+                    return Ok(Pumped::Yield);
                 }
                 let want = match max_chunk {
                     0 => self.left,
