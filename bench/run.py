@@ -1150,6 +1150,21 @@ def get(url, conns=1, rate=None, expect=None, timeout=600):
     return json.loads(out)
 
 
+def wrk_errors(out):
+    """wrk's errors in its output: its socket errors (connect, read, write, timeout) and its
+    responses with a status other than 2xx or 3xx; and the first of them, as a line."""
+    errors, first_error = 0, ""
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m:
+        errors += sum(int(g) for g in m.groups())
+        first_error = m.group(0)
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if m:
+        errors += int(m.group(1))
+        first_error = (first_error + "; " if first_error else "") + m.group(0)
+    return errors, first_error
+
+
 def wrk(url, seconds, conns=WRK_CONNS, timeout_s=None):
     """wrk's figures; errors are its socket errors (connect, read, write, timeout) and its
     responses with a status other than 2xx or 3xx. `timeout_s`: wrk's --timeout (a response
@@ -1163,15 +1178,7 @@ def wrk(url, seconds, conns=WRK_CONNS, timeout_s=None):
     requests = int(re.search(r"(\d+) requests in ", out).group(1))
     m = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
     p99_ms = float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
-    errors, first_error = 0, ""
-    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    if m:
-        errors += sum(int(g) for g in m.groups())
-        first_error = m.group(0)
-    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if m:
-        errors += int(m.group(1))
-        first_error = (first_error + "; " if first_error else "") + m.group(0)
+    errors, first_error = wrk_errors(out)
     return {"rps": rps, "requests": requests, "p99_ms": p99_ms, "errors": errors,
             "first_error": first_error}
 
@@ -2865,15 +2872,7 @@ def wrk_stream(url, seconds, conns):
     m = re.search(r"(\d+) requests in ([\d.]+)(ms|s|m), ([\d.]+)(B|KB|MB|GB|TB) read", out)
     secs = float(m.group(2)) * {"ms": 0.001, "s": 1.0, "m": 60.0}[m.group(3)]
     read = float(m.group(4)) * WRK_UNITS[m.group(5)]
-    errors, first_error = 0, ""
-    m2 = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    if m2:
-        errors += sum(int(g) for g in m2.groups())
-        first_error = m2.group(0)
-    m2 = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if m2:
-        errors += int(m2.group(1))
-        first_error = (first_error + "; " if first_error else "") + m2.group(0)
+    errors, first_error = wrk_errors(out)
     return {"bytes": read, "seconds": secs, "requests": int(m.group(1)), "errors": errors,
             "first_error": first_error}
 

@@ -187,25 +187,10 @@ fn serve(mut conn: TcpStream, splice: bool, argv: &[CString]) -> io::Result<()> 
     drop(w);
     let result = if splice {
         loop {
-            // SAFETY: both descriptors are open; no offsets.
-            let n = unsafe {
-                libc::splice(
-                    r.as_raw_fd(),
-                    std::ptr::null_mut(),
-                    conn.as_raw_fd(),
-                    std::ptr::null_mut(),
-                    1 << 20,
-                    libc::SPLICE_F_MOVE,
-                )
-            };
-            if n == 0 {
-                break Ok(());
-            }
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::Interrupted {
-                    break Err(e);
-                }
+            match splice_some(r.as_raw_fd(), conn.as_raw_fd()) {
+                Ok(0) => break Ok(()),
+                Ok(_) => {}
+                Err(e) => break Err(e),
             }
         }
     } else {
@@ -287,28 +272,11 @@ fn serve_keepalive(mut conn: TcpStream, argv: &[String]) -> io::Result<()> {
         drop(w);
         let mut sent = 0u64;
         let result = loop {
-            // SAFETY: both descriptors are open; no offsets.
-            let k = unsafe {
-                libc::splice(
-                    r.as_raw_fd(),
-                    std::ptr::null_mut(),
-                    conn.as_raw_fd(),
-                    std::ptr::null_mut(),
-                    1 << 20,
-                    libc::SPLICE_F_MOVE,
-                )
-            };
-            if k == 0 {
-                break Ok(());
+            match splice_some(r.as_raw_fd(), conn.as_raw_fd()) {
+                Ok(0) => break Ok(()),
+                Ok(k) => sent += k as u64,
+                Err(e) => break Err(e),
             }
-            if k < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::Interrupted {
-                    break Err(e);
-                }
-                continue;
-            }
-            sent += k as u64;
         };
         drop(r);
         wait(pid);
@@ -316,6 +284,31 @@ fn serve_keepalive(mut conn: TcpStream, argv: &[String]) -> io::Result<()> {
         if sent != n {
             // The body is not what the header announced: the connection cannot go on.
             return Err(io::Error::other("short body"));
+        }
+    }
+}
+
+/// One blocking splice of up to 1 MiB from a pipe to a socket (retried when interrupted);
+/// 0 at the end of the pipe.
+fn splice_some(pipe: RawFd, sock: RawFd) -> io::Result<usize> {
+    loop {
+        // SAFETY: both descriptors are open; no offsets.
+        let n = unsafe {
+            libc::splice(
+                pipe,
+                std::ptr::null_mut(),
+                sock,
+                std::ptr::null_mut(),
+                1 << 20,
+                libc::SPLICE_F_MOVE,
+            )
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
         }
     }
 }
