@@ -161,11 +161,18 @@ pub fn pipe_state(fd: BorrowedFd<'_>) -> io::Result<(usize, bool)> {
 }
 
 /// Whether the per-user pipe budget does not bind this process: the kernel exempts one with
-/// CAP_SYS_RESOURCE or CAP_SYS_ADMIN in its effective set (fs/pipe.c,
-/// `pipe_is_unprivileged_user`), not root as such.
+/// CAP_SYS_RESOURCE or CAP_SYS_ADMIN in the initial user namespace (fs/pipe.c,
+/// `pipe_is_unprivileged_user`, `capable()`), not root as such. Capabilities are those of the
+/// process's own user namespace: one that is not the initial one (whose uid map is not the
+/// identity) counts as bound.
 pub fn pipe_budget_exempt() -> bool {
     const CAP_SYS_ADMIN: u32 = 21;
     const CAP_SYS_RESOURCE: u32 = 24;
+    let uid_map = std::fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
+    let initial_ns = uid_map.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"];
+    if !initial_ns {
+        return false;
+    }
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let eff = status
         .lines()

@@ -71,7 +71,8 @@ pub fn stdout_size(wanted: usize, running: usize) -> usize {
 
 /// Sizes a program's stdout pipe (`fd`, either end) and counts it, with its stderr page, until
 /// the returned [`Held`] is dropped; returns its capacity too. A filter's stdin pipe is sized
-/// the same way (`with_stderr` false: it comes with no stderr pipe of its own).
+/// with it (`with_stderr` false: it comes with no stderr pipe of its own; it does not grow, so it
+/// gets its fair share at once rather than the start size).
 pub fn size_stdout(
     fd: BorrowedFd<'_>,
     wanted: usize,
@@ -79,7 +80,11 @@ pub fn size_stdout(
     log: *mut ngx_log_t,
 ) -> (usize, Held) {
     let running = crate::child::running();
-    let ask = stdout_size(wanted, running);
+    let ask = if with_stderr {
+        stdout_size(wanted, running)
+    } else {
+        fair_size(wanted, share(), running, USED.with(Cell::get))
+    };
     if let Err(e) = os::set_pipe_size(fd, ask) {
         // EPERM past fs/pipe-user-pages-soft: a size hint refused, not an error.
         debug!(log, "transform pipe size {ask} refused: {e}");

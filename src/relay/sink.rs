@@ -23,11 +23,12 @@ pub use crate::nginx::Pumped;
 const BUFFERS: usize = 8;
 const BUFFER_SIZE: usize = 64 * 1024;
 
-/// About what the worker moves for all its streams in one turn of its event loop: with many
-/// programs running, each stream moves at most its part of it (never less than
-/// [`LEAST_CHUNK`]) before the others, and a request that arrives meanwhile, have their turn. A
-/// new request waits a few turns; with a thousand streams each moving `sendfile_max_chunk` (2 MiB)
-/// per turn, a turn would last a second.
+/// About what the worker moves for all its streams in one turn of its event loop, up to 128
+/// programs: each stream moves at most its part of it (never less than [`LEAST_CHUNK`], so
+/// beyond 128 programs a turn may move up to 128 KiB each) before the others, and a request that
+/// arrives meanwhile, have their turn. A new request waits a few turns; with a thousand streams
+/// each moving `sendfile_max_chunk` (2 MiB) per turn, a turn would move 2 GiB. With
+/// `sendfile_max_chunk 0` nothing is capped.
 const TURN: usize = 16 * 1024 * 1024;
 /// The least a stream moves before it yields.
 const LEAST_CHUNK: usize = 128 * 1024;
