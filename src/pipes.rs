@@ -3,14 +3,15 @@
 //! Linux gives an unprivileged user `fs.pipe-user-pages-soft` pages of pipe buffers (16384: 64
 //! MiB), shared by all the user's processes: every worker of nginx, every pipe. Past it, a new
 //! pipe gets 2 pages (8 KiB) and growing one fails with EPERM: a program writing into 8 KiB
-//! wakes the worker every 8 KiB. So a worker sizes each program's stdout pipe from its share
-//! of the budget (the budget over `worker_processes`) and the programs it runs: a pipe starts
-//! at the kernel's default 64 KiB and grows (up to `transform_pipe_size`) when its program fills
-//! it; with thousands of programs, each gets an equal part (a power of two pages,
-//! as the kernel rounds it, at least 2), so that they all stay within the budget rather than a
-//! few having 1 MiB and the rest 8 KiB. A stderr pipe gets one page: its lines are read as they come. When the
-//! budget is spent all the same (other processes of the user, other workers), the worker says
-//! so once.
+//! wakes the worker every 8 KiB. So a worker sizes each program's stdout pipe from its share of
+//! the budget (the budget over `worker_processes`) and the programs it runs: a pipe starts at the
+//! kernel's default 64 KiB, or at an equal part of the share when many programs run (a power of
+//! two pages, as the kernel rounds it, at least 2, never more than half of what is left), and
+//! doubles up to `transform_pipe_size` when its program fills it faster than the worker empties
+//! it, as far as the share of that moment allows. A grown pipe does not shrink: in a burst of
+//! thousands, those that grew while few ran keep their size. A stderr pipe gets one page: its
+//! lines are read as they come. When the budget is spent all the same (other processes of the
+//! user, other workers), the worker says so once.
 
 use std::cell::Cell;
 use std::os::fd::BorrowedFd;
@@ -41,7 +42,8 @@ impl Drop for Held {
     }
 }
 
-/// This worker's share of the user's pipe pages; 0 when unlimited (root, or no soft limit).
+/// This worker's share of the user's pipe pages; 0 when unlimited (an exempt worker, or no soft
+/// limit).
 fn share() -> usize {
     SHARE.with(|s| {
         if let Some(v) = s.get() {
