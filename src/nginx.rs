@@ -1917,59 +1917,56 @@ pub fn signaller() -> bool {
     unsafe { nginx_sys::ngx_process == nginx_sys::NGX_PROCESS_SIGNALLER as ngx_uint_t }
 }
 
-/// The user and group the workers run as (nginx's `user` directive, or its default when the
-/// master runs as root), if known in `cycle` yet: None when unset (a master that is not root,
-/// or before the core module's configuration is complete and the `user` directive was not read).
-pub fn worker_user(cycle: *mut nginx_sys::ngx_cycle_t) -> Option<(u32, Option<u32>)> {
-    const UNSET: u32 = u32::MAX;
-    // SAFETY: a live cycle whose core module configuration was created (it is before the http
-    // block is read): conf_ctx[ngx_core_module.index] is its ngx_core_conf_t.
+/// The core module's configuration of `cycle` (`conf_ctx[ngx_core_module.index]`), once it was
+/// created (before the http block is read); None before.
+///
+/// # Safety
+/// `cycle` is live, and the reference is not kept past its configuration's life.
+unsafe fn core_conf<'a>(
+    cycle: *mut nginx_sys::ngx_cycle_t,
+) -> Option<&'a nginx_sys::ngx_core_conf_t> {
+    // SAFETY: caller's contract; conf_ctx, when set, has a slot per core module.
     unsafe {
         let ctx = (*cycle).conf_ctx;
         if ctx.is_null() {
             return None;
         }
         let index = (*ptr::addr_of!(nginx_sys::ngx_core_module)).index;
-        let ccf = (*ctx.add(index)).cast::<nginx_sys::ngx_core_conf_t>();
-        let ccf = ccf.as_ref()?;
-        let (user, group) = (ccf.user, ccf.group);
-        (user != UNSET).then_some((user, (group != UNSET).then_some(group)))
+        (*ctx.add(index))
+            .cast::<nginx_sys::ngx_core_conf_t>()
+            .as_ref()
     }
+}
+
+/// The user and group the workers run as (nginx's `user` directive, or its default when the
+/// master runs as root), if known in `cycle` yet: None when unset (a master that is not root,
+/// or before the core module's configuration is complete and the `user` directive was not read).
+pub fn worker_user(cycle: *mut nginx_sys::ngx_cycle_t) -> Option<(u32, Option<u32>)> {
+    const UNSET: u32 = u32::MAX;
+    // SAFETY: a live cycle (nginx's, while the configuration is read).
+    let ccf = unsafe { core_conf(cycle) }?;
+    let (user, group) = (ccf.user, ccf.group);
+    (user != UNSET).then_some((user, (group != UNSET).then_some(group)))
 }
 
 /// The number of worker processes of the running configuration (`worker_processes`).
 pub fn worker_processes() -> usize {
-    // SAFETY: a worker's cycle is live and its core module configuration complete.
-    unsafe {
-        let cycle = nginx_sys::ngx_cycle;
-        let ctx = (*cycle).conf_ctx;
-        if ctx.is_null() {
-            return 1;
-        }
-        let index = (*ptr::addr_of!(nginx_sys::ngx_core_module)).index;
-        let ccf = (*ctx.add(index)).cast::<nginx_sys::ngx_core_conf_t>();
-        ccf.as_ref().map_or(1, |c| {
-            usize::try_from(c.worker_processes).unwrap_or(1).max(1)
-        })
-    }
+    // SAFETY: a worker's cycle is live, its configuration complete.
+    unsafe { core_conf(nginx_sys::ngx_cycle) }.map_or(1, |c| {
+        usize::try_from(c.worker_processes).unwrap_or(1).max(1)
+    })
 }
 
 /// The pid file of the configuration being read (nginx's `pid` directive if it was read yet,
 /// else its default), relative paths from the prefix as nginx makes them full.
 pub fn pid_path(cycle: *mut nginx_sys::ngx_cycle_t) -> std::path::PathBuf {
     use std::os::unix::ffi::OsStrExt;
-    // SAFETY: a live cycle whose core module configuration was created (it is before the http
-    // block is read): conf_ctx[ngx_core_module.index] is its ngx_core_conf_t.
-    let (set, prefix) = unsafe {
-        let ctx = (*cycle).conf_ctx;
-        let index = (*ptr::addr_of!(nginx_sys::ngx_core_module)).index;
-        let ccf = (*ctx.add(index)).cast::<nginx_sys::ngx_core_conf_t>();
-        let set = ccf
-            .as_ref()
-            .filter(|c| c.pid.len > 0 && !c.pid.data.is_null())
-            .map(|c| c.pid.as_bytes().to_vec());
-        (set, (*cycle).prefix.as_bytes().to_vec())
-    };
+    // SAFETY: a live cycle (nginx's, while the configuration is read).
+    let set = unsafe { core_conf(cycle) }
+        .filter(|c| c.pid.len > 0 && !c.pid.data.is_null())
+        .map(|c| c.pid.as_bytes().to_vec());
+    // SAFETY: as above.
+    let prefix = unsafe { (*cycle).prefix.as_bytes() }.to_vec();
     let name = set.unwrap_or_else(|| nginx_sys::NGX_PID_PATH.to_bytes().to_vec());
     let name = std::path::Path::new(std::ffi::OsStr::from_bytes(&name));
     std::path::Path::new(std::ffi::OsStr::from_bytes(&prefix)).join(name)
