@@ -34,7 +34,13 @@ fn main() {
         println!("cargo::rustc-env=TRANSFORM_NGINX_BUILD_DIR={dir}");
     }
     println!("cargo::rerun-if-env-changed=DEP_NGINX_VERSION_NUMBER");
+    // Version checks in ngx's manner (it has nginx1_21_1, nginx1_25_1): nginx 1.23.0 chained
+    // repeated header lines through `next` where 1.22 (Debian 12) keeps arrays of pointers.
+    println!("cargo::rustc-check-cfg=cfg(nginx1_23_0)");
     if let Ok(v) = env::var("DEP_NGINX_VERSION_NUMBER") {
         println!("cargo::rustc-env=TRANSFORM_NGINX_VERSION_NUMBER={v}");
+        if v.parse::<u64>().is_ok_and(|v| v >= 1_023_000) {
+            println!("cargo::rustc-cfg=nginx1_23_0");
+        }
     }
 }

@@ -309,7 +309,11 @@ impl Http {
         // with kTLS here (this machine has none), so such a connection takes the buffered
         // transport as any TLS one.)
         // SAFETY: a TLS connection's ssl is live for as long as the connection.
+        #[cfg(ngx_feature = "ssl")]
         let tls = self.with_c(|c| unsafe { c.ssl.as_ref() }.map(|ssl| ssl.sendfile() != 0));
+        // An nginx built without TLS has no `c->ssl`.
+        #[cfg(not(ngx_feature = "ssl"))]
+        let tls: Option<bool> = None;
         self.with_r(|r| {
             if !ptr::eq(r.main, r) {
                 return Some("subrequest");

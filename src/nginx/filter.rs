@@ -241,10 +241,18 @@ impl Http {
                 &mut ho.content_range,
                 &mut ho.www_authenticate,
                 &mut ho.expires,
+                #[cfg(nginx1_23_0)]
                 &mut ho.cache_control,
+                #[cfg(nginx1_23_0)]
                 &mut ho.link,
             ] {
                 *h = ptr::null_mut();
+            }
+            // Before 1.23 the repeatable ones are arrays of pointers to the lines.
+            #[cfg(not(nginx1_23_0))]
+            {
+                ho.cache_control.nelts = 0;
+                ho.link.nelts = 0;
             }
             let mut part: *mut nginx_sys::ngx_list_part_t = &mut ho.trailers.part;
             // SAFETY: the response's trailer list (possibly never initialized: no parts then).

@@ -49,8 +49,8 @@ pub fn set_cgi_headers(http: Http, head: &Head) -> Result<(), HeaderError> {
     for (name, value) in &head.headers {
         let h = push(http, name, value)?;
         // SAFETY: as above.
-        let ho = unsafe { &mut (*http.as_ptr()).headers_out };
-        known(ho, &name.to_ascii_lowercase(), h);
+        let (ho, pool) = unsafe { (&mut (*http.as_ptr()).headers_out, (*http.as_ptr()).pool) };
+        known(ho, pool, &name.to_ascii_lowercase(), h)?;
     }
     // SAFETY: as above.
     let r = unsafe { &mut *http.as_ptr() };
@@ -62,7 +62,12 @@ pub fn set_cgi_headers(http: Http, head: &Head) -> Result<(), HeaderError> {
 
 /// Points the `headers_out` field that filters read at `h`, a line just pushed, if its name
 /// (`lower`, lowercase) has one.
-fn known(ho: &mut ngx_http_headers_out_t, lower: &[u8], h: *mut ngx_table_elt_t) {
+fn known(
+    ho: &mut ngx_http_headers_out_t,
+    pool: *mut nginx_sys::ngx_pool_t,
+    lower: &[u8],
+    h: *mut ngx_table_elt_t,
+) -> Result<(), HeaderError> {
     let field = match lower {
         b"date" => &mut ho.date,
         b"server" => &mut ho.server,
@@ -79,15 +84,22 @@ fn known(ho: &mut ngx_http_headers_out_t, lower: &[u8], h: *mut ngx_table_elt_t)
             ho.last_modified_time = unsafe { ngx_parse_http_time(v.data, v.len) };
             &mut ho.last_modified
         }
-        // Repeatable: the lines form a list through `next` (copy_multi_header_lines).
-        b"cache-control" => return append(&mut ho.cache_control, h),
-        b"link" => return append(&mut ho.link, h),
-        _ => return,
+        // Repeatable: copy_multi_header_lines keeps all of them.
+        b"cache-control" => return append(&mut ho.cache_control, pool, h),
+        b"link" => return append(&mut ho.link, pool, h),
+        _ => return Ok(()),
     };
     *field = h;
+    Ok(())
 }
 
-fn append(first: &mut *mut ngx_table_elt_t, h: *mut ngx_table_elt_t) {
+/// nginx 1.23 and later: the lines of a repeatable header form a list through `next`.
+#[cfg(nginx1_23_0)]
+fn append(
+    first: &mut *mut ngx_table_elt_t,
+    _pool: *mut nginx_sys::ngx_pool_t,
+    h: *mut ngx_table_elt_t,
+) -> Result<(), HeaderError> {
     let mut at: *mut *mut ngx_table_elt_t = first;
     // SAFETY: the chain holds header lines of this request, alive with its pool.
     unsafe {
@@ -96,6 +108,41 @@ fn append(first: &mut *mut ngx_table_elt_t, h: *mut ngx_table_elt_t) {
         }
         *at = h;
     }
+    Ok(())
+}
+
+/// nginx before 1.23 (Debian 12's 1.22): an array of pointers to the lines, made in the request
+/// pool on first use, as 1.22's ngx_http_upstream_copy_multi_header_lines makes it.
+#[cfg(not(nginx1_23_0))]
+fn append(
+    list: &mut nginx_sys::ngx_array_t,
+    pool: *mut nginx_sys::ngx_pool_t,
+    h: *mut ngx_table_elt_t,
+) -> Result<(), HeaderError> {
+    let size = core::mem::size_of::<*mut ngx_table_elt_t>();
+    // SAFETY: pool is the request's pool, which outlives the array and the line h.
+    unsafe {
+        if list.elts.is_null() {
+            // ngx_array_init (inline in C, so not bound): room for two, as upstream's.
+            let elts = nginx_sys::ngx_palloc(pool, 2 * size);
+            if elts.is_null() {
+                return Err(HeaderError::Alloc);
+            }
+            *list = nginx_sys::ngx_array_t {
+                elts,
+                nelts: 0,
+                size,
+                nalloc: 2,
+                pool,
+            };
+        }
+        let at = nginx_sys::ngx_array_push(list).cast::<*mut ngx_table_elt_t>();
+        if at.is_null() {
+            return Err(HeaderError::Alloc);
+        }
+        *at = h;
+    }
+    Ok(())
 }
 
 /// Appends a header line to `headers_out.headers`: key, value and lowercase key in the request
@@ -142,6 +189,7 @@ fn push(http: Http, name: &[u8], value: &[u8]) -> Result<*mut ngx_table_elt_t, H
                 data: val,
             },
             lowcase_key: low,
+            #[cfg(nginx1_23_0)]
             next: ptr::null_mut(),
         });
     }
