@@ -728,6 +728,8 @@ impl Daemon {
         let mut cmd = Command::new(nginx_binary());
         cmd.arg("-p")
             .arg(&daemon.prefix)
+            .arg("-e")
+            .arg(daemon.prefix.join("logs/error.log"))
             .arg("-c")
             .arg(daemon.conf());
         // SAFETY: the closure only makes async-signal-safe calls (open, write, close).
@@ -1012,6 +1014,8 @@ fn nginx_t_checks_the_cgroup_of_the_running_master() {
             .arg("-t")
             .arg("-p")
             .arg(prefix)
+            .arg("-e")
+            .arg(prefix.join("logs/error.log"))
             .arg("-c")
             .arg(conf)
             .output()
@@ -1330,6 +1334,8 @@ fn without_landlock_the_cgroup_limits_are_said_to_be_unenforced() {
         .arg("-t")
         .arg("-p")
         .arg(&prefix)
+        .arg("-e")
+        .arg(prefix.join("logs/error.log"))
         .arg("-c")
         .arg(&conf)
         .output()
@@ -1443,6 +1449,8 @@ fn a_master_that_is_not_root_is_refused() {
         .arg("-t")
         .arg("-p")
         .arg(&prefix)
+        .arg("-e")
+        .arg(prefix.join("logs/error.log"))
         .arg("-c")
         .arg(&conf)
         .output()

@@ -57,6 +57,8 @@ fn every_example_configuration_loads() {
             .arg("-t")
             .arg("-p")
             .arg(&prefix)
+            .arg("-e")
+            .arg(prefix.join("logs/error.log"))
             .arg("-c")
             .arg(loadable(&conf, &prefix))
             .output()

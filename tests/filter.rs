@@ -1221,7 +1221,7 @@ fn tls_and_http2_are_byte_exact() {
         &data,
         &format!(
             "server {{ listen {{UPSTREAM}}; root {{DATA}}; }}
-             server {{ listen 127.0.0.1:{{PORT}} ssl sndbuf=64k; http2 on;
+             server {{ listen 127.0.0.1:{{PORT}} ssl sndbuf=64k{{H2_LISTEN}}; {{H2_ON}}
                 ssl_certificate {crt}; ssl_certificate_key {key};
                 transform_filter_types *;
                 location /f/ {{ alias {{DATA}}/; transform_filter {{HELPER}} xor 61; }}

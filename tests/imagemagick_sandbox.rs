@@ -798,6 +798,8 @@ fn the_recipe_with_its_cgroup_line_makes_thumbnails() {
         .arg("-t")
         .arg("-p")
         .arg(&prefix)
+        .arg("-e")
+        .arg(prefix.join("logs/error.log"))
         .arg("-c")
         .arg(&conf)
         .output()

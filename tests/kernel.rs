@@ -47,6 +47,8 @@ impl Wrapped {
             .arg(nginx_binary())
             .arg("-p")
             .arg(&prefix)
+            .arg("-e")
+            .arg(prefix.join("logs/error.log"))
             .arg("-c")
             .arg(&conf)
             .stdin(Stdio::null())
@@ -147,6 +149,8 @@ fn a_kernel_without_waitid_p_pidfd_is_refused_in_one_line() {
         let mut child = cmd
             .arg("-p")
             .arg(&prefix)
+            .arg("-e")
+            .arg(prefix.join("logs/error.log"))
             .arg("-c")
             .arg(&conf)
             .stdin(Stdio::null())

@@ -318,7 +318,7 @@ fn http2_bodies_stream_too() {
     let dir = temp_dir("h2-body");
     let (crt, key) = make_cert(&dir);
     let nginx = Nginx::start(&format!(
-        "server {{ listen 127.0.0.1:{{PORT}} ssl; http2 on; client_max_body_size 200m;
+        "server {{ listen 127.0.0.1:{{PORT}} ssl{{H2_LISTEN}}; {{H2_ON}} client_max_body_size 200m;
                   ssl_certificate {crt}; ssl_certificate_key {key};
                   transform_stdin body;
                   location /cat {{ transform_exec /bin/cat; }}

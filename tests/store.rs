@@ -1493,7 +1493,7 @@ fn store_and_waiters_are_byte_exact_over_tls_http2_gzip_and_without_sendfile() {
         "",
         &format!(
             "{ZONE}
-             server {{ listen 127.0.0.1:{{PORT}} ssl reuseport; http2 on;
+             server {{ listen 127.0.0.1:{{PORT}} ssl reuseport{{H2_LISTEN}}; {{H2_ON}}
                       ssl_certificate {crt}; ssl_certificate_key {key};
                       default_type application/octet-stream;
                       gzip on; gzip_types application/octet-stream;

@@ -218,7 +218,7 @@ fn tls_http2_and_gzip_take_the_buffered_transport_byte_exact() {
     let dir = temp_dir("tls");
     let (crt, key) = make_cert(&dir);
     let nginx = Nginx::start(&format!(
-        "server {{ listen 127.0.0.1:{{PORT}} ssl; http2 on;
+        "server {{ listen 127.0.0.1:{{PORT}} ssl{{H2_LISTEN}}; {{H2_ON}}
                   ssl_certificate {crt}; ssl_certificate_key {key};
                   location /gen {{ transform_exec {{HELPER}} gen $arg_n; }}
                   location /late {{ transform_exec {{HELPER}} fail-after 3000000 1; }} }}",
@@ -737,7 +737,7 @@ fn http2_client_with_a_small_window_is_flow_controlled_not_cut() {
     let dir = temp_dir("h2");
     let (crt, key) = make_cert(&dir);
     let nginx = Nginx::start(&format!(
-        "server {{ listen 127.0.0.1:{{PORT}} ssl; http2 on;
+        "server {{ listen 127.0.0.1:{{PORT}} ssl{{H2_LISTEN}}; {{H2_ON}}
                   ssl_certificate {crt}; ssl_certificate_key {key};
                   location /gen {{ transform_exec {{HELPER}} gen $arg_n; }} }}",
         crt = crt.display(),

@@ -128,7 +128,33 @@ pub fn config_at_level(
     conf.replace("{PORT}", &port.to_string())
         .replace("{PREFIX}", &prefix.display().to_string())
         .replace("{HELPER}", HELPER)
+        .replace("{H2_LISTEN}", if HTTP2_ON { "" } else { " http2" })
+        .replace("{H2_ON}", if HTTP2_ON { "http2 on;" } else { "" })
 }
+
+/// The version of the nginx the module was built against (1028003 for 1.28.3), which the tests
+/// run (`TEST_NGINX_BINARY` must name the same version).
+pub const NGINX_VERSION_NUMBER: &str = env!("TRANSFORM_NGINX_VERSION_NUMBER");
+
+/// That version as nginx writes it in `Server:` ("1.28.3").
+pub fn nginx_version() -> String {
+    let n: u64 = NGINX_VERSION_NUMBER.parse().expect("a version number");
+    format!("{}.{}.{}", n / 1_000_000, n / 1_000 % 1_000, n % 1_000)
+}
+
+/// HTTP/2 is switched on with `http2 on;` from nginx 1.25.1, with the `http2` parameter of
+/// `listen` before (Debian 12's 1.22): a configuration writes `listen ... ssl{H2_LISTEN};
+/// {H2_ON}` for either.
+const HTTP2_ON: bool = {
+    let v = NGINX_VERSION_NUMBER.as_bytes();
+    let mut n: u64 = 0;
+    let mut i = 0;
+    while i < v.len() {
+        n = n * 10 + (v[i] - b'0') as u64;
+        i += 1;
+    }
+    n >= 1_025_001
+};
 
 /// A running nginx.
 pub struct Nginx {
@@ -166,6 +192,8 @@ impl Nginx {
         let master = Command::new(nginx_binary())
             .arg("-p")
             .arg(&prefix)
+            .arg("-e")
+            .arg(prefix.join("logs/error.log"))
             .arg("-c")
             .arg(prefix.join("nginx.conf"))
             .stdin(Stdio::null())
@@ -314,6 +342,8 @@ pub fn nginx_test_config(http_body: &str) -> (bool, String, PathBuf) {
         .arg("-t")
         .arg("-p")
         .arg(&prefix)
+        .arg("-e")
+        .arg(prefix.join("logs/error.log"))
         .arg("-c")
         .arg(&path)
         .output()
@@ -998,6 +1028,8 @@ impl ExampleServer {
         let mut master = Command::new(nginx_binary())
             .arg("-p")
             .arg(&prefix)
+            .arg("-e")
+            .arg(prefix.join("logs/error.log"))
             .arg("-c")
             .arg(&conf_path)
             .args(["-g", "daemon off;"])
