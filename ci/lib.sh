@@ -12,6 +12,10 @@ TEST_PACKAGES=(curl openssl strace imagemagick procps ffmpeg libjpeg-turbo-progs
 BENCH_PACKAGES=(python3 procps wrk curl openssl fcgiwrap uwsgi-core uwsgi-plugin-python3 apache2-bin
     python3-pil)
 
+# ci/package: Debian's packaging tools and nginx-dev (Debian's nginx source tree, dh_nginx and the
+# nginx ABI; it depends on the nginx package, which tests/package.rs installs the module into).
+PACKAGE_PACKAGES=(nginx-dev debhelper dpkg-dev)
+
 ensure_packages() {
     local missing=()
     for p in "$@"; do
