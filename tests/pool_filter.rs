@@ -759,7 +759,8 @@ fn the_programs_status_and_headers_replace_the_originals() {
                                 return 404 \"<p>gone</p>\"; } }
          server { listen 127.0.0.1:{PORT};
            location /p/ { proxy_pass {UP}/; transform_filter_pass s; transform_filter_status any;
-                          add_header X-Later later always; } }",
+                          add_header X-Later later always; }
+           location /e/ { proxy_pass {UP}/; transform_filter_pass s; expires 1h; } }",
     );
     let mut c = Client::connect(nginx.port);
     for (path, len, status) in [("/p/app/page.html", 5000, 200), ("/p/app404", 11, 404)] {
@@ -802,6 +803,19 @@ fn the_programs_status_and_headers_replace_the_originals() {
             r.headers
         );
     }
+    // `expires` after the filter makes its own Cache-Control, not one of the original's lines
+    // (before nginx 1.23 it reuses the first element of the Cache-Control array when there is
+    // one: the cleared array must be empty, not merely counted as such).
+    let r = c.get("/e/app/page.html");
+    assert_eq!(r.status, 201, "{:?}", r.headers);
+    let cc: Vec<&str> = r
+        .headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("Cache-Control"))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(cc, ["max-age=3600"], "{:?}", r.headers);
+    assert!(r.header("Expires").is_some(), "{:?}", r.headers);
     nginx.stop();
 }
 

@@ -248,11 +248,21 @@ impl Http {
             ] {
                 *h = ptr::null_mut();
             }
-            // Before 1.23 the repeatable ones are arrays of pointers to the lines.
+            // Before 1.23 the repeatable ones are arrays of pointers to the lines, and readers
+            // test `elts`: 1.22's `expires` reuses the first element when there is an array
+            // (it would rewrite a cleared line, which is not sent), gzip_proxied declines. The
+            // arrays go as a whole; the program's own lines make new ones.
             #[cfg(not(nginx1_23_0))]
             {
-                ho.cache_control.nelts = 0;
-                ho.link.nelts = 0;
+                let none = nginx_sys::ngx_array_t {
+                    elts: ptr::null_mut(),
+                    nelts: 0,
+                    size: 0,
+                    nalloc: 0,
+                    pool: ptr::null_mut(),
+                };
+                ho.cache_control = none;
+                ho.link = none;
             }
             let mut part: *mut nginx_sys::ngx_list_part_t = &mut ho.trailers.part;
             // SAFETY: the response's trailer list (possibly never initialized: no parts then).
