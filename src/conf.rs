@@ -1217,6 +1217,7 @@ extern "C" fn set_filter(
         Ok(argv) => conf.filter = Some(argv),
         Err(msg) => return msg,
     }
+    note_programs(cf);
     NGX_CONF_OK
 }
 
@@ -1356,6 +1357,7 @@ extern "C" fn set_exec(
         Ok(argv) => conf.exec = Some(argv),
         Err(msg) => return msg,
     }
+    note_programs(cf);
 
     let clcf = NgxHttpCoreModule::location_conf_mut(cf).expect("core loc conf");
     clcf.handler = Some(crate::handler::transform_handler);
@@ -1616,6 +1618,16 @@ fn set_handler(cf: &mut ngx_conf_t) -> Result<(), *mut c_char> {
 #[derive(Default)]
 pub struct MainConf {
     pub pools: Vec<PoolConf>,
+    /// A directive that runs programs is configured (`transform_exec`, `transform_filter`,
+    /// `transform_pool`): only then do the workers take SIGCHLD from nginx (see lib.rs).
+    pub runs_programs: bool,
+}
+
+/// Notes in the main conf that the configuration runs programs.
+fn note_programs(cf: &ngx_conf_t) {
+    if let Some(main) = <crate::Module as HttpModuleMainConf>::main_conf_mut(cf) {
+        main.runs_programs = true;
+    }
 }
 
 /// One `transform_pool`.
@@ -1656,6 +1668,7 @@ extern "C" fn set_pool(
         conf_error(cf, 0, format_args!("duplicate pool \"{name}\""));
         return NGX_CONF_ERROR;
     }
+    main.runs_programs = true;
     let mut pool = PoolConf {
         name,
         argv: Vec::new(),

@@ -12,7 +12,7 @@ use nginx_sys::{
     NGX_HTTP_MODULE, NGX_LOG_ALERT, NGX_LOG_EMERG,
 };
 use ngx::core::Status;
-use ngx::http::HttpModule;
+use ngx::http::{HttpModule, HttpModuleMainConf};
 
 #[macro_use]
 mod log;
@@ -173,17 +173,24 @@ extern "C" fn init_module(cycle: *mut ngx_cycle_t) -> ngx_int_t {
 }
 
 /// Worker start: the module reaps its own children through pidfds, so nginx's SIGCHLD handler
-/// (which reaps any child and steals its status) must not run in workers.
+/// (which reaps any child and steals its status) must not run in workers that run programs.
+/// A configuration that runs none (the module loaded, as a distribution package loads it, but
+/// unused) keeps nginx's handler.
 extern "C" fn init_process(cycle: *mut ngx_cycle_t) -> ngx_int_t {
-    if let Err(e) = os::default_sigchld() {
-        // SAFETY: nginx passes the live cycle.
-        log_error!(
-            NGX_LOG_ALERT,
-            unsafe { (*cycle).log },
-            os::errno(&e),
-            "sigaction(SIGCHLD) failed"
-        );
-        return Status::NGX_ERROR.into();
+    // SAFETY: nginx passes the live cycle.
+    let runs_programs = <Module as HttpModuleMainConf>::main_conf(unsafe { &*cycle })
+        .is_some_and(|main| main.runs_programs);
+    if runs_programs {
+        if let Err(e) = os::default_sigchld() {
+            // SAFETY: nginx passes the live cycle.
+            log_error!(
+                NGX_LOG_ALERT,
+                unsafe { (*cycle).log },
+                os::errno(&e),
+                "sigaction(SIGCHLD) failed"
+            );
+            return Status::NGX_ERROR.into();
+        }
     }
     // SAFETY: nginx passes the live cycle.
     store::sweep(unsafe { (*cycle).log });

@@ -476,3 +476,43 @@ fn descendants_ignoring_sigterm_do_not_outlive_the_request() {
     settled(&nginx, fds);
     nginx.stop();
 }
+
+/// Whether a process catches SIGCHLD (its `SigCgt` mask in /proc).
+fn catches_sigchld(pid: u32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let mask = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .expect("SigCgt in /proc/PID/status");
+    u64::from_str_radix(mask.trim(), 16).unwrap() & (1 << (libc::SIGCHLD - 1)) != 0
+}
+
+/// Loaded where no program runs (as a distribution package loads it into every configuration),
+/// the module leaves nginx's SIGCHLD handler in the workers; where programs run it takes SIGCHLD
+/// back to its default there (it reaps its own children); the master keeps nginx's either way.
+#[test]
+fn sigchld_is_taken_from_nginx_only_where_programs_run() {
+    for (body, runs) in [
+        (
+            "server { listen 127.0.0.1:{PORT}; location / { return 200 ok; } }",
+            false,
+        ),
+        (
+            "server { listen 127.0.0.1:{PORT}; location / { transform_exec /bin/echo ok; } }",
+            true,
+        ),
+        (
+            "transform_pool p {HELPER} pool-serve processes=1;
+             server { listen 127.0.0.1:{PORT}; location / { return 200 ok; } }",
+            true,
+        ),
+    ] {
+        let nginx = Nginx::start(body);
+        // A request served: the worker has run the module's init_process.
+        let r = Client::connect(nginx.port).get("/");
+        assert_eq!(r.status, 200, "{body}");
+        assert_eq!(catches_sigchld(nginx.worker_pid()), !runs, "{body}");
+        assert!(catches_sigchld(nginx.master_pid()), "{body}");
+        nginx.stop();
+    }
+}
