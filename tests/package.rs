@@ -90,8 +90,8 @@ fn version_number(nginx: &Path) -> u64 {
     n[0] * 1_000_000 + n[1] * 1_000 + n[2]
 }
 
-/// Purges the package when a test that installed it ends, failed or not: the machine is left as
-/// the test found it.
+/// Purges the package when a test that installed it ends, failed or not (a copy installed before
+/// the test is purged at its start, with a line saying so).
 struct Installed;
 
 impl Drop for Installed {
@@ -162,8 +162,8 @@ impl Drop for SystemNginx {
 
 /// nginx-conf/imagemagick.conf for the system nginx: the module loaded the way the package
 /// enables it (`include /etc/nginx/modules-enabled/*.conf`, as Debian's nginx.conf does, so
-/// its `load_module modules/...` resolves under nginx's own prefix), files under `prefix`,
-/// free ports.
+/// its `load_module modules/...` resolves under nginx's own prefix), files (logs, cache,
+/// documents, temporary files) under `prefix`, free ports.
 fn imagemagick_recipe(prefix: &Path, port: u16, backend: u16) -> String {
     let src = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("nginx-conf/imagemagick.conf"),
@@ -182,6 +182,15 @@ fn imagemagick_recipe(prefix: &Path, port: u16, backend: u16) -> String {
             format!("proxy_cache_path {p}/cache "),
         ),
         ("root html;".into(), format!("root {p}/html;")),
+        // The temporary files under the prefix too: nginx, run by root, would otherwise chown
+        // the system's /var/lib/nginx/* to its default user (nobody).
+        (
+            "http {\n".into(),
+            format!(
+                "http {{\n    client_body_temp_path {p}/client_body; proxy_temp_path {p}/proxy;\n    \
+                 fastcgi_temp_path {p}/fastcgi; uwsgi_temp_path {p}/uwsgi; scgi_temp_path {p}/scgi;\n"
+            ),
+        ),
         ("127.0.0.1:8080".into(), format!("127.0.0.1:{port}")),
         ("127.0.0.1:8081".into(), format!("127.0.0.1:{backend}")),
     ] {
@@ -285,12 +294,12 @@ fn package_installs_serves_and_removes() {
         })
         .expect("identify (ImageMagick)");
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(said.starts_with("JPEG "), "identify said {said:?}");
     let dims: Vec<u32> = said
         .split_whitespace()
         .skip(1)
         .map(|v| v.parse().unwrap())
         .collect();
-    assert!(said.starts_with("JPEG "), "{said}");
     assert!(
         dims[0] <= 300 && dims[1] <= 200 && (dims[0] == 300 || dims[1] == 200),
         "{said}"
