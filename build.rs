@@ -33,6 +33,12 @@ fn main() {
     if let Ok(dir) = env::var("DEP_NGINX_BUILD_DIR") {
         println!("cargo::rustc-env=TRANSFORM_NGINX_BUILD_DIR={dir}");
     }
+    // The default transform_temp_path, as nginx's configure takes --http-proxy-temp-path: relative
+    // to nginx's prefix unless absolute (Debian's package: /var/lib/nginx/transform).
+    println!("cargo::rerun-if-env-changed=TRANSFORM_TEMP_PATH");
+    let temp = env::var("TRANSFORM_TEMP_PATH").unwrap_or_else(|_| "transform_temp".to_string());
+    println!("cargo::rustc-env=TRANSFORM_TEMP_PATH_DEFAULT={temp}");
+
     println!("cargo::rerun-if-env-changed=DEP_NGINX_VERSION_NUMBER");
     // Version checks in ngx's manner (it has nginx1_21_1, nginx1_25_1): nginx 1.23.0 chained
     // repeated header lines through `next` where 1.22 (Debian 12) keeps arrays of pointers.

@@ -519,9 +519,15 @@ impl Merge for TransformConf {
 /// long as the program it waits for may be silent.
 pub const DEFAULT_LOCK_TIMEOUT: ngx_msec_t = DEFAULT_READ_TIMEOUT;
 
-/// Default `transform_temp_path`, under the prefix (as proxy_temp).
+/// Default `transform_temp_path`: `transform_temp` under the prefix (as proxy_temp), or what
+/// `TRANSFORM_TEMP_PATH` said at build time (see build.rs). NUL-terminated: nginx uses an
+/// absolute name as it is.
+const TEMP_PATH_NAME: &str = concat!(env!("TRANSFORM_TEMP_PATH_DEFAULT"), "\0");
 static mut TEMP_PATH: ngx_path_init_t = ngx_path_init_t {
-    name: ngx_string!("transform_temp"),
+    name: ngx_str_t {
+        len: TEMP_PATH_NAME.len() - 1,
+        data: TEMP_PATH_NAME.as_ptr().cast_mut(),
+    },
     level: [0; 3],
 };
 

@@ -21,6 +21,8 @@ const SO: &str = "/usr/lib/nginx/modules/ngx_http_transform_module.so";
 const AVAILABLE: &str = "/usr/share/nginx/modules-available/mod-http-transform.conf";
 const ENABLED: &str = "/etc/nginx/modules-enabled/50-mod-http-transform.conf";
 const DOC: &str = "/usr/share/doc/libnginx-mod-http-transform";
+/// The package's default transform_temp_path (beside Debian's nginx's own temporary files).
+const TEMP: &str = "/var/lib/nginx/transform";
 
 /// The .deb to test, from `TRANSFORM_TEST_DEB` (ci/test sets it to what ci/package printed).
 fn deb() -> PathBuf {
@@ -58,7 +60,8 @@ fn installed() -> bool {
     String::from_utf8_lossy(&out.stdout).contains("install ok installed")
 }
 
-/// Paths on the system that carry the module's name, where a module package puts files.
+/// Paths on the system that carry the module's name, where a module package puts files or nginx
+/// makes the module's directories (its prefix, /usr/share/nginx; /var/lib/nginx).
 fn traces() -> Vec<PathBuf> {
     let mut found = Vec::new();
     for dir in [
@@ -66,6 +69,8 @@ fn traces() -> Vec<PathBuf> {
         "/usr/share/nginx/modules-available",
         "/etc/nginx/modules-enabled",
         "/usr/share/doc",
+        "/usr/share/nginx",
+        "/var/lib/nginx",
     ] {
         for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
             if entry.file_name().to_string_lossy().contains("transform") {
@@ -182,8 +187,9 @@ fn imagemagick_recipe(prefix: &Path, port: u16, backend: u16) -> String {
             format!("proxy_cache_path {p}/cache "),
         ),
         ("root html;".into(), format!("root {p}/html;")),
-        // The temporary files under the prefix too: nginx, run by root, would otherwise chown
-        // the system's /var/lib/nginx/* to its default user (nobody).
+        // nginx's temporary files under the prefix too: nginx, run by root, would otherwise chown
+        // the system's /var/lib/nginx/* to its default user (nobody). The module's own stay at
+        // the package's default, /var/lib/nginx/transform, which the test checks.
         (
             "http {\n".into(),
             format!(
@@ -305,6 +311,10 @@ fn package_installs_serves_and_removes() {
         "{said}"
     );
     drop(client);
+    // nginx made the module's temporary directory where the package's build put it, not under
+    // its prefix (/usr/share/nginx).
+    assert!(Path::new(TEMP).is_dir(), "{TEMP} not made");
+    assert!(!Path::new("/usr/share/nginx/transform_temp").exists());
     let log = nginx.stop();
     assert!(
         !log.contains("[alert]") && !log.contains("[crit]") && !log.contains("[emerg]"),
@@ -330,7 +340,7 @@ fn package_installs_serves_and_removes() {
     );
     let test = ok(SYSTEM_NGINX, &["-t"]);
     assert!(test.contains("test is successful"), "{test}");
-    // Purged, nothing of it is left at all.
+    // Purged, nothing of it is left at all (the postrm removes the temporary directory).
     ok("apt-get", &["purge", "-y", "-q", PACKAGE]);
     assert!(!installed());
     assert_eq!(traces(), Vec::<PathBuf>::new());
