@@ -506,6 +506,15 @@ fn sigchld_is_taken_from_nginx_only_where_programs_run() {
              server { listen 127.0.0.1:{PORT}; location / { return 200 ok; } }",
             true,
         ),
+        (
+            "server { listen 127.0.0.1:{PORT}; location / { transform_filter /bin/cat; return 200 ok; } }",
+            true,
+        ),
+        (
+            "transform_filter off;
+             server { listen 127.0.0.1:{PORT}; location / { return 200 ok; } }",
+            false,
+        ),
     ] {
         let nginx = Nginx::start(body);
         // A request served: the worker has run the module's init_process.
@@ -515,4 +524,61 @@ fn sigchld_is_taken_from_nginx_only_where_programs_run() {
         assert!(catches_sigchld(nginx.master_pid()), "{body}");
         nginx.stop();
     }
+}
+
+/// A reload from a configuration that runs programs to one that runs none: the old worker keeps
+/// its programs to the end (its SIGCHLD stays at the default, its stream is whole), the new one
+/// has nginx's handler back.
+#[test]
+fn sigchld_follows_a_reload_to_a_configuration_without_programs() {
+    let nginx = Nginx::start(&server(
+        "transform_commit_size 0; location /drip { transform_exec {HELPER} drip 6 200; }",
+    ));
+    let old = nginx.worker_pid();
+    let mut c = Client::connect(nginx.port);
+    c.send("GET /drip HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_eq!(c.read_head().status, 200);
+    assert!(!catches_sigchld(old));
+    std::fs::write(
+        nginx.prefix.join("nginx.conf"),
+        config(
+            &nginx.prefix,
+            nginx.port,
+            "",
+            &server("location / { return 200 ok; }"),
+        ),
+    )
+    .unwrap();
+    // SAFETY: signalling our own nginx master.
+    unsafe { libc::kill(nginx.master_pid() as i32, libc::SIGHUP) };
+    assert!(wait_until(Duration::from_secs(5), || nginx
+        .worker_pids()
+        .iter()
+        .any(|&w| w != old)));
+    let new = *nginx.worker_pids().iter().find(|&&w| w != old).unwrap();
+    // Served by the new configuration (the old worker stops accepting once told to quit).
+    assert!(wait_until(Duration::from_secs(5), || Client::connect(
+        nginx.port
+    )
+    .get("/")
+    .status
+        == 200));
+    assert!(catches_sigchld(new), "the new worker has nginx's handler");
+    let mut rest = Vec::new();
+    c.read_to_end(&mut rest).expect("read the rest");
+    let text = String::from_utf8_lossy(&rest);
+    assert!(
+        text.contains("line 5\n") && text.ends_with("0\r\n\r\n"),
+        "cut short: {text:?}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || proc_state(old).is_none()),
+        "old worker exits"
+    );
+    assert!(
+        !nginx.error_log().contains("unknown process"),
+        "{}",
+        nginx.error_log()
+    );
+    nginx.stop();
 }
