@@ -309,20 +309,31 @@ fn reload_under_load_lets_streams_finish() {
         .iter()
         .any(|&w| w != old)));
     assert_eq!(Client::connect(nginx.port).get("/quick").status, 200);
-    for mut c in streams {
-        let mut rest = Vec::new();
-        c.read_to_end(&mut rest).expect("read the rest");
-        let text = String::from_utf8_lossy(&rest);
-        assert!(
-            text.contains("line 5\n") && text.ends_with("0\r\n\r\n"),
-            "cut short: {text:?}"
-        );
+    for c in streams {
+        drip_ends_whole(c);
     }
+    old_worker_exits(old);
+    nginx.stop();
+}
+
+/// Reads the rest of a `drip 6` response whose head was read: it must end whole (its last line
+/// and the last chunk), not cut short by a reload.
+fn drip_ends_whole(mut c: Client) {
+    let mut rest = Vec::new();
+    c.read_to_end(&mut rest).expect("read the rest");
+    let text = String::from_utf8_lossy(&rest);
+    assert!(
+        text.contains("line 5\n") && text.ends_with("0\r\n\r\n"),
+        "cut short: {text:?}"
+    );
+}
+
+/// The worker of the configuration before a reload exits once its streams are done.
+fn old_worker_exits(old: u32) {
     assert!(
         wait_until(Duration::from_secs(5), || proc_state(old).is_none()),
         "old worker exits"
     );
-    nginx.stop();
 }
 
 /// The pid a `stubborn-grandchild` program reported on stderr (the last one in the log).
@@ -564,17 +575,8 @@ fn sigchld_follows_a_reload_to_a_configuration_without_programs() {
     .status
         == 200));
     assert!(catches_sigchld(new), "the new worker has nginx's handler");
-    let mut rest = Vec::new();
-    c.read_to_end(&mut rest).expect("read the rest");
-    let text = String::from_utf8_lossy(&rest);
-    assert!(
-        text.contains("line 5\n") && text.ends_with("0\r\n\r\n"),
-        "cut short: {text:?}"
-    );
-    assert!(
-        wait_until(Duration::from_secs(5), || proc_state(old).is_none()),
-        "old worker exits"
-    );
+    drip_ends_whole(c);
+    old_worker_exits(old);
     assert!(
         !nginx.error_log().contains("unknown process"),
         "{}",
